@@ -1,0 +1,37 @@
+// The extension module obcache._C. Importing it runs the TORCH_LIBRARY
+// registrations of every *_op.cpp file (each defines its own schema with
+// TORCH_LIBRARY_FRAGMENT next to its checks and CPU kernel). The pybind11
+// functions here are what a user or a bug report needs about the build.
+#include <torch/extension.h>
+
+#ifndef OBCACHE_TORCH_VERSION
+#define OBCACHE_TORCH_VERSION "unknown"
+#endif
+
+namespace {
+
+pybind11::dict build_info() {
+  pybind11::dict info;
+  info["torch_version"] = OBCACHE_TORCH_VERSION;
+#ifdef OBCACHE_WITH_CUDA
+  info["cuda_kernels"] = true;
+  info["cuda_archs"] = OBCACHE_CUDA_ARCHS;
+  info["torch_cuda_version"] = OBCACHE_TORCH_CUDA;
+#else
+  info["cuda_kernels"] = false;
+  info["cuda_archs"] = "";
+#endif
+  info["compiler"] = __VERSION__;
+  return info;
+}
+
+}  // namespace
+
+// The namespace every op file adds its schemas to.
+TORCH_LIBRARY(obcache, m) {}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "obcache compiled ops (registered under torch.ops.obcache)";
+  m.def("build_info", &build_info,
+        "Dict: torch version built against, whether CUDA kernels are compiled, CUDA archs, compiler.");
+}
