@@ -1,0 +1,316 @@
+// Tests of the SIMT emulation itself (tests/cpp/simt): the kernels below are
+// written as CUDA code and launched through cuda_compat.h, as the real kernels
+// are. SimtTester.* checks that the emulation catches what it is meant to
+// catch; it races on purpose, so the ThreadSanitizer run filters it out with
+// --gtest_filter=-SimtTester.*
+#include "cuda_compat.h"
+
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <stdexcept>
+#include <thread>
+#include <vector>
+
+namespace {
+
+constexpr int kThreads = 256;
+
+// Tree reduction in static shared memory. kBarrier = false removes every
+// barrier (the bug to catch). delay_writers makes the bug deterministic: the
+// threads that publish partial sums sleep first, so thread t reads s[t + stride]
+// before its owner has written it.
+template <bool kBarrier>
+__global__ void block_sum(const int* in, int* out, int delay_writers) {
+  __shared__ int s[kThreads];
+  const int t = threadIdx.x;
+  if (delay_writers && t != 0) std::this_thread::sleep_for(std::chrono::milliseconds(30));
+  s[t] = in[blockIdx.x * kThreads + t];
+  for (int stride = kThreads / 2; stride > 0; stride /= 2) {
+    if (kBarrier) __syncthreads();
+    if (t < stride) s[t] += s[t + stride];
+  }
+  if (t == 0) out[blockIdx.x] = s[0];
+}
+
+struct Sums {
+  std::vector<int> got, want;
+};
+
+template <bool kBarrier>
+Sums run_block_sum(int blocks, int delay_writers) {
+  std::vector<int> in(blocks * kThreads);
+  for (size_t i = 0; i < in.size(); ++i) in[i] = static_cast<int>(i * 7 % 1000) - 300;
+  Sums r{std::vector<int>(blocks, 0), std::vector<int>(blocks, 0)};
+  for (size_t i = 0; i < in.size(); ++i) r.want[i / kThreads] += in[i];
+  OBC_LAUNCH(block_sum<kBarrier>, dim3(blocks), dim3(kThreads), 0, nullptr, in.data(), r.got.data(),
+             delay_writers);
+  EXPECT_EQ(cudaGetLastError(), cudaSuccess);
+  return r;
+}
+
+TEST(Simt, BlockReductionWithBarriersIsExact) {
+  const Sums r = run_block_sum<true>(40, 0);
+  EXPECT_EQ(r.got, r.want);
+}
+
+TEST(SimtTester, MissingBarrierIsDetected) {
+  // With the barriers and the same delays the result is right: the delay alone
+  // does not break the kernel; removing the barriers does.
+  const Sums ok = run_block_sum<true>(2, 1);
+  EXPECT_EQ(ok.got, ok.want);
+  const Sums broken = run_block_sum<false>(2, 1);
+  EXPECT_NE(broken.got, broken.want) << "threads of a block did not run concurrently";
+}
+
+// Two warps; every lane records what each collective returned.
+struct WarpOut {
+  double xor_sum;
+  int down1, up2, bcast_w8, xor16_w16;
+  unsigned long long scan;
+  unsigned ballot_odd;
+  int any5, all_lt32, all_ne7;
+};
+
+__global__ void warp_ops(WarpOut* out) {
+  const int t = threadIdx.x, lane = t % warpSize;
+  const int x = 3 * t + 1;
+  const unsigned full = 0xffffffffu;
+  double sum = x;
+  for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(full, sum, o);
+  unsigned long long inc = static_cast<unsigned long long>(x);
+  for (unsigned o = 1; o < 32; o <<= 1) {
+    const unsigned long long y = __shfl_up_sync(full, inc, o);
+    if (lane >= static_cast<int>(o)) inc += y;
+  }
+  WarpOut& r = out[t];
+  r.xor_sum = sum;
+  r.scan = inc;
+  r.down1 = __shfl_down_sync(full, x, 1);
+  r.up2 = __shfl_up_sync(full, x, 2);
+  r.bcast_w8 = __shfl_sync(full, x, 3, 8);
+  r.xor16_w16 = __shfl_xor_sync(full, x, 16, 16);
+  r.ballot_odd = __ballot_sync(full, x & 1);
+  r.any5 = __any_sync(full, lane == 5);
+  r.all_lt32 = __all_sync(full, lane < 32);
+  r.all_ne7 = __all_sync(full, lane != 7);
+}
+
+TEST(Simt, WarpShufflesAndVotesFollowCudaSemantics) {
+  constexpr int n = 64;
+  std::vector<WarpOut> out(n);
+  OBC_LAUNCH(warp_ops, dim3(1), dim3(n), 0, nullptr, out.data());
+  ASSERT_EQ(cudaGetLastError(), cudaSuccess);
+  auto x = [](int t) { return 3 * t + 1; };
+  for (int t = 0; t < n; ++t) {
+    const int lane = t % 32, w0 = t - lane;
+    double sum = 0;
+    unsigned long long scan = 0;
+    unsigned odd = 0;
+    for (int l = 0; l < 32; ++l) {
+      sum += x(w0 + l);
+      if (l <= lane) scan += x(w0 + l);
+      odd |= static_cast<unsigned>(x(w0 + l) & 1) << l;
+    }
+    SCOPED_TRACE(t);
+    EXPECT_EQ(out[t].xor_sum, sum);
+    EXPECT_EQ(out[t].scan, scan);
+    EXPECT_EQ(out[t].down1, lane < 31 ? x(t + 1) : x(t));  // out of range: own value
+    EXPECT_EQ(out[t].up2, lane >= 2 ? x(t - 2) : x(t));
+    EXPECT_EQ(out[t].bcast_w8, x(w0 + (lane & ~7) + 3));
+    // Width 16: lanes 0-15 would read the later group, so keep their own value;
+    // lanes 16-31 may read the earlier group.
+    EXPECT_EQ(out[t].xor16_w16, lane < 16 ? x(t) : x(t - 16));
+    EXPECT_EQ(out[t].ballot_odd, odd);
+    EXPECT_TRUE(out[t].any5);
+    EXPECT_TRUE(out[t].all_lt32);
+    EXPECT_FALSE(out[t].all_ne7);
+  }
+}
+
+struct Counters {
+  int count;
+  unsigned ucount;
+  unsigned long long ull;
+  float fsum;
+  double dsum;
+  int imax, imin;
+  unsigned long long ullmax;
+  int cas_ticket;
+};
+
+__global__ void atomics(Counters* c, int* tickets) {
+  const int g = blockIdx.x * blockDim.x + threadIdx.x;
+  atomicAdd(&c->count, 1);
+  atomicAdd(&c->ucount, 2u);
+  atomicAdd(&c->ull, 3ull);
+  atomicAdd(&c->fsum, 0.5f);
+  atomicAdd(&c->dsum, 0.25);
+  atomicMax(&c->imax, g);
+  atomicMin(&c->imin, -g);
+  atomicMax(&c->ullmax, static_cast<unsigned long long>(g) << 33);
+  // A ticket per thread by compare-and-swap: every ticket handed out once.
+  int old = 0, seen;
+  while ((seen = atomicCAS(&c->cas_ticket, old, old + 1)) != old) old = seen;
+  tickets[old] = g;
+}
+
+TEST(Simt, AtomicsFromAllThreadsOfManyBlocksAreExact) {
+  constexpr int blocks = 24, n = blocks * kThreads;
+  Counters c{0, 0, 0, 0.f, 0.0, -1, 1, 0, 0};
+  std::vector<int> tickets(n, -1);
+  OBC_LAUNCH(atomics, dim3(blocks), dim3(kThreads), 0, nullptr, &c, tickets.data());
+  ASSERT_EQ(cudaGetLastError(), cudaSuccess);
+  EXPECT_EQ(c.count, n);
+  EXPECT_EQ(c.ucount, 2u * n);
+  EXPECT_EQ(c.ull, 3ull * n);
+  EXPECT_EQ(c.fsum, 0.5f * n);  // exact: every partial sum is a multiple of 0.5 below 2^24
+  EXPECT_EQ(c.dsum, 0.25 * n);
+  EXPECT_EQ(c.imax, n - 1);
+  EXPECT_EQ(c.imin, -(n - 1));
+  EXPECT_EQ(c.ullmax, static_cast<unsigned long long>(n - 1) << 33);
+  EXPECT_EQ(c.cas_ticket, n);
+  std::vector<int> seen(n, 0);
+  for (int g : tickets) {
+    ASSERT_GE(g, 0);
+    ++seen[g];
+  }
+  EXPECT_EQ(seen, std::vector<int>(n, 1));
+}
+
+// 72 threads: two full warps and a partial one of 8 lanes.
+__global__ void reverse_in_smem(const float* in, float* out, int* poisoned, int* aligned) {
+  OBC_DYNAMIC_SMEM(float, buf);
+  const int t = threadIdx.x, n = blockDim.x, base = blockIdx.x * n;
+  if (t == 0) aligned[blockIdx.x] = reinterpret_cast<uintptr_t>(buf) % 16 == 0;
+  poisoned[base + t] = std::isnan(buf[t]);  // nothing wrote it yet in this block
+  __syncthreads();                           // every poison check before any write
+  buf[t] = in[base + t];
+  __syncthreads();
+  out[base + t] = buf[n - 1 - t];
+}
+
+TEST(Simt, DynamicSharedMemoryIsPoisonedPerBlockWithPartialWarp) {
+  constexpr int n = 72, blocks = 3;
+  std::vector<float> in(n * blocks), out(n * blocks, 0.f);
+  for (int i = 0; i < n * blocks; ++i) in[i] = static_cast<float>(i);
+  std::vector<int> poisoned(n * blocks, 0), aligned(blocks, 0);
+  OBC_LAUNCH(reverse_in_smem, dim3(blocks), dim3(n), n * sizeof(float), nullptr, in.data(), out.data(),
+             poisoned.data(), aligned.data());
+  ASSERT_EQ(cudaGetLastError(), cudaSuccess);
+  for (int b = 0; b < blocks; ++b) {
+    EXPECT_TRUE(aligned[b]);
+    for (int t = 0; t < n; ++t) {
+      EXPECT_TRUE(poisoned[b * n + t]) << "block " << b << " thread " << t;
+      EXPECT_EQ(out[b * n + t], in[b * n + n - 1 - t]);
+    }
+  }
+}
+
+__global__ void warp_masks(unsigned* ballot, unsigned* active, int* sum) {
+  const int t = threadIdx.x;
+  ballot[t] = __ballot_sync(0xffffffffu, 1);
+  active[t] = __activemask();
+  int x = 1;
+  for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+  sum[t] = x;  // lanes that read a missing lane get poison (-1) in the sum
+}
+
+TEST(Simt, PartialWarpCollectivesSeeOnlyExistingLanes) {
+  constexpr int n = 72;
+  std::vector<unsigned> ballot(n), active(n);
+  std::vector<int> sum(n);
+  OBC_LAUNCH(warp_masks, dim3(1), dim3(n), 0, nullptr, ballot.data(), active.data(), sum.data());
+  ASSERT_EQ(cudaGetLastError(), cudaSuccess);
+  for (int t = 0; t < n; ++t) {
+    EXPECT_EQ(ballot[t], t < 64 ? 0xffffffffu : 0xffu) << t;
+    EXPECT_EQ(active[t], ballot[t]) << t;
+  }
+  EXPECT_EQ(sum[0], 32);
+  EXPECT_NE(sum[64], 8);  // a butterfly over 32 lanes in an 8-lane warp reads missing lanes
+}
+
+__global__ void where_am_i(uint32_t* out) {
+  const unsigned bid = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
+  const unsigned tid = threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z);
+  const unsigned g = bid * (blockDim.x * blockDim.y * blockDim.z) + tid;
+  // Every coordinate in one word, 4 bits each, to check them all on the host.
+  out[g] = blockIdx.x | blockIdx.y << 4 | blockIdx.z << 8 | threadIdx.x << 12 | threadIdx.y << 16 |
+           threadIdx.z << 20 | (gridDim.x * gridDim.y * gridDim.z == 12 && blockDim.x * blockDim.y == 12) << 24;
+}
+
+TEST(Simt, GridAndBlockIndicesCover3dLaunches) {
+  const dim3 grid(3, 2, 2), block(4, 3, 2);
+  std::vector<uint32_t> out(12 * 24, 0);
+  OBC_LAUNCH(where_am_i, grid, block, 0, nullptr, out.data());
+  ASSERT_EQ(cudaGetLastError(), cudaSuccess);
+  size_t g = 0;
+  for (unsigned bz = 0; bz < 2; ++bz)
+    for (unsigned by = 0; by < 2; ++by)
+      for (unsigned bx = 0; bx < 3; ++bx)
+        for (unsigned tz = 0; tz < 2; ++tz)
+          for (unsigned ty = 0; ty < 3; ++ty)
+            for (unsigned tx = 0; tx < 4; ++tx, ++g)
+              ASSERT_EQ(out[g], bx | by << 4 | bz << 8 | tx << 12 | ty << 16 | tz << 20 | 1u << 24) << g;
+}
+
+__global__ void count_calls(int* calls) { atomicAdd(calls, 1); }
+
+TEST(Simt, BadLaunchConfigurationSetsLastErrorAndRunsNothing) {
+  int calls = 0;
+  OBC_LAUNCH(count_calls, dim3(1), dim3(1025), 0, nullptr, &calls);
+  EXPECT_EQ(cudaPeekAtLastError(), cudaErrorInvalidConfiguration);
+  EXPECT_EQ(cudaGetLastError(), cudaErrorInvalidConfiguration);
+  EXPECT_EQ(cudaGetLastError(), cudaSuccess);  // reading it clears it
+  OBC_LAUNCH(count_calls, dim3(0), dim3(32), 0, nullptr, &calls);
+  EXPECT_EQ(cudaGetLastError(), cudaErrorInvalidConfiguration);
+  OBC_LAUNCH(count_calls, dim3(1), dim3(32, 32, 2), 0, nullptr, &calls);
+  EXPECT_EQ(cudaGetLastError(), cudaErrorInvalidConfiguration);
+  OBC_LAUNCH(count_calls, dim3(1), dim3(32), 64 * 1024, nullptr, &calls);
+  EXPECT_EQ(cudaGetLastError(), cudaErrorInvalidValue);
+  EXPECT_EQ(calls, 0);
+  OBC_LAUNCH(count_calls, dim3(2), dim3(1024), 0, nullptr, &calls);
+  EXPECT_EQ(cudaGetLastError(), cudaSuccess);
+  EXPECT_EQ(calls, 2048);
+}
+
+__global__ void throw_in_thread(int victim) {
+  if (static_cast<int>(threadIdx.x) == victim) throw std::out_of_range("kernel failed");
+  __syncthreads();  // the others must not wait for the thread that threw
+  __syncthreads();
+}
+
+TEST(Simt, KernelExceptionReachesTheLauncher) {
+  EXPECT_THROW(OBC_LAUNCH(throw_in_thread, dim3(2), dim3(64), 0, nullptr, 37), std::out_of_range);
+  int calls = 0;  // the pool survives and runs the next launch
+  OBC_LAUNCH(count_calls, dim3(1), dim3(64), 0, nullptr, &calls);
+  EXPECT_EQ(calls, 64);
+}
+
+__global__ void divergent_barriers(int /*unused: OBC_LAUNCH needs an argument*/) {
+  if (threadIdx.x == 0)
+    __syncthreads();
+  else
+    __syncwarp();
+}
+
+TEST(Simt, DivergentBarrierThrowsInsteadOfHanging) {
+  EXPECT_THROW(OBC_LAUNCH(divergent_barriers, dim3(1), dim3(32), 0, nullptr, 0), std::runtime_error);
+}
+
+__global__ void half_warp_mask(int* out) { out[threadIdx.x] = __shfl_sync(0x0000ffffu, 1, 0); }
+
+__global__ void shuffle_after_return(int* out) {
+  if (threadIdx.x == 3) return;
+  out[threadIdx.x] = __shfl_down_sync(0xffffffffu, 1, 1);
+}
+
+TEST(Simt, UnsupportedWarpCollectivesThrowInsteadOfHanging) {
+  std::vector<int> out(32);
+  EXPECT_THROW(OBC_LAUNCH(half_warp_mask, dim3(1), dim3(32), 0, nullptr, out.data()), std::runtime_error);
+  EXPECT_THROW(OBC_LAUNCH(shuffle_after_return, dim3(1), dim3(32), 0, nullptr, out.data()), std::runtime_error);
+}
+
+}  // namespace
