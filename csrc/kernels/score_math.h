@@ -1,0 +1,143 @@
+// The per-(query, key) saliency contributions of shared/DESIGN.md section 3
+// and their reductions, as inline host/device functions: the CPU kernel, the
+// CUDA kernels and the emulated CUDA kernels all compute scores through these
+// (no score formula is written anywhere else). T is the accumulation type:
+// float, or double for float64 inputs.
+//
+// Inputs of one (query row r, key p) pair, all in the accumulation type:
+//   a    = A_{r,p}, the softmax weight (0 when masked)
+//   z    = Z_{r,p}, the scaled logit (0 when masked)
+//   vn1  = ||v_p||_1, vn2 = ||v_p||_2^2
+//   vo   = v_p . o_r, on2 = ||o_r||_2^2
+//   dist = ||v_p - o_r||_2, computed directly (not via the expansion) so that
+//          `loo` stays accurate when A ~ 1 and v_p ~ o_r.
+// A masked (causal) pair contributes exactly 0; kernels skip the formula.
+#pragma once
+
+#include "common.h"
+#include "saliency_params.h"
+
+#if !defined(__CUDACC__) && !defined(OBC_SIMT_EMULATION)
+#include <cmath>
+#endif
+
+namespace obc {
+
+// obcache.reference.LOO_MIN_REMAINDER: 1 - A is clamped here for `loo`, so a
+// token holding (almost) all of a query's attention gets a large finite score.
+constexpr double kLooMinRemainder = 1e-4;
+
+// Which per-key / per-pair terms a score needs (kernels skip the others).
+OBC_HD constexpr bool score_needs_vo(Score s) { return s == Score::Key || s == Score::Joint; }
+OBC_HD constexpr bool score_needs_dist(Score s) { return s == Score::Loo; }
+OBC_HD constexpr bool score_needs_vn2(Score s) {
+  return s == Score::Value || s == Score::Key || s == Score::Joint;
+}
+OBC_HD constexpr bool score_needs_vn1(Score s) { return s == Score::Vatp; }
+// `tova` reads only the last window query of each head.
+OBC_HD constexpr bool score_last_query_only(Score s) { return s == Score::Tova; }
+
+// ||v_p - o||^2 by the expansion ||v||^2 - 2 v.o + ||o||^2, clamped at 0
+// (rounding can make the expansion slightly negative).
+template <typename T>
+OBC_HD OBC_INLINE T sq_dist_expanded(T vn2, T vo, T on2) {
+  const T d = vn2 - T(2) * vo + on2;
+  return d > T(0) ? d : T(0);
+}
+
+template <typename T>
+OBC_HD OBC_INLINE T contrib_attn(T a) {
+  return a;
+}
+template <typename T>
+OBC_HD OBC_INLINE T contrib_vatp(T a, T vn1) {
+  return a * vn1;
+}
+template <typename T>
+OBC_HD OBC_INLINE T contrib_value(T a, T vn2) {
+  return a * a * vn2;
+}
+template <typename T>
+OBC_HD OBC_INLINE T contrib_key(T a, T z, T vn2, T vo, T on2) {
+  const T az = a * z;
+  return az * az * sq_dist_expanded(vn2, vo, on2);
+}
+// value + key + the cross term 2 A^2 Z (||v||^2 - v.o), which can be negative.
+template <typename T>
+OBC_HD OBC_INLINE T contrib_joint(T a, T z, T vn2, T vo, T on2) {
+  const T a2 = a * a;
+  return a2 * vn2 + contrib_key(a, z, vn2, vo, on2) + T(2) * a2 * z * (vn2 - vo);
+}
+template <typename T>
+OBC_HD OBC_INLINE T contrib_loo(T a, T dist) {
+  T rem = T(1) - a;
+  rem = rem > T(kLooMinRemainder) ? rem : T(kLooMinRemainder);
+  return a / rem * dist;
+}
+
+// The contribution of one visible (query, key) pair; S is a compile-time
+// constant in the kernels so the selection costs nothing in inner loops.
+template <Score S, typename T>
+OBC_HD OBC_INLINE T score_contribution(T a, T z, T vn1, T vn2, T vo, T on2, T dist) {
+  (void)z, (void)vn1, (void)vn2, (void)vo, (void)on2, (void)dist;
+  if constexpr (S == Score::Attn || S == Score::Tova) return contrib_attn(a);
+  else if constexpr (S == Score::Vatp) return contrib_vatp(a, vn1);
+  else if constexpr (S == Score::Value) return contrib_value(a, vn2);
+  else if constexpr (S == Score::Key) return contrib_key(a, z, vn2, vo, on2);
+  else if constexpr (S == Score::Joint) return contrib_joint(a, z, vn2, vo, on2);
+  else return contrib_loo(a, dist);
+}
+
+// Run-time selection (tests, slow paths).
+template <typename T>
+OBC_HD OBC_INLINE T score_contribution(Score s, T a, T z, T vn1, T vn2, T vo, T on2, T dist) {
+  switch (s) {
+    case Score::Attn: return score_contribution<Score::Attn>(a, z, vn1, vn2, vo, on2, dist);
+    case Score::Tova: return score_contribution<Score::Tova>(a, z, vn1, vn2, vo, on2, dist);
+    case Score::Vatp: return score_contribution<Score::Vatp>(a, z, vn1, vn2, vo, on2, dist);
+    case Score::Value: return score_contribution<Score::Value>(a, z, vn1, vn2, vo, on2, dist);
+    case Score::Key: return score_contribution<Score::Key>(a, z, vn1, vn2, vo, on2, dist);
+    case Score::Joint: return score_contribution<Score::Joint>(a, z, vn1, vn2, vo, on2, dist);
+    case Score::Loo: return score_contribution<Score::Loo>(a, z, vn1, vn2, vo, on2, dist);
+  }
+  return T(0);
+}
+
+// ---- Reductions: over the window queries (per query head), then over the G
+// heads of a group. Every query takes part (a masked pair as 0), so `max`
+// starts from -inf and sees the zeros of masked pairs, as the reference does.
+
+template <typename T>
+OBC_HD OBC_INLINE T reduce_identity_max() {
+  return T(-__builtin_huge_valf());  // -inf; a builtin g++ and nvcc both accept
+}
+
+template <typename T>
+OBC_HD OBC_INLINE T query_reduce_init(QueryReduce r) {
+  return r == QueryReduce::Max ? T(reduce_identity_max<T>()) : T(0);
+}
+template <typename T>
+OBC_HD OBC_INLINE T query_reduce_step(QueryReduce r, T acc, T c) {
+  return r == QueryReduce::Max ? (c > acc ? c : acc) : acc + c;
+}
+
+template <typename T>
+OBC_HD OBC_INLINE T group_reduce_init(GroupReduce r) {
+  return r == GroupReduce::Max ? T(reduce_identity_max<T>()) : T(0);
+}
+template <typename T>
+OBC_HD OBC_INLINE T group_reduce_step(GroupReduce r, T acc, T head) {
+  return r == GroupReduce::Max ? (head > acc ? head : acc) : acc + head;
+}
+template <typename T>
+OBC_HD OBC_INLINE T group_reduce_finish(GroupReduce r, T acc, int64_t G) {
+  return r == GroupReduce::Mean ? acc / T(G) : acc;
+}
+
+// A window query's absolute position and which keys it sees.
+OBC_HD OBC_INLINE int64_t query_position(int64_t N, int64_t W, int64_t i) { return N - W + i; }
+OBC_HD OBC_INLINE bool key_visible(bool causal, int64_t key, int64_t query_pos) {
+  return !causal || key <= query_pos;
+}
+
+}  // namespace obc

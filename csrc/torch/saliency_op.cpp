@@ -1,0 +1,174 @@
+// torch.ops.obcache.saliency: schema, argument checks and the CPU
+// implementation (saliency_op_cuda.cpp registers the CUDA one). The
+// specification is obcache/reference.py `saliency`; the kernel is
+// kernels/saliency_cpu.cpp.
+#include <ATen/Parallel.h>
+#include <c10/core/CPUAllocator.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <string>
+
+#include "kernels/saliency_cpu.h"
+#include "torch/checks.h"
+#include "torch/saliency_args.h"
+
+namespace obcache {
+
+namespace {
+
+std::string str(c10::string_view s) { return std::string(s.data(), s.size()); }
+
+constexpr const char* kScoreNames = "('attn', 'tova', 'vatp', 'value', 'key', 'joint', 'loo')";
+
+}  // namespace
+
+obc::Score parse_score(c10::string_view s) {
+  if (s == "attn") return obc::Score::Attn;
+  if (s == "tova") return obc::Score::Tova;
+  if (s == "vatp") return obc::Score::Vatp;
+  if (s == "value") return obc::Score::Value;
+  if (s == "key") return obc::Score::Key;
+  if (s == "joint") return obc::Score::Joint;
+  if (s == "loo") return obc::Score::Loo;
+  TORCH_CHECK(false, "score must be one of ", kScoreNames, ", got '", str(s), "'");
+}
+
+obc::GroupReduce parse_group_reduce(c10::string_view s) {
+  if (s == "sum") return obc::GroupReduce::Sum;
+  if (s == "mean") return obc::GroupReduce::Mean;
+  if (s == "max") return obc::GroupReduce::Max;
+  TORCH_CHECK(false, "group_reduce must be one of ('sum', 'mean', 'max'), got '", str(s), "'");
+}
+
+obc::QueryReduce parse_query_reduce(c10::string_view s) {
+  if (s == "sum") return obc::QueryReduce::Sum;
+  if (s == "max") return obc::QueryReduce::Max;
+  TORCH_CHECK(false, "query_reduce must be one of ('sum', 'max'), got '", str(s), "'");
+}
+
+void check_saliency_args(const at::Tensor& k, const at::Tensor& v, const at::Tensor& q, c10::string_view score,
+                         c10::string_view group_reduce, std::optional<double> scale, bool /*causal*/,
+                         c10::string_view query_reduce) {
+  parse_score(score);
+  parse_group_reduce(group_reduce);
+  parse_query_reduce(query_reduce);
+  check_dims(k, "k", 4, "[B, H_kv, N, D]");
+  check_dims(v, "v", 4, "[B, H_kv, N, D]");
+  check_dims(q, "q_window", 4, "[B, H_q, W, D]");
+  check_same_device(k, "k", v, "v");
+  check_same_device(k, "k", q, "q_window");
+  TORCH_CHECK(k.is_cpu() || k.is_cuda(), "k must be a CPU or CUDA tensor, got ", k.device());
+  TORCH_CHECK(k.is_cpu() || k.scalar_type() != at::kDouble,
+              "k is float64, which saliency supports on CPU only (CUDA: float32, float16, bfloat16)");
+  to_obc_dtype(k, "k", /*allow_f64=*/k.is_cpu());
+  check_same_dtype(k, "k", v, "v");
+  check_same_dtype(k, "k", q, "q_window");
+  TORCH_CHECK(k.sizes() == v.sizes(), "k and v must have the same shape [B, H_kv, N, D], got ", k.sizes(),
+              " and ", v.sizes());
+  const int64_t B = k.size(0), Hkv = k.size(1), N = k.size(2), D = k.size(3);
+  const int64_t Hq = q.size(1), W = q.size(2);
+  TORCH_CHECK(q.size(0) == B, "q_window must have the batch size of k (", B, "), got ", q.size(0), " (shape ",
+              q.sizes(), ")");
+  TORCH_CHECK(q.size(3) == D, "q_window must have the head dim D of k (", D, "), got ", q.size(3), " (shape ",
+              q.sizes(), ")");
+  TORCH_CHECK(Hkv > 0, "k must have at least one KV head, got H_kv = 0 (shape ", k.sizes(), ")");
+  TORCH_CHECK(Hq % Hkv == 0 && Hq > 0, "q_window's H_q must be a positive multiple of k's H_kv = ", Hkv,
+              ", got H_q = ", Hq);
+  TORCH_CHECK(W > 0, "q_window must hold at least one window query, got W = 0 (shape ", q.sizes(), ")");
+  TORCH_CHECK(W <= N, "q_window's W must be <= N = ", N, " (the window queries are the last W tokens), got W = ",
+              W);
+  check_last_dim_contiguous(k, "k");
+  check_last_dim_contiguous(v, "v");
+  check_last_dim_contiguous(q, "q_window");
+  if (scale.has_value())
+    TORCH_CHECK(std::isfinite(*scale), "scale must be finite (or None for 1/sqrt(D)), got ", *scale);
+}
+
+namespace {
+
+// Everything of p except out (and, for float64 inputs, q: see below).
+obc::SaliencyParams describe(const at::Tensor& k, const at::Tensor& v, const at::Tensor& q,
+                             c10::string_view score, c10::string_view group_reduce, std::optional<double> scale,
+                             bool causal, c10::string_view query_reduce) {
+  obc::SaliencyParams p;
+  p.dtype = to_obc_dtype(k, "k", true);
+  p.k = k.data_ptr();
+  p.v = v.data_ptr();
+  p.q = q.data_ptr();
+  p.B = k.size(0);
+  p.Hkv = k.size(1);
+  p.N = k.size(2);
+  p.D = k.size(3);
+  p.G = q.size(1) / p.Hkv;
+  p.W = q.size(2);
+  p.k_sb = k.stride(0), p.k_sh = k.stride(1), p.k_sn = k.stride(2);
+  p.v_sb = v.stride(0), p.v_sh = v.stride(1), p.v_sn = v.stride(2);
+  p.q_sb = q.stride(0), p.q_sh = q.stride(1), p.q_sw = q.stride(2);
+  p.scale = static_cast<float>(scale.value_or(1.0 / std::sqrt(static_cast<double>(p.D))));
+  p.causal = causal;
+  p.score = parse_score(score);
+  p.group_reduce = parse_group_reduce(group_reduce);
+  p.query_reduce = parse_query_reduce(query_reduce);
+  return p;
+}
+
+at::Tensor saliency_run_cpu(obc::SaliencyParams p, const at::Tensor& k) {
+  const bool f64 = p.dtype == obc::DType::F64;
+  at::Tensor out = at::empty({p.B, p.Hkv, p.N}, k.options().dtype(f64 ? at::kDouble : at::kFloat));
+  if (out.numel() == 0) return out;
+  p.out = out.data_ptr();
+  const size_t ws_bytes = obc::saliency_cpu_workspace_bytes(p);
+  // One workspace per chunk (at most one chunk per thread with grain 1): a
+  // few hundred KiB, allocated by torch's CPU allocator (64-byte aligned).
+  at::parallel_for(0, p.B * p.Hkv, 1, [&](int64_t bh0, int64_t bh1) {
+    c10::DataPtr ws = c10::GetCPUAllocator()->allocate(ws_bytes);
+    obc::saliency_cpu(p, bh0, bh1, ws.get());
+  });
+  return out;
+}
+
+}  // namespace
+
+at::Tensor saliency_impl(const at::Tensor& k, const at::Tensor& v, const at::Tensor& q_window,
+                         c10::string_view score, c10::string_view group_reduce, std::optional<double> scale,
+                         bool causal, c10::string_view query_reduce) {
+  check_saliency_args(k, v, q_window, score, group_reduce, scale, causal, query_reduce);
+  obc::SaliencyParams p = describe(k, v, q_window, score, group_reduce, scale, causal, query_reduce);
+  if (k.is_cuda()) {
+#ifdef OBCACHE_WITH_CUDA
+    return saliency_run_cuda(p, k);
+#else
+    TORCH_CHECK(false, "obcache was built without CUDA kernels; k is on ", k.device());
+#endif
+  }
+  if (p.dtype == obc::DType::F64) {
+    // SaliencyParams carries a float scale; a float64 caller gets a float64
+    // scale by pre-scaling its (small, [B, H_q, W, D]) queries instead.
+    const double s = scale.value_or(1.0 / std::sqrt(static_cast<double>(p.D)));
+    const at::Tensor qs = q_window * s;
+    p.q = qs.data_ptr();
+    p.q_sb = qs.stride(0), p.q_sh = qs.stride(1), p.q_sw = qs.stride(2);
+    p.scale = 1.0f;
+    return saliency_run_cpu(p, k);
+  }
+  return saliency_run_cpu(p, k);
+}
+
+at::Tensor saliency_op(const at::Tensor& k, const at::Tensor& v, const at::Tensor& q_window,
+                       c10::string_view score, c10::string_view group_reduce, std::optional<double> scale,
+                       bool causal, c10::string_view query_reduce, const std::optional<at::Tensor>& wo) {
+  TORCH_CHECK(!wo.has_value(), "wo is not used by score '", str(score), "' (reserved for scores that need the ",
+              "output projection); pass wo=None");
+  return saliency_impl(k, v, q_window, score, group_reduce, scale, causal, query_reduce);
+}
+
+}  // namespace obcache
+
+TORCH_LIBRARY_FRAGMENT(obcache, m) {
+  m.def(
+      "saliency(Tensor k, Tensor v, Tensor q_window, str score, *, str group_reduce=\"sum\", float? scale=None, "
+      "bool causal=True, str query_reduce=\"sum\", Tensor? wo=None) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(obcache, CPU, m) { m.impl("saliency", &obcache::saliency_op); }

@@ -1,0 +1,68 @@
+"""torch.ops.obcache.saliency: one importance score per cached token.
+
+Specification: obcache.reference.saliency (the formulas of shared/DESIGN.md
+section 3). Kernels: a fused two-pass CPU kernel (bounded workspace per
+(batch, KV head)) and a two-pass CUDA kernel; neither forms [B, H_q, W, N].
+"""
+from typing import Optional
+
+import torch
+
+__all__ = ["SCORES", "GROUP_REDUCES", "QUERY_REDUCES", "saliency"]
+
+#: Score names, in the order of DESIGN.md section 3.
+SCORES = ("attn", "tova", "vatp", "value", "key", "joint", "loo")
+#: How the G query heads sharing a KV head are combined.
+GROUP_REDUCES = ("sum", "mean", "max")
+#: How the W window queries are combined (per query head, before the group).
+QUERY_REDUCES = ("sum", "max")
+
+
+def saliency(
+    k: torch.Tensor,
+    v: torch.Tensor,
+    q_window: torch.Tensor,
+    score: str = "joint",
+    *,
+    group_reduce: str = "sum",
+    scale: Optional[float] = None,
+    causal: bool = True,
+    query_reduce: str = "sum",
+) -> torch.Tensor:
+    """Saliency of every cached token, per (batch, KV head).
+
+    Args:
+        k, v: [B, H_kv, N, D] cached keys (after RoPE) and values; float32,
+            float16 or bfloat16 (float64 too on CPU). The last dim must be
+            contiguous; other strides are arbitrary (a narrowed view of a
+            preallocated cache is read in place).
+        q_window: [B, H_q, W, D] queries of the last W tokens (1 <= W <= N),
+            H_q a multiple of H_kv (query head j reads KV head j // G,
+            G = H_q // H_kv); same dtype and device as k.
+        score: one of SCORES: "attn" (sum_i A), "tova" (A of the last query),
+            "vatp" (A ||v||_1), "value" (A^2 ||v||^2), "key"
+            ((A Z)^2 ||v - o||^2), "joint" (value + key + cross term), "loo"
+            (A / max(1 - A, 1e-4) ||v - o||, exact leave-one-out change).
+        group_reduce: "sum" | "mean" | "max" over the G query heads.
+        scale: logit scale; None means 1 / sqrt(D).
+        causal: window query i sits at position N - W + i and sees keys
+            0 .. N - W + i; masked pairs contribute 0. False: every key.
+        query_reduce: "sum" | "max" over the W window queries ("tova" always
+            reads the last query only).
+
+    Returns:
+        [B, H_kv, N] float32 (float64 for float64 inputs), on k's device.
+        Accumulation is float32 for 16/32-bit inputs, float64 for float64.
+    """
+    return torch.ops.obcache.saliency(
+        k, v, q_window, score, group_reduce=group_reduce, scale=scale, causal=causal, query_reduce=query_reduce
+    )
+
+
+@torch.library.register_fake("obcache::saliency")
+def _saliency_fake(k, v, q_window, score, *, group_reduce="sum", scale=None, causal=True, query_reduce="sum",
+                   wo=None):
+    torch._check(k.dim() == 4, lambda: f"k must have 4 dims [B, H_kv, N, D], got {k.dim()}")
+    torch._check(q_window.dim() == 4, lambda: f"q_window must have 4 dims [B, H_q, W, D], got {q_window.dim()}")
+    out_dtype = torch.float64 if k.dtype == torch.float64 else torch.float32
+    return k.new_empty((k.shape[0], k.shape[1], k.shape[2]), dtype=out_dtype)

@@ -1,0 +1,115 @@
+// The real CUDA saliency kernels (saliency_cuda.cu, compiled here under the
+// SIMT emulation) against the CPU kernel, at sizes that hit the edges: N not
+// a multiple of the 32-key tile, rows not a multiple of the 16-row chunk,
+// several key splits (flash-decoding combine), W = 1, G = 1, D = 72, causal
+// and not, strided inputs, every score and reduction, every CUDA dtype.
+// cuda_compat.h first: under OBC_SIMT_EMULATION it brings the emulated
+// __host__ / __device__ that common.h uses.
+#include "cuda_compat.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "saliency_cpu.h"
+#include "saliency_cuda.cu"  // the real source
+#include "saliency_naive.h"
+
+namespace {
+
+using obc::Score;
+
+struct Case {
+  int64_t B, H, G, W, N, D, pad;
+  bool causal;
+};
+
+// Scores `scores` (bit s = Score s); with all_reductions, each score runs two
+// of the six (group, query) reductions, so that every reduction meets two
+// scores (the reductions themselves are score-independent code).
+template <typename E>
+void check_case(const Case& c, obc::DType dt, std::mt19937& rng, bool all_reductions, unsigned scores = 0x7f) {
+  const int64_t sn = c.D + c.pad, sh = (c.N + 1) * sn, sb = c.H * sh;
+  const int64_t qw = c.D + c.pad, qh = c.W * qw, qb = c.H * c.G * qh;
+  std::vector<E> k(c.B * sb), v(c.B * sb), q(c.B * qb);
+  for (auto* t : {&k, &v, &q}) {
+    const std::vector<float> x = naive::grid_values(t->size(), rng);
+    for (size_t i = 0; i < x.size(); ++i) (*t)[i] = naive::from_float<E>(x[i]);
+  }
+  for (int s = 0; s < 7; ++s)
+    for (int j = 0; j < (all_reductions ? 2 : 1); ++j) {
+      if (!(scores >> s & 1u)) continue;
+      const int red = all_reductions ? (s + 3 * j) % 6 : 0;
+      obc::SaliencyParams p;
+      p.k = k.data(), p.v = v.data(), p.q = q.data(), p.dtype = dt;
+      p.B = c.B, p.Hkv = c.H, p.G = c.G, p.W = c.W, p.N = c.N, p.D = c.D;
+      p.k_sb = p.v_sb = sb, p.k_sh = p.v_sh = sh, p.k_sn = p.v_sn = sn;
+      p.q_sb = qb, p.q_sh = qh, p.q_sw = qw;
+      p.scale = 0.3f, p.causal = c.causal, p.score = static_cast<Score>(s);
+      p.group_reduce = static_cast<obc::GroupReduce>(red % 3);
+      p.query_reduce = static_cast<obc::QueryReduce>(red / 3);
+      std::vector<float> want(c.B * c.H * c.N), got(want.size(), -12345.0f);
+      std::vector<double> cpu_ws(obc::saliency_cpu_workspace_bytes(p) / 8 + 8);
+      p.out = want.data();
+      obc::saliency_cpu(p, 0, c.B * c.H, cpu_ws.data());
+      std::vector<float> ws(obc::saliency_cuda_workspace_bytes(p) / 4 + 1, NAN);
+      p.out = got.data();
+      ASSERT_EQ(obc::saliency_cuda(p, ws.data(), nullptr), 0);
+      double mag = 0;
+      for (float x : want) mag = std::max(mag, std::fabs(static_cast<double>(x)));
+      for (size_t i = 0; i < want.size(); ++i)
+        ASSERT_NEAR(got[i], want[i], 2e-5 * std::max(mag, 1e-30))
+            << "N=" << c.N << " W=" << c.W << " G=" << c.G << " D=" << c.D << " causal=" << c.causal
+            << " score=" << s << " reduction=" << red << " at " << i;
+    }
+}
+
+TEST(EmuSaliency, Float32OddSizesEveryScore) {
+  std::mt19937 rng(1);
+  // N = 45: one full and one partial tile; rows = 3 * 7 = 21 (two chunks).
+  check_case<float>({1, 2, 3, 7, 45, 16, 3, true}, obc::DType::F32, rng, true);
+  // W = 1, G = 1, D = 72, non-causal.
+  check_case<float>({2, 1, 1, 1, 40, 72, 0, false}, obc::DType::F32, rng, false);
+  // N = W (every window query at its own position).
+  check_case<float>({1, 1, 2, 5, 5, 8, 1, true}, obc::DType::F32, rng, false);
+}
+
+TEST(EmuSaliency, SeveralKeySplitsAreCombined) {
+  std::mt19937 rng(2);
+  // N = 600 > 256: make_shape picks several splits (the flash-decoding path),
+  // the last one partial; causal rows see different splits.
+  const obc::SaliencyParams probe = [] {
+    obc::SaliencyParams p;
+    p.B = 1, p.Hkv = 1, p.G = 1, p.W = 2, p.N = 600, p.D = 8;
+    return p;
+  }();
+  ASSERT_GT(obc::make_shape(probe).splits, 1);
+  const unsigned attn_joint_loo = 1u << 0 | 1u << 5 | 1u << 6;
+  check_case<float>({1, 1, 1, 2, 600, 8, 0, true}, obc::DType::F32, rng, false, attn_joint_loo);
+  // Splits and several 16-row chunks together (R = 21), `tova` included.
+  const obc::SaliencyParams probe2 = [] {
+    obc::SaliencyParams p;
+    p.B = 1, p.Hkv = 1, p.G = 3, p.W = 7, p.N = 300, p.D = 8;
+    return p;
+  }();
+  ASSERT_GT(obc::make_shape(probe2).splits, 1);
+  check_case<float>({1, 1, 3, 7, 300, 8, 0, true}, obc::DType::F32, rng, false, attn_joint_loo | 1u << 1);
+}
+
+TEST(EmuSaliency, HalfAndBFloat16) {
+  std::mt19937 rng(3);
+  check_case<obc::half_t>({1, 1, 2, 3, 37, 8, 0, true}, obc::DType::F16, rng, false);
+  check_case<obc::bf16_t>({1, 1, 2, 3, 37, 8, 0, true}, obc::DType::BF16, rng, false);
+}
+
+TEST(EmuSaliency, Float64IsRejected) {
+  obc::SaliencyParams p;
+  p.B = p.Hkv = p.G = p.W = p.N = p.D = 1;
+  p.dtype = obc::DType::F64;
+  EXPECT_NE(obc::saliency_cuda(p, nullptr, nullptr), 0);
+}
+
+}  // namespace

@@ -1,0 +1,142 @@
+// saliency_cpu against the naive double-precision statement (saliency_naive.h)
+// at odd sizes (N not a multiple of the key tile, rows not a multiple of the
+// register block, D = 1 and 72), strided k / v / q, every score, reduction and
+// element type (float16 / bfloat16 read exactly: grid values).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "saliency_cpu.h"
+#include "saliency_naive.h"
+
+namespace {
+
+using obc::Score;
+
+struct Case {
+  int64_t B, H, G, W, N, D;
+  int64_t pad;  // extra elements per key / query row (non-contiguous strides)
+  bool causal;
+};
+
+struct Data {
+  std::vector<float> k, v, q;
+  int64_t k_sn, k_sh, k_sb, q_sw, q_sh, q_sb;
+};
+
+Data make(const Case& c, std::mt19937& rng) {
+  Data d;
+  d.k_sn = c.D + c.pad, d.k_sh = (c.N + 2) * d.k_sn, d.k_sb = c.H * d.k_sh;
+  d.q_sw = c.D + c.pad, d.q_sh = c.W * d.q_sw, d.q_sb = c.H * c.G * d.q_sh;
+  d.k = naive::grid_values(c.B * d.k_sb, rng);
+  d.v = naive::grid_values(c.B * d.k_sb, rng);
+  d.q = naive::grid_values(c.B * d.q_sb, rng);
+  return d;
+}
+
+template <typename E>
+std::vector<E> convert(const std::vector<float>& x) {
+  std::vector<E> y(x.size());
+  for (size_t i = 0; i < x.size(); ++i) y[i] = naive::from_float<E>(x[i]);
+  return y;
+}
+
+std::string describe(const Case& c, Score s, obc::GroupReduce gr, obc::QueryReduce qr) {
+  return "B=" + std::to_string(c.B) + " H=" + std::to_string(c.H) + " G=" + std::to_string(c.G) +
+         " W=" + std::to_string(c.W) + " N=" + std::to_string(c.N) + " D=" + std::to_string(c.D) +
+         " causal=" + std::to_string(c.causal) + " score=" + std::to_string(static_cast<int>(s)) +
+         " group=" + std::to_string(static_cast<int>(gr)) + " query=" + std::to_string(static_cast<int>(qr));
+}
+
+// Runs the kernel for element type E on every score x reduction.
+template <typename E, typename Out>
+void check_case(const Case& c, obc::DType dt, double rtol, std::mt19937& rng) {
+  const Data d = make(c, rng);
+  const std::vector<E> k = convert<E>(d.k), v = convert<E>(d.v), q = convert<E>(d.q);
+  const double scale = 0.25;  // exact in float: no scale rounding in the comparison
+  for (int s = 0; s < 7; ++s)
+    for (auto gr : {obc::GroupReduce::Sum, obc::GroupReduce::Mean, obc::GroupReduce::Max})
+      for (auto qr : {obc::QueryReduce::Sum, obc::QueryReduce::Max}) {
+        obc::SaliencyParams p;
+        p.k = k.data(), p.v = v.data(), p.q = q.data(), p.dtype = dt;
+        p.B = c.B, p.Hkv = c.H, p.G = c.G, p.W = c.W, p.N = c.N, p.D = c.D;
+        p.k_sb = p.v_sb = d.k_sb, p.k_sh = p.v_sh = d.k_sh, p.k_sn = p.v_sn = d.k_sn;
+        p.q_sb = d.q_sb, p.q_sh = d.q_sh, p.q_sw = d.q_sw;
+        p.scale = static_cast<float>(scale), p.causal = c.causal;
+        p.score = static_cast<Score>(s), p.group_reduce = gr, p.query_reduce = qr;
+        const std::vector<double> want = naive::saliency(p, {d.k.data(), d.k_sb, d.k_sh, d.k_sn},
+                                                         {d.v.data(), d.k_sb, d.k_sh, d.k_sn},
+                                                         {d.q.data(), d.q_sb, d.q_sh, d.q_sw}, scale);
+        std::vector<Out> got(want.size(), Out(-12345));
+        p.out = got.data();
+        std::vector<double> ws(obc::saliency_cpu_workspace_bytes(p) / sizeof(double) + 8);
+        // Two halves of the (b, h) range, as two parallel_for chunks would.
+        const int64_t rows = c.B * c.H, mid = rows / 2;
+        obc::saliency_cpu(p, 0, mid, ws.data());
+        obc::saliency_cpu(p, mid, rows, ws.data());
+        double mag = 0;
+        for (double w : want) mag = std::max(mag, std::fabs(w));
+        for (size_t i = 0; i < want.size(); ++i)
+          ASSERT_NEAR(static_cast<double>(got[i]), want[i], rtol * std::max(mag, 1e-30))
+              << describe(c, p.score, gr, qr) << " at " << i;
+      }
+}
+
+const Case kCases[] = {
+    {1, 1, 1, 1, 1, 1, 0, true},     // the smallest
+    {2, 2, 3, 5, 33, 7, 3, true},    // N = tile + 1, rows = 15 (block remainder)
+    {1, 3, 1, 1, 100, 72, 5, true},  // W = 1, G = 1, D = 72
+    {1, 1, 4, 9, 9, 16, 0, true},    // N = W
+    {2, 1, 2, 6, 65, 32, 1, false},  // non-causal
+    {1, 2, 3, 32, 64, 8, 0, true},   // exact tiles
+};
+
+TEST(SaliencyCpu, Float32MatchesNaive) {
+  std::mt19937 rng(1);
+  for (const Case& c : kCases) check_case<float, float>(c, obc::DType::F32, 2e-5, rng);
+}
+
+TEST(SaliencyCpu, Float64MatchesNaive) {
+  std::mt19937 rng(2);
+  for (const Case& c : kCases) check_case<double, double>(c, obc::DType::F64, 1e-12, rng);
+}
+
+TEST(SaliencyCpu, Float16MatchesNaiveOnExactInputs) {
+  std::mt19937 rng(3);
+  for (const Case& c : kCases) check_case<obc::half_t, float>(c, obc::DType::F16, 2e-5, rng);
+}
+
+TEST(SaliencyCpu, BFloat16MatchesNaiveOnExactInputs) {
+  std::mt19937 rng(4);
+  for (const Case& c : kCases) check_case<obc::bf16_t, float>(c, obc::DType::BF16, 2e-5, rng);
+}
+
+TEST(SaliencyCpu, WorkspaceDoesNotGrowWithN) {
+  obc::SaliencyParams p;
+  p.B = 1, p.Hkv = 8, p.G = 4, p.W = 32, p.D = 128, p.N = 1024;
+  const size_t small = obc::saliency_cpu_workspace_bytes(p);
+  p.N = 1 << 20;
+  EXPECT_EQ(obc::saliency_cpu_workspace_bytes(p), small);
+  // O(G * W * D): a fixed multiple of the queries, far below [G, W, N] floats.
+  EXPECT_LT(small, size_t(4) * 4 * 32 * 128 * 4);
+}
+
+TEST(SaliencyCpu, MaskedPairsContributeZeroSoTheFirstKeyOfACausalWindowSeesAll) {
+  // N = W = 2, causal: query 0 sees key 0 only; key 1's attn is query 1's A.
+  std::vector<float> k = {1, 0}, v = {1, 1}, q = {0, 0};  // D = 1, q = 0 -> uniform
+  std::vector<float> out(2);
+  obc::SaliencyParams p;
+  p.k = k.data(), p.v = v.data(), p.q = q.data(), p.out = out.data();
+  p.B = p.Hkv = p.G = 1, p.W = 2, p.N = 2, p.D = 1;
+  p.k_sn = p.v_sn = p.q_sw = 1, p.k_sh = p.v_sh = p.k_sb = p.v_sb = 2, p.q_sh = p.q_sb = 2;
+  p.score = Score::Attn;
+  std::vector<double> ws(obc::saliency_cpu_workspace_bytes(p) / 8 + 8);
+  obc::saliency_cpu(p, 0, 1, ws.data());
+  EXPECT_FLOAT_EQ(out[0], 1.5f);  // 1 (query 0) + 0.5 (query 1)
+  EXPECT_FLOAT_EQ(out[1], 0.5f);
+}
+
+}  // namespace

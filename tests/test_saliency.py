@@ -1,0 +1,263 @@
+"""torch.ops.obcache.saliency against obcache.reference.saliency (the spec).
+
+Tolerance (conftest.assert_close_to_reference): the kernel's error against
+the float64 reference is at most 2x the error of the reference run in a lower
+precision, plus a floor. For 16-bit inputs the lower precision is float32,
+not the input dtype: the kernel reads the 16-bit values exactly and
+accumulates in float32, so it must be as accurate as a float32 computation
+on the same (rounded) inputs, far stricter than the 16-bit baseline.
+"""
+import pytest
+import torch
+
+import obcache
+from obcache import reference as ref
+from conftest import DEVICES, assert_close_to_reference, make_cache
+
+SCORES = obcache.SCORES
+DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
+FLOOR = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 1e-5, torch.bfloat16: 1e-5}
+
+
+def _lowp(dtype):
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def check(k, v, q, score, *, what="", **kw):
+    out = obcache.saliency(k, v, q, score, **kw)
+    B, H, N, _ = k.shape
+    want_dtype = torch.float64 if k.dtype == torch.float64 else torch.float32
+    assert out.shape == (B, H, N) and out.dtype == want_dtype and out.device == k.device
+    kc, vc, qc = k.cpu(), v.cpu(), q.cpu()
+    r64 = ref.saliency(kc, vc, qc, score, **kw)
+    rlo = ref.saliency(kc, vc, qc, score, compute_dtype=_lowp(k.dtype), **kw)
+    assert_close_to_reference(out, r64, rlo, what=f"{score} {k.dtype} {what} {kw}", floor_rel=FLOOR[k.dtype])
+
+
+def _skip_f64_on_cuda(device, dtype):
+    if device == "cuda" and dtype == torch.float64:
+        pytest.skip("float64 is CPU-only")
+
+
+# ---- every score x group_reduce x query_reduce x dtype (one small shape) ----
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("score", SCORES)
+def test_every_score_reduction_and_dtype_matches_reference(score, dtype, device):
+    _skip_f64_on_cuda(device, dtype)
+    k, v, q = make_cache(2, 2, 3, 8, 70, 64, dtype=dtype, device=device, seed=1, narrow_from=75)
+    for group_reduce in ("sum", "mean", "max"):
+        for query_reduce in ("sum", "max"):
+            check(k, v, q, score, group_reduce=group_reduce, query_reduce=query_reduce)
+
+
+# ---- a covering grid of shapes: every listed value of every dim appears ----
+
+# (B, H_kv, G, W, N, D)
+SHAPES = [
+    (1, 1, 1, 1, 1, 32),  # N = W = 1
+    (2, 3, 1, 8, 33, 64),
+    (1, 2, 3, 17, 257, 72),
+    (2, 1, 4, 32, 257, 128),
+    (1, 3, 4, 8, 1000, 32),
+    (2, 2, 3, 32, 32, 72),  # N = W
+    (1, 1, 3, 1, 1000, 128),
+    (1, 2, 1, 17, 17, 64),  # N = W
+    (2, 3, 4, 17, 33, 32),
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "B%d_H%d_G%d_W%d_N%d_D%d" % s)
+def test_shape_grid_matches_reference(shape, device):
+    B, H, G, W, N, D = shape
+    for j, score in enumerate(SCORES):
+        narrow = (j + sum(shape)) % 2 == 0
+        causal = j % 3 != 2
+        k, v, q = make_cache(*shape, dtype=torch.float32, device=device, seed=j,
+                             narrow_from=N + 5 if narrow else None)
+        check(k, v, q, score, causal=causal, what=f"shape={shape} narrow={narrow}")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_narrowed_views_are_read_in_place(dtype, device):
+    _skip_f64_on_cuda(device, dtype)
+    k, v, q = make_cache(2, 2, 4, 17, 100, 72, dtype=dtype, device=device, seed=3, narrow_from=160)
+    assert not k.is_contiguous() and not v.is_contiguous()
+    for score in SCORES:
+        check(k, v, q, score)
+        assert torch.equal(obcache.saliency(k, v, q, score), obcache.saliency(k.contiguous(), v.contiguous(), q, score))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_permuted_strides_match_contiguous(device):
+    # [B, N, H, D] storage viewed as [B, H, N, D]; q with a sliced head dim stride.
+    g = torch.Generator().manual_seed(5)
+    k = torch.randn(2, 40, 3, 32, generator=g).to(device).transpose(1, 2)
+    v = torch.randn(2, 40, 3, 32, generator=g).to(device).transpose(1, 2)
+    q = torch.randn(2, 6, 9, 32, generator=g).to(device)[:, :, 1:]
+    for score in SCORES:
+        check(k, v, q, score)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("score", SCORES)
+def test_non_causal_matches_reference(score, device):
+    k, v, q = make_cache(1, 2, 2, 9, 50, 32, device=device, seed=7)
+    for dtype in (torch.float64, torch.float32):
+        if device == "cuda" and dtype == torch.float64:
+            continue
+        check(k.to(dtype), v.to(dtype), q.to(dtype), score, causal=False)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("score", SCORES)
+def test_custom_scale_matches_reference(score, device):
+    k, v, q = make_cache(1, 2, 2, 8, 60, 64, device=device, seed=8)
+    for dtype in (torch.float64, torch.float32):
+        if device == "cuda" and dtype == torch.float64:
+            continue
+        for scale in (0.3, 1.7):
+            check(k.to(dtype), v.to(dtype), q.to(dtype), score, scale=scale)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_peaked_attention_loo_stays_finite_and_accurate(device):
+    # One key holds almost all of the attention: 1 - A is clamped at
+    # LOO_MIN_REMAINDER, and ||v - o|| is computed directly (not by expansion).
+    k, v, q = make_cache(1, 1, 2, 4, 40, 32, dtype=torch.float64, seed=9)
+    k = k.clone()
+    k[0, 0, 5] = 40 * q[0, 0].mean(0)
+    for dtype in ([torch.float64] if device == "cpu" else []) + [torch.float32]:
+        kk, vv, qq = (t.to(dtype).to(device) for t in (k, v, q))
+        out = obcache.saliency(kk, vv, qq, "loo")
+        assert torch.isfinite(out).all()
+        check(kk, vv, qq, "loo")
+
+
+# ---- OBD: value / key / joint equal 1/2 d^T H d of ||O_pruned - O||_F^2 ----
+
+
+def _group_output_change(k, v, q, token, t, *, prune_k, prune_v):
+    """||O(t) - O(0)||_F^2 per (b, KV head), summed over the group's heads and
+    window queries, with k_token (and/or v_token) scaled by (1 - t)."""
+    k2, v2 = k.clone(), v.clone()
+    if prune_k:
+        k2[:, :, token] *= 1 - t
+    if prune_v:
+        v2[:, :, token] *= 1 - t
+    o0 = ref.attention_terms(k, v, q)["o"]
+    o1 = ref.attention_terms(k2, v2, q)["o"]
+    B, H = k.shape[:2]
+    return ((o1 - o0) ** 2).sum((-1, -2)).reshape(B, H, -1).sum(-1)
+
+
+@pytest.mark.parametrize("score,prune_k,prune_v", [("value", False, True), ("key", True, False), ("joint", True, True)])
+def test_obd_scores_equal_half_second_difference_of_output_change(score, prune_k, prune_v):
+    k, v, q = make_cache(2, 2, 3, 5, 12, 8, dtype=torch.float64, seed=11)
+    got = obcache.saliency(k, v, q, score)  # the kernel, float64, group "sum"
+    h = 1e-4
+    want = torch.empty_like(got)
+    for p in range(k.shape[2]):
+        f_plus = _group_output_change(k, v, q, p, h, prune_k=prune_k, prune_v=prune_v)
+        f_minus = _group_output_change(k, v, q, p, -h, prune_k=prune_k, prune_v=prune_v)
+        want[:, :, p] = 0.5 * (f_plus + f_minus) / h**2  # 1/2 f''(0), f(0) = 0
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-9)
+
+
+# ---- torch integration ----
+
+
+def test_opcheck_is_clean_on_cpu():
+    k, v, q = make_cache(1, 2, 2, 4, 20, 16, seed=12, narrow_from=24)
+    torch.library.opcheck(torch.ops.obcache.saliency.default, (k, v, q, "joint"),
+                          {"group_reduce": "mean", "query_reduce": "max"})
+    torch.library.opcheck(torch.ops.obcache.saliency.default, (k.double(), v.double(), q.double(), "loo"),
+                          {"scale": 0.5, "causal": False})
+
+
+def test_torch_compile_fullgraph():
+    k, v, q = make_cache(1, 2, 2, 4, 20, 16, seed=13)
+
+    def f(k, v, q):
+        return torch.ops.obcache.saliency(k, v, q, "key", group_reduce="max").softmax(-1)
+
+    torch._dynamo.reset()
+    got = torch.compile(f, fullgraph=True, backend="inductor")(k, v, q)
+    torch.testing.assert_close(got, f(k, v, q))
+
+
+def test_fake_kernel_gives_shape_and_dtype():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        k = torch.empty(2, 3, 50, 16, dtype=torch.bfloat16)
+        q = torch.empty(2, 6, 4, 16, dtype=torch.bfloat16)
+        out = torch.ops.obcache.saliency(k, k.clone(), q, "attn")
+    assert out.shape == (2, 3, 50) and out.dtype == torch.float32
+
+
+# ---- bad input: a clear error naming the argument and the value seen ----
+
+
+def _args(**over):
+    k, v, q = make_cache(1, 2, 2, 4, 20, 16, seed=14)
+    a = {"k": k, "v": v, "q_window": q, "score": "joint"}
+    a.update(over)
+    return a
+
+
+def _t(*shape, dtype=torch.float32):
+    return torch.randn(*shape, dtype=dtype)
+
+
+BAD = [
+    ("k rank", dict(k=_t(2, 20, 16)), r"k must have 4 dims.*got 3"),
+    ("v rank", dict(v=_t(1, 2, 20, 16, 1)), r"v must have 4 dims.*got 5"),
+    ("q rank", dict(q_window=_t(4, 16)), r"q_window must have 4 dims.*got 2"),
+    ("k/v shape", dict(v=_t(1, 2, 21, 16)), r"k and v must have the same shape"),
+    ("H_q % H_kv", dict(q_window=_t(1, 3, 4, 16)), r"q_window's H_q must be a positive multiple of k's H_kv = 2, got H_q = 3"),
+    ("D mismatch", dict(q_window=_t(1, 4, 4, 8)), r"q_window must have the head dim D of k \(16\), got 8"),
+    ("batch mismatch", dict(q_window=_t(2, 4, 4, 16)), r"q_window must have the batch size of k \(1\), got 2"),
+    ("W > N", dict(q_window=_t(1, 4, 21, 16)), r"q_window's W must be <= N = 20.*got W = 21"),
+    ("W == 0", dict(q_window=_t(1, 4, 0, 16)), r"q_window must hold at least one window query, got W = 0"),
+    ("dtype k int", dict(k=torch.ones(1, 2, 20, 16, dtype=torch.int32)), r"k must be float32, float16 or bfloat16.*Int"),
+    ("dtype mismatch v", dict(v=_t(1, 2, 20, 16, dtype=torch.float16)), r"k and v must have the same dtype"),
+    ("dtype mismatch q", dict(q_window=_t(1, 4, 4, 16, dtype=torch.float64)), r"k and q_window must have the same dtype"),
+    ("score", dict(score="h2o"), r"score must be one of \('attn', 'tova', 'vatp', 'value', 'key', 'joint', 'loo'\), got 'h2o'"),
+    ("group_reduce", dict(group_reduce="min"), r"group_reduce must be one of \('sum', 'mean', 'max'\), got 'min'"),
+    ("query_reduce", dict(query_reduce="mean"), r"query_reduce must be one of \('sum', 'max'\), got 'mean'"),
+    ("k last dim", dict(k=_t(1, 2, 16, 20).transpose(2, 3)), r"k must have a contiguous last dim"),
+    ("v last dim", dict(v=_t(1, 2, 16, 20).transpose(2, 3)), r"v must have a contiguous last dim"),
+    ("q last dim", dict(q_window=_t(1, 4, 16, 4).transpose(2, 3)), r"q_window must have a contiguous last dim"),
+    ("scale", dict(scale=float("inf")), r"scale must be finite.*got inf"),
+    ("wo", dict(wo=_t(4, 16, 32)), r"wo is not used by score 'joint'"),
+]
+
+
+@pytest.mark.parametrize("over,match", [b[1:] for b in BAD], ids=[b[0] for b in BAD])
+def test_bad_input_raises_naming_the_argument(over, match):
+    a = _args(**over)
+    with pytest.raises(RuntimeError, match=match):
+        torch.ops.obcache.saliency(a.pop("k"), a.pop("v"), a.pop("q_window"), a.pop("score"), **a)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_device_mismatch_and_cuda_float64_raise():
+    k, v, q = make_cache(1, 2, 2, 4, 20, 16)
+    with pytest.raises(RuntimeError, match=r"k and q_window must be on the same device"):
+        obcache.saliency(k, v, q.cuda())
+    with pytest.raises(RuntimeError, match=r"float64.*CPU only"):
+        obcache.saliency(k.double().cuda(), v.double().cuda(), q.double().cuda())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu_on_a_larger_case():
+    k, v, q = make_cache(1, 2, 4, 32, 3000, 128, seed=15)
+    for score in SCORES:
+        cpu = obcache.saliency(k, v, q, score)
+        gpu = obcache.saliency(k.cuda(), v.cuda(), q.cuda(), score).cpu()
+        torch.testing.assert_close(gpu, cpu, rtol=1e-4, atol=1e-4 * cpu.abs().max().item())
