@@ -1,5 +1,8 @@
 """Typed Python wrappers and fake (meta) kernels of torch.ops.obcache.*.
 One module per op; importing it registers the op's fake kernel."""
+from obcache.ops.compact import compact_
+from obcache.ops.evict import evict
 from obcache.ops.saliency import SCORES, saliency
+from obcache.ops.select import select, select_adaptive
 
-__all__ = ["SCORES", "saliency"]
+__all__ = ["SCORES", "saliency", "select", "select_adaptive", "compact_", "evict"]

@@ -1,0 +1,130 @@
+// torch.ops.obcache.compact_: schema, checks and the CPU implementation
+// (compact_op_cuda.cpp registers the CUDA one). In place: k and v keep their
+// storage; row i of each (b, h) becomes old row indices[b, h, i].
+#include <ATen/MemoryOverlap.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include "kernels/compact_cpu.h"
+#include "torch/checks.h"
+#include "torch/select_compact.h"
+
+namespace obcache {
+
+void check_compact_meta(const at::Tensor& k, const at::Tensor& v, const at::Tensor& indices,
+                        const std::optional<at::Tensor>& lengths) {
+  check_dims(k, "k", 4, "[B, H_kv, N, D]");
+  check_dims(v, "v", 4, "[B, H_kv, N, D]");
+  TORCH_CHECK(at::isFloatingType(k.scalar_type()), "k must be a floating-point tensor, got ", k.scalar_type());
+  TORCH_CHECK(at::isFloatingType(v.scalar_type()), "v must be a floating-point tensor, got ", v.scalar_type());
+  check_same_device(k, "k", v, "v");
+  TORCH_CHECK(k.size(0) == v.size(0) && k.size(1) == v.size(1) && k.size(2) == v.size(2),
+              "k and v must agree on [B, H_kv, N], got ", k.sizes(), " and ", v.sizes());
+  check_last_dim_contiguous(k, "k");
+  check_last_dim_contiguous(v, "v");
+  at::assert_no_internal_overlap(k);
+  at::assert_no_internal_overlap(v);
+  const auto ov = at::get_overlap_status(k, v);
+  TORCH_CHECK(ov != at::MemOverlapStatus::Full && ov != at::MemOverlapStatus::Partial,
+              "k and v must not share memory (they would be compacted twice)");
+  const int64_t B = k.size(0), H = k.size(1), N = k.size(2);
+  check_dims(indices, "indices", 3, "[B, H_kv, L]");
+  TORCH_CHECK(indices.scalar_type() == at::kLong, "indices must be int64, got ", indices.scalar_type());
+  check_same_device(indices, "indices", k, "k");
+  TORCH_CHECK(indices.size(0) == B && indices.size(1) == H && indices.size(2) <= N,
+              "indices must have shape [B, H_kv, L] = [", B, ", ", H, ", L <= ", N, "], got ", indices.sizes());
+  if (lengths.has_value()) {
+    const at::Tensor& l = *lengths;
+    TORCH_CHECK(l.dim() == 2 && l.size(0) == B && l.size(1) == H, "lengths must have shape [B, H_kv] = [", B,
+                ", ", H, "], got ", l.sizes());
+    TORCH_CHECK(l.scalar_type() == at::kLong, "lengths must be int64, got ", l.scalar_type());
+    check_same_device(l, "lengths", k, "k");
+  }
+}
+
+void check_compact_values(const at::Tensor& indices_cpu, const std::optional<at::Tensor>& lengths_cpu, int64_t N) {
+  const at::Tensor idx = indices_cpu.contiguous();
+  at::Tensor len;
+  if (lengths_cpu.has_value()) len = lengths_cpu->contiguous();
+  const int64_t H = idx.size(1), L = idx.size(2);
+  const obc::IndexError e = obc::check_compact_indices(idx.data_ptr<int64_t>(),
+                                                       len.defined() ? len.data_ptr<int64_t>() : nullptr, H, L, N,
+                                                       0, idx.size(0) * H);
+  switch (e.kind) {
+    case obc::IndexError::Ok: return;
+    case obc::IndexError::BadLength:
+      TORCH_CHECK(false, "lengths[", e.b, ", ", e.h, "] must be in [0, L] = [0, ", L, "], got ", e.value);
+    case obc::IndexError::OutOfRange:
+      TORCH_CHECK(false, "indices[", e.b, ", ", e.h, ", ", e.i, "] must be in [0, N) = [0, ", N, "), got ",
+                  e.value);
+    case obc::IndexError::NotIncreasing:
+      TORCH_CHECK(false, "indices must be strictly increasing along the last dim (sorted, no duplicates), got indices[",
+                  e.b, ", ", e.h, ", ", e.i, "] = ", e.value, " after ", e.prev);
+  }
+}
+
+namespace {
+
+obc::CompactTensor describe(at::Tensor& t) {
+  obc::CompactTensor d;
+  d.data = t.data_ptr();
+  d.elem_size = static_cast<int64_t>(t.element_size());
+  d.D = t.size(3);
+  d.sb = t.stride(0);
+  d.sh = t.stride(1);
+  d.sn = t.stride(2);
+  return d;
+}
+
+}  // namespace
+
+void compact_run(at::Tensor& k, at::Tensor& v, const at::Tensor& indices, const std::optional<at::Tensor>& lengths) {
+  if (k.is_cuda()) {
+#ifdef OBCACHE_WITH_CUDA
+    compact_run_cuda(k, v, indices, lengths);
+    return;
+#else
+    TORCH_CHECK(false, "obcache was built without CUDA kernels; k is on ", k.device());
+#endif
+  }
+  TORCH_CHECK(k.is_cpu(), "k must be a CPU or CUDA tensor, got ", k.device());
+  const at::Tensor idx = indices.contiguous();
+  at::Tensor len;
+  if (lengths.has_value()) len = lengths->contiguous();
+  obc::CompactParams p;
+  p.t[0] = describe(k);
+  p.t[1] = describe(v);
+  p.B = k.size(0);
+  p.H = k.size(1);
+  p.N = k.size(2);
+  p.indices = idx.data_ptr<int64_t>();
+  p.L = idx.size(2);
+  p.lengths = len.defined() ? len.data_ptr<int64_t>() : nullptr;
+  if (p.L == 0) return;
+  at::parallel_for(0, 2 * p.B * p.H, 1, [&](int64_t r0, int64_t r1) { obc::compact_rows_cpu(p, r0, r1); });
+}
+
+void compact_impl(at::Tensor& k, at::Tensor& v, const at::Tensor& indices, const std::optional<at::Tensor>& lengths) {
+  check_compact_meta(k, v, indices, lengths);
+  if (k.is_cpu() || debug_checks_enabled()) {
+    std::optional<at::Tensor> len_cpu;
+    if (lengths.has_value()) len_cpu = lengths->cpu();
+    check_compact_values(indices.cpu(), len_cpu, k.size(2));
+  }
+  compact_run(k, v, indices, lengths);
+}
+
+namespace {
+
+void compact_op(at::Tensor k, at::Tensor v, const at::Tensor& indices, const std::optional<at::Tensor>& lengths) {
+  compact_impl(k, v, indices, lengths);
+}
+
+}  // namespace
+}  // namespace obcache
+
+TORCH_LIBRARY_FRAGMENT(obcache, m) {
+  m.def("compact_(Tensor(a!) k, Tensor(b!) v, Tensor indices, Tensor? lengths=None) -> ()");
+}
+
+TORCH_LIBRARY_IMPL(obcache, CPU, m) { m.impl("compact_", &obcache::compact_op); }

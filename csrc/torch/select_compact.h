@@ -1,0 +1,65 @@
+// What select_op.cpp, compact_op.cpp, evict_op.cpp and their *_cuda.cpp
+// halves share: argument checks (run before anything is written) and the
+// device-dispatching implementations. The CUDA halves are defined only in
+// CUDA builds (OBCACHE_WITH_CUDA).
+#pragma once
+
+#include <ATen/ATen.h>
+#include <c10/util/string_view.h>
+
+#include <optional>
+
+#include "kernels/select_params.h"
+
+namespace obcache {
+
+// OBCACHE_DEBUG_CHECKS=1 makes the CUDA compact_ copy indices (and lengths)
+// to the host and validate them before the kernel runs (a device sync).
+bool debug_checks_enabled();
+
+// ---- select ----
+obc::Pool parse_pool(c10::string_view pool);
+void check_pool_kernel(int64_t pool_kernel);
+// Checks everything select needs about its arguments; N is scores.size(-1).
+void check_select_args(const at::Tensor& scores, int64_t budget, int64_t sink, int64_t recent,
+                       int64_t pool_kernel, c10::string_view pool, const std::optional<at::Tensor>& start);
+// Same checks without a scores tensor (evict checks before computing scores).
+void check_select_scalars(int64_t B, int64_t N, int64_t budget, int64_t sink, int64_t recent,
+                          int64_t pool_kernel, c10::string_view pool, const std::optional<at::Tensor>& start,
+                          const at::Device& device);
+
+at::Tensor select_impl(const at::Tensor& scores, int64_t budget, int64_t sink, int64_t recent, int64_t pool_kernel,
+                       c10::string_view pool, const std::optional<at::Tensor>& start);
+std::tuple<at::Tensor, at::Tensor> select_adaptive_impl(const at::Tensor& scores, int64_t total_budget,
+                                                        double floor, int64_t sink, int64_t recent,
+                                                        int64_t pool_kernel, c10::string_view pool);
+// Kernel only (arguments already checked, budget < N).
+at::Tensor select_run_cpu(const obc::SelectParams& base, const at::Tensor& scores, const at::Tensor& start);
+#ifdef OBCACHE_WITH_CUDA
+at::Tensor select_run_cuda(const obc::SelectParams& base, const at::Tensor& scores, const at::Tensor& start);
+std::tuple<at::Tensor, at::Tensor> select_adaptive_run_cuda(const obc::SelectAdaptiveParams& base,
+                                                            const at::Tensor& scores);
+#endif
+
+// ---- compact_ ----
+// Shapes, dtypes, devices, overlap (cheap; no data read).
+void check_compact_meta(const at::Tensor& k, const at::Tensor& v, const at::Tensor& indices,
+                        const std::optional<at::Tensor>& lengths);
+// Index values on the host (indices/lengths are CPU tensors here).
+void check_compact_values(const at::Tensor& indices_cpu, const std::optional<at::Tensor>& lengths_cpu, int64_t N);
+// The kernel only (everything already checked).
+// Checks (values on CPU always, on CUDA with OBCACHE_DEBUG_CHECKS=1), then compacts.
+void compact_impl(at::Tensor& k, at::Tensor& v, const at::Tensor& indices, const std::optional<at::Tensor>& lengths);
+void compact_run(at::Tensor& k, at::Tensor& v, const at::Tensor& indices, const std::optional<at::Tensor>& lengths);
+#ifdef OBCACHE_WITH_CUDA
+void compact_run_cuda(at::Tensor& k, at::Tensor& v, const at::Tensor& indices,
+                      const std::optional<at::Tensor>& lengths);
+#endif
+
+// ---- evict (evict_op.cpp) ----
+at::Tensor evict_impl(at::Tensor k, at::Tensor v, const at::Tensor& q_window, int64_t budget,
+                      c10::string_view score, int64_t sink, std::optional<int64_t> recent, int64_t pool_kernel,
+                      c10::string_view pool, c10::string_view group_reduce, std::optional<double> scale,
+                      const std::optional<at::Tensor>& start);
+
+}  // namespace obcache

@@ -1,0 +1,68 @@
+"""torch.ops.obcache.evict: saliency + select + compact_ in one call."""
+from typing import Optional, Tuple
+
+import torch
+
+__all__ = ["evict"]
+
+
+def evict(
+    k: torch.Tensor,
+    v: torch.Tensor,
+    q_window: torch.Tensor,
+    budget: int,
+    *,
+    score: str = "joint",
+    sink: int = 0,
+    recent: Optional[int] = None,
+    pool_kernel: int = 7,
+    pool: str = "max",
+    group_reduce: str = "sum",
+    scale: Optional[float] = None,
+    start: Optional[torch.Tensor] = None,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Evicts all but `budget` tokens per KV head, in place.
+
+    Scores the cache with `saliency(k, v, q_window, score)`, picks the tokens
+    with `select(scores, budget, sink=sink, recent=recent, ...)` and moves them
+    to the front of k and v with `compact_`. Every argument is validated
+    before k or v is written. budget >= N keeps everything without moving data.
+
+    Args:
+        k, v: [B, H_kv, N, D] cache (float32, float16, bfloat16), modified in
+            place; last dim contiguous (narrowed views of a static cache work).
+        q_window: [B, H_q, W, D] queries of the last W tokens, H_q % H_kv == 0.
+        budget: tokens kept per KV head.
+        score: one of obcache.SCORES.
+        recent: last tokens always kept; defaults to W.
+        start: optional int64 [B] first valid position (left padding).
+
+    Returns:
+        (k[..., :n, :], v[..., :n, :], indices int64 [B, H_kv, n]) with
+        n = min(budget, N): views of the compacted k and v, and the kept
+        positions (ascending).
+    """
+    idx = torch.ops.obcache.evict(
+        k,
+        v,
+        q_window,
+        budget,
+        score=score,
+        sink=sink,
+        recent=recent,
+        pool_kernel=pool_kernel,
+        pool=pool,
+        group_reduce=group_reduce,
+        scale=scale,
+        start=start,
+    )
+    n = idx.shape[-1]
+    return k[..., :n, :], v[..., :n, :], idx
+
+
+@torch.library.register_fake("obcache::evict")
+def _evict_fake(k, v, q_window, budget, *, score="joint", sink=0, recent=None, pool_kernel=7, pool="max",
+                group_reduce="sum", scale=None, start=None):
+    torch._check(k.dim() == 4, lambda: f"k must have 4 dims [B, H_kv, N, D], got {k.dim()}")
+    B, H, N, _ = k.shape
+    return k.new_empty((B, H, min(budget, N)), dtype=torch.int64)

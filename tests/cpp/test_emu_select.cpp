@@ -1,0 +1,110 @@
+// The real CUDA select kernels (select_cuda.cu, compiled here under the SIMT
+// emulation) against the CPU kernels, at sizes that hit the edges: N not a
+// multiple of the 512-thread block, budget = N - 1 and = sink + recent, ties,
+// NaN / inf, start offsets, every pooling mode.
+// cuda_compat.h first: under OBC_SIMT_EMULATION it brings the emulated
+// __host__ / __device__ that common.h uses.
+#include "cuda_compat.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include "select_cpu.h"
+#include "select_cuda.cu"  // the real source
+
+namespace {
+
+std::vector<float> make_scores(int64_t n, int kind, std::mt19937& rng) {
+  std::normal_distribution<float> nd;
+  std::uniform_real_distribution<float> u(0, 1);
+  std::vector<float> s(n);
+  for (auto& x : s) {
+    if (kind == 0) x = nd(rng);
+    else if (kind == 1) x = static_cast<float>(rng() % 3);  // ties
+    else {
+      const float r = u(rng);
+      x = r < 0.1f ? NAN : r < 0.2f ? INFINITY : r < 0.3f ? -INFINITY : r < 0.4f ? -0.0f : nd(rng);
+    }
+  }
+  return s;
+}
+
+struct SelCase {
+  int64_t B, H, N, budget, sink, recent, kernel;
+  bool avg;
+  int kind;
+  bool with_start;
+};
+
+void run(const SelCase& c, std::mt19937& rng) {
+  const std::vector<float> s = make_scores(c.B * c.H * c.N, c.kind, rng);
+  std::vector<int64_t> start(c.B, 0);
+  if (c.with_start)
+    for (auto& x : start) x = static_cast<int64_t>(rng() % (c.N + 1));
+  obc::SelectParams p;
+  p.scores = s.data();
+  p.B = c.B, p.H = c.H, p.N = c.N, p.s_sb = c.H * c.N, p.s_sh = c.N;
+  p.start = c.with_start ? start.data() : nullptr;
+  p.budget = c.budget, p.sink = c.sink, p.recent = c.recent, p.pool_kernel = c.kernel;
+  p.pool = c.avg ? obc::Pool::Avg : obc::Pool::Max;
+  std::vector<int64_t> want(c.B * c.H * c.budget, -1), got(want.size(), -2);
+  p.out = want.data();
+  obc::select_rows_cpu(p, 0, c.B * c.H);
+  std::vector<uint64_t> keys(c.B * c.H * c.N);
+  p.out = got.data();
+  ASSERT_EQ(obc::select_cuda(p, keys.data(), nullptr), 0);
+  ASSERT_EQ(got, want) << "N=" << c.N << " budget=" << c.budget << " sink=" << c.sink << " recent=" << c.recent
+                       << " k=" << c.kernel << " avg=" << c.avg << " kind=" << c.kind;
+}
+
+TEST(EmuSelect, MatchesCpuAtEdgeSizes) {
+  std::mt19937 rng(11);
+  for (int64_t N : {1, 2, 37, 511, 512, 513, 1100}) {
+    for (int kind = 0; kind < 3; ++kind) {
+      const int64_t sink = N > 8 ? 2 : 0, recent = N > 8 ? 3 : 0;
+      for (int64_t budget : {N - 1, sink + recent, N / 3}) {
+        if (budget <= 0 || budget < sink + recent) continue;
+        run({1, 2, N, budget, sink, recent, kind == 2 ? 7 : 3, kind == 1, kind, false}, rng);
+      }
+    }
+  }
+}
+
+TEST(EmuSelect, MatchesCpuWithStartAndPooling) {
+  std::mt19937 rng(12);
+  const int64_t kernels[] = {0, 1, 3, 7};
+  for (int t = 0; t < 16; ++t)
+    run({3, 1, 45 + t, 10, 1, 2, kernels[t % 4], t % 2 == 1, t % 3, true}, rng);
+}
+
+TEST(EmuSelectAdaptive, MatchesCpu) {
+  std::mt19937 rng(13);
+  for (int t = 0; t < 8; ++t) {
+    const int64_t B = 1 + t % 2, H = 1 + t % 4, N = 30 + 97 * t, sink = t % 3, recent = t % 2;
+    const std::vector<float> s = make_scores(B * H * N, t % 3, rng);
+    const int64_t total = H * N / 4 + t, f = std::max<int64_t>(sink + recent, (total / H) / 5);
+    obc::SelectAdaptiveParams p;
+    p.scores = s.data();
+    p.B = B, p.H = H, p.N = N, p.s_sb = H * N, p.s_sh = N;
+    p.floor_tokens = f, p.extra = total - H * f, p.sink = sink, p.recent = recent;
+    p.pool_kernel = t % 2 ? 7 : 0;
+    p.pool = t % 4 >= 2 ? obc::Pool::Avg : obc::Pool::Max;
+    std::vector<uint8_t> keep_cpu(B * H * N), keep_gpu(B * H * N, 0);
+    std::vector<int64_t> len_cpu(B * H), len_gpu(B * H);
+    obc::select_adaptive_mark_cpu(p, keep_cpu.data(), len_cpu.data(), 0, B);
+    std::vector<uint64_t> keys(B * H * N);
+    ASSERT_EQ(obc::select_adaptive_mark_cuda(p, keys.data(), keep_gpu.data(), len_gpu.data(), nullptr), 0);
+    ASSERT_EQ(keep_gpu, keep_cpu) << "t=" << t;
+    ASSERT_EQ(len_gpu, len_cpu);
+    const int64_t Lmax = *std::max_element(len_cpu.begin(), len_cpu.end());
+    std::vector<int64_t> out_cpu(B * H * Lmax), out_gpu(B * H * Lmax);
+    obc::select_adaptive_emit_cpu(keep_cpu.data(), N, Lmax, out_cpu.data(), 0, B * H);
+    ASSERT_EQ(obc::select_adaptive_emit_cuda(keep_gpu.data(), B, H, N, Lmax, out_gpu.data(), nullptr), 0);
+    ASSERT_EQ(out_gpu, out_cpu);
+  }
+}
+
+}  // namespace
