@@ -1,0 +1,512 @@
+"""`obcache.hf.compress`: KV-cache eviction inside a transformers model, with
+hooks only (no model code is copied or patched).
+
+Two kinds of hooks:
+
+- on the base model (LlamaModel, Qwen3Model, ...), a forward pre-hook and
+  hook: they attach the bookkeeping (`CacheState`) to the cache, keep RoPE
+  positions true after eviction (`position_ids` = tokens read so far, never
+  the shorter cache length), rebuild the 2D padding mask for the compacted
+  cache, and split long inputs into chunks (`chunk_size`);
+- on every decoder attention module, a forward hook: the layer's attention
+  has just run exactly over everything cached plus the new tokens; the hook
+  recomputes the scoring queries from the layer's input (`queries.py`) and
+  calls `torch.ops.obcache.evict`, which compacts the layer's cache tensors
+  in place ([B, H_kv, N, D]: KV is never expanded to the query heads).
+
+How the cache stays consistent with transformers' own bookkeeping: the
+cache reports its physical length (`get_seq_length`, mask sizes) as usual,
+so attention masks are built for the compacted tensors; positions are
+carried by `position_ids` (`generate` always passes them; the pre-hook adds
+them otherwise). A StaticCache is compacted in place inside its
+preallocated tensors and its write offset (`cumulative_length`) is set to
+the budget, so nothing is reallocated.
+
+Decode-time eviction (`decode_budget`) recomputes the scores at every step
+from the most recent queries (the last `window` queries; the last one for
+TOVA-style methods); scores are not accumulated across steps.
+"""
+import inspect
+from typing import Dict, List, Optional, Union
+
+import torch
+from torch import nn
+
+from obcache.hf.queries import attention_modules, recompute_queries
+from obcache.methods import Method, get_method
+
+__all__ = ["compress", "Compression", "CacheState", "resolve_budget", "base_model"]
+
+STATE_ATTR = "obcache_state"
+
+
+def _ops():
+    """The op library the integration calls (the one place to switch it)."""
+    return torch.ops.obcache
+
+
+# --------------------------------------------------------------------------
+# arguments
+
+
+def resolve_budget(budget: Union[int, float], n: int) -> int:
+    """Tokens per KV head for a prompt of `n` tokens: a float in (0, 1] is a
+    fraction of n (rounded, at least 1), an int is a token count."""
+    if isinstance(budget, float):
+        return max(1, int(round(budget * n)))
+    return int(budget)
+
+
+def _check_args(method, budget, window, sink, pool_kernel, pool, chunk_size, decode_budget):
+    m = get_method(method)
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)):
+        raise ValueError(f"budget must be a float in (0, 1] or an int >= 1, got {budget!r}")
+    if isinstance(budget, float) and not 0.0 < budget <= 1.0:
+        raise ValueError(f"budget as a fraction of the prompt must be in (0, 1], got {budget!r}")
+    if isinstance(budget, int) and budget < 1:
+        raise ValueError(f"budget in tokens per KV head must be >= 1, got {budget!r}")
+    for name, val, lo in (("window", window, 1), ("sink", sink, 0)):
+        if isinstance(val, bool) or not isinstance(val, int) or val < lo:
+            raise ValueError(f"{name} must be an int >= {lo}, got {val!r}")
+    if isinstance(pool_kernel, bool) or not isinstance(pool_kernel, int) or pool_kernel < 0 or (
+        pool_kernel > 1 and pool_kernel % 2 == 0
+    ):
+        raise ValueError(f"pool_kernel must be 0, 1 or an odd int, got {pool_kernel!r}")
+    if pool not in ("max", "avg"):
+        raise ValueError(f"pool must be 'max' or 'avg', got {pool!r}")
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"chunk_size must be None or an int >= 1, got {chunk_size!r}")
+    if decode_budget is not None:
+        if not m.evicts:
+            raise ValueError(f"decode_budget={decode_budget!r} needs an evicting method, got method={method!r}")
+        least = sink + (window if m.keep_recent else 0) + 1
+        if isinstance(decode_budget, bool) or not isinstance(decode_budget, int) or decode_budget < least:
+            raise ValueError(
+                f"decode_budget must be an int >= sink + recent window + 1 = {least}, got {decode_budget!r}"
+            )
+    return m
+
+
+# --------------------------------------------------------------------------
+# cache layers
+
+
+def _layer_kv(layer, where):
+    """(k, v, n): views [B, H_kv, n, D] of the n rows the layer holds."""
+    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer, StaticLayer
+
+    if type(layer) is StaticLayer:  # preallocated; n rows written so far
+        n = int(layer.cumulative_length)
+        return layer.keys[:, :, :n], layer.values[:, :, :n], n
+    if type(layer) in (DynamicLayer, DynamicSlidingWindowLayer):
+        return layer.keys, layer.values, layer.keys.shape[-2]
+    raise NotImplementedError(
+        f"obcache.hf compacts DynamicCache and StaticCache layers (DynamicLayer, DynamicSlidingWindowLayer, "
+        f"StaticLayer), got {type(layer).__name__} {where}"
+    )
+
+
+def _set_length(layer, n):
+    """Make the layer hold its first n rows (after they were compacted in place)."""
+    if isinstance(layer.cumulative_length if hasattr(layer, "cumulative_length") else None, torch.Tensor):
+        layer.cumulative_length.fill_(n)  # static: same storage, the next write goes to row n
+        return
+    layer.keys = layer.keys[..., :n, :]
+    layer.values = layer.values[..., :n, :]
+    if hasattr(layer, "cumulative_length"):  # DynamicSlidingWindowLayer sizes its mask from it
+        layer.cumulative_length = n
+
+
+# --------------------------------------------------------------------------
+# eviction of one layer: the only place that calls the ops
+
+
+def evict_layer(k, v, q, budget, *, method: Method, sink, recent, pool_kernel, pool, scale, start=None):
+    """Compacts k, v [B, H_kv, N, D] in place to `budget` rows per (b, h).
+
+    q: [B, H_q, W, D] scoring queries of the last W cached tokens (unused by
+    `streaming`). start: optional int64 [B], first real (non-padding) row of
+    each batch row; each row is scored on its own tokens only, and a row with
+    at most `budget` real tokens keeps its last `budget` rows.
+    Returns int64 [B, H_kv, budget]: the old row of each kept row, ascending.
+    """
+    ops = _ops()
+    B, H, N, _ = k.shape
+    pk = pool_kernel if method.pooled else 0
+    if method.score is None:  # streaming: the newest tokens win the top-k
+        scores = torch.arange(N, dtype=torch.float32, device=k.device).expand(B, H, N).contiguous()
+        idx = ops.select(scores, budget, sink=sink, recent=0, pool_kernel=0, pool="max", start=start)
+        ops.compact_(k, v, idx)
+        return idx
+    opts = dict(score=method.score, sink=sink, recent=recent, pool_kernel=pk, pool=pool, group_reduce="sum",
+                scale=scale)
+    if start is None or not bool(start.any()):
+        return ops.evict(k, v, q, budget, **opts)
+    # Left padding: score each row on its own tokens (the ops' softmax would
+    # otherwise count padding keys), on narrowed views of the cache.
+    rows = []
+    for b in range(B):
+        s = int(start[b])
+        kb, vb = k[b : b + 1], v[b : b + 1]
+        if N - s <= budget:
+            idx = torch.arange(N - budget, N, device=k.device).expand(1, H, budget).contiguous()
+            ops.compact_(kb, vb, idx)
+        else:
+            W = min(q.shape[2], N - s)
+            idx = ops.evict(kb[:, :, s:], vb[:, :, s:], q[b : b + 1, :, q.shape[2] - W :], budget, **opts) + s
+            if s:
+                ops.compact_(kb, vb, torch.arange(s, s + budget, device=k.device).expand(1, H, budget).contiguous())
+        rows.append(idx)
+    return torch.cat(rows, 0)
+
+
+# --------------------------------------------------------------------------
+# bookkeeping
+
+
+class CacheState:
+    """What obcache keeps on a cache (as `cache.obcache_state`).
+
+    columns: tokens read so far per row, padding included (the next
+        token's column; its RoPE position when no position_ids are given).
+    valid: bool [B, n], False for cache rows holding left padding (only in
+        rows that had fewer real tokens than the budget).
+    positions: layer -> int64 [B, H_kv, n], the column each cache row came
+        from (what eviction kept).
+    evicted: True once any row was dropped (masks and positions need fixing).
+    peak: the longest KV any attention call of this cache has seen.
+    lengths: the cache length after each forward call.
+    """
+
+    def __init__(self, batch, n, device):
+        self.columns = n
+        self.valid = torch.ones(batch, n, dtype=torch.bool, device=device)
+        self.positions: Dict[int, torch.Tensor] = {}
+        self.evicted = False
+        self.peak = n
+        self.lengths: List[int] = []
+        self.queries: Dict[int, torch.Tensor] = {}  # recent queries per layer (decode eviction)
+        # per forward call
+        self.mode, self.target, self.first_column = "read", None, n
+        self.valid_full = self.valid
+        self.valid_out = None
+
+
+def state_of(cache) -> Optional[CacheState]:
+    """The CacheState of a cache, None when obcache has not seen it."""
+    return getattr(cache, STATE_ATTR, None)
+
+
+def base_model(model: nn.Module) -> nn.Module:
+    """The decoder stack of a causal LM (`model.model` of LlamaForCausalLM),
+    or `model` itself when it is one."""
+    if hasattr(model, "layers"):
+        return model
+    for name in ("model", "base_model"):
+        sub = getattr(model, name, None)
+        if isinstance(sub, nn.Module) and sub is not model and hasattr(sub, "layers"):
+            return sub
+    raise NotImplementedError(
+        f"obcache.hf does not support {type(model).__name__}: cannot find its decoder layers "
+        "(expected `model.model.layers`, as in LlamaForCausalLM)"
+    )
+
+
+def _padding_mask_2d(am, cache, T):
+    """A 2D [B, read + T] padding mask from what the model was given: the 2D
+    mask itself, or the last query row of a prepared 4D mask (generate builds
+    one for a StaticCache; bool True or float 0 = attend)."""
+    if am is None or am.dim() == 2:
+        return am
+    st = state_of(cache)
+    total = (st.columns if st is not None else 0) + T
+    last = am[:, 0, -1, :total]
+    return last == 0 if last.is_floating_point() else last.bool()
+
+
+def _first_output(out):
+    return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+
+
+# --------------------------------------------------------------------------
+# the handle
+
+
+class Compression:
+    """Hooks that evict a model's KV cache; returned by `compress`.
+
+    Use as a context manager, or call `remove()`. Attributes: method (a
+    `obcache.methods.Method`), budget, window, sink, pool_kernel, pool,
+    chunk_size, decode_budget.
+    """
+
+    def __init__(self, model, method, budget, *, window=32, sink=4, pool_kernel=7, pool="max", chunk_size=None,
+                 decode_budget=None, evict_reads=True):
+        self.method = _check_args(method, budget, window, sink, pool_kernel, pool, chunk_size, decode_budget)
+        self.budget, self.window, self.sink = budget, window, sink
+        self.pool_kernel, self.pool = pool_kernel, pool
+        self.chunk_size, self.decode_budget, self.evict_reads = chunk_size, decode_budget, evict_reads
+        self.model, self.base = model, base_model(model)
+        self.attention = attention_modules(self.base)
+        if getattr(self.base, "_obcache_compression", None) is not None:
+            raise RuntimeError(f"{type(model).__name__} is already inside obcache.hf.compress; remove that first")
+        self._params = list(inspect.signature(self.base.forward).parameters)
+        self._outer = None  # (mode, read_total) while a chunked call runs its chunks
+        self._prefix = {}  # id(kwargs) -> (kwargs, hidden states of earlier chunks)
+        self._handles = []
+        try:
+            self._handles.append(self.base.register_forward_pre_hook(self._before, with_kwargs=True))
+            self._handles.append(self.base.register_forward_hook(self._after, with_kwargs=True))
+            for attn in self.attention:
+                self._handles.append(attn.register_forward_hook(self._after_attention, with_kwargs=True))
+        except BaseException:
+            self.remove()
+            raise
+        self.base._obcache_compression = self
+
+    @property
+    def recent(self) -> int:
+        """Tokens always kept at the end: the window, or 0 (TOVA-style rows)."""
+        return self.window if self.method.keep_recent else 0
+
+    def remove(self) -> None:
+        """Remove every hook (idempotent)."""
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        self._prefix.clear()
+        if getattr(self.base, "_obcache_compression", None) is self:
+            del self.base._obcache_compression
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.remove()
+        return False
+
+    # -- base model hooks --------------------------------------------------
+
+    def _before(self, module, args, kwargs):
+        kwargs = dict(kwargs)
+        for name, a in zip(self._params, args):
+            kwargs[name] = a
+        x = kwargs.get("inputs_embeds")
+        if x is None:
+            x = kwargs.get("input_ids")
+        if x is None:
+            return None
+        B, T = x.shape[0], x.shape[1]
+        cache = kwargs.get("past_key_values")
+        if cache is None:
+            use = kwargs.get("use_cache")
+            if use is False or (use is None and not getattr(module.config, "use_cache", True)):
+                return None
+            from transformers import DynamicCache
+
+            cache = kwargs["past_key_values"] = DynamicCache(config=module.config)
+        st = state_of(cache)
+        if st is None:
+            n = cache.get_seq_length()
+            st = CacheState(B, int(n), x.device)
+            setattr(cache, STATE_ATTR, st)
+        if self._outer is None:
+            mode, read_total = ("read" if T > 1 else "decode"), st.columns + T
+            if self.chunk_size is not None and T > self.chunk_size:
+                self._run_chunks(module, kwargs, T, mode, read_total)
+                T = kwargs["inputs_embeds" if kwargs.get("inputs_embeds") is not None else "input_ids"].shape[1]
+        else:
+            mode, read_total = self._outer
+        self._prepare(st, kwargs, T, mode, read_total)
+        return (), kwargs
+
+    def _run_chunks(self, module, kwargs, T, mode, read_total):
+        """Feed all but the last chunk through `module` (the hooks evict after
+        each), then narrow `kwargs` to the last chunk; `_after` puts the
+        earlier chunks' hidden states back in front."""
+        key = "inputs_embeds" if kwargs.get("inputs_embeds") is not None else "input_ids"
+        x, am, pos = kwargs[key], kwargs.get("attention_mask"), kwargs.get("position_ids")
+        am2d = _padding_mask_2d(am, kwargs["past_key_values"], T)
+        bounds = list(range(0, T, self.chunk_size)) + [T]
+        pieces = []
+
+        def narrow(s, e):
+            sub = dict(kwargs)
+            sub[key] = x[:, s:e]
+            sub["attention_mask"] = None if am2d is None else am2d[:, : am2d.shape[1] - T + e]
+            if pos is not None:
+                sub["position_ids"] = pos[..., s:e]
+            return sub
+
+        self._outer = (mode, read_total)
+        try:
+            for s, e in zip(bounds[:-2], bounds[1:-1]):
+                pieces.append(_first_output(module(**narrow(s, e))))
+        finally:
+            self._outer = None
+        kwargs.update(narrow(bounds[-2], T))
+        self._prefix[id(kwargs)] = (kwargs, pieces)
+
+    def _prepare(self, st, kwargs, T, mode, read_total):
+        am = kwargs.get("attention_mask")
+        x = kwargs.get("inputs_embeds")
+        if x is None:
+            x = kwargs["input_ids"]
+        if isinstance(am, torch.Tensor) and am.dim() == 2:
+            new_valid = am[:, am.shape[1] - T :].to(device=x.device, dtype=torch.bool)
+        else:
+            new_valid = torch.ones(x.shape[0], T, dtype=torch.bool, device=x.device)
+        st.valid_full = torch.cat([st.valid.to(x.device), new_valid], 1)
+        if st.evicted:
+            # The cache is shorter than what was read: give the true positions
+            # (what the model would use with the full cache) and a padding
+            # mask laid out like the compacted cache.
+            if kwargs.get("position_ids") is None:
+                kwargs["position_ids"] = (st.columns + torch.arange(T, device=x.device)).unsqueeze(0)
+            kwargs["attention_mask"] = None if bool(st.valid_full.all()) else st.valid_full
+        st.valid_out = None
+        st.mode, st.first_column = mode, st.columns
+        if mode == "read":
+            st.target = resolve_budget(self.budget, read_total) if self.evict_reads else None
+        else:
+            st.target = self.decode_budget
+
+    def _after(self, module, args, kwargs, output):
+        cache = kwargs.get("past_key_values")
+        st = state_of(cache) if cache is not None else None
+        if st is not None:
+            x = kwargs.get("inputs_embeds")
+            if x is None:
+                x = kwargs["input_ids"]
+            st.columns += x.shape[1]
+            st.valid = st.valid_out if st.valid_out is not None else st.valid_full
+            st.lengths.append(int(st.valid.shape[1]))
+        entry = self._prefix.pop(id(kwargs), None)
+        if entry is not None and entry[0] is kwargs:
+            h = torch.cat(entry[1] + [_first_output(output)], 1)
+            if hasattr(output, "last_hidden_state"):
+                output.last_hidden_state = h
+            else:
+                output = (h, *output[1:])
+        return output
+
+    # -- attention hook ------------------------------------------------------
+
+    def _after_attention(self, module, args, kwargs, output):
+        cache = kwargs.get("past_key_values")
+        st = state_of(cache) if cache is not None else None
+        if st is None:
+            return None
+        hs = kwargs.get("hidden_states", args[0] if args else None)
+        pe = kwargs.get("position_embeddings", args[1] if len(args) > 1 else None)
+        li = module.layer_idx
+        layer = cache.layers[li]
+        where = f"(layer {li} of {type(self.model).__name__})"
+        k, v, n = _layer_kv(layer, where)
+        T = hs.shape[1]
+        window = getattr(layer, "sliding_window", None)
+        if window is not None and self.method.evicts and st.first_column + T >= window:
+            raise NotImplementedError(
+                f"{type(self.model).__name__} uses sliding-window attention (sliding_window={window}); obcache.hf "
+                f"evicts only while fewer than sliding_window tokens were read, got {st.first_column + T}"
+            )
+        st.peak = max(st.peak, n)
+        with torch.no_grad():
+            old = st.positions.get(li)
+            if old is None:
+                old = torch.arange(n - T, device=k.device).expand(k.shape[0], k.shape[1], n - T)
+            new = (st.first_column + torch.arange(T, device=k.device)).expand(k.shape[0], k.shape[1], T)
+            positions = torch.cat([old, new], -1)
+            if self.decode_budget is not None:
+                self._remember_queries(st, module, hs, pe)
+            target = st.target
+            valid = st.valid_full
+            if not self.method.evicts or target is None or n <= target:
+                st.positions[li] = positions
+                return None
+            if target < self.sink + self.recent:
+                raise ValueError(
+                    f"budget={self.budget!r} gives {target} tokens per KV head, fewer than sink + window = "
+                    f"{self.sink} + {self.recent}; lower sink or window, or raise the budget"
+                )
+            q = self._scoring_queries(st, module, hs, pe)
+            start = (~valid).sum(1)
+            idx = evict_layer(k, v, q, target, method=self.method, sink=self.sink, recent=self.recent,
+                              pool_kernel=self.pool_kernel, pool=self.pool, scale=module.scaling, start=start)
+            _set_length(layer, idx.shape[-1])
+            st.positions[li] = positions.gather(-1, idx)
+            st.valid_out = valid.gather(1, idx[:, 0])
+            st.evicted = True
+        return None
+
+    def _scoring_queries(self, st, module, hs, pe):
+        """[B, H_q, W, D]: the read's last `window` queries (all of them for
+        H2O-style rows, the last one for TOVA-style rows); while decoding, the
+        remembered most recent ones."""
+        if self.method.score is None:
+            return None
+        if st.mode == "decode":
+            return st.queries[module.layer_idx]
+        T = hs.shape[1]
+        return recompute_queries(module, hs, pe, last={"last": 1, "prompt": T}.get(self.method.queries, self.window))
+
+    def _remember_queries(self, st, module, hs, pe):
+        keep = 1 if self.method.queries == "last" else self.window
+        q = recompute_queries(module, hs, pe, last=keep)
+        old = st.queries.get(module.layer_idx)
+        if old is not None:
+            q = torch.cat([old, q], 2)
+        st.queries[module.layer_idx] = q[:, :, -keep:]
+
+
+def compress(
+    model: nn.Module,
+    method: str,
+    budget: Union[int, float],
+    *,
+    window: int = 32,
+    sink: int = 4,
+    pool_kernel: int = 7,
+    pool: str = "max",
+    chunk_size: Optional[int] = None,
+    decode_budget: Optional[int] = None,
+) -> Compression:
+    """Evict the KV cache of `model` while the returned handle is active.
+
+    ```python
+    with obcache.hf.compress(model, method="snapkv+obc-key", budget=0.1):
+        out = model.generate(**inputs, max_new_tokens=32)
+    ```
+    Without `with`, the hooks stay until `handle.remove()`.
+
+    Every forward call that reads more than one token (a prompt, a chunk)
+    runs exactly, then each layer's cache is evicted to the budget using that
+    layer's recomputed queries (`obcache.methods.METHODS` says which). Single
+    token calls (decoding) evict only with `decode_budget`. Positions stay
+    true: the next token's RoPE position is the number of tokens read.
+
+    Args:
+        model: a transformers causal LM (or its base model) whose attention
+            class is LlamaAttention, MistralAttention, Qwen2Attention or
+            Qwen3Attention; eager or SDPA attention. Other models raise
+            NotImplementedError naming their class.
+        method: a name of `obcache.hf.methods()` (e.g. "snapkv+obc-key").
+        budget: tokens kept per KV head after a read: a float in (0, 1] is a
+            fraction of the tokens read so far (padded batch width), an int
+            is a count. A budget >= the prompt evicts nothing.
+        window: scoring queries (the last `window` tokens of the read), also
+            the number of most recent tokens always kept.
+        sink: first tokens always kept.
+        pool_kernel, pool: token pooling of the scores (methods marked pooled).
+        chunk_size: feed long inputs in chunks of this many tokens, evicting
+            after each, so the cache never exceeds budget + chunk_size.
+        decode_budget: during decoding, keep at most this many tokens per KV
+            head (scores recomputed each step from the last `window` queries).
+
+    Caches: DynamicCache (the default) and StaticCache (compacted inside its
+    preallocated tensors). Batches may be left-padded: padding is never kept
+    when a row has more real tokens than the budget, and each row is scored
+    on its own tokens. Inference only (eviction runs under no_grad).
+    """
+    return Compression(model, method, budget, window=window, sink=sink, pool_kernel=pool_kernel, pool=pool,
+                       chunk_size=chunk_size, decode_budget=decode_budget)

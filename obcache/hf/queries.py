@@ -1,0 +1,88 @@
+"""Recomputing an attention layer's queries from its input, per architecture.
+
+The attention modules of transformers do not return their queries, and
+obcache does not patch model code, so the integration recomputes the few it
+needs (the scoring window) from what the attention module received: its
+input `hidden_states` (already normalised by the decoder layer) and the
+`position_embeddings` (cos, sin) the model computed for the true positions.
+That is q_proj, the per-head q_norm where the model has one (Qwen3), and the
+model's own `apply_rotary_pos_emb` -- the same operations, in the same
+order, as the module's forward.
+"""
+import sys
+from typing import Optional, Tuple
+
+import torch
+from torch import nn
+
+__all__ = ["SUPPORTED_ATTENTION", "check_supported", "attention_modules", "recompute_queries"]
+
+# transformers' attention classes whose query path is q_proj -> [q_norm] -> RoPE.
+SUPPORTED_ATTENTION = ("LlamaAttention", "MistralAttention", "Qwen2Attention", "Qwen3Attention")
+
+
+def check_supported(attn: nn.Module, model: nn.Module) -> None:
+    """Raise NotImplementedError naming the model and attention class unless
+    `attn` is one whose queries this module knows how to recompute."""
+    name = type(attn).__name__
+    if name not in SUPPORTED_ATTENTION:
+        raise NotImplementedError(
+            f"obcache.hf does not support {type(model).__name__} (attention class {name}); "
+            f"supported attention classes: {', '.join(SUPPORTED_ATTENTION)}"
+        )
+    for attr in ("q_proj", "head_dim", "layer_idx", "scaling"):
+        if not hasattr(attn, attr):
+            raise NotImplementedError(f"{name} of {type(model).__name__} has no `{attr}`; this transformers "
+                                      "version's attention module is not the one obcache.hf was written for")
+
+
+def attention_modules(base: nn.Module):
+    """The self-attention module of each decoder layer of a base model
+    (LlamaModel, Qwen3Model, ...), in layer order. NotImplementedError naming
+    the class when the model has no `layers[i].self_attn`."""
+    layers = getattr(base, "layers", None)
+    if layers is None or not all(hasattr(layer, "self_attn") for layer in layers):
+        raise NotImplementedError(
+            f"obcache.hf does not support {type(base).__name__}: expected decoder layers with `self_attn` "
+            f"(supported attention classes: {', '.join(SUPPORTED_ATTENTION)})"
+        )
+    mods = [layer.self_attn for layer in layers]
+    for m in mods:
+        check_supported(m, base)
+    return mods
+
+
+def recompute_queries(
+    attn: nn.Module,
+    hidden_states: torch.Tensor,
+    position_embeddings: Tuple[torch.Tensor, torch.Tensor],
+    last: Optional[int] = None,
+) -> torch.Tensor:
+    """Post-RoPE queries of the last `last` tokens (all when None) exactly as
+    `attn.forward` computes them.
+
+    Args:
+        attn: a supported attention module (see SUPPORTED_ATTENTION).
+        hidden_states: [B, T, hidden], the attention module's input.
+        position_embeddings: (cos, sin), each [B or 1, T, head_dim], the ones
+            the module received (true positions).
+        last: number of trailing tokens wanted, 1 <= last; clipped to T.
+
+    Returns:
+        [B, H_q, T', head_dim] in the model dtype, T' = min(last, T) or T.
+    """
+    T = hidden_states.shape[1]
+    t = T if last is None else min(int(last), T)
+    h = hidden_states[:, T - t:]
+    cos, sin = position_embeddings
+    cos, sin = cos[:, -t:], sin[:, -t:]
+    q = attn.q_proj(h).view(h.shape[0], t, -1, attn.head_dim)
+    q_norm = getattr(attn, "q_norm", None)
+    if q_norm is not None:
+        q = q_norm(q)
+    q = q.transpose(1, 2)
+    rope = getattr(sys.modules[type(attn).__module__], "apply_rotary_pos_emb", None)
+    if rope is None:
+        raise NotImplementedError(f"cannot find apply_rotary_pos_emb next to {type(attn).__name__}")
+    q, _ = rope(q, q[:, :1], cos, sin)
+    return q

@@ -1,0 +1,81 @@
+"""The method table: every eviction method obcache knows, one row each.
+
+The transformers integration (`obcache.hf`), the command line and the docs
+all read `METHODS`; adding a method is adding a row here.
+
+A row says
+- `score`: the saliency score of `torch.ops.obcache.saliency` (DESIGN.md
+  section 3), or None for methods that need no score (`full`, `streaming`);
+- `queries`: which queries score the cache --
+  "window" (the last `window` tokens of what was just read, SnapKV),
+  "last" (the last token only, TOVA),
+  "prompt" (every token of what was just read: H2O's attention accumulated
+  over the prompt, a sum over all its queries), or None;
+- `pooled`: whether scores are pooled along tokens (`pool_kernel`, `pool`)
+  before the top-k (SnapKV's clustering);
+- `keep_recent`: whether the last `window` tokens are always kept (the
+  observation window itself); when False only the sink is forced;
+- `description`: one line for `obcache.hf.methods()` and the CLI.
+
+Every method also keeps the first `sink` tokens (attention sinks).
+"""
+from dataclasses import dataclass
+from typing import Dict, Optional
+
+__all__ = ["Method", "METHODS", "get_method", "methods"]
+
+
+@dataclass(frozen=True)
+class Method:
+    """One row of the method table (see the module docstring)."""
+
+    name: str
+    score: Optional[str]
+    queries: Optional[str]
+    pooled: bool
+    keep_recent: bool
+    description: str
+
+    @property
+    def evicts(self) -> bool:
+        """False for `full` (the cache is never touched)."""
+        return self.name != "full"
+
+
+def _row(name, score, queries, pooled, keep_recent, description):
+    return name, Method(name, score, queries, pooled, keep_recent, description)
+
+
+METHODS: Dict[str, Method] = dict(
+    [
+        _row("full", None, None, False, False, "no eviction: the whole cache (reference)"),
+        _row("streaming", None, None, False, True, "StreamingLLM: the first `sink` tokens and the most recent ones"),
+        _row("h2o", "attn", "prompt", False, True, "H2O: attention accumulated over every prompt query"),
+        _row("tova", "tova", "last", False, False, "TOVA: attention of the last query"),
+        _row("snapkv", "attn", "window", True, True, "SnapKV: attention of the last `window` queries, pooled"),
+        _row("vatp", "vatp", "window", True, True, "VATP: SnapKV attention times the value's L1 norm"),
+        _row("snapkv+obc-value", "value", "window", True, True,
+             "OBCache value score (A^2 ||v||^2) from the SnapKV window, pooled"),
+        _row("snapkv+obc-key", "key", "window", True, True,
+             "OBCache key score ((A Z)^2 ||v - o||^2) from the SnapKV window, pooled"),
+        _row("snapkv+obc-joint", "joint", "window", True, True,
+             "OBCache joint score (value + key + cross term) from the SnapKV window, pooled"),
+        _row("snapkv+loo", "loo", "window", True, True,
+             "exact leave-one-out output change A/(1-A) ||v - o|| from the SnapKV window, pooled"),
+        _row("tova+obc-key", "key", "last", False, False, "OBCache key score from the last query (TOVA's queries)"),
+        _row("h2o+obc-key", "key", "prompt", False, True, "OBCache key score accumulated over every prompt query"),
+    ]
+)
+
+
+def get_method(name: str) -> Method:
+    """The row of `name`; ValueError naming the value and the valid names."""
+    try:
+        return METHODS[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"method must be one of {sorted(METHODS)}, got {name!r}") from None
+
+
+def methods() -> Dict[str, str]:
+    """dict name -> one-line description, in table order (`full` first)."""
+    return {name: m.description for name, m in METHODS.items()}

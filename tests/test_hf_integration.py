@@ -1,0 +1,448 @@
+"""obcache.hf on tiny random transformers models (CPU, no downloads): one
+model per supported architecture, built from a config."""
+import copy
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+from transformers import DynamicCache, StaticCache  # noqa: E402
+
+import obcache.hf as hf  # noqa: E402
+from obcache.methods import METHODS  # noqa: E402
+
+ARCHS = ["llama", "mistral", "qwen2", "qwen3"]
+VOCAB = 128
+WINDOW, SINK = 8, 2
+
+
+def tiny_model(arch="llama", attn="sdpa", seed=0):
+    """A 2-layer random model: 4 query heads, 2 KV heads, head dim 16."""
+    cfg_cls = {
+        "llama": transformers.LlamaConfig,
+        "mistral": transformers.MistralConfig,
+        "qwen2": transformers.Qwen2Config,
+        "qwen3": transformers.Qwen3Config,
+    }[arch]
+    cfg = cfg_cls(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=1024,
+                  bos_token_id=0, eos_token_id=1, pad_token_id=1, tie_word_embeddings=False)
+    cfg._attn_implementation = attn
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation=attn).eval()
+    # Larger weights than the default init: attention that is not uniform,
+    # so methods disagree and wrong positions show in the logits.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.2)
+    return model
+
+
+def prompt(n, seed=1, batch=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(2, VOCAB, (batch, n), generator=g)
+
+
+def greedy(model, ids, n=8, **kw):
+    am = kw.pop("attention_mask", torch.ones_like(ids))
+    out = model.generate(ids, attention_mask=am, max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                         pad_token_id=1, **kw)
+    return out[:, ids.shape[1]:]
+
+
+def opts(**kw):
+    return dict(window=WINDOW, sink=SINK, **kw)
+
+
+def rotate_half(x):
+    return torch.cat((-x[..., x.shape[-1] // 2:], x[..., : x.shape[-1] // 2]), -1)
+
+
+def window_queries(model, ids, layer, last):
+    """Post-RoPE queries [B, H_q, last, D] of `layer` for the last tokens of
+    ids, written out from the model's weights (independent of obcache.hf)."""
+    base = model.model
+    with torch.no_grad():
+        out = model(ids, output_hidden_states=True, use_cache=True)
+        block = base.layers[layer]
+        attn = block.self_attn
+        x = block.input_layernorm(out.hidden_states[layer])
+        B, N, _ = x.shape
+        q = attn.q_proj(x).view(B, N, -1, attn.head_dim)
+        if hasattr(attn, "q_norm"):
+            q = attn.q_norm(q)
+        q = q.transpose(1, 2)
+        cos, sin = base.rotary_emb(x, position_ids=torch.arange(N).unsqueeze(0))
+        q = q * cos.unsqueeze(1) + rotate_half(q) * sin.unsqueeze(1)
+    return q[:, :, -last:], out.past_key_values.layers[layer], attn.scaling
+
+
+# ---------------------------------------------------------------------------
+# the method table
+
+
+def test_methods_lists_every_method_of_the_issue_with_a_description():
+    table = hf.methods()
+    wanted = {"full", "streaming", "h2o", "tova", "snapkv", "vatp", "snapkv+obc-value", "snapkv+obc-key",
+              "snapkv+obc-joint", "tova+obc-key", "h2o+obc-key", "snapkv+loo"}
+    assert wanted <= set(table)
+    assert all(isinstance(d, str) and d and "\n" not in d for d in table.values())
+    assert list(table) == list(METHODS)
+
+
+# ---------------------------------------------------------------------------
+# no eviction is plain generate
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("arch", ARCHS)
+def test_full_method_is_token_identical_to_plain_generate(arch, attn):
+    model, ids = tiny_model(arch, attn), prompt(40)
+    ref = greedy(model, ids)
+    with hf.compress(model, "full", 0.25, **opts()):
+        assert torch.equal(greedy(model, ids), ref)
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_budget_at_least_the_prompt_is_token_identical_to_plain_generate(method):
+    model, ids = tiny_model("qwen3"), prompt(40)
+    ref = greedy(model, ids)
+    for budget in (40, 1.0):
+        with hf.compress(model, method, budget, **opts()):
+            assert torch.equal(greedy(model, ids), ref), (method, budget)
+
+
+# ---------------------------------------------------------------------------
+# what prefill keeps
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("method", ["snapkv+obc-key", "h2o", "tova+obc-key"])
+def test_prefill_keeps_budget_tokens_chosen_by_select_from_recomputed_queries(arch, method):
+    model, ids, budget = tiny_model(arch), prompt(64), 24
+    row = METHODS[method]
+    cache = DynamicCache(config=model.config)
+    with torch.no_grad(), hf.compress(model, method, budget, **opts()):
+        model(ids, past_key_values=cache, use_cache=True)
+    st = hf.state_of(cache)
+    for li, layer in enumerate(cache.layers):
+        assert layer.keys.shape == (1, 2, budget, 16) and layer.values.shape == (1, 2, budget, 16)
+        last = {"window": WINDOW, "last": 1, "prompt": ids.shape[1]}[row.queries]
+        q, full, scale = window_queries(model, ids, li, last)
+        scores = torch.ops.obcache.saliency(full.keys, full.values, q, row.score, group_reduce="sum", scale=scale,
+                                            causal=True, query_reduce="sum")
+        want = torch.ops.obcache.select(scores, budget, sink=SINK, recent=WINDOW if row.keep_recent else 0,
+                                        pool_kernel=7 if row.pooled else 0, pool="max")
+        assert torch.equal(st.positions[li], want), f"layer {li}"
+        # the cache rows are the kept rows of the full cache, in order
+        gather = want.unsqueeze(-1).expand(-1, -1, -1, 16)
+        torch.testing.assert_close(layer.keys, full.keys.gather(2, gather))
+        torch.testing.assert_close(layer.values, full.values.gather(2, gather))
+
+
+def test_streaming_keeps_the_sink_and_the_most_recent_tokens():
+    model, ids = tiny_model(), prompt(50)
+    cache = DynamicCache(config=model.config)
+    with torch.no_grad(), hf.compress(model, "streaming", 20, **opts()):
+        model(ids, past_key_values=cache, use_cache=True)
+    want = torch.cat([torch.arange(SINK), torch.arange(50 - 20 + SINK, 50)])
+    for li in range(2):
+        assert torch.equal(hf.state_of(cache).positions[li], want.expand(1, 2, 20))
+
+
+def test_the_cache_holds_kv_heads_only():
+    model, ids = tiny_model(), prompt(48)
+    cache = DynamicCache(config=model.config)
+    with torch.no_grad(), hf.compress(model, "snapkv", 0.5, **opts()):
+        model(ids, past_key_values=cache, use_cache=True)
+    assert all(layer.keys.shape[1] == model.config.num_key_value_heads for layer in cache.layers)
+
+
+# ---------------------------------------------------------------------------
+# positions stay true
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_next_token_logits_attend_over_kept_kv_at_the_true_position(arch):
+    model, ids, budget = tiny_model(arch), prompt(60), 20
+    nxt = prompt(1, seed=7)
+    cache = DynamicCache(config=model.config)
+    with torch.no_grad(), hf.compress(model, "snapkv+obc-key", budget, **opts()):
+        model(ids, past_key_values=cache, use_cache=True)
+        got = model(nxt, past_key_values=cache, use_cache=True).logits[0, -1]
+    # Direct computation: a plain cache holding the kept keys/values (copied
+    # after prefill), the new token at position 60, no hooks.
+    kept = DynamicCache(config=model.config)
+    ref_cache = DynamicCache(config=model.config)
+    with torch.no_grad(), hf.compress(model, "snapkv+obc-key", budget, **opts()):
+        model(ids, past_key_values=ref_cache, use_cache=True)
+    for li, layer in enumerate(ref_cache.layers):
+        kept.update(layer.keys.clone(), layer.values.clone(), li)
+    with torch.no_grad():
+        direct = model(nxt, past_key_values=copy.deepcopy(kept), position_ids=torch.tensor([[60]]),
+                       use_cache=True).logits[0, -1]
+        wrong = model(nxt, past_key_values=copy.deepcopy(kept), position_ids=torch.tensor([[budget]]),
+                      use_cache=True).logits[0, -1]
+    torch.testing.assert_close(got, direct, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(direct, wrong, atol=1e-3)  # the position does matter
+
+
+def test_generate_inside_the_context_uses_true_positions():
+    model, ids, budget = tiny_model(), prompt(60), 24
+    with hf.compress(model, "snapkv", budget, **opts()):
+        got = greedy(model, ids, n=6)
+    # Replay: compress the prompt, then feed the generated tokens one by one
+    # with explicit positions 60, 61, ... and no hooks.
+    cache = DynamicCache(config=model.config)
+    with torch.no_grad():
+        with hf.compress(model, "snapkv", budget, **opts()):
+            logits = model(ids, past_key_values=cache, use_cache=True).logits[:, -1]
+        toks = [logits.argmax(-1)]
+        plain = DynamicCache(config=model.config)
+        for li, layer in enumerate(cache.layers):
+            plain.update(layer.keys.clone(), layer.values.clone(), li)
+        for i in range(5):
+            out = model(toks[-1].view(1, 1), past_key_values=plain, position_ids=torch.tensor([[60 + i]]))
+            toks.append(out.logits[:, -1].argmax(-1))
+    assert torch.equal(got[0], torch.cat(toks))
+
+
+# ---------------------------------------------------------------------------
+# chunked prefill and decode-time eviction
+
+
+def test_chunked_prefill_keeps_the_cache_at_or_under_budget_plus_chunk():
+    model, ids, budget, chunk = tiny_model("qwen2"), prompt(100), 24, 16
+    cache = DynamicCache(config=model.config)
+    with torch.no_grad(), hf.compress(model, "snapkv+obc-key", budget, chunk_size=chunk, **opts()):
+        logits = model(ids, past_key_values=cache, use_cache=True).logits
+    st = hf.state_of(cache)
+    assert logits.shape == (1, 100, VOCAB)
+    assert st.peak <= budget + chunk
+    assert len(st.lengths) == 7 and all(n <= budget for n in st.lengths)
+    assert st.columns == 100 and cache.get_seq_length() == budget
+    assert int(st.positions[0].max()) == 99  # the last token is kept (recent window)
+
+
+def test_chunked_prefill_without_eviction_gives_the_plain_logits():
+    model, ids = tiny_model(), prompt(70)
+    with torch.no_grad():
+        ref = model(ids).logits
+        with hf.compress(model, "full", 1.0, chunk_size=16, **opts()):
+            got = model(ids, use_cache=True).logits
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_chunked_generate_matches_generate_on_the_chunk_compressed_cache():
+    model, ids = tiny_model(), prompt(90)
+    with hf.compress(model, "snapkv+obc-key", 32, chunk_size=20, **opts()):
+        a = greedy(model, ids, n=5)
+        b = greedy(model, ids, n=5)
+    assert torch.equal(a, b) and a.shape == (1, 5)
+
+
+def test_decode_eviction_keeps_the_cache_within_decode_budget_over_200_steps():
+    model, ids, decode_budget = tiny_model(), prompt(30), 40
+    cache = DynamicCache(config=model.config)
+    with hf.compress(model, "snapkv+obc-key", 1.0, decode_budget=decode_budget, **opts()):
+        out = greedy(model, ids, n=200, past_key_values=cache)
+    st = hf.state_of(cache)
+    assert out.shape == (1, 200)
+    assert len(st.lengths) == 200 and max(st.lengths) <= decode_budget
+    assert st.peak <= decode_budget + 1  # the step's own token, before its eviction
+    assert st.columns == 229 and int(st.positions[1].max()) == 228
+
+
+@pytest.mark.parametrize("method", ["h2o", "tova", "streaming"])
+def test_decode_eviction_works_for_every_query_source(method):
+    model, ids = tiny_model(), prompt(30)
+    cache = DynamicCache(config=model.config)
+    with hf.compress(model, method, 20, decode_budget=24, **opts()):
+        greedy(model, ids, n=30, past_key_values=cache)
+    assert max(hf.state_of(cache).lengths) <= 24
+
+
+# ---------------------------------------------------------------------------
+# batches with left padding
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+def test_left_padded_batch_gives_each_prompts_tokens_alone(arch, attn):
+    model, budget = tiny_model(arch, attn), 24
+    a, b = prompt(50, seed=3), prompt(36, seed=4)
+    with hf.compress(model, "snapkv+obc-key", budget, **opts()):
+        alone = [greedy(model, a), greedy(model, b)]
+    ids = torch.cat([a, torch.cat([torch.full((1, 14), 1), b], 1)])
+    am = torch.cat([torch.ones(1, 50, dtype=torch.long), torch.cat([torch.zeros(1, 14), torch.ones(1, 36)], 1).long()])
+    cache = DynamicCache(config=model.config)
+    with hf.compress(model, "snapkv+obc-key", budget, **opts()):
+        both = greedy(model, ids, attention_mask=am, past_key_values=cache)
+    assert torch.equal(both[0], alone[0][0]) and torch.equal(both[1], alone[1][0])
+    pos = hf.state_of(cache).positions[0]
+    assert int(pos[1].min()) >= 14  # padding is never kept
+
+
+def test_a_padded_row_shorter_than_the_budget_keeps_all_its_tokens():
+    model, budget = tiny_model(), 30
+    a, b = prompt(50, seed=3), prompt(20, seed=4)
+    with hf.compress(model, "snapkv", budget, **opts()):
+        alone_b = greedy(model, b)
+    ids = torch.cat([a, torch.cat([torch.full((1, 30), 1), b], 1)])
+    am = torch.cat([torch.ones(1, 50), torch.cat([torch.zeros(1, 30), torch.ones(1, 20)], 1)]).long()
+    with hf.compress(model, "snapkv", budget, **opts()):
+        both = greedy(model, ids, attention_mask=am)
+    assert torch.equal(both[1], alone_b[0])
+
+
+def test_chunked_prefill_of_a_left_padded_batch_gives_each_prompts_tokens_alone():
+    # Padding of a whole chunk, so both rows see the same chunk boundaries
+    # as when they are alone (eviction depends on where chunks end).
+    model, budget = tiny_model(), 24
+    a, b = prompt(48, seed=3), prompt(32, seed=4)
+    kw = opts(chunk_size=16)
+    with hf.compress(model, "snapkv+obc-key", budget, **kw):
+        alone = [greedy(model, a), greedy(model, b)]
+        ids = torch.cat([a, torch.cat([torch.full((1, 16), 1), b], 1)])
+        am = torch.cat([torch.ones(1, 48), torch.cat([torch.zeros(1, 16), torch.ones(1, 32)], 1)]).long()
+        both = greedy(model, ids, attention_mask=am)
+    assert torch.equal(both[0], alone[0][0]) and torch.equal(both[1], alone[1][0])
+
+
+# ---------------------------------------------------------------------------
+# caches
+
+
+def test_static_cache_is_compacted_in_place_and_matches_the_dynamic_cache():
+    model, ids, budget = tiny_model(), prompt(48), 20
+    with hf.compress(model, "snapkv+obc-key", budget, **opts()):
+        ref = greedy(model, ids)
+    cache = StaticCache(config=model.config, max_cache_len=64)
+    with hf.compress(model, "snapkv+obc-key", budget, **opts()):
+        with torch.no_grad():
+            model(ids, past_key_values=cache, use_cache=True)
+        ptrs = [(layer.keys.data_ptr(), layer.values.data_ptr()) for layer in cache.layers]
+        assert int(cache.get_seq_length()) == budget
+        assert [(layer.keys.data_ptr(), layer.values.data_ptr()) for layer in cache.layers] == ptrs
+        cache2 = StaticCache(config=model.config, max_cache_len=64)
+        got = greedy(model, ids, past_key_values=cache2)
+        assert all(layer.keys.shape[2] == 64 for layer in cache2.layers)  # never reallocated
+    assert torch.equal(got, ref)
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_static_cache_with_chunked_prefill_matches_the_dynamic_cache(attn):
+    model, ids = tiny_model(attn=attn), prompt(60)
+    kw = opts(chunk_size=16)
+    with hf.compress(model, "snapkv", 24, **kw):
+        ref = greedy(model, ids)
+        got = greedy(model, ids, past_key_values=StaticCache(config=model.config, max_cache_len=80))
+    assert torch.equal(got, ref)
+
+
+def test_static_cache_with_decode_eviction_stays_within_its_preallocation():
+    model, ids = tiny_model(), prompt(30)
+    cache = StaticCache(config=model.config, max_cache_len=48)
+    with hf.compress(model, "snapkv", 20, decode_budget=24, **opts()):
+        out = greedy(model, ids, n=60, past_key_values=cache)  # 90 tokens through a 48-row cache
+    assert out.shape == (1, 60) and max(hf.state_of(cache).lengths) <= 24
+
+
+def test_a_static_cache_of_a_sliding_window_model_raises_naming_the_layer_class():
+    model, ids = tiny_model("mistral"), prompt(40)  # MistralConfig: sliding_window=4096
+    with hf.compress(model, "snapkv", 20, **opts()):
+        with pytest.raises(NotImplementedError, match="StaticSlidingWindowLayer"):
+            greedy(model, ids, past_key_values=StaticCache(config=model.config, max_cache_len=64))
+
+
+# ---------------------------------------------------------------------------
+# query-agnostic contexts
+
+
+def test_compress_context_with_full_method_answers_like_plain_generate():
+    model, ctx_ids, question = tiny_model(), prompt(50), prompt(6, seed=9)
+    ref = greedy(model, torch.cat([ctx_ids, question], 1))
+    ctx = hf.compress_context(model, ctx_ids, method="full", budget=1.0, **opts())
+    assert ctx.context_length == 50
+    assert torch.equal(ctx.generate(question, max_new_tokens=8, min_new_tokens=8, do_sample=False), ref)
+
+
+def test_compress_context_answers_several_questions_on_copies_of_the_cache():
+    model, ctx_ids = tiny_model(), prompt(64)
+    q1, q2 = prompt(5, seed=10), prompt(7, seed=11)
+    ctx = hf.compress_context(model, ctx_ids, method="snapkv+obc-key", budget=0.25, **opts())
+    assert ctx.cache_length == 16 and ctx.context_length == 64
+    gen = dict(max_new_tokens=6, min_new_tokens=6, do_sample=False)
+    a1, a2, a1_again = ctx.generate(q1, **gen), ctx.generate(q2, **gen), ctx.generate(q1, **gen)
+    assert a1.shape == (1, 6) and a2.shape == (1, 6)
+    assert torch.equal(a1, a1_again) and ctx.cache_length == 16
+    # the answer is what the compressed cache gives with true positions
+    plain = DynamicCache(config=model.config)
+    for li, layer in enumerate(ctx.cache.layers):
+        plain.update(layer.keys.clone(), layer.values.clone(), li)
+    with torch.no_grad():
+        logits = model(q1, past_key_values=plain, position_ids=torch.arange(64, 69).unsqueeze(0)).logits
+    assert int(logits[0, -1].argmax()) == int(a1[0, 0])
+    torch.testing.assert_close(ctx.forward(q1), logits, rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------
+# hooks, errors
+
+
+def test_hooks_are_gone_after_the_context_exits_even_when_the_body_raised():
+    model = tiny_model()
+    before = {n: p.clone() for n, p in model.named_parameters()}
+
+    def count():
+        return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+    n0 = count()
+    with pytest.raises(RuntimeError, match="boom"):
+        with hf.compress(model, "snapkv+obc-key", 0.5, **opts()):
+            assert count() > n0
+            greedy(model, prompt(40))
+            raise RuntimeError("boom")
+    assert count() == n0
+    handle = hf.compress(model, "snapkv", 0.5, **opts())
+    assert count() > n0
+    with pytest.raises(RuntimeError, match="already"):
+        hf.compress(model, "snapkv", 0.5)
+    handle.remove()
+    assert count() == n0 and not hasattr(model.model, "_obcache_compression")
+    for n, p in model.named_parameters():
+        assert torch.equal(p, before[n]), n
+
+
+def test_unsupported_model_raises_naming_its_class():
+    cfg = transformers.GPT2Config(vocab_size=64, n_embd=32, n_layer=1, n_head=2)
+    model = transformers.GPT2LMHeadModel(cfg)
+    with pytest.raises(NotImplementedError, match="GPT2"):
+        hf.compress(model, "snapkv", 0.5)
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(method="nope", budget=0.5), "method"),
+        (dict(method="snapkv", budget=0.0), "budget"),
+        (dict(method="snapkv", budget=1.5), "budget"),
+        (dict(method="snapkv", budget=0), "budget"),
+        (dict(method="snapkv", budget=0.5, window=0), "window"),
+        (dict(method="snapkv", budget=0.5, pool="mean"), "pool"),
+        (dict(method="snapkv", budget=0.5, chunk_size=0), "chunk_size"),
+        (dict(method="snapkv", budget=0.5, decode_budget=5), "decode_budget"),
+        (dict(method="full", budget=0.5, decode_budget=64), "decode_budget"),
+    ],
+)
+def test_bad_arguments_raise_naming_the_argument_and_value(kw, match):
+    with pytest.raises(ValueError, match=match):
+        hf.compress(tiny_model(), **kw)
+
+
+def test_a_budget_below_sink_plus_window_raises_naming_the_budget():
+    model = tiny_model()
+    with hf.compress(model, "snapkv", 0.1, **opts()):
+        with pytest.raises(ValueError, match=r"budget=0\.1 gives 6 tokens"):
+            greedy(model, prompt(60))
