@@ -1,0 +1,309 @@
+"""`obcache eval`: measure every eviction method on a real model.
+
+Settings live in one dataclass (`EvalConfig`); `--full` swaps the quick
+preset for the whole grid, and the selection flags override either.
+Every argument is checked before a model is loaded; errors name the flag
+and the value.
+"""
+import argparse
+import dataclasses
+import os
+import random
+import sys
+import time
+from typing import List, Optional
+
+from obcache.eval.models import DEFAULT_MODEL, EvalError, check_model_dir
+
+TASKS = ("passkey", "fidelity", "perplexity", "perturbation")
+MODES = ("query-aware", "query-agnostic")
+
+
+@dataclasses.dataclass
+class EvalConfig:
+    """Every setting of a run (written to the JSON next to the numbers)."""
+
+    tasks: List[str]
+    methods: List[str]
+    budgets: List[float]  # fraction of the context kept per KV head
+    lengths: List[int]  # passkey prompt lengths in tokens
+    depths: List[float] = dataclasses.field(default_factory=lambda: [0.1, 0.3, 0.5, 0.7, 0.9])
+    trials: int = 4  # passkey trials per (length, depth)
+    modes: List[str] = dataclasses.field(default_factory=lambda: list(MODES))
+    model: Optional[str] = None
+    text: Optional[str] = None
+    out: str = "eval_out"
+    window: int = 32
+    sink: int = 4
+    pool_kernel: int = 7
+    pool: str = "max"
+    max_new_tokens: int = 7  # " " + 5 digits + 1 spare
+    fidelity_context: int = 2048
+    fidelity_next: int = 64
+    ppl_tokens: int = 2048
+    ppl_chunk: int = 256
+    ppl_budget: int = 256  # tokens per KV head kept while reading
+    perturb_context: int = 1024
+    perturb_future: int = 64
+    seed: int = 0
+    threads: Optional[int] = None
+    plots: bool = True
+    preset: str = "quick"
+    backend: Optional[str] = None  # "hf" (obcache.hf, default) or "emulate" (obcache.eval.emulate)
+
+
+# The quick run (no flags): every task, attention-only baselines next to the
+# OBC key score of the same pipeline, one budget; measured at ~2.5 min on 2
+# idle CPU cores with SmolLM2-135M (~4.5 min at load average 20).
+QUICK = dict(
+    tasks=["passkey", "fidelity", "perturbation", "perplexity"],
+    methods=["full", "streaming", "tova", "tova+obc-key", "snapkv", "snapkv+obc-key"],
+    budgets=[0.1],
+    lengths=[1000],
+    depths=[0.2, 0.5, 0.8],
+    trials=2,
+    fidelity_context=1024,
+    ppl_tokens=1024,
+    ppl_chunk=256,
+    ppl_budget=128,
+)
+# --full: every method of the integration's table at 5/10/20/50%; 5% of a
+# 768-token prompt is the first length that fits sink + window = 36 tokens.
+FULL = dict(
+    tasks=list(TASKS),
+    methods=None,  # all of obcache.hf.methods()
+    budgets=[0.05, 0.1, 0.2, 0.5],
+    lengths=[768, 1024],
+    depths=[0.1, 0.3, 0.5, 0.7, 0.9],
+    trials=2,  # 20 trials per (method, budget, mode)
+)
+
+
+def add_arguments(p):
+    """The flags of `obcache eval` on parser p."""
+    p.add_argument("--full", action="store_true", help="run the whole grid (every method, 5/10/20/50%%)")
+    p.add_argument("--tasks", help=f"comma list of {', '.join(TASKS)}")
+    p.add_argument("--methods", help="comma list of method names (see obcache.hf.methods()); 'full' is always added")
+    p.add_argument("--budgets", help="comma list of fractions in (0, 1], e.g. 0.05,0.1 or 5%%,10%%")
+    p.add_argument("--lengths", help="comma list of passkey prompt lengths in tokens")
+    p.add_argument("--depths", help="comma list of needle depths in [0, 1]")
+    p.add_argument("--trials", type=int, help="passkey trials per (length, depth)")
+    p.add_argument("--modes", help=f"comma list of passkey modes: {', '.join(MODES)}")
+    p.add_argument("--model", help="local transformers causal-LM directory (default: SmolLM2-135M-Instruct GGUF)")
+    p.add_argument("--text", help="UTF-8 text file for fidelity and perplexity (default: pydoc_data.topics)")
+    p.add_argument("--out", default="eval_out", help="output directory (default ./eval_out)")
+    p.add_argument("--window", type=int, default=32, help="scoring window W (query tokens)")
+    p.add_argument("--sink", type=int, default=4, help="first tokens always kept")
+    p.add_argument("--pool-kernel", type=int, default=7, help="score pooling kernel (0 = none)")
+    p.add_argument("--pool", default="max", choices=["max", "avg"])
+    p.add_argument("--fidelity-context", type=int, help="fidelity context tokens")
+    p.add_argument("--ppl-tokens", type=int, help="perplexity: tokens read")
+    p.add_argument("--ppl-chunk", type=int, help="perplexity: chunk size of the chunked prefill")
+    p.add_argument("--ppl-budget", type=int, help="perplexity: tokens per KV head kept while reading")
+    p.add_argument("--perturb-context", type=int, help="perturbation: context tokens before the future ones")
+    p.add_argument("--backend", choices=["hf", "emulate"],
+                   help="who compresses: obcache.hf (default) or the harness's stand-in obcache.eval.emulate "
+                        "(same method table, a cross-check)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    return p
+
+
+def _split(flag, value, cast):
+    items = [s.strip() for s in value.split(",") if s.strip()]
+    if not items:
+        raise EvalError(f"{flag} {value!r}: empty list")
+    out = []
+    for s in items:
+        try:
+            out.append(cast(s))
+        except ValueError:
+            raise EvalError(f"{flag}: cannot read {s!r} as {cast.__name__}") from None
+    return out
+
+
+def _budget(s):
+    return float(s[:-1]) / 100 if s.endswith("%") else float(s)
+
+
+_budget.__name__ = "a budget fraction"
+
+
+def _choose(flag, given, valid):
+    unknown = [x for x in given if x not in valid]
+    if unknown:
+        raise EvalError(f"{flag}: unknown {', '.join(map(repr, unknown))}; valid: {', '.join(valid)}")
+    return given
+
+
+def config_from_args(args, method_names=None):
+    """EvalConfig from parsed flags, every value checked (no model loaded).
+    method_names: the valid method names (default: obcache.hf.methods())."""
+    preset = dict(FULL if args.full else QUICK)
+    cfg = EvalConfig(**{**preset, "methods": preset["methods"] or []})
+    cfg.preset = "full" if args.full else "quick"
+    for name in ("out", "window", "sink", "pool_kernel", "pool", "seed", "threads", "model", "text", "backend"):
+        setattr(cfg, name, getattr(args, name))
+    cfg.plots = not args.no_plots
+    for name in ("trials", "fidelity_context", "ppl_tokens", "ppl_chunk", "ppl_budget", "perturb_context"):
+        if getattr(args, name) is not None:
+            setattr(cfg, name, getattr(args, name))
+    if args.tasks:
+        cfg.tasks = _choose("--tasks", _split("--tasks", args.tasks, str), TASKS)
+    if args.modes:
+        cfg.modes = _choose("--modes", _split("--modes", args.modes, str), MODES)
+    if args.budgets:
+        cfg.budgets = _split("--budgets", args.budgets, _budget)
+    if args.lengths:
+        cfg.lengths = _split("--lengths", args.lengths, int)
+    if args.depths:
+        cfg.depths = _split("--depths", args.depths, float)
+    _check_numbers(cfg)
+    if cfg.model not in (None, DEFAULT_MODEL):
+        check_model_dir(cfg.model)
+    if cfg.text is not None and not os.path.isfile(cfg.text):
+        raise EvalError(f"--text {cfg.text!r}: no such file")
+    if cfg.backend == "hf":
+        from obcache.eval.backend import integration
+
+        if integration() is None:
+            raise EvalError("--backend hf: obcache.hf cannot be imported (use --backend emulate)")
+    if method_names is None:
+        from obcache.eval.backend import method_table
+
+        method_names = list(method_table(cfg))
+    if "full" not in method_names:
+        method_names = ["full", *method_names]
+    if args.methods:
+        cfg.methods = _choose("--methods", _split("--methods", args.methods, str), method_names)
+    elif args.full:
+        cfg.methods = list(method_names)
+    else:  # quick: the rows the integration has (all of them once it is complete)
+        cfg.methods = [m for m in cfg.methods if m in method_names]
+    if "full" not in cfg.methods:
+        cfg.methods = ["full", *cfg.methods]  # the reference row next to every method
+    return cfg
+
+
+def _check_numbers(cfg):
+    for b in cfg.budgets:
+        if not 0 < b <= 1:
+            raise EvalError(f"--budgets: {b} is outside (0, 1] (a fraction of the context)")
+    for n in cfg.lengths:
+        if n < 64:
+            raise EvalError(f"--lengths: {n} is too short for a passkey prompt (>= 64 tokens)")
+    for d in cfg.depths:
+        if not 0 <= d <= 1:
+            raise EvalError(f"--depths: {d} is outside [0, 1]")
+    for flag, value in (("--trials", cfg.trials), ("--window", cfg.window), ("--ppl-chunk", cfg.ppl_chunk)):
+        if value < 1:
+            raise EvalError(f"{flag}: must be >= 1, got {value}")
+    if cfg.sink < 0:
+        raise EvalError(f"--sink: must be >= 0, got {cfg.sink}")
+    floor = cfg.sink + cfg.window
+    contexts = []
+    if "passkey" in cfg.tasks:
+        contexts.append(("--lengths", min(cfg.lengths)))
+    if "fidelity" in cfg.tasks:
+        contexts.append(("--fidelity-context", cfg.fidelity_context))
+    if "perturbation" in cfg.tasks:
+        contexts.append(("perturbation context", cfg.perturb_context))
+    for b in cfg.budgets:
+        for what, n in contexts:
+            if b * n < floor:
+                raise EvalError(
+                    f"--budgets: {b:g} of the {n}-token context ({what}) is {b * n:.0f} tokens, below "
+                    f"sink + window = {floor} (--sink {cfg.sink}, --window {cfg.window})"
+                )
+    if "perplexity" in cfg.tasks and cfg.ppl_budget < floor:
+        raise EvalError(f"--ppl-budget: {cfg.ppl_budget} tokens is below sink + window = {floor}")
+
+
+def seed_everything(seed):
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def run(cfg, out=sys.stdout):
+    """Run the selected tasks; write JSON + plots under cfg.out; print the
+    table on `out`. Returns the results dict (what results.json holds)."""
+    import torch
+
+    from obcache.eval import backend, report
+    from obcache.eval.models import load_model
+    from obcache.eval.text import load_text
+
+    t_start = time.perf_counter()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    model, tok, model_info = load_model(cfg.model)
+    table = backend.method_table(cfg)
+    results = {
+        "schema": report.SCHEMA,
+        "settings": dataclasses.asdict(cfg),
+        "model": {**model_info, **report.model_facts(model)},
+        "methods": {m: table.get(m, "") for m in cfg.methods},
+        "versions": report.versions(),
+        "backend": backend.name(cfg),
+        "tasks": {},
+        "seconds": {},
+    }
+    text = load_text(cfg.text) if {"fidelity", "perplexity", "perturbation"} & set(cfg.tasks) else None
+    for task in [t for t in TASKS if t in cfg.tasks]:
+        t0 = time.perf_counter()
+        seed_everything(cfg.seed)
+        results["tasks"][task] = _run_task(task, model, tok, text, cfg)
+        results["seconds"][task] = round(time.perf_counter() - t0, 2)
+    results["seconds"]["total"] = round(time.perf_counter() - t_start, 2)
+    results["table"] = report.summary_rows(results)
+    report.write_all(results, cfg, out)
+    return results
+
+
+def _run_task(task, model, tok, text, cfg):
+    """One task's records, with a tqdm bar on stderr."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from obcache.eval.capture import capture_qkv
+    from obcache.eval.tasks import fidelity, passkey, perplexity, perturbation
+    from obcache.eval.text import text_tokens
+
+    def bar(total):
+        return tqdm(total=total, desc=task, file=sys.stderr, dynamic_ncols=True)
+
+    methods, budgets = cfg.methods, cfg.budgets
+    if task == "passkey":
+        with bar(passkey.count(cfg, methods, budgets)) as p:
+            return passkey.run(model, tok, cfg, methods, budgets, p)
+    if task == "fidelity":
+        ids = torch.tensor([text_tokens(tok, text, cfg.fidelity_context + cfg.fidelity_next)])
+        with bar(fidelity.count(methods, budgets)) as p:
+            return fidelity.run(model, ids, cfg, methods, budgets, p)
+    if task == "perplexity":
+        ids = torch.tensor([text_tokens(tok, text, cfg.ppl_tokens)])
+        with bar(len(methods)) as p:
+            return perplexity.run(model, ids, cfg, methods, p)
+    ids = torch.tensor([text_tokens(tok, text, cfg.perturb_context + cfg.perturb_future)])
+    layers = capture_qkv(model, ids)
+    with bar(perturbation.count(methods, budgets)) as p:
+        recs, wins = perturbation.run(layers, cfg.perturb_context, cfg, methods, budgets, p)
+    skipped = [m for m in methods if m not in perturbation.emulated(methods)]
+    return {"records": recs, "win_shares": wins, "not_emulated": skipped}
+
+
+def main(argv=None):
+    """Entry of `obcache eval`."""
+    parser = add_arguments(argparse.ArgumentParser(prog="obcache eval", description=__doc__.splitlines()[0]))
+    args = parser.parse_args(argv)
+    try:
+        cfg = config_from_args(args)
+    except EvalError as e:
+        parser.error(str(e))
+    run(cfg)
+    return 0

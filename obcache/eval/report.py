@@ -1,0 +1,218 @@
+"""The eval's outputs: a table on stdout, one JSON with every number and the
+settings, and PNG plots (accuracy and KL vs budget, perplexity vs tokens
+read, perturbation per layer)."""
+import json
+import os
+import platform
+
+SCHEMA = "obcache-eval/1"
+
+
+def model_facts(model):
+    c = model.config
+    return {
+        "layers": c.num_hidden_layers,
+        "q_heads": c.num_attention_heads,
+        "kv_heads": getattr(c, "num_key_value_heads", c.num_attention_heads),
+        "head_dim": getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads,
+        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+    }
+
+
+def versions():
+    import torch
+    import transformers
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__}
+
+
+def _fmt_acc(r):
+    lo, hi = r["ci95"]
+    return f"{r['accuracy']:.2f} [{lo:.2f},{hi:.2f}] n={r['trials']}"
+
+
+def summary_rows(results):
+    """One row per (method, budget): the headline numbers of every task that ran."""
+    rows = {}
+
+    def row(method, budget):
+        return rows.setdefault((method, budget), {"method": method, "budget": budget})
+
+    tasks = results["tasks"]
+    for r in tasks.get("passkey", []):
+        row(r["method"], r["budget"])[f"passkey {r['mode']}"] = _fmt_acc(r)
+    for r in tasks.get("fidelity", []):
+        x = row(r["method"], r["budget"])
+        x.update({"KL": r["kl"], "top1": r["top1"], "KV MiB": r["kv_bytes"] / 2**20,
+                  "prefill+evict s": r["compress_s"]})
+    pert = tasks.get("perturbation", {})
+    wins = {(w["method"], w["budget"]): w for w in pert.get("win_shares", [])}
+    for r in pert.get("records", []):
+        x = row(r["method"], r["budget"])
+        x["out err"] = r["mean_error"]
+        x["score+select ms"] = r["select_ms"]
+        w = wins.get((r["method"], r["budget"]))
+        if w:
+            x["wins vs base"] = f"{100 * w['win_share']:.0f}% vs {w['base']}"
+    order = {m: i for i, m in enumerate(list(results["methods"]) + ["oracle"])}
+    return [rows[k] for k in sorted(rows, key=lambda k: (order.get(k[0], 99), k[1]))]
+
+
+def _cell(v):
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4g}" if abs(v) < 1000 else f"{v:.0f}"
+    return str(v)
+
+
+def format_table(rows, columns=None):
+    """Rows of dicts as an aligned text table (missing cells print '-')."""
+    if not rows:
+        return "(no rows)"
+    if columns is None:
+        columns = []
+        for r in rows:
+            columns += [c for c in r if c not in columns]
+    cells = [[_cell(r.get(c)) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(x[i]) for x in cells)) for i, c in enumerate(columns)]
+    line = lambda xs: "  ".join(x.ljust(w) for x, w in zip(xs, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(columns), line(["-" * w for w in widths]), *map(line, cells)])
+
+
+def perplexity_rows(results):
+    rows = []
+    for r in results["tasks"].get("perplexity", []):
+        rows.append({"method": r["method"], "budget tokens": r["budget_tokens"] or "all",
+                     "tokens read": r["curve"][-1][0], "ppl": r["ppl"], "seconds": r["seconds"]})
+    return rows
+
+
+LEGEND = """\
+passkey: accuracy [95% Wilson interval] n=trials.  KL: mean KL(full || compressed) in nats of the
+next-token distributions over the fed tokens; top1: agreement with the full cache.  KV MiB: K and V
+held after compressing the fidelity context.  prefill+evict s: compress_context wall time on it.
+out err: ||O_pruned - O_full|| / ||O_full|| of the future queries' attention output, mean over
+layers and KV heads; score+select ms: saliency + select summed over layers.  wins vs base: share of
+(layer, KV head) pairs where the OBC score's error is below its attention-only base's.  oracle:
+scored with the future queries themselves (the ceiling for window-based scores)."""
+
+
+def text_report(results):
+    s = results["settings"]
+    m = results["model"]
+    head = (f"obcache eval ({s['preset']}): {m['model']}, {m['layers']} layers, {m['kv_heads']} KV heads; "
+            f"window {s['window']}, sink {s['sink']}, pool {s['pool']}{s['pool_kernel']}; "
+            f"{results['seconds']['total']:.0f} s")
+    parts = [head, "", format_table(results["table"]), "", LEGEND]
+    ppl = perplexity_rows(results)
+    if ppl:
+        parts += ["", f"perplexity while reading (chunks of {s['ppl_chunk']} tokens):", format_table(ppl)]
+    skipped = results["tasks"].get("perturbation", {}).get("not_emulated")
+    if skipped:
+        parts += ["", f"perturbation: not emulated for {', '.join(skipped)}"]
+    return "\n".join(parts)
+
+
+def write_all(results, cfg, out):
+    """Print the table, write results.json and the plots under cfg.out."""
+    os.makedirs(cfg.out, exist_ok=True)
+    path = os.path.join(cfg.out, "results.json")
+    with open(path, "w") as f:
+        json.dump(results, f, indent=1)
+    written = [path]
+    if cfg.plots:
+        written += plots(results, cfg.out)
+    print(text_report(results), file=out)
+    print("\nwrote " + ", ".join(written), file=out)
+
+
+def plots(results, folder):
+    """PNG files: accuracy vs budget, KL vs budget, perplexity vs tokens read,
+    perturbation error per layer. Returns their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks, paths = results["tasks"], []
+
+    def save(fig, name):
+        p = os.path.join(folder, name)
+        fig.tight_layout()
+        fig.savefig(p, dpi=110)
+        plt.close(fig)
+        paths.append(p)
+
+    if tasks.get("passkey"):
+        modes = sorted({r["mode"] for r in tasks["passkey"]})
+        fig, axes = plt.subplots(1, len(modes), figsize=(6 * len(modes), 4), squeeze=False)
+        for ax, mode in zip(axes[0], modes):
+            _lines(ax, [r for r in tasks["passkey"] if r["mode"] == mode], "accuracy", ci=True)
+            ax.set(title=f"passkey, {mode}", xlabel="budget (fraction kept)", ylabel="accuracy", ylim=(-0.05, 1.05))
+        save(fig, "passkey_accuracy.png")
+    if tasks.get("fidelity"):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        _lines(ax, tasks["fidelity"], "kl")
+        positive = all(r["kl"] > 0 for r in tasks["fidelity"] if r["method"] != "full")
+        ax.set(title="fidelity: KL(full || compressed)", xlabel="budget (fraction kept)", ylabel="KL (nats)",
+               yscale="log" if positive else "linear")
+        save(fig, "fidelity_kl.png")
+    if tasks.get("perplexity"):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for i, r in enumerate(tasks["perplexity"]):
+            xs, ys = zip(*r["curve"])
+            style = dict(color="k", ls=":") if r["method"] == "full" else _style(r["method"], i)
+            ax.plot(xs, ys, marker=".", label=r["method"], **style)
+        ax.set(title="perplexity while reading", xlabel="tokens read", ylabel="running perplexity")
+        ax.legend(fontsize=7)
+        save(fig, "perplexity.png")
+    recs = tasks.get("perturbation", {}).get("records", [])
+    if recs:
+        budgets = sorted({r["budget"] for r in recs})
+        fig, axes = plt.subplots(1, len(budgets), figsize=(6 * len(budgets), 4), squeeze=False)
+        for ax, b in zip(axes[0], budgets):
+            for i, r in enumerate(r for r in recs if r["budget"] == b):
+                per_layer = [sum(h) / len(h) for h in r["error"]]
+                style = dict(color="k", ls=":") if r["method"] == "oracle" else _style(r["method"], i)
+                ax.plot(per_layer, marker=".", label=r["method"], **style)
+            ax.set(title=f"output perturbation, budget {b:g}", xlabel="layer", ylabel="rel. error (mean of heads)")
+            ax.legend(fontsize=7)
+        save(fig, "perturbation_layers.png")
+    return paths
+
+
+def _style(method, i):
+    """Colour by position (tab20 has room for every method); OBC/LOO scores dashed."""
+    import matplotlib
+
+    dashed = "+obc" in method or "+loo" in method
+    return dict(color=matplotlib.colormaps["tab20"](i % 20), ls="--" if dashed else "-")
+
+
+def _lines(ax, records, key, ci=False):
+    """One line per method of `key` vs budget (log x, ticks at the budgets); `full` as a dotted level."""
+    methods = []
+    for r in records:
+        if r["method"] not in methods:
+            methods.append(r["method"])
+    others = [m for m in methods if m != "full"]
+    budgets = sorted({r["budget"] for r in records if r["method"] != "full"})
+    for m in methods:
+        rs = sorted((r for r in records if r["method"] == m), key=lambda r: r["budget"])
+        if m == "full":
+            if rs[0][key] > 0 or ax.get_yscale() != "log":
+                ax.axhline(rs[0][key], color="k", ls=":", label="full")
+            continue
+        i = others.index(m)
+        dodge = 1 + 0.012 * (i - (len(others) - 1) / 2) if ci else 1  # overlapping error bars stay readable
+        xs, ys = [r["budget"] * dodge for r in rs], [r[key] for r in rs]
+        if ci:
+            err = [[y - r["ci95"][0] for y, r in zip(ys, rs)], [r["ci95"][1] - y for y, r in zip(ys, rs)]]
+            ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=m, **_style(m, i))
+        else:
+            ax.plot(xs, ys, marker="o", label=m, **_style(m, i))
+    ax.set_xscale("log")
+    ax.set_xticks(budgets, [f"{100 * b:g}%" for b in budgets])
+    ax.minorticks_off()
+    ax.legend(fontsize=7)

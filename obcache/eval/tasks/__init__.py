@@ -1,0 +1,1 @@
+"""The four tasks of `obcache eval`: passkey, fidelity, perplexity, perturbation."""

@@ -1,0 +1,42 @@
+"""Perplexity while reading a long text with eviction: the text is fed in
+chunks; after each chunk the cache is compressed back to a fixed token budget
+(the integration's chunked prefill). Reported as running perplexity versus
+tokens read, next to the full cache.
+"""
+import torch
+
+from obcache.eval import backend
+from obcache.eval.stats import perplexity
+
+
+def _nll(logits, targets):
+    """Per-token negative log-likelihood [T] (float64) of targets [T] under logits [T, V]."""
+    return torch.nn.functional.cross_entropy(logits.double(), targets, reduction="none")
+
+
+def curve(nll, chunk):
+    """(tokens read, running perplexity) after every chunk."""
+    out = []
+    for end in range(chunk, len(nll) + chunk, chunk):
+        end = min(end, len(nll))
+        total = float(sum(nll[:end]))
+        out.append((end + 1, perplexity(total, end)))
+    return out
+
+
+def run(model, ids, cfg, methods, progress):
+    """ids [1, T]. Records {method, budget_tokens, ppl, curve} per method."""
+    targets = ids[0, 1:]
+    records = []
+    for method in methods:
+        budget = ids.shape[1] if method == "full" else cfg.ppl_budget
+        logits, seconds = backend.chunked_logits(model, ids, method, budget, cfg.ppl_chunk, cfg)
+        logits = logits[0, :-1]
+        nll = _nll(logits, targets).tolist()
+        records.append({
+            "method": method, "budget_tokens": None if method == "full" else cfg.ppl_budget,
+            "chunk": cfg.ppl_chunk, "ppl": perplexity(sum(nll), len(nll)),
+            "curve": curve(nll, cfg.ppl_chunk), "seconds": seconds,
+        })
+        progress.update(1)
+    return records

@@ -1,0 +1,112 @@
+"""Attention-output perturbation of each eviction method, per layer and head.
+
+One forward pass over context + future tokens captures every layer's
+post-RoPE q, k, v. For each method and budget, the method's score picks the
+context tokens each KV head keeps (`obcache.eval.policies`, on the ops);
+the error is ||O_pruned - O_full|| / ||O_full|| of the attention output of
+the F *future* queries (after the scoring window), which attend to the kept
+context tokens and to the future tokens themselves. No generation needed.
+
+`oracle` scores with the future queries themselves (the better of the
+`attn` and `key` scores per head): the ceiling for any score computed from a
+window of past queries, under the same sink + recent-window policy.
+"""
+import time
+
+import torch
+
+from obcache.eval import policies
+
+ORACLE_SCORES = ("attn", "key")
+
+
+def base_of(method, methods):
+    """The attention-only method of the same pipeline (snapkv+obc-key -> snapkv), or None."""
+    if "+" not in method:
+        return None
+    head, tail = method.split("+", 1)
+    if not (tail.startswith("obc") or tail == "loo"):
+        return None
+    for cand in (head, f"{head}+snapkv"):
+        if cand in methods and cand != method:
+            return cand
+    return None
+
+
+def output_error(q, k, v, keep, n_ctx, scale):
+    """Relative output error [Hkv] (float64) of the future queries q[:, :, n_ctx:]
+    when only `keep` [1, Hkv, n_ctx] of the context tokens remain.
+    q: [1, Hq, T, D]; k, v: [1, Hkv, T, D] over context + future tokens."""
+    B, Hq, T, D = q.shape
+    Hkv = k.shape[1]
+    G = Hq // Hkv
+    F = T - n_ctx
+    logits = scale * q[:, :, n_ctx:].double() @ k.double().repeat_interleave(G, 1).transpose(-1, -2)
+    vv = v.double().repeat_interleave(G, 1)
+    causal = torch.ones(F, T, dtype=torch.bool).tril(n_ctx)
+    full = logits.masked_fill(~causal, float("-inf"))
+    o_full = torch.softmax(full, -1) @ vv
+    visible = torch.cat([keep, torch.ones(B, Hkv, F, dtype=torch.bool)], -1).repeat_interleave(G, 1)
+    o_pruned = torch.softmax(full.masked_fill(~visible.unsqueeze(2), float("-inf")), -1) @ vv
+    err = (o_pruned - o_full).reshape(B, Hkv, -1).norm(dim=-1)
+    return (err / o_full.reshape(B, Hkv, -1).norm(dim=-1)).squeeze(0)
+
+
+def emulated(methods):
+    """The methods this task can score (the rest are listed as not emulated)."""
+    return [m for m in methods if policies.supported(m)]
+
+
+def _kept(method, layer, n_ctx, budget, cfg, op):
+    """Candidate index sets for one layer (the oracle has one per score)."""
+    q, k, v, scale = layer
+    kc, vc = k[:, :, :n_ctx], v[:, :, :n_ctx]
+    if method == "oracle":
+        return [policies.oracle_indices(s, q[:, :, n_ctx:], kc, vc, budget, cfg, scale, op) for s in ORACLE_SCORES]
+    return [policies.keep_indices(method, q[:, :, :n_ctx], kc, vc, budget, cfg, scale, op)]
+
+
+def run(layers, n_ctx, cfg, methods, budgets, progress):
+    """layers: per-layer (q, k, v, scale) over n_ctx context + F future tokens.
+    Returns (records {method, budget, error [layers][Hkv], mean_error,
+    select_ms}, win shares of each OBC score over its base)."""
+    op = policies.ops()
+    records = []
+    for budget_frac in budgets:
+        budget = int(round(budget_frac * n_ctx))
+        for method in [m for m in emulated(methods) if m != "full"] + ["oracle"]:
+            errors, seconds = [], 0.0
+            for layer in layers:
+                t0 = time.perf_counter()
+                cands = _kept(method, layer, n_ctx, budget, cfg, op)
+                seconds += time.perf_counter() - t0
+                q, k, v, scale = layer
+                errs = torch.stack([output_error(q, k, v, policies.keep_mask(i, n_ctx), n_ctx, scale) for i in cands])
+                errors.append(errs.min(0).values.tolist())
+            progress.update(1)
+            records.append({
+                "method": method, "budget": budget_frac, "budget_tokens": budget,
+                "error": errors, "mean_error": float(torch.tensor(errors).mean()),
+                "select_ms": 1000 * seconds, "backend": op[-1],
+            })
+    return records, win_shares(records, methods)
+
+
+def win_shares(records, methods):
+    """Share of (layer, head) pairs where an OBC method's error is below its
+    attention-only base method's error, per budget (ties count half)."""
+    by = {(r["method"], r["budget"]): torch.tensor(r["error"]) for r in records}
+    out = []
+    for (method, budget), err in by.items():
+        base = base_of(method, methods)
+        if base is None or (base, budget) not in by:
+            continue
+        ref = by[(base, budget)]
+        share = ((err < ref).double() + 0.5 * (err == ref).double()).mean().item()
+        out.append({"method": method, "base": base, "budget": budget, "win_share": share})
+    return out
+
+
+def count(methods, budgets):
+    """Number of (method, budget) rows `run` computes, the oracle included (for the progress bar)."""
+    return len(budgets) * (len([m for m in emulated(methods) if m != "full"]) + 1)

