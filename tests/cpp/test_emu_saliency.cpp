@@ -77,6 +77,13 @@ TEST(EmuSaliency, Float32OddSizesEveryScore) {
   check_case<float>({1, 1, 2, 5, 5, 8, 1, true}, obc::DType::F32, rng, false);
 }
 
+// D=128, the common head size: pass 2 needs more than 48 KiB of shared
+// memory, so this also runs the kernel's shared memory opt-in.
+TEST(EmuSaliency, HeadDim128UsesSharedMemoryOptIn) {
+  std::mt19937 rng(11);
+  check_case<float>({1, 1, 4, 9, 77, 128, 0, true}, obc::DType::F32, rng, false, 1u << 0 | 1u << 5);
+}
+
 TEST(EmuSaliency, SeveralKeySplitsAreCombined) {
   std::mt19937 rng(2);
   // N = 600 > 256: make_shape picks several splits (the flash-decoding path),

@@ -269,11 +269,29 @@ TEST(Simt, BadLaunchConfigurationSetsLastErrorAndRunsNothing) {
   OBC_LAUNCH(count_calls, dim3(1), dim3(32, 32, 2), 0, nullptr, &calls);
   EXPECT_EQ(cudaGetLastError(), cudaErrorInvalidConfiguration);
   OBC_LAUNCH(count_calls, dim3(1), dim3(32), 64 * 1024, nullptr, &calls);
-  EXPECT_EQ(cudaGetLastError(), cudaErrorInvalidValue);
+  EXPECT_EQ(cudaGetLastError(), cudaErrorInvalidValue);  // over 48 KiB without the opt-in
   EXPECT_EQ(calls, 0);
   OBC_LAUNCH(count_calls, dim3(2), dim3(1024), 0, nullptr, &calls);
   EXPECT_EQ(cudaGetLastError(), cudaSuccess);
   EXPECT_EQ(calls, 2048);
+}
+
+__global__ void count_calls_optin(int* calls) { atomicAdd(calls, 1); }
+
+TEST(Simt, DynamicSharedMemoryOptInIsPerKernel) {
+  int calls = 0;
+  EXPECT_EQ(cudaFuncSetAttribute(count_calls_optin, cudaFuncAttributeMaxDynamicSharedMemorySize, 100 * 1024),
+            cudaSuccess);
+  OBC_LAUNCH(count_calls_optin, dim3(1), dim3(32), 100 * 1024, nullptr, &calls);
+  EXPECT_EQ(cudaGetLastError(), cudaSuccess);
+  EXPECT_EQ(calls, 32);
+  OBC_LAUNCH(count_calls_optin, dim3(1), dim3(32), 100 * 1024 + 1, nullptr, &calls);
+  EXPECT_EQ(cudaGetLastError(), cudaErrorInvalidValue);  // past what was opted into
+  OBC_LAUNCH(count_calls, dim3(1), dim3(32), 100 * 1024, nullptr, &calls);
+  EXPECT_EQ(cudaGetLastError(), cudaErrorInvalidValue);  // another kernel has no opt-in
+  EXPECT_EQ(cudaFuncSetAttribute(count_calls_optin, cudaFuncAttributeMaxDynamicSharedMemorySize, 228 * 1024),
+            cudaErrorInvalidValue);  // above the sm_90 maximum
+  EXPECT_EQ(calls, 32);
 }
 
 __global__ void throw_in_thread(int victim) {

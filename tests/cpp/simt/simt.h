@@ -35,6 +35,7 @@
 #include <cstring>
 #include <exception>
 #include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <stdexcept>
@@ -106,15 +107,25 @@ enum cudaMemcpyKind {
   cudaMemcpyDeviceToDevice = 3,
   cudaMemcpyDefault = 4,
 };
+enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
 
 namespace simt {
 namespace detail {
 
 constexpr int kWarp = 32;
-// Launch limits of every GPU since sm_30 (dynamic shared memory above 48 KiB
-// needs cudaFuncSetAttribute on a GPU, which the emulation does not offer).
+// Launch limits of every GPU since sm_30. Dynamic shared memory above 48 KiB
+// needs a per-kernel opt-in (cudaFuncSetAttribute), up to the sm_90 maximum.
 constexpr unsigned kMaxThreads = 1024, kMaxBlockZ = 64, kMaxGridYZ = 65535;
-constexpr size_t kMaxDynamicSmem = 48 * 1024;
+constexpr size_t kDefaultDynamicSmem = 48 * 1024, kMaxOptInDynamicSmem = 227 * 1024;
+
+// cudaFuncAttributeMaxDynamicSharedMemorySize per kernel, keyed by its address.
+inline std::mutex smem_optin_mutex;
+inline std::map<const void*, size_t> smem_optin;
+inline size_t dynamic_smem_limit(const void* kernel) {
+  std::lock_guard<std::mutex> lock(smem_optin_mutex);
+  const auto it = smem_optin.find(kernel);
+  return it == smem_optin.end() ? kDefaultDynamicSmem : it->second;
+}
 
 inline thread_local cudaError_t last_error = cudaSuccess;  // per host thread, as in CUDA
 
@@ -323,13 +334,13 @@ class Pool {
   std::atomic<bool> stop_{false};
 };
 
-inline cudaError_t check_config(dim3 g, dim3 b, size_t smem) {
+inline cudaError_t check_config(dim3 g, dim3 b, size_t smem, size_t smem_limit) {
   const unsigned long long threads = 1ull * b.x * b.y * b.z;
   if (threads == 0 || threads > kMaxThreads || b.x > kMaxThreads || b.y > kMaxThreads || b.z > kMaxBlockZ)
     return cudaErrorInvalidConfiguration;
   if (g.x == 0 || g.y == 0 || g.z == 0 || g.x > 0x7fffffffu || g.y > kMaxGridYZ || g.z > kMaxGridYZ)
     return cudaErrorInvalidConfiguration;
-  return smem > kMaxDynamicSmem ? cudaErrorInvalidValue : cudaSuccess;
+  return smem > smem_limit ? cudaErrorInvalidValue : cudaSuccess;
 }
 
 inline void run_grid(dim3 grid, dim3 block, size_t smem_bytes, const std::function<void()>& kernel) {
@@ -427,7 +438,8 @@ T* dynamic_smem() {
 template <typename Kernel, typename... Args>
 void launch(dim3 grid, dim3 block, size_t smem_bytes, cudaStream_t /*stream*/, Kernel kernel, Args... args) {
   if (detail::ctx.block) throw std::logic_error("kernel launch from a kernel (dynamic parallelism) is unsupported");
-  const cudaError_t err = detail::check_config(grid, block, smem_bytes);
+  const cudaError_t err = detail::check_config(grid, block, smem_bytes,
+                                               detail::dynamic_smem_limit(reinterpret_cast<const void*>(kernel)));
   if (err != cudaSuccess) {
     detail::last_error = err;
     return;
@@ -451,6 +463,16 @@ inline cudaError_t cudaGetLastError() {
   return e;
 }
 inline cudaError_t cudaPeekAtLastError() { return simt::detail::last_error; }
+// Only the attribute kernels use: the per-kernel dynamic shared memory opt-in.
+template <typename Kernel>
+cudaError_t cudaFuncSetAttribute(Kernel* kernel, cudaFuncAttribute attr, int value) {
+  if (attr != cudaFuncAttributeMaxDynamicSharedMemorySize || value < 0 ||
+      static_cast<size_t>(value) > simt::detail::kMaxOptInDynamicSmem)
+    return cudaErrorInvalidValue;
+  std::lock_guard<std::mutex> lock(simt::detail::smem_optin_mutex);
+  simt::detail::smem_optin[reinterpret_cast<const void*>(kernel)] = static_cast<size_t>(value);
+  return cudaSuccess;
+}
 inline const char* cudaGetErrorString(cudaError_t e) {
   switch (e) {
     case cudaSuccess: return "no error";
