@@ -11,7 +11,7 @@ answer = ctx.generate(question_ids, max_new_tokens=16)
 ```
 `methods()` lists the method names; `obcache.methods.METHODS` is the table.
 """
-from obcache.hf.compress import CacheState, Compression, compress, state_of
+from obcache.hf.hooks import CacheState, Compression, compress, state_of
 from obcache.hf.context import CompressedContext, compress_context
 from obcache.hf.models import load_model
 from obcache.methods import methods

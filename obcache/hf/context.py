@@ -11,7 +11,7 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
-from obcache.hf.compress import Compression, state_of
+from obcache.hf.hooks import Compression, state_of
 
 __all__ = ["CompressedContext", "compress_context"]
 
