@@ -1,6 +1,7 @@
 """obcache.hf on tiny random transformers models (CPU, no downloads): one
 model per supported architecture, built from a config."""
 import copy
+import time
 
 import pytest
 import torch
@@ -149,6 +150,19 @@ def test_streaming_keeps_the_sink_and_the_most_recent_tokens():
     want = torch.cat([torch.arange(SINK), torch.arange(50 - 20 + SINK, 50)])
     for li in range(2):
         assert torch.equal(hf.state_of(cache).positions[li], want.expand(1, 2, 20))
+
+
+def test_eviction_seconds_counts_only_the_eviction_work():
+    model, ids = tiny_model(), prompt(50)
+    with torch.no_grad():
+        with hf.compress(model, "full", 20, **opts()) as full:
+            model(ids, past_key_values=DynamicCache(config=model.config), use_cache=True)
+        with hf.compress(model, "snapkv+obc-key", 20, **opts()) as h:
+            t0 = time.perf_counter()
+            model(ids, past_key_values=DynamicCache(config=model.config), use_cache=True)
+            total = time.perf_counter() - t0
+    assert full.eviction_seconds == 0.0
+    assert 0.0 < h.eviction_seconds < total
 
 
 def test_the_cache_holds_kv_heads_only():

@@ -27,6 +27,7 @@ from the most recent queries (the last `window` queries; the last one for
 TOVA-style methods); scores are not accumulated across steps.
 """
 import inspect
+import time
 from typing import Dict, List, Optional, Union
 
 import torch
@@ -47,6 +48,13 @@ def _ops():
 
 # --------------------------------------------------------------------------
 # arguments
+
+
+def _now(device) -> float:
+    """Wall clock after the device's queued work (CUDA runs asynchronously)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
 
 
 def resolve_budget(budget: Union[int, float], n: int) -> int:
@@ -237,7 +245,9 @@ class Compression:
 
     Use as a context manager, or call `remove()`. Attributes: method (a
     `obcache.methods.Method`), budget, window, sink, pool_kernel, pool,
-    chunk_size, decode_budget.
+    chunk_size, decode_budget, and eviction_seconds: wall time spent so far
+    in eviction (recomputing the scoring queries, scoring, selecting,
+    compacting), so callers can report its share of prefill time.
     """
 
     def __init__(self, model, method, budget, *, window=32, sink=4, pool_kernel=7, pool="max", chunk_size=None,
@@ -254,6 +264,7 @@ class Compression:
         self._outer = None  # (mode, read_total) while a chunked call runs its chunks
         self._prefix = {}  # id(kwargs) -> (kwargs, hidden states of earlier chunks)
         self._handles = []
+        self.eviction_seconds = 0.0
         try:
             self._handles.append(self.base.register_forward_pre_hook(self._before, with_kwargs=True))
             self._handles.append(self.base.register_forward_hook(self._after, with_kwargs=True))
@@ -429,6 +440,7 @@ class Compression:
                     f"budget={self.budget!r} gives {target} tokens per KV head, fewer than sink + window = "
                     f"{self.sink} + {self.recent}; lower sink or window, or raise the budget"
                 )
+            t0 = _now(k.device)
             q = self._scoring_queries(st, module, hs, pe)
             start = (~valid).sum(1)
             idx = evict_layer(k, v, q, target, method=self.method, sink=self.sink, recent=self.recent,
@@ -437,6 +449,7 @@ class Compression:
             st.positions[li] = positions.gather(-1, idx)
             st.valid_out = valid.gather(1, idx[:, 0])
             st.evicted = True
+            self.eviction_seconds += _now(k.device) - t0
         return None
 
     def _scoring_queries(self, st, module, hs, pe):

@@ -1,0 +1,84 @@
+"""End to end on SmolLM2-135M: the share of prefill time spent in scoring and
+eviction, per method, at 2k and 4k prompt tokens (budget 10%).
+
+Each prefill runs the whole prompt through the model inside
+`obcache.hf.compress`; the hooks count the wall time of their eviction work
+(recomputing the window queries, scoring, selecting, compacting) in
+`Compression.eviction_seconds`. share = eviction seconds / prefill seconds,
+median over --repeats runs. Target: under 3% for every OBC method.
+
+    python bench/bench_prefill_share.py [--lengths 2048 4096] [--repeats 3]
+"""
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+
+import torch
+from tqdm import tqdm
+
+import obcache.hf as hf
+from obcache.methods import METHODS
+
+
+def prompt_ids(tok, n):
+    import pydoc_data.topics
+
+    text = "\n".join(pydoc_data.topics.topics.values())
+    ids = tok(text, return_tensors="pt").input_ids[:, :n]
+    if ids.shape[1] < n:
+        raise SystemExit(f"the text has only {ids.shape[1]} tokens, fewer than {n}")
+    return ids
+
+
+def prefill(model, ids, method, budget):
+    from transformers import DynamicCache
+
+    with torch.no_grad(), hf.compress(model, method, budget) as h:
+        t0 = time.perf_counter()
+        model(ids, past_key_values=DynamicCache(config=model.config), use_cache=True)
+        total = time.perf_counter() - t0
+    return total, h.eviction_seconds
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--lengths", type=int, nargs="+", default=[2048, 4096])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--budget", type=float, default=0.1)
+    ap.add_argument("--methods", nargs="+", default=[m for m in METHODS if m != "full"])
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "out", "prefill_share.json"))
+    args = ap.parse_args()
+
+    model, tok = hf.load_model()
+    rows = []
+    jobs = [(n, m) for n in args.lengths for m in ["full"] + args.methods]
+    for n, m in tqdm(jobs, desc="prefill"):
+        ids = prompt_ids(tok, n)
+        prefill(model, ids, m, args.budget)  # warm-up: allocator, thread pool
+        runs = [prefill(model, ids, m, args.budget) for _ in range(args.repeats)]
+        total = statistics.median(r[0] for r in runs)
+        evict = statistics.median(r[1] for r in runs)
+        rows.append(dict(tokens=n, method=m, prefill_s=total, eviction_s=evict, share=evict / total))
+
+    print(f"\nSmolLM2-135M prefill, budget {args.budget:.0%}, {torch.get_num_threads()} threads, "
+          f"median of {args.repeats}; load average {os.getloadavg()[0]:.2f}")
+    print(f"{'tokens':>6}  {'method':<18} {'prefill s':>9} {'evict s':>8} {'share':>7}  target<3%")
+    for r in rows:
+        obc = "obc" in r["method"]
+        ok = ("met" if r["share"] < 0.03 else "MISSED") if obc else ""
+        print(f"{r['tokens']:>6}  {r['method']:<18} {r['prefill_s']:>9.3f} {r['eviction_s']:>8.4f} "
+              f"{r['share']:>7.2%}  {ok}")
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    meta = dict(machine=platform.processor() or platform.machine(), threads=torch.get_num_threads(),
+                torch=torch.__version__, budget=args.budget, repeats=args.repeats,
+                loadavg=os.getloadavg())
+    with open(args.out, "w") as f:
+        json.dump(dict(meta=meta, rows=rows), f, indent=1)
+    print("wrote", args.out)
+
+
+if __name__ == "__main__":
+    main()
