@@ -78,6 +78,19 @@ obc::CompactTensor describe(at::Tensor& t) {
 
 }  // namespace
 
+obc::CompactParams compact_params(at::Tensor& k, at::Tensor& v, const at::Tensor& idx, const at::Tensor& len) {
+  obc::CompactParams p;
+  p.t[0] = describe(k);
+  p.t[1] = describe(v);
+  p.B = k.size(0);
+  p.H = k.size(1);
+  p.N = k.size(2);
+  p.indices = idx.data_ptr<int64_t>();
+  p.L = idx.size(2);
+  p.lengths = len.defined() ? len.data_ptr<int64_t>() : nullptr;
+  return p;
+}
+
 void compact_run(at::Tensor& k, at::Tensor& v, const at::Tensor& indices, const std::optional<at::Tensor>& lengths) {
   if (k.is_cuda()) {
 #ifdef OBCACHE_WITH_CUDA
@@ -91,15 +104,7 @@ void compact_run(at::Tensor& k, at::Tensor& v, const at::Tensor& indices, const 
   const at::Tensor idx = indices.contiguous();
   at::Tensor len;
   if (lengths.has_value()) len = lengths->contiguous();
-  obc::CompactParams p;
-  p.t[0] = describe(k);
-  p.t[1] = describe(v);
-  p.B = k.size(0);
-  p.H = k.size(1);
-  p.N = k.size(2);
-  p.indices = idx.data_ptr<int64_t>();
-  p.L = idx.size(2);
-  p.lengths = len.defined() ? len.data_ptr<int64_t>() : nullptr;
+  const obc::CompactParams p = compact_params(k, v, idx, len);
   if (p.L == 0) return;
   at::parallel_for(0, 2 * p.B * p.H, 1, [&](int64_t r0, int64_t r1) { obc::compact_rows_cpu(p, r0, r1); });
 }

@@ -12,16 +12,6 @@
 namespace obcache {
 
 namespace {
-obc::CompactTensor describe(at::Tensor& t) {
-  obc::CompactTensor d;
-  d.data = t.data_ptr();
-  d.elem_size = static_cast<int64_t>(t.element_size());
-  d.D = t.size(3);
-  d.sb = t.stride(0);
-  d.sh = t.stride(1);
-  d.sn = t.stride(2);
-  return d;
-}
 
 void compact_cuda_op(at::Tensor k, at::Tensor v, const at::Tensor& indices,
                      const std::optional<at::Tensor>& lengths) {
@@ -35,15 +25,7 @@ void compact_run_cuda(at::Tensor& k, at::Tensor& v, const at::Tensor& indices,
   const at::Tensor idx = indices.contiguous();
   at::Tensor len;
   if (lengths.has_value()) len = lengths->contiguous();
-  obc::CompactParams p;
-  p.t[0] = describe(k);
-  p.t[1] = describe(v);
-  p.B = k.size(0);
-  p.H = k.size(1);
-  p.N = k.size(2);
-  p.indices = idx.data_ptr<int64_t>();
-  p.L = idx.size(2);
-  p.lengths = len.defined() ? len.data_ptr<int64_t>() : nullptr;
+  const obc::CompactParams p = compact_params(k, v, idx, len);
   const int err = obc::compact_cuda(p, c10::cuda::getCurrentCUDAStream().stream());
   TORCH_CHECK(err == 0, "compact_ CUDA kernel failed: ", cudaGetErrorString(static_cast<cudaError_t>(err)));
 }

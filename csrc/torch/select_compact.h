@@ -9,6 +9,7 @@
 
 #include <optional>
 
+#include "kernels/compact_params.h"
 #include "kernels/select_params.h"
 
 namespace obcache {
@@ -47,6 +48,9 @@ void check_compact_meta(const at::Tensor& k, const at::Tensor& v, const at::Tens
                         const std::optional<at::Tensor>& lengths);
 // Index values on the host (indices/lengths are CPU tensors here).
 void check_compact_values(const at::Tensor& indices_cpu, const std::optional<at::Tensor>& lengths_cpu, int64_t N);
+// Kernel parameters for k, v and the contiguous idx (and len, or undefined),
+// which must outlive them.
+obc::CompactParams compact_params(at::Tensor& k, at::Tensor& v, const at::Tensor& idx, const at::Tensor& len);
 // The kernel only (everything already checked).
 // Checks (values on CPU always, on CUDA with OBCACHE_DEBUG_CHECKS=1), then compacts.
 void compact_impl(at::Tensor& k, at::Tensor& v, const at::Tensor& indices, const std::optional<at::Tensor>& lengths);

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "compact_cpu.h"
+#include "compact_patterns.h"
 
 namespace {
 
@@ -15,32 +16,12 @@ struct Case {
   int64_t B, H, N, D, M;  // M >= N: allocated rows (narrowed view of M rows)
 };
 
-// indices [B, H, L] of a named pattern.
-std::vector<int64_t> pattern(const Case& c, int64_t L, int kind, std::mt19937& rng) {
-  std::vector<int64_t> idx;
-  for (int64_t r = 0; r < c.B * c.H; ++r) {
-    std::vector<int64_t> row;
-    if (kind == 0) for (int64_t i = 0; i < L; ++i) row.push_back(std::min(2 * i + 1, c.N - L + i));  // every other
-    else if (kind == 1) for (int64_t i = 0; i < L; ++i) row.push_back(c.N - L + i);  // last L
-    else if (kind == 2) for (int64_t i = 0; i < L; ++i) row.push_back(i);  // first L
-    else {
-      std::vector<int64_t> all(c.N);
-      std::iota(all.begin(), all.end(), 0);
-      std::shuffle(all.begin(), all.end(), rng);
-      row.assign(all.begin(), all.begin() + L);
-      std::sort(row.begin(), row.end());
-    }
-    idx.insert(idx.end(), row.begin(), row.end());
-  }
-  return idx;
-}
-
 template <typename T>
 void run_case(const Case& c, int64_t L, int kind, bool with_lengths, std::mt19937& rng) {
   std::vector<T> k(c.B * c.H * c.M * c.D), v(k.size());
   for (size_t i = 0; i < k.size(); ++i) k[i] = static_cast<T>(i), v[i] = static_cast<T>(-1.0 * i);
   const std::vector<T> k0 = k, v0 = v;
-  const std::vector<int64_t> idx = pattern(c, L, kind, rng);
+  const std::vector<int64_t> idx = patterns::compact_indices(c.B * c.H, c.N, L, kind, rng);
   std::vector<int64_t> lengths(c.B * c.H);
   for (auto& x : lengths) x = with_lengths ? static_cast<int64_t>(rng() % (L + 1)) : L;
   obc::CompactParams p;

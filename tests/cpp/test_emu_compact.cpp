@@ -13,27 +13,10 @@
 #include <vector>
 
 #include "compact_cpu.h"
+#include "compact_patterns.h"
 #include "compact_cuda.cu"  // the real source
 
 namespace {
-
-std::vector<int64_t> pattern(int64_t rows, int64_t N, int64_t L, int kind, std::mt19937& rng) {
-  std::vector<int64_t> idx;
-  for (int64_t r = 0; r < rows; ++r) {
-    std::vector<int64_t> row(L);
-    for (int64_t i = 0; i < L; ++i)
-      row[i] = kind == 0 ? std::min(2 * i + 1, N - L + i) : kind == 1 ? N - L + i : i;
-    if (kind == 3) {
-      std::vector<int64_t> all(N);
-      std::iota(all.begin(), all.end(), 0);
-      std::shuffle(all.begin(), all.end(), rng);
-      row.assign(all.begin(), all.begin() + L);
-      std::sort(row.begin(), row.end());
-    }
-    idx.insert(idx.end(), row.begin(), row.end());
-  }
-  return idx;
-}
 
 template <typename T>
 void run(int64_t B, int64_t H, int64_t N, int64_t M, int64_t D, int64_t L, int kind, bool lengths_on,
@@ -42,7 +25,7 @@ void run(int64_t B, int64_t H, int64_t N, int64_t M, int64_t D, int64_t L, int k
   for (size_t i = 0; i < k.size(); ++i) k[i] = static_cast<T>(rng());
   for (size_t i = 0; i < v.size(); ++i) v[i] = static_cast<T>(rng());
   std::vector<T> k2 = k, v2 = v;
-  const std::vector<int64_t> idx = pattern(B * H, N, L, kind, rng);
+  const std::vector<int64_t> idx = patterns::compact_indices(B * H, N, L, kind, rng);
   std::vector<int64_t> lengths(B * H);
   for (auto& x : lengths) x = lengths_on ? static_cast<int64_t>(rng() % (L + 1)) : L;
   auto params = [&](std::vector<T>& kk, std::vector<T>& vv) {
