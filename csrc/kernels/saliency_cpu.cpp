@@ -10,7 +10,10 @@
 //           tile's output once.
 // The workspace holds Q (pre-scaled), O, per-row stats, one transposed K and V
 // tile and [rows-per-block, tile] scratch: O(R * (D + tile) + D * tile)
-// elements, independent of N.
+// elements, independent of N. When the R x N logits of one head fit in
+// kLogitCacheBytes, pass 1 also keeps them and pass 2 reads them back instead
+// of recomputing Q K^T: a quarter of the joint score's FLOPs, for a bounded
+// workspace (8 MiB at the common R = 128, N = 16k).
 //
 // Speed: every O(R * N * D) loop is an outer-product register block
 // (acc[RB][kTile] += x * y[c], contiguous in c) that g++ -O3 vectorises
@@ -46,6 +49,7 @@ namespace {
 
 constexpr int64_t kTile = 32;  // keys per tile (columns of every register block)
 constexpr int kRB = 4;         // window rows per register block
+constexpr size_t kLogitCacheBytes = size_t(16) << 20;  // per worker
 
 // exp for x <= 88 (here always x <= 0): Cody-Waite reduction and Cephes'
 // polynomial, ~1 ulp, branch-free so it vectorises; 0 below -87 where expf
@@ -75,7 +79,8 @@ inline size_t round_up(size_t x) { return (x + 63) & ~size_t(63); }
 // Byte offsets of the workspace pieces (see the top of this file).
 struct Layout {
   int64_t Wr = 0, i0 = 0, R = 0;
-  size_t qs, o, m, l, on2, kt, vt, vrow, vn1, vn2, sb, xb, db, head, total;
+  size_t qs, o, m, l, on2, kt, vt, vrow, vn1, vn2, sb, xb, db, head, z, total;
+  bool zcache = false;  // logits kept from pass 1, tile-major: z[tile][row][kTile]
 };
 
 Layout make_layout(const SaliencyParams& p) {
@@ -105,6 +110,9 @@ Layout make_layout(const SaliencyParams& p) {
   L.xb = take(kRB * T);
   L.db = take(kRB * T);
   L.head = take(G * T);
+  const size_t padded_n = (static_cast<size_t>(p.N) + T - 1) / T * T;
+  L.zcache = R * padded_n * e <= kLogitCacheBytes;
+  L.z = L.zcache ? take(R * padded_n) : 0;
   L.total = at;
   return L;
 }
@@ -204,6 +212,8 @@ struct Kernel {
   bool need_o, need_vo, need_dist, need_v2;  // pass-2 V terms: vo/dist/norms
 
   T* at(size_t off) const { return reinterpret_cast<T*>(ws + off); }
+  // Pass 1's logits of rows r0.. for the tile starting at key p0 (zcache only).
+  T* logits(int64_t p0, int64_t r0) const { return at(L.z) + ((p0 / kTile) * L.R + r0) * kTile; }
 
   // Keys [p0, p0 + lim) are visible to row r within a tile of tn keys.
   OBC_ALWAYS_INLINE int64_t visible(int64_t r, int64_t p0, int64_t tn) const {
@@ -220,6 +230,7 @@ struct Kernel {
     T* l = at(L.l);
     T* O = at(L.o);
     block_xyt<T, RB, false>(at(L.qs) + r0 * D, D, Kt, Sb);
+    if (L.zcache) std::memcpy(logits(p0, r0), Sb, sizeof(T) * RB * kTile);
     for (int rr = 0; rr < RB; ++rr) {
       const int64_t r = r0 + rr, lim = visible(r, p0, tn);
       T* s = Sb + rr * kTile;
@@ -250,7 +261,10 @@ struct Kernel {
     T* Xb = at(L.xb);
     T* Db = at(L.db);
     const T* O = at(L.o);
-    block_xyt<T, RB, false>(at(L.qs) + r0 * D, D, Kt, Sb);
+    if (L.zcache)
+      Sb = logits(p0, r0);
+    else
+      block_xyt<T, RB, false>(at(L.qs) + r0 * D, D, Kt, Sb);
     if constexpr (score_needs_vo(S)) block_xyt<T, RB, false>(O + r0 * D, D, Vt, Xb);
     if constexpr (score_needs_dist(S)) block_xyt<T, RB, true>(O + r0 * D, D, Vt, Db);
     const bool qmax = p.query_reduce == QueryReduce::Max;
@@ -273,7 +287,7 @@ struct Kernel {
     for (int64_t c = 0; c < kTile; ++c) vn1[c] = vn2[c] = T(0);
     for (int64_t p0 = 0; p0 < N; p0 += kTile) {
       const int64_t tn = std::min<int64_t>(kTile, N - p0);
-      load_transposed(K + p0 * p.k_sn, p.k_sn, tn, D, Kt);
+      if (!L.zcache) load_transposed(K + p0 * p.k_sn, p.k_sn, tn, D, Kt);  // else the logits are kept
       if (need_v2) {
         load_transposed(V + p0 * p.v_sn, p.v_sn, tn, D, Vt);
         for (int c = 0; c < kTile; ++c) vn1[c] = vn2[c] = T(0);

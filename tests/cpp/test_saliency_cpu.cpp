@@ -114,14 +114,44 @@ TEST(SaliencyCpu, BFloat16MatchesNaiveOnExactInputs) {
   for (const Case& c : kCases) check_case<obc::bf16_t, float>(c, obc::DType::BF16, 2e-5, rng);
 }
 
-TEST(SaliencyCpu, WorkspaceDoesNotGrowWithN) {
+TEST(SaliencyCpu, WorkspaceIsBoundedWhateverN) {
   obc::SaliencyParams p;
-  p.B = 1, p.Hkv = 8, p.G = 4, p.W = 32, p.D = 128, p.N = 1024;
-  const size_t small = obc::saliency_cpu_workspace_bytes(p);
-  p.N = 1 << 20;
-  EXPECT_EQ(obc::saliency_cpu_workspace_bytes(p), small);
-  // O(G * W * D): a fixed multiple of the queries, far below [G, W, N] floats.
-  EXPECT_LT(small, size_t(4) * 4 * 32 * 128 * 4);
+  p.B = 1, p.Hkv = 8, p.G = 4, p.W = 32, p.D = 128, p.N = 1 << 20;
+  // Past the logit cache: O(G * W * D), a fixed multiple of the queries.
+  const size_t fixed = obc::saliency_cpu_workspace_bytes(p);
+  EXPECT_LT(fixed, size_t(4) * 4 * 32 * 128 * 4);
+  for (int64_t n = 1; n <= (int64_t(1) << 22); n *= 2) {
+    p.N = n;
+    EXPECT_LE(obc::saliency_cpu_workspace_bytes(p), fixed + (size_t(16) << 20) + 4096) << "N=" << n;
+  }
+}
+
+// R * N * 4 bytes of logits above the 16 MiB cache: pass 2 recomputes Q K^T.
+TEST(SaliencyCpu, LongRowsPastTheLogitCacheMatchNaive) {
+  std::mt19937 rng(5);
+  const Case c{1, 1, 4, 32, 33000, 8, 0, true};
+  const Data d = make(c, rng);
+  for (Score s : {Score::Attn, Score::Joint, Score::Loo}) {
+    obc::SaliencyParams p;
+    p.k = d.k.data(), p.v = d.v.data(), p.q = d.q.data(), p.dtype = obc::DType::F32;
+    p.B = c.B, p.Hkv = c.H, p.G = c.G, p.W = c.W, p.N = c.N, p.D = c.D;
+    p.k_sb = p.v_sb = d.k_sb, p.k_sh = p.v_sh = d.k_sh, p.k_sn = p.v_sn = d.k_sn;
+    p.q_sb = d.q_sb, p.q_sh = d.q_sh, p.q_sw = d.q_sw;
+    p.scale = 0.25f, p.causal = true, p.score = s;
+    ASSERT_LT(obc::saliency_cpu_workspace_bytes(p), size_t(1) << 20);  // no cache at this size
+    const std::vector<double> want = naive::saliency(p, {d.k.data(), d.k_sb, d.k_sh, d.k_sn},
+                                                     {d.v.data(), d.k_sb, d.k_sh, d.k_sn},
+                                                     {d.q.data(), d.q_sb, d.q_sh, d.q_sw}, 0.25);
+    std::vector<float> got(want.size(), -12345.0f);
+    p.out = got.data();
+    std::vector<double> ws(obc::saliency_cpu_workspace_bytes(p) / sizeof(double) + 8);
+    obc::saliency_cpu(p, 0, 1, ws.data());
+    double mag = 0;
+    for (double w : want) mag = std::max(mag, std::fabs(w));
+    for (size_t i = 0; i < want.size(); ++i)
+      ASSERT_NEAR(static_cast<double>(got[i]), want[i], 2e-5 * std::max(mag, 1e-30))
+          << "score=" << static_cast<int>(s) << " at " << i;
+  }
 }
 
 TEST(SaliencyCpu, MaskedPairsContributeZeroSoTheFirstKeyOfACausalWindowSeesAll) {
