@@ -195,7 +195,9 @@ OBC_ALWAYS_INLINE void row_contrib(const T* s, const T* vo, const T* dd, const T
     c_row[c] = vis ? v : T(0);
   }
   if (qmax) {
-    for (int c = 0; c < kTile; ++c) head[c] = c_row[c] > head[c] ? c_row[c] : head[c];
+    // NaN-propagating max (query_reduce_step's rule, inlined to vectorise).
+    for (int c = 0; c < kTile; ++c)
+      head[c] = (c_row[c] > head[c] || c_row[c] != c_row[c]) ? c_row[c] : head[c];
   } else {
     for (int c = 0; c < kTile; ++c) head[c] += c_row[c];
   }
@@ -240,6 +242,10 @@ struct Kernel {
       }
       T mx = m[r];
       for (int64_t c = 0; c < lim; ++c) mx = s[c] > mx ? s[c] : mx;
+      if (mx == reduce_identity_max<T>()) {  // every visible logit so far is -inf: A = 0, state unchanged
+        for (int c = 0; c < kTile; ++c) s[c] = T(0);
+        continue;
+      }
       const T corr = exp_approx(m[r] - mx);  // 0 on the first tile (m = -inf)
       for (int c = 0; c < kTile; ++c) s[c] = c < lim ? exp_approx(s[c] - mx) : T(0);
       T sum = T(0);
@@ -306,7 +312,7 @@ struct Kernel {
       for (int64_t c = 0; c < tn; ++c) {
         T acc = group_reduce_init<T>(p.group_reduce);
         for (int64_t g = 0; g < G; ++g) acc = group_reduce_step(p.group_reduce, acc, head[g * kTile + c]);
-        out[p0 + c] = static_cast<Out>(group_reduce_finish(p.group_reduce, acc, G));
+        out[p0 + c] = static_cast<Out>(finite_or_nan(group_reduce_finish(p.group_reduce, acc, G)));
       }
     }
   }

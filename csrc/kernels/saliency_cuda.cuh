@@ -315,7 +315,7 @@ __global__ void __launch_bounds__(kThreads) pass2_kernel(SaliencyParams p, Shape
   if (tid < tn) {
     float acc = group_reduce_init<float>(p.group_reduce);
     for (long long g = 0; g < G; ++g) acc = group_reduce_step(p.group_reduce, acc, head[g * kTile + tid]);
-    static_cast<float*>(p.out)[bh * N + p0 + tid] = group_reduce_finish(p.group_reduce, acc, G);
+    static_cast<float*>(p.out)[bh * N + p0 + tid] = finite_or_nan(group_reduce_finish(p.group_reduce, acc, G));
   }
 }
 

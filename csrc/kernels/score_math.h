@@ -38,11 +38,21 @@ OBC_HD constexpr bool score_needs_vn1(Score s) { return s == Score::Vatp; }
 OBC_HD constexpr bool score_last_query_only(Score s) { return s == Score::Tova; }
 
 // ||v_p - o||^2 by the expansion ||v||^2 - 2 v.o + ||o||^2, clamped at 0
-// (rounding can make the expansion slightly negative).
+// (rounding can make the expansion slightly negative). NaN passes through
+// (the README's NaN policy: never silently dropped).
 template <typename T>
 OBC_HD OBC_INLINE T sq_dist_expanded(T vn2, T vo, T on2) {
   const T d = vn2 - T(2) * vo + on2;
-  return d > T(0) ? d : T(0);
+  return d < T(0) ? T(0) : d;
+}
+
+// NaN policy (README): a score that is not finite (NaN, or +-inf from Inf
+// inputs) is written as NaN, by the CPU and CUDA kernels alike; select then
+// ranks it below every finite score.
+template <typename T>
+OBC_HD OBC_INLINE T finite_or_nan(T x) {
+  const T d = x - x;  // 0 for finite x, NaN for +-inf and NaN (needs IEEE math, no -ffast-math)
+  return d == T(0) ? x : d;
 }
 
 template <typename T>
@@ -106,6 +116,7 @@ OBC_HD OBC_INLINE T score_contribution(Score s, T a, T z, T vn1, T vn2, T vo, T 
 // ---- Reductions: over the window queries (per query head), then over the G
 // heads of a group. Every query takes part (a masked pair as 0), so `max`
 // starts from -inf and sees the zeros of masked pairs, as the reference does.
+// `max` propagates NaN (as torch.amax does): once NaN, the result stays NaN.
 
 template <typename T>
 OBC_HD OBC_INLINE T reduce_identity_max() {
@@ -118,7 +129,7 @@ OBC_HD OBC_INLINE T query_reduce_init(QueryReduce r) {
 }
 template <typename T>
 OBC_HD OBC_INLINE T query_reduce_step(QueryReduce r, T acc, T c) {
-  return r == QueryReduce::Max ? (c > acc ? c : acc) : acc + c;
+  return r == QueryReduce::Max ? ((c > acc || c != c) ? c : acc) : acc + c;
 }
 
 template <typename T>
@@ -127,7 +138,7 @@ OBC_HD OBC_INLINE T group_reduce_init(GroupReduce r) {
 }
 template <typename T>
 OBC_HD OBC_INLINE T group_reduce_step(GroupReduce r, T acc, T head) {
-  return r == GroupReduce::Max ? (head > acc ? head : acc) : acc + head;
+  return r == GroupReduce::Max ? ((head > acc || head != head) ? head : acc) : acc + head;
 }
 template <typename T>
 OBC_HD OBC_INLINE T group_reduce_finish(GroupReduce r, T acc, int64_t G) {
