@@ -10,12 +10,24 @@ A row says
   "window" (the last `window` tokens of what was just read, SnapKV),
   "last" (the last token only, TOVA),
   "prompt" (every token of what was just read: H2O's attention accumulated
-  over the prompt, a sum over all its queries), or None;
+  over the prompt, a sum over all its queries),
+  "reconstruction" (KVzip: after the context, the model re-reads it behind a
+  "Repeat the previous context:" prompt; those queries score the context's
+  keys; only `obcache.hf.compress_context` runs this pass), or None;
 - `pooled`: whether scores are pooled along tokens (`pool_kernel`, `pool`)
   before the top-k (SnapKV's clustering);
 - `keep_recent`: whether the last `window` tokens are always kept (the
   observation window itself); when False only the sink is forced;
-- `description`: one line for `obcache.hf.methods()` and the CLI.
+- `description`: one line for `obcache.hf.methods()` and the CLI;
+- `query_reduce`: how the scores of the scoring queries combine, "sum" or
+  "max" (KVzip's max over the reconstruction queries); None means "sum";
+- `group_reduce`: how the G query heads of a KV head combine ("sum", "mean",
+  "max"); None means "sum";
+- `adaptive`: AdaKV head budgets (one top-k over the heads of a layer, heads
+  keep different numbers of tokens; `select_adaptive`).
+
+The last three default to None / False, so a row that does not set them reads
+exactly as before.
 
 Every method also keeps the first `sink` tokens (attention sinks).
 """
@@ -35,6 +47,9 @@ class Method:
     pooled: bool
     keep_recent: bool
     description: str
+    query_reduce: Optional[str] = None
+    group_reduce: Optional[str] = None
+    adaptive: bool = False
 
     @property
     def evicts(self) -> bool:
@@ -42,8 +57,38 @@ class Method:
         return self.name != "full"
 
 
-def _row(name, score, queries, pooled, keep_recent, description):
-    return name, Method(name, score, queries, pooled, keep_recent, description)
+    @property
+    def reconstructs(self) -> bool:
+        """True for rows scored by the reconstruction pass (compress_context only)."""
+        return self.queries == "reconstruction"
+
+
+def _row(name, score, queries, pooled, keep_recent, description, **extra):
+    return name, Method(name, score, queries, pooled, keep_recent, description, **extra)
+
+
+def _kvzip_rows():
+    """KVzip and the OBC scores computed from its reconstruction queries, each
+    with uniform and AdaKV head budgets. KVzip's own score is the max of the
+    attention over every reconstruction query and every query head of the
+    group; the OBC rows sum over the queries (as the window rows do) and pool."""
+    base = [
+        ("kvzip", "attn", False, "max", "max", "KVzip: max attention from the context-reconstruction queries"),
+        ("kvzip+obc-key", "key", True, "sum", None,
+         "OBCache key score summed over the context-reconstruction queries, pooled"),
+        ("kvzip+obc-joint", "joint", True, "sum", None,
+         "OBCache joint score summed over the context-reconstruction queries, pooled"),
+        ("kvzip+loo", "loo", True, "sum", None,
+         "exact leave-one-out output change summed over the context-reconstruction queries, pooled"),
+    ]
+    rows = []
+    for adaptive in (False, True):
+        for name, score, pooled, qr, gr, desc in base:
+            if adaptive:
+                name, desc = "adakv+" + name, desc + ", AdaKV head budgets"
+            rows.append(_row(name, score, "reconstruction", pooled, False, desc, query_reduce=qr, group_reduce=gr,
+                             adaptive=adaptive))
+    return rows
 
 
 METHODS: Dict[str, Method] = dict(
@@ -64,6 +109,7 @@ METHODS: Dict[str, Method] = dict(
              "exact leave-one-out output change A/(1-A) ||v - o|| from the SnapKV window, pooled"),
         _row("tova+obc-key", "key", "last", False, False, "OBCache key score from the last query (TOVA's queries)"),
         _row("h2o+obc-key", "key", "prompt", False, True, "OBCache key score accumulated over every prompt query"),
+        *_kvzip_rows(),
     ]
 )
 

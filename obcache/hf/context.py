@@ -4,6 +4,11 @@ The serving pattern where the question is not known when the context is
 read: the context is prefilled and evicted using its own last `window`
 tokens as the scoring queries; each question is then answered on a copy of
 the compressed cache, with the true positions (context length + i).
+
+Reconstruction methods (`kvzip`, `kvzip+obc-key`, ...; queries
+"reconstruction" in `obcache.methods`) score the context with a second pass
+instead: the model re-reads the context behind a repeat prompt
+(`obcache.hf.reconstruct`), and those queries score the context's keys.
 """
 import copy
 from typing import Optional, Union
@@ -11,7 +16,8 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
-from obcache.hf.hooks import Compression, state_of
+from obcache.hf import reconstruct
+from obcache.hf.hooks import Compression, _check_args, get_method, resolve_budget, state_of
 
 __all__ = ["CompressedContext", "compress_context"]
 
@@ -34,14 +40,26 @@ class CompressedContext:
         attention_mask: int64 [B, context_length], 0 for left padding.
         last_logits: [B, V] logits after the last context token.
         options: the compress options (method, budget, window, ...) used.
+        eviction_seconds: wall time spent evicting (scoring from the
+            queries, selecting, compacting).
+        reconstruction_seconds: wall time of the reconstruction pass
+            (re-reading the context and scoring it; 0.0 for other methods):
+            the extra prefill cost of KVzip-style methods.
+        lengths: reconstruction methods with AdaKV budgets: per layer int64
+            [B, H_kv], the tokens each head kept (the cache is padded to the
+            longest head; the padding is masked when questions are read).
     """
 
-    def __init__(self, model, cache, attention_mask, last_logits, options):
+    def __init__(self, model, cache, attention_mask, last_logits, options, *, eviction_seconds=0.0,
+                 reconstruction_seconds=0.0, lengths=None):
         self.model, self.cache = model, cache
         self.attention_mask = attention_mask
         self.context_length = int(attention_mask.shape[1])
         self.last_logits = last_logits
         self.options = options
+        self.eviction_seconds = eviction_seconds
+        self.reconstruction_seconds = reconstruction_seconds
+        self.lengths = lengths
 
     @property
     def past_key_values(self):
@@ -115,6 +133,11 @@ def compress_context(
     chunk_size: Optional[int] = None,
     decode_budget: Optional[int] = None,
     attention_mask: Optional[torch.Tensor] = None,
+    repeat_ids: Optional[torch.Tensor] = None,
+    tokenizer=None,
+    reconstruction_chunk: Optional[int] = None,
+    query_reduce: Optional[str] = None,
+    floor: float = 0.2,
 ) -> CompressedContext:
     """Prefill `context_ids` and evict its cache once (query-agnostic: the
     context's own last `window` tokens are the scoring queries).
@@ -130,6 +153,14 @@ def compress_context(
             of the context length).
         context_ids: int64 [B, N] context tokens (left-padded when B > 1).
         attention_mask: optional [B, N], 0 for padding.
+        repeat_ids, tokenizer, reconstruction_chunk, query_reduce, floor:
+            reconstruction methods only (`kvzip`, `kvzip+obc-key`, ...):
+            the repeat prompt's tokens int64 [1, P] (default:
+            `reconstruct.REPEAT_PROMPT` tokenised with `tokenizer`, or the
+            tokenizer saved next to the model); context tokens per
+            reconstruction chunk (None: one pass); "sum" or "max" to
+            override the method's reduction over the reconstruction queries;
+            AdaKV's per-head floor (fraction of the even share).
 
     Returns:
         A `CompressedContext` holding the compressed cache (tensors compacted
@@ -143,7 +174,11 @@ def compress_context(
     if am.shape != context_ids.shape:
         raise ValueError(f"attention_mask must have the shape of context_ids {tuple(context_ids.shape)}, "
                          f"got {tuple(am.shape)}")
-    with torch.no_grad(), Compression(model, **options):
+    if get_method(method).reconstructs:
+        return _compress_by_reconstruction(model, context_ids, am, options, repeat_ids=repeat_ids,
+                                           tokenizer=tokenizer, chunk=reconstruction_chunk,
+                                           query_reduce=query_reduce, floor=floor)
+    with torch.no_grad(), Compression(model, **options) as handle:
         out = model(input_ids=context_ids, attention_mask=am, position_ids=_positions(am), use_cache=True,
                     logits_to_keep=1)
     cache = out.past_key_values
@@ -153,4 +188,74 @@ def compress_context(
         if getattr(layer, "keys", None) is not None and not hasattr(layer, "max_cache_len"):
             layer.keys, layer.values = layer.keys.clone(), layer.values.clone()
     assert state_of(cache) is not None
-    return CompressedContext(model, cache, am, out.logits[:, -1], options)
+    return CompressedContext(model, cache, am, out.logits[:, -1], options, eviction_seconds=handle.eviction_seconds)
+
+
+def _compress_by_reconstruction(model, context_ids, am, options, *, repeat_ids, tokenizer, chunk, query_reduce,
+                                floor):
+    """compress_context for reconstruction methods: prefill into a
+    StaticCache with room for one reconstruction chunk, score the context
+    with the reconstruction pass, select and compact each layer's first Lc
+    rows in place, and copy the kept rows into a DynamicCache."""
+    from transformers import DynamicCache, StaticCache
+
+    m = _check_args(**options)  # the checks and messages of compress()
+    if query_reduce not in (None, "sum", "max"):
+        raise ValueError(f"query_reduce must be None, 'sum' or 'max', got {query_reduce!r}")
+    if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not 0.0 <= floor <= 1.0:
+        raise ValueError(f"floor must be a number in [0, 1], got {floor!r}")
+    if not bool(am.all()):
+        raise NotImplementedError(
+            f"method={m.name!r}: reconstruction of left-padded batches is not supported; compress each context "
+            "on its own (B=1) or pass rows of equal length"
+        )
+    if m.adaptive:
+        reconstruct.check_head_masking(model)
+    B, Lc = context_ids.shape
+    budget = resolve_budget(options["budget"], Lc)
+    recent = options["window"] if m.keep_recent else 0
+    evicting = budget < Lc
+    if evicting and budget < options["sink"] + recent:
+        raise ValueError(f"budget={options['budget']!r} gives {budget} tokens per KV head, fewer than sink + window = "
+                         f"{options['sink']} + {recent}; lower sink or window, or raise the budget")
+    if evicting:
+        repeat_ids = reconstruct.repeat_prompt_ids(model, tokenizer) if repeat_ids is None else repeat_ids
+        step = Lc if chunk is None else min(int(chunk), Lc)
+        cache = StaticCache(config=model.config, max_cache_len=Lc + repeat_ids.shape[1] + step)
+        static = all(type(layer).__name__ == "StaticLayer" for layer in cache.layers)
+        if not static:  # sliding-window layers: grow and shrink a DynamicCache instead
+            cache = DynamicCache(config=model.config)
+    else:
+        cache = DynamicCache(config=model.config)
+    # The prefill keeps everything; the hooks attach the state (positions) as in compress.
+    with torch.no_grad(), Compression(model, evict_reads=False, **options):
+        out = model(input_ids=context_ids, attention_mask=am, position_ids=_positions(am), past_key_values=cache,
+                    use_cache=True, logits_to_keep=1)
+    rec_s = ev_s = 0.0
+    lengths = None
+    if evicting:
+        spec = reconstruct.ScoreSpec(m.score, query_reduce or m.query_reduce or "sum", m.group_reduce or "sum")
+        stop = reconstruct.timed(context_ids.device)
+        scores = reconstruct.score_context(model, cache, context_ids, repeat_ids, [spec], chunk_size=chunk)[spec]
+        rec_s = stop()
+        stop = reconstruct.timed(context_ids.device)
+        kept = reconstruct.evict_context(cache, scores, budget, sink=options["sink"], recent=recent,
+                                         pool_kernel=options["pool_kernel"] if m.pooled else 0, pool=options["pool"],
+                                         adaptive=m.adaptive, floor=floor)
+        ev_s = stop()
+        st = state_of(cache)
+        dense = DynamicCache(config=model.config)
+        for li, (layer, (idx, lens)) in enumerate(zip(cache.layers, kept)):
+            n = idx.shape[-1]
+            dense.update(layer.keys[:, :, :n].clone(), layer.values[:, :, :n].clone(), li)
+            st.positions[li] = st.positions[li].gather(-1, idx.clamp_min(0)).masked_fill(idx < 0, -1)
+            if lens is not None:
+                st.head_tails[li] = (lens, n)
+        st.valid = torch.ones(B, kept[0][0].shape[-1], dtype=torch.bool, device=context_ids.device)
+        st.evicted = True
+        setattr(dense, "obcache_state", st)
+        cache = dense
+        if m.adaptive:
+            lengths = [lens for _, lens in kept]
+    return CompressedContext(model, cache, am, out.logits[:, -1], options, eviction_seconds=ev_s,
+                             reconstruction_seconds=rec_s, lengths=lengths)

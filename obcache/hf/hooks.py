@@ -85,6 +85,11 @@ def _check_args(method, budget, window, sink, pool_kernel, pool, chunk_size, dec
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"chunk_size must be None or an int >= 1, got {chunk_size!r}")
     if decode_budget is not None:
+        if m.reconstructs:
+            raise ValueError(
+                f"decode_budget={decode_budget!r}: method={method!r} scores by context reconstruction, which "
+                "decode-time eviction cannot rerun; use a window method for decode_budget"
+            )
         if not m.evicts:
             raise ValueError(f"decode_budget={decode_budget!r} needs an evicting method, got method={method!r}")
         least = sink + (window if m.keep_recent else 0) + 1
@@ -194,6 +199,10 @@ class CacheState:
         self.peak = n
         self.lengths: List[int] = []
         self.queries: Dict[int, torch.Tensor] = {}  # recent queries per layer (decode eviction)
+        # layer -> (lengths int64 [B, H_kv], width): heads of different
+        # lengths (AdaKV); rows [lengths, width) of each head are padding,
+        # masked in every later attention call.
+        self.head_tails: Dict[int, tuple] = {}
         # per forward call
         self.mode, self.target, self.first_column = "read", None, n
         self.valid_full = self.valid
@@ -269,6 +278,7 @@ class Compression:
             self._handles.append(self.base.register_forward_pre_hook(self._before, with_kwargs=True))
             self._handles.append(self.base.register_forward_hook(self._after, with_kwargs=True))
             for attn in self.attention:
+                self._handles.append(attn.register_forward_pre_hook(self._before_attention, with_kwargs=True))
                 self._handles.append(attn.register_forward_hook(self._after_attention, with_kwargs=True))
         except BaseException:
             self.remove()
@@ -323,6 +333,12 @@ class Compression:
             setattr(cache, STATE_ATTR, st)
         if self._outer is None:
             mode, read_total = ("read" if T > 1 else "decode"), st.columns + T
+            if (mode == "read" and self.evict_reads and self.method.reconstructs
+                    and resolve_budget(self.budget, read_total) < read_total):
+                raise ValueError(
+                    f"method={self.method.name!r} scores the context by reconstructing it (KVzip), which only "
+                    "obcache.hf.compress_context runs; compress() around generate cannot evict with it"
+                )
             if self.chunk_size is not None and T > self.chunk_size:
                 self._run_chunks(module, kwargs, T, mode, read_total)
                 T = kwargs["inputs_embeds" if kwargs.get("inputs_embeds") is not None else "input_ids"].shape[1]
@@ -401,7 +417,31 @@ class Compression:
                 output = (h, *output[1:])
         return output
 
-    # -- attention hook ------------------------------------------------------
+    # -- attention hooks -----------------------------------------------------
+
+    def _before_attention(self, module, args, kwargs):
+        """Heads of different lengths (AdaKV): hand this layer's attention a
+        per-head mask that hides each head's padded tail."""
+        cache = kwargs.get("past_key_values")
+        st = state_of(cache) if cache is not None else None
+        if st is None or module.layer_idx not in st.head_tails:
+            return None
+        from obcache.hf.reconstruct import check_head_masking, head_mask
+
+        check_head_masking(self.model)
+        lengths, width = st.head_tails[module.layer_idx]
+        hs = kwargs.get("hidden_states", args[0] if args else None)
+        layer = cache.layers[module.layer_idx]
+        _, _, n = _layer_kv(layer, f"(layer {module.layer_idx} of {type(self.model).__name__})")
+        eager = getattr(self.model.config, "_attn_implementation", "eager") == "eager"
+        mask = head_mask(lengths.to(hs.device), width, n, hs.shape[1], module.num_key_value_groups,
+                         additive_dtype=hs.dtype if eager else None)
+        kwargs = dict(kwargs)
+        if "attention_mask" not in kwargs and len(args) > 2:
+            args = (*args[:2], mask, *args[3:])
+        else:
+            kwargs["attention_mask"] = mask
+        return args, kwargs
 
     def _after_attention(self, module, args, kwargs, output):
         cache = kwargs.get("past_key_values")
