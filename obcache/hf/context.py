@@ -231,31 +231,54 @@ def _compress_by_reconstruction(model, context_ids, am, options, *, repeat_ids, 
     with torch.no_grad(), Compression(model, evict_reads=False, **options):
         out = model(input_ids=context_ids, attention_mask=am, position_ids=_positions(am), past_key_values=cache,
                     use_cache=True, logits_to_keep=1)
-    rec_s = ev_s = 0.0
-    lengths = None
-    if evicting:
-        spec = reconstruct.ScoreSpec(m.score, query_reduce or m.query_reduce or "sum", m.group_reduce or "sum")
-        stop = reconstruct.timed(context_ids.device)
-        scores = reconstruct.score_context(model, cache, context_ids, repeat_ids, [spec], chunk_size=chunk)[spec]
-        rec_s = stop()
-        stop = reconstruct.timed(context_ids.device)
-        kept = reconstruct.evict_context(cache, scores, budget, sink=options["sink"], recent=recent,
-                                         pool_kernel=options["pool_kernel"] if m.pooled else 0, pool=options["pool"],
-                                         adaptive=m.adaptive, floor=floor)
-        ev_s = stop()
-        st = state_of(cache)
-        dense = DynamicCache(config=model.config)
-        for li, (layer, (idx, lens)) in enumerate(zip(cache.layers, kept)):
-            n = idx.shape[-1]
-            dense.update(layer.keys[:, :, :n].clone(), layer.values[:, :, :n].clone(), li)
-            st.positions[li] = st.positions[li].gather(-1, idx.clamp_min(0)).masked_fill(idx < 0, -1)
-            if lens is not None:
-                st.head_tails[li] = (lens, n)
-        st.valid = torch.ones(B, kept[0][0].shape[-1], dtype=torch.bool, device=context_ids.device)
-        st.evicted = True
-        setattr(dense, "obcache_state", st)
-        cache = dense
-        if m.adaptive:
-            lengths = [lens for _, lens in kept]
-    return CompressedContext(model, cache, am, out.logits[:, -1], options, eviction_seconds=ev_s,
-                             reconstruction_seconds=rec_s, lengths=lengths)
+    if not evicting:
+        return CompressedContext(model, cache, am, out.logits[:, -1], options)
+    spec = reconstruct.ScoreSpec(m.score, query_reduce or m.query_reduce or "sum", m.group_reduce or "sum")
+    stop = reconstruct.timed(context_ids.device)
+    scores = reconstruct.score_context(model, cache, context_ids, repeat_ids, [spec], chunk_size=chunk)[spec]
+    rec_s = stop()
+    return compress_scored(model, cache, scores, am, out.logits[:, -1], options, floor=floor,
+                           reconstruction_seconds=rec_s)
+
+
+def compress_scored(model, cache, scores, attention_mask, last_logits, options, *, floor=0.2,
+                    reconstruction_seconds=0.0, method_row=None) -> CompressedContext:
+    """Evict a prefilled context cache from given per-layer scores and wrap it.
+
+    `cache` holds the context's Lc rows per layer and its CacheState (a
+    prefill inside `Compression(..., evict_reads=False)`); it is compacted in
+    place (select or select_adaptive, then compact_ on the narrowed views)
+    and the kept rows are copied into a new DynamicCache. scores: per layer
+    float32 [B, H_kv, Lc] (`reconstruct.score_context`). options: as
+    compress_context stores them (method, budget, window, sink, pool_kernel,
+    pool, ...); the method's row says pooled / keep_recent / adaptive.
+    Used by compress_context, and by benchmarks that score a context once
+    and try several selections on copies of it (`method_row`: a
+    `obcache.methods.Method` to use instead of the table's row, e.g. a
+    variant with other pooling).
+    """
+    from transformers import DynamicCache
+
+    m = method_row or get_method(options["method"])
+    B, Lc = attention_mask.shape
+    budget = resolve_budget(options["budget"], Lc)
+    recent = options["window"] if m.keep_recent else 0
+    stop = reconstruct.timed(last_logits.device)
+    kept = reconstruct.evict_context(cache, scores, budget, sink=options["sink"], recent=recent,
+                                     pool_kernel=options["pool_kernel"] if m.pooled else 0, pool=options["pool"],
+                                     adaptive=m.adaptive, floor=floor)
+    st = state_of(cache)
+    dense = DynamicCache(config=model.config)
+    for li, (layer, (idx, lens)) in enumerate(zip(cache.layers, kept)):
+        n = idx.shape[-1]
+        dense.update(layer.keys[:, :, :n].clone(), layer.values[:, :, :n].clone(), li)
+        st.positions[li] = st.positions[li].gather(-1, idx.clamp_min(0)).masked_fill(idx < 0, -1)
+        if lens is not None:
+            st.head_tails[li] = (lens, n)
+    st.valid = torch.ones(B, kept[0][0].shape[-1], dtype=torch.bool, device=last_logits.device)
+    st.evicted = True
+    setattr(dense, "obcache_state", st)
+    ev_s = stop()
+    lengths = [lens for _, lens in kept] if m.adaptive else None
+    return CompressedContext(model, dense, attention_mask, last_logits, options, eviction_seconds=ev_s,
+                             reconstruction_seconds=reconstruction_seconds, lengths=lengths)
