@@ -9,7 +9,7 @@ import os
 import pytest
 import torch
 
-from obcache.eval import cli, emulate, models
+from obcache.eval import backend, cli, models, policies
 from obcache.eval.stats import wilson
 from obcache.eval.tasks import passkey, perturbation
 from obcache.eval.tiny import build_tiny_model, build_tokenizer
@@ -39,7 +39,11 @@ def tiny_run(tiny_dir, tmp_path_factory):
     return results, out, argv
 
 
-def _numbers(obj, skip=("seconds", "compress_s", "select_ms", "load_s", "out", "prefill+evict s", "score+select ms")):
+TIMINGS = ("seconds", "compress_s", "select_ms", "load_s", "out", "evict_s", "evict_s_per_trial", "reconstruction_s",
+           "prefill+evict s", "evict ms", "score+select ms")
+
+
+def _numbers(obj, skip=TIMINGS):
     """Every number in a results tree except wall-clock timings and paths."""
     if isinstance(obj, dict):
         return {k: _numbers(v) for k, v in obj.items() if k not in skip}
@@ -95,36 +99,46 @@ def test_reading_in_chunks_without_eviction_matches_one_forward_pass(tiny_model)
     ids = torch.randint(3, 100, (1, 100), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         whole = tiny_model(ids).logits
-    chunked = emulate.chunked_logits(tiny_model, ids, "full", 100, 32, _cfg())
-    assert torch.allclose(whole, chunked, atol=1e-4)
+    chunked, _, evict_s = backend.chunked_logits(tiny_model, ids, "full", 100, 32, _cfg())
+    assert torch.allclose(whole, chunked, atol=1e-4) and evict_s == 0.0
 
 
-def test_stand_in_compression_keeps_budget_tokens_and_original_positions(tiny_model):
+def test_compressed_context_keeps_budget_tokens_and_original_positions(tiny_model):
     ids = torch.randint(3, 100, (1, 80), generator=torch.Generator().manual_seed(1))
-    ctx = emulate.compress_context(tiny_model, ids, "snapkv+obc-key", 0.25, _cfg())
+    ctx, _ = backend.compress_context(tiny_model, ids, "snapkv+obc-key", 0.25, _cfg())
     assert [layer.keys.shape[2] for layer in ctx.cache.layers] == [20, 20]
-    full = emulate.compress_context(tiny_model, ids, "full", 1.0, _cfg())
+    assert backend.cache_stats(ctx.cache) == (2 * 2 * 2 * 20 * 16 * 4, 20)  # layers, K+V, heads, tokens, dim, fp32
+    full, _ = backend.compress_context(tiny_model, ids, "full", 1.0, _cfg())
     nxt = ids[:, :5]
     with torch.no_grad():
         ref = tiny_model(torch.cat([ids, nxt], 1)).logits[:, 80:]
     assert torch.allclose(full.forward(nxt), ref, atol=1e-4)  # positions continue after the context
-    greedy = tiny_model.generate(ids, max_new_tokens=4, do_sample=False)[:, 80:]
-    assert torch.equal(full.generate(None, max_new_tokens=4), greedy)
 
 
-@pytest.mark.parametrize("method", ["streaming", "tova", "snapkv+obc-key"])
-def test_integration_and_stand_in_keep_the_same_tokens(tiny_model, method):
-    import obcache.hf
+@pytest.mark.parametrize("method", ["streaming", "tova", "h2o", "snapkv", "snapkv+obc-key", "tova+obc-key"])
+def test_perturbation_policies_keep_the_tokens_the_integration_keeps(tiny_model, method):
+    """The perturbation task picks tokens from a captured pass (obcache.eval.policies);
+    they must be the ones obcache.hf keeps when it compresses the same context."""
+    from obcache.eval.capture import capture_qkv
 
     ids = torch.randint(3, 100, (1, 90), generator=torch.Generator().manual_seed(2))
     cfg = _cfg()
-    mine = emulate.compress_context(tiny_model, ids, method, 0.4, cfg)
-    theirs = obcache.hf.compress_context(tiny_model, ids, method=method, budget=0.4, window=8, sink=2)
-    for a, b in zip(mine.cache.layers, theirs.cache.layers):
-        assert a.keys.shape == b.keys.shape == (1, 2, 36, 16)
-        assert torch.allclose(a.keys, b.keys, atol=1e-5)
-    nxt = ids[:, :6]
-    assert torch.allclose(mine.forward(nxt), theirs.forward(nxt), atol=1e-4)
+    ctx, _ = backend.compress_context(tiny_model, ids, method, 36, cfg)
+    for (q, k, v, scale), layer in zip(capture_qkv(tiny_model, ids), ctx.cache.layers):
+        idx = policies.keep_indices(method, q, k, v, 36, cfg, scale)
+        kept = k.gather(2, idx.unsqueeze(-1).expand(-1, -1, -1, k.shape[-1]))
+        assert layer.keys.shape == kept.shape == (1, 2, 36, 16)
+        assert torch.allclose(layer.keys, kept, atol=1e-5)
+
+
+def test_every_attention_row_of_the_method_table_has_a_perturbation_pipeline():
+    from obcache.methods import METHODS
+
+    for name, row in METHODS.items():
+        assert policies.supported(name) == (row.queries != "reconstruction"), name
+    assert perturbation.base_of("snapkv+obc-joint", list(METHODS)) == "snapkv"
+    assert perturbation.base_of("tova+obc-key", list(METHODS)) == "tova"
+    assert perturbation.base_of("snapkv", list(METHODS)) is None
 
 
 def test_every_task_runs_end_to_end_on_a_tiny_model(tiny_run):

@@ -1,7 +1,7 @@
 """`obcache eval`: every eviction method measured on a real model.
 
     obcache eval                      # quick run (< 5 min on 2 CPU cores): headline table
-    obcache eval --full               # every method of obcache.hf.methods() at 5/10/20/50%
+    obcache eval --full               # the issue's methods at 5/10/20/50%
     obcache eval --tasks fidelity,perturbation --methods snapkv,snapkv+obc-key --budgets 5%,20%
     obcache eval --model DIR --text FILE --out DIR
 
@@ -16,9 +16,9 @@ setting), passkey_accuracy.png, fidelity_kl.png, perplexity.png,
 perturbation_layers.png; the table goes to stdout, progress bars to stderr.
 
 Modules: cli (flags, presets, checks, the run), models (loading, the cached
-GGUF), backend (the only caller of obcache.hf), emulate (stand-in
-compression when obcache.hf is absent, and the `full` rows), policies
-(tokens each method keeps, on the ops), capture (post-RoPE q, k, v of a
-forward pass), report (table, JSON, plots), stats, text, tiny (a tiny
-random model for tests).
+GGUF), backend (the only caller of obcache.hf: every row, `full` included,
+is compressed by the integration), policies (tokens each method keeps from
+a captured pass, read from obcache.methods.METHODS, for the perturbation
+task), capture (post-RoPE q, k, v of a forward pass), report (table, JSON,
+plots), stats, text, tiny (a tiny random model for tests).
 """

@@ -49,7 +49,6 @@ class EvalConfig:
     threads: Optional[int] = None
     plots: bool = True
     preset: str = "quick"
-    backend: Optional[str] = None  # "hf" (obcache.hf, default) or "emulate" (obcache.eval.emulate)
 
 
 # The quick run (no flags): every task, attention-only baselines next to the
@@ -71,7 +70,10 @@ QUICK = dict(
 # 768-token prompt is the first length that fits sink + window = 36 tokens.
 FULL = dict(
     tasks=list(TASKS),
-    methods=None,  # all of obcache.hf.methods()
+    # the list; any other row of obcache.methods.METHODS (h2o+obc-key,
+    # kvzip...) runs with --methods
+    methods=["full", "streaming", "h2o", "tova", "snapkv", "vatp", "snapkv+obc-value", "snapkv+obc-key",
+             "snapkv+obc-joint", "snapkv+loo", "tova+obc-key"],
     budgets=[0.05, 0.1, 0.2, 0.5],
     lengths=[768, 1024],
     depths=[0.1, 0.3, 0.5, 0.7, 0.9],
@@ -101,9 +103,6 @@ def add_arguments(p):
     p.add_argument("--ppl-chunk", type=int, help="perplexity: chunk size of the chunked prefill")
     p.add_argument("--ppl-budget", type=int, help="perplexity: tokens per KV head kept while reading")
     p.add_argument("--perturb-context", type=int, help="perturbation: context tokens before the future ones")
-    p.add_argument("--backend", choices=["hf", "emulate"],
-                   help="who compresses: obcache.hf (default) or the harness's stand-in obcache.eval.emulate "
-                        "(same method table, a cross-check)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
@@ -143,7 +142,7 @@ def config_from_args(args, method_names=None):
     preset = dict(FULL if args.full else QUICK)
     cfg = EvalConfig(**{**preset, "methods": preset["methods"] or []})
     cfg.preset = "full" if args.full else "quick"
-    for name in ("out", "window", "sink", "pool_kernel", "pool", "seed", "threads", "model", "text", "backend"):
+    for name in ("out", "window", "sink", "pool_kernel", "pool", "seed", "threads", "model", "text"):
         setattr(cfg, name, getattr(args, name))
     cfg.plots = not args.no_plots
     for name in ("trials", "fidelity_context", "ppl_tokens", "ppl_chunk", "ppl_budget", "perturb_context"):
@@ -164,23 +163,16 @@ def config_from_args(args, method_names=None):
         check_model_dir(cfg.model)
     if cfg.text is not None and not os.path.isfile(cfg.text):
         raise EvalError(f"--text {cfg.text!r}: no such file")
-    if cfg.backend == "hf":
-        from obcache.eval.backend import integration
-
-        if integration() is None:
-            raise EvalError("--backend hf: obcache.hf cannot be imported (use --backend emulate)")
     if method_names is None:
         from obcache.eval.backend import method_table
 
-        method_names = list(method_table(cfg))
+        method_names = list(method_table())
     if "full" not in method_names:
         method_names = ["full", *method_names]
     if args.methods:
         cfg.methods = _choose("--methods", _split("--methods", args.methods, str), method_names)
-    elif args.full:
-        cfg.methods = list(method_names)
-    else:  # quick: the rows the integration has (all of them once it is complete)
-        cfg.methods = [m for m in cfg.methods if m in method_names]
+    else:
+        cfg.methods = _choose("methods of the preset", cfg.methods, method_names)
     if "full" not in cfg.methods:
         cfg.methods = ["full", *cfg.methods]  # the reference row next to every method
     return cfg
@@ -242,14 +234,14 @@ def run(cfg, out=sys.stdout):
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     model, tok, model_info = load_model(cfg.model)
-    table = backend.method_table(cfg)
+    table = backend.method_table()
     results = {
         "schema": report.SCHEMA,
         "settings": dataclasses.asdict(cfg),
         "model": {**model_info, **report.model_facts(model)},
         "methods": {m: table.get(m, "") for m in cfg.methods},
         "versions": report.versions(),
-        "backend": backend.name(cfg),
+        "backend": "obcache.hf",
         "tasks": {},
         "seconds": {},
     }
@@ -270,6 +262,7 @@ def _run_task(task, model, tok, text, cfg):
     import torch
     from tqdm.auto import tqdm
 
+    from obcache.eval import policies
     from obcache.eval.capture import capture_qkv
     from obcache.eval.tasks import fidelity, passkey, perplexity, perturbation
     from obcache.eval.text import text_tokens
@@ -287,14 +280,14 @@ def _run_task(task, model, tok, text, cfg):
             return fidelity.run(model, ids, cfg, methods, budgets, p)
     if task == "perplexity":
         ids = torch.tensor([text_tokens(tok, text, cfg.ppl_tokens)])
-        with bar(len(methods)) as p:
+        with bar(len(perplexity.runnable(methods))) as p:
             return perplexity.run(model, ids, cfg, methods, p)
     ids = torch.tensor([text_tokens(tok, text, cfg.perturb_context + cfg.perturb_future)])
     layers = capture_qkv(model, ids)
     with bar(perturbation.count(methods, budgets)) as p:
         recs, wins = perturbation.run(layers, cfg.perturb_context, cfg, methods, budgets, p)
-    skipped = [m for m in methods if m not in perturbation.emulated(methods)]
-    return {"records": recs, "win_shares": wins, "not_emulated": skipped}
+    skipped = [m for m in methods if not policies.supported(m)]
+    return {"records": recs, "win_shares": wins, "unsupported": skipped}
 
 
 def main(argv=None):

@@ -2,43 +2,31 @@
 with the ops `obcache.saliency` / `select` / `select_adaptive`.
 
 Used by the perturbation task (every method scored on the same captured
-forward pass) and by the stand-in compression of `obcache.eval.emulate`.
-Each method's pipeline is read from its row of `obcache.methods.METHODS`
-(score, queries, pooled, keep_recent); rows with settings this module does
-not know (e.g. scores that need W_o, budgets shared across layers) are
-reported as unsupported rather than approximated.
+forward pass). Each method's pipeline is its row of the one method table,
+`obcache.methods.METHODS` (score, queries, pooled, keep_recent,
+query_reduce, group_reduce, adaptive); rows scored by KVzip's
+reconstruction pass are reported as unsupported rather than approximated.
 """
-import collections
-import dataclasses
-
 import torch
 
-Pipeline = collections.namedtuple("Pipeline", "score queries pooled keep_recent adaptive")
-_KNOWN_FIELDS = {"name", "score", "queries", "pooled", "keep_recent", "description"}
-_QUERIES = ("window", "last", "prompt")
+from obcache.methods import METHODS
+
+_QUERIES = ("window", "last", "prompt")  # queries a captured forward pass holds (not "reconstruction")
 
 
 def pipeline(method):
-    """Pipeline(score, queries, pooled, keep_recent, adaptive) of `method`, or
-    None when it cannot be reproduced here (or has no score: full, streaming)."""
-    from obcache.methods import METHODS
-
+    """The row of `method` in obcache.methods.METHODS when this module can
+    reproduce it from a captured pass, else None (no score: full, streaming;
+    reconstruction rows, which need KVzip's extra pass)."""
     row = METHODS.get(method)
     if row is None or row.score is None or row.queries not in _QUERIES:
         return None
-    extra = {f.name: getattr(row, f.name) for f in dataclasses.fields(row)} if dataclasses.is_dataclass(row) else {}
-    adaptive = method.startswith("adakv+") or bool(extra.pop("adaptive", False))
-    if any(v for k, v in extra.items() if k not in _KNOWN_FIELDS):
-        return None
-    return Pipeline(row.score, row.queries, row.pooled, row.keep_recent, adaptive)
+    return row
 
 
-def supported(method, adaptive=True):
+def supported(method):
     """True when this module can pick tokens for `method`."""
-    if method in ("full", "streaming"):
-        return True
-    p = pipeline(method)
-    return p is not None and (adaptive or not p.adaptive)
+    return method in ("full", "streaming") or pipeline(method) is not None
 
 
 def ops():
@@ -76,7 +64,8 @@ def keep_indices(method, q, k, v, budget, cfg, scale, op=None):
     p = pipeline(method)
     if p is None:
         raise ValueError(f"method {method!r} cannot be reproduced by obcache.eval.policies")
-    s = saliency(k, v, _queries(q, p.queries, cfg.window), p.score, scale=scale)
+    s = saliency(k, v, _queries(q, p.queries, cfg.window), p.score, scale=scale,
+                 query_reduce=p.query_reduce or "sum", group_reduce=p.group_reduce or "sum")
     policy = dict(sink=cfg.sink, recent=cfg.window if p.keep_recent else 0,
                   pool_kernel=cfg.pool_kernel if p.pooled else 0, pool=cfg.pool)
     if p.adaptive:

@@ -44,6 +44,7 @@ def summary_rows(results):
     for r in tasks.get("fidelity", []):
         x = row(r["method"], r["budget"])
         x.update({"KL": r["kl"], "top1": r["top1"], "KV MiB": r["kv_bytes"] / 2**20,
+                  "evict ms": 1000 * (r["evict_s"] + r.get("reconstruction_s", 0.0)),
                   "prefill+evict s": r["compress_s"]})
     pert = tasks.get("perturbation", {})
     wins = {(w["method"], w["budget"]): w for w in pert.get("win_shares", [])}
@@ -84,14 +85,17 @@ def perplexity_rows(results):
     rows = []
     for r in results["tasks"].get("perplexity", []):
         rows.append({"method": r["method"], "budget tokens": r["budget_tokens"] or "all",
-                     "tokens read": r["curve"][-1][0], "ppl": r["ppl"], "seconds": r["seconds"]})
+                     "tokens read": r["curve"][-1][0], "ppl": r["ppl"], "evict ms": 1000 * r["evict_s"],
+                     "seconds": r["seconds"]})
     return rows
 
 
 LEGEND = """\
 passkey: accuracy [95% Wilson interval] n=trials.  KL: mean KL(full || compressed) in nats of the
 next-token distributions over the fed tokens; top1: agreement with the full cache.  KV MiB: K and V
-held after compressing the fidelity context.  prefill+evict s: compress_context wall time on it.
+held after compressing the fidelity context.  evict ms: the method's own cost on it (obcache.hf's
+eviction_seconds: window queries, scoring, selection, compaction; plus the reconstruction pass for
+kvzip rows).  prefill+evict s: compress_context wall time on it.
 out err: ||O_pruned - O_full|| / ||O_full|| of the future queries' attention output, mean over
 layers and KV heads; score+select ms: saliency + select summed over layers.  wins vs base: share of
 (layer, KV head) pairs where the OBC score's error is below its attention-only base's.  oracle:
@@ -108,9 +112,9 @@ def text_report(results):
     ppl = perplexity_rows(results)
     if ppl:
         parts += ["", f"perplexity while reading (chunks of {s['ppl_chunk']} tokens):", format_table(ppl)]
-    skipped = results["tasks"].get("perturbation", {}).get("not_emulated")
+    skipped = results["tasks"].get("perturbation", {}).get("unsupported")
     if skipped:
-        parts += ["", f"perturbation: not emulated for {', '.join(skipped)}"]
+        parts += ["", f"perturbation: no captured-pass pipeline for {', '.join(skipped)} (reconstruction rows)"]
     return "\n".join(parts)
 
 

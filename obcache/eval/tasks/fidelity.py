@@ -28,11 +28,12 @@ def run(model, ids, cfg, methods, budgets, progress):
     for method in methods:
         for budget in ([1.0] if method == "full" else budgets):
             ctx, seconds = backend.compress_context(model, context, method, budget, cfg)
-            kl, top1, per_pos = kl_and_top1(full, backend.logits_after(ctx, nxt)[0])
-            kv_bytes, kv_tokens = backend.cache_stats(backend.context_cache(ctx))
+            kl, top1, per_pos = kl_and_top1(full, ctx.forward(nxt)[0])
+            kv_bytes, kv_tokens = backend.cache_stats(ctx.cache)
             records.append({
                 "method": method, "budget": budget, "kl": kl, "top1": top1, "kl_per_position": per_pos,
-                "compress_s": seconds, "kv_bytes": kv_bytes, "kv_tokens": kv_tokens,
+                "compress_s": seconds, "evict_s": ctx.eviction_seconds,
+                "reconstruction_s": ctx.reconstruction_seconds, "kv_bytes": kv_bytes, "kv_tokens": kv_tokens,
             })
             progress.update(1)
     return records

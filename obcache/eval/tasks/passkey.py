@@ -15,6 +15,7 @@ import torch
 
 from obcache.eval import backend
 from obcache.eval.stats import wilson
+from obcache.methods import get_method
 
 INTRO = (
     "There is an important piece of information hidden inside a lot of irrelevant text. "
@@ -67,15 +68,18 @@ def run(model, tokenizer, cfg, methods, budgets, progress):
     gen = dict(max_new_tokens=cfg.max_new_tokens, pad_token_id=tokenizer.pad_token_id)
     records = []
     for method, budget, mode in _grid(methods, budgets, cfg.modes):
-        outcomes, seconds = [], 0.0
+        outcomes, seconds, evict_s, kv_bytes = [], 0.0, 0.0, []
         for t in trials:
             ctx_ids, q_ids = torch.tensor([t["context"]]), torch.tensor([t["question"]])
             if mode == "query-aware":
-                new, s = backend.answer_query_aware(model, torch.cat([ctx_ids, q_ids], 1), method, budget, cfg, **gen)
+                new, s, e = backend.answer_query_aware(model, torch.cat([ctx_ids, q_ids], 1), method, budget, cfg,
+                                                       **gen)
             else:
                 ctx, s = backend.compress_context(model, ctx_ids, method, budget, cfg)
+                e = ctx.eviction_seconds + ctx.reconstruction_seconds
+                kv_bytes.append(backend.cache_stats(ctx.cache)[0])
                 new = ctx.generate(q_ids, **gen)
-            seconds += s
+            seconds, evict_s = seconds + s, evict_s + e
             passed = _passed(tokenizer, new[0], t["key"])
             outcomes.append({"length": t["length"], "depth": t["depth"], "passed": passed})
             progress.update(1)
@@ -83,15 +87,19 @@ def run(model, tokenizer, cfg, methods, budgets, progress):
         lo, hi = wilson(k, n)
         records.append({
             "method": method, "budget": budget, "mode": mode, "correct": k, "trials": n,
-            "accuracy": k / n, "ci95": [lo, hi], "seconds": seconds, "outcomes": outcomes,
+            "accuracy": k / n, "ci95": [lo, hi], "seconds": seconds, "evict_s_per_trial": evict_s / n,
+            "kv_bytes_mean": sum(kv_bytes) / len(kv_bytes) if kv_bytes else None, "outcomes": outcomes,
         })
     return records
 
 
 def _grid(methods, budgets, modes):
-    """(method, budget, mode) cells; `full` is run once per mode (budget 1.0)."""
+    """(method, budget, mode) cells; `full` is run once per mode (budget 1.0).
+    Reconstruction rows (kvzip...) exist only query-agnostic (compress_context)."""
     for mode in modes:
         for method in methods:
+            if mode == "query-aware" and get_method(method).reconstructs:
+                continue
             for budget in ([1.0] if method == "full" else budgets):
                 yield method, budget, mode
 

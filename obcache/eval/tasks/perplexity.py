@@ -7,6 +7,7 @@ import torch
 
 from obcache.eval import backend
 from obcache.eval.stats import perplexity
+from obcache.methods import get_method
 
 
 def _nll(logits, targets):
@@ -24,19 +25,24 @@ def curve(nll, chunk):
     return out
 
 
+def runnable(methods):
+    """The methods chunked prefill can run (not the reconstruction rows: kvzip... compress a whole context once)."""
+    return [m for m in methods if not get_method(m).reconstructs]
+
+
 def run(model, ids, cfg, methods, progress):
     """ids [1, T]. Records {method, budget_tokens, ppl, curve} per method."""
     targets = ids[0, 1:]
     records = []
-    for method in methods:
+    for method in runnable(methods):
         budget = ids.shape[1] if method == "full" else cfg.ppl_budget
-        logits, seconds = backend.chunked_logits(model, ids, method, budget, cfg.ppl_chunk, cfg)
+        logits, seconds, evict_s = backend.chunked_logits(model, ids, method, budget, cfg.ppl_chunk, cfg)
         logits = logits[0, :-1]
         nll = _nll(logits, targets).tolist()
         records.append({
             "method": method, "budget_tokens": None if method == "full" else cfg.ppl_budget,
             "chunk": cfg.ppl_chunk, "ppl": perplexity(sum(nll), len(nll)),
-            "curve": curve(nll, cfg.ppl_chunk), "seconds": seconds,
+            "curve": curve(nll, cfg.ppl_chunk), "seconds": seconds, "evict_s": evict_s,
         })
         progress.update(1)
     return records

@@ -16,19 +16,26 @@ import time
 import torch
 
 from obcache.eval import policies
+from obcache.methods import METHODS
 
 ORACLE_SCORES = ("attn", "key")
 
 
+ATTENTION_SCORES = ("attn", "tova")  # the attention-only scores a pipeline starts from
+
+
 def base_of(method, methods):
-    """The attention-only method of the same pipeline (snapkv+obc-key -> snapkv), or None."""
-    if "+" not in method:
+    """The attention-only method of the same pipeline among `methods`
+    (snapkv+obc-key -> snapkv, tova+obc-key -> tova), or None: the row of
+    obcache.methods.METHODS with an attention score and the same queries,
+    pooling, recent window and head budgets. Attention-only rows have no base."""
+    row = METHODS.get(method)
+    if row is None or row.score is None or row.score in ATTENTION_SCORES:
         return None
-    head, tail = method.split("+", 1)
-    if not (tail.startswith("obc") or tail == "loo"):
-        return None
-    for cand in (head, f"{head}+snapkv"):
-        if cand in methods and cand != method:
+    same = ("queries", "pooled", "keep_recent", "adaptive")
+    for cand in methods:
+        c = METHODS.get(cand)
+        if c is not None and c.score in ATTENTION_SCORES and all(getattr(c, f) == getattr(row, f) for f in same):
             return cand
     return None
 
@@ -52,8 +59,8 @@ def output_error(q, k, v, keep, n_ctx, scale):
     return (err / o_full.reshape(B, Hkv, -1).norm(dim=-1)).squeeze(0)
 
 
-def emulated(methods):
-    """The methods this task can score (the rest are listed as not emulated)."""
+def scored(methods):
+    """The methods this task can score (the reconstruction rows are listed as unsupported)."""
     return [m for m in methods if policies.supported(m)]
 
 
@@ -74,7 +81,7 @@ def run(layers, n_ctx, cfg, methods, budgets, progress):
     records = []
     for budget_frac in budgets:
         budget = int(round(budget_frac * n_ctx))
-        for method in [m for m in emulated(methods) if m != "full"] + ["oracle"]:
+        for method in [m for m in scored(methods) if m != "full"] + ["oracle"]:
             errors, seconds = [], 0.0
             for layer in layers:
                 t0 = time.perf_counter()
@@ -109,4 +116,4 @@ def win_shares(records, methods):
 
 def count(methods, budgets):
     """Number of (method, budget) rows `run` computes, the oracle included (for the progress bar)."""
-    return len(budgets) * (len([m for m in emulated(methods) if m != "full"]) + 1)
+    return len(budgets) * (len([m for m in scored(methods) if m != "full"]) + 1)
