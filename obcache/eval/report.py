@@ -40,7 +40,11 @@ def summary_rows(results):
 
     tasks = results["tasks"]
     for r in tasks.get("passkey", []):
-        row(r["method"], r["budget"])[f"passkey {r['mode']}"] = _fmt_acc(r)
+        x = row(r["method"], r["budget"])
+        x[f"passkey {r['mode']}"] = _fmt_acc(r)
+        if r["mode"] == "query-agnostic" and r.get("kv_bytes_mean") is not None and not tasks.get("fidelity"):
+            # no fidelity run: the method's cost and memory on the passkey contexts instead
+            x.update({"KV MiB": r["kv_bytes_mean"] / 2**20, "evict ms": 1000 * r["evict_s_per_trial"]})
     for r in tasks.get("fidelity", []):
         x = row(r["method"], r["budget"])
         x.update({"KL": r["kl"], "top1": r["top1"], "KV MiB": r["kv_bytes"] / 2**20,
