@@ -1,123 +1,182 @@
-"""CPU evict (torch.ops.obcache.evict, in place) vs the reference pipeline
-(reference saliency in float32, torch.topk + sort, torch.gather into new
-tensors) at N in {4096, 16384, 65536}, budget 10%, B=1, H_kv=8, G=4, W=32,
-D=128, float32.
+"""CPU evict (obcache.evict: torch.ops.obcache.evict, in place) vs two
+baselines measured in the same run, at B=1, H_kv=8, G=4, W=32, D=128,
+budget N/10, joint score, sink=4, recent=W, max pooling kernel 7:
 
-Prints a table and writes bench/out/evict.json. Times are medians over
-repeats; peak extra memory is measured in a fresh subprocess per (config,
-method): ru_maxrss after one call minus the RSS right after the inputs exist.
+- kvpress: bench/baselines.py kvpress_evict (repeat_kv, matmul, softmax,
+  plain-torch joint score, F.max_pool1d, topk, gather into new tensors);
+- reference: obcache.reference.saliency (float32 compute), torch.topk,
+  torch.gather into new tensors. Its joint score forms a [B, H_q, W, N, D]
+  difference (~17 GiB at N=16384), so it also runs one KV head at a time
+  (`reference/head`, identical result, 1/8 of the memory); a run whose
+  estimated peak exceeds --ref-max-gib is skipped and reported as such.
 
-    python bench/bench_evict.py [--repeats 5] [--sizes 4096 16384 65536]
+float32 at every --ns, plus bfloat16 inputs at --bf16-ns. Every
+(implementation, N, dtype) runs in a fresh subprocess (bench/common.py:
+measure_call): one call measures the peak extra memory (ru_maxrss over the
+RSS before the call; the in-place op gets fresh clones of k and v, made
+before the measurement), then --repeats timed calls give the median. The
+machine's GEMM and memcpy peaks (bench/peak.py) are measured in the same run;
+the obcache rows report achieved GFLOP/s and GB/s for the necessary work
+(Q K^T, A V and O V^T once each; K and V read once, kept rows written once).
+Load averages are recorded around each measurement. Prints a table, writes
+bench/out/evict.json.
+
+    python bench/bench_evict.py [--ns 4096 16384 65536] [--bf16-ns 16384] [--repeats 5] [--quick]
 """
 import argparse
-import json
 import os
-import resource
-import statistics
-import subprocess
 import sys
-import time
 
 import torch
 from tqdm import tqdm
 
-B, HKV, G, W, D = 1, 8, 4, 32, 128
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import baselines as bl  # noqa: E402
+import common as cm  # noqa: E402
+from common import B, D, G, HKV, W  # noqa: E402
+from peak import roofline  # noqa: E402
+
+SINK, POOL_KERNEL, SCORE = 4, 7, "joint"
+IMPLS = ("obcache", "kvpress", "reference", "reference/head")
 
 
-def inputs(N, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    k = torch.randn(B, HKV, N, D, generator=g)
-    v = torch.randn(B, HKV, N, D, generator=g)
-    q = torch.randn(B, HKV * G, W, D, generator=g)
-    return k, v, q
+def call(impl, k, v, q, budget):
+    if impl == "obcache":
+        import obcache
+
+        return obcache.evict(k, v, q, budget, score=SCORE, sink=SINK, pool_kernel=POOL_KERNEL)
+    if impl == "kvpress":
+        return bl.kvpress_evict(k, v, q, budget, SCORE, sink=SINK, pool_kernel=POOL_KERNEL)
+    return bl.reference_evict(k, v, q, budget, SCORE, sink=SINK, pool_kernel=POOL_KERNEL,
+                              per_head=impl == "reference/head")
 
 
-def run_obcache(k, v, q, budget):
-    import obcache
-    return obcache.evict(k, v, q, budget, score="joint", sink=4, pool_kernel=7)
-
-
-def run_reference(k, v, q, budget):
-    from obcache import reference as ref
-    s = ref.saliency(k, v, q, "joint", compute_dtype=torch.float32)
-    sink, recent = 4, W
-    cand = ref.pool_scores(s[..., sink:N_of(k) - recent], 7, "max").float()
-    top = torch.topk(cand, budget - sink - recent, dim=-1).indices + sink
-    idx = torch.cat([torch.arange(sink).expand(B, HKV, sink), top.sort(-1).values,
-                     torch.arange(N_of(k) - recent, N_of(k)).expand(B, HKV, recent)], -1)
-    gi = idx[..., None].expand(-1, -1, -1, D)
-    return torch.gather(k, 2, gi), torch.gather(v, 2, gi), idx
-
-
-def N_of(k):
-    return k.shape[2]
-
-
-METHODS = {"obcache": run_obcache, "reference": run_reference}
-
-
-def rss_bytes():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def child(method, N):
-    """One call in a fresh process: peak RSS growth over the inputs."""
-    torch.set_num_threads(torch.get_num_threads())
+def child(impl, N, dtype, repeats):
     import obcache  # noqa: F401  (load the extension before measuring)
-    k, v, q = inputs(N)
+
+    k0, v0, q = cm.inputs(N, dtype=cm.DTYPES[dtype])
     budget = N // 10
-    METHODS[method](k.clone()[:, :, :16], v.clone()[:, :, :16], q[:, :, :4], 8)  # warm up code paths
-    base = rss_bytes()
-    METHODS[method](k, v, q, budget)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"extra_bytes": max(0, peak - base)}))
+    call(impl, k0[:, :, :256].clone(), v0[:, :, :256].clone(), q, 64)  # warm up code paths
+
+    def make_args():  # obcache compacts in place: fresh copies each call, outside the measurement
+        return (impl, k0.clone(), v0.clone(), q, budget) if impl == "obcache" else (impl, k0, v0, q, budget)
+
+    import json
+
+    print(json.dumps(cm.measure_call(call, make_args, repeats)))
 
 
-def time_method(method, N, repeats):
-    k0, v0, q = inputs(N)
-    budget = N // 10
-    times = []
-    for _ in range(repeats + 1):
-        k, v = k0.clone(), v0.clone()
-        t = time.perf_counter()
-        METHODS[method](k, v, q, budget)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times[1:])  # first call warms up
+def estimate_bytes(impl, N, dtype):
+    elem = torch.finfo(cm.DTYPES[dtype]).bits // 8
+    if impl.startswith("reference"):
+        # float32 copies of bf16 inputs come on top of the saliency's tensors
+        extra = 2 * B * HKV * N * D * 4 if elem != 4 else 0
+        return bl.reference_peak_bytes(B, HKV, G, W, N, D, SCORE, per_head=impl == "reference/head") + extra
+    if impl == "kvpress":
+        return bl.kvpress_peak_bytes(B, HKV, G, W, N, D, SCORE, elem)
+    return 0
+
+
+def necessary_work(N, dtype):
+    elem = torch.finfo(cm.DTYPES[dtype]).bits // 8
+    flops = 3 * 2 * B * HKV * G * W * N * D  # Q K^T, A V, O V^T
+    bytes_ = 2 * B * HKV * N * D * elem + 2 * B * HKV * (N // 10) * D * elem  # read K, V; write kept rows
+    return flops, bytes_
 
 
 def main():
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description="CPU evict vs kvpress-style and reference baselines")
+    ap.add_argument("--ns", type=int, nargs="+", default=[4096, 16384, 65536])
+    ap.add_argument("--bf16-ns", type=int, nargs="*", default=[16384])
+    ap.add_argument("--impls", nargs="+", default=list(IMPLS), choices=IMPLS)
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--sizes", type=int, nargs="+", default=[4096, 16384, 65536])
-    ap.add_argument("--child", nargs=2, metavar=("METHOD", "N"))
+    ap.add_argument("--ref-repeats", type=int, default=3, help="timed calls of the (slow) reference")
+    ap.add_argument("--ref-max-gib", type=float, default=6.0,
+                    help="skip a baseline whose estimated peak memory exceeds this (free -g: %s)" % "see README")
+    ap.add_argument("--peak-repeats", type=int, default=10)
+    ap.add_argument("--quick", action="store_true", help="N=4096, float32 only, 2 repeats")
+    ap.add_argument("--out", default="evict.json")
+    ap.add_argument("--child", nargs=4, metavar=("IMPL", "N", "DTYPE", "REPEATS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        child(args.child[0], int(args.child[1]))
+        child(args.child[0], int(args.child[1]), args.child[2], int(args.child[3]))
         return
+    if args.quick:
+        args.ns, args.bf16_ns, args.repeats, args.ref_repeats, args.peak_repeats = [4096], [], 2, 1, 3
+
+    load_start = cm.loadavg()
+    peak = cm.run_child(os.path.join(cm.HERE, "peak.py"), ["--json", "--repeats", args.peak_repeats])
+    configs = [(N, "float32") for N in args.ns] + [(N, "bfloat16") for N in args.bf16_ns]
+    jobs = [(N, dt, impl) for N, dt in configs for impl in args.impls]
+    results = {}
+    for N, dt, impl in tqdm(jobs, desc="evict bench"):
+        est = estimate_bytes(impl, N, dt)
+        if est > args.ref_max_gib * 2**30:
+            results[N, dt, impl] = {"error": "skipped: needs ~%.1f GiB > --ref-max-gib %g" % (est / 2**30,
+                                                                                           args.ref_max_gib)}
+            continue
+        reps = args.ref_repeats if impl.startswith("reference") else args.repeats
+        load = cm.loadavg()
+        r = cm.run_child(__file__, ["--child", impl, N, dt, reps])
+        r["load_before"], r["load_after"], r["estimate_GiB"] = load, cm.loadavg(), est / 2**30
+        results[N, dt, impl] = r
+
     rows = []
-    for N in tqdm(args.sizes, desc="N"):
-        row = {"N": N, "budget": N // 10, "B": B, "H_kv": HKV, "G": G, "W": W, "D": D, "dtype": "float32",
-               "threads": torch.get_num_threads()}
-        for m in METHODS:
-            row[f"{m}_s"] = time_method(m, N, args.repeats)
-            out = subprocess.run([sys.executable, __file__, "--child", m, str(N)], capture_output=True, text=True,
-                                 check=True)
-            row[f"{m}_extra_MiB"] = json.loads(out.stdout.strip().splitlines()[-1])["extra_bytes"] / 2**20
-        row["speedup"] = row["reference_s"] / row["obcache_s"]
-        row["kv_input_MiB"] = 2 * B * HKV * N * D * 4 / 2**20
+    for N, dt in configs:
+        elem = torch.finfo(cm.DTYPES[dt]).bits // 8
+        row = {"N": N, "budget": N // 10, "dtype": dt, "score": SCORE, "sink": SINK, "recent": W,
+               "pool_kernel": POOL_KERNEL, "B": B, "H_kv": HKV, "G": G, "W": W, "D": D,
+               "kv_input_MiB": 2 * B * HKV * N * D * elem / 2**20, "impls": {}}
+        for impl in args.impls:
+            r = results[N, dt, impl]
+            row["impls"][impl] = {"s": r.get("median_s"), "times_s": r.get("times_s"),
+                                  "extra_MiB": r["extra_bytes"] / 2**20 if "extra_bytes" in r else None,
+                                  "error": r.get("error"), "load_before": r.get("load_before"),
+                                  "load_after": r.get("load_after"), "estimate_GiB": r.get("estimate_GiB")}
+        ob = row["impls"].get("obcache", {})
+        if ob.get("s"):
+            for impl in args.impls[1:] if args.impls[0] == "obcache" else []:
+                if row["impls"][impl]["s"]:
+                    row[f"speedup_vs_{impl}"] = row["impls"][impl]["s"] / ob["s"]
+            # one KV head's [N, D] slice in the input dtype: an allocation of that size or more would
+            # show up as extra_MiB >= this
+            row["one_head_ND_MiB"] = N * D * elem / 2**20
+            row["obcache_extra_over_KV"] = ob["extra_MiB"] / row["kv_input_MiB"]
+            if "gemm_GFLOPs" in peak:
+                row["obcache_roofline"] = roofline(*necessary_work(N, dt), ob["s"], peak)
         rows.append(row)
-    hdr = f"{'N':>6} {'budget':>6} {'obcache ms':>11} {'reference ms':>13} {'speedup':>8} {'obc extra MiB':>14} {'ref extra MiB':>14} {'K+V MiB':>8}"
+
+    print()
+    print("peak (best of %s): GEMM %s %.1f GFLOP/s, memcpy %.1f GB/s (%s)" % (
+        peak.get("repeats"), peak.get("gemm"), peak.get("gemm_best_GFLOPs", 0), peak.get("memcpy_best_GBs", 0),
+        peak.get("error", "ok")))
+    names = args.impls
+    hdr = f"{'N':>6} {'dtype':>8} " + " ".join(f"{n + ' ms':>17}" for n in names) + " " + \
+        " ".join(f"{'vs ' + n:>16}" for n in names[1:]) + " " + " ".join(f"{n[:10] + ' MiB':>15}" for n in names) + \
+        f" {'K+V MiB':>8} {'GFLOP/s':>8} {'%peakF':>6} {'GB/s':>6} {'%roof':>6}"
     print(hdr)
     for r in rows:
-        print(f"{r['N']:>6} {r['budget']:>6} {1e3 * r['obcache_s']:>11.1f} {1e3 * r['reference_s']:>13.1f} "
-              f"{r['speedup']:>7.2f}x {r['obcache_extra_MiB']:>14.1f} {r['reference_extra_MiB']:>14.1f} {r['kv_input_MiB']:>8.1f}")
-    os.makedirs(os.path.join(os.path.dirname(os.path.abspath(__file__)), "out"), exist_ok=True)
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "out", "evict.json")
-    with open(path, "w") as f:
-        json.dump({"config": "B=1 H_kv=8 G=4 W=32 D=128 float32 budget=N/10 score=joint sink=4 pool=max7",
-                   "rows": rows}, f, indent=1)
-    print("wrote", path)
+        cells = [f"{r['N']:>6} {r['dtype']:>8}"]
+        cells += [f"{cm.fmt(r['impls'][n]['s'] and 1e3 * r['impls'][n]['s'], '.1f', 'skipped'):>17}" for n in names]
+        cells += [f"{cm.fmt(r.get('speedup_vs_' + n), '.2f'):>15}x" for n in names[1:]]
+        cells += [f"{cm.fmt(r['impls'][n]['extra_MiB'], '.1f'):>15}" for n in names]
+        rf = r.get("obcache_roofline") or {}
+        cells += [f"{r['kv_input_MiB']:>8.1f} {cm.fmt(rf.get('achieved_GFLOPs'), '.1f'):>8} "
+                  f"{cm.fmt(rf.get('frac_peak_flops') and 100 * rf['frac_peak_flops'], '.0f'):>6} "
+                  f"{cm.fmt(rf.get('achieved_GBs'), '.1f'):>6} "
+                  f"{cm.fmt(rf.get('frac_roofline') and 100 * rf['frac_roofline'], '.0f'):>6}"]
+        print(" ".join(cells))
+        for n in names:
+            if r["impls"][n]["error"]:
+                print(f"{'':>16}{n}: {r['impls'][n]['error']}")
+    print("(vs X = X time / obcache time; MiB = peak extra RSS of one call; GFLOP/s, GB/s: obcache's necessary work;"
+          " %peakF = of the GEMM peak; %roof = roofline floor / time)")
+    payload = {"bench": "evict", "config": "B=1 H_kv=8 G=4 W=32 D=128 budget=N/10 score=joint sink=4 recent=W "
+                                            "pool=max7, CPU, median of %d (reference: %d)" % (args.repeats,
+                                                                                              args.ref_repeats),
+               "argv": sys.argv, "machine": cm.machine(), "peak": peak, "load_start": load_start,
+               "load_end": cm.loadavg(), "ci_finished_at_start": cm.ci_finished(), "rows": rows}
+    print("wrote", cm.write_json(args.out, payload))
 
 
 if __name__ == "__main__":

@@ -1,167 +1,156 @@
 """CPU saliency kernel (torch.ops.obcache.saliency) vs the reference
-(obcache.reference.saliency with compute_dtype=float32) at B=1, H_kv=8, G=4,
-W=32, D=128, float32, N in {4096, 16384, 65536}.
+(obcache.reference.saliency with compute_dtype=float32) and the kvpress-style
+plain-PyTorch score (bench/baselines.py kvpress_scores, scores it covers:
+attn, value, key, joint) at B=1, H_kv=8, G=4, W=32, D=128, float32.
 
-Every (implementation, score, N) runs in a fresh subprocess: the first call
-measures peak extra memory (ru_maxrss after the call, its high-water mark
-reset once the inputs exist, minus the RSS at that point), then `--repeats` timed calls give the median. The reference of
-key / joint / loo forms a [B, H_q, W, N, D] difference tensor (8 GiB at
-N = 16384); runs whose estimated peak exceeds --ref-max-gib are skipped and
-reported as such. Prints a table; writes bench/out/saliency.json.
+Jobs: every score of --scores at every --ns, plus every score the op supports
+without an o_proj weight (attn tova vatp value key joint loo) at
+--all-scores-ns. Every (implementation, score, N) runs in a fresh subprocess
+(bench/common.py: measure_call): the first call measures peak extra memory
+(ru_maxrss after the call, its high-water mark reset once the inputs exist,
+minus the RSS at that point), then `--repeats` timed calls give the median.
+The reference of key / joint / loo forms a [B, H_q, W, N, D] difference
+tensor (8 GiB at N = 16384); when the estimated peak exceeds --ref-max-gib
+the reference runs one KV head at a time (`reference/head`: the same result,
+1/8 of the memory), and is skipped, reported as such, when even that is over.
+The GEMM / memcpy peaks of bench/peak.py are measured in the same run.
+Prints a table; writes bench/out/saliency.json.
 
-    python bench/bench_saliency.py [--ns 4096 16384 65536] [--scores attn joint] [--repeats 5] [--quick]
+    python bench/bench_saliency.py [--ns 4096 16384 65536] [--scores attn joint] [--all-scores-ns 16384]
+                                   [--repeats 5] [--quick]
 """
 import argparse
 import json
 import os
-import resource
-import statistics
-import subprocess
 import sys
-import time
 
 import torch
 from tqdm import tqdm
 
-B, HKV, G, W, D = 1, 8, 4, 32, 128
-HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import baselines as bl  # noqa: E402
+import common as cm  # noqa: E402
+from common import B, D, G, HKV, W  # noqa: E402
+from peak import roofline  # noqa: E402
+
+ALL_SCORES = ("attn", "tova", "vatp", "value", "key", "joint", "loo")
+IMPLS = ("obcache", "kvpress", "reference", "reference/head")
 
 
-def inputs(N, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    k = torch.randn(B, HKV, N, D, generator=g)
-    v = torch.randn(B, HKV, N, D, generator=g)
-    q = torch.randn(B, HKV * G, W, D, generator=g)
-    return k, v, q
-
-
-def run_obcache(k, v, q, score):
-    return torch.ops.obcache.saliency(k, v, q, score)
-
-
-def run_reference(k, v, q, score):
-    from obcache import reference as ref
-    return ref.saliency(k, v, q, score, compute_dtype=torch.float32)
-
-
-IMPLS = {"obcache": run_obcache, "reference": run_reference}
-
-
-def reference_peak_estimate(N, score):
-    """Bytes the float32 reference needs at its peak (dominant tensors)."""
-    hq_w_n = B * HKV * G * W * N
-    expanded = 2 * B * HKV * G * N * D * 4  # k, v repeated to the query heads
-    if score in ("key", "joint", "loo"):
-        return expanded + 2 * hq_w_n * D * 4 + 8 * hq_w_n * 4  # v - o and its square
-    return expanded + 8 * hq_w_n * 4
-
-
-def rss_bytes():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def reset_peak_rss():
-    # Linux >= 4.0: resets the high-water RSS that ru_maxrss reports, so the
-    # peak is that of the measured call, not of the input creation.
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass
+def call(impl, k, v, q, score):
+    if impl == "obcache":
+        return torch.ops.obcache.saliency(k, v, q, score)
+    if impl == "kvpress":
+        return bl.kvpress_scores(k, v, q, score)
+    return bl.reference_scores(k, v, q, score, per_head=impl == "reference/head")
 
 
 def child(impl, score, N, repeats):
     import obcache  # noqa: F401  (load the extension before measuring)
-    k, v, q = inputs(N)
-    IMPLS[impl](k[:, :, :64], v[:, :, :64], q, score)  # warm up code paths
-    base = rss_bytes()
-    reset_peak_rss()
-    t = time.perf_counter()
-    IMPLS[impl](k, v, q, score)
-    first = time.perf_counter() - t
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        IMPLS[impl](k, v, q, score)
-        times.append(time.perf_counter() - t)
-    print(json.dumps({"extra_bytes": max(0, peak - base), "median_s": statistics.median(times or [first]),
-                      "times_s": times or [first]}))
+
+    k, v, q = cm.inputs(N)
+    call(impl, k[:, :, :64], v[:, :, :64], q, score)  # warm up code paths
+    print(json.dumps(cm.measure_call(call, lambda: (impl, k, v, q, score), repeats)))
 
 
-def measure(impl, score, N, repeats):
-    out = subprocess.run([sys.executable, __file__, "--child", impl, score, str(N), str(repeats)],
-                         capture_output=True, text=True)
-    if out.returncode != 0:
-        return {"error": (out.stderr.strip().splitlines() or ["exit %d" % out.returncode])[-1]}
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def necessary_work(N, score):
+    # GEMM-sized products: Q K^T (+ A V and O V^T for key / joint / loo); K (and V) read once
+    gemms = 3 if score in ("key", "joint", "loo") else 1
+    reads_v = score not in ("attn", "tova")
+    return gemms * 2 * B * HKV * G * W * N * D, (2 if reads_v else 1) * B * HKV * N * D * 4
 
 
 def main():
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description="CPU saliency vs the reference and the kvpress-style score")
     ap.add_argument("--ns", type=int, nargs="+", default=[4096, 16384, 65536])
-    ap.add_argument("--scores", nargs="+", default=["attn", "value", "joint"])
+    ap.add_argument("--scores", nargs="+", default=["attn", "joint"], choices=ALL_SCORES)
+    ap.add_argument("--all-scores-ns", type=int, nargs="*", default=[16384],
+                    help="sizes at which every score is run")
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--ref-repeats", type=int, default=2, help="timed calls of the (slow) reference")
     ap.add_argument("--ref-max-gib", type=float, default=6.0)
+    ap.add_argument("--peak-repeats", type=int, default=10)
     ap.add_argument("--quick", action="store_true", help="N=4096, joint, 2 repeats")
+    ap.add_argument("--out", default="saliency.json")
     ap.add_argument("--child", nargs=4, metavar=("IMPL", "SCORE", "N", "REPEATS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         child(args.child[0], args.child[1], int(args.child[2]), int(args.child[3]))
         return
     if args.quick:
-        args.ns, args.scores, args.repeats = [4096], ["joint"], 2
-    jobs = [(N, s) for N in args.ns for s in args.scores]
+        args.ns, args.scores, args.all_scores_ns, args.repeats, args.ref_repeats = [4096], ["joint"], [], 2, 1
+        args.peak_repeats = 3
+    pairs = [(N, s) for N in args.ns for s in args.scores] + [(N, s) for N in args.all_scores_ns for s in ALL_SCORES]
+    pairs = sorted(set(pairs), key=lambda p: (p[0], ALL_SCORES.index(p[1])))
+
+    load_start = cm.loadavg()
+    peak = cm.run_child(os.path.join(cm.HERE, "peak.py"), ["--json", "--repeats", args.peak_repeats])
     rows = []
-    for N, score in tqdm(jobs, desc="saliency bench"):
+    for N, score in tqdm(pairs, desc="saliency bench"):
         row = {"N": N, "score": score, "B": B, "H_kv": HKV, "G": G, "W": W, "D": D, "dtype": "float32",
-               "threads": torch.get_num_threads(), "kv_input_MiB": 2 * B * HKV * N * D * 4 / 2**20}
-        o = measure("obcache", score, N, args.repeats)
-        row["obcache_s"], row["obcache_extra_MiB"] = o.get("median_s"), o.get("extra_bytes", 0) / 2**20
-        row["obcache_error"] = o.get("error")
-        est = reference_peak_estimate(N, score)
-        row["reference_estimate_GiB"] = est / 2**30
-        if est > args.ref_max_gib * 2**30:
-            row["reference_s"] = row["reference_extra_MiB"] = None
-            row["reference_error"] = "skipped: needs ~%.0f GiB" % (est / 2**30)
-        else:
-            r = measure("reference", score, N, args.repeats)
-            row["reference_s"], row["reference_error"] = r.get("median_s"), r.get("error")
-            row["reference_extra_MiB"] = r["extra_bytes"] / 2**20 if "extra_bytes" in r else None
-        if row["obcache_s"] and row["reference_s"]:
-            row["speedup"] = row["reference_s"] / row["obcache_s"]
-            # obcache's extra memory (output + per-thread workspaces, < 1 MiB
-            # here) is often below what RSS can see: floored at 1 MiB.
-            row["memory_ratio"] = row["reference_extra_MiB"] / max(row["obcache_extra_MiB"], 1.0)
-        # 4 GEMM-sized products (pass 1: Q K^T, P V; pass 2: Q K^T, O V^T)
-        # for key / joint / loo, 2 (Q K^T twice) for the others.
-        gemms = 4 if score in ("key", "joint", "loo") else 2
-        if row["obcache_s"]:
-            row["obcache_GFLOPs"] = gemms * 2 * B * HKV * G * W * N * D / row["obcache_s"] / 1e9
+               "threads": torch.get_num_threads(), "kv_input_MiB": 2 * B * HKV * N * D * 4 / 2**20, "impls": {}}
+        impls = ["obcache"] + (["kvpress"] if score in bl.SCORES else [])
+        est = bl.reference_peak_bytes(B, HKV, G, W, N, D, score)
+        ref_impl = "reference" if est <= args.ref_max_gib * 2**30 else "reference/head"
+        est = est if ref_impl == "reference" else bl.reference_peak_bytes(B, HKV, G, W, N, D, score, per_head=True)
+        for impl in impls + [ref_impl]:
+            if impl == ref_impl and est > args.ref_max_gib * 2**30:
+                row["impls"][impl] = {"s": None, "extra_MiB": None, "estimate_GiB": est / 2**30,
+                                      "error": "skipped: needs ~%.1f GiB even per head" % (est / 2**30)}
+                continue
+            load = cm.loadavg()
+            reps = args.ref_repeats if impl.startswith("reference") else args.repeats
+            r = cm.run_child(__file__, ["--child", impl, score, N, reps])
+            row["impls"][impl] = {"s": r.get("median_s"), "times_s": r.get("times_s"),
+                                  "extra_MiB": r["extra_bytes"] / 2**20 if "extra_bytes" in r else None,
+                                  "error": r.get("error"), "load_before": load, "load_after": cm.loadavg()}
+            if impl == ref_impl:
+                row["impls"][impl]["estimate_GiB"] = est / 2**30
+        row["reference_impl"] = ref_impl
+        ob = row["impls"]["obcache"]
+        if ob["s"]:
+            for impl in ("kvpress", ref_impl):
+                other = row["impls"].get(impl, {})
+                if other.get("s"):
+                    key = "kvpress" if impl == "kvpress" else "reference"
+                    row[f"speedup_vs_{key}"] = other["s"] / ob["s"]
+                    # obcache's extra memory (output + per-thread workspaces) is often below what RSS can
+                    # see: floored at 1 MiB.
+                    row[f"memory_ratio_vs_{key}"] = other["extra_MiB"] / max(ob["extra_MiB"], 1.0)
+            if "gemm_GFLOPs" in peak:
+                row["obcache_roofline"] = roofline(*necessary_work(N, score), ob["s"], peak)
         rows.append(row)
 
-    def fmt(x, spec, none="-"):
-        return format(x, spec) if x is not None else none
-
-    print(f"{'N':>6} {'score':>6} {'obcache ms':>11} {'GFLOP/s':>8} {'reference ms':>13} {'speedup':>8} "
-          f"{'obc extra MiB':>14} {'ref extra MiB':>14} {'mem ratio':>9} {'K+V MiB':>8}")
+    print()
+    print("peak (best of %s): GEMM %s %.1f GFLOP/s, memcpy %.1f GB/s (%s)" % (
+        peak.get("repeats"), peak.get("gemm"), peak.get("gemm_best_GFLOPs", 0), peak.get("memcpy_best_GBs", 0),
+        peak.get("error", "ok")))
+    print(f"{'N':>6} {'score':>6} {'obcache ms':>11} {'kvpress ms':>11} {'reference ms':>14} {'vs kvpress':>10} "
+          f"{'vs ref':>8} {'obc MiB':>8} {'kvp MiB':>8} {'ref MiB':>8} {'GFLOP/s':>8} {'%peakF':>6} {'%roof':>6}")
     for r in rows:
-        ref_ms = fmt(r["reference_s"] and 1e3 * r["reference_s"], ".1f", "skipped")
-        print(f"{r['N']:>6} {r['score']:>6} {fmt(r['obcache_s'] and 1e3 * r['obcache_s'], '.1f'):>11} "
-              f"{fmt(r.get('obcache_GFLOPs'), '.0f'):>8} {ref_ms:>13} {fmt(r.get('speedup'), '.2f'):>7}x "
-              f"{r['obcache_extra_MiB']:>14.1f} {fmt(r['reference_extra_MiB'], '.1f'):>14} "
-              f"{fmt(r.get('memory_ratio'), '.0f'):>8}x {r['kv_input_MiB']:>8.1f}")
-        for k in ("obcache_error", "reference_error"):
-            if r.get(k):
-                print(f"       {k}: {r[k]}")
-    print("(mem ratio = reference extra / max(obcache extra, 1 MiB); GFLOP/s counts the GEMM-sized products only)")
-    os.makedirs(os.path.join(HERE, "out"), exist_ok=True)
-    path = os.path.join(HERE, "out", "saliency.json")
-    with open(path, "w") as f:
-        json.dump({"config": "B=1 H_kv=8 G=4 W=32 D=128 float32, CPU, median of %d" % args.repeats,
-                   "torch": torch.__version__, "rows": rows}, f, indent=1)
-    print("wrote", path)
+        im = r["impls"]
+        ref = im[r["reference_impl"]]
+        ref_ms = cm.fmt(ref["s"] and 1e3 * ref["s"], ".1f", "skipped") + ("/h" if r["reference_impl"] != "reference"
+                                                                          and ref["s"] else "")
+        kv = im.get("kvpress", {})
+        rf = r.get("obcache_roofline") or {}
+        print(f"{r['N']:>6} {r['score']:>6} {cm.fmt(im['obcache']['s'] and 1e3 * im['obcache']['s'], '.1f'):>11} "
+              f"{cm.fmt(kv.get('s') and 1e3 * kv['s'], '.1f'):>11} {ref_ms:>14} "
+              f"{cm.fmt(r.get('speedup_vs_kvpress'), '.2f'):>9}x {cm.fmt(r.get('speedup_vs_reference'), '.2f'):>7}x "
+              f"{cm.fmt(im['obcache']['extra_MiB'], '.1f'):>8} {cm.fmt(kv.get('extra_MiB'), '.1f'):>8} "
+              f"{cm.fmt(ref['extra_MiB'], '.1f'):>8} {cm.fmt(rf.get('achieved_GFLOPs'), '.1f'):>8} "
+              f"{cm.fmt(rf.get('frac_peak_flops') and 100 * rf['frac_peak_flops'], '.0f'):>6} "
+              f"{cm.fmt(rf.get('frac_roofline') and 100 * rf['frac_roofline'], '.0f'):>6}")
+        for name, d in im.items():
+            if d.get("error"):
+                print(f"{'':>14}{name}: {d['error']}")
+    print("(vs X = X time / obcache time; /h = reference run one KV head at a time; MiB = peak extra RSS of one call;"
+          " GFLOP/s counts the GEMM-sized products only; %peakF = of the GEMM peak; %roof = roofline floor / time)")
+    payload = {"bench": "saliency", "config": "B=1 H_kv=8 G=4 W=32 D=128 float32, CPU, median of %d (reference: %d)"
+                                              % (args.repeats, args.ref_repeats),
+               "argv": sys.argv, "machine": cm.machine(), "peak": peak, "load_start": load_start,
+               "load_end": cm.loadavg(), "ci_finished_at_start": cm.ci_finished(), "rows": rows}
+    print("wrote", cm.write_json(args.out, payload))
 
 
 if __name__ == "__main__":
