@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 
 SCORES = ("attn", "tova", "vatp", "value", "key", "joint", "loo")
+# Scores that also need the output projection (o_proj weight `wo`).
+WO_SCORES = ("critical", "laprox")
 GROUP_REDUCES = ("sum", "mean", "max")
 QUERY_REDUCES = ("sum", "max")
 POOLS = ("max", "avg")
@@ -19,6 +21,10 @@ POOLS = ("max", "avg")
 # has an undefined / unbounded leave-one-out change; 1 - A is clamped here so
 # such a token gets a large finite score (it is the most important one).
 LOO_MIN_REMAINDER = 1e-4
+
+# CriticalKV adds this to the attention score before weighing it by the
+# projected value norm, so a token with no attention still ranks by its value.
+CRITICAL_EPS = 1e-4
 
 
 def attention_terms(k, v, q_window, *, scale=None, causal=True, compute_dtype=torch.float64):
@@ -81,13 +87,22 @@ def saliency(
     causal=True,
     query_reduce="sum",
     compute_dtype=torch.float64,
+    wo=None,
 ):
     """Per-token saliency [B, Hkv, N] in compute_dtype (see DESIGN.md section 3).
 
-    k, v: [B, Hkv, N, D]; q_window: [B, Hq, W, D] (queries of the last W tokens).
+    k, v: [B, Hkv, N, D]; q_window: [B, Hq, W, D] (queries of the last W tokens);
+    wo: [hidden, Hq * D] o_proj weight, needed by (and only by) WO_SCORES.
     """
+    if score in WO_SCORES:
+        if wo is None:
+            raise ValueError(f"score {score!r} needs wo, the o_proj weight [hidden, H_q * D]")
+        return _wo_saliency(k, v, q_window, score, wo, group_reduce=group_reduce, scale=scale, causal=causal,
+                            query_reduce=query_reduce, compute_dtype=compute_dtype)
+    if wo is not None:
+        raise ValueError(f"wo is not used by score {score!r}")
     if score not in SCORES:
-        raise ValueError(f"score must be one of {SCORES}, got {score!r}")
+        raise ValueError(f"score must be one of {SCORES + WO_SCORES}, got {score!r}")
     t = attention_terms(k, v, q_window, scale=scale, causal=causal, compute_dtype=compute_dtype)
     c = _per_query_contribution(score, t)  # [B, Hq, W, N]
     if score == "tova":
@@ -107,6 +122,56 @@ def saliency(
     if group_reduce == "max":
         return grouped.amax(2)
     raise ValueError(f"group_reduce must be one of {GROUP_REDUCES}, got {group_reduce!r}")
+
+
+def _group(per_head, B, Hkv, group_reduce):
+    grouped = per_head.reshape(B, Hkv, -1, per_head.shape[-1])
+    if group_reduce == "sum":
+        return grouped.sum(2)
+    if group_reduce == "mean":
+        return grouped.mean(2)
+    if group_reduce == "max":
+        return grouped.amax(2)
+    raise ValueError(f"group_reduce must be one of {GROUP_REDUCES}, got {group_reduce!r}")
+
+
+def projected_value_norm(v, wo, p=1, *, compute_dtype=torch.float64):
+    """||v_n W_o^j||_p per query head j: [B, Hq, N] in compute_dtype.
+
+    v: [B, Hkv, N, D]; wo: [hidden, Hq * D] (nn.Linear's o_proj weight), whose
+    columns j*D .. (j+1)*D - 1 belong to query head j (which reads KV head
+    j // G). Materialises the [B, Hq, N, hidden] projections.
+    """
+    if p not in (1, 2):
+        raise ValueError(f"p must be 1 or 2, got {p!r}")
+    B, Hkv, N, D = v.shape
+    hidden, Hq = wo.shape[0], wo.shape[1] // D
+    vv = v.to(compute_dtype).repeat_interleave(Hq // Hkv, dim=1)  # [B, Hq, N, D]
+    w = wo.to(compute_dtype).reshape(hidden, Hq, D).permute(1, 2, 0)  # [Hq, D, hidden] = W_o^j
+    proj = vv @ w  # [B, Hq, N, hidden]
+    return proj.abs().sum(-1) if p == 1 else proj.norm(dim=-1)
+
+
+def _wo_saliency(k, v, q_window, score, wo, *, group_reduce, scale, causal, query_reduce, compute_dtype):
+    """The scores that weigh attention by the projected value norm.
+
+    critical (CriticalKV): (attn score + CRITICAL_EPS) * mean over the group of
+        ||v_p W_o^g||_1; the attn score uses query_reduce and group_reduce.
+    laprox (LaProx): per query head ||A_{g,:,p}||_2 (over the window queries)
+        * ||v_p W_o^g||_2, then group_reduce (DESIGN.md: "mean").
+    """
+    B, Hkv, N, _ = k.shape
+    if score == "critical":
+        attn = saliency(k, v, q_window, "attn", group_reduce=group_reduce, scale=scale, causal=causal,
+                        query_reduce=query_reduce, compute_dtype=compute_dtype)
+        pn = _group(projected_value_norm(v, wo, 1, compute_dtype=compute_dtype), B, Hkv, "mean")
+        return (attn + CRITICAL_EPS) * pn
+    if query_reduce != "sum":
+        raise ValueError(f"score 'laprox' reduces the window queries by an L2 norm; query_reduce must be "
+                         f"'sum', got {query_reduce!r}")
+    a = attention_terms(k, v, q_window, scale=scale, causal=causal, compute_dtype=compute_dtype)["a"]
+    per_head = a.norm(dim=2) * projected_value_norm(v, wo, 2, compute_dtype=compute_dtype)  # [B, Hq, N]
+    return _group(per_head, B, Hkv, group_reduce)
 
 
 def pool_scores(scores, pool_kernel, pool):

@@ -2,7 +2,8 @@
 One module per op; importing it registers the op's fake kernel."""
 from obcache.ops.compact import compact_
 from obcache.ops.evict import evict
+from obcache.ops.projected_value import projected_value_norm
 from obcache.ops.saliency import SCORES, saliency
 from obcache.ops.select import select, select_adaptive
 
-__all__ = ["SCORES", "saliency", "select", "select_adaptive", "compact_", "evict"]
+__all__ = ["SCORES", "saliency", "select", "select_adaptive", "compact_", "evict", "projected_value_norm"]
