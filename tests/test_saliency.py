@@ -9,6 +9,7 @@ on the same (rounded) inputs, far stricter than the 16-bit baseline.
 """
 import pytest
 import torch
+from torch.library import opcheck
 
 import obcache
 from obcache import reference as ref
@@ -227,7 +228,8 @@ BAD = [
     ("dtype k int", dict(k=torch.ones(1, 2, 20, 16, dtype=torch.int32)), r"k must be float32, float16 or bfloat16.*Int"),
     ("dtype mismatch v", dict(v=_t(1, 2, 20, 16, dtype=torch.float16)), r"k and v must have the same dtype"),
     ("dtype mismatch q", dict(q_window=_t(1, 4, 4, 16, dtype=torch.float64)), r"k and q_window must have the same dtype"),
-    ("score", dict(score="h2o"), r"score must be one of \('attn', 'tova', 'vatp', 'value', 'key', 'joint', 'loo'\), got 'h2o'"),
+    ("score", dict(score="h2o"),
+     r"score must be one of \('attn', 'tova', 'vatp', 'value', 'key', 'joint', 'loo', 'critical', 'laprox'\), got 'h2o'"),
     ("group_reduce", dict(group_reduce="min"), r"group_reduce must be one of \('sum', 'mean', 'max'\), got 'min'"),
     ("query_reduce", dict(query_reduce="mean"), r"query_reduce must be one of \('sum', 'max'\), got 'mean'"),
     ("k last dim", dict(k=_t(1, 2, 16, 20).transpose(2, 3)), r"k must have a contiguous last dim"),
@@ -235,6 +237,12 @@ BAD = [
     ("q last dim", dict(q_window=_t(1, 4, 16, 4).transpose(2, 3)), r"q_window must have a contiguous last dim"),
     ("scale", dict(scale=float("inf")), r"scale must be finite.*got inf"),
     ("wo", dict(wo=_t(4, 16, 32)), r"wo is not used by score 'joint'"),
+    ("wo missing", dict(score="critical"), r"score 'critical' needs wo.*got wo=None"),
+    ("wo rank", dict(score="laprox", wo=_t(4, 16, 32)), r"wo must have 2 dims.*got 3"),
+    ("wo columns", dict(score="critical", wo=_t(8, 32)), r"wo must have H_q \* D = 4 \* 16 = 64 columns.*got 32"),
+    ("wo dtype", dict(score="critical", wo=_t(8, 64, dtype=torch.float16)), r"v and wo must have the same dtype"),
+    ("laprox query_reduce", dict(score="laprox", wo=_t(8, 64), query_reduce="max"),
+     r"score 'laprox' reduces the window queries by an L2 norm; query_reduce must be 'sum', got 'max'"),
 ]
 
 
@@ -261,3 +269,59 @@ def test_cuda_matches_cpu_on_a_larger_case():
         cpu = obcache.saliency(k, v, q, score)
         gpu = obcache.saliency(k.cuda(), v.cuda(), q.cuda(), score).cpu()
         torch.testing.assert_close(gpu, cpu, rtol=1e-4, atol=1e-4 * cpu.abs().max().item())
+
+
+# ---- scores that need the output projection: critical (CriticalKV), laprox ----
+
+WO_SCORES = ref.WO_SCORES
+
+
+def _wo(H_q, D, hidden, dtype=torch.float32, device="cpu", seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(hidden, H_q * D, generator=g) / D**0.5).to(dtype).to(device)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("score", WO_SCORES)
+def test_wo_scores_every_reduction_and_dtype_match_reference(score, dtype, device):
+    _skip_f64_on_cuda(device, dtype)
+    k, v, q = make_cache(2, 2, 3, 8, 70, 64, dtype=dtype, device=device, seed=21, narrow_from=75)
+    wo = _wo(6, 64, 100, dtype=dtype, device=device, seed=22)
+    for group_reduce in ("sum", "mean", "max"):
+        for query_reduce in (("sum", "max") if score == "critical" else ("sum",)):
+            check(k, v, q, score, group_reduce=group_reduce, query_reduce=query_reduce, wo=wo)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "B%d_H%d_G%d_W%d_N%d_D%d" % s)
+def test_wo_scores_shape_grid_matches_reference(shape, device):
+    B, H, G, W, N, D = shape
+    for j, score in enumerate(WO_SCORES):
+        k, v, q = make_cache(*shape, device=device, seed=30 + j, narrow_from=N + 3 if j else None)
+        wo = _wo(H * G, D, 45 + 20 * j, device=device, seed=j)
+        check(k, v, q, score, causal=(sum(shape) + j) % 2 == 0, scale=0.2, wo=wo, what=f"shape={shape}")
+
+
+def test_critical_is_attn_plus_eps_times_group_mean_projected_l1_norm():
+    k, v, q = make_cache(1, 2, 3, 5, 30, 32, seed=23)
+    wo = _wo(6, 32, 40, seed=24)
+    pn = obcache.projected_value_norm(v, wo, 1).reshape(1, 2, 3, 30).mean(2)
+    want = (obcache.saliency(k, v, q, "attn", group_reduce="mean") + 1e-4) * pn
+    torch.testing.assert_close(obcache.saliency(k, v, q, "critical", group_reduce="mean", wo=wo), want)
+
+
+def test_laprox_scales_with_the_projected_l2_norm_of_each_head():
+    # Doubling head g's columns of wo doubles its term: with G = 1, the score.
+    k, v, q = make_cache(1, 2, 1, 5, 30, 32, seed=25)
+    wo = _wo(2, 32, 40, seed=26)
+    torch.testing.assert_close(obcache.saliency(k, v, q, "laprox", wo=2 * wo),
+                               2 * obcache.saliency(k, v, q, "laprox", wo=wo))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck_wo_scores(device):
+    k, v, q = make_cache(1, 2, 2, 4, 20, 16, device=device, seed=27)
+    wo = _wo(4, 16, 24, device=device)
+    for score in WO_SCORES:
+        opcheck(torch.ops.obcache.saliency.default, (k, v, q, score), dict(wo=wo, group_reduce="mean"))

@@ -30,8 +30,10 @@ at::Tensor saliency_impl(const at::Tensor& k, const at::Tensor& v, const at::Ten
                          c10::string_view score, c10::string_view group_reduce, std::optional<double> scale,
                          bool causal, c10::string_view query_reduce);
 
-// The op torch.ops.obcache.saliency (registered for CPU and CUDA): checks the
-// reserved `wo` (no score uses it yet), then saliency_impl.
+// The op torch.ops.obcache.saliency (registered for CPU and CUDA): the scores
+// of saliency_impl (wo must be None), and `critical` and `laprox`, which need
+// wo (o_proj's weight [hidden, H_q * D]) and are composed from saliency_impl
+// and projected_value_norm_impl.
 at::Tensor saliency_op(const at::Tensor& k, const at::Tensor& v, const at::Tensor& q_window,
                        c10::string_view score, c10::string_view group_reduce, std::optional<double> scale,
                        bool causal, c10::string_view query_reduce, const std::optional<at::Tensor>& wo);

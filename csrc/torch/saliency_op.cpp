@@ -11,6 +11,7 @@
 
 #include "kernels/saliency_cpu.h"
 #include "torch/checks.h"
+#include "torch/projected_value_args.h"
 #include "torch/saliency_args.h"
 
 namespace obcache {
@@ -20,6 +21,16 @@ namespace {
 std::string str(c10::string_view s) { return std::string(s.data(), s.size()); }
 
 constexpr const char* kScoreNames = "('attn', 'tova', 'vatp', 'value', 'key', 'joint', 'loo')";
+// The scores of torch.ops.obcache.saliency: kScoreNames plus those needing wo.
+constexpr const char* kAllScoreNames =
+    "('attn', 'tova', 'vatp', 'value', 'key', 'joint', 'loo', 'critical', 'laprox')";
+
+bool is_base_score(c10::string_view s) {
+  return s == "attn" || s == "tova" || s == "vatp" || s == "value" || s == "key" || s == "joint" || s == "loo";
+}
+
+// obcache.reference.CRITICAL_EPS.
+constexpr double kCriticalEps = 1e-4;
 
 }  // namespace
 
@@ -155,11 +166,60 @@ at::Tensor saliency_impl(const at::Tensor& k, const at::Tensor& v, const at::Ten
   return saliency_run_cpu(p, k);
 }
 
+namespace {
+
+// `critical` and `laprox`, composed from the saliency kernel and the
+// projected_value_norm kernel (specification: obcache.reference._wo_saliency).
+at::Tensor saliency_wo_score(const at::Tensor& k, const at::Tensor& v, const at::Tensor& q,
+                             c10::string_view score, c10::string_view group_reduce, std::optional<double> scale,
+                             bool causal, c10::string_view query_reduce, const at::Tensor& wo) {
+  const bool critical = score == "critical";
+  check_saliency_args(k, v, q, "attn", group_reduce, scale, causal, query_reduce);
+  check_projected_value_args(v, wo, critical ? 1 : 2);
+  const int64_t B = k.size(0), Hkv = k.size(1), N = k.size(2), D = k.size(3), Hq = q.size(1), G = Hq / Hkv;
+  TORCH_CHECK(wo.size(1) == Hq * D, "wo must have H_q * D = ", Hq, " * ", D, " = ", Hq * D,
+              " columns (q_window's heads times the head dim), got ", wo.size(1), " (shape ", wo.sizes(), ")");
+  TORCH_CHECK(critical || query_reduce == "sum", "score 'laprox' reduces the window queries by an L2 norm; ",
+              "query_reduce must be 'sum', got '", str(query_reduce), "'");
+  if (critical) {
+    // (attn + eps) * mean over the group of ||v_p W_o^g||_1.
+    const at::Tensor attn = saliency_impl(k, v, q, "attn", group_reduce, scale, causal, query_reduce);
+    const at::Tensor pn = projected_value_norm_impl(v, wo, 1).view({B, Hkv, G, N}).mean(2);
+    return (attn + kCriticalEps) * pn;
+  }
+  // laprox: per query head ||A_{g,:,p}||_2 * ||v_p W_o^g||_2, then the group.
+  // sum_i A^2 per query head is the `value` score of one head (G = 1: the
+  // strided view of q_window's heads g, g + G, ...) with every ||v_p||^2 = 1:
+  // a unit vector broadcast over the cache (stride 0, nothing allocated).
+  at::Tensor unit = at::zeros({D}, v.options());
+  unit.select(0, 0).fill_(1);
+  const at::Tensor v_unit = unit.expand({B, Hkv, N, D});
+  const at::Tensor pn = projected_value_norm_impl(v, wo, 2).view({B, Hkv, G, N});
+  at::Tensor per_head = at::empty_like(pn);
+  for (int64_t g = 0; g < G; ++g) {
+    const at::Tensor a2 = saliency_impl(k, v_unit, q.slice(1, g, Hq, G), "value", "sum", scale, causal, "sum");
+    per_head.select(2, g).copy_(a2.sqrt() * pn.select(2, g));
+  }
+  switch (parse_group_reduce(group_reduce)) {
+    case obc::GroupReduce::Sum: return per_head.sum(2);
+    case obc::GroupReduce::Mean: return per_head.mean(2);
+    case obc::GroupReduce::Max: return per_head.amax(2);
+  }
+  TORCH_CHECK(false, "unreachable group_reduce");
+}
+
+}  // namespace
+
 at::Tensor saliency_op(const at::Tensor& k, const at::Tensor& v, const at::Tensor& q_window,
                        c10::string_view score, c10::string_view group_reduce, std::optional<double> scale,
                        bool causal, c10::string_view query_reduce, const std::optional<at::Tensor>& wo) {
-  TORCH_CHECK(!wo.has_value(), "wo is not used by score '", str(score), "' (reserved for scores that need the ",
-              "output projection); pass wo=None");
+  if (score == "critical" || score == "laprox") {
+    TORCH_CHECK(wo.has_value(), "score '", str(score), "' needs wo, the o_proj weight [hidden, H_q * D]; got wo=None");
+    return saliency_wo_score(k, v, q_window, score, group_reduce, scale, causal, query_reduce, *wo);
+  }
+  TORCH_CHECK(is_base_score(score), "score must be one of ", kAllScoreNames, ", got '", str(score), "'");
+  TORCH_CHECK(!wo.has_value(), "wo is not used by score '", str(score), "' (only by 'critical' and 'laprox'); ",
+              "pass wo=None");
   return saliency_impl(k, v, q_window, score, group_reduce, scale, causal, query_reduce);
 }
 

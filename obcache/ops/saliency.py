@@ -8,10 +8,12 @@ from typing import Optional
 
 import torch
 
-__all__ = ["SCORES", "GROUP_REDUCES", "QUERY_REDUCES", "saliency"]
+__all__ = ["SCORES", "WO_SCORES", "GROUP_REDUCES", "QUERY_REDUCES", "saliency"]
 
 #: Score names, in the order of DESIGN.md section 3.
 SCORES = ("attn", "tova", "vatp", "value", "key", "joint", "loo")
+#: Scores that also need the output projection's weight (`wo`).
+WO_SCORES = ("critical", "laprox")
 #: How the G query heads sharing a KV head are combined.
 GROUP_REDUCES = ("sum", "mean", "max")
 #: How the W window queries are combined (per query head, before the group).
@@ -28,6 +30,7 @@ def saliency(
     scale: Optional[float] = None,
     causal: bool = True,
     query_reduce: str = "sum",
+    wo: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Saliency of every cached token, per (batch, KV head).
 
@@ -48,14 +51,22 @@ def saliency(
         causal: window query i sits at position N - W + i and sees keys
             0 .. N - W + i; masked pairs contribute 0. False: every key.
         query_reduce: "sum" | "max" over the W window queries ("tova" always
-            reads the last query only).
+            reads the last query only; "laprox" needs "sum").
+        wo: [hidden, H_q * D] o_proj weight (nn.Linear layout, same dtype and
+            device as k), required by the WO_SCORES and rejected by the others:
+            "critical" (CriticalKV): (attn score + 1e-4) * mean over the group
+            of ||v W_o^g||_1; "laprox" (LaProx): per query head
+            ||A_{g,:,p}||_2 over the window * ||v W_o^g||_2, then group_reduce
+            (LaProx itself averages: group_reduce="mean"). W_o^g is
+            wo[:, g*D:(g+1)*D].T; see projected_value_norm.
 
     Returns:
         [B, H_kv, N] float32 (float64 for float64 inputs), on k's device.
         Accumulation is float32 for 16/32-bit inputs, float64 for float64.
     """
     return torch.ops.obcache.saliency(
-        k, v, q_window, score, group_reduce=group_reduce, scale=scale, causal=causal, query_reduce=query_reduce
+        k, v, q_window, score, group_reduce=group_reduce, scale=scale, causal=causal, query_reduce=query_reduce,
+        wo=wo,
     )
 
 
