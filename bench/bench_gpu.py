@@ -1,0 +1,239 @@
+"""CUDA kernels vs the reference and the kvpress-style baseline, timed with
+CUDA events: saliency (joint), select, compact_ and evict at N in {4k, 32k,
+128k}, bfloat16, B=1, H_kv=8, G=4, W=32, D=128, budget N/10, sink 4,
+recent W, max pooling kernel 7.
+
+Per (op, N, implementation): --warmup untimed calls, then --repeats calls
+each bracketed by CUDA events, median reported. Before every call the L2 is
+flushed (a 256 MiB buffer is zeroed) and in-place ops (compact_, evict) get
+k, v restored from a pristine copy, both outside the events. Peak extra GPU
+memory: torch.cuda.max_memory_allocated during one call minus the memory
+allocated before it. Baselines (bench/baselines.py): `kvpress` (repeat_kv,
+matmul, softmax, plain-torch score, max_pool1d, topk, gather into new
+tensors) and `reference` (obcache.reference in float32, topk, gather; run
+one KV head at a time, `reference/head`, when the whole reference's estimated
+peak is over --ref-max-gib, skipped when that is over too). The GPU's GEMM
+(float32, torch.mm 4096^2) and memcpy peaks are measured in the same run
+(bench/peak.py) for evict's fraction of peak. Prints a table and writes
+bench/out/gpu.json.
+
+Exits with status 2 and a message when no CUDA device (or no CUDA build of
+obcache) is present; `--device cpu` runs the same harness on the CPU with
+perf_counter (for testing this script only: those are not GPU numbers).
+
+    python bench/bench_gpu.py [--ns 4096 32768 131072] [--repeats 50] [--ops saliency select compact evict]
+"""
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import torch
+from tqdm import tqdm
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import baselines as bl  # noqa: E402
+import common as cm  # noqa: E402
+from common import B, D, G, HKV, W  # noqa: E402
+from peak import measure_peak, roofline  # noqa: E402
+
+SINK, POOL_KERNEL, SCORE = 4, 7, "joint"
+OPS = ("saliency", "select", "compact", "evict")
+
+
+def no_gpu_reason():
+    if not torch.cuda.is_available():
+        return "no CUDA device: torch.cuda.is_available() is False (torch %s, built with CUDA %s)" % (
+            torch.__version__, torch.version.cuda)
+    import obcache
+
+    if not obcache.cuda_kernels_built():
+        return ("obcache was built without its CUDA kernels (obcache.cuda_kernels_built() is False): rebuild with "
+                "CUDA_HOME set, e.g. bash bench/gpu.sh")
+    return None
+
+
+class Timer:
+    """Times fn() on `device`: CUDA events there, perf_counter on the CPU; an
+    L2 flush before each call on CUDA."""
+
+    def __init__(self, device):
+        self.device = device
+        self.flush = torch.empty(64 * 2**20, dtype=torch.float32, device=device) if device == "cuda" else None
+
+    def __call__(self, fn, prepare=None):
+        if prepare:
+            prepare()
+        if self.device == "cuda":
+            self.flush.zero_()
+            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            s.record()
+            fn()
+            e.record()
+            e.synchronize()
+            return s.elapsed_time(e) / 1e3
+        t = time.perf_counter()
+        fn()
+        return time.perf_counter() - t
+
+
+def extra_memory(fn, prepare, device):
+    if device != "cuda":
+        return None
+    prepare()
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    out = fn()
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated()
+    del out
+    return (peak - base) / 2**20
+
+
+def build_cases(op, N, k0, v0, q, k, v, scores, idx, per_head_ref):
+    """{impl: (fn, prepare)} for one op; prepare restores in-place inputs."""
+    import obcache
+
+    budget = N // 10
+
+    def restore():
+        k.copy_(k0)
+        v.copy_(v0)
+
+    if op == "saliency":
+        return {"obcache": (lambda: torch.ops.obcache.saliency(k0, v0, q, SCORE), None),
+                "kvpress": (lambda: bl.kvpress_scores(k0, v0, q, SCORE), None),
+                "reference": (lambda: bl.reference_scores(k0, v0, q, SCORE, per_head=per_head_ref), None)}
+    if op == "select":
+        return {"obcache": (lambda: torch.ops.obcache.select(scores, budget, sink=SINK, recent=W,
+                                                             pool_kernel=POOL_KERNEL), None),
+                "kvpress": (lambda: bl.kvpress_select(scores, budget, SINK, W, POOL_KERNEL), None),
+                "reference": (lambda: bl.reference_select(scores, budget, SINK, W, POOL_KERNEL), None)}
+    if op == "compact":
+        return {"obcache": (lambda: torch.ops.obcache.compact_(k, v, idx), restore),
+                "kvpress": (lambda: bl.gather_kv(k0, v0, idx), None),
+                "reference": (lambda: __import__("obcache.reference").reference.compact(k0, v0, idx), None)}
+    return {"obcache": (lambda: obcache.evict(k, v, q, budget, score=SCORE, sink=SINK, pool_kernel=POOL_KERNEL),
+                        restore),
+            "kvpress": (lambda: bl.kvpress_evict(k0, v0, q, budget, SCORE, sink=SINK, pool_kernel=POOL_KERNEL),
+                        None),
+            "reference": (lambda: bl.reference_evict(k0, v0, q, budget, SCORE, sink=SINK, pool_kernel=POOL_KERNEL,
+                                                     per_head=per_head_ref), None)}
+
+
+def work(op, N, elem):
+    """Necessary FLOPs and bytes of one op (see bench/results/kernels.md)."""
+    kv = B * HKV * N * D * elem
+    kept = B * HKV * (N // 10) * D * elem
+    gemm = 2 * B * HKV * G * W * N * D
+    if op == "saliency":
+        return 3 * gemm, 2 * kv + B * HKV * N * 4
+    if op == "select":
+        return 0, B * HKV * N * 4 + B * HKV * (N // 10) * 8
+    if op == "compact":
+        return 0, 2 * 2 * kept + B * HKV * (N // 10) * 8
+    return 3 * gemm, 2 * kv + 2 * kept
+
+
+def main():
+    ap = argparse.ArgumentParser(description="CUDA kernels vs reference and kvpress-style baselines (CUDA events)")
+    ap.add_argument("--ns", type=int, nargs="+", default=[4096, 32768, 131072])
+    ap.add_argument("--ops", nargs="+", default=list(OPS), choices=OPS)
+    ap.add_argument("--dtype", default="bfloat16", choices=sorted(cm.DTYPES))
+    ap.add_argument("--repeats", type=int, default=50)
+    ap.add_argument("--ref-repeats", type=int, default=5, help="timed calls of the (slow) reference")
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--ref-max-gib", type=float, default=40.0,
+                    help="run the reference per KV head / skip it above this estimated peak")
+    ap.add_argument("--no-reference", action="store_true")
+    ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"],
+                    help="cpu: run the harness on the CPU (tests this script; not GPU numbers)")
+    ap.add_argument("--out", default="gpu.json")
+    args = ap.parse_args()
+    device = args.device
+    if device == "cuda":
+        reason = no_gpu_reason()
+        if reason:
+            print("bench_gpu.py: " + reason + ". Nothing timed. The CPU benchmarks are bench/bench_evict.py and "
+                  "bench/bench_saliency.py; `--device cpu` runs this harness on the CPU (not GPU numbers).",
+                  file=sys.stderr)
+            sys.exit(2)
+    import obcache  # noqa: F401  (registers torch.ops.obcache)
+
+    dtype = cm.DTYPES[args.dtype]
+    elem = torch.finfo(dtype).bits // 8
+    gpu_name = torch.cuda.get_device_name() if device == "cuda" else "cpu (harness test, not GPU numbers)"
+    peak = measure_peak(repeats=10 if device == "cuda" else 2, device=device,
+                        copy_mib=1024 if device == "cuda" else 64, gemm_n=4096 if device == "cuda" else 512)
+    timer = Timer(device)
+    rows = []
+    jobs = [(N, op) for N in args.ns for op in args.ops]
+    for N, op in tqdm(jobs, desc="gpu bench"):
+        k0, v0, q = cm.inputs(N, dtype=dtype, device=device)
+        k, v = k0.clone(), v0.clone()
+        scores = torch.ops.obcache.saliency(k0, v0, q, SCORE)
+        idx = torch.ops.obcache.select(scores, N // 10, sink=SINK, recent=W, pool_kernel=POOL_KERNEL)
+        est = bl.reference_peak_bytes(B, HKV, G, W, N, D, SCORE) + 2 * B * HKV * N * D * 4
+        per_head = est > args.ref_max_gib * 2**30
+        est_used = bl.reference_peak_bytes(B, HKV, G, W, N, D, SCORE, per_head=True) + 2 * B * HKV * N * D * 4 \
+            if per_head else est
+        cases = build_cases(op, N, k0, v0, q, k, v, scores, idx, per_head)
+        row = {"op": op, "N": N, "budget": N // 10, "dtype": args.dtype, "device": gpu_name, "impls": {}}
+        for impl, (fn, prepare) in cases.items():
+            name = "reference/head" if impl == "reference" and per_head and op in ("saliency", "evict") else impl
+            if impl == "reference" and (args.no_reference or (op in ("saliency", "evict")
+                                                              and est_used > args.ref_max_gib * 2**30)):
+                row["impls"][name] = {"s": None, "error": "skipped" if args.no_reference else
+                                      "skipped: needs ~%.0f GiB even per head" % (est_used / 2**30)}
+                continue
+            reps = args.ref_repeats if impl == "reference" else args.repeats
+            try:
+                for _ in range(args.warmup if impl != "reference" else 1):
+                    timer(fn, prepare)
+                times = [timer(fn, prepare) for _ in range(reps)]
+                mem = extra_memory(fn, prepare or (lambda: None), device)
+                row["impls"][name] = {"s": statistics.median(times), "min_s": min(times), "extra_MiB": mem,
+                                      "repeats": reps}
+            except torch.OutOfMemoryError as e:  # a baseline that does not fit: reported, not fatal
+                row["impls"][name] = {"s": None, "error": "out of memory: " + str(e).splitlines()[0]}
+                torch.cuda.empty_cache()
+        ob = row["impls"]["obcache"]["s"]
+        for name, r in row["impls"].items():
+            if name != "obcache" and r.get("s"):
+                row["speedup_vs_" + name.split("/")[0]] = r["s"] / ob
+        row["obcache_roofline"] = roofline(*work(op, N, elem), ob, peak)
+        rows.append(row)
+        del k0, v0, q, k, v, scores, idx, cases
+        if device == "cuda":
+            torch.cuda.empty_cache()
+
+    print()
+    print(f"device: {gpu_name}; peak (best of {peak['repeats']}): {peak['gemm']} {peak['gemm_best_GFLOPs']:.0f} "
+          f"GFLOP/s, memcpy {peak['memcpy_best_GBs']:.0f} GB/s")
+    print(f"{'op':>8} {'N':>7} {'obcache ms':>11} {'kvpress ms':>11} {'reference ms':>13} {'vs kvpress':>10} "
+          f"{'vs ref':>9} {'obc MiB':>8} {'kvp MiB':>8} {'GB/s':>7} {'GFLOP/s':>8} {'%roof':>6}")
+    for r in rows:
+        im = r["impls"]
+        ref = im.get("reference") or im.get("reference/head") or {}
+        rf = r["obcache_roofline"]
+        print(f"{r['op']:>8} {r['N']:>7} {1e3 * im['obcache']['s']:>11.3f} "
+              f"{cm.fmt(im['kvpress'].get('s') and 1e3 * im['kvpress']['s'], '.3f'):>11} "
+              f"{cm.fmt(ref.get('s') and 1e3 * ref['s'], '.3f', 'skipped'):>13} "
+              f"{cm.fmt(r.get('speedup_vs_kvpress'), '.2f'):>9}x {cm.fmt(r.get('speedup_vs_reference'), '.1f'):>8}x "
+              f"{cm.fmt(im['obcache'].get('extra_MiB'), '.1f'):>8} {cm.fmt(im['kvpress'].get('extra_MiB'), '.1f'):>8} "
+              f"{rf['achieved_GBs']:>7.0f} {rf['achieved_GFLOPs']:>8.0f} {100 * rf['frac_roofline']:>6.1f}")
+        for name, d in im.items():
+            if d.get("error"):
+                print(f"{'':>17}{name}: {d['error']}")
+    print("(vs X = X time / obcache time, CUDA-event medians; MiB = peak extra allocated in one call; GB/s and "
+          "GFLOP/s: obcache's necessary work; %roof = roofline floor (measured peaks) / time)")
+    payload = {"bench": "gpu", "config": "B=1 H_kv=8 G=4 W=32 D=128 %s budget=N/10 score=joint sink=4 recent=W "
+                                         "pool=max7, median of %d CUDA-event timings" % (args.dtype, args.repeats),
+               "argv": sys.argv, "device": gpu_name, "machine": cm.machine(), "peak": peak, "rows": rows}
+    print("wrote", cm.write_json(args.out, payload))
+
+
+if __name__ == "__main__":
+    main()
