@@ -104,7 +104,7 @@ def main():
     if args.quick:
         args.ns, args.bf16_ns, args.repeats, args.ref_repeats, args.peak_repeats = [4096], [], 2, 1, 3
 
-    load_start = cm.loadavg()
+    load_start, mach = cm.loadavg(), cm.machine()  # commit / worktree state at the start
     peak = cm.run_child(os.path.join(cm.HERE, "peak.py"), ["--json", "--repeats", args.peak_repeats])
     configs = [(N, "float32") for N in args.ns] + [(N, "bfloat16") for N in args.bf16_ns]
     jobs = [(N, dt, impl) for N, dt in configs for impl in args.impls]
@@ -147,9 +147,9 @@ def main():
         rows.append(row)
 
     print()
-    print("peak (best of %s): GEMM %s %.1f GFLOP/s, memcpy %.1f GB/s (%s)" % (
-        peak.get("repeats"), peak.get("gemm"), peak.get("gemm_best_GFLOPs", 0), peak.get("memcpy_best_GBs", 0),
-        peak.get("error", "ok")))
+    print("peak (best of %s): GEMM %s %.1f GFLOP/s, FMA loop %s GFLOP/s, memcpy %.1f GB/s (%s)" % (
+        peak.get("repeats"), peak.get("gemm"), peak.get("gemm_best_GFLOPs", 0), cm.fmt(peak.get("fma_GFLOPs"), ".1f"),
+        peak.get("memcpy_best_GBs", 0), peak.get("error", "ok")))
     names = args.impls
     hdr = f"{'N':>6} {'dtype':>8} " + " ".join(f"{n + ' ms':>17}" for n in names) + " " + \
         " ".join(f"{'vs ' + n:>16}" for n in names[1:]) + " " + " ".join(f"{n[:10] + ' MiB':>15}" for n in names) + \
@@ -170,11 +170,11 @@ def main():
             if r["impls"][n]["error"]:
                 print(f"{'':>16}{n}: {r['impls'][n]['error']}")
     print("(vs X = X time / obcache time; MiB = peak extra RSS of one call; GFLOP/s, GB/s: obcache's necessary work;"
-          " %peakF = of the GEMM peak; %roof = roofline floor / time)")
+          " %peakF = of the FMA peak (the GEMM one without a C compiler); %roof = roofline floor / time)")
     payload = {"bench": "evict", "config": "B=1 H_kv=8 G=4 W=32 D=128 budget=N/10 score=joint sink=4 recent=W "
                                             "pool=max7, CPU, median of %d (reference: %d)" % (args.repeats,
                                                                                               args.ref_repeats),
-               "argv": sys.argv, "machine": cm.machine(), "peak": peak, "load_start": load_start,
+               "argv": sys.argv, "machine": mach, "peak": peak, "load_start": load_start,
                "load_end": cm.loadavg(), "ci_finished_at_start": cm.ci_finished(), "rows": rows}
     print("wrote", cm.write_json(args.out, payload))
 

@@ -83,7 +83,7 @@ def main():
     pairs = [(N, s) for N in args.ns for s in args.scores] + [(N, s) for N in args.all_scores_ns for s in ALL_SCORES]
     pairs = sorted(set(pairs), key=lambda p: (p[0], ALL_SCORES.index(p[1])))
 
-    load_start = cm.loadavg()
+    load_start, mach = cm.loadavg(), cm.machine()  # commit / worktree state at the start
     peak = cm.run_child(os.path.join(cm.HERE, "peak.py"), ["--json", "--repeats", args.peak_repeats])
     rows = []
     for N, score in tqdm(pairs, desc="saliency bench"):
@@ -122,9 +122,9 @@ def main():
         rows.append(row)
 
     print()
-    print("peak (best of %s): GEMM %s %.1f GFLOP/s, memcpy %.1f GB/s (%s)" % (
-        peak.get("repeats"), peak.get("gemm"), peak.get("gemm_best_GFLOPs", 0), peak.get("memcpy_best_GBs", 0),
-        peak.get("error", "ok")))
+    print("peak (best of %s): GEMM %s %.1f GFLOP/s, FMA loop %s GFLOP/s, memcpy %.1f GB/s (%s)" % (
+        peak.get("repeats"), peak.get("gemm"), peak.get("gemm_best_GFLOPs", 0), cm.fmt(peak.get("fma_GFLOPs"), ".1f"),
+        peak.get("memcpy_best_GBs", 0), peak.get("error", "ok")))
     print(f"{'N':>6} {'score':>6} {'obcache ms':>11} {'kvpress ms':>11} {'reference ms':>14} {'vs kvpress':>10} "
           f"{'vs ref':>8} {'obc MiB':>8} {'kvp MiB':>8} {'ref MiB':>8} {'GFLOP/s':>8} {'%peakF':>6} {'%roof':>6}")
     for r in rows:
@@ -145,10 +145,10 @@ def main():
             if d.get("error"):
                 print(f"{'':>14}{name}: {d['error']}")
     print("(vs X = X time / obcache time; /h = reference run one KV head at a time; MiB = peak extra RSS of one call;"
-          " GFLOP/s counts the GEMM-sized products only; %peakF = of the GEMM peak; %roof = roofline floor / time)")
+          " GFLOP/s counts the GEMM-sized products only; %peakF = of the FMA peak (the GEMM one without a C compiler); %roof = roofline floor / time)")
     payload = {"bench": "saliency", "config": "B=1 H_kv=8 G=4 W=32 D=128 float32, CPU, median of %d (reference: %d)"
                                               % (args.repeats, args.ref_repeats),
-               "argv": sys.argv, "machine": cm.machine(), "peak": peak, "load_start": load_start,
+               "argv": sys.argv, "machine": mach, "peak": peak, "load_start": load_start,
                "load_end": cm.loadavg(), "ci_finished_at_start": cm.ci_finished(), "rows": rows}
     print("wrote", cm.write_json(args.out, payload))
 

@@ -7,6 +7,7 @@ on a small slice, resets its RSS high-water mark (/proc/self/clear_refs, Linux
 before the call. Pages an allocation never touches are not counted, and
 anything below a page-table granule (a few hundred KiB) is noise.
 """
+import glob
 import json
 import os
 import platform
@@ -129,6 +130,9 @@ def machine():
         info["worktree_modified"] = [line[3:] for line in dirty.splitlines()]
     except OSError:
         pass
+    so = sorted(glob.glob(os.path.join(os.path.dirname(HERE), "obcache", "_C*.so")))
+    if so:
+        info["extension_built_at"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(os.path.getmtime(so[0])))
     return info
 
 
