@@ -54,10 +54,12 @@ def child(impl, score, N, repeats):
 
 
 def necessary_work(N, score):
-    # GEMM-sized products: Q K^T (+ A V and O V^T for key / joint / loo); K (and V) read once
+    # GEMM-sized products: Q K^T (+ A V and O V^T for key / joint / loo); K (and V) read once. tova scores
+    # with the last window query only: one row per query head.
     gemms = 3 if score in ("key", "joint", "loo") else 1
+    rows = 1 if score == "tova" else W
     reads_v = score not in ("attn", "tova")
-    return gemms * 2 * B * HKV * G * W * N * D, (2 if reads_v else 1) * B * HKV * N * D * 4
+    return gemms * 2 * B * HKV * G * rows * N * D, (2 if reads_v else 1) * B * HKV * N * D * 4
 
 
 def main():
