@@ -52,8 +52,11 @@ class EvalConfig:
 
 
 # The quick run (no flags): every task, attention-only baselines next to the
-# OBC key score of the same pipeline, one budget; measured at ~2.5 min on 2
-# idle CPU cores with SmolLM2-135M (~4.5 min at load average 20).
+# OBC key score of the same pipeline, one budget. Measured with SmolLM2-135M:
+# 4:23 wall single-threaded (--threads 1, 98% of one core, 260 s of CPU) at
+# load ~3 on a 2-core machine (bench/results/eval.md). Under heavy contention
+# torch's two threads thrash (15 s per passkey trial instead of 3): pass
+# --threads 1 on a busy machine.
 QUICK = dict(
     tasks=["passkey", "fidelity", "perturbation", "perplexity"],
     methods=["full", "streaming", "tova", "tova+obc-key", "snapkv", "snapkv+obc-key"],
