@@ -66,6 +66,34 @@ def child(impl, N, dtype, repeats):
     print(json.dumps(cm.measure_call(call, make_args, repeats)))
 
 
+def child_interleaved(N, dtype, repeats):
+    """obcache and kvpress alternately in one process, `repeats` rounds: both
+    see the same machine state, so the per-round ratio is robust to other
+    load on the machine (which the separate-process medians are not)."""
+    import json
+    import statistics
+    import time
+
+    import obcache  # noqa: F401
+
+    k0, v0, q = cm.inputs(N, dtype=cm.DTYPES[dtype])
+    budget = N // 10
+    times = {"obcache": [], "kvpress": []}
+    for impl in times:  # warm up
+        call(impl, k0[:, :, :256].clone(), v0[:, :, :256].clone(), q, 64)
+    for _ in range(repeats):
+        for impl in times:
+            k, v = (k0.clone(), v0.clone()) if impl == "obcache" else (k0, v0)
+            t = time.perf_counter()
+            call(impl, k, v, q, budget)
+            times[impl].append(time.perf_counter() - t)
+            del k, v
+    ratios = [b / a for a, b in zip(times["obcache"], times["kvpress"])]
+    print(json.dumps({"times_s": times, "median_s": {i: statistics.median(t) for i, t in times.items()},
+                      "ratio_median": statistics.median(ratios), "ratio_min": min(ratios),
+                      "ratio_max": max(ratios)}))
+
+
 def estimate_bytes(impl, N, dtype):
     elem = torch.finfo(cm.DTYPES[dtype]).bits // 8
     if impl.startswith("reference"):
@@ -96,10 +124,15 @@ def main():
     ap.add_argument("--peak-repeats", type=int, default=10)
     ap.add_argument("--quick", action="store_true", help="N=4096, float32 only, 2 repeats")
     ap.add_argument("--out", default="evict.json")
+    ap.add_argument("--no-interleaved", action="store_true",
+                    help="skip the interleaved obcache / kvpress timing (one process, alternating calls)")
     ap.add_argument("--child", nargs=4, metavar=("IMPL", "N", "DTYPE", "REPEATS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        child(args.child[0], int(args.child[1]), args.child[2], int(args.child[3]))
+        if args.child[0] == "interleaved":
+            child_interleaved(int(args.child[1]), args.child[2], int(args.child[3]))
+        else:
+            child(args.child[0], int(args.child[1]), args.child[2], int(args.child[3]))
         return
     if args.quick:
         args.ns, args.bf16_ns, args.repeats, args.ref_repeats, args.peak_repeats = [4096], [], 2, 1, 3
@@ -108,8 +141,16 @@ def main():
     peak = cm.run_child(os.path.join(cm.HERE, "peak.py"), ["--json", "--repeats", args.peak_repeats])
     configs = [(N, "float32") for N in args.ns] + [(N, "bfloat16") for N in args.bf16_ns]
     jobs = [(N, dt, impl) for N, dt in configs for impl in args.impls]
+    if not args.no_interleaved and {"obcache", "kvpress"} <= set(args.impls):
+        jobs += [(N, dt, "interleaved") for N, dt in configs]
     results = {}
     for N, dt, impl in tqdm(jobs, desc="evict bench"):
+        if impl == "interleaved":
+            load = cm.loadavg()
+            r = cm.run_child(__file__, ["--child", impl, N, dt, args.repeats])
+            r["load_before"], r["load_after"] = load, cm.loadavg()
+            results[N, dt, impl] = r
+            continue
         est = estimate_bytes(impl, N, dt)
         if est > args.ref_max_gib * 2**30:
             results[N, dt, impl] = {"error": "skipped: needs ~%.1f GiB > --ref-max-gib %g" % (est / 2**30,
@@ -140,6 +181,10 @@ def main():
                     row[f"speedup_vs_{impl}"] = row["impls"][impl]["s"] / ob["s"]
             # one KV head's [N, D] slice in the input dtype: an allocation of that size or more would
             # show up as extra_MiB >= this
+            il = results.get((N, dt, "interleaved"))
+            if il and "ratio_median" in il:
+                row["interleaved"] = il
+                row["speedup_vs_kvpress_interleaved"] = il["ratio_median"]
             row["one_head_ND_MiB"] = N * D * elem / 2**20
             row["obcache_extra_over_KV"] = ob["extra_MiB"] / row["kv_input_MiB"]
             if "gemm_GFLOPs" in peak:
@@ -166,6 +211,11 @@ def main():
                   f"{cm.fmt(rf.get('achieved_GBs'), '.1f'):>6} "
                   f"{cm.fmt(rf.get('frac_roofline') and 100 * rf['frac_roofline'], '.0f'):>6}"]
         print(" ".join(cells))
+        il = r.get("interleaved")
+        if il:
+            print(f"{'':>16}interleaved (one process, alternating): obcache {1e3 * il['median_s']['obcache']:.1f} ms, "
+                  f"kvpress {1e3 * il['median_s']['kvpress']:.1f} ms, kvpress/obcache per round: median "
+                  f"{il['ratio_median']:.2f}x (min {il['ratio_min']:.2f}, max {il['ratio_max']:.2f})")
         for n in names:
             if r["impls"][n]["error"]:
                 print(f"{'':>16}{n}: {r['impls'][n]['error']}")
