@@ -27,19 +27,23 @@ def x(v):
     return "%.2fx" % v if v else "-"
 
 
+def il(d):
+    return "%.2fx (%.2f-%.2f)" % (d["ratio_median"], d["ratio_min"], d["ratio_max"]) if d else "-"
+
+
 def evict_tables(ev):
     p = ev["peak"]
     out = [f"Peak measured in the same run (bench/peak.py, best of {p['repeats']}): {p['gemm']} "
            f"**{p['gemm_best_GFLOPs']:.1f} GFLOP/s** (median {p['gemm_GFLOPs']:.1f}), {p['memcpy']} "
            f"**{p['memcpy_best_GBs']:.1f} GB/s** (median {p['memcpy_GBs']:.1f}), FP32 FMA loop ({p.get('fma')}) "
            f"**{p.get('fma_GFLOPs') or 0:.1f} GFLOP/s**.", "",
-           "| N | dtype | obcache ms | kvpress ms | reference ms | reference/head ms | vs kvpress | vs reference "
-           "| vs reference/head |", "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+           "| N | dtype | obcache ms | kvpress ms | reference ms | reference/head ms | vs kvpress | vs kvpress, "
+           "interleaved (min-max) | vs reference | vs reference/head |", "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in ev["rows"]:
         im = r["impls"]
         out.append(f"| {r['N']} | {r['dtype']} | {ms(im.get('obcache'))} | {ms(im.get('kvpress'))} | "
                    f"{ms(im.get('reference'))} | {ms(im.get('reference/head'))} | {x(r.get('speedup_vs_kvpress'))} | "
-                   f"{x(r.get('speedup_vs_reference'))} | {x(r.get('speedup_vs_reference/head'))} |")
+                   f"{il(r.get('interleaved'))} | {x(r.get('speedup_vs_reference'))} | {x(r.get('speedup_vs_reference/head'))} |")
     out += ["", "Peak extra memory of one call (MiB, RSS high-water over the RSS before the call) and the 1-minute "
             "load average before / after each measurement:", "",
             "| N | dtype | K+V MiB | one head N·D MiB | obcache | kvpress | reference | reference/head | load obcache "
