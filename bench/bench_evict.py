@@ -18,7 +18,10 @@ before the measurement), then --repeats timed calls give the median. The
 machine's GEMM and memcpy peaks (bench/peak.py) are measured in the same run;
 the obcache rows report achieved GFLOP/s and GB/s for the necessary work
 (Q K^T, A V and O V^T once each; K and V read once, kept rows written once).
-Load averages are recorded around each measurement. Prints a table, writes
+Load averages are recorded around each measurement, and obcache and kvpress
+are also timed interleaved (alternating calls in one process, --repeats
+rounds; the per-round ratio is robust to other jobs on the machine, which
+the separate-process medians are not). Prints a table, writes
 bench/out/evict.json.
 
     python bench/bench_evict.py [--ns 4096 16384 65536] [--bf16-ns 16384] [--repeats 5] [--quick]

@@ -8,16 +8,19 @@
 #   bash bench/gpu.sh [bench_gpu.py options, e.g. --ns 4096 32768 --repeats 100]
 #
 # Environment: CUDA_HOME (default /usr/local/cuda), TORCH_CUDA_ARCH_LIST
-# (default 9.0), PYTHON (default python), JOBS (build parallelism, default
+# (default 9.0), PYTHON (default .venv/bin/python when present, else python), JOBS (build parallelism, default
 # nproc), SKIP_BUILD=1 / SKIP_TESTS=1 to skip those steps.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
-PYTHON=${PYTHON:-python}
+if [ -z "${PYTHON:-}" ]; then
+  if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python; fi  # scripts/install.sh's venv
+fi
 JOBS=${JOBS:-$(nproc)}
-arch=${TORCH_CUDA_ARCH_LIST//./}
-arch=${arch//;/ }
+arch=${TORCH_CUDA_ARCH_LIST//+PTX/}  # "8.0;9.0" -> CMake's "80;90"
+arch=${arch//./}
+arch=${arch// /;}
 
 echo "== device"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv || true
