@@ -32,7 +32,7 @@ import obcache.hf as hf
 from obcache.eval.stats import wilson
 from obcache.eval.tasks.passkey import _passed, make_trials
 from obcache.hf import reconstruct
-from obcache.hf.context import compress_scored
+from obcache.hf.context import CompressedContext, compress_scored
 from obcache.hf.hooks import Compression
 from obcache.methods import METHODS
 
@@ -52,6 +52,8 @@ VARIANTS = {
     "adakv+kvzip": ("adakv+kvzip", S("attn", "max", "max"), {}),
     "adakv+kvzip+obc-key": ("adakv+kvzip+obc-key", S("key", "sum", "sum"), {}),
     "adakv+kvzip+obc-key max": ("adakv+kvzip+obc-key", S("key", "max", "sum"), {}),
+    "adakv+kvzip+obc-key max/max": ("adakv+kvzip+obc-key", S("key", "max", "max"), {}),
+    "adakv+kvzip+loo max": ("adakv+kvzip+loo", S("loo", "max", "sum"), {}),
     "adakv+kvzip+obc-joint": ("adakv+kvzip+obc-joint", S("joint", "sum", "sum"), {}),
     "adakv+kvzip+loo": ("adakv+kvzip+loo", S("loo", "sum", "sum"), {}),
 }
@@ -75,6 +77,7 @@ def main():
     ap.add_argument("--depths", type=float, nargs="+", default=[0.1, 0.3, 0.5, 0.7, 0.9])
     ap.add_argument("--budgets", type=float, nargs="+", default=[0.05, 0.1])
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS))
+    ap.add_argument("--no-full", action="store_true", help="skip the uncompressed reference row")
     ap.add_argument("--chunk", type=int, default=None, help="context tokens per reconstruction chunk")
     ap.add_argument("--prompt", default=reconstruct.REPEAT_PROMPT)
     ap.add_argument("--window", type=int, default=32)
@@ -95,6 +98,7 @@ def main():
     variants = {name: VARIANTS[name] for name in args.variants}
     specs = sorted({spec for _, spec, _ in variants.values()}, key=str)
     results = {(v, b): [] for v in variants for b in args.budgets}
+    full = [] if not args.no_full else None
     seconds = {"prefill": 0.0, "reconstruction": 0.0, "cells": {k: 0.0 for k in results}}
     t_all = time.perf_counter()
     for t in tqdm(trials, desc="trials"):
@@ -113,6 +117,12 @@ def main():
         t2 = time.perf_counter()
         seconds["prefill"] += t1 - t0
         seconds["reconstruction"] += t2 - t1
+        if full is not None:  # the reference: the whole context cache
+            options = dict(method="full", budget=1.0, window=args.window, sink=args.sink, pool_kernel=7, pool="max",
+                           chunk_size=None, decode_budget=None)
+            ctx = CompressedContext(model, fresh_copy(model, cache, Lc), am, out.logits[:, -1], options)
+            new = ctx.generate(q_ids, max_new_tokens=7, do_sample=False, pad_token_id=tok.pad_token_id)
+            full.append(bool(_passed(tok, new[0], t["key"])))
         for name, (base, spec, over) in variants.items():
             row = dataclasses.replace(METHODS[base], **over)
             for b in args.budgets:
@@ -133,6 +143,12 @@ def main():
           f"{seconds['reconstruction'] / n:.2f} s/trial, total wall {wall:.0f} s")
     print(f"{'variant':28s} " + " ".join(f"{f'{b:.0%}':>22s}" for b in args.budgets))
     rows = []
+    if full is not None:
+        k = sum(full)
+        lo, hi = wilson(k, n)
+        print(f"{'full (no eviction)':28s} {f'{k:3d}/{n} {k / n:5.1%} [{lo:.2f},{hi:.2f}]':>22s}")
+        rows.append({"variant": "full", "method": "full", "budget": 1.0, "correct": k, "trials": n, "accuracy": k / n,
+                     "ci95": [lo, hi]})
     for name in variants:
         cells = []
         for b in args.budgets:
