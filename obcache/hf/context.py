@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from obcache.hf import reconstruct
+from obcache.hf.cache_arg import cache_kw, output_cache
 from obcache.hf.hooks import Compression, _check_args, get_method, resolve_budget, state_of
 
 __all__ = ["CompressedContext", "compress_context"]
@@ -87,7 +88,7 @@ class CompressedContext:
         am = self._mask(ids.shape[1], ids.device)
         with torch.no_grad(), self._hooks():
             pos = _positions(am)[:, -ids.shape[1]:]
-            return self.model(input_ids=ids, attention_mask=am, position_ids=pos, past_key_values=cache,
+            return self.model(input_ids=ids, attention_mask=am, position_ids=pos, **{cache_kw(self.model): cache},
                               use_cache=True).logits
 
     def generate(self, question_ids: Optional[torch.Tensor] = None, max_new_tokens: int = 32, **generate_kwargs):
@@ -114,7 +115,7 @@ class CompressedContext:
         cache = copy.deepcopy(self.cache)
         am = self._mask(question_ids.shape[1], device)
         with torch.no_grad(), self._hooks():
-            out = self.model.generate(input_ids=question_ids, attention_mask=am, past_key_values=cache,
+            out = self.model.generate(input_ids=question_ids, attention_mask=am, **{cache_kw(self.model): cache},
                                       max_new_tokens=max_new_tokens, **generate_kwargs)
         new = out[:, question_ids.shape[1]:]
         return new if head is None else torch.cat([head, new], 1)
@@ -181,7 +182,7 @@ def compress_context(
     with torch.no_grad(), Compression(model, **options) as handle:
         out = model(input_ids=context_ids, attention_mask=am, position_ids=_positions(am), use_cache=True,
                     logits_to_keep=1)
-    cache = out.past_key_values
+    cache = output_cache(out)
     # In-place compaction leaves the kept rows at the front of prompt-sized
     # storage; keep only them.
     for layer in cache.layers:
@@ -229,7 +230,7 @@ def _compress_by_reconstruction(model, context_ids, am, options, *, repeat_ids, 
         cache = DynamicCache(config=model.config)
     # The prefill keeps everything; the hooks attach the state (positions) as in compress.
     with torch.no_grad(), Compression(model, evict_reads=False, **options):
-        out = model(input_ids=context_ids, attention_mask=am, position_ids=_positions(am), past_key_values=cache,
+        out = model(input_ids=context_ids, attention_mask=am, position_ids=_positions(am), **{cache_kw(model): cache},
                     use_cache=True, logits_to_keep=1)
     if not evicting:
         return CompressedContext(model, cache, am, out.logits[:, -1], options)

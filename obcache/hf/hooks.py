@@ -33,6 +33,7 @@ from typing import Dict, List, Optional, Union
 import torch
 from torch import nn
 
+from obcache.hf.cache_arg import cache_of, set_cache
 from obcache.hf.queries import attention_modules, recompute_queries
 from obcache.methods import Method, get_method
 
@@ -318,14 +319,15 @@ class Compression:
         if x is None:
             return None
         B, T = x.shape[0], x.shape[1]
-        cache = kwargs.get("past_key_values")
+        cache = cache_of(kwargs)
         if cache is None:
             use = kwargs.get("use_cache")
             if use is False or (use is None and not getattr(module.config, "use_cache", True)):
                 return None
             from transformers import DynamicCache
 
-            cache = kwargs["past_key_values"] = DynamicCache(config=module.config)
+            cache = DynamicCache(config=module.config)
+            set_cache(kwargs, module, cache)
         st = state_of(cache)
         if st is None:
             n = cache.get_seq_length()
@@ -353,7 +355,7 @@ class Compression:
         earlier chunks' hidden states back in front."""
         key = "inputs_embeds" if kwargs.get("inputs_embeds") is not None else "input_ids"
         x, am, pos = kwargs[key], kwargs.get("attention_mask"), kwargs.get("position_ids")
-        am2d = _padding_mask_2d(am, kwargs["past_key_values"], T)
+        am2d = _padding_mask_2d(am, cache_of(kwargs), T)
         bounds = list(range(0, T, self.chunk_size)) + [T]
         pieces = []
 
@@ -399,7 +401,7 @@ class Compression:
             st.target = self.decode_budget
 
     def _after(self, module, args, kwargs, output):
-        cache = kwargs.get("past_key_values")
+        cache = cache_of(kwargs)
         st = state_of(cache) if cache is not None else None
         if st is not None:
             x = kwargs.get("inputs_embeds")
@@ -422,7 +424,7 @@ class Compression:
     def _before_attention(self, module, args, kwargs):
         """Heads of different lengths (AdaKV): hand this layer's attention a
         per-head mask that hides each head's padded tail."""
-        cache = kwargs.get("past_key_values")
+        cache = cache_of(kwargs)
         st = state_of(cache) if cache is not None else None
         if st is None or module.layer_idx not in st.head_tails:
             return None
@@ -444,7 +446,7 @@ class Compression:
         return args, kwargs
 
     def _after_attention(self, module, args, kwargs, output):
-        cache = kwargs.get("past_key_values")
+        cache = cache_of(kwargs)
         st = state_of(cache) if cache is not None else None
         if st is None:
             return None

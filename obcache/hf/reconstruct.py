@@ -38,6 +38,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from obcache.hf.cache_arg import cache_kw
 from obcache.hf.hooks import _layer_kv, _now, _ops, _set_length, base_model
 from obcache.hf.queries import attention_modules, recompute_queries
 
@@ -197,7 +198,7 @@ def score_context(
             for s in range(0, Lc, step):
                 ids = torch.cat([repeat_ids, context_ids[:, s:s + step]], 1)
                 pos = (Lc + torch.arange(ids.shape[1], device=ids.device)).unsqueeze(0).expand(B, -1)
-                base(input_ids=ids, position_ids=pos, past_key_values=cache, use_cache=True)
+                base(input_ids=ids, position_ids=pos, use_cache=True, **{cache_kw(base): cache})
     finally:
         for h in handles:
             h.remove()
