@@ -24,9 +24,19 @@ A row says
 - `group_reduce`: how the G query heads of a KV head combine ("sum", "mean",
   "max"); None means "sum";
 - `adaptive`: AdaKV head budgets (one top-k over the heads of a layer, heads
-  keep different numbers of tokens; `select_adaptive`).
+  keep different numbers of tokens; `select_adaptive`);
+- `selection`: how the kept tokens are chosen from the scores; None is one
+  top-k of `score` (per head, or per layer when `adaptive`);
+  "criticalkv" is CriticalKV's two-stage selection (`score` is the base
+  score: stage 1 keeps the top half of the budget by it, stage 2 fills the
+  rest by (base + 1e-4) * the projected value norm ||v W_o||_1, which needs
+  the layer's o_proj weight); "global" is LaProx's one top-K over every
+  layer and head of the model (per-layer normalised scores; heads and layers
+  keep different numbers of tokens);
+- `pool`: the row's own pooling ("max" or "avg") instead of the caller's
+  `pool` option (LaProx pools by average), None = the caller's.
 
-The last three default to None / False, so a row that does not set them reads
+The last five default to None / False, so a row that does not set them reads
 exactly as before.
 
 Every method also keeps the first `sink` tokens (attention sinks).
@@ -50,12 +60,25 @@ class Method:
     query_reduce: Optional[str] = None
     group_reduce: Optional[str] = None
     adaptive: bool = False
+    selection: Optional[str] = None
+    pool: Optional[str] = None
 
     @property
     def evicts(self) -> bool:
         """False for `full` (the cache is never touched)."""
         return self.name != "full"
 
+    @property
+    def needs_wo(self) -> bool:
+        """True for rows that read the layer's output projection (o_proj)."""
+        return self.selection == "criticalkv" or self.score == "laprox"
+
+    @property
+    def per_head_lengths(self) -> bool:
+        """True when heads end with different numbers of tokens (AdaKV,
+        LaProx): the cache is padded per layer and each head's tail masked;
+        such a cache is evicted once (no chunked prefill, no decode eviction)."""
+        return self.adaptive or self.selection == "global"
 
     @property
     def reconstructs(self) -> bool:
@@ -91,6 +114,26 @@ def _kvzip_rows():
     return rows
 
 
+def _policy_rows():
+    """CriticalKV, AdaKV and LaProx rows scored by the SnapKV window (prefill)."""
+    crit = "CriticalKV two-stage selection: half the budget by the {}, the rest by it times ||v W_o||_1, pooled"
+    return [
+        _row("criticalkv", "attn", "window", True, True, crit.format("SnapKV attention"), selection="criticalkv"),
+        _row("criticalkv+obc-key", "key", "window", True, True, crit.format("OBCache key score"),
+             selection="criticalkv"),
+        _row("adakv+snapkv", "attn", "window", True, True, "SnapKV attention, pooled, AdaKV head budgets",
+             adaptive=True),
+        _row("adakv+obc-key", "key", "window", True, True, "OBCache key score from the SnapKV window, pooled, "
+             "AdaKV head budgets", adaptive=True),
+        _row("adakv+criticalkv", "attn", "window", True, True,
+             "CriticalKV two-stage selection over all heads of a layer, AdaKV head budgets",
+             selection="criticalkv", adaptive=True),
+        _row("laprox", "laprox", "window", True, True,
+             "LaProx: ||A||_2 ||v W_o||_2 per layer-normalised, avg-pooled, one top-K over all layers and heads",
+             group_reduce="mean", selection="global", pool="avg"),
+    ]
+
+
 METHODS: Dict[str, Method] = dict(
     [
         _row("full", None, None, False, False, "no eviction: the whole cache (reference)"),
@@ -109,6 +152,7 @@ METHODS: Dict[str, Method] = dict(
              "exact leave-one-out output change A/(1-A) ||v - o|| from the SnapKV window, pooled"),
         _row("tova+obc-key", "key", "last", False, False, "OBCache key score from the last query (TOVA's queries)"),
         _row("h2o+obc-key", "key", "prompt", False, True, "OBCache key score accumulated over every prompt query"),
+        *_policy_rows(),
         *_kvzip_rows(),
     ]
 )

@@ -5,7 +5,9 @@ Used by the perturbation task (every method scored on the same captured
 forward pass). Each method's pipeline is its row of the one method table,
 `obcache.methods.METHODS` (score, queries, pooled, keep_recent,
 query_reduce, group_reduce, adaptive); rows scored by KVzip's
-reconstruction pass are reported as unsupported rather than approximated.
+reconstruction pass, and rows with their own `selection` (CriticalKV needs
+each layer's o_proj weight, LaProx a top-K over every layer), are reported
+as unsupported rather than approximated.
 """
 import torch
 
@@ -17,9 +19,10 @@ _QUERIES = ("window", "last", "prompt")  # queries a captured forward pass holds
 def pipeline(method):
     """The row of `method` in obcache.methods.METHODS when this module can
     reproduce it from a captured pass, else None (no score: full, streaming;
-    reconstruction rows, which need KVzip's extra pass)."""
+    reconstruction rows, which need KVzip's extra pass; rows with their own
+    `selection`: criticalkv..., laprox, which need o_proj or every layer)."""
     row = METHODS.get(method)
-    if row is None or row.score is None or row.queries not in _QUERIES:
+    if row is None or row.score is None or row.queries not in _QUERIES or row.selection is not None:
         return None
     return row
 

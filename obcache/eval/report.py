@@ -118,7 +118,8 @@ def text_report(results):
         parts += ["", f"perplexity while reading (chunks of {s['ppl_chunk']} tokens):", format_table(ppl)]
     skipped = results["tasks"].get("perturbation", {}).get("unsupported")
     if skipped:
-        parts += ["", f"perturbation: no captured-pass pipeline for {', '.join(skipped)} (reconstruction rows)"]
+        parts += ["", f"perturbation: no captured-pass pipeline for {', '.join(skipped)} (reconstruction rows; "
+                      "rows that need o_proj or every layer: criticalkv..., laprox)"]
     return "\n".join(parts)
 
 

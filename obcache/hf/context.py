@@ -46,9 +46,10 @@ class CompressedContext:
         reconstruction_seconds: wall time of the reconstruction pass
             (re-reading the context and scoring it; 0.0 for other methods):
             the extra prefill cost of KVzip-style methods.
-        lengths: reconstruction methods with AdaKV budgets: per layer int64
-            [B, H_kv], the tokens each head kept (the cache is padded to the
-            longest head; the padding is masked when questions are read).
+        lengths: methods whose heads keep different numbers of tokens (AdaKV
+            rows, `laprox`): per layer int64 [B, H_kv], the tokens each head
+            kept (each layer is padded to its longest head; the padding is
+            masked when questions are read); None otherwise.
     """
 
     def __init__(self, model, cache, attention_mask, last_logits, options, *, eviction_seconds=0.0,
@@ -154,14 +155,15 @@ def compress_context(
             of the context length).
         context_ids: int64 [B, N] context tokens (left-padded when B > 1).
         attention_mask: optional [B, N], 0 for padding.
-        repeat_ids, tokenizer, reconstruction_chunk, query_reduce, floor:
+        repeat_ids, tokenizer, reconstruction_chunk, query_reduce:
             reconstruction methods only (`kvzip`, `kvzip+obc-key`, ...):
             the repeat prompt's tokens int64 [1, P] (default:
             `reconstruct.REPEAT_PROMPT` tokenised with `tokenizer`, or the
             tokenizer saved next to the model); context tokens per
             reconstruction chunk (None: one pass); "sum" or "max" to
-            override the method's reduction over the reconstruction queries;
-            AdaKV's per-head floor (fraction of the even share).
+            override the method's reduction over the reconstruction queries.
+        floor: AdaKV rows (`adakv+...`): the per-head floor (fraction of the
+            even share `budget`).
 
     Returns:
         A `CompressedContext` holding the compressed cache (tensors compacted
@@ -179,7 +181,7 @@ def compress_context(
         return _compress_by_reconstruction(model, context_ids, am, options, repeat_ids=repeat_ids,
                                            tokenizer=tokenizer, chunk=reconstruction_chunk,
                                            query_reduce=query_reduce, floor=floor)
-    with torch.no_grad(), Compression(model, **options) as handle:
+    with torch.no_grad(), Compression(model, floor=floor, **options) as handle:
         out = model(input_ids=context_ids, attention_mask=am, position_ids=_positions(am), use_cache=True,
                     logits_to_keep=1)
     cache = output_cache(out)
@@ -188,8 +190,11 @@ def compress_context(
     for layer in cache.layers:
         if getattr(layer, "keys", None) is not None and not hasattr(layer, "max_cache_len"):
             layer.keys, layer.values = layer.keys.clone(), layer.values.clone()
-    assert state_of(cache) is not None
-    return CompressedContext(model, cache, am, out.logits[:, -1], options, eviction_seconds=handle.eviction_seconds)
+    st = state_of(cache)
+    assert st is not None
+    lengths = [st.head_tails[li][0] for li in range(len(cache.layers))] if st.head_tails else None
+    return CompressedContext(model, cache, am, out.logits[:, -1], options, eviction_seconds=handle.eviction_seconds,
+                             lengths=lengths)
 
 
 def _compress_by_reconstruction(model, context_ids, am, options, *, repeat_ids, tokenizer, chunk, query_reduce,

@@ -25,6 +25,16 @@ the budget, so nothing is reallocated.
 Decode-time eviction (`decode_budget`) recomputes the scores at every step
 from the most recent queries (the last `window` queries; the last one for
 TOVA-style methods); scores are not accumulated across steps.
+
+Heads of different lengths (AdaKV rows, LaProx): the layer's cache is
+padded to its longest head ([B, H_kv, Lmax, D]: the memory held is Lmax
+rows per head, not each head's own length) and `CacheState.head_tails`
+records each head's length; the attention pre-hook then hands every later
+attention call of that layer a per-head mask hiding the padded tails
+(SDPA and eager attention only). LaProx's selection is global over the
+layers, so its attention hooks only score (keeping the [B, H_kv, N] float32
+scores of each layer) and the base model's forward hook selects and
+compacts every layer once the whole prompt was read.
 """
 import inspect
 import time
@@ -36,6 +46,7 @@ from torch import nn
 from obcache.hf.cache_arg import cache_of, set_cache
 from obcache.hf.queries import attention_modules, recompute_queries
 from obcache.methods import Method, get_method
+from obcache.policies import adaptive_criticalkv_keep, critical_score, criticalkv_keep, laprox_select
 
 __all__ = ["compress", "Compression", "CacheState", "resolve_budget", "base_model"]
 
@@ -66,8 +77,17 @@ def resolve_budget(budget: Union[int, float], n: int) -> int:
     return int(budget)
 
 
-def _check_args(method, budget, window, sink, pool_kernel, pool, chunk_size, decode_budget):
+def _check_args(method, budget, window, sink, pool_kernel, pool, chunk_size, decode_budget, floor=0.2):
     m = get_method(method)
+    if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not 0.0 <= floor <= 1.0:
+        raise ValueError(f"floor must be a number in [0, 1], got {floor!r}")
+    if m.per_head_lengths and not m.reconstructs:
+        for name, val in (("chunk_size", chunk_size), ("decode_budget", decode_budget)):
+            if val is not None:
+                raise ValueError(
+                    f"{name}={val!r}: method={method!r} leaves heads with different lengths and evicts the prompt "
+                    f"once, after the whole prompt was read; {name} is not supported with it"
+                )
     if isinstance(budget, bool) or not isinstance(budget, (int, float)):
         raise ValueError(f"budget must be a float in (0, 1] or an int >= 1, got {budget!r}")
     if isinstance(budget, float) and not 0.0 < budget <= 1.0:
@@ -132,16 +152,23 @@ def _set_length(layer, n):
 
 
 # --------------------------------------------------------------------------
-# eviction of one layer: the only place that calls the ops
+# eviction of one layer (and LaProx's `_evict_global`): the places that call the ops
 
 
-def evict_layer(k, v, q, budget, *, method: Method, sink, recent, pool_kernel, pool, scale, start=None):
+def _criticalkv_scores(k, v, q, method, scale, wo):
+    """(base, critical) scores [B, H_kv, N] of a `criticalkv` row."""
+    base = _ops().saliency(k, v, q, method.score, group_reduce=method.group_reduce or "sum", scale=scale)
+    return base, critical_score(k, v, q, method.score, base, wo, scale=scale)
+
+
+def evict_layer(k, v, q, budget, *, method: Method, sink, recent, pool_kernel, pool, scale, start=None, wo=None):
     """Compacts k, v [B, H_kv, N, D] in place to `budget` rows per (b, h).
 
     q: [B, H_q, W, D] scoring queries of the last W cached tokens (unused by
     `streaming`). start: optional int64 [B], first real (non-padding) row of
     each batch row; each row is scored on its own tokens only, and a row with
-    at most `budget` real tokens keeps its last `budget` rows.
+    at most `budget` real tokens keeps its last `budget` rows. wo: the
+    layer's o_proj weight (`criticalkv` rows).
     Returns int64 [B, H_kv, budget]: the old row of each kept row, ascending.
     """
     ops = _ops()
@@ -154,8 +181,17 @@ def evict_layer(k, v, q, budget, *, method: Method, sink, recent, pool_kernel, p
         return idx
     opts = dict(score=method.score, sink=sink, recent=recent, pool_kernel=pk, pool=pool, group_reduce="sum",
                 scale=scale)
+
+    def run(kb, vb, qb):
+        if method.selection != "criticalkv":
+            return ops.evict(kb, vb, qb, budget, **opts)
+        idx = criticalkv_keep(*_criticalkv_scores(kb, vb, qb, method, scale, wo), budget, sink=sink, recent=recent,
+                              pool_kernel=pk, pool=pool)
+        ops.compact_(kb, vb, idx)
+        return idx
+
     if start is None or not bool(start.any()):
-        return ops.evict(k, v, q, budget, **opts)
+        return run(k, v, q)
     # Left padding: score each row on its own tokens (the ops' softmax would
     # otherwise count padding keys), on narrowed views of the cache.
     rows = []
@@ -167,11 +203,36 @@ def evict_layer(k, v, q, budget, *, method: Method, sink, recent, pool_kernel, p
             ops.compact_(kb, vb, idx)
         else:
             W = min(q.shape[2], N - s)
-            idx = ops.evict(kb[:, :, s:], vb[:, :, s:], q[b : b + 1, :, q.shape[2] - W :], budget, **opts) + s
+            idx = run(kb[:, :, s:], vb[:, :, s:], q[b : b + 1, :, q.shape[2] - W :]) + s
             if s:
                 ops.compact_(kb, vb, torch.arange(s, s + budget, device=k.device).expand(1, H, budget).contiguous())
         rows.append(idx)
     return torch.cat(rows, 0)
+
+
+def layer_scores(k, v, q, *, method: Method, scale, wo=None):
+    """[B, H_kv, N] float32 scores of one layer (`laprox` needs wo)."""
+    return _ops().saliency(k, v, q, method.score, group_reduce=method.group_reduce or "sum", scale=scale,
+                           wo=wo if method.needs_wo else None)
+
+
+def evict_layer_adaptive(k, v, q, budget, *, method: Method, sink, recent, pool_kernel, pool, scale, floor,
+                         wo=None):
+    """AdaKV: compacts k, v [B, H_kv, N, D] in place keeping budget * H_kv
+    rows per batch row over the layer's heads, each head at least `floor` of
+    the even share (`select_adaptive`; `adaptive_criticalkv_keep` for
+    `criticalkv` rows). Returns (indices int64 [B, H_kv, Lmax], -1 past a
+    head's length; lengths int64 [B, H_kv]); rows >= lengths are padding."""
+    pk = pool_kernel if method.pooled else 0
+    total = budget * k.shape[1]
+    if method.selection == "criticalkv":
+        idx, lengths = adaptive_criticalkv_keep(*_criticalkv_scores(k, v, q, method, scale, wo), total, floor=floor,
+                                                sink=sink, recent=recent, pool_kernel=pk, pool=pool)
+    else:
+        idx, lengths = _ops().select_adaptive(layer_scores(k, v, q, method=method, scale=scale), total, floor=floor,
+                                              sink=sink, recent=recent, pool_kernel=pk, pool=pool)
+    _ops().compact_(k, v, idx, lengths)
+    return idx, lengths
 
 
 # --------------------------------------------------------------------------
@@ -201,9 +262,12 @@ class CacheState:
         self.lengths: List[int] = []
         self.queries: Dict[int, torch.Tensor] = {}  # recent queries per layer (decode eviction)
         # layer -> (lengths int64 [B, H_kv], width): heads of different
-        # lengths (AdaKV); rows [lengths, width) of each head are padding,
-        # masked in every later attention call.
+        # lengths (AdaKV, LaProx); rows [lengths, width) of each head are
+        # padding, masked in every later attention call.
         self.head_tails: Dict[int, tuple] = {}
+        # layer -> float32 [B, H_kv, N] scores of this read, waiting for a
+        # selection over every layer (LaProx).
+        self.scores: Dict[int, torch.Tensor] = {}
         # per forward call
         self.mode, self.target, self.first_column = "read", None, n
         self.valid_full = self.valid
@@ -261,9 +325,9 @@ class Compression:
     """
 
     def __init__(self, model, method, budget, *, window=32, sink=4, pool_kernel=7, pool="max", chunk_size=None,
-                 decode_budget=None, evict_reads=True):
-        self.method = _check_args(method, budget, window, sink, pool_kernel, pool, chunk_size, decode_budget)
-        self.budget, self.window, self.sink = budget, window, sink
+                 decode_budget=None, evict_reads=True, floor=0.2):
+        self.method = _check_args(method, budget, window, sink, pool_kernel, pool, chunk_size, decode_budget, floor)
+        self.budget, self.window, self.sink, self.floor = budget, window, sink, floor
         self.pool_kernel, self.pool = pool_kernel, pool
         self.chunk_size, self.decode_budget, self.evict_reads = chunk_size, decode_budget, evict_reads
         self.model, self.base = model, base_model(model)
@@ -394,6 +458,7 @@ class Compression:
                 kwargs["position_ids"] = (st.columns + torch.arange(T, device=x.device)).unsqueeze(0)
             kwargs["attention_mask"] = None if bool(st.valid_full.all()) else st.valid_full
         st.valid_out = None
+        st.scores.clear()  # LaProx scores of an earlier call that did not finish
         st.mode, st.first_column = mode, st.columns
         if mode == "read":
             st.target = resolve_budget(self.budget, read_total) if self.evict_reads else None
@@ -403,6 +468,8 @@ class Compression:
     def _after(self, module, args, kwargs, output):
         cache = cache_of(kwargs)
         st = state_of(cache) if cache is not None else None
+        if st is not None and st.scores:
+            self._evict_global(cache, st)
         if st is not None:
             x = kwargs.get("inputs_embeds")
             if x is None:
@@ -418,6 +485,31 @@ class Compression:
             else:
                 output = (h, *output[1:])
         return output
+
+    def _evict_global(self, cache, st):
+        """LaProx: one top-K over the scores every layer left in st.scores,
+        then compact every layer (padded to its longest head)."""
+        t0 = _now(st.valid.device)
+        scores = [st.scores.pop(li) for li in range(len(self.attention))]
+        kept = laprox_select(scores, st.target, sink=self.sink, recent=self.recent,
+                             pool_kernel=self.pool_kernel if self.method.pooled else 0,
+                             pool=self.method.pool or self.pool)
+        for li, (idx, lengths) in enumerate(kept):
+            layer = cache.layers[li]
+            k, v, _ = _layer_kv(layer, f"(layer {li} of {type(self.model).__name__})")
+            _ops().compact_(k, v, idx, lengths)
+            self._keep(st, layer, li, st.positions[li], idx, lengths)
+        self.eviction_seconds += _now(st.valid.device) - t0
+
+    @staticmethod
+    def _keep(st, layer, li, positions, idx, lengths):
+        """Bookkeeping after a layer was compacted to heads of `lengths` rows."""
+        width = idx.shape[-1]
+        _set_length(layer, width)
+        st.positions[li] = positions.gather(-1, idx.clamp_min(0)).masked_fill(idx < 0, -1)
+        st.head_tails[li] = (lengths, width)
+        st.valid_out = torch.ones(idx.shape[0], width, dtype=torch.bool, device=idx.device)
+        st.evicted = True
 
     # -- attention hooks -----------------------------------------------------
 
@@ -438,6 +530,10 @@ class Compression:
         eager = getattr(self.model.config, "_attn_implementation", "eager") == "eager"
         mask = head_mask(lengths.to(hs.device), width, n, hs.shape[1], module.num_key_value_groups,
                          additive_dtype=hs.dtype if eager else None)
+        rows = layer.keys.shape[-2]  # a StaticLayer's attention reads all its preallocated rows
+        if rows > mask.shape[-1]:
+            fill = torch.finfo(mask.dtype).min if mask.is_floating_point() else False
+            mask = torch.nn.functional.pad(mask, (0, rows - mask.shape[-1]), value=fill)
         kwargs = dict(kwargs)
         if "attention_mask" not in kwargs and len(args) > 2:
             args = (*args[:2], mask, *args[3:])
@@ -485,14 +581,45 @@ class Compression:
             t0 = _now(k.device)
             q = self._scoring_queries(st, module, hs, pe)
             start = (~valid).sum(1)
+            wo = module.o_proj.weight if self.method.needs_wo else None
+            pool = self.method.pool or self.pool
+            if self.method.per_head_lengths:
+                self._check_per_head(st, li, start)
+                if self.method.selection == "global":  # scored now, selected over every layer in _after
+                    st.scores[li] = layer_scores(k, v, q, method=self.method, scale=module.scaling, wo=wo)
+                    st.positions[li] = positions
+                else:
+                    idx, lengths = evict_layer_adaptive(k, v, q, target, method=self.method, sink=self.sink,
+                                                        recent=self.recent, pool_kernel=self.pool_kernel, pool=pool,
+                                                        scale=module.scaling, floor=self.floor, wo=wo)
+                    self._keep(st, layer, li, positions, idx, lengths)
+                self.eviction_seconds += _now(k.device) - t0
+                return None
             idx = evict_layer(k, v, q, target, method=self.method, sink=self.sink, recent=self.recent,
-                              pool_kernel=self.pool_kernel, pool=self.pool, scale=module.scaling, start=start)
+                              pool_kernel=self.pool_kernel, pool=pool, scale=module.scaling, start=start, wo=wo)
             _set_length(layer, idx.shape[-1])
             st.positions[li] = positions.gather(-1, idx)
             st.valid_out = valid.gather(1, idx[:, 0])
             st.evicted = True
             self.eviction_seconds += _now(k.device) - t0
         return None
+
+    def _check_per_head(self, st, li, start):
+        """The cases heads of different lengths cannot (yet) handle."""
+        from obcache.hf.reconstruct import check_head_masking
+
+        check_head_masking(self.model)
+        name = self.method.name
+        if bool(start.any()):
+            raise NotImplementedError(
+                f"method={name!r} (heads of different lengths) does not support left-padded batches; "
+                "compress each prompt on its own (B=1) or pass rows of equal length"
+            )
+        if li in st.head_tails:
+            raise NotImplementedError(
+                f"method={name!r}: layer {li} already holds heads of different lengths; a cache is evicted with it "
+                "once (the first read); later reads that exceed the budget are not supported"
+            )
 
     def _scoring_queries(self, st, module, hs, pe):
         """[B, H_q, W, D]: the read's last `window` queries (all of them for
@@ -525,6 +652,7 @@ def compress(
     pool: str = "max",
     chunk_size: Optional[int] = None,
     decode_budget: Optional[int] = None,
+    floor: float = 0.2,
 ) -> Compression:
     """Evict the KV cache of `model` while the returned handle is active.
 
@@ -557,6 +685,13 @@ def compress(
             after each, so the cache never exceeds budget + chunk_size.
         decode_budget: during decoding, keep at most this many tokens per KV
             head (scores recomputed each step from the last `window` queries).
+        floor: AdaKV rows (`adakv+...`): every head keeps at least this
+            fraction of the even share `budget` (and its sink and window).
+
+    Heads of different lengths (AdaKV rows, `laprox`): each layer is padded
+    to its longest head and the padded tails are masked in every later
+    attention call (SDPA or eager attention); the prompt is evicted once
+    (no chunk_size, no decode_budget, no left padding).
 
     Caches: DynamicCache (the default) and StaticCache (compacted inside its
     preallocated tensors). Batches may be left-padded: padding is never kept
@@ -564,4 +699,4 @@ def compress(
     on its own tokens. Inference only (eviction runs under no_grad).
     """
     return Compression(model, method, budget, window=window, sink=sink, pool_kernel=pool_kernel, pool=pool,
-                       chunk_size=chunk_size, decode_budget=decode_budget)
+                       chunk_size=chunk_size, decode_budget=decode_budget, floor=floor)

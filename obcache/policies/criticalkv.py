@@ -15,10 +15,22 @@ renormalising its attention by 1 / sigma) obeys
 
 so once sigma >= 0.5 the bound falls as the kept A ||v W_o||_1 grows, which
 stage 2 maximises; stage 1 keeps the attention mass that makes sigma large.
+
+Eviction (`criticalkv_keep`, used by obcache.hf for the `criticalkv` rows):
+the SnapKV pipeline around the two stages. The first `sink` and last
+`recent` tokens are always kept; both scores are pooled along tokens the way
+`select` pools (over [0, N - recent), stride 1, same padding; max ignores
+the padding, avg counts it) before either stage; the two stages then split
+the remaining budget b - sink - recent (stage 1: floor(alpha * that)).
+`adaptive_criticalkv_keep` does the same with one layer-wide budget (AdaKV).
 """
 import torch
+import torch.nn.functional as F
 
-__all__ = ["criticalkv_select", "output_error_bound"]
+__all__ = ["criticalkv_select", "output_error_bound", "critical_score", "criticalkv_keep",
+           "adaptive_criticalkv_keep", "pool_candidates", "padded_indices", "CRITICAL_EPS"]
+
+CRITICAL_EPS = 1e-4
 
 
 def _top(scores, k, exclude=None):
@@ -81,3 +93,108 @@ def output_error_bound(attn, proj_norm1, kept):
     w = attn * proj_norm1
     sigma = (attn * kept).sum(-1)
     return w.sum(-1) - (2 - 1 / sigma) * (w * kept).sum(-1), sigma
+
+
+def critical_score(k, v, q_window, base_score, base, wo, *, scale=None):
+    """Stage 2's score [B, H_kv, N] float32: (base + 1e-4) * mean over the
+    group of ||v_p W_o^g||_1.
+
+    For base_score "attn" this is the `critical` score of
+    torch.ops.obcache.saliency (computed by it); for other base scores (e.g.
+    "key") `base` ([B, H_kv, N], the base score) is weighted by
+    torch.ops.obcache.projected_value_norm. wo: the layer's o_proj weight.
+    """
+    if base_score == "attn":
+        return torch.ops.obcache.saliency(k, v, q_window, "critical", scale=scale, wo=wo)
+    pn = torch.ops.obcache.projected_value_norm(v, wo, 1)  # [B, H_q, N]
+    B, H, N = base.shape
+    return (base + CRITICAL_EPS) * pn.view(B, H, -1, N).mean(2)
+
+
+def pool_candidates(scores, *, sink, recent, pool_kernel, pool):
+    """float64 [B, H, N - sink - recent]: the scores of the candidates
+    [sink, N - recent), pooled as `select` pools them (over [0, N - recent),
+    stride 1, padding pool_kernel // 2; max ignores the padding, avg counts
+    it; NaN becomes -inf)."""
+    N = scores.shape[-1]
+    s = scores[..., : N - recent].to(torch.float64)
+    if pool_kernel > 1:
+        flat = s.reshape(-1, 1, s.shape[-1])
+        fn = F.max_pool1d if pool == "max" else F.avg_pool1d
+        s = fn(flat, pool_kernel, stride=1, padding=pool_kernel // 2).reshape(s.shape)
+    return torch.nan_to_num(s, nan=float("-inf"), posinf=float("inf"), neginf=float("-inf"))[..., sink:]
+
+
+def padded_indices(keep):
+    """keep bool [B, H, N] -> (indices int64 [B, H, Lmax] ascending per
+    head, padded with -1; lengths int64 [B, H]), Lmax the longest head."""
+    N = keep.shape[-1]
+    lengths = keep.sum(-1)
+    pos = torch.arange(N, device=keep.device).expand(keep.shape)
+    idx = torch.where(keep, pos, pos + N).sort(-1).values[..., : int(lengths.max())]
+    return idx.masked_fill(idx >= N, -1), lengths
+
+
+def _check_budget(budget, sink, recent):
+    if budget < sink + recent or budget < 1:
+        raise ValueError(f"budget must be >= sink + recent = {sink + recent} and >= 1, got {budget}")
+
+
+def criticalkv_keep(base, critical, budget, *, sink=0, recent=0, pool_kernel=0, pool="max", alpha=0.5):
+    """CriticalKV eviction per (batch, head): int64 [B, H, min(budget, N)]
+    ascending. Keeps [0, sink) and [N - recent, N); pools both scores
+    (`pool_candidates`); stage 1 keeps the top floor(alpha * c) candidates by
+    the pooled base score, c = budget - sink - recent; stage 2 the other
+    candidates by the pooled critical score (`criticalkv_select`)."""
+    B, H, N = base.shape
+    if budget >= N:
+        return torch.arange(N, device=base.device).expand(B, H, N).contiguous()
+    _check_budget(budget, sink, recent)
+    c = budget - sink - recent
+    parts = [torch.arange(sink, device=base.device).expand(B, H, sink)]
+    if c > 0:
+        pb = pool_candidates(base, sink=sink, recent=recent, pool_kernel=pool_kernel, pool=pool)
+        pc = pool_candidates(critical, sink=sink, recent=recent, pool_kernel=pool_kernel, pool=pool)
+        parts.append(criticalkv_select(pb, pc, c, alpha=alpha) + sink)
+    parts.append(torch.arange(N - recent, N, device=base.device).expand(B, H, recent))
+    return torch.cat(parts, -1).contiguous()
+
+
+def adaptive_criticalkv_keep(base, critical, total_budget, *, floor=0.2, sink=0, recent=0, pool_kernel=0,
+                             pool="max", alpha=0.5):
+    """CriticalKV with one layer-wide budget (AdaKV): (indices int64
+    [B, H, Lmax] ascending, padded with -1; lengths int64 [B, H] summing to
+    min(total_budget, H * N)).
+
+    Every head keeps its sink and recent tokens and a floor of
+    f = max(sink + recent, int(floor * (total_budget // H))) tokens (as in
+    `select_adaptive`), its own best candidates by the pooled base score.
+    The two stages then run over all heads of the layer at once: stage 1
+    tops the base-score picks up to floor(alpha * c) over the layer
+    (c = total_budget - H * (sink + recent); the floor picks count towards
+    it), stage 2 gives the rest of the budget to the best remaining
+    candidates of any head by the pooled critical score. Ties: lower head,
+    then lower index.
+    """
+    B, H, N = base.shape
+    dev = base.device
+    if total_budget >= H * N:
+        return (torch.arange(N, device=dev).expand(B, H, N).contiguous(),
+                torch.full((B, H), N, dtype=torch.int64, device=dev))
+    f = max(sink + recent, int(floor * (total_budget // H)))
+    if f > N or H * f > total_budget:
+        raise ValueError(f"total_budget={total_budget} cannot give each of {H} heads its floor of {f} tokens")
+    pb = pool_candidates(base, sink=sink, recent=recent, pool_kernel=pool_kernel, pool=pool)
+    pc = pool_candidates(critical, sink=sink, recent=recent, pool_kernel=pool_kernel, pool=pool)
+    C = pb.shape[-1]
+    taken = torch.zeros(B, H, C, dtype=torch.bool, device=dev)
+    taken.scatter_(-1, _top(pb, f - sink - recent), True)
+    flat = taken.view(B, H * C)
+    c = total_budget - H * (sink + recent)
+    n1 = max(0, int(alpha * c) - H * (f - sink - recent))
+    flat.scatter_(-1, _top(pb.reshape(B, H * C), n1, exclude=flat.clone()), True)
+    rest = c - H * (f - sink - recent) - n1
+    flat.scatter_(-1, _top(pc.reshape(B, H * C), rest, exclude=flat.clone()), True)
+    keep = torch.cat([torch.ones(B, H, sink, dtype=torch.bool, device=dev), taken,
+                      torch.ones(B, H, recent, dtype=torch.bool, device=dev)], -1)
+    return padded_indices(keep)

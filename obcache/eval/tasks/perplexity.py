@@ -26,8 +26,9 @@ def curve(nll, chunk):
 
 
 def runnable(methods):
-    """The methods chunked prefill can run (not the reconstruction rows: kvzip... compress a whole context once)."""
-    return [m for m in methods if not get_method(m).reconstructs]
+    """The methods chunked prefill can run (not the reconstruction rows: kvzip... compress a whole context once;
+    nor the rows whose heads keep different lengths: adakv+..., laprox evict a prompt once)."""
+    return [m for m in methods if not (get_method(m).reconstructs or get_method(m).per_head_lengths)]
 
 
 def run(model, ids, cfg, methods, progress):
