@@ -7,24 +7,15 @@
 #include <random>
 #include <vector>
 
+#include "cuda_device.h"
 #include "projected_value_cpu.h"
 #include "projected_value_cuda.h"
 #include "saliency_naive.h"  // grid_values, from_float
 
 namespace {
 
-bool have_gpu() {
-  int n = 0;
-  return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
-}
-
-template <typename T>
-T* to_device(const std::vector<T>& h) {
-  T* d = nullptr;
-  if (cudaMalloc(&d, h.size() * sizeof(T) + 1) != cudaSuccess) return nullptr;
-  cudaMemcpy(d, h.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice);
-  return d;
-}
+using cuda_test::have_gpu;
+using cuda_test::to_device;
 
 template <typename E>
 void check(int64_t B, int64_t Hkv, int64_t G, int64_t N, int64_t D, int64_t hidden, obc::DType dt, int norm,

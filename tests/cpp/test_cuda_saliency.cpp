@@ -7,24 +7,15 @@
 #include <random>
 #include <vector>
 
+#include "cuda_device.h"
 #include "saliency_cpu.h"
 #include "saliency_cuda.h"
 #include "saliency_naive.h"
 
 namespace {
 
-bool have_gpu() {
-  int n = 0;
-  return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
-}
-
-template <typename T>
-T* to_device(const std::vector<T>& h) {
-  T* d = nullptr;
-  if (cudaMalloc(&d, h.size() * sizeof(T) + 1) != cudaSuccess) return nullptr;
-  cudaMemcpy(d, h.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice);
-  return d;
-}
+using cuda_test::have_gpu;
+using cuda_test::to_device;
 
 struct Case {
   int64_t B, H, G, W, N, D;
