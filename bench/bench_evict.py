@@ -195,9 +195,7 @@ def main():
         rows.append(row)
 
     print()
-    print("peak (best of %s): GEMM %s %.1f GFLOP/s, FMA loop %s GFLOP/s, memcpy %.1f GB/s (%s)" % (
-        peak.get("repeats"), peak.get("gemm"), peak.get("gemm_best_GFLOPs", 0), cm.fmt(peak.get("fma_GFLOPs"), ".1f"),
-        peak.get("memcpy_best_GBs", 0), peak.get("error", "ok")))
+    cm.print_peak(peak)
     names = args.impls
     hdr = f"{'N':>6} {'dtype':>8} " + " ".join(f"{n + ' ms':>17}" for n in names) + " " + \
         " ".join(f"{'vs ' + n:>16}" for n in names[1:]) + " " + " ".join(f"{n[:10] + ' MiB':>15}" for n in names) + \

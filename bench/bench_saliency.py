@@ -124,9 +124,7 @@ def main():
         rows.append(row)
 
     print()
-    print("peak (best of %s): GEMM %s %.1f GFLOP/s, FMA loop %s GFLOP/s, memcpy %.1f GB/s (%s)" % (
-        peak.get("repeats"), peak.get("gemm"), peak.get("gemm_best_GFLOPs", 0), cm.fmt(peak.get("fma_GFLOPs"), ".1f"),
-        peak.get("memcpy_best_GBs", 0), peak.get("error", "ok")))
+    cm.print_peak(peak)
     print(f"{'N':>6} {'score':>6} {'obcache ms':>11} {'kvpress ms':>11} {'reference ms':>14} {'vs kvpress':>10} "
           f"{'vs ref':>8} {'obc MiB':>8} {'kvp MiB':>8} {'ref MiB':>8} {'GFLOP/s':>8} {'%peakF':>6} {'%roof':>6}")
     for r in rows:

@@ -136,6 +136,13 @@ def machine():
     return info
 
 
+def print_peak(peak):
+    """One line with the machine peaks bench/peak.py measured in this run."""
+    print("peak (best of %s): GEMM %s %.1f GFLOP/s, FMA loop %s GFLOP/s, memcpy %.1f GB/s (%s)" % (
+        peak.get("repeats"), peak.get("gemm"), peak.get("gemm_best_GFLOPs", 0), fmt(peak.get("fma_GFLOPs"), ".1f"),
+        peak.get("memcpy_best_GBs", 0), peak.get("error", "ok")))
+
+
 def fmt(x, spec, none="-"):
     return format(x, spec) if x is not None else none
 
