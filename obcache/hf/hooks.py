@@ -319,7 +319,7 @@ class Compression:
 
     Use as a context manager, or call `remove()`. Attributes: method (a
     `obcache.methods.Method`), budget, window, sink, pool_kernel, pool,
-    chunk_size, decode_budget, and eviction_seconds: wall time spent so far
+    chunk_size, decode_budget, floor, and eviction_seconds: wall time spent so far
     in eviction (recomputing the scoring queries, scoring, selecting,
     compacting), so callers can report its share of prefill time.
     """
