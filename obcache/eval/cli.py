@@ -73,10 +73,11 @@ QUICK = dict(
 # 768-token prompt is the first length that fits sink + window = 36 tokens.
 FULL = dict(
     tasks=list(TASKS),
-    # the list; any other row of obcache.methods.METHODS (h2o+obc-key,
-    # kvzip...) runs with --methods
+    # the list with the sibling methods; any other row of
+    # obcache.methods.METHODS (h2o+obc-key, kvzip...) runs with --methods
     methods=["full", "streaming", "h2o", "tova", "snapkv", "vatp", "snapkv+obc-value", "snapkv+obc-key",
-             "snapkv+obc-joint", "snapkv+loo", "tova+obc-key"],
+             "snapkv+obc-joint", "snapkv+loo", "tova+obc-key", "criticalkv", "criticalkv+obc-key", "laprox",
+             "adakv+snapkv", "adakv+obc-key", "adakv+criticalkv"],
     budgets=[0.05, 0.1, 0.2, 0.5],
     lengths=[768, 1024],
     depths=[0.1, 0.3, 0.5, 0.7, 0.9],
