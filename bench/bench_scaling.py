@@ -44,7 +44,7 @@ def child(b, n, dtype, repeats):
     print(json.dumps(cm.measure_call(call, tuple, repeats)))
 
 
-def repeats_for(tokens, target_tokens=4_000_000):
+def repeats_for(tokens, target_tokens=500_000):
     """More timed calls for small problems (each call is then short), at least 3."""
     return max(3, min(30, target_tokens // tokens))
 
