@@ -281,17 +281,18 @@ def test_decode_eviction_works_for_every_query_source(method):
 # batches with left padding
 
 
+@pytest.mark.parametrize("method", ["snapkv+obc-key", "criticalkv+obc-key"])
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 @pytest.mark.parametrize("arch", ["llama", "qwen3"])
-def test_left_padded_batch_gives_each_prompts_tokens_alone(arch, attn):
+def test_left_padded_batch_gives_each_prompts_tokens_alone(arch, attn, method):
     model, budget = tiny_model(arch, attn), 24
     a, b = prompt(50, seed=3), prompt(36, seed=4)
-    with hf.compress(model, "snapkv+obc-key", budget, **opts()):
+    with hf.compress(model, method, budget, **opts()):
         alone = [greedy(model, a), greedy(model, b)]
     ids = torch.cat([a, torch.cat([torch.full((1, 14), 1), b], 1)])
     am = torch.cat([torch.ones(1, 50, dtype=torch.long), torch.cat([torch.zeros(1, 14), torch.ones(1, 36)], 1).long()])
     cache = DynamicCache(config=model.config)
-    with hf.compress(model, "snapkv+obc-key", budget, **opts()):
+    with hf.compress(model, method, budget, **opts()):
         both = greedy(model, ids, attention_mask=am, past_key_values=cache)
     assert torch.equal(both[0], alone[0][0]) and torch.equal(both[1], alone[1][0])
     pos = hf.state_of(cache).positions[0]

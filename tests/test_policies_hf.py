@@ -246,20 +246,6 @@ def test_decoding_after_per_head_eviction_equals_per_head_attention_over_the_kep
     assert got[0].tolist() == toks
 
 
-def test_criticalkv_scores_each_row_of_a_left_padded_batch_on_its_own_tokens():
-    model, budget = tiny_model("qwen3"), 24
-    a, b = prompt(50, seed=3), prompt(36, seed=4)
-    with hf.compress(model, "criticalkv+obc-key", budget, **opts()):
-        alone = [greedy(model, a), greedy(model, b)]
-    ids = torch.cat([a, torch.cat([torch.full((1, 14), 1), b], 1)])
-    am = torch.cat([torch.ones(1, 50, dtype=torch.long), torch.cat([torch.zeros(1, 14), torch.ones(1, 36)], 1).long()])
-    cache = DynamicCache(config=model.config)
-    with hf.compress(model, "criticalkv+obc-key", budget, **opts()):
-        both = greedy(model, ids, attention_mask=am, past_key_values=cache)
-    assert torch.equal(both[0], alone[0][0]) and torch.equal(both[1], alone[1][0])
-    assert int(hf.state_of(cache).positions[0][1].min()) >= 14  # padding is never kept
-
-
 def test_criticalkv_decode_eviction_keeps_the_cache_within_decode_budget():
     model, ids = tiny_model(), prompt(30)
     cache = DynamicCache(config=model.config)
