@@ -25,7 +25,8 @@ the remaining budget b - sink - recent (stage 1: floor(alpha * that)).
 `adaptive_criticalkv_keep` does the same with one layer-wide budget (AdaKV).
 """
 import torch
-import torch.nn.functional as F
+
+from obcache.reference import pool_scores
 
 __all__ = ["criticalkv_select", "output_error_bound", "critical_score", "criticalkv_keep",
            "adaptive_criticalkv_keep", "pool_candidates", "padded_indices", "CRITICAL_EPS"]
@@ -116,13 +117,7 @@ def pool_candidates(scores, *, sink, recent, pool_kernel, pool):
     [sink, N - recent), pooled as `select` pools them (over [0, N - recent),
     stride 1, padding pool_kernel // 2; max ignores the padding, avg counts
     it; NaN becomes -inf)."""
-    N = scores.shape[-1]
-    s = scores[..., : N - recent].to(torch.float64)
-    if pool_kernel > 1:
-        flat = s.reshape(-1, 1, s.shape[-1])
-        fn = F.max_pool1d if pool == "max" else F.avg_pool1d
-        s = fn(flat, pool_kernel, stride=1, padding=pool_kernel // 2).reshape(s.shape)
-    return torch.nan_to_num(s, nan=float("-inf"), posinf=float("inf"), neginf=float("-inf"))[..., sink:]
+    return pool_scores(scores[..., : scores.shape[-1] - recent], pool_kernel, pool)[..., sink:]
 
 
 def padded_indices(keep):
@@ -135,7 +130,8 @@ def padded_indices(keep):
     return idx.masked_fill(idx >= N, -1), lengths
 
 
-def _check_budget(budget, sink, recent):
+def check_budget(budget, sink, recent):
+    """Every head keeps its sink and recent tokens: budget must hold them."""
     if budget < sink + recent or budget < 1:
         raise ValueError(f"budget must be >= sink + recent = {sink + recent} and >= 1, got {budget}")
 
@@ -149,7 +145,7 @@ def criticalkv_keep(base, critical, budget, *, sink=0, recent=0, pool_kernel=0, 
     B, H, N = base.shape
     if budget >= N:
         return torch.arange(N, device=base.device).expand(B, H, N).contiguous()
-    _check_budget(budget, sink, recent)
+    check_budget(budget, sink, recent)
     c = budget - sink - recent
     parts = [torch.arange(sink, device=base.device).expand(B, H, sink)]
     if c > 0:

@@ -21,6 +21,8 @@ from typing import List, Sequence, Tuple
 
 import torch
 
+from obcache.policies.criticalkv import check_budget
+
 __all__ = ["laprox_normalise", "laprox_select"]
 
 
@@ -59,8 +61,7 @@ def laprox_select(scores: Sequence[torch.Tensor], budget: int, *, sink: int = 0,
                          f"{[tuple(s.shape) for s in scores]}")
     B, H, N = shape
     L = len(scores)
-    if budget < sink + recent or budget < 1:
-        raise ValueError(f"budget must be >= sink + recent = {sink + recent} and >= 1, got {budget}")
+    check_budget(budget, sink, recent)
     stacked = torch.cat([laprox_normalise(s) for s in scores], 1)  # [B, L * H, N]
     idx, lengths = torch.ops.obcache.select_adaptive(stacked, budget * L * H, floor=0.0, sink=sink, recent=recent,
                                                      pool_kernel=pool_kernel, pool=pool)
