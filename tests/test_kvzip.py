@@ -322,6 +322,18 @@ def direct_forward(model, kept, ids, start):
         return model.lm_head(base.norm(x)), new_kept
 
 
+def direct_greedy(model, kept, ids, start, n):
+    """n greedy tokens after reading ids [1, T] at positions start.., each
+    step computed by `direct_forward` (every head over its own kept rows)."""
+    toks = []
+    for _ in range(n):
+        logits, kept = direct_forward(model, kept, ids, start)
+        start += ids.shape[1]
+        toks.append(int(logits[0, -1].argmax()))
+        ids = torch.tensor([[toks[-1]]])
+    return toks
+
+
 def kept_rows(ctx):
     """Per layer ([k_h], [v_h]): each head's kept rows, its padded tail cut."""
     out = []
@@ -349,13 +361,7 @@ def test_adakv_heads_keep_different_lengths_and_questions_mask_each_heads_paddin
     torch.testing.assert_close(ctx.forward(question), want, rtol=1e-4, atol=1e-4)
     # greedy decoding: one token at a time (the SDPA path packs GQA heads for one query)
     got = ctx.generate(question, max_new_tokens=6, min_new_tokens=6, do_sample=False)
-    kept, ids, pos, toks = kept_rows(ctx), question, 64, []
-    for _ in range(6):
-        logits, kept = direct_forward(model, kept, ids, pos)
-        pos += ids.shape[1]
-        toks.append(int(logits[0, -1].argmax()))
-        ids = torch.tensor([[toks[-1]]])
-    assert got[0].tolist() == toks
+    assert got[0].tolist() == direct_greedy(model, kept_rows(ctx), question, 64, 6)
 
 
 def test_adakv_refuses_attention_that_takes_no_per_head_mask():

@@ -14,7 +14,7 @@ from obcache.methods import METHODS  # noqa: E402
 from obcache.policies import (adaptive_criticalkv_keep, criticalkv_keep, criticalkv_select,  # noqa: E402
                               laprox_select)
 from test_hf_integration import greedy, prompt, tiny_model, window_queries  # noqa: E402
-from test_kvzip import direct_forward, kept_rows  # noqa: E402
+from test_kvzip import direct_forward, direct_greedy, kept_rows  # noqa: E402
 
 WINDOW, SINK = 8, 2
 NEW = ["criticalkv", "criticalkv+obc-key", "adakv+snapkv", "adakv+obc-key", "adakv+criticalkv", "laprox"]
@@ -237,13 +237,7 @@ def test_decoding_after_per_head_eviction_equals_per_head_attention_over_the_kep
     want, _ = direct_forward(model, kept_rows(ctx), question, N)
     torch.testing.assert_close(ctx.forward(question), want, rtol=1e-4, atol=1e-4)
     got = ctx.generate(question, max_new_tokens=5, min_new_tokens=5, do_sample=False)
-    kept, ids, pos, toks = kept_rows(ctx), question, N, []
-    for _ in range(5):
-        logits, kept = direct_forward(model, kept, ids, pos)
-        pos += ids.shape[1]
-        toks.append(int(logits[0, -1].argmax()))
-        ids = torch.tensor([[toks[-1]]])
-    assert got[0].tolist() == toks
+    assert got[0].tolist() == direct_greedy(model, kept_rows(ctx), question, N, 5)
 
 
 def test_criticalkv_decode_eviction_keeps_the_cache_within_decode_budget():
