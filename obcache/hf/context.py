@@ -140,6 +140,7 @@ def compress_context(
     reconstruction_chunk: Optional[int] = None,
     query_reduce: Optional[str] = None,
     floor: float = 0.2,
+    prefix_cache=None,
 ) -> CompressedContext:
     """Prefill `context_ids` and evict its cache once (query-agnostic: the
     context's own last `window` tokens are the scoring queries).
@@ -164,6 +165,15 @@ def compress_context(
             override the method's reduction over the reconstruction queries.
         floor: AdaKV rows (`adakv+...`): the per-head floor (fraction of the
             even share `budget`).
+        prefix_cache: a cache holding a plain prefill (no obcache hooks) of
+            the first P tokens of `context_ids`, P <= N - window; it is
+            extended with the rest and compressed in place (pass a copy to
+            keep it). Eviction happens after the last read, so the result is
+            that of compressing the whole context whenever the scoring
+            queries lie in the rest: every row except those scoring with all
+            prompt queries (`h2o...`) and reconstruction rows, which raise.
+            Lets one prefill serve several methods or budgets (what `obcache
+            eval` does), or a shared prompt prefix serve many contexts.
 
     Returns:
         A `CompressedContext` holding the compressed cache (tensors compacted
@@ -177,13 +187,15 @@ def compress_context(
     if am.shape != context_ids.shape:
         raise ValueError(f"attention_mask must have the shape of context_ids {tuple(context_ids.shape)}, "
                          f"got {tuple(am.shape)}")
+    first = 0 if prefix_cache is None else _check_prefix(prefix_cache, context_ids, am, get_method(method), window)
     if get_method(method).reconstructs:
         return _compress_by_reconstruction(model, context_ids, am, options, repeat_ids=repeat_ids,
                                            tokenizer=tokenizer, chunk=reconstruction_chunk,
                                            query_reduce=query_reduce, floor=floor)
+    extra = {} if prefix_cache is None else {cache_kw(model): prefix_cache}
     with torch.no_grad(), Compression(model, floor=floor, **options) as handle:
-        out = model(input_ids=context_ids, attention_mask=am, position_ids=_positions(am), use_cache=True,
-                    logits_to_keep=1)
+        out = model(input_ids=context_ids[:, first:], attention_mask=am, position_ids=_positions(am)[:, first:],
+                    use_cache=True, logits_to_keep=1, **extra)
     cache = output_cache(out)
     # In-place compaction leaves the kept rows at the front of prompt-sized
     # storage; keep only them.
@@ -195,6 +207,28 @@ def compress_context(
     lengths = [st.head_tails[li][0] for li in range(len(cache.layers))] if st.head_tails else None
     return CompressedContext(model, cache, am, out.logits[:, -1], options, eviction_seconds=handle.eviction_seconds,
                              lengths=lengths)
+
+
+def _check_prefix(cache, context_ids, am, method, window) -> int:
+    """Tokens of the context `cache` already holds, after checking that
+    reading the rest through the hooks compresses as the whole context would."""
+    if method.reconstructs or method.queries == "prompt":
+        what = "re-reads the context (KVzip)" if method.reconstructs else "scores with every prompt query"
+        raise ValueError(f"prefix_cache: method={method.name!r} {what}, so it needs the whole context read "
+                         "through the hooks; pass prefix_cache=None")
+    if state_of(cache) is not None:
+        raise ValueError("prefix_cache: this cache was already read under obcache hooks; pass a plain prefill "
+                         "(model(prefix_ids, use_cache=True) without compress)")
+    first, (B, N) = int(cache.get_seq_length()), context_ids.shape
+    if not 0 < first <= N - window:
+        raise ValueError(f"prefix_cache holds {first} tokens; it must hold 1..N - window = {N - window} tokens of "
+                         f"the {N}-token context so that the scoring window is read through the hooks")
+    rows = cache.layers[0].keys.shape[0]
+    if rows != B:
+        raise ValueError(f"prefix_cache has batch {rows}, context_ids has batch {B}")
+    if not bool(am.all()):
+        raise NotImplementedError("prefix_cache with a left-padded batch is not supported; pass rows without padding")
+    return first
 
 
 def _compress_by_reconstruction(model, context_ids, am, options, *, repeat_ids, tokenizer, chunk, query_reduce,
