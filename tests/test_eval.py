@@ -39,7 +39,7 @@ def tiny_run(tiny_dir, tmp_path_factory):
     return results, out, argv
 
 
-TIMINGS = ("seconds", "compress_s", "select_ms", "load_s", "out", "evict_s", "evict_s_per_trial", "reconstruction_s",
+TIMINGS = ("seconds", "prefix_s", "compress_s", "select_ms", "load_s", "out", "evict_s", "evict_s_per_trial", "reconstruction_s",
            "prefill+evict s", "evict ms", "score+select ms")
 
 
@@ -172,6 +172,31 @@ def test_results_json_follows_the_schema(tiny_run):
     for rec in pert["records"]:
         assert len(rec["error"]) == 2 and len(rec["error"][0]) == 2  # [layers][KV heads]
     assert [w["base"] for w in pert["win_shares"]] == ["snapkv"]
+
+
+def test_finished_cells_are_written_as_they_finish(tiny_run):
+    results, out, _ = tiny_run
+    for task in ("passkey", "fidelity", "perplexity"):
+        with open(os.path.join(out, "partial", f"{task}.jsonl")) as f:
+            lines = [json.loads(line) for line in f]
+        assert _numbers(lines) == _numbers(json.loads(json.dumps(results["tasks"][task])))
+
+
+@pytest.mark.parametrize("method", ["full", "snapkv+obc-key", "tova", "adakv+obc-key", "laprox", "h2o"])
+def test_a_shared_prefix_prefill_answers_as_a_whole_prompt_read(method):
+    from test_hf_integration import prompt, tiny_model as peaked_model  # attention far from uniform
+
+    model, ids, cfg = peaked_model(), prompt(160), _cfg()
+    prefix, prefix_s = backend.Prefixes(model, cfg.window).for_cell("p", ids, method)
+    assert (prefix is None) == (method == "h2o")  # h2o scores with every prompt query: no sharing
+    gen = dict(max_new_tokens=8, min_new_tokens=8, pad_token_id=1)
+    shared, _, _ = backend.answer_query_aware(model, ids, method, 0.25, cfg, prefix=prefix, **gen)
+    whole, _, _ = backend.answer_query_aware(model, ids, method, 0.25, cfg, **gen)
+    assert torch.equal(shared, whole)
+    if prefix is not None:
+        from obcache.hf.hooks import state_of
+
+        assert state_of(prefix) is not None and prefix_s > 0  # generate read on into the copy
 
 
 def test_a_rerun_gives_the_same_numbers(tiny_run, tmp_path):

@@ -7,12 +7,22 @@ through the integration, so the numbers are the integration's.
 Each call returns the wall time of the whole call and the integration's own
 `eviction_seconds` (recomputing the scoring queries, scoring, selecting,
 compacting), the cost of the method itself.
+
+Eviction happens after a read's last attention call, so every window-scored
+method sees the same prefill; `Prefixes` prefills each prompt's first
+N - window tokens once, and each (method, budget) cell reads the rest on a
+copy (`obcache.hf.compress_context(prefix_cache=...)`). The cells' numbers
+are those of a whole read up to float32 rounding (tests/test_prefix_cache.py);
+the prefill time is reported apart (`prefix_s`).
 """
+import copy
 import time
 
 import torch
 
 import obcache.hf as hf
+from obcache.hf.cache_arg import cache_kw
+from obcache.methods import get_method
 
 
 def method_table():
@@ -25,21 +35,55 @@ def _kwargs(cfg):
     return dict(window=cfg.window, sink=cfg.sink, pool_kernel=cfg.pool_kernel, pool=cfg.pool)
 
 
-def answer_query_aware(model, ids, method, budget, cfg, **gen):
+class Prefixes:
+    """Plain prefills of prompts' first N - window tokens, made once per
+    prompt and handed to the cells of methods that can share them."""
+
+    def __init__(self, model, window):
+        self.model, self.window = model, window
+        self._caches = {}
+        self.seconds = 0.0  # wall time of every prefix prefill made so far
+
+    def for_cell(self, key, ids, method):
+        """(a copy of the prefix cache of prompt ids [1, N] stored under
+        `key`, or None when `method` must read the whole prompt itself; seconds
+        of prefill that cache stands for)."""
+        m = get_method(method)
+        if m.reconstructs or m.queries == "prompt" or ids.shape[1] <= self.window:
+            return None, 0.0
+        if key not in self._caches:
+            from transformers import DynamicCache
+
+            t0 = time.perf_counter()
+            cache = DynamicCache(config=self.model.config)
+            with torch.no_grad():
+                self.model(input_ids=ids[:, : ids.shape[1] - self.window], use_cache=True,
+                           **{cache_kw(self.model): cache})
+            self._caches[key] = (cache, time.perf_counter() - t0)
+            self.seconds += self._caches[key][1]
+        cache, seconds = self._caches[key]
+        return copy.deepcopy(cache), seconds
+
+
+def answer_query_aware(model, ids, method, budget, cfg, prefix=None, **gen):
     """Greedy answer to a prompt ids [1, N] whose own last tokens (the
-    question) are the scoring window: (new token ids [1, new], seconds, eviction seconds)."""
+    question) are the scoring window: (new token ids [1, new], seconds, eviction seconds).
+    prefix: a plain prefill of the prompt's first tokens (`Prefixes`), consumed."""
     t0 = time.perf_counter()
+    extra = {} if prefix is None else {cache_kw(model): prefix}
     with hf.compress(model, method=method, budget=budget, **_kwargs(cfg)) as c:
-        new = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, **gen)[:, ids.shape[1]:]
+        new = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, **extra,
+                             **gen)[:, ids.shape[1]:]
     return new, time.perf_counter() - t0, c.eviction_seconds
 
 
-def compress_context(model, context_ids, method, budget, cfg):
+def compress_context(model, context_ids, method, budget, cfg, prefix=None):
     """Query-agnostic: (ctx, seconds). ctx.generate(question_ids, max_new_tokens=...)
     returns the new tokens [1, new]; ctx.forward(ids) the logits after the
-    context; ctx.eviction_seconds the method's own cost."""
+    context; ctx.eviction_seconds the method's own cost. prefix: as in
+    `answer_query_aware`."""
     t0 = time.perf_counter()
-    ctx = hf.compress_context(model, context_ids, method=method, budget=budget, **_kwargs(cfg))
+    ctx = hf.compress_context(model, context_ids, method=method, budget=budget, prefix_cache=prefix, **_kwargs(cfg))
     return ctx, time.perf_counter() - t0
 
 

@@ -267,6 +267,7 @@ def _run_task(task, model, tok, text, cfg):
     from tqdm.auto import tqdm
 
     from obcache.eval import policies
+    from obcache.eval.report import partial_writer
     from obcache.eval.capture import capture_qkv
     from obcache.eval.tasks import fidelity, passkey, perplexity, perturbation
     from obcache.eval.text import text_tokens
@@ -277,15 +278,15 @@ def _run_task(task, model, tok, text, cfg):
     methods, budgets = cfg.methods, cfg.budgets
     if task == "passkey":
         with bar(passkey.count(cfg, methods, budgets)) as p:
-            return passkey.run(model, tok, cfg, methods, budgets, p)
+            return passkey.run(model, tok, cfg, methods, budgets, p, partial_writer(cfg.out, task))
     if task == "fidelity":
         ids = torch.tensor([text_tokens(tok, text, cfg.fidelity_context + cfg.fidelity_next)])
         with bar(fidelity.count(methods, budgets)) as p:
-            return fidelity.run(model, ids, cfg, methods, budgets, p)
+            return fidelity.run(model, ids, cfg, methods, budgets, p, partial_writer(cfg.out, task))
     if task == "perplexity":
         ids = torch.tensor([text_tokens(tok, text, cfg.ppl_tokens)])
         with bar(len(perplexity.runnable(methods))) as p:
-            return perplexity.run(model, ids, cfg, methods, p)
+            return perplexity.run(model, ids, cfg, methods, p, partial_writer(cfg.out, task))
     ids = torch.tensor([text_tokens(tok, text, cfg.perturb_context + cfg.perturb_future)])
     layers = capture_qkv(model, ids)
     with bar(perturbation.count(methods, budgets)) as p:

@@ -18,23 +18,30 @@ def kl_and_top1(full_logits, logits):
     return kl.mean().item(), top1.mean().item(), kl.tolist()
 
 
-def run(model, ids, cfg, methods, budgets, progress):
-    """ids [1, N + F]: context then the tokens to feed. Records per (method, budget)."""
+def run(model, ids, cfg, methods, budgets, progress, emit=lambda record: None):
+    """ids [1, N + F]: context then the tokens to feed. Records per (method,
+    budget), each passed to emit(record) as it finishes. The context's first
+    N - window tokens are prefilled once for the cells that can share them
+    (`compress_s` is a cell's own time after that prefill, `prefix_s` the
+    prefill's)."""
     n = ids.shape[1] - cfg.fidelity_next
     context, nxt = ids[:, :n], ids[:, n:]
     with torch.no_grad():
         full = model(ids, logits_to_keep=cfg.fidelity_next).logits[0]
+    prefixes = backend.Prefixes(model, cfg.window)
     records = []
     for method in methods:
         for budget in ([1.0] if method == "full" else budgets):
-            ctx, seconds = backend.compress_context(model, context, method, budget, cfg)
+            prefix, prefix_s = prefixes.for_cell("context", context, method)
+            ctx, seconds = backend.compress_context(model, context, method, budget, cfg, prefix=prefix)
             kl, top1, per_pos = kl_and_top1(full, ctx.forward(nxt)[0])
             kv_bytes, kv_tokens = backend.cache_stats(ctx.cache)
             records.append({
                 "method": method, "budget": budget, "kl": kl, "top1": top1, "kl_per_position": per_pos,
-                "compress_s": seconds, "evict_s": ctx.eviction_seconds,
+                "compress_s": seconds, "prefix_s": prefix_s, "evict_s": ctx.eviction_seconds,
                 "reconstruction_s": ctx.reconstruction_seconds, "kv_bytes": kv_bytes, "kv_tokens": kv_tokens,
             })
+            emit(records[-1])
             progress.update(1)
     return records
 

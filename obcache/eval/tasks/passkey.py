@@ -10,6 +10,7 @@ A trial passes when the first number of the answer is the key.
 """
 import random
 import re
+import time
 
 import torch
 
@@ -61,25 +62,34 @@ def _passed(tokenizer, new_ids, key):
     return number is not None and number.group() == key
 
 
-def run(model, tokenizer, cfg, methods, budgets, progress):
+def run(model, tokenizer, cfg, methods, budgets, progress, emit=lambda record: None):
     """Accuracy per (method, budget, mode); returns a list of records with
-    per-trial outcomes (length, depth, passed) so any breakdown can be redone."""
+    per-trial outcomes (length, depth, passed) so any breakdown can be redone.
+    Each prompt is prefilled once for all cells that can share it
+    (`backend.Prefixes`); `seconds` is a cell's own time after that prefill,
+    `prefix_s` the prefill time its trials stood on. emit(record) is called
+    as each cell finishes."""
     trials = make_trials(tokenizer, cfg.lengths, cfg.depths, cfg.trials, cfg.seed)
     gen = dict(max_new_tokens=cfg.max_new_tokens, pad_token_id=tokenizer.pad_token_id)
+    prefixes = backend.Prefixes(model, cfg.window)
     records = []
     for method, budget, mode in _grid(methods, budgets, cfg.modes):
-        outcomes, seconds, evict_s, kv_bytes = [], 0.0, 0.0, []
-        for t in trials:
+        outcomes, seconds, evict_s, prefix_s, kv_bytes = [], 0.0, 0.0, 0.0, []
+        for i, t in enumerate(trials):
             ctx_ids, q_ids = torch.tensor([t["context"]]), torch.tensor([t["question"]])
             if mode == "query-aware":
-                new, s, e = backend.answer_query_aware(model, torch.cat([ctx_ids, q_ids], 1), method, budget, cfg,
-                                                       **gen)
+                ids = torch.cat([ctx_ids, q_ids], 1)
+                prefix, p = prefixes.for_cell((mode, i), ids, method)
+                new, s, e = backend.answer_query_aware(model, ids, method, budget, cfg, prefix=prefix, **gen)
             else:
-                ctx, s = backend.compress_context(model, ctx_ids, method, budget, cfg)
+                prefix, p = prefixes.for_cell((mode, i), ctx_ids, method)
+                ctx, s = backend.compress_context(model, ctx_ids, method, budget, cfg, prefix=prefix)
                 e = ctx.eviction_seconds + ctx.reconstruction_seconds
                 kv_bytes.append(backend.cache_stats(ctx.cache)[0])
+                t0 = time.perf_counter()
                 new = ctx.generate(q_ids, **gen)
-            seconds, evict_s = seconds + s, evict_s + e
+                s += time.perf_counter() - t0
+            seconds, evict_s, prefix_s = seconds + s, evict_s + e, prefix_s + p
             passed = _passed(tokenizer, new[0], t["key"])
             outcomes.append({"length": t["length"], "depth": t["depth"], "passed": passed})
             progress.update(1)
@@ -87,9 +97,11 @@ def run(model, tokenizer, cfg, methods, budgets, progress):
         lo, hi = wilson(k, n)
         records.append({
             "method": method, "budget": budget, "mode": mode, "correct": k, "trials": n,
-            "accuracy": k / n, "ci95": [lo, hi], "seconds": seconds, "evict_s_per_trial": evict_s / n,
+            "accuracy": k / n, "ci95": [lo, hi], "seconds": seconds, "prefix_s": prefix_s,
+            "evict_s_per_trial": evict_s / n,
             "kv_bytes_mean": sum(kv_bytes) / len(kv_bytes) if kv_bytes else None, "outcomes": outcomes,
         })
+        emit(records[-1])
     return records
 
 

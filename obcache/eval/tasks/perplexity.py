@@ -31,8 +31,9 @@ def runnable(methods):
     return [m for m in methods if not (get_method(m).reconstructs or get_method(m).per_head_lengths)]
 
 
-def run(model, ids, cfg, methods, progress):
-    """ids [1, T]. Records {method, budget_tokens, ppl, curve} per method."""
+def run(model, ids, cfg, methods, progress, emit=lambda record: None):
+    """ids [1, T]. Records {method, budget_tokens, ppl, curve} per method,
+    each passed to emit(record) as it finishes."""
     targets = ids[0, 1:]
     records = []
     for method in runnable(methods):
@@ -45,5 +46,6 @@ def run(model, ids, cfg, methods, progress):
             "chunk": cfg.ppl_chunk, "ppl": perplexity(sum(nll), len(nll)),
             "curve": curve(nll, cfg.ppl_chunk), "seconds": seconds, "evict_s": evict_s,
         })
+        emit(records[-1])
         progress.update(1)
     return records
