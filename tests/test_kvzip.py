@@ -119,9 +119,10 @@ def assert_scores_close(got, want, what):
 
 
 def test_the_table_has_kvzip_and_its_obc_variants_with_and_without_adakv():
-    want = {"kvzip", "kvzip+obc-key", "kvzip+obc-joint", "kvzip+loo"}
+    want = {"kvzip", "kvzip+obc-key", "kvzip+obc-joint", "kvzip+loo", "kvzip+obc-key-max"}
     assert want | {"adakv+" + m for m in want} == set(KVZIP)
-    assert METHODS["kvzip"].query_reduce == "max" and not METHODS["kvzip"].pooled
+    for m in ("kvzip", "kvzip+obc-key-max"):
+        assert (METHODS[m].query_reduce, METHODS[m].group_reduce, METHODS[m].pooled) == ("max", "max", False)
     for m in ("kvzip+obc-key", "kvzip+obc-joint", "kvzip+loo"):
         assert METHODS[m].query_reduce == "sum" and METHODS[m].pooled and not METHODS[m].adaptive
         assert METHODS["adakv+" + m].adaptive
@@ -247,6 +248,33 @@ def test_compress_context_keeps_what_select_picks_from_the_direct_scores(method,
         gather = want.unsqueeze(-1).expand(-1, -1, -1, 16)
         torch.testing.assert_close(layer.keys, full_k[li].gather(2, gather))
         torch.testing.assert_close(layer.values, full_v[li].gather(2, gather))
+
+
+@pytest.mark.parametrize("budget", [12, 0.5])
+def test_one_scored_read_compresses_every_method_as_compress_context_does(budget):
+    """score_by_reconstruction once with every spec, then ScoredContext.compress
+    per method: the kept rows and the answers of compress_context, and the
+    read's cache is left as it was."""
+    model, context = tiny_model(), prompt(48)
+    specs = {hf.context.spec_of(METHODS[m]) for m in KVZIP}
+    read = hf.context.score_by_reconstruction(model, context, specs, repeat_ids=REPEAT)
+    keys = [layer.keys.clone() for layer in read.cache.layers]
+    question, gen = prompt(4, seed=8), dict(max_new_tokens=5, min_new_tokens=5, do_sample=False, pad_token_id=1)
+    for method in KVZIP:
+        shared = read.compress(method, budget, window=WINDOW, sink=SINK)
+        alone = hf.compress_context(model, context, method, budget, **opts())
+        a, b = hf.state_of(shared.cache), hf.state_of(alone.cache)
+        for li in range(len(alone.cache.layers)):
+            assert torch.equal(a.positions[li], b.positions[li]), f"{method} layer {li}"
+        assert torch.equal(shared.generate(question, **gen), alone.generate(question, **gen)), method
+        assert shared.reconstruction_seconds == read.seconds > 0
+    assert all(torch.equal(k, layer.keys) for k, layer in zip(keys, read.cache.layers))
+    with pytest.raises(ValueError, match="snapkv.*does not score by reconstruction"):
+        read.compress("snapkv", budget)
+    one = hf.context.score_by_reconstruction(model, context, [hf.context.spec_of(METHODS["kvzip"])],
+                                            repeat_ids=REPEAT)
+    with pytest.raises(ValueError, match="kvzip\\+obc-key.*needs the reconstruction score"):
+        one.compress("kvzip+obc-key", budget, window=WINDOW, sink=SINK)
 
 
 def test_reconstruction_time_is_reported_next_to_eviction_time():

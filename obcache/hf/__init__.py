@@ -12,9 +12,9 @@ answer = ctx.generate(question_ids, max_new_tokens=16)
 `methods()` lists the method names; `obcache.methods.METHODS` is the table.
 """
 from obcache.hf.hooks import CacheState, Compression, compress, state_of
-from obcache.hf.context import CompressedContext, compress_context
+from obcache.hf.context import CompressedContext, ScoredContext, compress_context, score_by_reconstruction
 from obcache.hf.models import load_model
 from obcache.methods import methods
 
-__all__ = ["compress", "compress_context", "methods", "load_model", "Compression", "CompressedContext",
-           "CacheState", "state_of"]
+__all__ = ["compress", "compress_context", "score_by_reconstruction", "methods", "load_model", "Compression",
+           "CompressedContext", "ScoredContext", "CacheState", "state_of"]

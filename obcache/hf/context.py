@@ -18,9 +18,9 @@ from torch import nn
 
 from obcache.hf import reconstruct
 from obcache.hf.cache_arg import cache_kw, output_cache
-from obcache.hf.hooks import Compression, _check_args, get_method, resolve_budget, state_of
+from obcache.hf.hooks import STATE_ATTR, Compression, _check_args, get_method, resolve_budget, state_of
 
-__all__ = ["CompressedContext", "compress_context"]
+__all__ = ["CompressedContext", "ScoredContext", "compress_context", "score_by_reconstruction"]
 
 
 def _positions(mask: torch.Tensor) -> torch.Tensor:
@@ -233,52 +233,124 @@ def _check_prefix(cache, context_ids, am, method, window) -> int:
 
 def _compress_by_reconstruction(model, context_ids, am, options, *, repeat_ids, tokenizer, chunk, query_reduce,
                                 floor):
-    """compress_context for reconstruction methods: prefill into a
-    StaticCache with room for one reconstruction chunk, score the context
-    with the reconstruction pass, select and compact each layer's first Lc
-    rows in place, and copy the kept rows into a DynamicCache."""
-    from transformers import DynamicCache, StaticCache
-
+    """compress_context for reconstruction methods: score the context with
+    the reconstruction pass (`score_by_reconstruction`), then select and
+    compact its cache in place (no copy: one context, one method)."""
     m = _check_args(**options)  # the checks and messages of compress()
     if query_reduce not in (None, "sum", "max"):
         raise ValueError(f"query_reduce must be None, 'sum' or 'max', got {query_reduce!r}")
     if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not 0.0 <= floor <= 1.0:
         raise ValueError(f"floor must be a number in [0, 1], got {floor!r}")
-    if not bool(am.all()):
-        raise NotImplementedError(
-            f"method={m.name!r}: reconstruction of left-padded batches is not supported; compress each context "
-            "on its own (B=1) or pass rows of equal length"
-        )
+    _check_unpadded(f"method={m.name!r}", am)
     if m.adaptive:
         reconstruct.check_head_masking(model)
-    B, Lc = context_ids.shape
+    if not _evicts(m, options, context_ids.shape[1]):
+        from transformers import DynamicCache
+
+        # nothing to evict: a plain prefill (the hooks attach the state, as in compress)
+        cache = DynamicCache(config=model.config)
+        with torch.no_grad(), Compression(model, evict_reads=False, **options):
+            out = model(input_ids=context_ids, attention_mask=am, position_ids=_positions(am),
+                        **{cache_kw(model): cache}, use_cache=True, logits_to_keep=1)
+        return CompressedContext(model, cache, am, out.logits[:, -1], options)
+    spec = spec_of(m, query_reduce)
+    read = score_by_reconstruction(model, context_ids, [spec], attention_mask=am, repeat_ids=repeat_ids,
+                                   tokenizer=tokenizer, chunk=chunk)
+    return compress_scored(model, read.cache, read.scores[spec], am, read.last_logits, options, floor=floor,
+                           reconstruction_seconds=read.seconds)
+
+
+def _evicts(method, options, Lc) -> bool:
+    """Whether the budget drops tokens of an Lc-token context; ValueError when it is below sink + window."""
     budget = resolve_budget(options["budget"], Lc)
-    recent = options["window"] if m.keep_recent else 0
-    evicting = budget < Lc
-    if evicting and budget < options["sink"] + recent:
+    recent = options["window"] if method.keep_recent else 0
+    if budget < Lc and budget < options["sink"] + recent:
         raise ValueError(f"budget={options['budget']!r} gives {budget} tokens per KV head, fewer than sink + window = "
                          f"{options['sink']} + {recent}; lower sink or window, or raise the budget")
-    if evicting:
-        repeat_ids = reconstruct.repeat_prompt_ids(model, tokenizer) if repeat_ids is None else repeat_ids
-        step = Lc if chunk is None else min(int(chunk), Lc)
-        cache = StaticCache(config=model.config, max_cache_len=Lc + repeat_ids.shape[1] + step)
-        static = all(type(layer).__name__ == "StaticLayer" for layer in cache.layers)
-        if not static:  # sliding-window layers: grow and shrink a DynamicCache instead
-            cache = DynamicCache(config=model.config)
-    else:
-        cache = DynamicCache(config=model.config)
+    return budget < Lc
+
+
+def spec_of(method, query_reduce=None):
+    """The reconstruction score a method row uses (`query_reduce` overrides its reduction over the queries)."""
+    return reconstruct.ScoreSpec(method.score, query_reduce or method.query_reduce or "sum",
+                                 method.group_reduce or "sum")
+
+
+def _check_unpadded(who, am):
+    if not bool(am.all()):
+        raise NotImplementedError(
+            f"{who}: reconstruction of left-padded batches is not supported; compress each context "
+            "on its own (B=1) or pass rows of equal length"
+        )
+
+
+class ScoredContext:
+    """A context read once and scored by the reconstruction pass with one or
+    more score specs; `compress` evicts a copy with any method row whose
+    score is among them, so several methods and budgets share one read.
+
+    Attributes: cache (StaticCache, or DynamicCache for sliding-window
+    models, holding the context rows first), attention_mask, last_logits
+    [B, V], scores (ScoreSpec -> per layer float32 [B, H_kv, Lc]), seconds
+    (wall time of the reconstruction pass), prefill_seconds.
+    """
+
+    def __init__(self, model, cache, attention_mask, last_logits, scores, seconds, prefill_seconds):
+        self.model, self.cache, self.attention_mask = model, cache, attention_mask
+        self.last_logits, self.scores = last_logits, scores
+        self.seconds, self.prefill_seconds = seconds, prefill_seconds
+
+    def compress(self, method, budget, *, window=32, sink=4, pool_kernel=7, pool="max", floor=0.2,
+                 query_reduce=None) -> CompressedContext:
+        """compress_context's result for this method and budget, on a copy of the context cache."""
+        from transformers import DynamicCache
+
+        options = dict(method=method, budget=budget, window=window, sink=sink, pool_kernel=pool_kernel, pool=pool,
+                       chunk_size=None, decode_budget=None)
+        m = _check_args(**options)
+        if not m.reconstructs:
+            raise ValueError(f"method={method!r} does not score by reconstruction; use compress_context")
+        if m.adaptive:
+            reconstruct.check_head_masking(self.model)
+        _evicts(m, options, self.attention_mask.shape[1])
+        spec = spec_of(m, query_reduce)
+        if spec not in self.scores:
+            raise ValueError(f"method={method!r} needs the reconstruction score {spec}; this context was scored "
+                             f"with {sorted(map(str, self.scores))}")
+        Lc = self.attention_mask.shape[1]
+        copy_ = DynamicCache(config=self.model.config)
+        for li, layer in enumerate(self.cache.layers):
+            copy_.update(layer.keys[:, :, :Lc].clone(), layer.values[:, :, :Lc].clone(), li)
+        setattr(copy_, STATE_ATTR, copy.deepcopy(state_of(self.cache)))
+        return compress_scored(self.model, copy_, self.scores[spec], self.attention_mask, self.last_logits, options,
+                               floor=floor, reconstruction_seconds=self.seconds)
+
+
+def score_by_reconstruction(model, context_ids, specs, *, attention_mask=None, repeat_ids=None, tokenizer=None,
+                            chunk=None) -> ScoredContext:
+    """Prefill `context_ids` [B, N] (no padding) into a cache with room for
+    one reconstruction chunk and score it with every spec in `specs`
+    (`reconstruct.score_context`; repeat_ids, tokenizer, chunk as in
+    `compress_context`)."""
+    from transformers import DynamicCache, StaticCache
+
+    am = torch.ones_like(context_ids) if attention_mask is None else attention_mask
+    _check_unpadded("score_by_reconstruction", am)
+    repeat_ids = reconstruct.repeat_prompt_ids(model, tokenizer) if repeat_ids is None else repeat_ids
+    Lc = context_ids.shape[1]
+    step = Lc if chunk is None else min(int(chunk), Lc)
+    cache = StaticCache(config=model.config, max_cache_len=Lc + repeat_ids.shape[1] + step)
+    if not all(type(layer).__name__ == "StaticLayer" for layer in cache.layers):
+        cache = DynamicCache(config=model.config)  # sliding-window layers: grow and shrink a DynamicCache instead
+    stop = reconstruct.timed(context_ids.device)
     # The prefill keeps everything; the hooks attach the state (positions) as in compress.
-    with torch.no_grad(), Compression(model, evict_reads=False, **options):
+    with torch.no_grad(), Compression(model, "full", 1.0, evict_reads=False):
         out = model(input_ids=context_ids, attention_mask=am, position_ids=_positions(am), **{cache_kw(model): cache},
                     use_cache=True, logits_to_keep=1)
-    if not evicting:
-        return CompressedContext(model, cache, am, out.logits[:, -1], options)
-    spec = reconstruct.ScoreSpec(m.score, query_reduce or m.query_reduce or "sum", m.group_reduce or "sum")
+    prefill_s = stop()
     stop = reconstruct.timed(context_ids.device)
-    scores = reconstruct.score_context(model, cache, context_ids, repeat_ids, [spec], chunk_size=chunk)[spec]
-    rec_s = stop()
-    return compress_scored(model, cache, scores, am, out.logits[:, -1], options, floor=floor,
-                           reconstruction_seconds=rec_s)
+    scores = reconstruct.score_context(model, cache, context_ids, repeat_ids, list(specs), chunk_size=chunk)
+    return ScoredContext(model, cache, am, out.logits[:, -1], scores, stop(), prefill_s)
 
 
 def compress_scored(model, cache, scores, attention_mask, last_logits, options, *, floor=0.2,
@@ -317,7 +389,7 @@ def compress_scored(model, cache, scores, attention_mask, last_logits, options, 
             st.head_tails[li] = (lens, n)
     st.valid = torch.ones(B, kept[0][0].shape[-1], dtype=torch.bool, device=last_logits.device)
     st.evicted = True
-    setattr(dense, "obcache_state", st)
+    setattr(dense, STATE_ATTR, st)
     ev_s = stop()
     lengths = [lens for _, lens in kept] if m.adaptive else None
     return CompressedContext(model, dense, attention_mask, last_logits, options, eviction_seconds=ev_s,
