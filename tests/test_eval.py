@@ -187,7 +187,7 @@ def test_a_shared_prefix_prefill_answers_as_a_whole_prompt_read(method):
     from test_hf_integration import prompt, tiny_model as peaked_model  # attention far from uniform
 
     model, ids, cfg = peaked_model(), prompt(160), _cfg()
-    prefix, prefix_s = backend.Prefixes(model, cfg.window).for_cell("p", ids, method)
+    prefix, prefix_s = backend.SharedReads(model, cfg, [method]).prefix("p", ids, method)
     assert (prefix is None) == (method == "h2o")  # h2o scores with every prompt query: no sharing
     gen = dict(max_new_tokens=8, min_new_tokens=8, pad_token_id=1)
     shared, _, _ = backend.answer_query_aware(model, ids, method, 0.25, cfg, prefix=prefix, **gen)
@@ -197,6 +197,26 @@ def test_a_shared_prefix_prefill_answers_as_a_whole_prompt_read(method):
         from obcache.hf.hooks import state_of
 
         assert state_of(prefix) is not None and prefix_s > 0  # generate read on into the copy
+
+
+def test_kvzip_rows_run_query_agnostic_on_one_shared_read(tiny_dir, tiny_model, tmp_path):
+    from obcache.eval.tasks.fidelity import kl_and_top1
+    from obcache.eval.text import load_text, text_tokens
+
+    methods = ["kvzip", "kvzip+obc-key-max", "adakv+kvzip+obc-key"]
+    results, cfg = run_eval(["--model", tiny_dir, "--methods", ",".join(methods), "--tasks", "passkey,fidelity",
+                             "--budgets", "0.5", "--out", str(tmp_path), "--no-plots", *TINY_SIZES])
+    cells = {(r["method"], r["mode"]) for r in results["tasks"]["passkey"]}
+    assert cells == {("full", "query-aware"), ("full", "query-agnostic")} | {(m, "query-agnostic") for m in methods}
+    ids = torch.tensor([text_tokens(build_tokenizer(), load_text(None), cfg.fidelity_context + cfg.fidelity_next)])
+    with torch.no_grad():
+        full = tiny_model(ids, logits_to_keep=cfg.fidelity_next).logits[0]
+    for rec in results["tasks"]["fidelity"][1:]:
+        assert rec["reconstruction_s"] > 0 and rec["prefix_s"] > 0
+        # what one unshared compress_context gives
+        ctx, _ = backend.compress_context(tiny_model, ids[:, : cfg.fidelity_context], rec["method"], 0.5, cfg)
+        kl, top1, _ = kl_and_top1(full, ctx.forward(ids[:, cfg.fidelity_context:])[0])
+        assert rec["kl"] == pytest.approx(kl, rel=1e-4, abs=1e-9) and rec["top1"] == top1, rec["method"]
 
 
 def test_a_rerun_gives_the_same_numbers(tiny_run, tmp_path):

@@ -9,11 +9,13 @@ Each call returns the wall time of the whole call and the integration's own
 compacting), the cost of the method itself.
 
 Eviction happens after a read's last attention call, so every window-scored
-method sees the same prefill; `Prefixes` prefills each prompt's first
+method sees the same prefill; `SharedReads` prefills each prompt's first
 N - window tokens once, and each (method, budget) cell reads the rest on a
-copy (`obcache.hf.compress_context(prefix_cache=...)`). The cells' numbers
-are those of a whole read up to float32 rounding (tests/test_prefix_cache.py);
-the prefill time is reported apart (`prefix_s`).
+copy (`obcache.hf.compress_context(prefix_cache=...)`). Reconstruction rows
+share one read and reconstruction pass per context
+(`obcache.hf.score_by_reconstruction`). The cells' numbers are those of
+unshared calls up to float32 rounding (tests/test_prefix_cache.py,
+tests/test_kvzip.py); the shared prefill's time is reported apart (`prefix_s`).
 """
 import copy
 import time
@@ -22,6 +24,7 @@ import torch
 
 import obcache.hf as hf
 from obcache.hf.cache_arg import cache_kw
+from obcache.hf.context import spec_of
 from obcache.methods import get_method
 
 
@@ -35,40 +38,55 @@ def _kwargs(cfg):
     return dict(window=cfg.window, sink=cfg.sink, pool_kernel=cfg.pool_kernel, pool=cfg.pool)
 
 
-class Prefixes:
-    """Plain prefills of prompts' first N - window tokens, made once per
-    prompt and handed to the cells of methods that can share them."""
+class SharedReads:
+    """What every cell of one prompt can share, made once per prompt (`key`):
+    a plain prefill of its first N - window tokens for window-scored rows,
+    and for reconstruction rows (kvzip...) the context read and scored by
+    the reconstruction pass with the scores of every such row in the run."""
 
-    def __init__(self, model, window):
-        self.model, self.window = model, window
-        self._caches = {}
-        self.seconds = 0.0  # wall time of every prefix prefill made so far
+    def __init__(self, model, cfg, methods):
+        self.model, self.cfg = model, cfg
+        rows = [get_method(m) for m in methods]
+        self.specs = sorted({spec_of(m) for m in rows if m.reconstructs}, key=str)
+        self._prefixes, self._scored = {}, {}
 
-    def for_cell(self, key, ids, method):
-        """(a copy of the prefix cache of prompt ids [1, N] stored under
-        `key`, or None when `method` must read the whole prompt itself; seconds
-        of prefill that cache stands for)."""
-        m = get_method(method)
-        if m.reconstructs or m.queries == "prompt" or ids.shape[1] <= self.window:
+    def prefix(self, key, ids, method):
+        """(a copy of the prefix cache of prompt ids [1, N], or None when
+        `method` must read the whole prompt itself; seconds of the prefill
+        it stands for)."""
+        m, window = get_method(method), self.cfg.window
+        if m.reconstructs or m.queries == "prompt" or ids.shape[1] <= window:
             return None, 0.0
-        if key not in self._caches:
+        if key not in self._prefixes:
             from transformers import DynamicCache
 
             t0 = time.perf_counter()
             cache = DynamicCache(config=self.model.config)
             with torch.no_grad():
-                self.model(input_ids=ids[:, : ids.shape[1] - self.window], use_cache=True,
-                           **{cache_kw(self.model): cache})
-            self._caches[key] = (cache, time.perf_counter() - t0)
-            self.seconds += self._caches[key][1]
-        cache, seconds = self._caches[key]
+                self.model(input_ids=ids[:, : ids.shape[1] - window], use_cache=True, **{cache_kw(self.model): cache})
+            self._prefixes[key] = (cache, time.perf_counter() - t0)
+        cache, seconds = self._prefixes[key]
         return copy.deepcopy(cache), seconds
+
+    def compress_context(self, key, context_ids, method, budget):
+        """Query-agnostic compression of context ids [1, N] on what can be
+        shared: (ctx, seconds of this cell, seconds of the shared prefill)."""
+        if not get_method(method).reconstructs:
+            prefix, prefix_s = self.prefix(key, context_ids, method)
+            ctx, seconds = compress_context(self.model, context_ids, method, budget, self.cfg, prefix=prefix)
+            return ctx, seconds, prefix_s
+        if key not in self._scored:
+            self._scored[key] = hf.score_by_reconstruction(self.model, context_ids, self.specs)
+        read = self._scored[key]
+        t0 = time.perf_counter()
+        ctx = read.compress(method, budget, **_kwargs(self.cfg))
+        return ctx, time.perf_counter() - t0, read.prefill_seconds
 
 
 def answer_query_aware(model, ids, method, budget, cfg, prefix=None, **gen):
     """Greedy answer to a prompt ids [1, N] whose own last tokens (the
     question) are the scoring window: (new token ids [1, new], seconds, eviction seconds).
-    prefix: a plain prefill of the prompt's first tokens (`Prefixes`), consumed."""
+    prefix: a plain prefill of the prompt's first tokens (`SharedReads`), consumed."""
     t0 = time.perf_counter()
     extra = {} if prefix is None else {cache_kw(model): prefix}
     with hf.compress(model, method=method, budget=budget, **_kwargs(cfg)) as c:

@@ -20,20 +20,19 @@ def kl_and_top1(full_logits, logits):
 
 def run(model, ids, cfg, methods, budgets, progress, emit=lambda record: None):
     """ids [1, N + F]: context then the tokens to feed. Records per (method,
-    budget), each passed to emit(record) as it finishes. The context's first
-    N - window tokens are prefilled once for the cells that can share them
-    (`compress_s` is a cell's own time after that prefill, `prefix_s` the
-    prefill's)."""
+    budget), each passed to emit(record) as it finishes. The context is read
+    once for the cells that can share it (`backend.SharedReads`;
+    `compress_s` is a cell's own time after that read, `prefix_s` the
+    read's)."""
     n = ids.shape[1] - cfg.fidelity_next
     context, nxt = ids[:, :n], ids[:, n:]
     with torch.no_grad():
         full = model(ids, logits_to_keep=cfg.fidelity_next).logits[0]
-    prefixes = backend.Prefixes(model, cfg.window)
+    shared = backend.SharedReads(model, cfg, methods)
     records = []
     for method in methods:
         for budget in ([1.0] if method == "full" else budgets):
-            prefix, prefix_s = prefixes.for_cell("context", context, method)
-            ctx, seconds = backend.compress_context(model, context, method, budget, cfg, prefix=prefix)
+            ctx, seconds, prefix_s = shared.compress_context("context", context, method, budget)
             kl, top1, per_pos = kl_and_top1(full, ctx.forward(nxt)[0])
             kv_bytes, kv_tokens = backend.cache_stats(ctx.cache)
             records.append({

@@ -65,13 +65,13 @@ def _passed(tokenizer, new_ids, key):
 def run(model, tokenizer, cfg, methods, budgets, progress, emit=lambda record: None):
     """Accuracy per (method, budget, mode); returns a list of records with
     per-trial outcomes (length, depth, passed) so any breakdown can be redone.
-    Each prompt is prefilled once for all cells that can share it
-    (`backend.Prefixes`); `seconds` is a cell's own time after that prefill,
-    `prefix_s` the prefill time its trials stood on. emit(record) is called
-    as each cell finishes."""
+    Each prompt is prefilled (and, for kvzip rows, reconstructed) once for
+    all cells that can share it (`backend.SharedReads`); `seconds` is a
+    cell's own time after that prefill, `prefix_s` the prefill time its
+    trials stood on. emit(record) is called as each cell finishes."""
     trials = make_trials(tokenizer, cfg.lengths, cfg.depths, cfg.trials, cfg.seed)
     gen = dict(max_new_tokens=cfg.max_new_tokens, pad_token_id=tokenizer.pad_token_id)
-    prefixes = backend.Prefixes(model, cfg.window)
+    shared = backend.SharedReads(model, cfg, methods)
     records = []
     for method, budget, mode in _grid(methods, budgets, cfg.modes):
         outcomes, seconds, evict_s, prefix_s, kv_bytes = [], 0.0, 0.0, 0.0, []
@@ -79,11 +79,10 @@ def run(model, tokenizer, cfg, methods, budgets, progress, emit=lambda record: N
             ctx_ids, q_ids = torch.tensor([t["context"]]), torch.tensor([t["question"]])
             if mode == "query-aware":
                 ids = torch.cat([ctx_ids, q_ids], 1)
-                prefix, p = prefixes.for_cell((mode, i), ids, method)
+                prefix, p = shared.prefix((mode, i), ids, method)
                 new, s, e = backend.answer_query_aware(model, ids, method, budget, cfg, prefix=prefix, **gen)
             else:
-                prefix, p = prefixes.for_cell((mode, i), ctx_ids, method)
-                ctx, s = backend.compress_context(model, ctx_ids, method, budget, cfg, prefix=prefix)
+                ctx, s, p = shared.compress_context((mode, i), ctx_ids, method, budget)
                 e = ctx.eviction_seconds + ctx.reconstruction_seconds
                 kv_bytes.append(backend.cache_stats(ctx.cache)[0])
                 t0 = time.perf_counter()
