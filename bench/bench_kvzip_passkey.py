@@ -5,10 +5,10 @@ queries, chunked reconstruction).
 
 Per trial the context (the prompts of obcache/eval/tasks/passkey.py) is
 prefilled once and reconstructed once; every score of every variant comes
-from that one pass (`obcache.hf.reconstruct.score_context` with a list of
+from that one pass (`obcache.hf.score_by_reconstruction` with a list of
 specs), and each (variant, budget) cell compresses its own copy of the
-context cache with `obcache.hf.context.compress_scored` (the code
-compress_context runs) and answers the question on it. The scores, the
+context cache (`ScoredContext.compress`, what compress_context runs) and
+answers the question on it. The scores, the
 selection and the decoding are those of `compress_context(model, ctx,
 method, budget)`; sharing the pass only saves time.
 
@@ -18,7 +18,6 @@ Prints accuracy with 95% Wilson intervals per (variant, budget) and the
 wall time (prefill, reconstruction, per-cell compress + answer); writes JSON.
 """
 import argparse
-import copy
 import dataclasses
 import json
 import os
@@ -32,8 +31,6 @@ import obcache.hf as hf
 from obcache.eval.stats import wilson
 from obcache.eval.tasks.passkey import _passed, make_trials
 from obcache.hf import reconstruct
-from obcache.hf.context import CompressedContext, compress_scored
-from obcache.hf.hooks import Compression
 from obcache.methods import METHODS
 
 S = reconstruct.ScoreSpec
@@ -59,17 +56,6 @@ VARIANTS = {
 }
 
 
-def fresh_copy(model, cache, Lc):
-    """A DynamicCache holding copies of the context's Lc rows and its state."""
-    from transformers import DynamicCache
-
-    out = DynamicCache(config=model.config)
-    for li, layer in enumerate(cache.layers):
-        out.update(layer.keys[:, :, :Lc].clone(), layer.values[:, :, :Lc].clone(), li)
-    setattr(out, "obcache_state", copy.deepcopy(hf.state_of(cache)))
-    return out
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--trials", type=int, default=20, help="trials per depth (5 depths)")
@@ -90,8 +76,6 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from transformers import StaticCache
-
     model, tok = hf.load_model()
     repeat_ids = reconstruct.repeat_prompt_ids(model, tok, args.prompt)
     trials = make_trials(tok, [args.length], args.depths, args.trials, args.seed)
@@ -101,36 +85,25 @@ def main():
     full = [] if not args.no_full else None
     seconds = {"prefill": 0.0, "reconstruction": 0.0, "cells": {k: 0.0 for k in results}}
     t_all = time.perf_counter()
+    kw = dict(window=args.window, sink=args.sink, floor=args.floor)
+    # a variant is its base row with the spec's reductions and the overrides
+    variant_rows = {name: dataclasses.replace(METHODS[base], query_reduce=spec.query_reduce,
+                                              group_reduce=spec.group_reduce, **over)
+                    for name, (base, spec, over) in variants.items()}
     for t in tqdm(trials, desc="trials"):
         ctx_ids, q_ids = torch.tensor([t["context"]]), torch.tensor([t["question"]])
-        Lc = ctx_ids.shape[1]
-        am = torch.ones_like(ctx_ids)
-        step = Lc if args.chunk is None else min(args.chunk, Lc)
-        cache = StaticCache(config=model.config, max_cache_len=Lc + repeat_ids.shape[1] + step)
-        t0 = time.perf_counter()
-        with torch.no_grad(), Compression(model, "kvzip", 1.0, window=args.window, sink=args.sink,
-                                          evict_reads=False):
-            out = model(input_ids=ctx_ids, past_key_values=cache, position_ids=torch.arange(Lc)[None],
-                        use_cache=True, logits_to_keep=1)
-        t1 = time.perf_counter()
-        scores = reconstruct.score_context(model, cache, ctx_ids, repeat_ids, specs, chunk_size=args.chunk)
-        t2 = time.perf_counter()
-        seconds["prefill"] += t1 - t0
-        seconds["reconstruction"] += t2 - t1
-        if full is not None:  # the reference: the whole context cache
-            options = dict(method="full", budget=1.0, window=args.window, sink=args.sink, pool_kernel=7, pool="max",
-                           chunk_size=None, decode_budget=None)
-            ctx = CompressedContext(model, fresh_copy(model, cache, Lc), am, out.logits[:, -1], options)
+        read = hf.score_by_reconstruction(model, ctx_ids, specs, repeat_ids=repeat_ids, chunk=args.chunk)
+        seconds["prefill"] += read.prefill_seconds
+        seconds["reconstruction"] += read.seconds
+        if full is not None:  # the reference: the whole context cache (any variant at a budget of every token)
+            name, (base, _, _) = next(iter(variants.items()))
+            ctx = read.compress(base, 1.0, method_row=variant_rows[name], **kw)
             new = ctx.generate(q_ids, max_new_tokens=7, do_sample=False, pad_token_id=tok.pad_token_id)
             full.append(bool(_passed(tok, new[0], t["key"])))
-        for name, (base, spec, over) in variants.items():
-            row = dataclasses.replace(METHODS[base], **over)
+        for name, (base, _, _) in variants.items():
             for b in args.budgets:
                 c0 = time.perf_counter()
-                options = dict(method=base, budget=b, window=args.window, sink=args.sink, pool_kernel=7, pool="max",
-                               chunk_size=None, decode_budget=None)
-                ctx = compress_scored(model, fresh_copy(model, cache, Lc), scores[spec], am, out.logits[:, -1],
-                                      options, floor=args.floor, method_row=row)
+                ctx = read.compress(base, b, method_row=variant_rows[name], **kw)
                 new = ctx.generate(q_ids, max_new_tokens=7, do_sample=False, pad_token_id=tok.pad_token_id)
                 results[(name, b)].append(bool(_passed(tok, new[0], t["key"])))
                 seconds["cells"][(name, b)] += time.perf_counter() - c0

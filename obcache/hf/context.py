@@ -301,13 +301,15 @@ class ScoredContext:
         self.seconds, self.prefill_seconds = seconds, prefill_seconds
 
     def compress(self, method, budget, *, window=32, sink=4, pool_kernel=7, pool="max", floor=0.2,
-                 query_reduce=None) -> CompressedContext:
-        """compress_context's result for this method and budget, on a copy of the context cache."""
+                 query_reduce=None, method_row=None) -> CompressedContext:
+        """compress_context's result for this method and budget, on a copy of
+        the context cache. method_row: a variant of the method's row to use
+        instead (e.g. other pooling; `compress_scored`)."""
         from transformers import DynamicCache
 
         options = dict(method=method, budget=budget, window=window, sink=sink, pool_kernel=pool_kernel, pool=pool,
                        chunk_size=None, decode_budget=None)
-        m = _check_args(**options)
+        m = method_row or _check_args(**options)
         if not m.reconstructs:
             raise ValueError(f"method={method!r} does not score by reconstruction; use compress_context")
         if m.adaptive:
@@ -323,7 +325,7 @@ class ScoredContext:
             copy_.update(layer.keys[:, :, :Lc].clone(), layer.values[:, :, :Lc].clone(), li)
         setattr(copy_, STATE_ATTR, copy.deepcopy(state_of(self.cache)))
         return compress_scored(self.model, copy_, self.scores[spec], self.attention_mask, self.last_logits, options,
-                               floor=floor, reconstruction_seconds=self.seconds)
+                               floor=floor, reconstruction_seconds=self.seconds, method_row=method_row)
 
 
 def score_by_reconstruction(model, context_ids, specs, *, attention_mask=None, repeat_ids=None, tokenizer=None,
