@@ -50,7 +50,8 @@ def _extension():
     cuda_bindings = [p for p in bindings if p.endswith("_cuda.cpp")]
     sources = kernels + [p for p in bindings if p not in cuda_bindings]
     # No -std flag: torch's build helper picks the standard its headers need.
-    cxx = ["-O3", "-fvisibility=hidden"]
+    # -fno-trapping-math: see CMakeLists.txt (same flags for the extension and the C++ tests).
+    cxx = ["-O3", "-fvisibility=hidden", "-fno-trapping-math"]
     define = [("OBCACHE_TORCH_VERSION", '"%s"' % torch.__version__)]
     if with_cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")

@@ -18,8 +18,13 @@
 // Speed: every O(R * N * D) loop is an outer-product register block
 // (acc[RB][kTile] += x * y[c], contiguous in c) that g++ -O3 vectorises
 // without reassociating sums; 16-bit inputs are converted to float once per
-// tile. On x86-64 with GCC the per-dtype entry points are compiled for AVX-512
-// and AVX2+FMA as well as the baseline (target_clones, picked at load time).
+// tile. The block must fit the vector registers, so RB depends on the ISA:
+// on x86-64 with GCC the kernel is compiled for AVX-512 and AVX2+FMA as well
+// as the baseline, each with its own RB, and picked once at run time
+// (saliency_cpu at the end). The build passes -fno-trapping-math (results
+// are unchanged: no FP exception is ever unmasked): with trapping math GCC
+// keeps exp_approx's selects as branches, and only AVX-512's masked
+// instructions vectorised them; the AVX2 and baseline exps were scalar.
 #include "saliency_cpu.h"
 
 #include <algorithm>
@@ -35,20 +40,24 @@
 #define OBC_ALWAYS_INLINE inline
 #endif
 
-// Sanitizer builds skip the clones (ifunc resolvers run before the sanitizer
-// runtime is up); clang spells the arch names differently.
+// Sanitizer builds (and -DOBC_NO_MULTIVERSION) compile the baseline variant
+// only, the one every CPU can run; clang spells the arch names differently.
 #if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__) && \
     !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__) && !defined(OBC_NO_MULTIVERSION)
-#define OBC_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define OBC_CPU_CLONES
+#define OBC_X86_VARIANTS 1
 #endif
 
 namespace obc {
 namespace {
 
-constexpr int64_t kTile = 32;  // keys per tile (columns of every register block)
-constexpr int kRB = 4;         // window rows per register block
+constexpr int64_t kTile = 32;  // keys per tile
+
+// Window rows per register block (acc[RB][kTile] floats): the RB * 4 YMM
+// accumulators plus the 4 loaded y vectors and the broadcast x must fit
+// AVX2's 16 registers, else the block is spilled to the stack every step
+// (RB = 4 spilled; 2 measured fastest). AVX-512 (and NEON) have 32: RB = 4.
+constexpr int kRBWide = 4, kRBAvx2 = 2;
+constexpr int kMaxRB = std::max(kRBWide, kRBAvx2);
 constexpr size_t kLogitCacheBytes = size_t(16) << 20;  // per worker
 
 // exp for x <= 88 (here always x <= 0): Cody-Waite reduction and Cephes'
@@ -106,9 +115,9 @@ Layout make_layout(const SaliencyParams& p) {
   L.vrow = take(T * D);
   L.vn1 = take(T);
   L.vn2 = take(T);
-  L.sb = take(kRB * T);
-  L.xb = take(kRB * T);
-  L.db = take(kRB * T);
+  L.sb = take(kMaxRB * T);
+  L.xb = take(kMaxRB * T);
+  L.db = take(kMaxRB * T);
   L.head = take(G * T);
   const size_t padded_n = (static_cast<size_t>(p.N) + T - 1) / T * T;
   L.zcache = R * padded_n * e <= kLogitCacheBytes;
@@ -180,20 +189,20 @@ OBC_ALWAYS_INLINE void block_pv(const T* P, const T* V, int64_t ldv, int64_t tn,
 
 // Contributions of one window row to a tile, reduced over the queries into
 // head[:] (the row's query head). Pairs with c >= lim are masked (or past
-// the tile) and contribute exactly 0.
+// the tile) and contribute exactly 0: every lane is computed, then the masked
+// tail zeroed, since GCC vectorises a per-lane `c < lim ? ... : 0` only with
+// AVX-512's masked instructions (AVX2 code went scalar).
 template <Score S, typename T>
 OBC_ALWAYS_INLINE void row_contrib(const T* s, const T* vo, const T* dd, const T* vn1, const T* vn2, T m,
                                    T inv_l, T on2, int64_t lim, bool qmax, T* head) {
   T c_row[kTile];
   for (int c = 0; c < kTile; ++c) {
-    const bool vis = c < lim;
-    const T z = vis ? s[c] : T(0);
-    const T a = vis ? exp_approx(s[c] - m) * inv_l : T(0);
+    const T a = exp_approx(s[c] - m) * inv_l;
     T dist = T(0);
     if constexpr (score_needs_dist(S)) dist = std::sqrt(dd[c]);
-    const T v = score_contribution<S, T>(a, z, vn1[c], vn2[c], vo[c], on2, dist);
-    c_row[c] = vis ? v : T(0);
+    c_row[c] = score_contribution<S, T>(a, s[c], vn1[c], vn2[c], vo[c], on2, dist);
   }
+  for (int64_t c = lim; c < kTile; ++c) c_row[c] = T(0);
   if (qmax) {
     // NaN-propagating max (query_reduce_step's rule, inlined to vectorise).
     for (int c = 0; c < kTile; ++c)
@@ -203,7 +212,7 @@ OBC_ALWAYS_INLINE void row_contrib(const T* s, const T* vo, const T* dd, const T
   }
 }
 
-template <typename E>
+template <typename E, int kRB>
 struct Kernel {
   using T = typename Elem<E>::acc;
   using Out = typename std::conditional<std::is_same<E, double>::value, double, float>::type;
@@ -247,7 +256,8 @@ struct Kernel {
         continue;
       }
       const T corr = exp_approx(m[r] - mx);  // 0 on the first tile (m = -inf)
-      for (int c = 0; c < kTile; ++c) s[c] = c < lim ? exp_approx(s[c] - mx) : T(0);
+      for (int c = 0; c < kTile; ++c) s[c] = exp_approx(s[c] - mx);  // masked tail zeroed next (row_contrib)
+      for (int64_t c = lim; c < kTile; ++c) s[c] = T(0);
       T sum = T(0);
       for (int c = 0; c < kTile; ++c) sum += s[c];
       l[r] = l[r] * corr + sum;
@@ -385,10 +395,10 @@ struct Kernel {
   }
 };
 
-template <typename E>
+template <typename E, int RB>
 OBC_ALWAYS_INLINE void run_rows(const SaliencyParams& p, int64_t bh_begin, int64_t bh_end, void* workspace) {
   const Layout L = make_layout(p);
-  Kernel<E> k{p, L, static_cast<char*>(workspace), false, false, false, false};
+  Kernel<E, RB> k{p, L, static_cast<char*>(workspace), false, false, false, false};
   k.need_o = score_needs_vo(p.score) || score_needs_dist(p.score);
   k.need_vo = score_needs_vo(p.score);
   k.need_dist = score_needs_dist(p.score);
@@ -396,17 +406,37 @@ OBC_ALWAYS_INLINE void run_rows(const SaliencyParams& p, int64_t bh_begin, int64
   for (int64_t bh = bh_begin; bh < bh_end; ++bh) k.run(bh);
 }
 
-OBC_CPU_CLONES void run_f32(const SaliencyParams& p, int64_t b0, int64_t b1, void* ws) {
-  run_rows<float>(p, b0, b1, ws);
+template <int RB>
+OBC_ALWAYS_INLINE void run_dtype(const SaliencyParams& p, int64_t b0, int64_t b1, void* ws) {
+  switch (p.dtype) {
+    case DType::F32: return run_rows<float, RB>(p, b0, b1, ws);
+    case DType::F64: return run_rows<double, RB>(p, b0, b1, ws);
+    case DType::F16: return run_rows<half_t, RB>(p, b0, b1, ws);
+    case DType::BF16: return run_rows<bf16_t, RB>(p, b0, b1, ws);
+  }
 }
-OBC_CPU_CLONES void run_f64(const SaliencyParams& p, int64_t b0, int64_t b1, void* ws) {
-  run_rows<double>(p, b0, b1, ws);
+
+// One entry point per ISA (the always_inline body is compiled into each with
+// its target's instructions and RB).
+using RunFn = void (*)(const SaliencyParams&, int64_t, int64_t, void*);
+void run_baseline(const SaliencyParams& p, int64_t b0, int64_t b1, void* ws) { run_dtype<kRBWide>(p, b0, b1, ws); }
+#ifdef OBC_X86_VARIANTS
+__attribute__((target("arch=x86-64-v4"))) void run_avx512(const SaliencyParams& p, int64_t b0, int64_t b1,
+                                                          void* ws) {
+  run_dtype<kRBWide>(p, b0, b1, ws);
 }
-OBC_CPU_CLONES void run_f16(const SaliencyParams& p, int64_t b0, int64_t b1, void* ws) {
-  run_rows<half_t>(p, b0, b1, ws);
+__attribute__((target("arch=x86-64-v3"))) void run_avx2(const SaliencyParams& p, int64_t b0, int64_t b1,
+                                                        void* ws) {
+  run_dtype<kRBAvx2>(p, b0, b1, ws);
 }
-OBC_CPU_CLONES void run_bf16(const SaliencyParams& p, int64_t b0, int64_t b1, void* ws) {
-  run_rows<bf16_t>(p, b0, b1, ws);
+#endif
+
+RunFn pick_variant() {
+#ifdef OBC_X86_VARIANTS
+  if (__builtin_cpu_supports("x86-64-v4")) return run_avx512;
+  if (__builtin_cpu_supports("x86-64-v3")) return run_avx2;
+#endif
+  return run_baseline;
 }
 
 }  // namespace
@@ -414,13 +444,9 @@ OBC_CPU_CLONES void run_bf16(const SaliencyParams& p, int64_t b0, int64_t b1, vo
 size_t saliency_cpu_workspace_bytes(const SaliencyParams& p) { return make_layout(p).total; }
 
 void saliency_cpu(const SaliencyParams& p, int64_t bh_begin, int64_t bh_end, void* workspace) {
+  static const RunFn run = pick_variant();
   if (p.N <= 0 || p.W <= 0) return;
-  switch (p.dtype) {
-    case DType::F32: return run_f32(p, bh_begin, bh_end, workspace);
-    case DType::F64: return run_f64(p, bh_begin, bh_end, workspace);
-    case DType::F16: return run_f16(p, bh_begin, bh_end, workspace);
-    case DType::BF16: return run_bf16(p, bh_begin, bh_end, workspace);
-  }
+  run(p, bh_begin, bh_end, workspace);
 }
 
 }  // namespace obc
