@@ -94,8 +94,7 @@ def _kvzip_rows():
     """KVzip and the OBC scores computed from its reconstruction queries, each
     with uniform and AdaKV head budgets. KVzip's own score is the max of the
     attention over every reconstruction query and every query head of the
-    group; the OBC rows sum over the queries (as the window rows do) and pool,
-    except `kvzip+obc-key-max`, which reduces as KVzip does."""
+    group; the OBC rows sum over the queries (as the window rows do) and pool."""
     base = [
         ("kvzip", "attn", False, "max", "max", "KVzip: max attention from the context-reconstruction queries"),
         ("kvzip+obc-key", "key", True, "sum", None,
@@ -104,9 +103,6 @@ def _kvzip_rows():
          "OBCache joint score summed over the context-reconstruction queries, pooled"),
         ("kvzip+loo", "loo", True, "sum", None,
          "exact leave-one-out output change summed over the context-reconstruction queries, pooled"),
-        # what measured best with uniform budgets at 5% (bench/results/kvzip.md): KVzip's reduction, no pooling
-        ("kvzip+obc-key-max", "key", False, "max", "max",
-         "OBCache key score, max over the context-reconstruction queries and the group's query heads, no pooling"),
     ]
     rows = []
     for adaptive in (False, True):

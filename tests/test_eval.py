@@ -203,7 +203,7 @@ def test_kvzip_rows_run_query_agnostic_on_one_shared_read(tiny_dir, tiny_model, 
     from obcache.eval.tasks.fidelity import kl_and_top1
     from obcache.eval.text import load_text, text_tokens
 
-    methods = ["kvzip", "kvzip+obc-key-max", "adakv+kvzip+obc-key"]
+    methods = ["kvzip", "kvzip+obc-joint", "adakv+kvzip+obc-key"]
     results, cfg = run_eval(["--model", tiny_dir, "--methods", ",".join(methods), "--tasks", "passkey,fidelity",
                              "--budgets", "0.5", "--out", str(tmp_path), "--no-plots", *TINY_SIZES])
     cells = {(r["method"], r["mode"]) for r in results["tasks"]["passkey"]}
