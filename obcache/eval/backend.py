@@ -24,7 +24,7 @@ import torch
 
 import obcache.hf as hf
 from obcache.hf.cache_arg import cache_kw
-from obcache.hf.context import spec_of
+from obcache.hf.context import spec_of, why_no_prefix
 from obcache.methods import get_method
 
 
@@ -55,7 +55,7 @@ class SharedReads:
         `method` must read the whole prompt itself; seconds of the prefill
         it stands for)."""
         m, window = get_method(method), self.cfg.window
-        if m.reconstructs or m.queries == "prompt" or ids.shape[1] <= window:
+        if why_no_prefix(m) is not None or ids.shape[1] <= window:
             return None, 0.0
         if key not in self._prefixes:
             from transformers import DynamicCache

@@ -187,8 +187,9 @@ def compress_context(
     if am.shape != context_ids.shape:
         raise ValueError(f"attention_mask must have the shape of context_ids {tuple(context_ids.shape)}, "
                          f"got {tuple(am.shape)}")
-    first = 0 if prefix_cache is None else _check_prefix(prefix_cache, context_ids, am, get_method(method), window)
-    if get_method(method).reconstructs:
+    m = get_method(method)
+    first = 0 if prefix_cache is None else _check_prefix(prefix_cache, context_ids, am, m, window)
+    if m.reconstructs:
         return _compress_by_reconstruction(model, context_ids, am, options, repeat_ids=repeat_ids,
                                            tokenizer=tokenizer, chunk=reconstruction_chunk,
                                            query_reduce=query_reduce, floor=floor)
@@ -209,11 +210,21 @@ def compress_context(
                              lengths=lengths)
 
 
+def why_no_prefix(method) -> Optional[str]:
+    """Why a method row cannot compress on top of a plain prefill of the
+    context's prefix (`compress_context(prefix_cache=...)`), or None when it can."""
+    if method.reconstructs:
+        return "re-reads the context (KVzip)"
+    if method.queries == "prompt":
+        return "scores with every prompt query"
+    return None
+
+
 def _check_prefix(cache, context_ids, am, method, window) -> int:
     """Tokens of the context `cache` already holds, after checking that
     reading the rest through the hooks compresses as the whole context would."""
-    if method.reconstructs or method.queries == "prompt":
-        what = "re-reads the context (KVzip)" if method.reconstructs else "scores with every prompt query"
+    what = why_no_prefix(method)
+    if what is not None:
         raise ValueError(f"prefix_cache: method={method.name!r} {what}, so it needs the whole context read "
                          "through the hooks; pass prefix_cache=None")
     if state_of(cache) is not None:
