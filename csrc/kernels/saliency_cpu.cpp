@@ -16,15 +16,20 @@
 // workspace (8 MiB at the common R = 128, N = 16k).
 //
 // Speed: every O(R * N * D) loop is an outer-product register block
-// (acc[RB][kTile] += x * y[c], contiguous in c) that g++ -O3 vectorises
-// without reassociating sums; 16-bit inputs are converted to float once per
-// tile. The block must fit the vector registers, so RB depends on the ISA:
-// on x86-64 with GCC the kernel is compiled for AVX-512 and AVX2+FMA as well
-// as the baseline, each with its own RB, and picked once at run time
-// (saliency_cpu at the end). The build passes -fno-trapping-math (results
-// are unchanged: no FP exception is ever unmasked): with trapping math GCC
-// keeps exp_approx's selects as branches, and only AVX-512's masked
-// instructions vectorised them; the AVX2 and baseline exps were scalar.
+// (acc[RB][cols] += x * y[c], contiguous in c) summed over d in order;
+// 16-bit inputs are converted to float once per tile. The block must fit the
+// vector registers, so it depends on the ISA: on x86-64 with GCC the kernel
+// is compiled for AVX-512 and AVX2+FMA as well as the baseline, each with its
+// own block, and picked once at run time (saliency_cpu at the end). AVX-512
+// and the baseline use the generic loops at 4 x 32; AVX2 has 16 registers,
+// where GCC's code for the generic loops either reloads operands (2 x 32) or
+// spills the accumulators (larger blocks), so its dot products, P V and tile
+// transposes are written with intrinsics (6 x 16 blocks, 8 x 8 transposes).
+// Row maxima and sums of a tile use intrinsics on AVX2 too. The
+// build passes -fno-trapping-math (results are unchanged: no FP exception is
+// ever unmasked): with trapping math GCC keeps exp_approx's selects as
+// branches, and only AVX-512's masked instructions vectorised them; the AVX2
+// and baseline exps were scalar.
 #include "saliency_cpu.h"
 
 #include <algorithm>
@@ -45,6 +50,8 @@
 #if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__) && \
     !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__) && !defined(OBC_NO_MULTIVERSION)
 #define OBC_X86_VARIANTS 1
+#include <immintrin.h>
+#define OBC_AVX2_FN __attribute__((target("avx2,fma,f16c")))
 #endif
 
 namespace obc {
@@ -52,11 +59,10 @@ namespace {
 
 constexpr int64_t kTile = 32;  // keys per tile
 
-// Window rows per register block (acc[RB][kTile] floats): the RB * 4 YMM
-// accumulators plus the 4 loaded y vectors and the broadcast x must fit
-// AVX2's 16 registers, else the block is spilled to the stack every step
-// (RB = 4 spilled; 2 measured fastest). AVX-512 (and NEON) have 32: RB = 4.
-constexpr int kRBWide = 4, kRBAvx2 = 2;
+// Window rows per register block. Generic loops (acc[RB][kTile] floats):
+// RB = 4 fits AVX-512's (and NEON's) 32 registers. AVX2's intrinsic blocks
+// (avx2_xyt, avx2_pv) are RB x 16: 12 accumulators + 2 loads + 1 broadcast.
+constexpr int kRBWide = 4, kRBAvx2 = 6;
 constexpr int kMaxRB = std::max(kRBWide, kRBAvx2);
 constexpr size_t kLogitCacheBytes = size_t(16) << 20;  // per worker
 
@@ -187,6 +193,132 @@ OBC_ALWAYS_INLINE void block_pv(const T* P, const T* V, int64_t ldv, int64_t tn,
   for (; d0 < D; ++d0) block_pv_chunk<T, RB, 1>(P, V, ldv, tn, O, D, d0);
 }
 
+#ifdef OBC_X86_VARIANTS
+// AVX2 float versions of block_xyt (dot products) and block_pv, written with
+// intrinsics: GCC's code for the generic loops at RB = 6 kept the
+// accumulators in memory. Here RB rows x 16 columns: 2 * RB accumulators,
+// 2 loaded vectors and one broadcast, 15 of the 16 YMM registers at RB = 6,
+// so 8 loads feed 12 FMAs (the generic 2 x 32 block loads 10 per 8). The
+// summation order over d (or k) is the generic one's.
+// acc[r] += a[r * lda + k] * y[k * ldy + 0 .. 16) for k = 0 .. K, in order.
+template <int RB>
+OBC_AVX2_FN inline void avx2_block_steps(__m256 (&acc)[RB][2], const float* a, int64_t lda, const float* y,
+                                         int64_t ldy, int64_t K) {
+  for (int64_t k = 0; k < K; ++k) {
+    const __m256 y0 = _mm256_loadu_ps(y + k * ldy), y1 = _mm256_loadu_ps(y + k * ldy + 8);
+    for (int r = 0; r < RB; ++r) {
+      const __m256 x = _mm256_broadcast_ss(a + r * lda + k);
+      acc[r][0] = _mm256_fmadd_ps(x, y0, acc[r][0]);
+      acc[r][1] = _mm256_fmadd_ps(x, y1, acc[r][1]);
+    }
+  }
+}
+
+// C[RB][kTile] = X[RB][D] . Yt[D][kTile].
+template <int RB>
+OBC_AVX2_FN void avx2_xyt(const float* X, int64_t D, const float* Yt, float* C) {
+  for (int c0 = 0; c0 < kTile; c0 += 16) {
+    __m256 acc[RB][2];
+    for (int r = 0; r < RB; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+    avx2_block_steps<RB>(acc, X, D, Yt + c0, kTile, D);
+    for (int r = 0; r < RB; ++r) {
+      _mm256_storeu_ps(C + r * kTile + c0, acc[r][0]);
+      _mm256_storeu_ps(C + r * kTile + c0 + 8, acc[r][1]);
+    }
+  }
+}
+
+// O[RB][D] += P[RB][:tn] . V[:tn][D].
+template <int RB>
+OBC_AVX2_FN void avx2_pv(const float* P, const float* V, int64_t ldv, int64_t tn, float* O, int64_t D) {
+  int64_t d0 = 0;
+  for (; d0 + 16 <= D; d0 += 16) {
+    __m256 acc[RB][2];
+    for (int r = 0; r < RB; ++r) {
+      acc[r][0] = _mm256_loadu_ps(O + r * D + d0);
+      acc[r][1] = _mm256_loadu_ps(O + r * D + d0 + 8);
+    }
+    avx2_block_steps<RB>(acc, P, kTile, V + d0, ldv, tn);
+    for (int r = 0; r < RB; ++r) {
+      _mm256_storeu_ps(O + r * D + d0, acc[r][0]);
+      _mm256_storeu_ps(O + r * D + d0 + 8, acc[r][1]);
+    }
+  }
+  for (; d0 + 8 <= D; d0 += 8) block_pv_chunk<float, RB, 8>(P, V, ldv, tn, O, D, d0);
+  for (; d0 < D; ++d0) block_pv_chunk<float, RB, 1>(P, V, ldv, tn, O, D, d0);
+}
+
+// Eight elements as floats (bf16: the bits shifted up; half: F16C, exact).
+OBC_AVX2_FN inline __m256 avx2_load8(const float* x) { return _mm256_loadu_ps(x); }
+OBC_AVX2_FN inline __m256 avx2_load8(const bf16_t* x) {
+  const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x)));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
+}
+OBC_AVX2_FN inline __m256 avx2_load8(const half_t* x) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x)));
+}
+
+// load_transposed of a full tile (kTile rows) with D % 8 == 0: 8 x 8 blocks
+// transposed in registers instead of one strided scalar store per element.
+template <typename E>
+OBC_AVX2_FN void avx2_load_transposed(const E* src, int64_t ld, int64_t D, float* dst) {
+  for (int64_t c = 0; c < kTile; c += 8)
+    for (int64_t d = 0; d < D; d += 8) {
+      __m256 r[8], t[8];
+      for (int i = 0; i < 8; ++i) r[i] = avx2_load8(src + (c + i) * ld + d);
+      for (int i = 0; i < 8; i += 2) {
+        t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+      }
+      for (int i = 0; i < 8; i += 4) {
+        r[i] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+        r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+        r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+        r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+      }
+      for (int i = 0; i < 4; ++i) {  // column i of the block in r[i] / r[i + 4] halves
+        _mm256_storeu_ps(dst + (d + i) * kTile + c, _mm256_permute2f128_ps(r[i], r[i + 4], 0x20));
+        _mm256_storeu_ps(dst + (d + i + 4) * kTile + c, _mm256_permute2f128_ps(r[i], r[i + 4], 0x31));
+      }
+    }
+}
+// row_max / row_sum of a block (Kernel): a running scalar max or sum does
+// not vectorise. A row's max skips NaN logits (masked with the keys past
+// lim), as the generic `z > mx ? z : mx` does; max is exact in any order.
+template <int RB>
+OBC_AVX2_FN void avx2_row_max(const float* Z, const int64_t* lim, float* out) {
+  const __m256 ninf = _mm256_set1_ps(-INFINITY);
+  const __m256 lane = _mm256_setr_ps(0.f, 1.f, 2.f, 3.f, 4.f, 5.f, 6.f, 7.f);
+  for (int r = 0; r < RB; ++r) {
+    const __m256 visible = _mm256_set1_ps(static_cast<float>(std::max<int64_t>(0, std::min<int64_t>(kTile, lim[r]))));
+    __m256 mx = ninf;
+    for (int c = 0; c < kTile; c += 8) {
+      const __m256 z = _mm256_loadu_ps(Z + r * kTile + c);
+      const __m256 keep = _mm256_and_ps(_mm256_cmp_ps(_mm256_add_ps(lane, _mm256_set1_ps(float(c))), visible, _CMP_LT_OQ),
+                                        _mm256_cmp_ps(z, z, _CMP_ORD_Q));
+      mx = _mm256_max_ps(mx, _mm256_blendv_ps(ninf, z, keep));
+    }
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_max_ss(h, _mm_shuffle_ps(h, h, 1));
+    out[r] = _mm_cvtss_f32(h);
+  }
+}
+
+template <int RB>
+OBC_AVX2_FN void avx2_row_sum(const float* P, float* out) {
+  for (int r = 0; r < RB; ++r) {
+    const float* x = P + r * kTile;
+    const __m256 s = _mm256_add_ps(_mm256_add_ps(_mm256_loadu_ps(x), _mm256_loadu_ps(x + 8)),
+                                   _mm256_add_ps(_mm256_loadu_ps(x + 16), _mm256_loadu_ps(x + 24)));
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_add_ss(h, _mm_shuffle_ps(h, h, 1));
+    out[r] = _mm_cvtss_f32(h);
+  }
+}
+#endif
+
 // Contributions of one window row to a tile, reduced over the queries into
 // head[:] (the row's query head). Pairs with c >= lim are masked (or past
 // the tile) and contribute exactly 0: every lane is computed, then the masked
@@ -212,7 +344,7 @@ OBC_ALWAYS_INLINE void row_contrib(const T* s, const T* vo, const T* dd, const T
   }
 }
 
-template <typename E, int kRB>
+template <typename E, int kRB, bool kAvx2>
 struct Kernel {
   using T = typename Elem<E>::acc;
   using Out = typename std::conditional<std::is_same<E, double>::value, double, float>::type;
@@ -226,6 +358,73 @@ struct Kernel {
   // Pass 1's logits of rows r0.. for the tile starting at key p0 (zcache only).
   T* logits(int64_t p0, int64_t r0) const { return at(L.z) + ((p0 / kTile) * L.R + r0) * kTile; }
 
+  // C = X . Yt (kDist: squared distances) and O += P . V for RB rows.
+  template <int RB, bool kDist>
+  OBC_ALWAYS_INLINE void xyt(const T* X, const T* Yt, T* C) const {
+#ifdef OBC_X86_VARIANTS
+    if constexpr (kAvx2 && !kDist && std::is_same<T, float>::value) {
+      avx2_xyt<RB>(X, p.D, Yt, C);
+      return;
+    }
+#endif
+    if constexpr (kDist && RB % 2 == 0) {  // the generic block in the shape that fits every ISA's registers
+      for (int r = 0; r < RB; r += 2) block_xyt<T, 2, true>(X + r * p.D, p.D, Yt, C + r * kTile);
+    } else {
+      block_xyt<T, RB, kDist>(X, p.D, Yt, C);
+    }
+  }
+  // Per row of a block: the max over its first lim[r] logits (NaNs skipped,
+  // -inf when none) and the sum of its kTile values.
+  template <int RB>
+  OBC_ALWAYS_INLINE void row_max(const T* Z, const int64_t* lim, T* out) const {
+#ifdef OBC_X86_VARIANTS
+    if constexpr (kAvx2 && std::is_same<T, float>::value) {
+      avx2_row_max<RB>(Z, lim, out);
+      return;
+    }
+#endif
+    for (int r = 0; r < RB; ++r) {
+      T mx = reduce_identity_max<T>();
+      for (int64_t c = 0; c < lim[r]; ++c) mx = Z[r * kTile + c] > mx ? Z[r * kTile + c] : mx;
+      out[r] = mx;
+    }
+  }
+  template <int RB>
+  OBC_ALWAYS_INLINE void row_sum(const T* P, T* out) const {
+#ifdef OBC_X86_VARIANTS
+    if constexpr (kAvx2 && std::is_same<T, float>::value) {
+      avx2_row_sum<RB>(P, out);
+      return;
+    }
+#endif
+    for (int r = 0; r < RB; ++r) {
+      T sum = T(0);
+      for (int c = 0; c < kTile; ++c) sum += P[r * kTile + c];
+      out[r] = sum;
+    }
+  }
+  OBC_ALWAYS_INLINE void transposed(const E* src, int64_t ld, int64_t tn, T* dst) const {
+#ifdef OBC_X86_VARIANTS
+    if constexpr (kAvx2 && std::is_same<T, float>::value) {
+      if (tn == kTile && p.D % 8 == 0) {
+        avx2_load_transposed(src, ld, p.D, dst);
+        return;
+      }
+    }
+#endif
+    load_transposed(src, ld, tn, p.D, dst);
+  }
+  template <int RB>
+  OBC_ALWAYS_INLINE void pv(const T* P, const T* V, int64_t ldv, int64_t tn, T* O) const {
+#ifdef OBC_X86_VARIANTS
+    if constexpr (kAvx2 && std::is_same<T, float>::value) {
+      avx2_pv<RB>(P, V, ldv, tn, O, p.D);
+      return;
+    }
+#endif
+    block_pv<T, RB>(P, V, ldv, tn, O, p.D);
+  }
+
   // Keys [p0, p0 + lim) are visible to row r within a tile of tn keys.
   OBC_ALWAYS_INLINE int64_t visible(int64_t r, int64_t p0, int64_t tn) const {
     if (!p.causal) return tn;
@@ -236,38 +435,43 @@ struct Kernel {
   template <int RB>
   OBC_ALWAYS_INLINE void pass1_block(int64_t r0, int64_t p0, int64_t tn, const T* Kt, const T* V, int64_t ldv) {
     const int64_t D = p.D;
-    T* Sb = at(L.sb);
+    T* Pb = at(L.sb);  // exp(Z - max), the P of O += P V
     T* m = at(L.m);
     T* l = at(L.l);
     T* O = at(L.o);
-    block_xyt<T, RB, false>(at(L.qs) + r0 * D, D, Kt, Sb);
-    if (L.zcache) std::memcpy(logits(p0, r0), Sb, sizeof(T) * RB * kTile);
+    // Z straight into the logit cache when there is one (pass 2 reads it back).
+    T* Zb = L.zcache ? logits(p0, r0) : at(L.xb);
+    xyt<RB, false>(at(L.qs) + r0 * D, Kt, Zb);
+    int64_t lim[RB];
+    T zmax[RB], corr[RB], sum[RB];
+    for (int rr = 0; rr < RB; ++rr) lim[rr] = visible(r0 + rr, p0, tn);
+    row_max<RB>(Zb, lim, zmax);
     for (int rr = 0; rr < RB; ++rr) {
-      const int64_t r = r0 + rr, lim = visible(r, p0, tn);
-      T* s = Sb + rr * kTile;
-      if (lim <= 0) {
+      const int64_t r = r0 + rr;
+      const T* z = Zb + rr * kTile;
+      T* s = Pb + rr * kTile;
+      const T mx = zmax[rr] > m[r] ? zmax[rr] : m[r];
+      corr[rr] = T(1);
+      // No visible key, or every visible logit so far is -inf: A = 0, state unchanged.
+      if (lim[rr] <= 0 || mx == reduce_identity_max<T>()) {
         for (int c = 0; c < kTile; ++c) s[c] = T(0);
         continue;
       }
-      T mx = m[r];
-      for (int64_t c = 0; c < lim; ++c) mx = s[c] > mx ? s[c] : mx;
-      if (mx == reduce_identity_max<T>()) {  // every visible logit so far is -inf: A = 0, state unchanged
-        for (int c = 0; c < kTile; ++c) s[c] = T(0);
-        continue;
-      }
-      const T corr = exp_approx(m[r] - mx);  // 0 on the first tile (m = -inf)
-      for (int c = 0; c < kTile; ++c) s[c] = exp_approx(s[c] - mx);  // masked tail zeroed next (row_contrib)
-      for (int64_t c = lim; c < kTile; ++c) s[c] = T(0);
-      T sum = T(0);
-      for (int c = 0; c < kTile; ++c) sum += s[c];
-      l[r] = l[r] * corr + sum;
+      corr[rr] = exp_approx(m[r] - mx);  // 0 on the first tile (m = -inf), exactly 1 when mx = m
       m[r] = mx;
-      if (need_o) {
+      for (int c = 0; c < kTile; ++c) s[c] = exp_approx(z[c] - mx);
+      for (int64_t c = lim[rr]; c < kTile; ++c) s[c] = T(0);
+    }
+    row_sum<RB>(Pb, sum);
+    for (int rr = 0; rr < RB; ++rr) {
+      const int64_t r = r0 + rr;
+      l[r] = l[r] * corr[rr] + sum[rr];
+      if (need_o && corr[rr] != T(1)) {
         T* o = O + r * D;
-        for (int64_t d = 0; d < D; ++d) o[d] *= corr;
+        for (int64_t d = 0; d < D; ++d) o[d] *= corr[rr];
       }
     }
-    if (need_o) block_pv<T, RB>(Sb, V, ldv, tn, O + r0 * D, D);
+    if (need_o) pv<RB>(Pb, V, ldv, tn, O + r0 * D);
   }
 
   template <Score S, int RB>
@@ -280,9 +484,9 @@ struct Kernel {
     if (L.zcache)
       Sb = logits(p0, r0);
     else
-      block_xyt<T, RB, false>(at(L.qs) + r0 * D, D, Kt, Sb);
-    if constexpr (score_needs_vo(S)) block_xyt<T, RB, false>(O + r0 * D, D, Vt, Xb);
-    if constexpr (score_needs_dist(S)) block_xyt<T, RB, true>(O + r0 * D, D, Vt, Db);
+      xyt<RB, false>(at(L.qs) + r0 * D, Kt, Sb);
+    if constexpr (score_needs_vo(S)) xyt<RB, false>(O + r0 * D, Vt, Xb);
+    if constexpr (score_needs_dist(S)) xyt<RB, true>(O + r0 * D, Vt, Db);
     const bool qmax = p.query_reduce == QueryReduce::Max;
     for (int rr = 0; rr < RB; ++rr) {
       const int64_t r = r0 + rr;
@@ -303,9 +507,9 @@ struct Kernel {
     for (int64_t c = 0; c < kTile; ++c) vn1[c] = vn2[c] = T(0);
     for (int64_t p0 = 0; p0 < N; p0 += kTile) {
       const int64_t tn = std::min<int64_t>(kTile, N - p0);
-      if (!L.zcache) load_transposed(K + p0 * p.k_sn, p.k_sn, tn, D, Kt);  // else the logits are kept
+      if (!L.zcache) transposed(K + p0 * p.k_sn, p.k_sn, tn, Kt);  // else the logits are kept
       if (need_v2) {
-        load_transposed(V + p0 * p.v_sn, p.v_sn, tn, D, Vt);
+        transposed(V + p0 * p.v_sn, p.v_sn, tn, Vt);
         for (int c = 0; c < kTile; ++c) vn1[c] = vn2[c] = T(0);
         for (int64_t d = 0; d < D; ++d) {
           const T* v = Vt + d * kTile;
@@ -318,6 +522,8 @@ struct Kernel {
       for (int64_t x = 0; x < G * kTile; ++x) head[x] = qinit;
       int64_t r0 = 0;
       for (; r0 + kRB <= R; r0 += kRB) pass2_block<S, kRB>(r0, p0, tn, Kt, Vt);
+      if constexpr (kRB > 2)
+        for (; r0 + 2 <= R; r0 += 2) pass2_block<S, 2>(r0, p0, tn, Kt, Vt);
       for (; r0 < R; ++r0) pass2_block<S, 1>(r0, p0, tn, Kt, Vt);
       for (int64_t c = 0; c < tn; ++c) {
         T acc = group_reduce_init<T>(p.group_reduce);
@@ -352,7 +558,7 @@ struct Kernel {
     T* Vrow = at(L.vrow);
     for (int64_t p0 = 0; p0 < N; p0 += kTile) {
       const int64_t tn = std::min<int64_t>(kTile, N - p0);
-      load_transposed(K + p0 * p.k_sn, p.k_sn, tn, D, Kt);
+      transposed(K + p0 * p.k_sn, p.k_sn, tn, Kt);
       const T* Vt = nullptr;
       int64_t ldv = D;
       if (need_o) {
@@ -367,6 +573,8 @@ struct Kernel {
       }
       int64_t r0 = 0;
       for (; r0 + kRB <= R; r0 += kRB) pass1_block<kRB>(r0, p0, tn, Kt, Vt, ldv);
+      if constexpr (kRB > 2)
+        for (; r0 + 2 <= R; r0 += 2) pass1_block<2>(r0, p0, tn, Kt, Vt, ldv);
       for (; r0 < R; ++r0) pass1_block<1>(r0, p0, tn, Kt, Vt, ldv);
     }
     // Every row sees key 0, so l > 0.
@@ -395,10 +603,10 @@ struct Kernel {
   }
 };
 
-template <typename E, int RB>
+template <typename E, int RB, bool kAvx2>
 OBC_ALWAYS_INLINE void run_rows(const SaliencyParams& p, int64_t bh_begin, int64_t bh_end, void* workspace) {
   const Layout L = make_layout(p);
-  Kernel<E, RB> k{p, L, static_cast<char*>(workspace), false, false, false, false};
+  Kernel<E, RB, kAvx2> k{p, L, static_cast<char*>(workspace), false, false, false, false};
   k.need_o = score_needs_vo(p.score) || score_needs_dist(p.score);
   k.need_vo = score_needs_vo(p.score);
   k.need_dist = score_needs_dist(p.score);
@@ -406,28 +614,28 @@ OBC_ALWAYS_INLINE void run_rows(const SaliencyParams& p, int64_t bh_begin, int64
   for (int64_t bh = bh_begin; bh < bh_end; ++bh) k.run(bh);
 }
 
-template <int RB>
+template <int RB, bool kAvx2>
 OBC_ALWAYS_INLINE void run_dtype(const SaliencyParams& p, int64_t b0, int64_t b1, void* ws) {
   switch (p.dtype) {
-    case DType::F32: return run_rows<float, RB>(p, b0, b1, ws);
-    case DType::F64: return run_rows<double, RB>(p, b0, b1, ws);
-    case DType::F16: return run_rows<half_t, RB>(p, b0, b1, ws);
-    case DType::BF16: return run_rows<bf16_t, RB>(p, b0, b1, ws);
+    case DType::F32: return run_rows<float, RB, kAvx2>(p, b0, b1, ws);
+    case DType::F64: return run_rows<double, RB, kAvx2>(p, b0, b1, ws);
+    case DType::F16: return run_rows<half_t, RB, kAvx2>(p, b0, b1, ws);
+    case DType::BF16: return run_rows<bf16_t, RB, kAvx2>(p, b0, b1, ws);
   }
 }
 
 // One entry point per ISA (the always_inline body is compiled into each with
 // its target's instructions and RB).
 using RunFn = void (*)(const SaliencyParams&, int64_t, int64_t, void*);
-void run_baseline(const SaliencyParams& p, int64_t b0, int64_t b1, void* ws) { run_dtype<kRBWide>(p, b0, b1, ws); }
+void run_baseline(const SaliencyParams& p, int64_t b0, int64_t b1, void* ws) { run_dtype<kRBWide, false>(p, b0, b1, ws); }
 #ifdef OBC_X86_VARIANTS
 __attribute__((target("arch=x86-64-v4"))) void run_avx512(const SaliencyParams& p, int64_t b0, int64_t b1,
                                                           void* ws) {
-  run_dtype<kRBWide>(p, b0, b1, ws);
+  run_dtype<kRBWide, false>(p, b0, b1, ws);
 }
 __attribute__((target("arch=x86-64-v3"))) void run_avx2(const SaliencyParams& p, int64_t b0, int64_t b1,
                                                         void* ws) {
-  run_dtype<kRBAvx2>(p, b0, b1, ws);
+  run_dtype<kRBAvx2, true>(p, b0, b1, ws);
 }
 #endif
 
