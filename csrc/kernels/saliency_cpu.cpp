@@ -37,27 +37,11 @@
 #include <cstring>
 #include <type_traits>
 
+#include "cpu_tiles.h"
 #include "score_math.h"
-
-#if defined(__GNUC__)
-#define OBC_ALWAYS_INLINE inline __attribute__((always_inline))
-#else
-#define OBC_ALWAYS_INLINE inline
-#endif
-
-// Sanitizer builds (and -DOBC_NO_MULTIVERSION) compile the baseline variant
-// only, the one every CPU can run; clang spells the arch names differently.
-#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__) && \
-    !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__) && !defined(OBC_NO_MULTIVERSION)
-#define OBC_X86_VARIANTS 1
-#include <immintrin.h>
-#define OBC_AVX2_FN __attribute__((target("avx2,fma,f16c")))
-#endif
 
 namespace obc {
 namespace {
-
-constexpr int64_t kTile = 32;  // keys per tile
 
 // Window rows per register block. Generic loops (acc[RB][kTile] floats):
 // RB = 4 fits AVX-512's (and NEON's) 32 registers. AVX2's intrinsic blocks
@@ -132,41 +116,6 @@ Layout make_layout(const SaliencyParams& p) {
   return L;
 }
 
-// dst[d][c] = src row c (c < tn), zero columns c >= tn: a transposed tile.
-template <typename E, typename T>
-OBC_ALWAYS_INLINE void load_transposed(const E* src, int64_t ld, int64_t tn, int64_t D, T* dst) {
-  for (int64_t c = 0; c < tn; ++c) {
-    const E* row = src + c * ld;
-    for (int64_t d = 0; d < D; ++d) dst[d * kTile + c] = Elem<E>::load(row[d]);
-  }
-  for (int64_t d = 0; d < D; ++d)
-    for (int64_t c = tn; c < kTile; ++c) dst[d * kTile + c] = T(0);
-}
-
-// C[RB][kTile] = X[RB][D] . Yt[D][kTile] (kDist: sum_d (X - Yt)^2 instead).
-template <typename T, int RB, bool kDist>
-OBC_ALWAYS_INLINE void block_xyt(const T* X, int64_t D, const T* Yt, T* C) {
-  T acc[RB][kTile];
-  for (int r = 0; r < RB; ++r)
-    for (int c = 0; c < kTile; ++c) acc[r][c] = T(0);
-  for (int64_t d = 0; d < D; ++d) {
-    const T* y = Yt + d * kTile;
-    for (int r = 0; r < RB; ++r) {
-      const T x = X[r * D + d];
-      for (int c = 0; c < kTile; ++c) {
-        if constexpr (kDist) {
-          const T t = y[c] - x;
-          acc[r][c] += t * t;
-        } else {
-          acc[r][c] += x * y[c];
-        }
-      }
-    }
-  }
-  for (int r = 0; r < RB; ++r)
-    for (int c = 0; c < kTile; ++c) C[r * kTile + c] = acc[r][c];
-}
-
 // O[RB][d0 : d0 + DC] += P[RB][:tn] . V[:tn][d0 : d0 + DC].
 template <typename T, int RB, int DC>
 OBC_ALWAYS_INLINE void block_pv_chunk(const T* P, const T* V, int64_t ldv, int64_t tn, T* O, int64_t D,
@@ -194,40 +143,6 @@ OBC_ALWAYS_INLINE void block_pv(const T* P, const T* V, int64_t ldv, int64_t tn,
 }
 
 #ifdef OBC_X86_VARIANTS
-// AVX2 float versions of block_xyt (dot products) and block_pv, written with
-// intrinsics: GCC's code for the generic loops at RB = 6 kept the
-// accumulators in memory. Here RB rows x 16 columns: 2 * RB accumulators,
-// 2 loaded vectors and one broadcast, 15 of the 16 YMM registers at RB = 6,
-// so 8 loads feed 12 FMAs (the generic 2 x 32 block loads 10 per 8). The
-// summation order over d (or k) is the generic one's.
-// acc[r] += a[r * lda + k] * y[k * ldy + 0 .. 16) for k = 0 .. K, in order.
-template <int RB>
-OBC_AVX2_FN inline void avx2_block_steps(__m256 (&acc)[RB][2], const float* a, int64_t lda, const float* y,
-                                         int64_t ldy, int64_t K) {
-  for (int64_t k = 0; k < K; ++k) {
-    const __m256 y0 = _mm256_loadu_ps(y + k * ldy), y1 = _mm256_loadu_ps(y + k * ldy + 8);
-    for (int r = 0; r < RB; ++r) {
-      const __m256 x = _mm256_broadcast_ss(a + r * lda + k);
-      acc[r][0] = _mm256_fmadd_ps(x, y0, acc[r][0]);
-      acc[r][1] = _mm256_fmadd_ps(x, y1, acc[r][1]);
-    }
-  }
-}
-
-// C[RB][kTile] = X[RB][D] . Yt[D][kTile].
-template <int RB>
-OBC_AVX2_FN void avx2_xyt(const float* X, int64_t D, const float* Yt, float* C) {
-  for (int c0 = 0; c0 < kTile; c0 += 16) {
-    __m256 acc[RB][2];
-    for (int r = 0; r < RB; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
-    avx2_block_steps<RB>(acc, X, D, Yt + c0, kTile, D);
-    for (int r = 0; r < RB; ++r) {
-      _mm256_storeu_ps(C + r * kTile + c0, acc[r][0]);
-      _mm256_storeu_ps(C + r * kTile + c0 + 8, acc[r][1]);
-    }
-  }
-}
-
 // O[RB][D] += P[RB][:tn] . V[:tn][D].
 template <int RB>
 OBC_AVX2_FN void avx2_pv(const float* P, const float* V, int64_t ldv, int64_t tn, float* O, int64_t D) {
@@ -248,40 +163,6 @@ OBC_AVX2_FN void avx2_pv(const float* P, const float* V, int64_t ldv, int64_t tn
   for (; d0 < D; ++d0) block_pv_chunk<float, RB, 1>(P, V, ldv, tn, O, D, d0);
 }
 
-// Eight elements as floats (bf16: the bits shifted up; half: F16C, exact).
-OBC_AVX2_FN inline __m256 avx2_load8(const float* x) { return _mm256_loadu_ps(x); }
-OBC_AVX2_FN inline __m256 avx2_load8(const bf16_t* x) {
-  const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x)));
-  return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
-}
-OBC_AVX2_FN inline __m256 avx2_load8(const half_t* x) {
-  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x)));
-}
-
-// load_transposed of a full tile (kTile rows) with D % 8 == 0: 8 x 8 blocks
-// transposed in registers instead of one strided scalar store per element.
-template <typename E>
-OBC_AVX2_FN void avx2_load_transposed(const E* src, int64_t ld, int64_t D, float* dst) {
-  for (int64_t c = 0; c < kTile; c += 8)
-    for (int64_t d = 0; d < D; d += 8) {
-      __m256 r[8], t[8];
-      for (int i = 0; i < 8; ++i) r[i] = avx2_load8(src + (c + i) * ld + d);
-      for (int i = 0; i < 8; i += 2) {
-        t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
-        t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
-      }
-      for (int i = 0; i < 8; i += 4) {
-        r[i] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
-        r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
-        r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
-        r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
-      }
-      for (int i = 0; i < 4; ++i) {  // column i of the block in r[i] / r[i + 4] halves
-        _mm256_storeu_ps(dst + (d + i) * kTile + c, _mm256_permute2f128_ps(r[i], r[i + 4], 0x20));
-        _mm256_storeu_ps(dst + (d + i + 4) * kTile + c, _mm256_permute2f128_ps(r[i], r[i + 4], 0x31));
-      }
-    }
-}
 // row_max / row_sum of a block (Kernel): a running scalar max or sum does
 // not vectorise. A row's max skips NaN logits (masked with the keys past
 // lim), as the generic `z > mx ? z : mx` does; max is exact in any order.
@@ -290,7 +171,7 @@ OBC_AVX2_FN void avx2_row_max(const float* Z, const int64_t* lim, float* out) {
   const __m256 ninf = _mm256_set1_ps(-INFINITY);
   const __m256 lane = _mm256_setr_ps(0.f, 1.f, 2.f, 3.f, 4.f, 5.f, 6.f, 7.f);
   for (int r = 0; r < RB; ++r) {
-    const __m256 visible = _mm256_set1_ps(static_cast<float>(std::max<int64_t>(0, std::min<int64_t>(kTile, lim[r]))));
+    const __m256 visible = _mm256_set1_ps(static_cast<float>(lim[r]));  // in [0, kTile]: Kernel::visible
     __m256 mx = ninf;
     for (int c = 0; c < kTile; c += 8) {
       const __m256 z = _mm256_loadu_ps(Z + r * kTile + c);
@@ -358,19 +239,17 @@ struct Kernel {
   // Pass 1's logits of rows r0.. for the tile starting at key p0 (zcache only).
   T* logits(int64_t p0, int64_t r0) const { return at(L.z) + ((p0 / kTile) * L.R + r0) * kTile; }
 
+  static constexpr bool kVec = kAvx2Float<T, kAvx2>;  // the AVX2 intrinsic blocks apply
+
   // C = X . Yt (kDist: squared distances) and O += P . V for RB rows.
   template <int RB, bool kDist>
   OBC_ALWAYS_INLINE void xyt(const T* X, const T* Yt, T* C) const {
-#ifdef OBC_X86_VARIANTS
-    if constexpr (kAvx2 && !kDist && std::is_same<T, float>::value) {
-      avx2_xyt<RB>(X, p.D, Yt, C);
-      return;
-    }
-#endif
-    if constexpr (kDist && RB % 2 == 0) {  // the generic block in the shape that fits every ISA's registers
+    if constexpr (!kDist) {
+      xyt_tile<RB, kAvx2>(X, p.D, Yt, C);
+    } else if constexpr (RB % 2 == 0) {  // the generic block in the shape that fits every ISA's registers
       for (int r = 0; r < RB; r += 2) block_xyt<T, 2, true>(X + r * p.D, p.D, Yt, C + r * kTile);
     } else {
-      block_xyt<T, RB, kDist>(X, p.D, Yt, C);
+      block_xyt<T, RB, true>(X, p.D, Yt, C);
     }
   }
   // Per row of a block: the max over its first lim[r] logits (NaNs skipped,
@@ -378,7 +257,7 @@ struct Kernel {
   template <int RB>
   OBC_ALWAYS_INLINE void row_max(const T* Z, const int64_t* lim, T* out) const {
 #ifdef OBC_X86_VARIANTS
-    if constexpr (kAvx2 && std::is_same<T, float>::value) {
+    if constexpr (kVec) {
       avx2_row_max<RB>(Z, lim, out);
       return;
     }
@@ -392,7 +271,7 @@ struct Kernel {
   template <int RB>
   OBC_ALWAYS_INLINE void row_sum(const T* P, T* out) const {
 #ifdef OBC_X86_VARIANTS
-    if constexpr (kAvx2 && std::is_same<T, float>::value) {
+    if constexpr (kVec) {
       avx2_row_sum<RB>(P, out);
       return;
     }
@@ -404,20 +283,12 @@ struct Kernel {
     }
   }
   OBC_ALWAYS_INLINE void transposed(const E* src, int64_t ld, int64_t tn, T* dst) const {
-#ifdef OBC_X86_VARIANTS
-    if constexpr (kAvx2 && std::is_same<T, float>::value) {
-      if (tn == kTile && p.D % 8 == 0) {
-        avx2_load_transposed(src, ld, p.D, dst);
-        return;
-      }
-    }
-#endif
-    load_transposed(src, ld, tn, p.D, dst);
+    transposed_tile<kAvx2>(src, ld, tn, p.D, dst);
   }
   template <int RB>
   OBC_ALWAYS_INLINE void pv(const T* P, const T* V, int64_t ldv, int64_t tn, T* O) const {
 #ifdef OBC_X86_VARIANTS
-    if constexpr (kAvx2 && std::is_same<T, float>::value) {
+    if constexpr (kVec) {
       avx2_pv<RB>(P, V, ldv, tn, O, p.D);
       return;
     }
@@ -637,22 +508,16 @@ __attribute__((target("arch=x86-64-v3"))) void run_avx2(const SaliencyParams& p,
                                                         void* ws) {
   run_dtype<kRBAvx2, true>(p, b0, b1, ws);
 }
+#else
+const RunFn run_avx512 = run_baseline, run_avx2 = run_baseline;
 #endif
-
-RunFn pick_variant() {
-#ifdef OBC_X86_VARIANTS
-  if (__builtin_cpu_supports("x86-64-v4")) return run_avx512;
-  if (__builtin_cpu_supports("x86-64-v3")) return run_avx2;
-#endif
-  return run_baseline;
-}
 
 }  // namespace
 
 size_t saliency_cpu_workspace_bytes(const SaliencyParams& p) { return make_layout(p).total; }
 
 void saliency_cpu(const SaliencyParams& p, int64_t bh_begin, int64_t bh_end, void* workspace) {
-  static const RunFn run = pick_variant();
+  static const RunFn run = pick_cpu_variant<RunFn>(run_baseline, run_avx2, run_avx512);
   if (p.N <= 0 || p.W <= 0) return;
   run(p, bh_begin, bh_end, workspace);
 }

@@ -1,7 +1,9 @@
 // The CPU projected_value_norm kernel against a naive double computation, at
 // sizes that hit the tile edges: N not a multiple of the 64-token task,
-// hidden not a multiple of the 32-column tile, G in {1, 3}, padded strides,
-// both norms, every dtype, and tasks split across workspaces.
+// hidden not a multiple of the 32-column tile, D not a multiple of 8 (the
+// AVX2 tile transpose's step) and rows in every register-block tail, G in
+// {1, 3}, padded strides, both norms, every dtype, and tasks split across
+// workspaces.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -48,6 +50,7 @@ TEST(ProjectedValueCpu, Float32OddSizesBothNorms) {
     check<float>({2, 2, 3, 70, 72, 45, 3}, obc::DType::F32, norm, rng, 3);
     check<float>({1, 3, 1, 1, 32, 100, 0}, obc::DType::F32, norm, rng);
     check<float>({1, 1, 4, 130, 8, 7, 1}, obc::DType::F32, norm, rng, 2);
+    check<float>({1, 2, 2, 59, 36, 64, 1}, obc::DType::F32, norm, rng);
   }
 }
 

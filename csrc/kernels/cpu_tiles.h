@@ -1,0 +1,196 @@
+// CPU tile blocks shared by the saliency and projected_value_norm kernels:
+// a transposed tile load and the register-blocked product
+// C[RB][kTile] = X[RB][D] . Yt[D][kTile], each in a generic form (plain
+// loops the compiler vectorises for the target it is compiled for) and, on
+// x86-64 with GCC, an AVX2 intrinsic form (float only; see below why).
+//
+// The kernels are compiled once per ISA: each file has an entry point per
+// variant whose always_inline body is built with that target's
+// instructions, and `cpu_variant()` picks one at run time.
+#pragma once
+
+#include <cstdint>
+#include <type_traits>
+
+#include "common.h"
+
+#if defined(__GNUC__)
+#define OBC_ALWAYS_INLINE inline __attribute__((always_inline))
+#else
+#define OBC_ALWAYS_INLINE inline
+#endif
+
+// Sanitizer builds (and -DOBC_NO_MULTIVERSION) compile the baseline variant
+// only, the one every CPU can run; clang spells the arch names differently.
+#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__) && \
+    !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__) && !defined(OBC_NO_MULTIVERSION)
+#define OBC_X86_VARIANTS 1
+#include <immintrin.h>
+#define OBC_AVX2_FN __attribute__((target("avx2,fma,f16c")))
+#endif
+
+namespace obc {
+
+constexpr int64_t kTile = 32;  // columns of a tile (keys, or hidden columns)
+
+// The variants a kernel file compiles; cpu_variant() is the best this CPU runs.
+enum class CpuVariant { Baseline, Avx2, Avx512 };
+
+inline CpuVariant cpu_variant() {
+#ifdef OBC_X86_VARIANTS
+  if (__builtin_cpu_supports("x86-64-v4")) return CpuVariant::Avx512;
+  if (__builtin_cpu_supports("x86-64-v3")) return CpuVariant::Avx2;
+#endif
+  return CpuVariant::Baseline;
+}
+
+// The entry point of cpu_variant()'s variant (files without the x86
+// variants pass their baseline for all three).
+template <typename Fn>
+Fn pick_cpu_variant(Fn baseline, Fn avx2, Fn avx512) {
+  switch (cpu_variant()) {
+    case CpuVariant::Avx512: return avx512;
+    case CpuVariant::Avx2: return avx2;
+    default: return baseline;
+  }
+}
+
+// Whether a kernel of accumulation type T in a variant with the AVX2
+// intrinsic blocks (kAvx2) uses them: they are float only.
+template <typename T, bool kAvx2>
+constexpr bool kAvx2Float = kAvx2 && std::is_same<T, float>::value;
+
+// dst[d][c] = src row c (c < tn), zero columns c >= tn: a transposed tile.
+template <typename E, typename T>
+OBC_ALWAYS_INLINE void load_transposed(const E* src, int64_t ld, int64_t tn, int64_t D, T* dst) {
+  for (int64_t c = 0; c < tn; ++c) {
+    const E* row = src + c * ld;
+    for (int64_t d = 0; d < D; ++d) dst[d * kTile + c] = Elem<E>::load(row[d]);
+  }
+  for (int64_t d = 0; d < D; ++d)
+    for (int64_t c = tn; c < kTile; ++c) dst[d * kTile + c] = T(0);
+}
+
+// C[RB][kTile] = X[RB][D] . Yt[D][kTile] (kDist: sum_d (X - Yt)^2 instead).
+template <typename T, int RB, bool kDist>
+OBC_ALWAYS_INLINE void block_xyt(const T* X, int64_t D, const T* Yt, T* C) {
+  T acc[RB][kTile];
+  for (int r = 0; r < RB; ++r)
+    for (int c = 0; c < kTile; ++c) acc[r][c] = T(0);
+  for (int64_t d = 0; d < D; ++d) {
+    const T* y = Yt + d * kTile;
+    for (int r = 0; r < RB; ++r) {
+      const T x = X[r * D + d];
+      for (int c = 0; c < kTile; ++c) {
+        if constexpr (kDist) {
+          const T t = y[c] - x;
+          acc[r][c] += t * t;
+        } else {
+          acc[r][c] += x * y[c];
+        }
+      }
+    }
+  }
+  for (int r = 0; r < RB; ++r)
+    for (int c = 0; c < kTile; ++c) C[r * kTile + c] = acc[r][c];
+}
+
+#ifdef OBC_X86_VARIANTS
+// AVX2 float blocks for dot products (avx2_xyt here) and P V (avx2_pv in
+// saliency_cpu.cpp), written with
+// intrinsics: GCC's code for the generic loops at RB = 6 kept the
+// accumulators in memory. Here RB rows x 16 columns: 2 * RB accumulators,
+// 2 loaded vectors and one broadcast, 15 of the 16 YMM registers at RB = 6,
+// so 8 loads feed 12 FMAs (the generic 2 x 32 block loads 10 per 8). The
+// summation order over d (or k) is the generic one's.
+// acc[r] += a[r * lda + k] * y[k * ldy + 0 .. 16) for k = 0 .. K, in order.
+template <int RB>
+OBC_AVX2_FN inline void avx2_block_steps(__m256 (&acc)[RB][2], const float* a, int64_t lda, const float* y,
+                                         int64_t ldy, int64_t K) {
+  for (int64_t k = 0; k < K; ++k) {
+    const __m256 y0 = _mm256_loadu_ps(y + k * ldy), y1 = _mm256_loadu_ps(y + k * ldy + 8);
+    for (int r = 0; r < RB; ++r) {
+      const __m256 x = _mm256_broadcast_ss(a + r * lda + k);
+      acc[r][0] = _mm256_fmadd_ps(x, y0, acc[r][0]);
+      acc[r][1] = _mm256_fmadd_ps(x, y1, acc[r][1]);
+    }
+  }
+}
+
+// C[RB][kTile] = X[RB][D] . Yt[D][kTile].
+template <int RB>
+OBC_AVX2_FN void avx2_xyt(const float* X, int64_t D, const float* Yt, float* C) {
+  for (int c0 = 0; c0 < kTile; c0 += 16) {
+    __m256 acc[RB][2];
+    for (int r = 0; r < RB; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+    avx2_block_steps<RB>(acc, X, D, Yt + c0, kTile, D);
+    for (int r = 0; r < RB; ++r) {
+      _mm256_storeu_ps(C + r * kTile + c0, acc[r][0]);
+      _mm256_storeu_ps(C + r * kTile + c0 + 8, acc[r][1]);
+    }
+  }
+}
+
+// Eight elements as floats (bf16: the bits shifted up; half: F16C, exact).
+OBC_AVX2_FN inline __m256 avx2_load8(const float* x) { return _mm256_loadu_ps(x); }
+OBC_AVX2_FN inline __m256 avx2_load8(const bf16_t* x) {
+  const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x)));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
+}
+OBC_AVX2_FN inline __m256 avx2_load8(const half_t* x) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x)));
+}
+
+// load_transposed of a full tile (kTile rows) with D % 8 == 0: 8 x 8 blocks
+// transposed in registers instead of one strided scalar store per element.
+template <typename E>
+OBC_AVX2_FN void avx2_load_transposed(const E* src, int64_t ld, int64_t D, float* dst) {
+  for (int64_t c = 0; c < kTile; c += 8)
+    for (int64_t d = 0; d < D; d += 8) {
+      __m256 r[8], t[8];
+      for (int i = 0; i < 8; ++i) r[i] = avx2_load8(src + (c + i) * ld + d);
+      for (int i = 0; i < 8; i += 2) {
+        t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+      }
+      for (int i = 0; i < 8; i += 4) {
+        r[i] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+        r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+        r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+        r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+      }
+      for (int i = 0; i < 4; ++i) {  // column i of the block in r[i] / r[i + 4] halves
+        _mm256_storeu_ps(dst + (d + i) * kTile + c, _mm256_permute2f128_ps(r[i], r[i + 4], 0x20));
+        _mm256_storeu_ps(dst + (d + i + 4) * kTile + c, _mm256_permute2f128_ps(r[i], r[i + 4], 0x31));
+      }
+    }
+}
+#endif
+
+// C = X . Yt for RB rows, the AVX2 block where the variant has it.
+template <int RB, bool kAvx2, typename T>
+OBC_ALWAYS_INLINE void xyt_tile(const T* X, int64_t D, const T* Yt, T* C) {
+#ifdef OBC_X86_VARIANTS
+  if constexpr (kAvx2Float<T, kAvx2>) {
+    avx2_xyt<RB>(X, D, Yt, C);
+    return;
+  }
+#endif
+  block_xyt<T, RB, false>(X, D, Yt, C);
+}
+
+// load_transposed, by 8 x 8 register transposes where the variant can.
+template <bool kAvx2, typename E, typename T>
+OBC_ALWAYS_INLINE void transposed_tile(const E* src, int64_t ld, int64_t tn, int64_t D, T* dst) {
+#ifdef OBC_X86_VARIANTS
+  if constexpr (kAvx2Float<T, kAvx2>) {
+    if (tn == kTile && D % 8 == 0) {
+      avx2_load_transposed(src, ld, D, dst);
+      return;
+    }
+  }
+#endif
+  load_transposed(src, ld, tn, D, dst);
+}
+
+}  // namespace obc
