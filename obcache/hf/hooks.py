@@ -46,7 +46,8 @@ from torch import nn
 from obcache.hf.cache_arg import cache_of, set_cache
 from obcache.hf.queries import attention_modules, recompute_queries
 from obcache.methods import Method, get_method
-from obcache.policies import adaptive_criticalkv_keep, critical_score, criticalkv_keep, laprox_select
+from obcache.policies import adaptive_criticalkv_keep, criticalkv_keep, laprox_select
+from obcache.policies.criticalkv_pruned import pruned_critical_score
 
 __all__ = ["compress", "Compression", "CacheState", "resolve_budget", "base_model"]
 
@@ -155,10 +156,23 @@ def _set_length(layer, n):
 # eviction of one layer (and LaProx's `_evict_global`): the places that call the ops
 
 
-def _criticalkv_scores(k, v, q, method, scale, wo):
-    """(base, critical) scores [B, H_kv, N] of a `criticalkv` row."""
+def _criticalkv_keep(k, v, q, budget, *, method, scale, wo, adaptive=False, floor=None, **sel):
+    """The tokens a `criticalkv` row keeps in one layer: criticalkv_keep with
+    `budget` per head, or adaptive_criticalkv_keep with `budget` for the
+    layer (returns (indices, lengths) then). Stage 2's critical score is
+    computed exactly only where the selection depends on it
+    (pruned_critical_score: the same tokens, ~1/5 of the o_proj-sized work).
+    sel: sink, recent, pool_kernel, pool."""
     base = _ops().saliency(k, v, q, method.score, group_reduce=method.group_reduce or "sum", scale=scale)
-    return base, critical_score(k, v, q, method.score, base, wo, scale=scale)
+    if adaptive:
+        def keep(critical):
+            return adaptive_criticalkv_keep(base, critical, budget, floor=floor, **sel)
+    else:
+        def keep(critical):
+            return criticalkv_keep(base, critical, budget, **sel)
+    critical = pruned_critical_score(base, v, wo, (lambda c: keep(c)[0]) if adaptive else keep, per_head=not adaptive,
+                                     **sel)
+    return keep(critical)
 
 
 def evict_layer(k, v, q, budget, *, method: Method, sink, recent, pool_kernel, pool, scale, start=None, wo=None):
@@ -185,8 +199,8 @@ def evict_layer(k, v, q, budget, *, method: Method, sink, recent, pool_kernel, p
     def run(kb, vb, qb):
         if method.selection != "criticalkv":
             return ops.evict(kb, vb, qb, budget, **opts)
-        idx = criticalkv_keep(*_criticalkv_scores(kb, vb, qb, method, scale, wo), budget, sink=sink, recent=recent,
-                              pool_kernel=pk, pool=pool)
+        idx = _criticalkv_keep(kb, vb, qb, budget, method=method, scale=scale, wo=wo, sink=sink, recent=recent,
+                               pool_kernel=pk, pool=pool)
         ops.compact_(kb, vb, idx)
         return idx
 
@@ -226,8 +240,8 @@ def evict_layer_adaptive(k, v, q, budget, *, method: Method, sink, recent, pool_
     pk = pool_kernel if method.pooled else 0
     total = budget * k.shape[1]
     if method.selection == "criticalkv":
-        idx, lengths = adaptive_criticalkv_keep(*_criticalkv_scores(k, v, q, method, scale, wo), total, floor=floor,
-                                                sink=sink, recent=recent, pool_kernel=pk, pool=pool)
+        idx, lengths = _criticalkv_keep(k, v, q, total, method=method, scale=scale, wo=wo, adaptive=True, floor=floor,
+                                        sink=sink, recent=recent, pool_kernel=pk, pool=pool)
     else:
         idx, lengths = _ops().select_adaptive(layer_scores(k, v, q, method=method, scale=scale), total, floor=floor,
                                               sink=sink, recent=recent, pool_kernel=pk, pool=pool)
