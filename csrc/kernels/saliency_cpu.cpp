@@ -302,6 +302,19 @@ struct Kernel {
     const int64_t pos = query_position(p.N, p.W, L.i0 + r % L.Wr);
     return std::max<int64_t>(0, std::min<int64_t>(tn, pos - p0 + 1));
   }
+  // lim[rr] = visible(r0 + rr, p0, tn); whether any is > 0. With every
+  // prompt query in the window (H2O) half of the (block, tile) pairs see
+  // nothing, and skipping them halves the work; a masked pair contributes
+  // exactly 0 (the NaN / Inf policy), which skipping keeps.
+  template <int RB>
+  OBC_ALWAYS_INLINE bool any_visible(int64_t r0, int64_t p0, int64_t tn, int64_t* lim) const {
+    bool any = false;
+    for (int rr = 0; rr < RB; ++rr) {
+      lim[rr] = visible(r0 + rr, p0, tn);
+      any |= lim[rr] > 0;
+    }
+    return any;
+  }
 
   template <int RB>
   OBC_ALWAYS_INLINE void pass1_block(int64_t r0, int64_t p0, int64_t tn, const T* Kt, const T* V, int64_t ldv) {
@@ -312,10 +325,13 @@ struct Kernel {
     T* O = at(L.o);
     // Z straight into the logit cache when there is one (pass 2 reads it back).
     T* Zb = L.zcache ? logits(p0, r0) : at(L.xb);
-    xyt<RB, false>(at(L.qs) + r0 * D, Kt, Zb);
     int64_t lim[RB];
     T zmax[RB], corr[RB], sum[RB];
-    for (int rr = 0; rr < RB; ++rr) lim[rr] = visible(r0 + rr, p0, tn);
+    if (!any_visible<RB>(r0, p0, tn, lim)) {  // a tile past every row's query (causal): nothing to add
+      if (L.zcache) std::fill(Zb, Zb + RB * kTile, T(0));  // pass 2 may read it (max reduction)
+      return;
+    }
+    xyt<RB, false>(at(L.qs) + r0 * D, Kt, Zb);
     row_max<RB>(Zb, lim, zmax);
     for (int rr = 0; rr < RB; ++rr) {
       const int64_t r = r0 + rr;
@@ -348,6 +364,11 @@ struct Kernel {
   template <Score S, int RB>
   OBC_ALWAYS_INLINE void pass2_block(int64_t r0, int64_t p0, int64_t tn, const T* Kt, const T* Vt) {
     const int64_t D = p.D;
+    const bool qmax = p.query_reduce == QueryReduce::Max;
+    int64_t lim[RB];
+    // A block that sees none of the tile adds zeros: skipped, except under a
+    // max over the queries, where those zeros count.
+    if (!any_visible<RB>(r0, p0, tn, lim) && !qmax) return;
     T* Sb = at(L.sb);
     T* Xb = at(L.xb);
     T* Db = at(L.db);
@@ -358,11 +379,10 @@ struct Kernel {
       xyt<RB, false>(at(L.qs) + r0 * D, Kt, Sb);
     if constexpr (score_needs_vo(S)) xyt<RB, false>(O + r0 * D, Vt, Xb);
     if constexpr (score_needs_dist(S)) xyt<RB, true>(O + r0 * D, Vt, Db);
-    const bool qmax = p.query_reduce == QueryReduce::Max;
     for (int rr = 0; rr < RB; ++rr) {
       const int64_t r = r0 + rr;
       row_contrib<S, T>(Sb + rr * kTile, Xb + rr * kTile, Db + rr * kTile, at(L.vn1), at(L.vn2), at(L.m)[r],
-                        at(L.l)[r], at(L.on2)[r], visible(r, p0, tn), qmax, at(L.head) + (r / L.Wr) * kTile);
+                        at(L.l)[r], at(L.on2)[r], lim[rr], qmax, at(L.head) + (r / L.Wr) * kTile);
     }
   }
 

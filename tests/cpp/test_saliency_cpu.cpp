@@ -92,6 +92,7 @@ const Case kCases[] = {
     {1, 1, 4, 9, 9, 16, 0, true},    // N = W
     {2, 1, 2, 6, 65, 32, 1, false},  // non-causal
     {1, 2, 3, 32, 64, 8, 0, true},   // exact tiles
+    {1, 2, 2, 80, 80, 12, 0, true},  // every key a query (H2O): blocks past a tile are skipped
 };
 
 TEST(SaliencyCpu, Float32MatchesNaive) {
