@@ -33,6 +33,12 @@ namespace obc {
 
 constexpr int64_t kTile = 32;  // columns of a tile (keys, or hidden columns)
 
+// Rows per register block of xyt_tile (both kernels use it). Generic loops
+// (acc[RB][kTile] floats): RB = 4 fits AVX-512's (and NEON's) 32 registers.
+// AVX2's intrinsic blocks are RB x 16: 12 accumulators + 2 loads + 1 broadcast.
+constexpr int kRBWide = 4, kRBAvx2 = 6;
+constexpr int kMaxRB = kRBWide > kRBAvx2 ? kRBWide : kRBAvx2;
+
 // The variants a kernel file compiles; cpu_variant() is the best this CPU runs.
 enum class CpuVariant { Baseline, Avx2, Avx512 };
 

@@ -19,15 +19,13 @@
 namespace obc {
 namespace {
 
-constexpr int64_t kRows = 64;            // tokens per task
-constexpr int kRBWide = 4, kRBAvx2 = 6;  // rows per register block, as in saliency_cpu.cpp
-constexpr int kMaxRB = std::max(kRBWide, kRBAvx2);
+constexpr int64_t kRows = 64;  // tokens per task
 
 size_t align64(size_t n) { return (n + 63) / 64 * 64; }
 
 int64_t row_blocks(const ProjectedValueParams& p) { return (p.N + kRows - 1) / kRows; }
 
-// Byte offsets of the workspace pieces, in the accumulation type.
+// Byte offsets of the workspace pieces (arrays of the accumulation type).
 struct Layout {
   size_t v, w, c, part, total;
 };
@@ -108,15 +106,20 @@ OBC_ALWAYS_INLINE void run_tasks(const ProjectedValueParams& p, int64_t t0, int6
   for (int64_t t = t0; t < t1; ++t) task.run(t);
 }
 
+template <typename E, int RB, bool kAvx2>
+OBC_ALWAYS_INLINE void run_norm(const ProjectedValueParams& p, int64_t t0, int64_t t1, char* ws) {
+  if (p.p == 1) return run_tasks<E, 1, RB, kAvx2>(p, t0, t1, ws);
+  run_tasks<E, 2, RB, kAvx2>(p, t0, t1, ws);
+}
+
 template <int RB, bool kAvx2>
 OBC_ALWAYS_INLINE void run_dtype(const ProjectedValueParams& p, int64_t t0, int64_t t1, void* workspace) {
   char* ws = static_cast<char*>(workspace);
-  const bool l1 = p.p == 1;
   switch (p.dtype) {
-    case DType::F32: return l1 ? run_tasks<float, 1, RB, kAvx2>(p, t0, t1, ws) : run_tasks<float, 2, RB, kAvx2>(p, t0, t1, ws);
-    case DType::F16: return l1 ? run_tasks<half_t, 1, RB, kAvx2>(p, t0, t1, ws) : run_tasks<half_t, 2, RB, kAvx2>(p, t0, t1, ws);
-    case DType::BF16: return l1 ? run_tasks<bf16_t, 1, RB, kAvx2>(p, t0, t1, ws) : run_tasks<bf16_t, 2, RB, kAvx2>(p, t0, t1, ws);
-    case DType::F64: return l1 ? run_tasks<double, 1, RB, kAvx2>(p, t0, t1, ws) : run_tasks<double, 2, RB, kAvx2>(p, t0, t1, ws);
+    case DType::F32: return run_norm<float, RB, kAvx2>(p, t0, t1, ws);
+    case DType::F16: return run_norm<half_t, RB, kAvx2>(p, t0, t1, ws);
+    case DType::BF16: return run_norm<bf16_t, RB, kAvx2>(p, t0, t1, ws);
+    case DType::F64: return run_norm<double, RB, kAvx2>(p, t0, t1, ws);
   }
 }
 

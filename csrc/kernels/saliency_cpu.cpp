@@ -43,11 +43,6 @@
 namespace obc {
 namespace {
 
-// Window rows per register block. Generic loops (acc[RB][kTile] floats):
-// RB = 4 fits AVX-512's (and NEON's) 32 registers. AVX2's intrinsic blocks
-// (avx2_xyt, avx2_pv) are RB x 16: 12 accumulators + 2 loads + 1 broadcast.
-constexpr int kRBWide = 4, kRBAvx2 = 6;
-constexpr int kMaxRB = std::max(kRBWide, kRBAvx2);
 constexpr size_t kLogitCacheBytes = size_t(16) << 20;  // per worker
 
 // exp for x <= 88 (here always x <= 0): Cody-Waite reduction and Cephes'
