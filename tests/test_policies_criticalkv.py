@@ -6,6 +6,7 @@ import torch
 import obcache
 from obcache import reference as ref
 from obcache.policies import criticalkv_select, output_error_bound
+from obcache.policies.criticalkv import _top
 from conftest import make_cache
 
 
@@ -102,3 +103,20 @@ def test_output_error_is_within_the_bound_whenever_sigma_is_at_least_half(seed, 
     all_ok = ok.all(1)  # [B, W]
     full_err = (o - o_hat).sum(1).abs().sum(-1)  # [B, W]
     assert (full_err[all_ok] <= bound.sum(1)[all_ok] + 1e-9).all()
+
+
+@pytest.mark.parametrize("k", [0, 1, 5, 17, 40])
+def test_top_matches_a_stable_sort_with_ties_nan_and_exclusions(k):
+    # few distinct values: most of the k-th place is ties
+    g = torch.Generator().manual_seed(k)
+    s = torch.randint(0, 4, (6, 40), generator=g).double()
+    s[torch.rand(6, 40, generator=g) < 0.1] = float("nan")
+    s[torch.rand(6, 40, generator=g) < 0.1] = float("-inf")
+    exclude = torch.rand(6, 40, generator=g) < 0.3
+    got = _top(s, k, exclude=exclude)
+    key = torch.nan_to_num(s, nan=float("-inf"))
+    for r in range(6):
+        order = sorted((i for i in range(40) if not exclude[r, i]), key=lambda i: (-key[r, i].item(), i))
+        want = torch.zeros(40, dtype=torch.bool)
+        want[order[:k]] = True
+        assert torch.equal(got[r], want), (r, got[r].nonzero(), order[:k])

@@ -24,30 +24,38 @@ the padding, avg counts it) before either stage; the two stages then split
 the remaining budget b - sink - recent (stage 1: floor(alpha * that)).
 `adaptive_criticalkv_keep` does the same with one layer-wide budget (AdaKV).
 """
+from typing import NamedTuple
+
 import torch
 
 from obcache.reference import pool_scores
 
 __all__ = ["criticalkv_select", "output_error_bound", "critical_score", "criticalkv_keep",
-           "adaptive_criticalkv_keep", "pool_candidates", "padded_indices", "CRITICAL_EPS"]
+           "adaptive_criticalkv_keep", "criticalkv_stage1", "adaptive_criticalkv_stage1", "stage2_picks",
+           "kept_indices", "keep_all", "Stage1", "pool_candidates", "padded_indices", "CRITICAL_EPS"]
 
 CRITICAL_EPS = 1e-4
 
 
 def _top(scores, k, exclude=None):
-    """Indices of the k largest scores per row (ties to the lower index; NaN
-    ranks below every number), optionally never picking `exclude` (bool)."""
+    """bool mask of the k largest scores per row (ties to the lower index;
+    NaN ranks with -inf, below every number), never an `exclude` (bool)
+    entry: fewer than k where fewer remain. A top-k and a pass over the
+    ties: no sort of the row."""
     s = torch.nan_to_num(scores.to(torch.float64), nan=float("-inf"))
+    out = torch.zeros(s.shape, dtype=torch.bool, device=s.device)
+    if k <= 0 or s.shape[-1] == 0:
+        return out
     if exclude is not None:
         s = s.masked_fill(exclude, float("-inf"))
-    N = s.shape[-1]
-    # A stable descending sort gives ties to the lower index; excluded entries
-    # go after every candidate (-inf ties are broken by the exclusion key).
-    order = torch.argsort(s, dim=-1, descending=True, stable=True)
+    kth = s.topk(min(k, s.shape[-1]), dim=-1, sorted=False).values.amin(-1, keepdim=True)
+    above = s > kth
+    ties = s == kth
     if exclude is not None:
-        ex = exclude.gather(-1, order).to(torch.int8)
-        order = order.gather(-1, torch.argsort(ex, dim=-1, stable=True))
-    return order[..., : min(k, N)]
+        ties &= ~exclude
+    # every score above the k-th is in; the ties fill what is left, lowest index first
+    need = k - above.sum(-1, keepdim=True)
+    return above | (ties & (ties.cumsum(-1) <= need))
 
 
 def criticalkv_select(base, critical, budget, *, alpha=0.5):
@@ -73,9 +81,8 @@ def criticalkv_select(base, critical, budget, *, alpha=0.5):
     N = base.shape[-1]
     b = min(budget, N)
     first = _top(base, int(alpha * b))
-    taken = torch.zeros(base.shape, dtype=torch.bool, device=base.device).scatter_(-1, first, True)
-    second = _top(critical, b - first.shape[-1], exclude=taken)
-    return torch.cat([first, second], dim=-1).sort(dim=-1).values
+    kept = first | _top(critical, b - int(alpha * b), exclude=first)
+    return kept.nonzero()[:, -1].view(*kept.shape[:-1], b)
 
 
 def output_error_bound(attn, proj_norm1, kept):
@@ -125,9 +132,13 @@ def padded_indices(keep):
     head, padded with -1; lengths int64 [B, H]), Lmax the longest head."""
     N = keep.shape[-1]
     lengths = keep.sum(-1)
-    pos = torch.arange(N, device=keep.device).expand(keep.shape)
-    idx = torch.where(keep, pos, pos + N).sort(-1).values[..., : int(lengths.max())]
-    return idx.masked_fill(idx >= N, -1), lengths
+    L = int(lengths.max()) if keep.numel() else 0
+    # each kept token goes to its rank among its head's kept tokens; the
+    # others all land in a spare column that is cut off
+    slot = torch.where(keep, keep.cumsum(-1) - 1, L)
+    idx = torch.full((*keep.shape[:-1], L + 1), -1, dtype=torch.int64, device=keep.device)
+    idx.scatter_(-1, slot, torch.arange(N, device=keep.device).expand(keep.shape))
+    return idx[..., :L].contiguous(), lengths
 
 
 def check_budget(budget, sink, recent):
@@ -136,24 +147,97 @@ def check_budget(budget, sink, recent):
         raise ValueError(f"budget must be >= sink + recent = {sink + recent} and >= 1, got {budget}")
 
 
+class Stage1(NamedTuple):
+    """Stage 1 of a CriticalKV eviction, over the candidates [sink, N - recent).
+
+    taken: bool [B, H, C], the candidates stage 1 keeps (AdaKV: with the
+        heads' floors). rest: how many more candidates stage 2 keeps, per
+        (batch, head) when per_head, else per batch row over all heads.
+    """
+    taken: torch.Tensor
+    rest: int
+    per_head: bool
+
+    def groups(self, x):
+        """x [B, H, C] as the rows stage 2 picks in: [B, H, C] or [B, H * C]."""
+        return x if self.per_head else x.reshape(x.shape[0], -1)
+
+    def reduce(self):
+        """The dims of a [B, H, C] tensor that form one stage-2 group."""
+        return -1 if self.per_head else (1, 2)
+
+
+def stage2_picks(plan, pooled_critical):
+    """bool [B, H, C]: the candidates stage 2 keeps by the pooled critical
+    score (the best `plan.rest` of those stage 1 left; ties to the lower
+    head, then the lower index)."""
+    return _top(plan.groups(pooled_critical), plan.rest, exclude=plan.groups(plan.taken)).view(plan.taken.shape)
+
+
+def criticalkv_stage1(base, budget, *, sink=0, recent=0, pool_kernel=0, pool="max", alpha=0.5):
+    """criticalkv_keep's stage 1 (None when budget >= N: every token stays).
+    Stage 1 keeps the top floor(alpha * c) candidates of each head by the
+    pooled base score, c = budget - sink - recent; stage 2 keeps the other
+    c - floor(alpha * c)."""
+    N = base.shape[-1]
+    if budget >= N:
+        return None
+    check_budget(budget, sink, recent)
+    c = budget - sink - recent
+    pb = pool_candidates(base, sink=sink, recent=recent, pool_kernel=pool_kernel, pool=pool)
+    return Stage1(_top(pb, int(alpha * c)), c - int(alpha * c), True)
+
+
+def adaptive_criticalkv_stage1(base, total_budget, *, floor=0.2, sink=0, recent=0, pool_kernel=0, pool="max",
+                               alpha=0.5):
+    """adaptive_criticalkv_keep's stage 1 (None when total_budget >= H * N):
+    each head's floor, then the layer's best base-score candidates up to
+    floor(alpha * c) in all; stage 2 keeps the rest of c over the layer."""
+    B, H, N = base.shape
+    if total_budget >= H * N:
+        return None
+    f = max(sink + recent, int(floor * (total_budget // H)))
+    if f > N or H * f > total_budget:
+        raise ValueError(f"total_budget={total_budget} cannot give each of {H} heads its floor of {f} tokens")
+    pb = pool_candidates(base, sink=sink, recent=recent, pool_kernel=pool_kernel, pool=pool)
+    C = pb.shape[-1]
+    floors = _top(pb, f - sink - recent).view(B, H * C)
+    c = total_budget - H * (sink + recent)
+    n1 = max(0, int(alpha * c) - H * (f - sink - recent))
+    taken = floors | _top(pb.reshape(B, H * C), n1, exclude=floors)
+    return Stage1(taken.view(B, H, C), c - H * (f - sink - recent) - n1, False)
+
+
+def kept_indices(plan, picks, *, sink, recent):
+    """The kept token indices of an eviction whose candidates are
+    plan.taken | picks: int64 [B, H, budget] ascending (per head), or
+    (indices [B, H, Lmax] padded with -1, lengths [B, H]) (layer-wide)."""
+    B, H, _ = picks.shape
+    ones = torch.ones(B, H, 1, dtype=torch.bool, device=picks.device)
+    keep = torch.cat([ones.expand(B, H, sink), plan.taken | picks, ones.expand(B, H, recent)], -1)
+    idx, lengths = padded_indices(keep)
+    return idx if plan.per_head else (idx, lengths)
+
+
+def keep_all(base, *, per_head):
+    """kept_indices' result for an eviction whose budget holds every token
+    of base [B, H, N] (stage 1 returned None)."""
+    B, H, N = base.shape
+    idx = torch.arange(N, device=base.device).expand(B, H, N).contiguous()
+    return idx if per_head else (idx, torch.full((B, H), N, dtype=torch.int64, device=base.device))
+
+
 def criticalkv_keep(base, critical, budget, *, sink=0, recent=0, pool_kernel=0, pool="max", alpha=0.5):
     """CriticalKV eviction per (batch, head): int64 [B, H, min(budget, N)]
     ascending. Keeps [0, sink) and [N - recent, N); pools both scores
     (`pool_candidates`); stage 1 keeps the top floor(alpha * c) candidates by
     the pooled base score, c = budget - sink - recent; stage 2 the other
-    candidates by the pooled critical score (`criticalkv_select`)."""
-    B, H, N = base.shape
-    if budget >= N:
-        return torch.arange(N, device=base.device).expand(B, H, N).contiguous()
-    check_budget(budget, sink, recent)
-    c = budget - sink - recent
-    parts = [torch.arange(sink, device=base.device).expand(B, H, sink)]
-    if c > 0:
-        pb = pool_candidates(base, sink=sink, recent=recent, pool_kernel=pool_kernel, pool=pool)
-        pc = pool_candidates(critical, sink=sink, recent=recent, pool_kernel=pool_kernel, pool=pool)
-        parts.append(criticalkv_select(pb, pc, c, alpha=alpha) + sink)
-    parts.append(torch.arange(N - recent, N, device=base.device).expand(B, H, recent))
-    return torch.cat(parts, -1).contiguous()
+    candidates by the pooled critical score (as `criticalkv_select`)."""
+    plan = criticalkv_stage1(base, budget, sink=sink, recent=recent, pool_kernel=pool_kernel, pool=pool, alpha=alpha)
+    if plan is None:
+        return keep_all(base, per_head=True)
+    pc = pool_candidates(critical, sink=sink, recent=recent, pool_kernel=pool_kernel, pool=pool)
+    return kept_indices(plan, stage2_picks(plan, pc), sink=sink, recent=recent)
 
 
 def adaptive_criticalkv_keep(base, critical, total_budget, *, floor=0.2, sink=0, recent=0, pool_kernel=0,
@@ -172,25 +256,9 @@ def adaptive_criticalkv_keep(base, critical, total_budget, *, floor=0.2, sink=0,
     candidates of any head by the pooled critical score. Ties: lower head,
     then lower index.
     """
-    B, H, N = base.shape
-    dev = base.device
-    if total_budget >= H * N:
-        return (torch.arange(N, device=dev).expand(B, H, N).contiguous(),
-                torch.full((B, H), N, dtype=torch.int64, device=dev))
-    f = max(sink + recent, int(floor * (total_budget // H)))
-    if f > N or H * f > total_budget:
-        raise ValueError(f"total_budget={total_budget} cannot give each of {H} heads its floor of {f} tokens")
-    pb = pool_candidates(base, sink=sink, recent=recent, pool_kernel=pool_kernel, pool=pool)
+    plan = adaptive_criticalkv_stage1(base, total_budget, floor=floor, sink=sink, recent=recent,
+                                      pool_kernel=pool_kernel, pool=pool, alpha=alpha)
+    if plan is None:
+        return keep_all(base, per_head=False)
     pc = pool_candidates(critical, sink=sink, recent=recent, pool_kernel=pool_kernel, pool=pool)
-    C = pb.shape[-1]
-    taken = torch.zeros(B, H, C, dtype=torch.bool, device=dev)
-    taken.scatter_(-1, _top(pb, f - sink - recent), True)
-    flat = taken.view(B, H * C)
-    c = total_budget - H * (sink + recent)
-    n1 = max(0, int(alpha * c) - H * (f - sink - recent))
-    flat.scatter_(-1, _top(pb.reshape(B, H * C), n1, exclude=flat.clone()), True)
-    rest = c - H * (f - sink - recent) - n1
-    flat.scatter_(-1, _top(pc.reshape(B, H * C), rest, exclude=flat.clone()), True)
-    keep = torch.cat([torch.ones(B, H, sink, dtype=torch.bool, device=dev), taken,
-                      torch.ones(B, H, recent, dtype=torch.bool, device=dev)], -1)
-    return padded_indices(keep)
+    return kept_indices(plan, stage2_picks(plan, pc), sink=sink, recent=recent)
