@@ -46,8 +46,9 @@ from torch import nn
 from obcache.hf.cache_arg import cache_of, set_cache
 from obcache.hf.queries import attention_modules, recompute_queries
 from obcache.methods import Method, get_method
-from obcache.policies import adaptive_criticalkv_keep, criticalkv_keep, laprox_select
-from obcache.policies.criticalkv_pruned import pruned_critical_score
+from obcache.policies import laprox_select
+from obcache.policies.criticalkv import adaptive_criticalkv_stage1, criticalkv_stage1, keep_all, kept_indices
+from obcache.policies.criticalkv_pruned import pruned_stage2
 
 __all__ = ["compress", "Compression", "CacheState", "resolve_budget", "base_model"]
 
@@ -157,22 +158,20 @@ def _set_length(layer, n):
 
 
 def _criticalkv_keep(k, v, q, budget, *, method, scale, wo, adaptive=False, floor=None, **sel):
-    """The tokens a `criticalkv` row keeps in one layer: criticalkv_keep with
-    `budget` per head, or adaptive_criticalkv_keep with `budget` for the
-    layer (returns (indices, lengths) then). Stage 2's critical score is
-    computed exactly only where the selection depends on it
-    (pruned_critical_score: the same tokens, ~1/5 of the o_proj-sized work).
+    """The tokens a `criticalkv` row keeps in one layer: those of
+    criticalkv_keep with `budget` per head, or of adaptive_criticalkv_keep
+    with `budget` for the layer (then (indices, lengths)). Stage 2's critical
+    score is computed exactly only where its picks depend on it
+    (pruned_stage2: the same tokens, ~3% of the o_proj-sized work).
     sel: sink, recent, pool_kernel, pool."""
     base = _ops().saliency(k, v, q, method.score, group_reduce=method.group_reduce or "sum", scale=scale)
     if adaptive:
-        def keep(critical):
-            return adaptive_criticalkv_keep(base, critical, budget, floor=floor, **sel)
+        plan = adaptive_criticalkv_stage1(base, budget, floor=floor, **sel)
     else:
-        def keep(critical):
-            return criticalkv_keep(base, critical, budget, **sel)
-    critical = pruned_critical_score(base, v, wo, (lambda c: keep(c)[0]) if adaptive else keep, per_head=not adaptive,
-                                     **sel)
-    return keep(critical)
+        plan = criticalkv_stage1(base, budget, **sel)
+    if plan is None:  # the budget holds every token
+        return keep_all(base, per_head=not adaptive)
+    return kept_indices(plan, pruned_stage2(plan, base, v, wo, **sel), sink=sel["sink"], recent=sel["recent"])
 
 
 def evict_layer(k, v, q, budget, *, method: Method, sink, recent, pool_kernel, pool, scale, start=None, wo=None):

@@ -1,43 +1,51 @@
-"""CriticalKV's stage-2 score, computed exactly only where the selection can
-depend on it.
+"""CriticalKV's stage 2, with the critical score computed exactly only
+where the selection can depend on it.
 
 The critical score (s + 1e-4) * mean_g ||v_p W_o^g||_1 needs a [D, hidden]
 product per token and query head: as many FLOPs as the layer's o_proj, ~7%
-of a prefill. Stage 2 only asks which candidates are the top few percent, so
-`pruned_critical_score` bounds the norm from above for every token and
-computes it exactly (torch.ops.obcache.projected_value_norm on the gathered
-rows) for the tokens that can still make the cut:
+of a prefill. Stage 2 only asks which of the candidates stage 1 left are the
+best `rest`, so `pruned_stage2` bounds the norm from above for every token
+and computes it exactly (torch.ops.obcache.projected_value_norm on the
+gathered rows) only for the tokens that can still make the cut:
 
     ||v W^g||_1 <= sqrt(hidden) ||v W^g||_2 <= sqrt(hidden) sigma_max(W^g) ||v||_2
 
-1. ub = (s + 1e-4) * mean_g sqrt(hidden) sigma_max(W^g) ||v_p||, times
-   1 + 1e-3 for the rounding of the float32 exact values (the bound's own
-   slack is ~1.25x for a dense projection).
-2. K1 = keep(ub): the selection as if ub were the score. The exact score is
-   computed for every token in the pooling window of a member of K1.
-3. tau = the least pooled exact score among K1's candidates (per head, or
-   per batch row for a layer-wide selection): stage 2 keeps k candidates
-   and K1 holds k of them, all with pooled exact >= tau, so the k-th best
-   pooled exact score is >= tau.
-4. Every candidate whose pooled bound is >= tau survives; the exact score is
-   computed in the pooling windows of the survivors too.
+1. Bounds lo <= score <= hi for every token: hi = max(s + 1e-4, 0) * b,
+   lo = min(s + 1e-4, 0) * b with b = mean_g sqrt(hidden) sigma_max(W^g)
+   ||v_p|| times 1 + 1e-3 for the rounding of the float32 exact values (the
+   bound's own slack is ~1.25x for a dense projection). Where the exact
+   score is computed, hi = lo = exact.
+2. Seed: the candidates stage 2 would pick by the pooled hi. Their pooled
+   values are made exact where cheap: for max pooling the tokens holding
+   the window's largest hi, for avg pooling (or none) every token of it.
+3. Pooling (max, or avg: weights > 0) is monotone, so pooled lo <= pooled
+   exact <= pooled hi per candidate. tau = the rest-th largest pooled lo
+   among the candidates stage 1 left (per stage-2 group: a head, or a batch
+   row for a layer-wide selection): `rest` candidates score >= tau, so one
+   whose pooled hi is < tau is never picked. A candidate with pooled
+   hi >= tau and pooled hi > lo is open.
+4. One round settles every open window. Max pooling: compute the tokens of
+   open windows whose hi exceeds the window's pooled lo (no other can hold
+   its max) and reaches tau. Afterwards a window's max is either a computed
+   value, and exact, or the hi of a token below tau, and the window is
+   below tau. Avg pooling: compute every token of an open window. tau only
+   rises and hi only falls, so no window opens again.
+5. Now every candidate that can be picked has its exact pooled score and
+   the others stay below tau, so stage 2's picks by the pooled hi equal
+   those by the exact score, ties included.
 
-The result holds the exact score at every token it computed and the bound
-elsewhere. Pooling (max, or avg: weights > 0) is monotone, so a pruned
-candidate's pooled value stays below tau, while every survivor's pooled
-value is exact: keep(result) == keep(exact critical score), ties included.
-On SmolLM2-135M (2048 tokens, budget 10%) the exact norm is needed for ~20%
-of the tokens. Inputs with a non-finite value, or a selection that keeps
-every token, get the exact score everywhere.
+Stage 1's own picks need no critical score at all. On SmolLM2-135M (2048
+tokens, budget 10%, max pooling) the exact norm is needed for ~2.6% of
+the tokens. Inputs with a non-finite value get the exact score everywhere.
 """
 import weakref
 
 import torch
 import torch.nn.functional as F
 
-from obcache.policies.criticalkv import CRITICAL_EPS, pool_candidates
+from obcache.policies.criticalkv import CRITICAL_EPS, padded_indices, pool_candidates, stage2_picks
 
-__all__ = ["pruned_critical_score"]
+__all__ = ["pruned_stage2", "critical_upper_bound"]
 
 BOUND_SLACK = 1e-3
 
@@ -63,67 +71,118 @@ def _norm_bound(wo, Hkv, D):
     return bound
 
 
-def _window(mask, pool_kernel):
-    """The tokens within pool_kernel // 2 of a True of mask [B, H, N]."""
-    if pool_kernel <= 1:
-        return mask
-    B, H, N = mask.shape
-    r = pool_kernel // 2
-    return F.max_pool1d(mask.view(B * H, 1, N).float(), 2 * r + 1, 1, r).view(B, H, N) > 0
+def _bounds(base, v, wo):
+    """(hi, lo) [B, H_kv, N] float32 with lo <= critical score <= hi
+    (step 1 of the module docstring; a negative base, the joint score's
+    cross term, makes the score <= 0 and bounds it from below instead)."""
+    H, D = base.shape[1], v.shape[-1]
+    factor = base + CRITICAL_EPS
+    norm = _norm_bound(wo, H, D).view(1, H, 1) * v.float().norm(dim=-1) * (1 + BOUND_SLACK)
+    return factor.clamp_min(0) * norm, factor.clamp_max(0) * norm
 
 
-def _fill_exact(out, done, need, base, v, wo):
-    """Writes the exact critical score into out at need & ~done (in place),
-    one projected_value_norm call per (batch, head) on its gathered rows: a
-    row's norm does not depend on the other rows of the call, so the values
-    equal those of the call over every token."""
-    todo = need & ~done
-    B, H, _ = todo.shape
-    cols = wo.shape[1] // H  # G * D columns of wo per KV head
-    for b in range(B):
-        for h in range(H):
-            sel = todo[b, h]
-            if not bool(sel.any()):
-                continue
-            pn = torch.ops.obcache.projected_value_norm(v[b, h][sel][None, None], wo[:, h * cols:(h + 1) * cols], 1)
-            out[b, h][sel] = (base[b, h][sel] + CRITICAL_EPS) * pn[0].mean(0)
-    done |= todo
+def critical_upper_bound(base, v, wo):
+    """[B, H_kv, N] float32, >= the critical score (s + 1e-4) * mean_g
+    ||v_p W_o^g||_1 everywhere."""
+    return _bounds(base, v, wo)[0]
 
 
-def pruned_critical_score(base, v, wo, keep, *, sink, recent, pool_kernel, pool, per_head=True):
-    """A [B, H_kv, N] float32 stage-2 score that `keep` treats exactly as it
-    treats the exact critical score (module docstring).
+class _Scores:
+    """The critical score's bounds hi >= score >= lo per token, both set to
+    the exact score where it was computed (done)."""
+
+    def __init__(self, base, v, wo):
+        self.base, self.v, self.wo = base, v, wo
+        self.hi, self.lo = _bounds(base, v, wo)
+        self.done = torch.zeros(base.shape, dtype=torch.bool, device=base.device)
+
+    def compute(self, need):
+        """The exact score at need & ~done: one projected_value_norm call on
+        the rows of every head gathered side by side (a row's norm does not
+        depend on the other rows of the call)."""
+        todo = need & ~self.done
+        if not bool(todo.any()):
+            return
+        B, H, _ = todo.shape
+        D = self.v.shape[-1]
+        idx, _ = padded_indices(todo)  # [B, H, M], -1 past a head's count
+        rows = self.v.gather(2, idx.clamp_min(0)[..., None].expand(-1, -1, -1, D))
+        pn = torch.ops.obcache.projected_value_norm(rows, self.wo, 1)  # [B, H * G, M]
+        exact = (self.base.gather(-1, idx.clamp_min(0)) + CRITICAL_EPS) * pn.view(B, H, -1, idx.shape[-1]).mean(2)
+        # boolean indexing walks both in row-major order: the same tokens
+        exact = exact[idx >= 0]
+        self.hi[todo] = exact
+        self.lo[todo] = exact
+        self.done |= todo
+
+
+def _window(mask, pool_kernel, sink, n):
+    """bool [B, H, n]: the tokens pooling into a True of mask [B, H, C], the
+    candidates [sink, sink + C) as pool_candidates lays them out (pooling
+    runs over [0, sink + C), a candidate pooling the tokens within
+    pool_kernel // 2 of it)."""
+    B, H, C = mask.shape
+    out = torch.zeros(B, H, n, dtype=torch.bool, device=mask.device)
+    out[..., sink:sink + C] = mask
+    if pool_kernel > 1:
+        r = pool_kernel // 2
+        out = F.max_pool1d(out.view(B * H, 1, n).float(), 2 * r + 1, 1, r).view(B, H, n) > 0
+        out[..., sink + C:] = False
+    return out
+
+
+def _window_min(x, pool_kernel, sink, n):
+    """[B, H, n]: per token, the least x [B, H, C] over the candidates it
+    pools into (+inf for a token pooling into none)."""
+    B, H, C = x.shape
+    out = torch.full((B, H, n), float("inf"), dtype=x.dtype, device=x.device)
+    out[..., sink:sink + C] = x
+    if pool_kernel > 1:
+        r = pool_kernel // 2
+        out = -F.max_pool1d(-out.view(B * H, 1, n), 2 * r + 1, 1, r).view(B, H, n)
+        out[..., sink + C:] = float("inf")
+    return out
+
+
+def pruned_stage2(plan, base, v, wo, *, sink, recent, pool_kernel, pool):
+    """bool [B, H_kv, C]: the candidates stage 2 of `plan` keeps, the same as
+    stage2_picks(plan, pooled exact critical score) (module docstring).
 
     Args:
-        base: [B, H_kv, N] float32 base scores (stage 1's, non-negative).
+        plan: criticalkv_stage1 / adaptive_criticalkv_stage1 of `base` with
+            the sink, recent, pool_kernel and pool given here.
+        base: [B, H_kv, N] float32 base scores.
         v: [B, H_kv, N, D] values; wo: the layer's o_proj weight.
-        keep: critical -> int64 [B, H_kv, L] kept token indices (-1 = none),
-            the selection the result is for (criticalkv_keep, or the indices
-            of adaptive_criticalkv_keep), with the sink, recent, pool_kernel
-            and pool given here.
-        per_head: stage 2 picks per (batch, head) (criticalkv_keep), or over
-            all heads of a batch row at once (adaptive_criticalkv_keep).
     """
     B, H, N = base.shape
-    D = v.shape[-1]
-    ub = (base + CRITICAL_EPS) * (_norm_bound(wo, H, D).view(1, H, 1) * v.float().norm(dim=-1)) * (1 + BOUND_SLACK)
-    done = torch.zeros(B, H, N, dtype=torch.bool, device=base.device)
-    if not bool(torch.isfinite(ub).all()):
-        _fill_exact(ub, done, ~done, base, v, wo)
-        return ub
-    kept = keep(ub)
-    members = torch.zeros(B, H, N + 1, dtype=torch.bool, device=base.device)
-    members.scatter_(-1, torch.where(kept < 0, N, kept), True)
-    members = members[..., :N]
-    out = ub.clone()
-    _fill_exact(out, done, _window(members, pool_kernel), base, v, wo)
-    lo, hi = sink, N - recent
-    if hi <= lo:
-        return out
-    pooled = pool_candidates(out, sink=sink, recent=recent, pool_kernel=pool_kernel, pool=pool)
-    in_k1 = members[..., lo:hi]
-    tau = pooled.masked_fill(~in_k1, float("inf")).amin(-1 if per_head else (1, 2), keepdim=True)
-    survivors = torch.zeros_like(members)
-    survivors[..., lo:hi] = pool_candidates(ub, sink=sink, recent=recent, pool_kernel=pool_kernel, pool=pool) >= tau
-    _fill_exact(out, done, _window(survivors, pool_kernel), base, v, wo)
-    return out
+    C = plan.taken.shape[-1]
+    if plan.rest == 0:
+        return torch.zeros_like(plan.taken)
+    sel = dict(sink=sink, recent=recent, pool_kernel=pool_kernel, pool=pool)
+    sc = _Scores(base, v, wo)
+    if not bool(torch.isfinite(sc.hi).all() and torch.isfinite(sc.lo).all()):
+        sc.compute(torch.ones_like(sc.done))
+        return stage2_picks(plan, pool_candidates(sc.hi, **sel))
+    by_max = pool == "max" and pool_kernel > 1
+    hi = pool_candidates(sc.hi, **sel)
+    k2 = stage2_picks(plan, hi)
+    # The picks by the bound seed the threshold: the max of a window needs
+    # only the tokens holding its bound's max, an average every token.
+    if by_max:
+        sc.compute(sc.hi >= _window_min(hi.masked_fill(~k2, float("inf")), pool_kernel, sink, N))
+    else:
+        sc.compute(_window(k2, pool_kernel, sink, N))
+    hi, lo = pool_candidates(sc.hi, **sel), pool_candidates(sc.lo, **sel)
+    free = ~plan.taken
+    # `rest` candidates score at least tau: no candidate below it is picked
+    tau = plan.groups(lo.masked_fill(~free, float("-inf"))).topk(plan.rest, dim=-1).values.amin(-1)
+    tau = tau.view(B, H, 1) if plan.per_head else tau.view(B, 1, 1)
+    open_ = free & (hi >= tau) & (hi > lo)
+    # One round settles every open window (module docstring, step 4).
+    if by_max:
+        sc.compute((sc.hi > _window_min(lo.masked_fill(~open_, float("inf")), pool_kernel, sink, N))
+                   & (sc.hi >= tau))
+    else:
+        sc.compute(_window(open_, pool_kernel, sink, N))
+    # every candidate that can make the cut has its exact pooled score
+    return stage2_picks(plan, pool_candidates(sc.hi, **sel))
