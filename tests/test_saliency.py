@@ -321,6 +321,27 @@ def test_laprox_scales_with_the_projected_l2_norm_of_each_head():
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_laprox_norm_through_the_qr_factor_keeps_an_ill_conditioned_wo_accurate(dtype, device):
+    # For float32/64 the op computes ||v W_o^g||_2 as ||v R_g^T||_2 with
+    # wo's head block = Q_g R_g. With singular values spanning 100x and
+    # hidden = 8 D the float32 result must stay within what rounding v R^T
+    # allows: eps32 * cond * sqrt(D) ~ 6e-8 * 100 * 8 = 5e-5 relative.
+    _skip_f64_on_cuda(device, dtype)
+    H_q, D, hidden = 4, 32, 256
+    k, v, q = make_cache(1, 2, 2, 6, 90, D, dtype=dtype, device=device, seed=41)
+    g = torch.Generator().manual_seed(42)
+    r = H_q * D
+    a = torch.linalg.qr(torch.randn(hidden, r, generator=g, dtype=torch.float64))[0]
+    b = torch.linalg.qr(torch.randn(r, r, generator=g, dtype=torch.float64))[0]
+    wo = (a * torch.logspace(0, -2, r, dtype=torch.float64)) @ b.t()  # [hidden, H_q * D]
+    out = obcache.saliency(k, v, q, "laprox", wo=wo.to(dtype).to(device))
+    want = ref.saliency(k.cpu().double(), v.cpu().double(), q.cpu().double(), "laprox", wo=wo.to(dtype).double())
+    rtol = 1e-12 if dtype == torch.float64 else 1e-4
+    torch.testing.assert_close(out.cpu().double(), want, rtol=rtol, atol=0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_opcheck_wo_scores(device):
     k, v, q = make_cache(1, 2, 2, 4, 20, 16, device=device, seed=27)
     wo = _wo(4, 16, 24, device=device)
