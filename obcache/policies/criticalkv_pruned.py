@@ -155,7 +155,6 @@ def pruned_stage2(plan, base, v, wo, *, sink, recent, pool_kernel, pool):
         v: [B, H_kv, N, D] values; wo: the layer's o_proj weight.
     """
     B, H, N = base.shape
-    C = plan.taken.shape[-1]
     if plan.rest == 0:
         return torch.zeros_like(plan.taken)
     sel = dict(sink=sink, recent=recent, pool_kernel=pool_kernel, pool=pool)
