@@ -162,10 +162,6 @@ class Stage1(NamedTuple):
         """x [B, H, C] as the rows stage 2 picks in: [B, H, C] or [B, H * C]."""
         return x if self.per_head else x.reshape(x.shape[0], -1)
 
-    def reduce(self):
-        """The dims of a [B, H, C] tensor that form one stage-2 group."""
-        return -1 if self.per_head else (1, 2)
-
 
 def stage2_picks(plan, pooled_critical):
     """bool [B, H, C]: the candidates stage 2 keeps by the pooled critical

@@ -106,9 +106,10 @@ class _Scores:
         B, H, _ = todo.shape
         D = self.v.shape[-1]
         idx, _ = padded_indices(todo)  # [B, H, M], -1 past a head's count
-        rows = self.v.gather(2, idx.clamp_min(0)[..., None].expand(-1, -1, -1, D))
+        at = idx.clamp_min(0)  # padding reads token 0; dropped below
+        rows = self.v.gather(2, at[..., None].expand(-1, -1, -1, D))
         pn = torch.ops.obcache.projected_value_norm(rows, self.wo, 1)  # [B, H * G, M]
-        exact = (self.base.gather(-1, idx.clamp_min(0)) + CRITICAL_EPS) * pn.view(B, H, -1, idx.shape[-1]).mean(2)
+        exact = (self.base.gather(-1, at) + CRITICAL_EPS) * pn.view(B, H, -1, idx.shape[-1]).mean(2)
         # boolean indexing walks both in row-major order: the same tokens
         exact = exact[idx >= 0]
         self.hi[todo] = exact
@@ -116,24 +117,12 @@ class _Scores:
         self.done |= todo
 
 
-def _window(mask, pool_kernel, sink, n):
-    """bool [B, H, n]: the tokens pooling into a True of mask [B, H, C], the
-    candidates [sink, sink + C) as pool_candidates lays them out (pooling
-    runs over [0, sink + C), a candidate pooling the tokens within
-    pool_kernel // 2 of it)."""
-    B, H, C = mask.shape
-    out = torch.zeros(B, H, n, dtype=torch.bool, device=mask.device)
-    out[..., sink:sink + C] = mask
-    if pool_kernel > 1:
-        r = pool_kernel // 2
-        out = F.max_pool1d(out.view(B * H, 1, n).float(), 2 * r + 1, 1, r).view(B, H, n) > 0
-        out[..., sink + C:] = False
-    return out
-
-
 def _window_min(x, pool_kernel, sink, n):
     """[B, H, n]: per token, the least x [B, H, C] over the candidates it
-    pools into (+inf for a token pooling into none)."""
+    pools into (+inf for a token pooling into none). The candidates are
+    [sink, sink + C) as pool_candidates lays them out: pooling runs over
+    [0, sink + C), a candidate pooling the tokens within pool_kernel // 2
+    of it."""
     B, H, C = x.shape
     out = torch.full((B, H, n), float("inf"), dtype=x.dtype, device=x.device)
     out[..., sink:sink + C] = x
@@ -142,6 +131,12 @@ def _window_min(x, pool_kernel, sink, n):
         out = -F.max_pool1d(-out.view(B * H, 1, n), 2 * r + 1, 1, r).view(B, H, n)
         out[..., sink + C:] = float("inf")
     return out
+
+
+def _window(mask, pool_kernel, sink, n):
+    """bool [B, H, n]: the tokens pooling into a True of mask [B, H, C]."""
+    inside = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device).masked_fill_(~mask, float("inf"))
+    return _window_min(inside, pool_kernel, sink, n) < float("inf")
 
 
 def pruned_stage2(plan, base, v, wo, *, sink, recent, pool_kernel, pool):
