@@ -55,6 +55,16 @@ TEST(EmuProjectedValue, Float32OddSizesBothNorms) {
   }
 }
 
+// LaProx's L2 path multiplies v by each head block's QR factor R_g^T, so on
+// CUDA the kernel runs with hidden == D: one full 64-column tile (D = 64) and
+// a full plus a partial tile (D = 72).
+TEST(EmuProjectedValue, HiddenEqualsHeadDim) {
+  std::mt19937 rng(4);
+  check<float>({1, 3, 3, 130, 64, 64, 0}, obc::DType::F32, 2, rng);
+  check<float>({1, 2, 2, 70, 72, 72, 1}, obc::DType::F32, 2, rng);
+  check<obc::bf16_t>({1, 1, 2, 37, 64, 64, 0}, obc::DType::BF16, 2, rng);
+}
+
 TEST(EmuProjectedValue, HalfAndBFloat16) {
   std::mt19937 rng(2);
   check<obc::half_t>({1, 1, 2, 37, 24, 70, 1}, obc::DType::F16, 1, rng);
