@@ -171,7 +171,7 @@ def _criticalkv_keep(k, v, q, budget, *, method, scale, wo, adaptive=False, floo
         plan = criticalkv_stage1(base, budget, **sel)
     if plan is None:  # the budget holds every token
         return keep_all(base, per_head=not adaptive)
-    return kept_indices(plan, pruned_stage2(plan, base, v, wo, **sel), sink=sel["sink"], recent=sel["recent"])
+    return kept_indices(plan, pruned_stage2(plan, base, v, wo, **sel)[0], sink=sel["sink"], recent=sel["recent"])
 
 
 def evict_layer(k, v, q, budget, *, method: Method, sink, recent, pool_kernel, pool, scale, start=None, wo=None):

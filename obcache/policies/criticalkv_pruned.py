@@ -45,7 +45,7 @@ import torch.nn.functional as F
 
 from obcache.policies.criticalkv import CRITICAL_EPS, padded_indices, pool_candidates, stage2_picks
 
-__all__ = ["pruned_stage2", "critical_upper_bound"]
+__all__ = ["pruned_stage2", "pruned_stage2_torch", "critical_upper_bound"]
 
 BOUND_SLACK = 1e-3
 
@@ -140,23 +140,37 @@ def _window(mask, pool_kernel, sink, n):
 
 
 def pruned_stage2(plan, base, v, wo, *, sink, recent, pool_kernel, pool):
-    """bool [B, H_kv, C]: the candidates stage 2 of `plan` keeps, the same as
-    stage2_picks(plan, pooled exact critical score) (module docstring).
+    """(picks, exact): picks bool [B, H_kv, C], the candidates stage 2 of
+    `plan` keeps, the same as stage2_picks(plan, pooled exact critical
+    score) (module docstring); exact bool [B, H_kv, N], the tokens whose
+    critical score it computed.
 
     Args:
         plan: criticalkv_stage1 / adaptive_criticalkv_stage1 of `base` with
             the sink, recent, pool_kernel and pool given here.
         base: [B, H_kv, N] float32 base scores.
         v: [B, H_kv, N, D] values; wo: the layer's o_proj weight.
+
+    On CPU the steps run in one op (torch.ops.obcache._criticalkv_stage2:
+    the same exact scores, the bookkeeping in plain loops instead of ~300
+    small torch ops per layer); elsewhere `pruned_stage2_torch`.
     """
+    if base.device.type != "cpu":
+        return pruned_stage2_torch(plan, base, v, wo, sink=sink, recent=recent, pool_kernel=pool_kernel, pool=pool)
+    return torch.ops.obcache._criticalkv_stage2(base, v, wo, _norm_bound(wo, base.shape[1], v.shape[-1]),
+                                                plan.taken, plan.rest, plan.per_head, sink, recent, pool_kernel, pool)
+
+
+def pruned_stage2_torch(plan, base, v, wo, *, sink, recent, pool_kernel, pool):
+    """pruned_stage2 in torch ops, on any device."""
     B, H, N = base.shape
     if plan.rest == 0:
-        return torch.zeros_like(plan.taken)
+        return torch.zeros_like(plan.taken), torch.zeros(base.shape, dtype=torch.bool, device=base.device)
     sel = dict(sink=sink, recent=recent, pool_kernel=pool_kernel, pool=pool)
     sc = _Scores(base, v, wo)
     if not bool(torch.isfinite(sc.hi).all() and torch.isfinite(sc.lo).all()):
         sc.compute(torch.ones_like(sc.done))
-        return stage2_picks(plan, pool_candidates(sc.hi, **sel))
+        return stage2_picks(plan, pool_candidates(sc.hi, **sel)), sc.done
     by_max = pool == "max" and pool_kernel > 1
     hi = pool_candidates(sc.hi, **sel)
     k2 = stage2_picks(plan, hi)
@@ -179,4 +193,9 @@ def pruned_stage2(plan, base, v, wo, *, sink, recent, pool_kernel, pool):
     else:
         sc.compute(_window(open_, pool_kernel, sink, N))
     # every candidate that can make the cut has its exact pooled score
-    return stage2_picks(plan, pool_candidates(sc.hi, **sel))
+    return stage2_picks(plan, pool_candidates(sc.hi, **sel)), sc.done
+
+
+@torch.library.register_fake("obcache::_criticalkv_stage2")
+def _criticalkv_stage2_fake(base, v, wo, norm_bound, taken, rest, per_head, sink, recent, pool_kernel, pool):
+    return torch.empty_like(taken), torch.empty(base.shape, dtype=torch.bool, device=base.device)
