@@ -8,7 +8,7 @@ calls on other devices)."""
 import pytest
 import torch
 
-from obcache.policies import adaptive_criticalkv_keep, criticalkv_keep, criticalkv_pruned, pruned_stage2
+from obcache.policies import adaptive_criticalkv_keep, criticalkv_keep, pruned_stage2
 from obcache.policies.criticalkv import (CRITICAL_EPS, adaptive_criticalkv_stage1, criticalkv_stage1, kept_indices,
                                          pool_candidates, stage2_picks)
 from obcache.policies.criticalkv_pruned import critical_upper_bound, pruned_stage2_torch
