@@ -2,28 +2,23 @@
 
 #include <algorithm>
 #include <limits>
-#include <utility>
 #include <vector>
+
+#include "top_m_cpu.h"
 
 namespace obc {
 
 namespace {
 
-// A group's free candidates as (key, position in the group), position =
-// row-in-group * C + c; std::greater on the pair would order ties by the
-// higher position, so the comparator spells out (key desc, position asc).
-std::vector<std::pair<uint64_t, int64_t>> free_entries(const Stage2Layout& l, const double* pooled,
-                                                       const uint8_t* taken, int64_t g) {
+// A group's free candidates, idx = their position in the group
+// (row-in-group * C + c), so ties go to the lower row, then index.
+std::vector<Cand> free_entries(const Stage2Layout& l, const double* pooled, const uint8_t* taken, int64_t g) {
   const int64_t len = l.group_rows * l.C(), off = g * len;
-  std::vector<std::pair<uint64_t, int64_t>> e;
+  std::vector<Cand> e;
   e.reserve(len);
   for (int64_t i = 0; i < len; ++i)
-    if (!taken[off + i]) e.emplace_back(score_key(pooled[off + i]), i);
+    if (!taken[off + i]) e.push_back({score_key(pooled[off + i]), i});
   return e;
-}
-
-bool before(const std::pair<uint64_t, int64_t>& a, const std::pair<uint64_t, int64_t>& b) {
-  return a.first != b.first ? a.first > b.first : a.second < b.second;
 }
 
 }  // namespace
@@ -41,10 +36,8 @@ void stage2_top_free(const Stage2Layout& l, const double* pooled, const uint8_t*
   for (int64_t g = 0; g < l.rows / l.group_rows; ++g) {
     auto e = free_entries(l, pooled, taken, g);
     const int64_t m = std::min<int64_t>(k, static_cast<int64_t>(e.size()));
-    if (m <= 0) continue;
-    std::nth_element(e.begin(), e.begin() + (m - 1), e.end(), before);
-    // nth_element leaves the m - 1 entries before the m-th ahead of it
-    for (int64_t i = 0; i < m; ++i) picks[g * len + e[i].second] = 1;
+    top_m(e, m);
+    for (int64_t i = 0; i < m; ++i) picks[g * len + e[i].idx] = 1;
   }
 }
 
@@ -55,8 +48,8 @@ void stage2_kth_free(const Stage2Layout& l, const double* pooled, const uint8_t*
       kth[g] = -std::numeric_limits<double>::infinity();
       continue;
     }
-    std::nth_element(e.begin(), e.begin() + (k - 1), e.end(), before);
-    kth[g] = pooled[g * l.group_rows * l.C() + e[k - 1].second];
+    std::nth_element(e.begin(), e.begin() + (k - 1), e.end(), better);
+    kth[g] = pooled[g * l.group_rows * l.C() + e[k - 1].idx];
   }
 }
 

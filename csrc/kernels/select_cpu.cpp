@@ -11,18 +11,10 @@
 #include <algorithm>
 #include <vector>
 
+#include "top_m_cpu.h"
+
 namespace obc {
 namespace {
-
-struct Cand {
-  uint64_t key;
-  int64_t idx;
-};
-
-// Strict weak order: better first (larger key, then lower index).
-inline bool better(const Cand& a, const Cand& b) {
-  return a.key > b.key || (a.key == b.key && a.idx < b.idx);
-}
 
 const void* row_ptr(const void* base, DType dt, int64_t off) {
   return dt == DType::F64 ? static_cast<const void*>(static_cast<const double*>(base) + off)
@@ -35,12 +27,6 @@ void pool_keys(const void* row, DType dt, int64_t from, int64_t seg_lo, int64_t 
   out.resize(static_cast<size_t>(hi - from));
   for (int64_t q = from; q < hi; ++q)
     out[static_cast<size_t>(q - from)] = {score_key(pooled_score(row, dt, q, seg_lo, hi, kernel, pool)), q};
-}
-
-// Moves the best m candidates to the front (unordered).
-void top_m(std::vector<Cand>& c, int64_t m) {
-  if (m <= 0 || m >= static_cast<int64_t>(c.size())) return;
-  std::nth_element(c.begin(), c.begin() + (m - 1), c.end(), better);
 }
 
 }  // namespace
