@@ -21,8 +21,7 @@ namespace obcache {
 
 namespace {
 
-// As CRITICAL_EPS and BOUND_SLACK in obcache/policies/criticalkv*.py.
-constexpr double kCriticalEps = 1e-4;
+// As BOUND_SLACK in obcache/policies/criticalkv_pruned.py.
 constexpr float kBoundSlack = 1e-3f;
 
 struct Scores {
@@ -47,9 +46,8 @@ struct Scores {
     int64_t* ip = idx.data_ptr<int64_t>();
     for (int64_t r = 0; r < B * H; ++r) std::copy(todo[r].begin(), todo[r].end(), ip + r * M);
     const at::Tensor rows = v.gather(2, idx.unsqueeze(-1).expand({B, H, M, D}));
-    const at::Tensor pn = projected_value_norm_impl(rows, wo, 1);
-    const at::Tensor exact =
-        ((base.gather(-1, idx) + kCriticalEps) * pn.view({B, H, -1, M}).mean(2)).to(at::kFloat).contiguous();
+    // float64 for a float64 v: the bounds are float32
+    const at::Tensor exact = critical_score(base.gather(-1, idx), rows, wo).to(at::kFloat).contiguous();
     const float* ep = exact.data_ptr<float>();
     for (int64_t r = 0; r < B * H; ++r)
       for (size_t i = 0; i < todo[r].size(); ++i) {

@@ -19,6 +19,16 @@ void check_projected_value_args(const at::Tensor& v, const at::Tensor& wo, int64
 // float64 inputs, CPU only). Checks its arguments first.
 at::Tensor projected_value_norm_impl(const at::Tensor& v, const at::Tensor& wo, int64_t p);
 
+// obcache.reference.CRITICAL_EPS: CriticalKV's floor under the attention
+// score, so that a token no query attends to still ranks by its value.
+constexpr double kCriticalEps = 1e-4;
+
+// CriticalKV's score, (attn + kCriticalEps) * the mean over each KV head's
+// query heads of ||v_n W_o^j||_1: attn [B, H_kv, N] (float32), v
+// [B, H_kv, N, D]. One expression for the saliency op and the stage-2 op, so
+// that they round alike.
+at::Tensor critical_score(const at::Tensor& attn, const at::Tensor& v, const at::Tensor& wo);
+
 #ifdef OBCACHE_WITH_CUDA
 // CUDA half (projected_value_op_cuda.cpp): prm fully described except out.
 at::Tensor projected_value_run_cuda(const obc::ProjectedValueParams& prm, const at::Tensor& v);

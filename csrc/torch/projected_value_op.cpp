@@ -74,6 +74,11 @@ at::Tensor projected_value_norm_impl(const at::Tensor& v, const at::Tensor& wo, 
   return out;
 }
 
+at::Tensor critical_score(const at::Tensor& attn, const at::Tensor& v, const at::Tensor& wo) {
+  const at::Tensor pn = projected_value_norm_impl(v, wo, 1);
+  return (attn + kCriticalEps) * pn.view({v.size(0), v.size(1), -1, v.size(2)}).mean(2);
+}
+
 }  // namespace obcache
 
 TORCH_LIBRARY_FRAGMENT(obcache, m) { m.def("projected_value_norm(Tensor v, Tensor wo, int p=1) -> Tensor"); }

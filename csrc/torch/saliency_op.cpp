@@ -29,9 +29,6 @@ bool is_base_score(c10::string_view s) {
   return s == "attn" || s == "tova" || s == "vatp" || s == "value" || s == "key" || s == "joint" || s == "loo";
 }
 
-// obcache.reference.CRITICAL_EPS.
-constexpr double kCriticalEps = 1e-4;
-
 }  // namespace
 
 obc::Score parse_score(c10::string_view s) {
@@ -200,9 +197,7 @@ at::Tensor saliency_wo_score(const at::Tensor& k, const at::Tensor& v, const at:
               "query_reduce must be 'sum', got '", str(query_reduce), "'");
   if (critical) {
     // (attn + eps) * mean over the group of ||v_p W_o^g||_1.
-    const at::Tensor attn = saliency_impl(k, v, q, "attn", group_reduce, scale, causal, query_reduce);
-    const at::Tensor pn = projected_value_norm_impl(v, wo, 1).view({B, Hkv, G, N}).mean(2);
-    return (attn + kCriticalEps) * pn;
+    return critical_score(saliency_impl(k, v, q, "attn", group_reduce, scale, causal, query_reduce), v, wo);
   }
   // laprox: per query head ||A_{g,:,p}||_2 * ||v_p W_o^g||_2, then the group.
   // sum_i A^2 per query head is the `value` score of one head (G = 1: the
