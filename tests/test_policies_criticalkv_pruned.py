@@ -3,15 +3,16 @@ exactly only where the picks can depend on it must pick exactly what the
 exact score picks (per head and layer-wide, every pooling), actually skip
 tokens, and its bound must bound the exact score from above. Every check
 runs twice: through the CPU op (torch.ops.obcache._criticalkv_stage2,
-what pruned_stage2 calls on CPU) and through pruned_stage2_torch (what it
-calls on other devices)."""
+what pruned_stage2 calls on CPU) and through pruned_stage2_torch (its
+torch form). exact_stage2, what pruned_stage2 runs off the CPU, must pick
+the same tokens."""
 import pytest
 import torch
 
 from obcache.policies import adaptive_criticalkv_keep, criticalkv_keep, pruned_stage2
 from obcache.policies.criticalkv import (CRITICAL_EPS, adaptive_criticalkv_stage1, criticalkv_stage1, kept_indices,
                                          pool_candidates, stage2_picks)
-from obcache.policies.criticalkv_pruned import critical_upper_bound, pruned_stage2_torch
+from obcache.policies.criticalkv_pruned import critical_upper_bound, exact_stage2, pruned_stage2_torch
 
 
 def _layer(B=2, H=3, G=2, N=400, D=16, hidden=40, seed=0):
@@ -162,6 +163,19 @@ def test_the_op_computes_the_tokens_the_torch_version_computes(pool_kernel, pool
     assert torch.equal(op_picks, t_picks)
     assert torch.equal(op_exact, t_exact)
     assert 0 < op_exact.sum() < op_exact.numel()
+
+
+@pytest.mark.parametrize("pool_kernel,pool", [(7, "max"), (5, "avg"), (0, "max")])
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_the_exact_stage2_off_the_cpu_picks_what_the_pruned_one_picks(pool_kernel, pool, adaptive):
+    base, v, wo = _layer(seed=5 + pool_kernel)
+    sel = dict(sink=4, recent=8, pool_kernel=pool_kernel, pool=pool)
+    plan = (adaptive_criticalkv_stage1(base, 3 * 40, floor=0.2, **sel) if adaptive
+            else criticalkv_stage1(base, 40, **sel))
+    picks, exact = exact_stage2(plan, base, v, wo, **sel)
+    assert torch.equal(picks, pruned_stage2(plan, base, v, wo, **sel)[0])
+    assert bool(exact.all())
+    assert int(picks.sum()) == plan.rest * (2 * 3 if not adaptive else 2)
 
 
 def _op_args(**change):

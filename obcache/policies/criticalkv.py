@@ -32,7 +32,8 @@ from obcache.reference import pool_scores
 
 __all__ = ["criticalkv_select", "output_error_bound", "critical_score", "criticalkv_keep",
            "adaptive_criticalkv_keep", "criticalkv_stage1", "adaptive_criticalkv_stage1", "stage2_picks",
-           "kept_indices", "keep_all", "Stage1", "pool_candidates", "padded_indices", "CRITICAL_EPS"]
+           "kept_indices", "keep_all", "Stage1", "pool_candidates", "padded_indices", "value_weighted",
+           "CRITICAL_EPS"]
 
 CRITICAL_EPS = 1e-4
 
@@ -114,9 +115,16 @@ def critical_score(k, v, q_window, base_score, base, wo, *, scale=None):
     """
     if base_score == "attn":
         return torch.ops.obcache.saliency(k, v, q_window, "critical", scale=scale, wo=wo)
-    pn = torch.ops.obcache.projected_value_norm(v, wo, 1)  # [B, H_q, N]
-    B, H, N = base.shape
-    return (base + CRITICAL_EPS) * pn.view(B, H, -1, N).mean(2)
+    return value_weighted(base, v, wo)
+
+
+def value_weighted(base, v, wo):
+    """(base + 1e-4) * the mean over each KV head's query heads of
+    ||v_p W_o^g||_1, for base [B, H_kv, M] and v [B, H_kv, M, D]: the
+    expression of the C++ ops' critical_score, so that they round alike."""
+    pn = torch.ops.obcache.projected_value_norm(v, wo, 1)  # [B, H_q, M]
+    B, H, M = base.shape
+    return (base + CRITICAL_EPS) * pn.view(B, H, -1, M).mean(2)
 
 
 def pool_candidates(scores, *, sink, recent, pool_kernel, pool):

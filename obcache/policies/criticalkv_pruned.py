@@ -43,9 +43,10 @@ import weakref
 import torch
 import torch.nn.functional as F
 
-from obcache.policies.criticalkv import CRITICAL_EPS, padded_indices, pool_candidates, stage2_picks
+from obcache.policies.criticalkv import (CRITICAL_EPS, padded_indices, pool_candidates, stage2_picks,
+                                        value_weighted)
 
-__all__ = ["pruned_stage2", "pruned_stage2_torch", "critical_upper_bound"]
+__all__ = ["pruned_stage2", "pruned_stage2_torch", "exact_stage2", "critical_upper_bound"]
 
 BOUND_SLACK = 1e-3
 
@@ -103,13 +104,11 @@ class _Scores:
         todo = need & ~self.done
         if not bool(todo.any()):
             return
-        B, H, _ = todo.shape
         D = self.v.shape[-1]
         idx, _ = padded_indices(todo)  # [B, H, M], -1 past a head's count
         at = idx.clamp_min(0)  # padding reads token 0; dropped below
         rows = self.v.gather(2, at[..., None].expand(-1, -1, -1, D))
-        pn = torch.ops.obcache.projected_value_norm(rows, self.wo, 1)  # [B, H * G, M]
-        exact = (self.base.gather(-1, at) + CRITICAL_EPS) * pn.view(B, H, -1, idx.shape[-1]).mean(2)
+        exact = value_weighted(self.base.gather(-1, at), rows, self.wo)
         # boolean indexing walks both in row-major order: the same tokens
         exact = exact[idx >= 0]
         self.hi[todo] = exact
@@ -152,17 +151,28 @@ def pruned_stage2(plan, base, v, wo, *, sink, recent, pool_kernel, pool):
         v: [B, H_kv, N, D] values; wo: the layer's o_proj weight.
 
     On CPU the steps run in one op (torch.ops.obcache._criticalkv_stage2:
-    the same exact scores, the bookkeeping in plain loops instead of ~300
-    small torch ops per layer); elsewhere `pruned_stage2_torch`.
+    the same exact scores as `pruned_stage2_torch`, the bookkeeping in plain
+    loops instead of ~300 small torch ops per layer). Elsewhere
+    `exact_stage2`: a GPU computes every token's norm in one
+    projected_value_norm launch at GEMM speed, where the pruning would cost
+    host syncs and those ~300 launches per layer.
     """
     if base.device.type != "cpu":
-        return pruned_stage2_torch(plan, base, v, wo, sink=sink, recent=recent, pool_kernel=pool_kernel, pool=pool)
+        return exact_stage2(plan, base, v, wo, sink=sink, recent=recent, pool_kernel=pool_kernel, pool=pool)
     return torch.ops.obcache._criticalkv_stage2(base, v, wo, _norm_bound(wo, base.shape[1], v.shape[-1]),
                                                 plan.taken, plan.rest, plan.per_head, sink, recent, pool_kernel, pool)
 
 
+def exact_stage2(plan, base, v, wo, *, sink, recent, pool_kernel, pool):
+    """pruned_stage2's result from the critical score of every token: the
+    same picks; exact is all True."""
+    pooled = pool_candidates(value_weighted(base, v, wo), sink=sink, recent=recent, pool_kernel=pool_kernel, pool=pool)
+    return stage2_picks(plan, pooled), torch.ones(base.shape, dtype=torch.bool, device=base.device)
+
+
 def pruned_stage2_torch(plan, base, v, wo, *, sink, recent, pool_kernel, pool):
-    """pruned_stage2 in torch ops, on any device."""
+    """pruned_stage2's CPU op in torch ops, on any device: the readable
+    form of its algorithm, and what the op is tested against."""
     B, H, N = base.shape
     if plan.rest == 0:
         return torch.zeros_like(plan.taken), torch.zeros(base.shape, dtype=torch.bool, device=base.device)
