@@ -1,7 +1,8 @@
 """CUDA kernels vs the reference and the kvpress-style baseline, timed with
 CUDA events: saliency (joint), select, compact_ and evict at N in {4k, 32k,
 128k}, bfloat16, B=1, H_kv=8, G=4, W=32, D=128, budget N/10, sink 4,
-recent W, max pooling kernel 7.
+recent W, max pooling kernel 7; and projected_value_norm (the L1 norms of
+CriticalKV's score) with Llama-3.1-8B's o_proj, hidden 4096.
 
 Per (op, N, implementation): --warmup untimed calls, then --repeats calls
 each bracketed by CUDA events, median reported. Before every call the L2 is
@@ -10,9 +11,11 @@ k, v restored from a pristine copy, both outside the events. Peak extra GPU
 memory: torch.cuda.max_memory_allocated during one call minus the memory
 allocated before it. Baselines (bench/baselines.py): `kvpress` (repeat_kv,
 matmul, softmax, plain-torch score, max_pool1d, topk, gather into new
-tensors) and `reference` (obcache.reference in float32, topk, gather; run
+tensors; for projected_value_norm CriticalKVPress's [N, hidden] matmul per
+query head) and `reference` (obcache.reference in float32, topk, gather; run
 one KV head at a time, `reference/head`, when the whole reference's estimated
-peak is over --ref-max-gib, skipped when that is over too). The GPU's GEMM
+peak is over --ref-max-gib, skipped when that is over too; the projected
+norm's reference, [B, H_q, N, hidden] at once, only skipped). The GPU's GEMM
 (float32, torch.mm 4096^2) and memcpy peaks are measured in the same run
 (bench/peak.py) for evict's fraction of peak. Prints a table and writes
 bench/out/gpu.json.
@@ -27,7 +30,6 @@ import argparse
 import os
 import statistics
 import sys
-import time
 
 import torch
 from tqdm import tqdm
@@ -36,10 +38,24 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import baselines as bl  # noqa: E402
 import common as cm  # noqa: E402
 from common import B, D, G, HKV, W  # noqa: E402
-from peak import measure_peak, roofline  # noqa: E402
+from peak import measure_peak, roofline, timer  # noqa: E402
 
 SINK, POOL_KERNEL, SCORE = 4, 7, "joint"
-OPS = ("saliency", "select", "compact", "evict")
+HIDDEN = 4096  # Llama-3.1-8B's o_proj rows (H_q * D = 32 * 128 columns)
+OPS = ("saliency", "select", "compact", "evict", "projected_value")
+
+
+def projection_weight(dtype, device):
+    """A [HIDDEN, H_q * D] o_proj weight scaled as a trained one's output is."""
+    gen = torch.Generator().manual_seed(1)
+    return (torch.randn(HIDDEN, HKV * G * D, generator=gen) / (HKV * G * D) ** 0.5).to(dtype).to(device)
+
+
+def reference_peak(op, N, per_head):
+    """Estimated peak bytes of the float32 reference for op (inputs included)."""
+    if op == "projected_value":  # the [B, H_q, N, hidden] projections and their abs
+        return 2 * B * HKV * G * N * HIDDEN * 4 + B * HKV * G * N * D * 4
+    return bl.reference_peak_bytes(B, HKV, G, W, N, D, SCORE, per_head=per_head) + 2 * B * HKV * N * D * 4
 
 
 def no_gpu_reason():
@@ -59,23 +75,15 @@ class Timer:
     L2 flush before each call on CUDA."""
 
     def __init__(self, device):
-        self.device = device
+        self.timed = timer(device)
         self.flush = torch.empty(64 * 2**20, dtype=torch.float32, device=device) if device == "cuda" else None
 
     def __call__(self, fn, prepare=None):
         if prepare:
             prepare()
-        if self.device == "cuda":
+        if self.flush is not None:
             self.flush.zero_()
-            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            s.record()
-            fn()
-            e.record()
-            e.synchronize()
-            return s.elapsed_time(e) / 1e3
-        t = time.perf_counter()
-        fn()
-        return time.perf_counter() - t
+        return self.timed(fn)
 
 
 def extra_memory(fn, prepare, device):
@@ -92,9 +100,10 @@ def extra_memory(fn, prepare, device):
     return (peak - base) / 2**20
 
 
-def build_cases(op, N, k0, v0, q, k, v, scores, idx, per_head_ref):
+def build_cases(op, N, k0, v0, q, k, v, scores, idx, per_head_ref, wo):
     """{impl: (fn, prepare)} for one op; prepare restores in-place inputs."""
     import obcache
+    from obcache import reference
 
     budget = N // 10
 
@@ -114,7 +123,11 @@ def build_cases(op, N, k0, v0, q, k, v, scores, idx, per_head_ref):
     if op == "compact":
         return {"obcache": (lambda: torch.ops.obcache.compact_(k, v, idx), restore),
                 "kvpress": (lambda: bl.gather_kv(k0, v0, idx), None),
-                "reference": (lambda: __import__("obcache.reference").reference.compact(k0, v0, idx), None)}
+                "reference": (lambda: reference.compact(k0, v0, idx), None)}
+    if op == "projected_value":
+        return {"obcache": (lambda: torch.ops.obcache.projected_value_norm(v0, wo, 1), None),
+                "kvpress": (lambda: bl.kvpress_projected_norm(v0, wo, 1), None),
+                "reference": (lambda: reference.projected_value_norm(v0, wo, 1, compute_dtype=torch.float32), None)}
     return {"obcache": (lambda: obcache.evict(k, v, q, budget, score=SCORE, sink=SINK, pool_kernel=POOL_KERNEL),
                         restore),
             "kvpress": (lambda: bl.kvpress_evict(k0, v0, q, budget, SCORE, sink=SINK, pool_kernel=POOL_KERNEL),
@@ -134,6 +147,8 @@ def work(op, N, elem):
         return 0, B * HKV * N * 4 + B * HKV * (N // 10) * 8
     if op == "compact":
         return 0, 2 * 2 * kept + B * HKV * (N // 10) * 8
+    if op == "projected_value":  # v and wo read once, float32 norms written
+        return 2 * B * HKV * G * N * D * HIDDEN, kv + HIDDEN * HKV * G * D * elem + B * HKV * G * N * 4
     return 3 * gemm, 2 * kv + 2 * kept
 
 
@@ -175,15 +190,16 @@ def main():
         k, v = k0.clone(), v0.clone()
         scores = torch.ops.obcache.saliency(k0, v0, q, SCORE)
         idx = torch.ops.obcache.select(scores, N // 10, sink=SINK, recent=W, pool_kernel=POOL_KERNEL)
-        est = bl.reference_peak_bytes(B, HKV, G, W, N, D, SCORE) + 2 * B * HKV * N * D * 4
-        per_head = est > args.ref_max_gib * 2**30
-        est_used = bl.reference_peak_bytes(B, HKV, G, W, N, D, SCORE, per_head=True) + 2 * B * HKV * N * D * 4 \
-            if per_head else est
-        cases = build_cases(op, N, k0, v0, q, k, v, scores, idx, per_head)
+        wo = projection_weight(dtype, device) if op == "projected_value" else None
+        est = reference_peak(op, N, per_head=False)
+        # saliency and evict have a per-head reference to fall back on
+        per_head = est > args.ref_max_gib * 2**30 and op in ("saliency", "evict")
+        est_used = reference_peak(op, N, per_head=True) if per_head else est
+        cases = build_cases(op, N, k0, v0, q, k, v, scores, idx, per_head, wo)
         row = {"op": op, "N": N, "budget": N // 10, "dtype": args.dtype, "device": gpu_name, "impls": {}}
         for impl, (fn, prepare) in cases.items():
-            name = "reference/head" if impl == "reference" and per_head and op in ("saliency", "evict") else impl
-            if impl == "reference" and (args.no_reference or (op in ("saliency", "evict")
+            name = "reference/head" if impl == "reference" and per_head else impl
+            if impl == "reference" and (args.no_reference or (op in ("saliency", "evict", "projected_value")
                                                               and est_used > args.ref_max_gib * 2**30)):
                 row["impls"][name] = {"s": None, "error": "skipped" if args.no_reference else
                                       "skipped: needs ~%.0f GiB even per head" % (est_used / 2**30)}
@@ -205,20 +221,20 @@ def main():
                 row["speedup_vs_" + name.split("/")[0]] = r["s"] / ob
         row["obcache_roofline"] = roofline(*work(op, N, elem), ob, peak)
         rows.append(row)
-        del k0, v0, q, k, v, scores, idx, cases
+        del k0, v0, q, k, v, scores, idx, cases, wo
         if device == "cuda":
             torch.cuda.empty_cache()
 
     print()
     print(f"device: {gpu_name}; peak (best of {peak['repeats']}): {peak['gemm']} {peak['gemm_best_GFLOPs']:.0f} "
           f"GFLOP/s, memcpy {peak['memcpy_best_GBs']:.0f} GB/s")
-    print(f"{'op':>8} {'N':>7} {'obcache ms':>11} {'kvpress ms':>11} {'reference ms':>13} {'vs kvpress':>10} "
+    print(f"{'op':>15} {'N':>7} {'obcache ms':>11} {'kvpress ms':>11} {'reference ms':>13} {'vs kvpress':>10} "
           f"{'vs ref':>9} {'obc MiB':>8} {'kvp MiB':>8} {'GB/s':>7} {'GFLOP/s':>8} {'%roof':>6}")
     for r in rows:
         im = r["impls"]
         ref = im.get("reference") or im.get("reference/head") or {}
         rf = r["obcache_roofline"]
-        print(f"{r['op']:>8} {r['N']:>7} {1e3 * im['obcache']['s']:>11.3f} "
+        print(f"{r['op']:>15} {r['N']:>7} {1e3 * im['obcache']['s']:>11.3f} "
               f"{cm.fmt(im['kvpress'].get('s') and 1e3 * im['kvpress']['s'], '.3f'):>11} "
               f"{cm.fmt(ref.get('s') and 1e3 * ref['s'], '.3f', 'skipped'):>13} "
               f"{cm.fmt(r.get('speedup_vs_kvpress'), '.2f'):>9}x {cm.fmt(r.get('speedup_vs_reference'), '.1f'):>8}x "
@@ -226,11 +242,12 @@ def main():
               f"{rf['achieved_GBs']:>7.0f} {rf['achieved_GFLOPs']:>8.0f} {100 * rf['frac_roofline']:>6.1f}")
         for name, d in im.items():
             if d.get("error"):
-                print(f"{'':>17}{name}: {d['error']}")
+                print(f"{'':>24}{name}: {d['error']}")
     print("(vs X = X time / obcache time, CUDA-event medians; MiB = peak extra allocated in one call; GB/s and "
           "GFLOP/s: obcache's necessary work; %roof = roofline floor (measured peaks) / time)")
     payload = {"bench": "gpu", "config": "B=1 H_kv=8 G=4 W=32 D=128 %s budget=N/10 score=joint sink=4 recent=W "
-                                         "pool=max7, median of %d CUDA-event timings" % (args.dtype, args.repeats),
+                                         "pool=max7 (projected_value: hidden=%d, p=1), median of %d CUDA-event "
+                                         "timings" % (args.dtype, HIDDEN, args.repeats),
                "argv": sys.argv, "device": gpu_name, "machine": cm.machine(), "peak": peak, "rows": rows}
     print("wrote", cm.write_json(args.out, payload))
 

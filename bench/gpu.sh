@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One command on a GPU machine: build obcache from source with its CUDA
 # kernels, run the CUDA parity tests (pytest + the GoogleTest test_cuda_*
-# binaries), then time saliency / select / compact_ / evict against the
-# reference and the kvpress-style baseline with CUDA events
+# binaries), then time saliency / select / compact_ / evict /
+# projected_value_norm against the reference and the kvpress-style baseline
+# with CUDA events
 # (bench/bench_gpu.py; table on stdout, JSON in bench/out/gpu.json).
 #
 #   bash bench/gpu.sh [bench_gpu.py options, e.g. --ns 4096 32768 --repeats 100]

@@ -28,7 +28,8 @@ import time
 import torch
 
 
-def _timer(device):
+def timer(device):
+    """timed(fn) -> seconds: CUDA events on "cuda", perf_counter elsewhere."""
     if device == "cuda":
         def timed(fn):
             s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -114,7 +115,7 @@ def fma_peak(threads, repeats=5, iters=20_000_000):
 
 
 def measure_peak(repeats=10, gemm_n=4096, copy_mib=512, device="cpu", gemm_dtype=torch.float32):
-    timed = _timer(device)
+    timed = timer(device)
     g = torch.Generator().manual_seed(0)
     a = torch.randn(gemm_n, gemm_n, generator=g).to(device=device, dtype=gemm_dtype)
     b = torch.randn(gemm_n, gemm_n, generator=g).to(device=device, dtype=gemm_dtype)
