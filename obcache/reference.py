@@ -113,15 +113,7 @@ def saliency(
         per_head = c.amax(2)
     else:
         raise ValueError(f"query_reduce must be one of {QUERY_REDUCES}, got {query_reduce!r}")
-    B, Hkv, N, _ = k.shape
-    grouped = per_head.reshape(B, Hkv, -1, N)
-    if group_reduce == "sum":
-        return grouped.sum(2)
-    if group_reduce == "mean":
-        return grouped.mean(2)
-    if group_reduce == "max":
-        return grouped.amax(2)
-    raise ValueError(f"group_reduce must be one of {GROUP_REDUCES}, got {group_reduce!r}")
+    return _group(per_head, k.shape[0], k.shape[1], group_reduce)
 
 
 def _group(per_head, B, Hkv, group_reduce):
