@@ -2,7 +2,8 @@
 // a transposed tile load and the register-blocked product
 // C[RB][kTile] = X[RB][D] . Yt[D][kTile], each in a generic form (plain
 // loops the compiler vectorises for the target it is compiled for) and, on
-// x86-64 with GCC, an AVX2 intrinsic form (float only; see below why).
+// x86-64 with GCC, AVX2 and AVX-512 intrinsic forms (float only; see below
+// why).
 //
 // The kernels are compiled once per ISA: each file has an entry point per
 // variant whose always_inline body is built with that target's
@@ -27,6 +28,7 @@
 #define OBC_X86_VARIANTS 1
 #include <immintrin.h>
 #define OBC_AVX2_FN __attribute__((target("avx2,fma,f16c")))
+#define OBC_AVX512_FN __attribute__((target("arch=x86-64-v4")))
 #endif
 
 namespace obc {
@@ -34,10 +36,19 @@ namespace obc {
 constexpr int64_t kTile = 32;  // columns of a tile (keys, or hidden columns)
 
 // Rows per register block of xyt_tile (both kernels use it). Generic loops
-// (acc[RB][kTile] floats): RB = 4 fits AVX-512's (and NEON's) 32 registers.
-// AVX2's intrinsic blocks are RB x 16: 12 accumulators + 2 loads + 1 broadcast.
-constexpr int kRBWide = 4, kRBAvx2 = 6;
-constexpr int kMaxRB = kRBWide > kRBAvx2 ? kRBWide : kRBAvx2;
+// (acc[RB][kTile] floats): RB = 4 fits NEON's 32 registers. AVX2's
+// intrinsic blocks are RB x 16: 12 accumulators + 2 loads + 1 broadcast.
+// AVX-512's are RB x 32 (kTile, two ZMM): 16 accumulators + 2 loads + 1
+// broadcast of the 32 ZMM registers; the generic 4 x 32 block GCC makes of
+// the loops there has 8, too few to hide the FMA latency (42% of torch.mm
+// on a Xeon with two FMA ports, evict at N = 16k).
+constexpr int kRBWide = 4, kRBAvx2 = 6, kRBAvx512 = 8;
+constexpr int kMaxRB = kRBAvx512 > kRBAvx2 ? kRBAvx512 : kRBAvx2;
+static_assert(kMaxRB >= kRBWide, "workspaces hold kMaxRB rows");
+
+// Which intrinsic blocks a kernel instance uses: none (the generic loops),
+// AVX2 or AVX-512; the value is the float vector width.
+constexpr int kNoVec = 0, kAvx2W = 8, kAvx512W = 16;
 
 // The variants a kernel file compiles; cpu_variant() is the best this CPU runs.
 enum class CpuVariant { Baseline, Avx2, Avx512 };
@@ -61,10 +72,10 @@ Fn pick_cpu_variant(Fn baseline, Fn avx2, Fn avx512) {
   }
 }
 
-// Whether a kernel of accumulation type T in a variant with the AVX2
-// intrinsic blocks (kAvx2) uses them: they are float only.
-template <typename T, bool kAvx2>
-constexpr bool kAvx2Float = kAvx2 && std::is_same<T, float>::value;
+// Whether a kernel of accumulation type T in a variant with intrinsic
+// blocks of width kVW uses them: they are float only.
+template <typename T, int kVW>
+constexpr bool kVecFloat = kVW != kNoVec && std::is_same<T, float>::value;
 
 // dst[d][c] = src row c (c < tn), zero columns c >= tn: a transposed tile.
 template <typename E, typename T>
@@ -171,14 +182,48 @@ OBC_AVX2_FN void avx2_load_transposed(const E* src, int64_t ld, int64_t D, float
       }
     }
 }
+
+// The AVX-512 blocks: RB rows x 32 columns, two ZMM accumulators a row; the
+// summation order over k is the generic one's. (The tile transposes and
+// the row reductions stay the AVX2 ones there: 8 lanes make them cheap
+// enough next to the products.)
+// acc[r] += a[r * lda + k] * y[k * ldy + 0 .. 32) for k = 0 .. K, in order.
+template <int RB>
+OBC_AVX512_FN inline void avx512_block_steps(__m512 (&acc)[RB][2], const float* a, int64_t lda, const float* y,
+                                             int64_t ldy, int64_t K) {
+  for (int64_t k = 0; k < K; ++k) {
+    const __m512 y0 = _mm512_loadu_ps(y + k * ldy), y1 = _mm512_loadu_ps(y + k * ldy + 16);
+    for (int r = 0; r < RB; ++r) {
+      const __m512 x = _mm512_set1_ps(a[r * lda + k]);
+      acc[r][0] = _mm512_fmadd_ps(x, y0, acc[r][0]);
+      acc[r][1] = _mm512_fmadd_ps(x, y1, acc[r][1]);
+    }
+  }
+}
+
+// C[RB][kTile] = X[RB][D] . Yt[D][kTile].
+template <int RB>
+OBC_AVX512_FN void avx512_xyt(const float* X, int64_t D, const float* Yt, float* C) {
+  static_assert(kTile == 32, "one block row is two ZMM vectors");
+  __m512 acc[RB][2];
+  for (int r = 0; r < RB; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+  avx512_block_steps<RB>(acc, X, D, Yt, kTile, D);
+  for (int r = 0; r < RB; ++r) {
+    _mm512_storeu_ps(C + r * kTile, acc[r][0]);
+    _mm512_storeu_ps(C + r * kTile + 16, acc[r][1]);
+  }
+}
 #endif
 
-// C = X . Yt for RB rows, the AVX2 block where the variant has it.
-template <int RB, bool kAvx2, typename T>
+// C = X . Yt for RB rows, the variant's intrinsic block where it has one.
+template <int RB, int kVW, typename T>
 OBC_ALWAYS_INLINE void xyt_tile(const T* X, int64_t D, const T* Yt, T* C) {
 #ifdef OBC_X86_VARIANTS
-  if constexpr (kAvx2Float<T, kAvx2>) {
-    avx2_xyt<RB>(X, D, Yt, C);
+  if constexpr (kVecFloat<T, kVW>) {
+    if constexpr (kVW == kAvx512W)
+      avx512_xyt<RB>(X, D, Yt, C);
+    else
+      avx2_xyt<RB>(X, D, Yt, C);
     return;
   }
 #endif
@@ -186,10 +231,10 @@ OBC_ALWAYS_INLINE void xyt_tile(const T* X, int64_t D, const T* Yt, T* C) {
 }
 
 // load_transposed, by 8 x 8 register transposes where the variant can.
-template <bool kAvx2, typename E, typename T>
+template <int kVW, typename E, typename T>
 OBC_ALWAYS_INLINE void transposed_tile(const E* src, int64_t ld, int64_t tn, int64_t D, T* dst) {
 #ifdef OBC_X86_VARIANTS
-  if constexpr (kAvx2Float<T, kAvx2>) {
+  if constexpr (kVecFloat<T, kVW>) {
     if (tn == kTile && D % 8 == 0) {
       avx2_load_transposed(src, ld, D, dst);
       return;

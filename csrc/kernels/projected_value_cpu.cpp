@@ -41,7 +41,7 @@ Layout make_layout(const ProjectedValueParams& p) {
   return L;
 }
 
-template <typename E, int P, int kRB, bool kAvx2>
+template <typename E, int P, int kRB, int kVW>
 struct Task {
   using Acc = typename Elem<E>::acc;
   const ProjectedValueParams& p;
@@ -53,7 +53,7 @@ struct Task {
   // Rows [r0, r0 + RB) against the tile's columns [0, cols).
   template <int RB>
   OBC_ALWAYS_INLINE void block(int64_t r0, int64_t cols) {
-    xyt_tile<RB, kAvx2>(vbuf + r0 * p.D, p.D, wbuf, cbuf);
+    xyt_tile<RB, kVW>(vbuf + r0 * p.D, p.D, wbuf, cbuf);
     for (int r = 0; r < RB; ++r) {
       Acc t[kTile];
       const Acc* c = cbuf + r * kTile;
@@ -85,7 +85,7 @@ struct Task {
     const E* w = static_cast<const E*>(p.wo) + j * D;  // row c of this is column c of W_o^j
     for (int64_t c0 = 0; c0 < p.hidden; c0 += kTile) {
       const int64_t cols = std::min(kTile, p.hidden - c0);
-      transposed_tile<kAvx2>(w + c0 * p.wo_so, p.wo_so, cols, D, wbuf);
+      transposed_tile<kVW>(w + c0 * p.wo_so, p.wo_so, cols, D, wbuf);
       rows_from<kRB>(0, rows, cols);
     }
     Acc* out = static_cast<Acc*>(p.out) + (b * p.Hkv * p.G + j) * p.N + n0;
@@ -97,42 +97,42 @@ struct Task {
   }
 };
 
-template <typename E, int P, int RB, bool kAvx2>
+template <typename E, int P, int RB, int kVW>
 OBC_ALWAYS_INLINE void run_tasks(const ProjectedValueParams& p, int64_t t0, int64_t t1, char* ws) {
   using Acc = typename Elem<E>::acc;
   const Layout L = make_layout(p);
   auto at = [&](size_t off) { return reinterpret_cast<Acc*>(ws + off); };
-  Task<E, P, RB, kAvx2> task{p, at(L.v), at(L.w), at(L.c), at(L.part)};
+  Task<E, P, RB, kVW> task{p, at(L.v), at(L.w), at(L.c), at(L.part)};
   for (int64_t t = t0; t < t1; ++t) task.run(t);
 }
 
-template <typename E, int RB, bool kAvx2>
+template <typename E, int RB, int kVW>
 OBC_ALWAYS_INLINE void run_norm(const ProjectedValueParams& p, int64_t t0, int64_t t1, char* ws) {
-  if (p.p == 1) return run_tasks<E, 1, RB, kAvx2>(p, t0, t1, ws);
-  run_tasks<E, 2, RB, kAvx2>(p, t0, t1, ws);
+  if (p.p == 1) return run_tasks<E, 1, RB, kVW>(p, t0, t1, ws);
+  run_tasks<E, 2, RB, kVW>(p, t0, t1, ws);
 }
 
-template <int RB, bool kAvx2>
+template <int RB, int kVW>
 OBC_ALWAYS_INLINE void run_dtype(const ProjectedValueParams& p, int64_t t0, int64_t t1, void* workspace) {
   char* ws = static_cast<char*>(workspace);
   switch (p.dtype) {
-    case DType::F32: return run_norm<float, RB, kAvx2>(p, t0, t1, ws);
-    case DType::F16: return run_norm<half_t, RB, kAvx2>(p, t0, t1, ws);
-    case DType::BF16: return run_norm<bf16_t, RB, kAvx2>(p, t0, t1, ws);
-    case DType::F64: return run_norm<double, RB, kAvx2>(p, t0, t1, ws);
+    case DType::F32: return run_norm<float, RB, kVW>(p, t0, t1, ws);
+    case DType::F16: return run_norm<half_t, RB, kVW>(p, t0, t1, ws);
+    case DType::BF16: return run_norm<bf16_t, RB, kVW>(p, t0, t1, ws);
+    case DType::F64: return run_norm<double, RB, kVW>(p, t0, t1, ws);
   }
 }
 
 using RunFn = void (*)(const ProjectedValueParams&, int64_t, int64_t, void*);
-void run_baseline(const ProjectedValueParams& p, int64_t t0, int64_t t1, void* ws) { run_dtype<kRBWide, false>(p, t0, t1, ws); }
+void run_baseline(const ProjectedValueParams& p, int64_t t0, int64_t t1, void* ws) { run_dtype<kRBWide, kNoVec>(p, t0, t1, ws); }
 #ifdef OBC_X86_VARIANTS
 __attribute__((target("arch=x86-64-v4"))) void run_avx512(const ProjectedValueParams& p, int64_t t0, int64_t t1,
                                                           void* ws) {
-  run_dtype<kRBWide, false>(p, t0, t1, ws);
+  run_dtype<kRBAvx512, kAvx512W>(p, t0, t1, ws);
 }
 __attribute__((target("arch=x86-64-v3"))) void run_avx2(const ProjectedValueParams& p, int64_t t0, int64_t t1,
                                                         void* ws) {
-  run_dtype<kRBAvx2, true>(p, t0, t1, ws);
+  run_dtype<kRBAvx2, kAvx2W>(p, t0, t1, ws);
 }
 #else
 const RunFn run_avx512 = run_baseline, run_avx2 = run_baseline;

@@ -158,6 +158,26 @@ OBC_AVX2_FN void avx2_pv(const float* P, const float* V, int64_t ldv, int64_t tn
   for (; d0 < D; ++d0) block_pv_chunk<float, RB, 1>(P, V, ldv, tn, O, D, d0);
 }
 
+// avx2_pv with the AVX-512 blocks: 32 columns of O a step.
+template <int RB>
+OBC_AVX512_FN void avx512_pv(const float* P, const float* V, int64_t ldv, int64_t tn, float* O, int64_t D) {
+  int64_t d0 = 0;
+  for (; d0 + 32 <= D; d0 += 32) {
+    __m512 acc[RB][2];
+    for (int r = 0; r < RB; ++r) {
+      acc[r][0] = _mm512_loadu_ps(O + r * D + d0);
+      acc[r][1] = _mm512_loadu_ps(O + r * D + d0 + 16);
+    }
+    avx512_block_steps<RB>(acc, P, kTile, V + d0, ldv, tn);
+    for (int r = 0; r < RB; ++r) {
+      _mm512_storeu_ps(O + r * D + d0, acc[r][0]);
+      _mm512_storeu_ps(O + r * D + d0 + 16, acc[r][1]);
+    }
+  }
+  for (; d0 + 8 <= D; d0 += 8) block_pv_chunk<float, RB, 8>(P, V, ldv, tn, O, D, d0);
+  for (; d0 < D; ++d0) block_pv_chunk<float, RB, 1>(P, V, ldv, tn, O, D, d0);
+}
+
 // row_max / row_sum of a block (Kernel): a running scalar max or sum does
 // not vectorise. A row's max skips NaN logits (masked with the keys past
 // lim), as the generic `z > mx ? z : mx` does; max is exact in any order.
@@ -220,7 +240,7 @@ OBC_ALWAYS_INLINE void row_contrib(const T* s, const T* vo, const T* dd, const T
   }
 }
 
-template <typename E, int kRB, bool kAvx2>
+template <typename E, int kRB, int kVW>
 struct Kernel {
   using T = typename Elem<E>::acc;
   using Out = typename std::conditional<std::is_same<E, double>::value, double, float>::type;
@@ -234,13 +254,13 @@ struct Kernel {
   // Pass 1's logits of rows r0.. for the tile starting at key p0 (zcache only).
   T* logits(int64_t p0, int64_t r0) const { return at(L.z) + ((p0 / kTile) * L.R + r0) * kTile; }
 
-  static constexpr bool kVec = kAvx2Float<T, kAvx2>;  // the AVX2 intrinsic blocks apply
+  static constexpr bool kVec = kVecFloat<T, kVW>;  // the intrinsic blocks apply
 
   // C = X . Yt (kDist: squared distances) and O += P . V for RB rows.
   template <int RB, bool kDist>
   OBC_ALWAYS_INLINE void xyt(const T* X, const T* Yt, T* C) const {
     if constexpr (!kDist) {
-      xyt_tile<RB, kAvx2>(X, p.D, Yt, C);
+      xyt_tile<RB, kVW>(X, p.D, Yt, C);
     } else if constexpr (RB % 2 == 0) {  // the generic block in the shape that fits every ISA's registers
       for (int r = 0; r < RB; r += 2) block_xyt<T, 2, true>(X + r * p.D, p.D, Yt, C + r * kTile);
     } else {
@@ -278,13 +298,16 @@ struct Kernel {
     }
   }
   OBC_ALWAYS_INLINE void transposed(const E* src, int64_t ld, int64_t tn, T* dst) const {
-    transposed_tile<kAvx2>(src, ld, tn, p.D, dst);
+    transposed_tile<kVW>(src, ld, tn, p.D, dst);
   }
   template <int RB>
   OBC_ALWAYS_INLINE void pv(const T* P, const T* V, int64_t ldv, int64_t tn, T* O) const {
 #ifdef OBC_X86_VARIANTS
     if constexpr (kVec) {
-      avx2_pv<RB>(P, V, ldv, tn, O, p.D);
+      if constexpr (kVW == kAvx512W)
+        avx512_pv<RB>(P, V, ldv, tn, O, p.D);
+      else
+        avx2_pv<RB>(P, V, ldv, tn, O, p.D);
       return;
     }
 #endif
@@ -408,6 +431,8 @@ struct Kernel {
       for (int64_t x = 0; x < G * kTile; ++x) head[x] = qinit;
       int64_t r0 = 0;
       for (; r0 + kRB <= R; r0 += kRB) pass2_block<S, kRB>(r0, p0, tn, Kt, Vt);
+      if constexpr (kRB > 4)
+        for (; r0 + 4 <= R; r0 += 4) pass2_block<S, 4>(r0, p0, tn, Kt, Vt);
       if constexpr (kRB > 2)
         for (; r0 + 2 <= R; r0 += 2) pass2_block<S, 2>(r0, p0, tn, Kt, Vt);
       for (; r0 < R; ++r0) pass2_block<S, 1>(r0, p0, tn, Kt, Vt);
@@ -459,6 +484,8 @@ struct Kernel {
       }
       int64_t r0 = 0;
       for (; r0 + kRB <= R; r0 += kRB) pass1_block<kRB>(r0, p0, tn, Kt, Vt, ldv);
+      if constexpr (kRB > 4)
+        for (; r0 + 4 <= R; r0 += 4) pass1_block<4>(r0, p0, tn, Kt, Vt, ldv);
       if constexpr (kRB > 2)
         for (; r0 + 2 <= R; r0 += 2) pass1_block<2>(r0, p0, tn, Kt, Vt, ldv);
       for (; r0 < R; ++r0) pass1_block<1>(r0, p0, tn, Kt, Vt, ldv);
@@ -489,10 +516,10 @@ struct Kernel {
   }
 };
 
-template <typename E, int RB, bool kAvx2>
+template <typename E, int RB, int kVW>
 OBC_ALWAYS_INLINE void run_rows(const SaliencyParams& p, int64_t bh_begin, int64_t bh_end, void* workspace) {
   const Layout L = make_layout(p);
-  Kernel<E, RB, kAvx2> k{p, L, static_cast<char*>(workspace), false, false, false, false};
+  Kernel<E, RB, kVW> k{p, L, static_cast<char*>(workspace), false, false, false, false};
   k.need_o = score_needs_vo(p.score) || score_needs_dist(p.score);
   k.need_vo = score_needs_vo(p.score);
   k.need_dist = score_needs_dist(p.score);
@@ -500,28 +527,28 @@ OBC_ALWAYS_INLINE void run_rows(const SaliencyParams& p, int64_t bh_begin, int64
   for (int64_t bh = bh_begin; bh < bh_end; ++bh) k.run(bh);
 }
 
-template <int RB, bool kAvx2>
+template <int RB, int kVW>
 OBC_ALWAYS_INLINE void run_dtype(const SaliencyParams& p, int64_t b0, int64_t b1, void* ws) {
   switch (p.dtype) {
-    case DType::F32: return run_rows<float, RB, kAvx2>(p, b0, b1, ws);
-    case DType::F64: return run_rows<double, RB, kAvx2>(p, b0, b1, ws);
-    case DType::F16: return run_rows<half_t, RB, kAvx2>(p, b0, b1, ws);
-    case DType::BF16: return run_rows<bf16_t, RB, kAvx2>(p, b0, b1, ws);
+    case DType::F32: return run_rows<float, RB, kVW>(p, b0, b1, ws);
+    case DType::F64: return run_rows<double, RB, kVW>(p, b0, b1, ws);
+    case DType::F16: return run_rows<half_t, RB, kVW>(p, b0, b1, ws);
+    case DType::BF16: return run_rows<bf16_t, RB, kVW>(p, b0, b1, ws);
   }
 }
 
 // One entry point per ISA (the always_inline body is compiled into each with
 // its target's instructions and RB).
 using RunFn = void (*)(const SaliencyParams&, int64_t, int64_t, void*);
-void run_baseline(const SaliencyParams& p, int64_t b0, int64_t b1, void* ws) { run_dtype<kRBWide, false>(p, b0, b1, ws); }
+void run_baseline(const SaliencyParams& p, int64_t b0, int64_t b1, void* ws) { run_dtype<kRBWide, kNoVec>(p, b0, b1, ws); }
 #ifdef OBC_X86_VARIANTS
 __attribute__((target("arch=x86-64-v4"))) void run_avx512(const SaliencyParams& p, int64_t b0, int64_t b1,
                                                           void* ws) {
-  run_dtype<kRBWide, false>(p, b0, b1, ws);
+  run_dtype<kRBAvx512, kAvx512W>(p, b0, b1, ws);
 }
 __attribute__((target("arch=x86-64-v3"))) void run_avx2(const SaliencyParams& p, int64_t b0, int64_t b1,
                                                         void* ws) {
-  run_dtype<kRBAvx2, true>(p, b0, b1, ws);
+  run_dtype<kRBAvx2, kAvx2W>(p, b0, b1, ws);
 }
 #else
 const RunFn run_avx512 = run_baseline, run_avx2 = run_baseline;
