@@ -20,12 +20,13 @@
 // 16-bit inputs are converted to float once per tile. The block must fit the
 // vector registers, so it depends on the ISA: on x86-64 with GCC the kernel
 // is compiled for AVX-512 and AVX2+FMA as well as the baseline, each with its
-// own block, and picked once at run time (saliency_cpu at the end). AVX-512
-// and the baseline use the generic loops at 4 x 32; AVX2 has 16 registers,
-// where GCC's code for the generic loops either reloads operands (2 x 32) or
-// spills the accumulators (larger blocks), so its dot products, P V and tile
-// transposes are written with intrinsics (6 x 16 blocks, 8 x 8 transposes).
-// Row maxima and sums of a tile use intrinsics on AVX2 too. The
+// own block, and picked once at run time (saliency_cpu at the end). The
+// baseline uses the generic loops at 4 x 32. On AVX2 (16 registers) GCC's
+// code for them either reloads operands (2 x 32) or spills the accumulators
+// (larger blocks), and on AVX-512 its 4 x 32 block has too few accumulators
+// to hide the FMA latency, so both have their dot products and P V written
+// with intrinsics (6 x 16 and 8 x 32 blocks, cpu_tiles.h), and share the
+// intrinsic 8 x 8 tile transposes and row maxima and sums. The
 // build passes -fno-trapping-math (results are unchanged: no FP exception is
 // ever unmasked): with trapping math GCC keeps exp_approx's selects as
 // branches, and only AVX-512's masked instructions vectorised them; the AVX2
