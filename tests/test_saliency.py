@@ -94,6 +94,28 @@ def test_narrowed_views_are_read_in_place(dtype, device):
         assert torch.equal(obcache.saliency(k, v, q, score), obcache.saliency(k.contiguous(), v.contiguous(), q, score))
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("score", SCORES)
+def test_rows_split_over_the_keys_match_reference(score, dtype):
+    """With fewer (b, h) rows than threads the CPU op splits each row over
+    the keys (N // 1024 ranges at most) and merges the softmax states: one
+    row, N = 4100 (a partial last tile), four threads -> four ranges; the
+    same numbers as one thread (no split) within float rounding."""
+    k, v, q = make_cache(1, 1, 3, 16, 4100, 32, dtype=dtype, seed=7)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(4)
+        for query_reduce in ("sum", "max"):
+            check(k, v, q, score, query_reduce=query_reduce, what="split over the keys")
+        split = obcache.saliency(k, v, q, score)
+        torch.set_num_threads(1)
+        whole = obcache.saliency(k, v, q, score)
+    finally:
+        torch.set_num_threads(before)
+    tol = 1e-12 if dtype == torch.float64 else 2e-5
+    torch.testing.assert_close(split, whole, rtol=tol, atol=tol * float(whole.abs().max()))
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_permuted_strides_match_contiguous(device):
     # [B, N, H, D] storage viewed as [B, H, N, D]; q with a sliced head dim stride.

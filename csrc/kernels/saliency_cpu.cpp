@@ -78,7 +78,9 @@ struct Layout {
   bool zcache = false;  // logits kept from pass 1, tile-major: z[tile][row][kTile]
 };
 
-Layout make_layout(const SaliencyParams& p) {
+// split: the workspace of a key range of a split (b, h) (saliency_cpu.h),
+// which has no logit cache (its pass 2 runs apart from its pass 1).
+Layout make_layout(const SaliencyParams& p, bool split) {
   Layout L;
   L.Wr = score_last_query_only(p.score) ? 1 : p.W;
   L.i0 = p.W - L.Wr;
@@ -106,7 +108,7 @@ Layout make_layout(const SaliencyParams& p) {
   L.db = take(kMaxRB * T);
   L.head = take(G * T);
   const size_t padded_n = (static_cast<size_t>(p.N) + T - 1) / T * T;
-  L.zcache = R * padded_n * e <= kLogitCacheBytes;
+  L.zcache = !split && R * padded_n * e <= kLogitCacheBytes;
   L.z = L.zcache ? take(R * padded_n) : 0;
   L.total = at;
   return L;
@@ -405,9 +407,10 @@ struct Kernel {
     }
   }
 
+  // Scores of the keys [n0, n1) into out (the (b, h) row's base).
   template <Score S>
-  OBC_ALWAYS_INLINE void pass2(const E* K, const E* V, Out* out) {
-    const int64_t N = p.N, D = p.D, G = p.G, R = L.R;
+  OBC_ALWAYS_INLINE void pass2(const E* K, const E* V, Out* out, int64_t n0, int64_t n1) {
+    const int64_t D = p.D, G = p.G, R = L.R;
     T* Kt = at(L.kt);
     T* Vt = at(L.vt);
     T* vn1 = at(L.vn1);
@@ -415,8 +418,8 @@ struct Kernel {
     T* head = at(L.head);
     const T qinit = query_reduce_init<T>(p.query_reduce);
     for (int64_t c = 0; c < kTile; ++c) vn1[c] = vn2[c] = T(0);
-    for (int64_t p0 = 0; p0 < N; p0 += kTile) {
-      const int64_t tn = std::min<int64_t>(kTile, N - p0);
+    for (int64_t p0 = n0; p0 < n1; p0 += kTile) {
+      const int64_t tn = std::min<int64_t>(kTile, n1 - p0);
       if (!L.zcache) transposed(K + p0 * p.k_sn, p.k_sn, tn, Kt);  // else the logits are kept
       if (need_v2) {
         transposed(V + p0 * p.v_sn, p.v_sn, tn, Vt);
@@ -445,16 +448,20 @@ struct Kernel {
     }
   }
 
-  OBC_ALWAYS_INLINE void run(int64_t bh) {
-    const int64_t b = bh / p.Hkv, h = bh % p.Hkv, N = p.N, D = p.D, R = L.R;
-    const E* K = static_cast<const E*>(p.k) + b * p.k_sb + h * p.k_sh;
-    const E* V = static_cast<const E*>(p.v) + b * p.v_sb + h * p.v_sh;
-    Out* out = static_cast<Out*>(p.out) + bh * N;
+  const E* keys(int64_t bh) const {
+    return static_cast<const E*>(p.k) + (bh / p.Hkv) * p.k_sb + (bh % p.Hkv) * p.k_sh;
+  }
+  const E* values(int64_t bh) const {
+    return static_cast<const E*>(p.v) + (bh / p.Hkv) * p.v_sb + (bh % p.Hkv) * p.v_sh;
+  }
+
+  // The (pre-scaled) window queries of row bh and an empty softmax state.
+  OBC_ALWAYS_INLINE void start(int64_t bh) {
+    const int64_t b = bh / p.Hkv, h = bh % p.Hkv, D = p.D, R = L.R;
     T* Qs = at(L.qs);
     T* O = at(L.o);
     T* m = at(L.m);
     T* l = at(L.l);
-    T* on2 = at(L.on2);
     const T scale = static_cast<T>(p.scale);
     for (int64_t r = 0; r < R; ++r) {
       const int64_t g = r / L.Wr, i = L.i0 + r % L.Wr;
@@ -464,12 +471,15 @@ struct Kernel {
       l[r] = T(0);
     }
     if (need_o) std::fill(O, O + R * D, T(0));
+  }
 
-    // Pass 1: softmax statistics (and O).
+  // Pass 1 over the keys [n0, n1): softmax statistics (and O, unnormalised).
+  OBC_ALWAYS_INLINE void pass1(const E* K, const E* V, int64_t n0, int64_t n1) {
+    const int64_t D = p.D, R = L.R;
     T* Kt = at(L.kt);
     T* Vrow = at(L.vrow);
-    for (int64_t p0 = 0; p0 < N; p0 += kTile) {
-      const int64_t tn = std::min<int64_t>(kTile, N - p0);
+    for (int64_t p0 = n0; p0 < n1; p0 += kTile) {
+      const int64_t tn = std::min<int64_t>(kTile, n1 - p0);
       transposed(K + p0 * p.k_sn, p.k_sn, tn, Kt);
       const T* Vt = nullptr;
       int64_t ldv = D;
@@ -491,6 +501,14 @@ struct Kernel {
         for (; r0 + 2 <= R; r0 += 2) pass1_block<2>(r0, p0, tn, Kt, Vt, ldv);
       for (; r0 < R; ++r0) pass1_block<1>(r0, p0, tn, Kt, Vt, ldv);
     }
+  }
+
+  // 1 / l, O normalised and ||O||^2 from pass 1's state.
+  OBC_ALWAYS_INLINE void finish() {
+    const int64_t D = p.D, R = L.R;
+    T* O = at(L.o);
+    T* l = at(L.l);
+    T* on2 = at(L.on2);
     // Every row sees key 0, so l > 0.
     for (int64_t r = 0; r < R; ++r) {
       const T inv = T(1) / l[r];
@@ -503,66 +521,157 @@ struct Kernel {
       }
       on2[r] = s2;
     }
+  }
 
-    // Pass 2: scores.
+  // Pass 2 of row bh over the keys [n0, n1), after finish().
+  OBC_ALWAYS_INLINE void scores(int64_t bh, int64_t n0, int64_t n1) {
+    const E* K = keys(bh);
+    const E* V = values(bh);
+    Out* out = static_cast<Out*>(p.out) + bh * p.N;
     switch (p.score) {
-      case Score::Attn: return pass2<Score::Attn>(K, V, out);
-      case Score::Tova: return pass2<Score::Tova>(K, V, out);
-      case Score::Vatp: return pass2<Score::Vatp>(K, V, out);
-      case Score::Value: return pass2<Score::Value>(K, V, out);
-      case Score::Key: return pass2<Score::Key>(K, V, out);
-      case Score::Joint: return pass2<Score::Joint>(K, V, out);
-      case Score::Loo: return pass2<Score::Loo>(K, V, out);
+      case Score::Attn: return pass2<Score::Attn>(K, V, out, n0, n1);
+      case Score::Tova: return pass2<Score::Tova>(K, V, out, n0, n1);
+      case Score::Vatp: return pass2<Score::Vatp>(K, V, out, n0, n1);
+      case Score::Value: return pass2<Score::Value>(K, V, out, n0, n1);
+      case Score::Key: return pass2<Score::Key>(K, V, out, n0, n1);
+      case Score::Joint: return pass2<Score::Joint>(K, V, out, n0, n1);
+      case Score::Loo: return pass2<Score::Loo>(K, V, out, n0, n1);
     }
+  }
+
+  OBC_ALWAYS_INLINE void run(int64_t bh) {
+    start(bh);
+    pass1(keys(bh), values(bh), 0, p.N);
+    finish();
+    scores(bh, 0, p.N);
+  }
+
+  // The split form (saliency_cpu.h). A state is m [R], l [R], O [R, D].
+  OBC_ALWAYS_INLINE void split_pass1(int64_t bh, int64_t n0, int64_t n1, T* state) {
+    const int64_t R = L.R, D = p.D;
+    start(bh);
+    pass1(keys(bh), values(bh), n0, n1);
+    std::copy(at(L.m), at(L.m) + R, state);
+    std::copy(at(L.l), at(L.l) + R, state + R);
+    if (need_o) std::copy(at(L.o), at(L.o) + R * D, state + 2 * R);
+  }
+  // Merges the S states in order (as saliency_cuda.cuh's combine_kernel:
+  // weight exp(m_s - M), 0 for a range that saw no key), then scores.
+  OBC_ALWAYS_INLINE void split_pass2(int64_t bh, int64_t n0, int64_t n1, const T* states, int64_t S,
+                                     int64_t stride) {
+    const int64_t R = L.R, D = p.D;
+    start(bh);
+    T* m = at(L.m);
+    T* l = at(L.l);
+    T* O = at(L.o);
+    for (int64_t r = 0; r < R; ++r) {
+      T M = reduce_identity_max<T>();
+      for (int64_t s = 0; s < S; ++s) M = std::max(M, states[s * stride + r]);
+      T sum = T(0);
+      for (int64_t s = 0; s < S; ++s) {
+        const T* st = states + s * stride;
+        const T ms = st[r];
+        if (ms == reduce_identity_max<T>()) continue;
+        const T w = ms == M ? T(1) : exp_approx(ms - M);
+        sum += st[R + r] * w;
+        if (need_o)
+          for (int64_t d = 0; d < D; ++d) O[r * D + d] += st[2 * R + r * D + d] * w;
+      }
+      m[r] = M;
+      l[r] = sum;
+    }
+    finish();
+    scores(bh, n0, n1);
   }
 };
 
+// What one call of an entry point does: rows [bh, bh_end) whole, or one key
+// range [n0, n1) of row bh, pass 1 (writing state) or pass 2 (merging the
+// S states of the row, `stride` elements apart).
+struct Job {
+  enum Kind { Rows, SplitPass1, SplitPass2 } kind;
+  int64_t bh, bh_end, n0, n1;
+  void* state;
+  int64_t S, stride;
+};
+
 template <typename E, int RB, int kVW>
-OBC_ALWAYS_INLINE void run_rows(const SaliencyParams& p, int64_t bh_begin, int64_t bh_end, void* workspace) {
-  const Layout L = make_layout(p);
+OBC_ALWAYS_INLINE void run_job(const SaliencyParams& p, const Job& j, void* workspace) {
+  const Layout L = make_layout(p, j.kind != Job::Rows);
   Kernel<E, RB, kVW> k{p, L, static_cast<char*>(workspace), false, false, false, false};
   k.need_o = score_needs_vo(p.score) || score_needs_dist(p.score);
   k.need_vo = score_needs_vo(p.score);
   k.need_dist = score_needs_dist(p.score);
   k.need_v2 = k.need_o || score_needs_vn1(p.score) || score_needs_vn2(p.score);
-  for (int64_t bh = bh_begin; bh < bh_end; ++bh) k.run(bh);
+  using T = typename Elem<E>::acc;
+  switch (j.kind) {
+    case Job::Rows:
+      for (int64_t bh = j.bh; bh < j.bh_end; ++bh) k.run(bh);
+      return;
+    case Job::SplitPass1: return k.split_pass1(j.bh, j.n0, j.n1, static_cast<T*>(j.state));
+    case Job::SplitPass2: return k.split_pass2(j.bh, j.n0, j.n1, static_cast<const T*>(j.state), j.S, j.stride);
+  }
 }
 
 template <int RB, int kVW>
-OBC_ALWAYS_INLINE void run_dtype(const SaliencyParams& p, int64_t b0, int64_t b1, void* ws) {
+OBC_ALWAYS_INLINE void run_dtype(const SaliencyParams& p, const Job& j, void* ws) {
   switch (p.dtype) {
-    case DType::F32: return run_rows<float, RB, kVW>(p, b0, b1, ws);
-    case DType::F64: return run_rows<double, RB, kVW>(p, b0, b1, ws);
-    case DType::F16: return run_rows<half_t, RB, kVW>(p, b0, b1, ws);
-    case DType::BF16: return run_rows<bf16_t, RB, kVW>(p, b0, b1, ws);
+    case DType::F32: return run_job<float, RB, kVW>(p, j, ws);
+    case DType::F64: return run_job<double, RB, kVW>(p, j, ws);
+    case DType::F16: return run_job<half_t, RB, kVW>(p, j, ws);
+    case DType::BF16: return run_job<bf16_t, RB, kVW>(p, j, ws);
   }
 }
 
 // One entry point per ISA (the always_inline body is compiled into each with
 // its target's instructions and RB).
-using RunFn = void (*)(const SaliencyParams&, int64_t, int64_t, void*);
-void run_baseline(const SaliencyParams& p, int64_t b0, int64_t b1, void* ws) { run_dtype<kRBWide, kNoVec>(p, b0, b1, ws); }
+using RunFn = void (*)(const SaliencyParams&, const Job&, void*);
+void run_baseline(const SaliencyParams& p, const Job& j, void* ws) { run_dtype<kRBWide, kNoVec>(p, j, ws); }
 #ifdef OBC_X86_VARIANTS
-__attribute__((target("arch=x86-64-v4"))) void run_avx512(const SaliencyParams& p, int64_t b0, int64_t b1,
-                                                          void* ws) {
-  run_dtype<kRBAvx512, kAvx512W>(p, b0, b1, ws);
+__attribute__((target("arch=x86-64-v4"))) void run_avx512(const SaliencyParams& p, const Job& j, void* ws) {
+  run_dtype<kRBAvx512, kAvx512W>(p, j, ws);
 }
-__attribute__((target("arch=x86-64-v3"))) void run_avx2(const SaliencyParams& p, int64_t b0, int64_t b1,
-                                                        void* ws) {
-  run_dtype<kRBAvx2, kAvx2W>(p, b0, b1, ws);
+__attribute__((target("arch=x86-64-v3"))) void run_avx2(const SaliencyParams& p, const Job& j, void* ws) {
+  run_dtype<kRBAvx2, kAvx2W>(p, j, ws);
 }
 #else
 const RunFn run_avx512 = run_baseline, run_avx2 = run_baseline;
 #endif
 
+void run(const SaliencyParams& p, const Job& j, void* ws) {
+  static const RunFn fn = pick_cpu_variant<RunFn>(run_baseline, run_avx2, run_avx512);
+  fn(p, j, ws);
+}
+
+size_t elem_bytes(const SaliencyParams& p) { return p.dtype == DType::F64 ? 8 : 4; }
+
 }  // namespace
 
-size_t saliency_cpu_workspace_bytes(const SaliencyParams& p) { return make_layout(p).total; }
+size_t saliency_cpu_workspace_bytes(const SaliencyParams& p) { return make_layout(p, false).total; }
 
 void saliency_cpu(const SaliencyParams& p, int64_t bh_begin, int64_t bh_end, void* workspace) {
-  static const RunFn run = pick_cpu_variant<RunFn>(run_baseline, run_avx2, run_avx512);
   if (p.N <= 0 || p.W <= 0) return;
-  run(p, bh_begin, bh_end, workspace);
+  run(p, Job{Job::Rows, bh_begin, bh_end, 0, 0, nullptr, 0, 0}, workspace);
+}
+
+size_t saliency_cpu_split_workspace_bytes(const SaliencyParams& p) { return make_layout(p, true).total; }
+
+size_t saliency_cpu_split_state_bytes(const SaliencyParams& p) {
+  const size_t R = static_cast<size_t>(make_layout(p, true).R);
+  return R * (2 + static_cast<size_t>(p.D)) * elem_bytes(p);
+}
+
+void saliency_cpu_split_pass1(const SaliencyParams& p, int64_t bh, int64_t n0, int64_t n1, void* workspace,
+                              void* state) {
+  if (p.W <= 0 || n1 <= n0) return;
+  run(p, Job{Job::SplitPass1, bh, bh + 1, n0, n1, state, 0, 0}, workspace);
+}
+
+void saliency_cpu_split_pass2(const SaliencyParams& p, int64_t bh, int64_t n0, int64_t n1, const void* states,
+                              int64_t S, void* workspace) {
+  if (p.W <= 0 || n1 <= n0) return;
+  const int64_t stride = static_cast<int64_t>(saliency_cpu_split_state_bytes(p) / elem_bytes(p));
+  run(p, Job{Job::SplitPass2, bh, bh + 1, n0, n1, const_cast<void*>(states), S, stride}, workspace);
 }
 
 }  // namespace obc

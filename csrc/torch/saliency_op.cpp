@@ -6,6 +6,7 @@
 #include <c10/core/CPUAllocator.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
 #include <string>
 
@@ -121,11 +122,55 @@ obc::SaliencyParams describe(const at::Tensor& k, const at::Tensor& v, const at:
   return p;
 }
 
+// Keys per tile of the CPU kernel; a key range of a split row is whole tiles.
+constexpr int64_t kTileKeys = 32;
+// The least keys a range of a split row gets: each range loads the queries
+// and merges the row's states, O(G * W * D * ranges) next to its
+// O(G * W * D * keys) products.
+constexpr int64_t kMinSplitKeys = 1024;
+
+// Key ranges per (b, h) row: 1 while the rows alone keep every thread busy,
+// else enough for rows * ranges >= threads, within kMinSplitKeys.
+int64_t key_splits(const obc::SaliencyParams& p) {
+  const int64_t threads = at::get_num_threads(), rows = p.B * p.Hkv;
+  if (rows >= threads || p.W <= 0) return 1;
+  const int64_t want = (threads + rows - 1) / rows;
+  return std::max<int64_t>(1, std::min(want, p.N / kMinSplitKeys));
+}
+
+// saliency_cpu over S key ranges per row (kernels/saliency_cpu.h): every
+// range's pass 1, then every range's pass 2.
+void saliency_split_cpu(const obc::SaliencyParams& p, int64_t S) {
+  const int64_t rows = p.B * p.Hkv, tiles = (p.N + kTileKeys - 1) / kTileKeys;
+  const int64_t per = (tiles + S - 1) / S;  // tiles per range
+  S = (tiles + per - 1) / per;             // no empty range
+  auto bound = [&](int64_t s) { return std::min(p.N, s * per * kTileKeys); };
+  const size_t st_bytes = obc::saliency_cpu_split_state_bytes(p), ws_bytes = obc::saliency_cpu_split_workspace_bytes(p);
+  c10::DataPtr states = c10::GetCPUAllocator()->allocate(static_cast<size_t>(rows * S) * st_bytes);
+  char* st = static_cast<char*>(states.get());
+  at::parallel_for(0, rows * S, 1, [&](int64_t t0, int64_t t1) {
+    c10::DataPtr ws = c10::GetCPUAllocator()->allocate(ws_bytes);
+    for (int64_t t = t0; t < t1; ++t)
+      obc::saliency_cpu_split_pass1(p, t / S, bound(t % S), bound(t % S + 1), ws.get(), st + t * st_bytes);
+  });
+  at::parallel_for(0, rows * S, 1, [&](int64_t t0, int64_t t1) {
+    c10::DataPtr ws = c10::GetCPUAllocator()->allocate(ws_bytes);
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t bh = t / S;
+      obc::saliency_cpu_split_pass2(p, bh, bound(t % S), bound(t % S + 1), st + bh * S * st_bytes, S, ws.get());
+    }
+  });
+}
+
 at::Tensor saliency_run_cpu(obc::SaliencyParams p, const at::Tensor& k) {
   const bool f64 = p.dtype == obc::DType::F64;
   at::Tensor out = at::empty({p.B, p.Hkv, p.N}, k.options().dtype(f64 ? at::kDouble : at::kFloat));
   if (out.numel() == 0) return out;
   p.out = out.data_ptr();
+  if (const int64_t S = key_splits(p); S > 1) {
+    saliency_split_cpu(p, S);
+    return out;
+  }
   const size_t ws_bytes = obc::saliency_cpu_workspace_bytes(p);
   // One workspace per chunk (at most one chunk per thread with grain 1): a
   // few hundred KiB, allocated by torch's CPU allocator (64-byte aligned).

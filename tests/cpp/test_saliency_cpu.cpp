@@ -4,6 +4,7 @@
 // element type (float16 / bfloat16 read exactly: grid values).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 #include <string>
@@ -51,7 +52,26 @@ std::string describe(const Case& c, Score s, obc::GroupReduce gr, obc::QueryRedu
          " group=" + std::to_string(static_cast<int>(gr)) + " query=" + std::to_string(static_cast<int>(qr));
 }
 
-// Runs the kernel for element type E on every score x reduction.
+// The split form (saliency_cpu.h) with one key tile per range: the most
+// ranges, some of which a causal row sees nothing of; every pass 1 before
+// any pass 2, as the binding runs them.
+void run_split(const obc::SaliencyParams& p) {
+  const int64_t rows = p.B * p.Hkv, S = (p.N + 31) / 32;
+  const size_t st = obc::saliency_cpu_split_state_bytes(p);
+  std::vector<double> states(rows * S * st / sizeof(double) + 8);
+  std::vector<double> ws(obc::saliency_cpu_split_workspace_bytes(p) / sizeof(double) + 8);
+  char* base = reinterpret_cast<char*>(states.data());
+  auto bound = [&](int64_t s) { return std::min<int64_t>(p.N, 32 * s); };
+  for (int64_t bh = 0; bh < rows; ++bh)
+    for (int64_t s = 0; s < S; ++s)
+      obc::saliency_cpu_split_pass1(p, bh, bound(s), bound(s + 1), ws.data(), base + (bh * S + s) * st);
+  for (int64_t bh = 0; bh < rows; ++bh)
+    for (int64_t s = 0; s < S; ++s)
+      obc::saliency_cpu_split_pass2(p, bh, bound(s), bound(s + 1), base + bh * S * st, S, ws.data());
+}
+
+// Runs the kernel for element type E on every score x reduction, whole rows
+// and split over the keys.
 template <typename E, typename Out>
 void check_case(const Case& c, obc::DType dt, double rtol, std::mt19937& rng) {
   const Data d = make(c, rng);
@@ -70,18 +90,24 @@ void check_case(const Case& c, obc::DType dt, double rtol, std::mt19937& rng) {
         const std::vector<double> want = naive::saliency(p, {d.k.data(), d.k_sb, d.k_sh, d.k_sn},
                                                          {d.v.data(), d.k_sb, d.k_sh, d.k_sn},
                                                          {d.q.data(), d.q_sb, d.q_sh, d.q_sw}, scale);
-        std::vector<Out> got(want.size(), Out(-12345));
-        p.out = got.data();
-        std::vector<double> ws(obc::saliency_cpu_workspace_bytes(p) / sizeof(double) + 8);
-        // Two halves of the (b, h) range, as two parallel_for chunks would.
-        const int64_t rows = c.B * c.H, mid = rows / 2;
-        obc::saliency_cpu(p, 0, mid, ws.data());
-        obc::saliency_cpu(p, mid, rows, ws.data());
         double mag = 0;
         for (double w : want) mag = std::max(mag, std::fabs(w));
-        for (size_t i = 0; i < want.size(); ++i)
-          ASSERT_NEAR(static_cast<double>(got[i]), want[i], rtol * std::max(mag, 1e-30))
-              << describe(c, p.score, gr, qr) << " at " << i;
+        for (bool split : {false, true}) {
+          std::vector<Out> got(want.size(), Out(-12345));
+          p.out = got.data();
+          if (split) {
+            run_split(p);
+          } else {
+            std::vector<double> ws(obc::saliency_cpu_workspace_bytes(p) / sizeof(double) + 8);
+            // Two halves of the (b, h) range, as two parallel_for chunks would.
+            const int64_t rows = c.B * c.H, mid = rows / 2;
+            obc::saliency_cpu(p, 0, mid, ws.data());
+            obc::saliency_cpu(p, mid, rows, ws.data());
+          }
+          for (size_t i = 0; i < want.size(); ++i)
+            ASSERT_NEAR(static_cast<double>(got[i]), want[i], rtol * std::max(mag, 1e-30))
+                << describe(c, p.score, gr, qr) << (split ? " split" : "") << " at " << i;
+        }
       }
 }
 
