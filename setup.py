@@ -52,6 +52,14 @@ def _extension():
     # No -std flag: torch's build helper picks the standard its headers need.
     # -fno-trapping-math: see CMakeLists.txt (same flags for the extension and the C++ tests).
     cxx = ["-O3", "-fvisibility=hidden", "-fno-trapping-math"]
+    # at::parallel_for is inline: without _OPENMP it runs its range serially
+    # in this extension whatever torch.set_num_threads says. The libgomp it
+    # links is the one torch has already loaded (same soname), so the thread
+    # count torch sets is the one the kernels get.
+    link = []
+    if torch.backends.openmp.is_available():
+        cxx.append("-fopenmp")
+        link.append("-fopenmp")
     define = [("OBCACHE_TORCH_VERSION", '"%s"' % torch.__version__)]
     if with_cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
@@ -68,6 +76,7 @@ def _extension():
             include_dirs=[os.path.join(ROOT, "csrc")],
             define_macros=define,
             extra_compile_args={"cxx": cxx, "nvcc": nvcc},
+            extra_link_args=link,
         )
     return cpp_extension.CppExtension(
         "obcache._C",
@@ -75,6 +84,7 @@ def _extension():
         include_dirs=[os.path.join(ROOT, "csrc")],
         define_macros=define,
         extra_compile_args={"cxx": cxx},
+        extra_link_args=link,
     )
 
 
