@@ -96,12 +96,13 @@ def test_narrowed_views_are_read_in_place(dtype, device):
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("score", SCORES)
-def test_rows_split_over_the_keys_match_reference(score, dtype):
-    """With fewer (b, h) rows than threads the CPU op splits each row over
-    the keys (N // 1024 ranges at most) and merges the softmax states: one
-    row, N = 4100 (a partial last tile), four threads -> four ranges; the
-    same numbers as one thread (no split) within float rounding."""
-    k, v, q = make_cache(1, 1, 3, 16, 4100, 32, dtype=dtype, seed=7)
+def test_rows_split_over_the_keys_match_reference_and_the_unsplit_bits(score, dtype):
+    """With fewer (b, h) rows than threads the CPU op runs each row's key
+    ranges (2048 keys) on different threads and merges their softmax states
+    in key order, as one thread does: one row, N = 4200 (three ranges, a
+    partial last tile), four threads. Matches the reference, and bitwise the
+    one-thread result."""
+    k, v, q = make_cache(1, 1, 3, 16, 4200, 32, dtype=dtype, seed=7)
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(4)
@@ -112,8 +113,7 @@ def test_rows_split_over_the_keys_match_reference(score, dtype):
         whole = obcache.saliency(k, v, q, score)
     finally:
         torch.set_num_threads(before)
-    tol = 1e-12 if dtype == torch.float64 else 2e-5
-    torch.testing.assert_close(split, whole, rtol=tol, atol=tol * float(whole.abs().max()))
+    assert torch.equal(split, whole)
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -3,7 +3,10 @@
 // query) are processed against key tiles of kTile keys:
 //   pass 1: online softmax over the tiles: per row the running max m and sum
 //           l and, for the scores that need it (key, joint, loo), the output
-//           O = softmax(Z) V (flash-attention forward).
+//           O = softmax(Z) V (flash-attention forward); per key range of
+//           kSaliencyRangeKeys, the ranges' states merged in key order, so
+//           that the ranges of one row can run on different threads
+//           (saliency_cpu.h) with the same result.
 //   pass 2: per tile, recompute Z = Q K^T, A = exp(Z - m) / l, and where
 //           needed v.o (= O V^T), ||v||, ||v - o||; reduce the contributions
 //           (score_math.h) over the queries and the group and write the
@@ -71,10 +74,12 @@ OBC_ALWAYS_INLINE double exp_approx(double x) { return std::exp(x); }
 
 inline size_t round_up(size_t x) { return (x + 63) & ~size_t(63); }
 
+static_assert(kSaliencyRangeKeys % kTile == 0, "key ranges are whole tiles (the logit cache is tile-indexed)");
+
 // Byte offsets of the workspace pieces (see the top of this file).
 struct Layout {
   int64_t Wr = 0, i0 = 0, R = 0;
-  size_t qs, o, m, l, on2, kt, vt, vrow, vn1, vn2, sb, xb, db, head, z, total;
+  size_t qs, o, m, l, on2, am, al, ao, kt, vt, vrow, vn1, vn2, sb, xb, db, head, z, total;
   bool zcache = false;  // logits kept from pass 1, tile-major: z[tile][row][kTile]
 };
 
@@ -98,6 +103,9 @@ Layout make_layout(const SaliencyParams& p, bool split) {
   L.m = take(R);
   L.l = take(R);
   L.on2 = take(R);
+  L.am = take(R);  // the merged state of the key ranges done so far
+  L.al = take(R);
+  L.ao = take(R * D);
   L.kt = take(D * T);
   L.vt = take(D * T);
   L.vrow = take(T * D);
@@ -455,22 +463,50 @@ struct Kernel {
     return static_cast<const E*>(p.v) + (bh / p.Hkv) * p.v_sb + (bh % p.Hkv) * p.v_sh;
   }
 
-  // The (pre-scaled) window queries of row bh and an empty softmax state.
-  OBC_ALWAYS_INLINE void start(int64_t bh) {
+  // The (pre-scaled) window queries of row bh.
+  OBC_ALWAYS_INLINE void load_queries(int64_t bh) {
     const int64_t b = bh / p.Hkv, h = bh % p.Hkv, D = p.D, R = L.R;
     T* Qs = at(L.qs);
-    T* O = at(L.o);
-    T* m = at(L.m);
-    T* l = at(L.l);
     const T scale = static_cast<T>(p.scale);
     for (int64_t r = 0; r < R; ++r) {
       const int64_t g = r / L.Wr, i = L.i0 + r % L.Wr;
       const E* q = static_cast<const E*>(p.q) + b * p.q_sb + (h * p.G + g) * p.q_sh + i * p.q_sw;
       for (int64_t d = 0; d < D; ++d) Qs[r * D + d] = Elem<E>::load(q[d]) * scale;
-      m[r] = reduce_identity_max<T>();
-      l[r] = T(0);
     }
-    if (need_o) std::fill(O, O + R * D, T(0));
+  }
+
+  // An empty softmax state (m [R], l [R], O [R, D]: O where need_o).
+  OBC_ALWAYS_INLINE void reset(T* m, T* l, T* O) const {
+    std::fill(m, m + L.R, reduce_identity_max<T>());
+    std::fill(l, l + L.R, T(0));
+    if (need_o) std::fill(O, O + L.R * p.D, T(0));
+  }
+
+  // The merged state <- itself merged with the state (ms, ls, Os) of the
+  // next key range: flash-decoding's pairwise step, a side that saw no key
+  // (m = -inf) weighing 0. Every path merges a row's ranges one by one in
+  // key order, so the result does not depend on which thread ran which.
+  OBC_ALWAYS_INLINE void merge(const T* ms, const T* ls, const T* Os) {
+    const int64_t R = L.R, D = p.D;
+    T* am = at(L.am);
+    T* al = at(L.al);
+    T* ao = at(L.ao);
+    for (int64_t r = 0; r < R; ++r) {
+      if (ms[r] == reduce_identity_max<T>()) continue;
+      const T M = std::max(am[r], ms[r]);
+      const T wa = am[r] == M ? T(1) : exp_approx(am[r] - M);  // 0 while am = -inf
+      const T ws = ms[r] == M ? T(1) : exp_approx(ms[r] - M);
+      al[r] = al[r] * wa + ls[r] * ws;
+      if (need_o)
+        for (int64_t d = 0; d < D; ++d) ao[r * D + d] = ao[r * D + d] * wa + Os[r * D + d] * ws;
+      am[r] = M;
+    }
+  }
+  // The merged state as the one finish() reads.
+  OBC_ALWAYS_INLINE void take_merged() {
+    std::copy(at(L.am), at(L.am) + L.R, at(L.m));
+    std::copy(at(L.al), at(L.al) + L.R, at(L.l));
+    if (need_o) std::copy(at(L.ao), at(L.ao) + L.R * p.D, at(L.o));
   }
 
   // Pass 1 over the keys [n0, n1): softmax statistics (and O, unnormalised).
@@ -539,60 +575,56 @@ struct Kernel {
     }
   }
 
+  int64_t range_end(int64_t s) const { return std::min(p.N, (s + 1) * kSaliencyRangeKeys); }
+
+  // Pass 1 range by range (saliency_cpu.h), each merged as it ends.
   OBC_ALWAYS_INLINE void run(int64_t bh) {
-    start(bh);
-    pass1(keys(bh), values(bh), 0, p.N);
+    load_queries(bh);
+    reset(at(L.am), at(L.al), at(L.ao));
+    for (int64_t s = 0; s * kSaliencyRangeKeys < p.N; ++s) {
+      reset(at(L.m), at(L.l), at(L.o));
+      pass1(keys(bh), values(bh), s * kSaliencyRangeKeys, range_end(s));
+      merge(at(L.m), at(L.l), at(L.o));
+    }
+    take_merged();
     finish();
     scores(bh, 0, p.N);
   }
 
-  // The split form (saliency_cpu.h). A state is m [R], l [R], O [R, D].
-  OBC_ALWAYS_INLINE void split_pass1(int64_t bh, int64_t n0, int64_t n1, T* state) {
-    const int64_t R = L.R, D = p.D;
-    start(bh);
-    pass1(keys(bh), values(bh), n0, n1);
+  // The split form: range s's state, m [R] | l [R] | O [R, D], into state.
+  OBC_ALWAYS_INLINE void split_pass1(int64_t bh, int64_t s, T* state) {
+    const int64_t R = L.R;
+    load_queries(bh);
+    reset(at(L.m), at(L.l), at(L.o));
+    pass1(keys(bh), values(bh), s * kSaliencyRangeKeys, range_end(s));
     std::copy(at(L.m), at(L.m) + R, state);
     std::copy(at(L.l), at(L.l) + R, state + R);
-    if (need_o) std::copy(at(L.o), at(L.o) + R * D, state + 2 * R);
+    if (need_o) std::copy(at(L.o), at(L.o) + R * p.D, state + 2 * R);
   }
-  // Merges the S states in order (as saliency_cuda.cuh's combine_kernel:
-  // weight exp(m_s - M), 0 for a range that saw no key), then scores.
-  OBC_ALWAYS_INLINE void split_pass2(int64_t bh, int64_t n0, int64_t n1, const T* states, int64_t S,
-                                     int64_t stride) {
-    const int64_t R = L.R, D = p.D;
-    start(bh);
-    T* m = at(L.m);
-    T* l = at(L.l);
-    T* O = at(L.o);
-    for (int64_t r = 0; r < R; ++r) {
-      T M = reduce_identity_max<T>();
-      for (int64_t s = 0; s < S; ++s) M = std::max(M, states[s * stride + r]);
-      T sum = T(0);
-      for (int64_t s = 0; s < S; ++s) {
-        const T* st = states + s * stride;
-        const T ms = st[r];
-        if (ms == reduce_identity_max<T>()) continue;
-        const T w = ms == M ? T(1) : exp_approx(ms - M);
-        sum += st[R + r] * w;
-        if (need_o)
-          for (int64_t d = 0; d < D; ++d) O[r * D + d] += st[2 * R + r * D + d] * w;
-      }
-      m[r] = M;
-      l[r] = sum;
+  // The row's S states merged as run() merges them, then the scores of the
+  // keys of ranges [s0, s1).
+  OBC_ALWAYS_INLINE void split_pass2(int64_t bh, int64_t s0, int64_t s1, const T* states, int64_t stride) {
+    const int64_t R = L.R;
+    load_queries(bh);
+    reset(at(L.am), at(L.al), at(L.ao));
+    for (int64_t s = 0; s * kSaliencyRangeKeys < p.N; ++s) {
+      const T* st = states + s * stride;
+      merge(st, st + R, st + 2 * R);
     }
+    take_merged();
     finish();
-    scores(bh, n0, n1);
+    scores(bh, s0 * kSaliencyRangeKeys, range_end(s1 - 1));
   }
 };
 
-// What one call of an entry point does: rows [bh, bh_end) whole, or one key
-// range [n0, n1) of row bh, pass 1 (writing state) or pass 2 (merging the
-// S states of the row, `stride` elements apart).
+// What one call of an entry point does: rows [bh, bh_end) whole; or of row
+// bh, pass 1 of key range s0 (into state) or pass 2 of ranges [s0, s1)
+// (merging the row's states, `stride` elements apart).
 struct Job {
   enum Kind { Rows, SplitPass1, SplitPass2 } kind;
-  int64_t bh, bh_end, n0, n1;
+  int64_t bh, bh_end, s0, s1;
   void* state;
-  int64_t S, stride;
+  int64_t stride;
 };
 
 template <typename E, int RB, int kVW>
@@ -608,8 +640,8 @@ OBC_ALWAYS_INLINE void run_job(const SaliencyParams& p, const Job& j, void* work
     case Job::Rows:
       for (int64_t bh = j.bh; bh < j.bh_end; ++bh) k.run(bh);
       return;
-    case Job::SplitPass1: return k.split_pass1(j.bh, j.n0, j.n1, static_cast<T*>(j.state));
-    case Job::SplitPass2: return k.split_pass2(j.bh, j.n0, j.n1, static_cast<const T*>(j.state), j.S, j.stride);
+    case Job::SplitPass1: return k.split_pass1(j.bh, j.s0, static_cast<T*>(j.state));
+    case Job::SplitPass2: return k.split_pass2(j.bh, j.s0, j.s1, static_cast<const T*>(j.state), j.stride);
   }
 }
 
@@ -651,7 +683,7 @@ size_t saliency_cpu_workspace_bytes(const SaliencyParams& p) { return make_layou
 
 void saliency_cpu(const SaliencyParams& p, int64_t bh_begin, int64_t bh_end, void* workspace) {
   if (p.N <= 0 || p.W <= 0) return;
-  run(p, Job{Job::Rows, bh_begin, bh_end, 0, 0, nullptr, 0, 0}, workspace);
+  run(p, Job{Job::Rows, bh_begin, bh_end, 0, 0, nullptr, 0}, workspace);
 }
 
 size_t saliency_cpu_split_workspace_bytes(const SaliencyParams& p) { return make_layout(p, true).total; }
@@ -661,17 +693,16 @@ size_t saliency_cpu_split_state_bytes(const SaliencyParams& p) {
   return R * (2 + static_cast<size_t>(p.D)) * elem_bytes(p);
 }
 
-void saliency_cpu_split_pass1(const SaliencyParams& p, int64_t bh, int64_t n0, int64_t n1, void* workspace,
-                              void* state) {
-  if (p.W <= 0 || n1 <= n0) return;
-  run(p, Job{Job::SplitPass1, bh, bh + 1, n0, n1, state, 0, 0}, workspace);
+void saliency_cpu_split_pass1(const SaliencyParams& p, int64_t bh, int64_t s, void* workspace, void* state) {
+  if (p.N <= 0 || p.W <= 0) return;
+  run(p, Job{Job::SplitPass1, bh, bh + 1, s, s + 1, state, 0}, workspace);
 }
 
-void saliency_cpu_split_pass2(const SaliencyParams& p, int64_t bh, int64_t n0, int64_t n1, const void* states,
-                              int64_t S, void* workspace) {
-  if (p.W <= 0 || n1 <= n0) return;
+void saliency_cpu_split_pass2(const SaliencyParams& p, int64_t bh, int64_t s0, int64_t s1, const void* states,
+                              void* workspace) {
+  if (p.N <= 0 || p.W <= 0 || s1 <= s0) return;
   const int64_t stride = static_cast<int64_t>(saliency_cpu_split_state_bytes(p) / elem_bytes(p));
-  run(p, Job{Job::SplitPass2, bh, bh + 1, n0, n1, const_cast<void*>(states), S, stride}, workspace);
+  run(p, Job{Job::SplitPass2, bh, bh + 1, s0, s1, const_cast<void*>(states), stride}, workspace);
 }
 
 }  // namespace obc

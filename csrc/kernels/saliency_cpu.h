@@ -20,23 +20,29 @@ size_t saliency_cpu_workspace_bytes(const SaliencyParams& p);
 // each with its own workspace of saliency_cpu_workspace_bytes(p) bytes.
 void saliency_cpu(const SaliencyParams& p, int64_t bh_begin, int64_t bh_end, void* workspace);
 
-// The same rows split over the keys, for when B * H_kv rows are fewer than
-// the threads (flash-decoding on the CPU). For every row bh and key ranges
-// [n_s, n_{s+1}) covering [0, N) (s = 0 .. S-1, n_0 = 0; multiples of 32
-// keep the tiles whole): first saliency_cpu_split_pass1 of every range,
-// each writing its softmax state (state s of row bh at
-// states + s * saliency_cpu_split_state_bytes(p)), then
-// saliency_cpu_split_pass2 of every range, which merges the row's S states
-// in order and writes out[b, h, n_s : n_{s+1}]. Calls of one phase may run
-// concurrently, each with its own workspace of
+// Pass 1 runs over fixed key ranges [s * kSaliencyRangeKeys, ...), s = 0
+// .. saliency_cpu_ranges(p) - 1, one softmax state each, merged one by one
+// in key order (flash-decoding). The split form below runs the ranges of a
+// row on different threads, for when B * H_kv rows are fewer than the
+// threads; as the ranges and the merge order are the same, its output is
+// bitwise that of saliency_cpu. For every row bh: first
+// saliency_cpu_split_pass1 of every range s (state s of row bh at
+// states + (bh * S + s) * saliency_cpu_split_state_bytes(p), S the range
+// count), then saliency_cpu_split_pass2 over ranges [s0, s1) covering the
+// row, given the row's S states: out[b, h, keys of those ranges]. Calls of
+// one phase may run concurrently, each with its own workspace of
 // saliency_cpu_split_workspace_bytes(p) bytes. Pass 2 recomputes Q K^T
-// (there is no logit cache across the phases): a quarter more FLOPs for
-// the joint score, for S times the parallelism.
+// (no logit cache across the phases): a quarter more FLOPs for the joint
+// score, for S times the parallelism.
+constexpr int64_t kSaliencyRangeKeys = 2048;
+
+inline int64_t saliency_cpu_ranges(const SaliencyParams& p) {
+  return (p.N + kSaliencyRangeKeys - 1) / kSaliencyRangeKeys;
+}
 size_t saliency_cpu_split_workspace_bytes(const SaliencyParams& p);
 size_t saliency_cpu_split_state_bytes(const SaliencyParams& p);
-void saliency_cpu_split_pass1(const SaliencyParams& p, int64_t bh, int64_t n0, int64_t n1, void* workspace,
-                              void* state);
-void saliency_cpu_split_pass2(const SaliencyParams& p, int64_t bh, int64_t n0, int64_t n1, const void* states,
-                              int64_t S, void* workspace);
+void saliency_cpu_split_pass1(const SaliencyParams& p, int64_t bh, int64_t s, void* workspace, void* state);
+void saliency_cpu_split_pass2(const SaliencyParams& p, int64_t bh, int64_t s0, int64_t s1, const void* states,
+                              void* workspace);
 
 }  // namespace obc

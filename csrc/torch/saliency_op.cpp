@@ -122,42 +122,25 @@ obc::SaliencyParams describe(const at::Tensor& k, const at::Tensor& v, const at:
   return p;
 }
 
-// Keys per tile of the CPU kernel; a key range of a split row is whole tiles.
-constexpr int64_t kTileKeys = 32;
-// The least keys a range of a split row gets: each range loads the queries
-// and merges the row's states, O(G * W * D * ranges) next to its
-// O(G * W * D * keys) products.
-constexpr int64_t kMinSplitKeys = 1024;
-
-// Key ranges per (b, h) row: 1 while the rows alone keep every thread busy,
-// else enough for rows * ranges >= threads, within kMinSplitKeys.
-int64_t key_splits(const obc::SaliencyParams& p) {
-  const int64_t threads = at::get_num_threads(), rows = p.B * p.Hkv;
-  if (rows >= threads || p.W <= 0) return 1;
-  const int64_t want = (threads + rows - 1) / rows;
-  return std::max<int64_t>(1, std::min(want, p.N / kMinSplitKeys));
-}
-
-// saliency_cpu over S key ranges per row (kernels/saliency_cpu.h): every
-// range's pass 1, then every range's pass 2.
-void saliency_split_cpu(const obc::SaliencyParams& p, int64_t S) {
-  const int64_t rows = p.B * p.Hkv, tiles = (p.N + kTileKeys - 1) / kTileKeys;
-  const int64_t per = (tiles + S - 1) / S;  // tiles per range
-  S = (tiles + per - 1) / per;             // no empty range
-  auto bound = [&](int64_t s) { return std::min(p.N, s * per * kTileKeys); };
+// saliency_cpu with each row's key ranges spread over the threads
+// (kernels/saliency_cpu.h), for when B * H_kv rows alone cannot keep them
+// busy: every range's pass 1, then pass 2, each thread merging the states
+// once per row of its chunk. Bitwise the same output as saliency_cpu.
+void saliency_split_cpu(const obc::SaliencyParams& p) {
+  const int64_t S = obc::saliency_cpu_ranges(p), tasks = p.B * p.Hkv * S;
   const size_t st_bytes = obc::saliency_cpu_split_state_bytes(p), ws_bytes = obc::saliency_cpu_split_workspace_bytes(p);
-  c10::DataPtr states = c10::GetCPUAllocator()->allocate(static_cast<size_t>(rows * S) * st_bytes);
+  c10::DataPtr states = c10::GetCPUAllocator()->allocate(static_cast<size_t>(tasks) * st_bytes);
   char* st = static_cast<char*>(states.get());
-  at::parallel_for(0, rows * S, 1, [&](int64_t t0, int64_t t1) {
+  at::parallel_for(0, tasks, 1, [&](int64_t t0, int64_t t1) {
     c10::DataPtr ws = c10::GetCPUAllocator()->allocate(ws_bytes);
-    for (int64_t t = t0; t < t1; ++t)
-      obc::saliency_cpu_split_pass1(p, t / S, bound(t % S), bound(t % S + 1), ws.get(), st + t * st_bytes);
+    for (int64_t t = t0; t < t1; ++t) obc::saliency_cpu_split_pass1(p, t / S, t % S, ws.get(), st + t * st_bytes);
   });
-  at::parallel_for(0, rows * S, 1, [&](int64_t t0, int64_t t1) {
+  at::parallel_for(0, tasks, 1, [&](int64_t t0, int64_t t1) {
     c10::DataPtr ws = c10::GetCPUAllocator()->allocate(ws_bytes);
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t bh = t / S;
-      obc::saliency_cpu_split_pass2(p, bh, bound(t % S), bound(t % S + 1), st + bh * S * st_bytes, S, ws.get());
+    for (int64_t t = t0; t < t1;) {  // the chunk's ranges of one row at a time
+      const int64_t bh = t / S, end = std::min(t1, (bh + 1) * S);
+      obc::saliency_cpu_split_pass2(p, bh, t % S, t % S + (end - t), st + bh * S * st_bytes, ws.get());
+      t = end;
     }
   });
 }
@@ -167,8 +150,8 @@ at::Tensor saliency_run_cpu(obc::SaliencyParams p, const at::Tensor& k) {
   at::Tensor out = at::empty({p.B, p.Hkv, p.N}, k.options().dtype(f64 ? at::kDouble : at::kFloat));
   if (out.numel() == 0) return out;
   p.out = out.data_ptr();
-  if (const int64_t S = key_splits(p); S > 1) {
-    saliency_split_cpu(p, S);
+  if (p.B * p.Hkv < at::get_num_threads() && obc::saliency_cpu_ranges(p) > 1) {
+    saliency_split_cpu(p);
     return out;
   }
   const size_t ws_bytes = obc::saliency_cpu_workspace_bytes(p);

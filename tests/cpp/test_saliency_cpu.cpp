@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <random>
 #include <string>
 #include <vector>
@@ -52,22 +53,20 @@ std::string describe(const Case& c, Score s, obc::GroupReduce gr, obc::QueryRedu
          " group=" + std::to_string(static_cast<int>(gr)) + " query=" + std::to_string(static_cast<int>(qr));
 }
 
-// The split form (saliency_cpu.h) with one key tile per range: the most
-// ranges, some of which a causal row sees nothing of; every pass 1 before
-// any pass 2, as the binding runs them.
-void run_split(const obc::SaliencyParams& p) {
-  const int64_t rows = p.B * p.Hkv, S = (p.N + 31) / 32;
+// The split form (saliency_cpu.h): every range's pass 1 (one at a time,
+// as threads would in any order), then pass 2 in chunks of `chunk` ranges
+// (a chunk crossing rows is cut there, as the binding does).
+void run_split(const obc::SaliencyParams& p, int64_t chunk) {
+  const int64_t rows = p.B * p.Hkv, S = obc::saliency_cpu_ranges(p);
   const size_t st = obc::saliency_cpu_split_state_bytes(p);
   std::vector<double> states(rows * S * st / sizeof(double) + 8);
   std::vector<double> ws(obc::saliency_cpu_split_workspace_bytes(p) / sizeof(double) + 8);
   char* base = reinterpret_cast<char*>(states.data());
-  auto bound = [&](int64_t s) { return std::min<int64_t>(p.N, 32 * s); };
+  for (int64_t t = rows * S - 1; t >= 0; --t)  // last range first: order must not matter
+    obc::saliency_cpu_split_pass1(p, t / S, t % S, ws.data(), base + t * st);
   for (int64_t bh = 0; bh < rows; ++bh)
-    for (int64_t s = 0; s < S; ++s)
-      obc::saliency_cpu_split_pass1(p, bh, bound(s), bound(s + 1), ws.data(), base + (bh * S + s) * st);
-  for (int64_t bh = 0; bh < rows; ++bh)
-    for (int64_t s = 0; s < S; ++s)
-      obc::saliency_cpu_split_pass2(p, bh, bound(s), bound(s + 1), base + bh * S * st, S, ws.data());
+    for (int64_t s = 0; s < S; s += chunk)
+      obc::saliency_cpu_split_pass2(p, bh, s, std::min(S, s + chunk), base + bh * S * st, ws.data());
 }
 
 // Runs the kernel for element type E on every score x reduction, whole rows
@@ -96,7 +95,7 @@ void check_case(const Case& c, obc::DType dt, double rtol, std::mt19937& rng) {
           std::vector<Out> got(want.size(), Out(-12345));
           p.out = got.data();
           if (split) {
-            run_split(p);
+            run_split(p, 1);
           } else {
             std::vector<double> ws(obc::saliency_cpu_workspace_bytes(p) / sizeof(double) + 8);
             // Two halves of the (b, h) range, as two parallel_for chunks would.
@@ -178,6 +177,46 @@ TEST(SaliencyCpu, LongRowsPastTheLogitCacheMatchNaive) {
     for (size_t i = 0; i < want.size(); ++i)
       ASSERT_NEAR(static_cast<double>(got[i]), want[i], 2e-5 * std::max(mag, 1e-30))
           << "score=" << static_cast<int>(s) << " at " << i;
+  }
+}
+
+// Rows of several key ranges (saliency_cpu.h): pass 1 range by range with
+// the states merged, within float tolerance of the naive statement; and the
+// split form, whatever the pass-2 chunks, bitwise the same as whole rows.
+TEST(SaliencyCpu, RowsOfSeveralKeyRangesSplitOrNotGiveTheSameBits) {
+  std::mt19937 rng(6);
+  const int64_t R = obc::kSaliencyRangeKeys;
+  for (const Case& c : {Case{1, 2, 2, 5, 2 * R + 77, 8, 1, true}, Case{2, 1, 3, 4, R + 1, 6, 0, false}}) {
+    const Data d = make(c, rng);
+    for (int s = 0; s < 7; ++s) {
+      obc::SaliencyParams p;
+      p.k = d.k.data(), p.v = d.v.data(), p.q = d.q.data(), p.dtype = obc::DType::F32;
+      p.B = c.B, p.Hkv = c.H, p.G = c.G, p.W = c.W, p.N = c.N, p.D = c.D;
+      p.k_sb = p.v_sb = d.k_sb, p.k_sh = p.v_sh = d.k_sh, p.k_sn = p.v_sn = d.k_sn;
+      p.q_sb = d.q_sb, p.q_sh = d.q_sh, p.q_sw = d.q_sw;
+      p.scale = 0.25f, p.causal = c.causal, p.score = static_cast<Score>(s);
+      const std::vector<double> want = naive::saliency(p, {d.k.data(), d.k_sb, d.k_sh, d.k_sn},
+                                                       {d.v.data(), d.k_sb, d.k_sh, d.k_sn},
+                                                       {d.q.data(), d.q_sb, d.q_sh, d.q_sw}, 0.25);
+      std::vector<float> whole(want.size(), -12345.0f);
+      p.out = whole.data();
+      std::vector<double> ws(obc::saliency_cpu_workspace_bytes(p) / sizeof(double) + 8);
+      obc::saliency_cpu(p, 0, c.B * c.H, ws.data());
+      double mag = 0;
+      for (double w : want) mag = std::max(mag, std::fabs(w));
+      for (size_t i = 0; i < want.size(); ++i)
+        ASSERT_NEAR(static_cast<double>(whole[i]), want[i], 2e-5 * std::max(mag, 1e-30))
+            << "score=" << s << " N=" << c.N << " at " << i;
+      const int64_t S = obc::saliency_cpu_ranges(p);
+      ASSERT_GT(S, 1);
+      for (int64_t chunk : {int64_t(1), int64_t(2), S}) {
+        std::vector<float> split(want.size(), -12345.0f);
+        p.out = split.data();
+        run_split(p, chunk);
+        ASSERT_EQ(0, std::memcmp(split.data(), whole.data(), whole.size() * sizeof(float)))
+            << "score=" << s << " N=" << c.N << " chunk=" << chunk;
+      }
+    }
   }
 }
 
