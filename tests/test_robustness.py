@@ -361,6 +361,14 @@ def test_bitwise_deterministic_across_runs_and_thread_counts(dtype):
             assert _bitwise_equal(r[name], results[0][name]), name
 
 
+def test_the_cpu_ops_run_on_torch_threads():
+    """at::parallel_for is header-only: without OpenMP in the extension's
+    build it runs every CPU op's rows serially (setup.py)."""
+    if not torch.backends.openmp.is_available():
+        pytest.skip("this torch has no OpenMP backend")
+    assert obcache.build_info()["intra_op_parallel"] is True
+
+
 def test_concurrent_python_threads_give_correct_results():
     caches = [make_cache(2, 2, 2, 5, 300 + 17 * i, 24, seed=100 + i) for i in range(6)]
     want = [_pipeline(*c) for c in caches]  # one at a time

@@ -22,6 +22,13 @@ pybind11::dict build_info() {
   info["cuda_archs"] = "";
 #endif
   info["compiler"] = __VERSION__;
+  // Whether at::parallel_for (header-only) runs the CPU ops' rows on torch's
+  // threads here: it needs the extension compiled with OpenMP (setup.py).
+#ifdef INTRA_OP_PARALLEL
+  info["intra_op_parallel"] = true;
+#else
+  info["intra_op_parallel"] = false;
+#endif
   return info;
 }
 
@@ -33,5 +40,6 @@ TORCH_LIBRARY(obcache, m) {}
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "obcache compiled ops (registered under torch.ops.obcache)";
   m.def("build_info", &build_info,
-        "Dict: torch version built against, whether CUDA kernels are compiled, CUDA archs, compiler.");
+        "Dict: torch version built against, whether CUDA kernels are compiled, CUDA archs, compiler, "
+        "whether the CPU ops use torch's threads.");
 }
