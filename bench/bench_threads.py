@@ -3,10 +3,10 @@ one thread and on every thread torch has, at B = 1 with H_kv in {1, 2, 8}
 (G=4, W=32, D=128, N=16384 float32, joint score, budget N/10, sink 4,
 recent W, max pooling 7).
 
-With fewer (b, h) rows than threads the saliency op splits each row over
-the keys (csrc/torch/saliency_op.cpp key_splits: ranges of at least 1024
-keys, pass 2 recomputing Q K^T); before that a single row ran on one thread
-whatever the thread count. Per (H_kv, threads): --repeats timed calls after
+With fewer (b, h) rows than threads the saliency op runs each row's key
+ranges (2048 keys, csrc/kernels/saliency_cpu.h) on different threads, pass 2
+recomputing Q K^T; before that a single row ran on one thread whatever the
+thread count. Per (H_kv, threads): --repeats timed calls after
 one untimed, median; speedup = 1-thread time / all-thread time, efficiency
 = speedup / threads. Both timings in the same run, interleaved per round.
 Prints a table; writes bench/out/threads.json.
