@@ -39,6 +39,24 @@ Data make(const Case& c, std::mt19937& rng) {
   return d;
 }
 
+// Params of case c over d's layout, with elements k, v, q of type dt.
+obc::SaliencyParams params(const Case& c, const Data& d, const void* k, const void* v, const void* q, obc::DType dt,
+                           Score s, float scale) {
+  obc::SaliencyParams p;
+  p.k = k, p.v = v, p.q = q, p.dtype = dt;
+  p.B = c.B, p.Hkv = c.H, p.G = c.G, p.W = c.W, p.N = c.N, p.D = c.D;
+  p.k_sb = p.v_sb = d.k_sb, p.k_sh = p.v_sh = d.k_sh, p.k_sn = p.v_sn = d.k_sn;
+  p.q_sb = d.q_sb, p.q_sh = d.q_sh, p.q_sw = d.q_sw;
+  p.scale = scale, p.causal = c.causal, p.score = s;
+  return p;
+}
+
+// The naive statement of p on d's float values.
+std::vector<double> naive_of(const obc::SaliencyParams& p, const Data& d, double scale) {
+  return naive::saliency(p, {d.k.data(), d.k_sb, d.k_sh, d.k_sn}, {d.v.data(), d.k_sb, d.k_sh, d.k_sn},
+                         {d.q.data(), d.q_sb, d.q_sh, d.q_sw}, scale);
+}
+
 template <typename E>
 std::vector<E> convert(const std::vector<float>& x) {
   std::vector<E> y(x.size());
@@ -79,16 +97,10 @@ void check_case(const Case& c, obc::DType dt, double rtol, std::mt19937& rng) {
   for (int s = 0; s < 7; ++s)
     for (auto gr : {obc::GroupReduce::Sum, obc::GroupReduce::Mean, obc::GroupReduce::Max})
       for (auto qr : {obc::QueryReduce::Sum, obc::QueryReduce::Max}) {
-        obc::SaliencyParams p;
-        p.k = k.data(), p.v = v.data(), p.q = q.data(), p.dtype = dt;
-        p.B = c.B, p.Hkv = c.H, p.G = c.G, p.W = c.W, p.N = c.N, p.D = c.D;
-        p.k_sb = p.v_sb = d.k_sb, p.k_sh = p.v_sh = d.k_sh, p.k_sn = p.v_sn = d.k_sn;
-        p.q_sb = d.q_sb, p.q_sh = d.q_sh, p.q_sw = d.q_sw;
-        p.scale = static_cast<float>(scale), p.causal = c.causal;
-        p.score = static_cast<Score>(s), p.group_reduce = gr, p.query_reduce = qr;
-        const std::vector<double> want = naive::saliency(p, {d.k.data(), d.k_sb, d.k_sh, d.k_sn},
-                                                         {d.v.data(), d.k_sb, d.k_sh, d.k_sn},
-                                                         {d.q.data(), d.q_sb, d.q_sh, d.q_sw}, scale);
+        obc::SaliencyParams p =
+            params(c, d, k.data(), v.data(), q.data(), dt, static_cast<Score>(s), static_cast<float>(scale));
+        p.group_reduce = gr, p.query_reduce = qr;
+        const std::vector<double> want = naive_of(p, d, scale);
         double mag = 0;
         for (double w : want) mag = std::max(mag, std::fabs(w));
         for (bool split : {false, true}) {
@@ -158,16 +170,9 @@ TEST(SaliencyCpu, LongRowsPastTheLogitCacheMatchNaive) {
   const Case c{1, 1, 4, 32, 33000, 8, 0, true};
   const Data d = make(c, rng);
   for (Score s : {Score::Attn, Score::Joint, Score::Loo}) {
-    obc::SaliencyParams p;
-    p.k = d.k.data(), p.v = d.v.data(), p.q = d.q.data(), p.dtype = obc::DType::F32;
-    p.B = c.B, p.Hkv = c.H, p.G = c.G, p.W = c.W, p.N = c.N, p.D = c.D;
-    p.k_sb = p.v_sb = d.k_sb, p.k_sh = p.v_sh = d.k_sh, p.k_sn = p.v_sn = d.k_sn;
-    p.q_sb = d.q_sb, p.q_sh = d.q_sh, p.q_sw = d.q_sw;
-    p.scale = 0.25f, p.causal = true, p.score = s;
+    obc::SaliencyParams p = params(c, d, d.k.data(), d.v.data(), d.q.data(), obc::DType::F32, s, 0.25f);
     ASSERT_LT(obc::saliency_cpu_workspace_bytes(p), size_t(1) << 20);  // no cache at this size
-    const std::vector<double> want = naive::saliency(p, {d.k.data(), d.k_sb, d.k_sh, d.k_sn},
-                                                     {d.v.data(), d.k_sb, d.k_sh, d.k_sn},
-                                                     {d.q.data(), d.q_sb, d.q_sh, d.q_sw}, 0.25);
+    const std::vector<double> want = naive_of(p, d, 0.25);
     std::vector<float> got(want.size(), -12345.0f);
     p.out = got.data();
     std::vector<double> ws(obc::saliency_cpu_workspace_bytes(p) / sizeof(double) + 8);
@@ -189,15 +194,9 @@ TEST(SaliencyCpu, RowsOfSeveralKeyRangesSplitOrNotGiveTheSameBits) {
   for (const Case& c : {Case{1, 2, 2, 5, 2 * R + 77, 8, 1, true}, Case{2, 1, 3, 4, R + 1, 6, 0, false}}) {
     const Data d = make(c, rng);
     for (int s = 0; s < 7; ++s) {
-      obc::SaliencyParams p;
-      p.k = d.k.data(), p.v = d.v.data(), p.q = d.q.data(), p.dtype = obc::DType::F32;
-      p.B = c.B, p.Hkv = c.H, p.G = c.G, p.W = c.W, p.N = c.N, p.D = c.D;
-      p.k_sb = p.v_sb = d.k_sb, p.k_sh = p.v_sh = d.k_sh, p.k_sn = p.v_sn = d.k_sn;
-      p.q_sb = d.q_sb, p.q_sh = d.q_sh, p.q_sw = d.q_sw;
-      p.scale = 0.25f, p.causal = c.causal, p.score = static_cast<Score>(s);
-      const std::vector<double> want = naive::saliency(p, {d.k.data(), d.k_sb, d.k_sh, d.k_sn},
-                                                       {d.v.data(), d.k_sb, d.k_sh, d.k_sn},
-                                                       {d.q.data(), d.q_sb, d.q_sh, d.q_sw}, 0.25);
+      obc::SaliencyParams p =
+          params(c, d, d.k.data(), d.v.data(), d.q.data(), obc::DType::F32, static_cast<Score>(s), 0.25f);
+      const std::vector<double> want = naive_of(p, d, 0.25);
       std::vector<float> whole(want.size(), -12345.0f);
       p.out = whole.data();
       std::vector<double> ws(obc::saliency_cpu_workspace_bytes(p) / sizeof(double) + 8);
