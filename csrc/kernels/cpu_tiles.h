@@ -11,6 +11,9 @@
 #pragma once
 
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
 #include <type_traits>
 
 #include "common.h"
@@ -50,15 +53,32 @@ static_assert(kMaxRB >= kRBWide, "workspaces hold kMaxRB rows");
 // AVX2 or AVX-512; the value is the float vector width.
 constexpr int kNoVec = 0, kAvx2W = 8, kAvx512W = 16;
 
-// The variants a kernel file compiles; cpu_variant() is the best this CPU runs.
+// The variants a kernel file compiles, in ISA order.
 enum class CpuVariant { Baseline, Avx2, Avx512 };
 
+// The best variant this CPU runs, capped by the environment variable
+// OBCACHE_CPU_VARIANT (baseline, avx2 or avx512), so that the tests can run
+// every variant a CPU has (CMakeLists.txt runs the kernel tests once per
+// cap); a cap above what the CPU runs changes nothing. Read once per kernel
+// file, at its first call.
 inline CpuVariant cpu_variant() {
+  CpuVariant best = CpuVariant::Baseline;
 #ifdef OBC_X86_VARIANTS
-  if (__builtin_cpu_supports("x86-64-v4")) return CpuVariant::Avx512;
-  if (__builtin_cpu_supports("x86-64-v3")) return CpuVariant::Avx2;
+  if (__builtin_cpu_supports("x86-64-v4"))
+    best = CpuVariant::Avx512;
+  else if (__builtin_cpu_supports("x86-64-v3"))
+    best = CpuVariant::Avx2;
 #endif
-  return CpuVariant::Baseline;
+  const char* cap = std::getenv("OBCACHE_CPU_VARIANT");
+  if (cap == nullptr || *cap == '\0') return best;
+  const std::string c(cap);
+  const CpuVariant want = c == "baseline" ? CpuVariant::Baseline
+                          : c == "avx2"   ? CpuVariant::Avx2
+                          : c == "avx512" ? CpuVariant::Avx512
+                                          : best;
+  if (c != "baseline" && c != "avx2" && c != "avx512")
+    std::fprintf(stderr, "obcache: OBCACHE_CPU_VARIANT=%s is not baseline, avx2 or avx512; ignored\n", cap);
+  return want < best ? want : best;
 }
 
 // The entry point of cpu_variant()'s variant (files without the x86

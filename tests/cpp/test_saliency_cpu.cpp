@@ -6,11 +6,13 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "cpu_tiles.h"
 #include "saliency_cpu.h"
 #include "saliency_naive.h"
 
@@ -216,6 +218,23 @@ TEST(SaliencyCpu, RowsOfSeveralKeyRangesSplitOrNotGiveTheSameBits) {
             << "score=" << s << " N=" << c.N << " chunk=" << chunk;
       }
     }
+  }
+}
+
+// CMakeLists.txt runs this binary once per OBCACHE_CPU_VARIANT cap: the
+// cap must take effect where the CPU has the variant.
+TEST(CpuVariant, TheEnvironmentCapsThePick) {
+  const char* cap = std::getenv("OBCACHE_CPU_VARIANT");
+  const obc::CpuVariant got = obc::cpu_variant();
+  if (cap == nullptr) GTEST_SKIP() << "no OBCACHE_CPU_VARIANT: the machine's best variant";
+  const std::string c(cap);
+  if (c == "baseline") {
+    EXPECT_EQ(got, obc::CpuVariant::Baseline);
+  } else if (c == "avx2") {
+    EXPECT_NE(got, obc::CpuVariant::Avx512);
+#ifdef OBC_X86_VARIANTS  // else (sanitizer builds, other CPUs) only the baseline is compiled
+    if (__builtin_cpu_supports("x86-64-v3")) EXPECT_EQ(got, obc::CpuVariant::Avx2);
+#endif
   }
 }
 
