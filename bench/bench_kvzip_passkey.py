@@ -133,7 +133,7 @@ def main():
                          "ci95": [lo, hi], "cell_seconds": seconds["cells"][(name, b)] / n,
                          "outcomes": [{"depth": tr["depth"], "passed": p} for tr, p in zip(trials, results[(name, b)])]})
         print(f"{name:28s} " + " ".join(f"{c:>22s}" for c in cells))
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump({"args": vars(args), "trials": n, "prefill_s_per_trial": seconds["prefill"] / n,
                    "reconstruction_s_per_trial": seconds["reconstruction"] / n, "specs": len(specs), "wall_s": wall,

@@ -74,7 +74,7 @@ def main():
         ok = ("met" if r["share"] < 0.03 else "MISSED") if obc else ""
         print(f"{r['tokens']:>6}  {r['method']:<18} {r['prefill_s']:>9.3f} {r['eviction_s']:>8.4f} "
               f"{r['share']:>7.2%}  {ok}")
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     meta = dict(machine=platform.processor() or platform.machine(), threads=torch.get_num_threads(),
                 torch=torch.__version__, budget=args.budget, repeats=args.repeats,
                 loadavg=os.getloadavg())

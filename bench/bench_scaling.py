@@ -128,7 +128,7 @@ def main():
         m = [r["extra_bytes_per_token"] for r in ok]
         print(f"time per token: min {min(t):.2f}, max {max(t):.2f} µs (max/min {max(t) / min(t):.2f}); "
               f"extra memory per token: max {max(m):.0f} bytes = {max(m) / kv_per_token:.1%} of K+V")
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump({"machine": mach, "score": SCORE, "sink": SINK, "pool_kernel": POOL_KERNEL, "H_kv": HKV, "G": G,
                    "W": W, "D": D, "rows": rows}, f, indent=1)

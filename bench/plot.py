@@ -56,7 +56,7 @@ def main():
     fig.suptitle("CPU, %s, %s threads, B=1 H_kv=8 G=4 W=32 D=128 (load avg during runs: see kernels.md)"
                  % (m.get("cpu_model", "?"), m.get("threads", "?")), fontsize=10)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     fig.savefig(args.out, dpi=110)
     print("wrote", args.out)
 
