@@ -72,12 +72,17 @@ inline CpuVariant cpu_variant() {
   const char* cap = std::getenv("OBCACHE_CPU_VARIANT");
   if (cap == nullptr || *cap == '\0') return best;
   const std::string c(cap);
-  const CpuVariant want = c == "baseline" ? CpuVariant::Baseline
-                          : c == "avx2"   ? CpuVariant::Avx2
-                          : c == "avx512" ? CpuVariant::Avx512
-                                          : best;
-  if (c != "baseline" && c != "avx2" && c != "avx512")
+  CpuVariant want;
+  if (c == "baseline") {
+    want = CpuVariant::Baseline;
+  } else if (c == "avx2") {
+    want = CpuVariant::Avx2;
+  } else if (c == "avx512") {
+    want = CpuVariant::Avx512;
+  } else {
     std::fprintf(stderr, "obcache: OBCACHE_CPU_VARIANT=%s is not baseline, avx2 or avx512; ignored\n", cap);
+    return best;
+  }
   return want < best ? want : best;
 }
 
