@@ -1,18 +1,17 @@
-"""pruned_stage2: CriticalKV's stage 2 with the critical score computed
-exactly only where the picks can depend on it must pick exactly what the
-exact score picks (per head and layer-wide, every pooling), actually skip
-tokens, and its bound must bound the exact score from above. Every check
-runs twice: through the CPU op (torch.ops.obcache._criticalkv_stage2,
-what pruned_stage2 calls on CPU) and through pruned_stage2_torch (its
-torch form). exact_stage2, what pruned_stage2 runs off the CPU, must pick
-the same tokens."""
+"""pruned_keep: a CriticalKV eviction with stage 2's critical score
+computed exactly only where the picks can depend on it must keep exactly
+what the exact score keeps (per head and layer-wide, every pooling),
+actually skip tokens, and its bound must bound the exact score from above.
+Every check runs twice: through the CPU op (torch.ops.obcache.
+_criticalkv_keep, what pruned_keep calls on CPU) and through its torch form
+(stage1_plan, pruned_stage2_torch, kept_indices). exact_stage2, what
+pruned_keep runs off the CPU, must keep the same tokens."""
 import pytest
 import torch
 
-from obcache.policies import adaptive_criticalkv_keep, criticalkv_keep, pruned_stage2
-from obcache.policies.criticalkv import (CRITICAL_EPS, adaptive_criticalkv_stage1, criticalkv_stage1, kept_indices,
-                                         pool_candidates, stage2_picks)
-from obcache.policies.criticalkv_pruned import critical_upper_bound, exact_stage2, pruned_stage2_torch
+from obcache.policies import adaptive_criticalkv_keep, criticalkv_keep, pruned_keep
+from obcache.policies.criticalkv import CRITICAL_EPS, kept_indices, stage1_plan, stage1_sizes
+from obcache.policies.criticalkv_pruned import _norm_bound, critical_upper_bound, exact_stage2, pruned_stage2_torch
 
 
 def _layer(B=2, H=3, G=2, N=400, D=16, hidden=40, seed=0):
@@ -31,35 +30,58 @@ def _exact(base, v, wo):
     return (base + CRITICAL_EPS) * pn
 
 
+def _keep_op(base, v, wo, budget, floor=None, *, sink, recent, pool_kernel, pool):
+    """(kept, exact) of the CPU op: kept as pruned_keep returns it."""
+    sizes = stage1_sizes(base.shape, budget, floor=floor, sink=sink, recent=recent)
+    idx, lengths, exact = torch.ops.obcache._criticalkv_keep(
+        base, v, wo, _norm_bound(wo, base.shape[1], v.shape[-1]), *sizes, sink, recent, pool_kernel, pool)
+    return (idx if sizes.per_head else (idx, lengths)), exact
+
+
+def _keep_torch(base, v, wo, budget, floor=None, **sel):
+    """(kept, exact) of the op's torch form."""
+    plan = stage1_plan(base, stage1_sizes(base.shape, budget, floor=floor, sink=sel["sink"], recent=sel["recent"]),
+                       **sel)
+    picks, exact = pruned_stage2_torch(plan, base, v, wo, **sel)
+    return kept_indices(plan, picks, sink=sel["sink"], recent=sel["recent"]), exact
+
+
 @pytest.fixture(params=["op", "torch"])
-def stage2(request):
-    """pruned_stage2 on CPU (the fused op) or its torch version."""
-    return pruned_stage2 if request.param == "op" else pruned_stage2_torch
+def keep(request):
+    """pruned_keep's CPU op or its torch form: (kept, exact)."""
+    return _keep_op if request.param == "op" else _keep_torch
+
+
+def _want(base, v, wo, budget, floor=None, **sel):
+    """What the exact critical score keeps."""
+    crit = _exact(base, v, wo)
+    if floor is None:
+        return criticalkv_keep(base, crit, budget, **sel)
+    return adaptive_criticalkv_keep(base, crit, budget, floor=floor, **sel)
+
+
+def _equal(got, want):
+    return torch.equal(got, want) if isinstance(want, torch.Tensor) else all(map(torch.equal, got, want))
 
 
 @pytest.mark.parametrize("pool_kernel,pool", [(7, "max"), (5, "avg"), (0, "max")])
 @pytest.mark.parametrize("budget,sink,recent", [(40, 4, 8), (90, 0, 0), (13, 4, 8), (12, 4, 8)])
-def test_per_head_selection_equals_the_exact_one(pool_kernel, pool, budget, sink, recent, stage2):
+def test_per_head_selection_equals_the_exact_one(pool_kernel, pool, budget, sink, recent, keep):
     base, v, wo = _layer(seed=budget + pool_kernel)
     sel = dict(sink=sink, recent=recent, pool_kernel=pool_kernel, pool=pool)
-    plan = criticalkv_stage1(base, budget, **sel)
-    picks, exact = stage2(plan, base, v, wo, **sel)
-    got = kept_indices(plan, picks, sink=sink, recent=recent)
-    assert torch.equal(got, criticalkv_keep(base, _exact(base, v, wo), budget, **sel))
+    got, exact = keep(base, v, wo, budget, **sel)
+    assert torch.equal(got, _want(base, v, wo, budget, **sel))
     assert got.shape == (2, 3, budget)
     assert exact.float().mean() < 0.6
 
 
 @pytest.mark.parametrize("pool_kernel,pool", [(7, "max"), (7, "avg"), (0, "max")])
 @pytest.mark.parametrize("floor", [0.2, 0.0])
-def test_layer_wide_selection_equals_the_exact_one(pool_kernel, pool, floor, stage2):
+def test_layer_wide_selection_equals_the_exact_one(pool_kernel, pool, floor, keep):
     base, v, wo = _layer(seed=3)
     sel = dict(sink=4, recent=8, pool_kernel=pool_kernel, pool=pool)
-    total = 3 * 40
-    plan = adaptive_criticalkv_stage1(base, total, floor=floor, **sel)
-    picks, exact = stage2(plan, base, v, wo, **sel)
-    gi, gl = kept_indices(plan, picks, sink=4, recent=8)
-    wi, wl = adaptive_criticalkv_keep(base, _exact(base, v, wo), total, floor=floor, **sel)
+    (gi, gl), exact = keep(base, v, wo, 3 * 40, floor, **sel)
+    wi, wl = _want(base, v, wo, 3 * 40, floor, **sel)
     assert torch.equal(gi, wi) and torch.equal(gl, wl)
     assert exact.float().mean() < 0.6
 
@@ -79,38 +101,32 @@ def _flat_layer(spread, seed):
 
 
 @pytest.mark.parametrize("spread", [0.1, 2.0])
-@pytest.mark.parametrize("adaptive", [False, True])
-def test_windows_left_open_by_the_seed_are_settled_exactly(spread, adaptive, stage2):
+@pytest.mark.parametrize("floor", [None, 0.2])
+def test_windows_left_open_by_the_seed_are_settled_exactly(spread, floor, keep):
     base, v, wo = _flat_layer(spread, seed=int(spread * 10))
     sel = dict(sink=4, recent=8, pool_kernel=7, pool="max")
-    plan = (adaptive_criticalkv_stage1(base, 3 * 40, floor=0.2, **sel) if adaptive
-            else criticalkv_stage1(base, 40, **sel))
-    want = stage2_picks(plan, pool_candidates(_exact(base, v, wo), **sel))
-    picks, exact = stage2(plan, base, v, wo, **sel)
-    assert torch.equal(picks, want)
+    budget = 40 if floor is None else 3 * 40
+    got, exact = keep(base, v, wo, budget, floor, **sel)
+    assert _equal(got, _want(base, v, wo, budget, floor, **sel))
     assert exact.float().mean() < 0.6
 
 
-def test_ties_go_to_the_lower_index_as_with_the_exact_score(stage2):
+def test_ties_go_to_the_lower_index_as_with_the_exact_score(keep):
     # equal values and equal bases: every candidate ties with its neighbours
     base, v, wo = _layer(B=1, H=2, N=120, seed=8)
     base.fill_(0.01)
     v[:] = v[:, :, :1]
     sel = dict(sink=2, recent=4, pool_kernel=3, pool="max")
-    plan = criticalkv_stage1(base, 30, **sel)
-    want = stage2_picks(plan, pool_candidates(_exact(base, v, wo), **sel))
-    assert torch.equal(stage2(plan, base, v, wo, **sel)[0], want)
+    assert torch.equal(keep(base, v, wo, 30, **sel)[0], _want(base, v, wo, 30, **sel))
 
 
-def test_a_negative_base_is_bounded_by_zero(stage2):
+def test_a_negative_base_is_bounded_by_zero(keep):
     base, v, wo = _layer(B=1, H=2, seed=9)
     base[0, 0, ::3] = -1.0  # a joint score's negative cross term
     ub = critical_upper_bound(base, v, wo)
     assert (ub >= _exact(base, v, wo)).all()
     sel = dict(sink=4, recent=8, pool_kernel=7, pool="max")
-    plan = criticalkv_stage1(base, 60, **sel)
-    want = stage2_picks(plan, pool_candidates(_exact(base, v, wo), **sel))
-    assert torch.equal(stage2(plan, base, v, wo, **sel)[0], want)
+    assert torch.equal(keep(base, v, wo, 60, **sel)[0], _want(base, v, wo, 60, **sel))
 
 
 def test_the_bound_holds_for_a_value_along_the_top_singular_vector():
@@ -126,82 +142,88 @@ def test_the_bound_holds_for_a_value_along_the_top_singular_vector():
     torch.testing.assert_close(exact[0, 0, 10] / ub[0, 0, 10], l1_over_l2 / (1 + 1e-3), rtol=1e-4, atol=0)
 
 
-def test_non_finite_values_get_the_exact_score_everywhere(stage2):
+def test_non_finite_values_get_the_exact_score_everywhere(keep):
     base, v, wo = _layer(B=1, H=2, seed=6)
     v[0, 1, 7, 3] = float("inf")
     sel = dict(sink=0, recent=0, pool_kernel=7, pool="max")
-    plan = criticalkv_stage1(base, 30, **sel)
-    want = stage2_picks(plan, pool_candidates(_exact(base, v, wo), **sel))
-    picks, exact = stage2(plan, base, v, wo, **sel)
-    assert torch.equal(picks, want)
+    got, exact = keep(base, v, wo, 30, **sel)
+    assert torch.equal(got, _want(base, v, wo, 30, **sel))
     assert exact.all()
 
 
-def test_an_in_place_change_of_the_weight_renews_the_cached_bound(stage2):
+def test_an_in_place_change_of_the_weight_renews_the_cached_bound(keep):
     base, v, wo = _layer(seed=7)
     critical_upper_bound(base, v, wo)  # caches sigma_max of this wo
     with torch.no_grad():
         wo.mul_(10)
     assert (critical_upper_bound(base, v, wo) >= _exact(base, v, wo)).all()
     sel = dict(sink=4, recent=8, pool_kernel=7, pool="max")
-    plan = criticalkv_stage1(base, 40, **sel)
-    want = stage2_picks(plan, pool_candidates(_exact(base, v, wo), **sel))
-    assert torch.equal(stage2(plan, base, v, wo, **sel)[0], want)
+    assert torch.equal(keep(base, v, wo, 40, **sel)[0], _want(base, v, wo, 40, **sel))
 
 
 @pytest.mark.parametrize("pool_kernel,pool", [(7, "max"), (5, "avg"), (0, "max")])
-@pytest.mark.parametrize("adaptive", [False, True])
-def test_the_op_computes_the_tokens_the_torch_version_computes(pool_kernel, pool, adaptive):
+@pytest.mark.parametrize("floor", [None, 0.2])
+def test_the_op_computes_the_tokens_the_torch_version_computes(pool_kernel, pool, floor):
     # the same steps, not just the same picks: a port that computed more
     # (or fewer, and got lucky) would pass the equality tests above
     base, v, wo = _flat_layer(0.5, seed=11)
     sel = dict(sink=4, recent=8, pool_kernel=pool_kernel, pool=pool)
-    plan = (adaptive_criticalkv_stage1(base, 3 * 40, floor=0.2, **sel) if adaptive
-            else criticalkv_stage1(base, 40, **sel))
-    op_picks, op_exact = pruned_stage2(plan, base, v, wo, **sel)
-    t_picks, t_exact = pruned_stage2_torch(plan, base, v, wo, **sel)
-    assert torch.equal(op_picks, t_picks)
+    budget = 40 if floor is None else 3 * 40
+    op_kept, op_exact = _keep_op(base, v, wo, budget, floor, **sel)
+    t_kept, t_exact = _keep_torch(base, v, wo, budget, floor, **sel)
+    assert _equal(op_kept, t_kept)
     assert torch.equal(op_exact, t_exact)
     assert 0 < op_exact.sum() < op_exact.numel()
 
 
 @pytest.mark.parametrize("pool_kernel,pool", [(7, "max"), (5, "avg"), (0, "max")])
-@pytest.mark.parametrize("adaptive", [False, True])
-def test_the_exact_stage2_off_the_cpu_picks_what_the_pruned_one_picks(pool_kernel, pool, adaptive):
+@pytest.mark.parametrize("floor", [None, 0.2])
+def test_pruned_keep_keeps_what_the_exact_stage2_off_the_cpu_keeps(pool_kernel, pool, floor):
     base, v, wo = _layer(seed=5 + pool_kernel)
     sel = dict(sink=4, recent=8, pool_kernel=pool_kernel, pool=pool)
-    plan = (adaptive_criticalkv_stage1(base, 3 * 40, floor=0.2, **sel) if adaptive
-            else criticalkv_stage1(base, 40, **sel))
+    budget = 40 if floor is None else 3 * 40
+    sizes = stage1_sizes(base.shape, budget, floor=floor, sink=4, recent=8)
+    plan = stage1_plan(base, sizes, **sel)
     picks, exact = exact_stage2(plan, base, v, wo, **sel)
-    assert torch.equal(picks, pruned_stage2(plan, base, v, wo, **sel)[0])
+    assert _equal(kept_indices(plan, picks, sink=4, recent=8), pruned_keep(base, v, wo, budget, floor=floor, **sel))
     assert bool(exact.all())
-    assert int(picks.sum()) == plan.rest * (2 * 3 if not adaptive else 2)
+    assert int(picks.sum()) == plan.rest * (2 * 3 if floor is None else 2)
+
+
+@pytest.mark.parametrize("floor", [None, 0.2])
+def test_a_budget_holding_every_token_keeps_every_token(floor):
+    base, v, wo = _layer(B=1, H=2, N=30)
+    sel = dict(sink=4, recent=8, pool_kernel=7, pool="max")
+    got = pruned_keep(base, v, wo, 30 if floor is None else 60, floor=floor, **sel)
+    want = torch.arange(30).expand(1, 2, 30)
+    assert torch.equal(got, want) if floor is None else _equal(got, (want, torch.full((1, 2), 30)))
 
 
 def _op_args(**change):
     base, v, wo = _layer(B=1, H=2, N=60)
-    sel = dict(sink=4, recent=8, pool_kernel=7, pool="max")
-    plan = criticalkv_stage1(base, 20, **sel)
-    args = dict(base=base, v=v, wo=wo, norm_bound=torch.ones(2), taken=plan.taken, rest=plan.rest, per_head=True,
-                **sel)
+    args = dict(base=base, v=v, wo=wo, norm_bound=torch.ones(2), floor=0, first=4, rest=4, per_head=True, sink=4,
+                recent=8, pool_kernel=7, pool="max")
     args.update(change)
     return args
 
 
 @pytest.mark.parametrize("change,message", [
     (dict(base=torch.zeros(1, 2, 60, dtype=torch.float64)), "base must be float32"),
-    (dict(taken=torch.zeros(1, 2, 47, dtype=torch.bool)), r"taken must be bool \[B, H_kv, N - sink - recent\]"),
+    (dict(v=torch.zeros(1, 2, 59, 16)), r"v must be \[B, H_kv, N, D\] with base's"),
     (dict(norm_bound=torch.ones(3)), r"norm_bound must be float32 \[H_kv\]"),
     (dict(pool="min"), "pool must be 'max' or 'avg', got 'min'"),
     (dict(pool_kernel=4), "pool_kernel must be 0 or odd, got 4"),
+    (dict(floor=-1), "floor must be >= 0, got -1"),
+    (dict(first=-2), "first must be >= 0, got -2"),
     (dict(rest=-1), "rest must be >= 0, got -1"),
     (dict(sink=50, recent=20), "sink = 50 and recent = 20"),
 ])
 def test_the_op_rejects_bad_arguments_by_name(change, message):
     with pytest.raises(RuntimeError, match=message):
-        torch.ops.obcache._criticalkv_stage2(**_op_args(**change))
+        torch.ops.obcache._criticalkv_keep(**_op_args(**change))
 
 
-def test_the_op_passes_opcheck():
-    args = _op_args()
-    torch.library.opcheck(torch.ops.obcache._criticalkv_stage2.default, tuple(args.values()))
+@pytest.mark.parametrize("per_head", [True, False])
+def test_the_op_passes_opcheck(per_head):
+    args = _op_args(per_head=per_head, floor=0 if per_head else 2)
+    torch.library.opcheck(torch.ops.obcache._criticalkv_keep.default, tuple(args.values()))

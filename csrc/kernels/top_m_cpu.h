@@ -1,5 +1,5 @@
 // The CPU selections' candidate order, shared by select_cpu.cpp and
-// criticalkv_stage2_cpu.cpp so that both rank ties the same way: larger
+// criticalkv_cpu.cpp so that both rank ties the same way: larger
 // score key first (score_key, select_params.h), then the lower index.
 #pragma once
 

@@ -47,8 +47,7 @@ from obcache.hf.cache_arg import cache_of, set_cache
 from obcache.hf.queries import attention_modules, recompute_queries
 from obcache.methods import Method, get_method
 from obcache.policies import laprox_select
-from obcache.policies.criticalkv import adaptive_criticalkv_stage1, criticalkv_stage1, keep_all, kept_indices
-from obcache.policies.criticalkv_pruned import pruned_stage2
+from obcache.policies.criticalkv_pruned import pruned_keep
 
 __all__ = ["compress", "Compression", "CacheState", "resolve_budget", "base_model"]
 
@@ -157,21 +156,15 @@ def _set_length(layer, n):
 # eviction of one layer (and LaProx's `_evict_global`): the places that call the ops
 
 
-def _criticalkv_keep(k, v, q, budget, *, method, scale, wo, adaptive=False, floor=None, **sel):
+def _criticalkv_keep(k, v, q, budget, *, method, scale, wo, floor=None, **sel):
     """The tokens a `criticalkv` row keeps in one layer: those of
     criticalkv_keep with `budget` per head, or of adaptive_criticalkv_keep
-    with `budget` for the layer (then (indices, lengths)). Stage 2's critical
-    score is computed exactly only where its picks depend on it
-    (pruned_stage2: the same tokens, ~3% of the o_proj-sized work).
-    sel: sink, recent, pool_kernel, pool."""
+    with `budget` for the layer and AdaKV's `floor` (then (indices,
+    lengths)). Stage 2's critical score is computed exactly only where its
+    picks depend on it (pruned_keep: the same tokens, ~3% of the
+    o_proj-sized work). sel: sink, recent, pool_kernel, pool."""
     base = _ops().saliency(k, v, q, method.score, group_reduce=method.group_reduce or "sum", scale=scale)
-    if adaptive:
-        plan = adaptive_criticalkv_stage1(base, budget, floor=floor, **sel)
-    else:
-        plan = criticalkv_stage1(base, budget, **sel)
-    if plan is None:  # the budget holds every token
-        return keep_all(base, per_head=not adaptive)
-    return kept_indices(plan, pruned_stage2(plan, base, v, wo, **sel)[0], sink=sel["sink"], recent=sel["recent"])
+    return pruned_keep(base, v, wo, budget, floor=floor, **sel)
 
 
 def evict_layer(k, v, q, budget, *, method: Method, sink, recent, pool_kernel, pool, scale, start=None, wo=None):
@@ -239,8 +232,8 @@ def evict_layer_adaptive(k, v, q, budget, *, method: Method, sink, recent, pool_
     pk = pool_kernel if method.pooled else 0
     total = budget * k.shape[1]
     if method.selection == "criticalkv":
-        idx, lengths = _criticalkv_keep(k, v, q, total, method=method, scale=scale, wo=wo, adaptive=True, floor=floor,
-                                        sink=sink, recent=recent, pool_kernel=pk, pool=pool)
+        idx, lengths = _criticalkv_keep(k, v, q, total, method=method, scale=scale, wo=wo, floor=floor, sink=sink,
+                                        recent=recent, pool_kernel=pk, pool=pool)
     else:
         idx, lengths = _ops().select_adaptive(layer_scores(k, v, q, method=method, scale=scale), total, floor=floor,
                                               sink=sink, recent=recent, pool_kernel=pk, pool=pool)

@@ -31,7 +31,6 @@ with different lengths; the cache is padded to the longest head and each
 head's padded tail is masked in attention by `head_mask` (installed by
 `obcache.hf.Compression`'s attention pre-hook for every later read).
 """
-import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 

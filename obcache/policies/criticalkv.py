@@ -32,8 +32,8 @@ from obcache.reference import pool_scores
 
 __all__ = ["criticalkv_select", "output_error_bound", "critical_score", "criticalkv_keep",
            "adaptive_criticalkv_keep", "criticalkv_stage1", "adaptive_criticalkv_stage1", "stage2_picks",
-           "kept_indices", "keep_all", "Stage1", "pool_candidates", "padded_indices", "value_weighted",
-           "CRITICAL_EPS"]
+           "kept_indices", "keep_all", "Stage1", "Stage1Sizes", "stage1_sizes", "stage1_plan", "pool_candidates",
+           "padded_indices", "value_weighted", "CRITICAL_EPS"]
 
 CRITICAL_EPS = 1e-4
 
@@ -178,18 +178,58 @@ def stage2_picks(plan, pooled_critical):
     return _top(plan.groups(pooled_critical), plan.rest, exclude=plan.groups(plan.taken)).view(plan.taken.shape)
 
 
+class Stage1Sizes(NamedTuple):
+    """How many candidates each step of a CriticalKV eviction keeps: `floor`
+    of each head by the pooled base score (AdaKV's floors beyond the sink
+    and recent tokens), then `first` more by it and `rest` more by the
+    pooled critical score, per (batch, head) when per_head, else per batch
+    row over all heads."""
+    floor: int
+    first: int
+    rest: int
+    per_head: bool
+
+
+def stage1_sizes(shape, budget, *, floor=None, sink=0, recent=0, alpha=0.5):
+    """Stage1Sizes of criticalkv_keep (floor None: `budget` per head) or of
+    adaptive_criticalkv_keep (`budget` for the layer), for base scores of
+    `shape` [B, H, N]; None when the budget holds every token. ValueError
+    when it cannot hold the tokens every head keeps."""
+    _, H, N = shape
+    if floor is None:
+        if budget >= N:
+            return None
+        check_budget(budget, sink, recent)
+        c = budget - sink - recent
+        return Stage1Sizes(0, int(alpha * c), c - int(alpha * c), True)
+    if budget >= H * N:
+        return None
+    f = max(sink + recent, int(floor * (budget // H)))
+    if f > N or H * f > budget:
+        raise ValueError(f"total_budget={budget} cannot give each of {H} heads its floor of {f} tokens")
+    c, fc = budget - H * (sink + recent), f - sink - recent
+    n1 = max(0, int(alpha * c) - H * fc)
+    return Stage1Sizes(fc, n1, c - H * fc - n1, False)
+
+
+def stage1_plan(base, sizes, *, sink=0, recent=0, pool_kernel=0, pool="max"):
+    """Stage 1 of `sizes` (stage1_sizes) on base [B, H, N]: each head's
+    floor, then the group's best `first` by the pooled base score."""
+    pb = pool_candidates(base, sink=sink, recent=recent, pool_kernel=pool_kernel, pool=pool)
+    floors = _top(pb, sizes.floor)
+    plan = Stage1(floors, sizes.rest, sizes.per_head)
+    first = _top(plan.groups(pb), sizes.first, exclude=plan.groups(floors)).view(floors.shape)
+    return plan._replace(taken=floors | first)
+
+
 def criticalkv_stage1(base, budget, *, sink=0, recent=0, pool_kernel=0, pool="max", alpha=0.5):
     """criticalkv_keep's stage 1 (None when budget >= N: every token stays).
     Stage 1 keeps the top floor(alpha * c) candidates of each head by the
     pooled base score, c = budget - sink - recent; stage 2 keeps the other
     c - floor(alpha * c)."""
-    N = base.shape[-1]
-    if budget >= N:
-        return None
-    check_budget(budget, sink, recent)
-    c = budget - sink - recent
-    pb = pool_candidates(base, sink=sink, recent=recent, pool_kernel=pool_kernel, pool=pool)
-    return Stage1(_top(pb, int(alpha * c)), c - int(alpha * c), True)
+    sizes = stage1_sizes(base.shape, budget, sink=sink, recent=recent, alpha=alpha)
+    return None if sizes is None else stage1_plan(base, sizes, sink=sink, recent=recent, pool_kernel=pool_kernel,
+                                                  pool=pool)
 
 
 def adaptive_criticalkv_stage1(base, total_budget, *, floor=0.2, sink=0, recent=0, pool_kernel=0, pool="max",
@@ -197,19 +237,9 @@ def adaptive_criticalkv_stage1(base, total_budget, *, floor=0.2, sink=0, recent=
     """adaptive_criticalkv_keep's stage 1 (None when total_budget >= H * N):
     each head's floor, then the layer's best base-score candidates up to
     floor(alpha * c) in all; stage 2 keeps the rest of c over the layer."""
-    B, H, N = base.shape
-    if total_budget >= H * N:
-        return None
-    f = max(sink + recent, int(floor * (total_budget // H)))
-    if f > N or H * f > total_budget:
-        raise ValueError(f"total_budget={total_budget} cannot give each of {H} heads its floor of {f} tokens")
-    pb = pool_candidates(base, sink=sink, recent=recent, pool_kernel=pool_kernel, pool=pool)
-    C = pb.shape[-1]
-    floors = _top(pb, f - sink - recent).view(B, H * C)
-    c = total_budget - H * (sink + recent)
-    n1 = max(0, int(alpha * c) - H * (f - sink - recent))
-    taken = floors | _top(pb.reshape(B, H * C), n1, exclude=floors)
-    return Stage1(taken.view(B, H, C), c - H * (f - sink - recent) - n1, False)
+    sizes = stage1_sizes(base.shape, total_budget, floor=floor, sink=sink, recent=recent, alpha=alpha)
+    return None if sizes is None else stage1_plan(base, sizes, sink=sink, recent=recent, pool_kernel=pool_kernel,
+                                                  pool=pool)
 
 
 def kept_indices(plan, picks, *, sink, recent):

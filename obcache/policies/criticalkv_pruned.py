@@ -4,7 +4,7 @@ where the selection can depend on it.
 The critical score (s + 1e-4) * mean_g ||v_p W_o^g||_1 needs a [D, hidden]
 product per token and query head: as many FLOPs as the layer's o_proj, ~7%
 of a prefill. Stage 2 only asks which of the candidates stage 1 left are the
-best `rest`, so `pruned_stage2` bounds the norm from above for every token
+best `rest`, so `pruned_keep` bounds the norm from above for every token
 and computes it exactly (torch.ops.obcache.projected_value_norm on the
 gathered rows) only for the tokens that can still make the cut:
 
@@ -43,10 +43,10 @@ import weakref
 import torch
 import torch.nn.functional as F
 
-from obcache.policies.criticalkv import (CRITICAL_EPS, padded_indices, pool_candidates, stage2_picks,
-                                        value_weighted)
+from obcache.policies.criticalkv import (CRITICAL_EPS, keep_all, kept_indices, padded_indices, pool_candidates,
+                                        stage1_plan, stage1_sizes, stage2_picks, value_weighted)
 
-__all__ = ["pruned_stage2", "pruned_stage2_torch", "exact_stage2", "critical_upper_bound"]
+__all__ = ["pruned_keep", "pruned_stage2_torch", "exact_stage2", "critical_upper_bound"]
 
 BOUND_SLACK = 1e-3
 
@@ -78,7 +78,8 @@ def _bounds(base, v, wo):
     cross term, makes the score <= 0 and bounds it from below instead)."""
     H, D = base.shape[1], v.shape[-1]
     factor = base + CRITICAL_EPS
-    norm = _norm_bound(wo, H, D).view(1, H, 1) * v.float().norm(dim=-1) * (1 + BOUND_SLACK)
+    # ||v|| in float64, rounded once: the C++ op's value_norms
+    norm = _norm_bound(wo, H, D).view(1, H, 1) * v.double().norm(dim=-1).float() * (1 + BOUND_SLACK)
     return factor.clamp_min(0) * norm, factor.clamp_max(0) * norm
 
 
@@ -138,41 +139,50 @@ def _window(mask, pool_kernel, sink, n):
     return _window_min(inside, pool_kernel, sink, n) < float("inf")
 
 
-def pruned_stage2(plan, base, v, wo, *, sink, recent, pool_kernel, pool):
-    """(picks, exact): picks bool [B, H_kv, C], the candidates stage 2 of
-    `plan` keeps, the same as stage2_picks(plan, pooled exact critical
-    score) (module docstring); exact bool [B, H_kv, N], the tokens whose
-    critical score it computed.
+def pruned_keep(base, v, wo, budget, *, floor=None, sink, recent, pool_kernel, pool, alpha=0.5):
+    """The tokens criticalkv_keep (floor None: `budget` per head) or
+    adaptive_criticalkv_keep (`budget` for the layer, AdaKV floors) keeps
+    with the critical score (base + 1e-4) * mean_g ||v W_o^g||_1, that score
+    computed exactly only where stage 2's picks depend on it (module
+    docstring): int64 [B, H_kv, budget], or (indices [B, H_kv, Lmax] padded
+    with -1, lengths [B, H_kv]) with a floor.
 
     Args:
-        plan: criticalkv_stage1 / adaptive_criticalkv_stage1 of `base` with
-            the sink, recent, pool_kernel and pool given here.
         base: [B, H_kv, N] float32 base scores.
         v: [B, H_kv, N, D] values; wo: the layer's o_proj weight.
 
-    On CPU the steps run in one op (torch.ops.obcache._criticalkv_stage2:
-    the same exact scores as `pruned_stage2_torch`, the bookkeeping in plain
-    loops instead of ~300 small torch ops per layer). Elsewhere
-    `exact_stage2`: a GPU computes every token's norm in one
+    On CPU one op, torch.ops.obcache._criticalkv_keep: stage 1, stage 2's
+    steps (the same exact scores as `pruned_stage2_torch`) and the kept
+    indices in plain loops, instead of ~300 small torch ops per layer.
+    Elsewhere `exact_stage2`: a GPU computes every token's norm in one
     projected_value_norm launch at GEMM speed, where the pruning would cost
     host syncs and those ~300 launches per layer.
     """
-    if base.device.type != "cpu":
-        return exact_stage2(plan, base, v, wo, sink=sink, recent=recent, pool_kernel=pool_kernel, pool=pool)
-    return torch.ops.obcache._criticalkv_stage2(base, v, wo, _norm_bound(wo, base.shape[1], v.shape[-1]),
-                                                plan.taken, plan.rest, plan.per_head, sink, recent, pool_kernel, pool)
+    sizes = stage1_sizes(base.shape, budget, floor=floor, sink=sink, recent=recent, alpha=alpha)
+    if sizes is None:  # the budget holds every token
+        return keep_all(base, per_head=floor is None)
+    sel = dict(sink=sink, recent=recent, pool_kernel=pool_kernel, pool=pool)
+    if base.device.type == "cpu":
+        idx, lengths, _ = torch.ops.obcache._criticalkv_keep(base, v, wo, _norm_bound(wo, base.shape[1], v.shape[-1]),
+                                                             *sizes, *sel.values())
+        return idx if sizes.per_head else (idx, lengths)
+    plan = stage1_plan(base, sizes, **sel)
+    return kept_indices(plan, exact_stage2(plan, base, v, wo, **sel)[0], sink=sink, recent=recent)
 
 
 def exact_stage2(plan, base, v, wo, *, sink, recent, pool_kernel, pool):
-    """pruned_stage2's result from the critical score of every token: the
-    same picks; exact is all True."""
+    """pruned_stage2_torch's result from the critical score of every token:
+    the same picks; exact is all True."""
     pooled = pool_candidates(value_weighted(base, v, wo), sink=sink, recent=recent, pool_kernel=pool_kernel, pool=pool)
     return stage2_picks(plan, pooled), torch.ones(base.shape, dtype=torch.bool, device=base.device)
 
 
 def pruned_stage2_torch(plan, base, v, wo, *, sink, recent, pool_kernel, pool):
-    """pruned_stage2's CPU op in torch ops, on any device: the readable
-    form of its algorithm, and what the op is tested against."""
+    """(picks, exact): picks bool [B, H_kv, C], the candidates stage 2 of
+    `plan` keeps, the same as stage2_picks(plan, pooled exact critical
+    score); exact bool [B, H_kv, N], the tokens whose critical score it
+    computed. Stage 2 of pruned_keep's CPU op in torch ops, on any device:
+    the readable form of its algorithm, and what the op is tested against."""
     B, H, N = base.shape
     if plan.rest == 0:
         return torch.zeros_like(plan.taken), torch.zeros(base.shape, dtype=torch.bool, device=base.device)
@@ -206,6 +216,10 @@ def pruned_stage2_torch(plan, base, v, wo, *, sink, recent, pool_kernel, pool):
     return stage2_picks(plan, pool_candidates(sc.hi, **sel)), sc.done
 
 
-@torch.library.register_fake("obcache::_criticalkv_stage2")
-def _criticalkv_stage2_fake(base, v, wo, norm_bound, taken, rest, per_head, sink, recent, pool_kernel, pool):
-    return torch.empty_like(taken), torch.empty(base.shape, dtype=torch.bool, device=base.device)
+@torch.library.register_fake("obcache::_criticalkv_keep")
+def _criticalkv_keep_fake(base, v, wo, norm_bound, floor, first, rest, per_head, sink, recent, pool_kernel, pool):
+    B, H, N = base.shape
+    # per head every row keeps the same count; layer-wide the longest row's count depends on the data
+    L = min(N, sink + recent + floor + first + rest) if per_head else torch.library.get_ctx().new_dynamic_size()
+    idx = base.new_empty((B, H, L), dtype=torch.int64)
+    return idx, base.new_empty((B, H), dtype=torch.int64), torch.empty(base.shape, dtype=torch.bool, device=base.device)

@@ -1,0 +1,222 @@
+// torch.ops.obcache._criticalkv_keep: a CriticalKV eviction of one layer on
+// CPU (obcache.policies.pruned_keep): stage 1's picks by the pooled base
+// score, stage 2 with the critical score computed exactly only where the
+// picks depend on it (the algorithm of obcache/policies/criticalkv_pruned.py,
+// whose torch form pruned_stage2_torch is what this op is tested against),
+// and the kept indices. The exact critical scores go through the same ATen
+// ops and projected_value_norm kernel as the torch version, so they are the
+// same numbers to the bit; the steps between them are plain loops
+// (kernels/criticalkv_cpu.cpp): as torch ops, stage 1 and the kept indices
+// alone cost ~0.8 ms a layer on SmolLM2-135M, ~0.4% of its prefill.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "kernels/criticalkv_cpu.h"
+#include "torch/checks.h"
+#include "torch/projected_value_args.h"
+
+namespace obcache {
+
+namespace {
+
+// As BOUND_SLACK in obcache/policies/criticalkv_pruned.py.
+constexpr float kBoundSlack = 1e-3f;
+
+// ||v_n|| of every token of v [B, H, N, D] (contiguous) into out [B * H * N]:
+// summed in float64 over 8 lanes (which vectorise) and rounded to float32
+// once, as the torch version's v.double().norm(dim=-1).float() (the order of
+// float64 additions is below float32's rounding). linalg_vector_norm over a
+// last dim of 64 costs ~5x this loop.
+template <typename T>
+void value_norms(const T* v, int64_t n, int64_t D, float* out) {
+  constexpr int kLanes = 8;
+  for (int64_t t = 0; t < n; ++t) {
+    const T* x = v + t * D;
+    double acc[kLanes] = {};
+    int64_t d = 0;
+    for (; d + kLanes <= D; d += kLanes)
+      for (int k = 0; k < kLanes; ++k) acc[k] += static_cast<double>(x[d + k]) * static_cast<double>(x[d + k]);
+    for (; d < D; ++d) acc[0] += static_cast<double>(x[d]) * static_cast<double>(x[d]);
+    double s = 0.0;
+    for (int k = 0; k < kLanes; ++k) s += acc[k];
+    out[t] = static_cast<float>(std::sqrt(s));
+  }
+}
+
+struct Scores {
+  const at::Tensor &base, &v, &wo;  // base [B, H, N] float32 contiguous
+  std::vector<float> hi, lo;        // bounds per token, the exact score where done
+  uint8_t* done;  // [B, H, N], the op's second output
+
+  // The exact score (base + 1e-4) * mean_g ||v W_o^g||_1 at need & ~done:
+  // one projected_value_norm call on the rows of every head gathered side
+  // by side, padded to the longest head with token 0 (ignored).
+  void compute(const std::vector<uint8_t>& need) {
+    const int64_t B = base.size(0), H = base.size(1), N = base.size(2), D = v.size(3);
+    std::vector<std::vector<int64_t>> todo(B * H);
+    int64_t M = 0;
+    for (int64_t r = 0; r < B * H; ++r) {
+      for (int64_t t = 0; t < N; ++t)
+        if (need[r * N + t] && !done[r * N + t]) todo[r].push_back(t);
+      M = std::max<int64_t>(M, todo[r].size());
+    }
+    if (M == 0) return;
+    at::Tensor idx = at::zeros({B, H, M}, base.options().dtype(at::kLong));
+    int64_t* ip = idx.data_ptr<int64_t>();
+    for (int64_t r = 0; r < B * H; ++r) std::copy(todo[r].begin(), todo[r].end(), ip + r * M);
+    const at::Tensor rows = v.gather(2, idx.unsqueeze(-1).expand({B, H, M, D}));
+    // float64 for a float64 v: the bounds are float32
+    const at::Tensor exact = critical_score(base.gather(-1, idx), rows, wo).to(at::kFloat).contiguous();
+    const float* ep = exact.data_ptr<float>();
+    for (int64_t r = 0; r < B * H; ++r)
+      for (size_t i = 0; i < todo[r].size(); ++i) {
+        const int64_t t = r * N + todo[r][i];
+        hi[t] = lo[t] = ep[r * M + i];
+        done[t] = 1;
+      }
+  }
+};
+
+void check_args(const at::Tensor& base, const at::Tensor& v, const at::Tensor& wo, const at::Tensor& norm_bound,
+                int64_t floor, int64_t first, int64_t rest, int64_t sink, int64_t recent, int64_t pool_kernel,
+                const std::string& pool) {
+  check_dims(base, "base", 3, "[B, H_kv, N]");
+  TORCH_CHECK(base.scalar_type() == at::kFloat, "base must be float32, got ", base.scalar_type());
+  check_projected_value_args(v, wo, 1);
+  for (const at::Tensor* t : {&base, &v, &wo, &norm_bound})
+    TORCH_CHECK(t->is_cpu(), "_criticalkv_keep runs on CPU tensors only, got one on ", t->device());
+  TORCH_CHECK(v.size(0) == base.size(0) && v.size(1) == base.size(1) && v.size(2) == base.size(2),
+              "v must be [B, H_kv, N, D] with base's [B, H_kv, N] = ", base.sizes(), ", got ", v.sizes());
+  TORCH_CHECK(norm_bound.dim() == 1 && norm_bound.size(0) == base.size(1) && norm_bound.scalar_type() == at::kFloat,
+              "norm_bound must be float32 [H_kv] = [", base.size(1), "], got ", norm_bound.scalar_type(), " ",
+              norm_bound.sizes());
+  TORCH_CHECK(sink >= 0 && recent >= 0 && sink + recent <= base.size(2), "sink = ", sink, " and recent = ", recent,
+              " must be >= 0 with sink + recent <= N = ", base.size(2));
+  TORCH_CHECK(floor >= 0, "floor must be >= 0, got ", floor);
+  TORCH_CHECK(first >= 0, "first must be >= 0, got ", first);
+  TORCH_CHECK(rest >= 0, "rest must be >= 0, got ", rest);
+  TORCH_CHECK(pool_kernel == 0 || pool_kernel % 2 == 1, "pool_kernel must be 0 or odd, got ", pool_kernel);
+  TORCH_CHECK(pool == "max" || pool == "avg", "pool must be 'max' or 'avg', got '", pool, "'");
+}
+
+// Stage 2 (criticalkv_pruned.py's steps): picks [rows, C] = the best `rest`
+// candidates of each group by the pooled exact critical score among those
+// with taken == 0; exact [rows, N]: the tokens whose score it computed.
+void pruned_stage2(const obc::CkvLayout& l, const at::Tensor& base, const at::Tensor& v, const at::Tensor& wo,
+                   const at::Tensor& norm_bound, const uint8_t* tk, int64_t rest, uint8_t* out, uint8_t* exact) {
+  const int64_t N = l.N, H = base.size(1), C = l.C(), groups = l.rows / l.group_rows;
+  Scores sc{base, v, wo, std::vector<float>(l.rows * N), std::vector<float>(l.rows * N), exact};
+  // Step 1: hi >= score >= lo with b = mean_g sqrt(hidden) sigma_max(W_o^g) ||v||.
+  std::vector<float> vn(l.rows * N);
+  const at::Tensor vc = v.contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, vc.scalar_type(), "criticalkv_keep",
+                                  [&] { value_norms(vc.data_ptr<scalar_t>(), l.rows * N, vc.size(3), vn.data()); });
+  const float *bp = base.data_ptr<float>(), *nb = norm_bound.data_ptr<float>();
+  bool finite = true;
+  for (int64_t r = 0; r < l.rows; ++r)
+    for (int64_t i = r * N; i < (r + 1) * N; ++i) {  // branch-free: it vectorises
+      const float f = bp[i] + static_cast<float>(kCriticalEps), b = nb[r % H] * vn[i] * (1 + kBoundSlack);
+      sc.hi[i] = std::max(f, 0.0f) * b, sc.lo[i] = std::min(f, 0.0f) * b;
+      finite &= std::isfinite(sc.hi[i]) & std::isfinite(sc.lo[i]);
+    }
+  std::vector<double> hi_p(l.rows * C), lo_p(l.rows * C), wmin(l.rows * N), tau(groups);
+  std::vector<uint8_t> mark(l.rows * C), need(l.rows * N);
+  if (!finite) {
+    sc.compute(std::vector<uint8_t>(l.rows * N, 1));
+    obc::ckv_pool(l, sc.hi.data(), hi_p.data());
+    obc::ckv_top_free(l, hi_p.data(), tk, rest, out);
+    return;
+  }
+  const bool by_max = l.pool == obc::Pool::Max && l.pool_kernel > 1;
+  // Step 2, the seed: the picks by the bound; the max of a window needs only
+  // the tokens holding its bound's max, an average every token.
+  obc::ckv_pool(l, sc.hi.data(), hi_p.data());
+  obc::ckv_top_free(l, hi_p.data(), tk, rest, mark.data());
+  if (!by_max) std::fill(hi_p.begin(), hi_p.end(), 0.0);  // any marked window
+  obc::ckv_window_min(l, mark.data(), hi_p.data(), wmin.data());
+  for (int64_t i = 0; i < l.rows * N; ++i) need[i] = by_max ? sc.hi[i] >= wmin[i] : wmin[i] < INFINITY;
+  sc.compute(need);
+  // Step 3: `rest` candidates score at least tau; open windows can still make the cut.
+  obc::ckv_pool(l, sc.hi.data(), hi_p.data());
+  obc::ckv_pool(l, sc.lo.data(), lo_p.data());
+  obc::ckv_kth_free(l, lo_p.data(), tk, rest, tau.data());
+  for (int64_t r = 0; r < l.rows; ++r)
+    for (int64_t i = r * C; i < (r + 1) * C; ++i)
+      mark[i] = !tk[i] && hi_p[i] >= tau[r / l.group_rows] && hi_p[i] > lo_p[i];
+  // Step 4: one round settles every open window.
+  if (!by_max) std::fill(lo_p.begin(), lo_p.end(), 0.0);
+  obc::ckv_window_min(l, mark.data(), lo_p.data(), wmin.data());
+  for (int64_t r = 0; r < l.rows; ++r) {
+    const double t = tau[r / l.group_rows];
+    for (int64_t i = r * N; i < (r + 1) * N; ++i)
+      need[i] = by_max ? sc.hi[i] > wmin[i] && sc.hi[i] >= t : wmin[i] < INFINITY;
+  }
+  sc.compute(need);
+  // Step 5: every candidate that can make the cut has its exact pooled score.
+  obc::ckv_pool(l, sc.hi.data(), hi_p.data());
+  obc::ckv_top_free(l, hi_p.data(), tk, rest, out);
+}
+
+}  // namespace
+
+// (indices int64 [B, H, L] ascending, -1 past a head's length; lengths
+// int64 [B, H]; exact bool [B, H, N], the tokens whose critical score was
+// computed). Stage 1 keeps `floor` candidates of each head, then `first`
+// more of each group (a head when per_head, else a batch row's heads), by
+// the pooled base score; stage 2 `rest` more of each group by the pooled
+// critical score (obcache.policies.criticalkv.Stage1Sizes).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> criticalkv_keep_impl(
+    const at::Tensor& base_in, const at::Tensor& v, const at::Tensor& wo, const at::Tensor& norm_bound,
+    int64_t floor, int64_t first, int64_t rest, bool per_head, int64_t sink, int64_t recent, int64_t pool_kernel,
+    c10::string_view pool_sv) {
+  const std::string pool(pool_sv.data(), pool_sv.size());
+  check_args(base_in, v, wo, norm_bound, floor, first, rest, sink, recent, pool_kernel, pool);
+  const int64_t B = base_in.size(0), H = base_in.size(1), N = base_in.size(2);
+  obc::CkvLayout l;
+  l.rows = B * H, l.N = N, l.sink = sink, l.recent = recent, l.pool_kernel = pool_kernel;
+  l.pool = pool == "max" ? obc::Pool::Max : obc::Pool::Avg;
+  l.group_rows = per_head ? 1 : H;
+  const int64_t C = l.C();
+  const at::Tensor base = base_in.contiguous();
+  at::Tensor exact = at::zeros({B, H, N}, base.options().dtype(at::kBool));
+
+  // Stage 1: each head's floor, then the group's best by the pooled base score.
+  std::vector<double> pooled(l.rows * C);
+  std::vector<uint8_t> taken(l.rows * C, 0), picks(l.rows * C, 0);
+  obc::ckv_pool(l, base.data_ptr<float>(), pooled.data());
+  if (floor > 0) {
+    obc::CkvLayout per = l;
+    per.group_rows = 1;
+    obc::ckv_top_free(per, pooled.data(), taken.data(), floor, picks.data());
+    taken.swap(picks);
+  }
+  obc::ckv_top_free(l, pooled.data(), taken.data(), first, picks.data());
+  for (int64_t i = 0; i < l.rows * C; ++i) taken[i] |= picks[i];
+  // Stage 2, then the kept rows: stage 1's and stage 2's candidates.
+  std::fill(picks.begin(), picks.end(), uint8_t{0});
+  if (rest > 0 && C > 0)
+    pruned_stage2(l, base, v, wo, norm_bound, taken.data(), rest, picks.data(),
+                  reinterpret_cast<uint8_t*>(exact.data_ptr<bool>()));
+  for (int64_t i = 0; i < l.rows * C; ++i) taken[i] |= picks[i];
+  at::Tensor lengths = at::empty({B, H}, base.options().dtype(at::kLong));
+  const int64_t len_max = obc::kept_lengths(l, taken.data(), lengths.data_ptr<int64_t>());
+  at::Tensor idx = at::empty({B, H, len_max}, lengths.options());
+  obc::kept_rows(l, taken.data(), len_max, idx.data_ptr<int64_t>());
+  return {idx, lengths, exact};
+}
+
+}  // namespace obcache
+
+TORCH_LIBRARY_FRAGMENT(obcache, m) {
+  m.def(
+      "_criticalkv_keep(Tensor base, Tensor v, Tensor wo, Tensor norm_bound, int floor, int first, int rest, "
+      "bool per_head, int sink, int recent, int pool_kernel, str pool) -> (Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(obcache, CPU, m) { m.impl("_criticalkv_keep", &obcache::criticalkv_keep_impl); }
