@@ -4,8 +4,11 @@ eviction, per method, at 2k and 4k prompt tokens (budget 10%).
 Each prefill runs the whole prompt through the model inside
 `obcache.hf.compress`; the hooks count the wall time of their eviction work
 (recomputing the window queries, scoring, selecting, compacting) in
-`Compression.eviction_seconds`. share = eviction seconds / prefill seconds,
-median over --repeats runs. Target: under 3% for every OBC method.
+`Compression.eviction_seconds`. share = eviction seconds / prefill seconds
+of the same run, median over --repeats runs. The methods take turns (one
+prefill each per round), so a machine whose speed drifts over minutes
+(shared cloud hosts do) slows every method alike. Target: under 3% for
+every OBC method.
 
     python bench/bench_prefill_share.py [--lengths 2048 4096] [--repeats 3]
 """
@@ -57,14 +60,22 @@ def main():
 
     model, tok = hf.load_model()
     rows = []
-    jobs = [(n, m) for n in args.lengths for m in ["full"] + args.methods]
-    for n, m in tqdm(jobs, desc="prefill"):
+    methods = ["full"] + args.methods
+    bar = tqdm(total=len(args.lengths) * len(methods) * (args.repeats + 1), desc="prefill")
+    for n in args.lengths:
         ids = prompt_ids(tok, n)
-        prefill(model, ids, m, args.budget)  # warm-up: allocator, thread pool
-        runs = [prefill(model, ids, m, args.budget) for _ in range(args.repeats)]
-        total = statistics.median(r[0] for r in runs)
-        evict = statistics.median(r[1] for r in runs)
-        rows.append(dict(tokens=n, method=m, prefill_s=total, eviction_s=evict, share=evict / total))
+        runs = {m: [] for m in methods}
+        for r in range(args.repeats + 1):  # round 0 warms up: allocator, thread pool, cached bounds
+            for m in methods:
+                t = prefill(model, ids, m, args.budget)
+                if r:
+                    runs[m].append(t)
+                bar.update()
+        for m in methods:
+            rows.append(dict(tokens=n, method=m, prefill_s=statistics.median(t for t, _ in runs[m]),
+                             eviction_s=statistics.median(e for _, e in runs[m]),
+                             share=statistics.median(e / t for t, e in runs[m])))
+    bar.close()
 
     print(f"\nSmolLM2-135M prefill, budget {args.budget:.0%}, {torch.get_num_threads()} threads, "
           f"median of {args.repeats}; load average {os.getloadavg()[0]:.2f}")

@@ -142,6 +142,47 @@ def test_prefill_keeps_budget_tokens_chosen_by_select_from_recomputed_queries(ar
         torch.testing.assert_close(layer.values, full.values.gather(2, gather))
 
 
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+def test_scoring_reads_q_proj_output_instead_of_running_q_proj_again(arch):
+    # QueryTap: one q_proj call per layer and read, the model's own; the
+    # kept tokens are those of the recomputed queries (the test above)
+    model, ids = tiny_model(arch), prompt(64)
+    calls = []
+    handles = [layer.self_attn.q_proj.register_forward_hook(lambda m, a, out: calls.append(out.shape))
+               for layer in model.model.layers]
+    try:
+        with torch.no_grad(), hf.compress(model, "snapkv+obc-key", 24, **opts()):
+            model(ids, past_key_values=DynamicCache(config=model.config), use_cache=True)
+    finally:
+        for h in handles:
+            h.remove()
+    assert calls == [(1, 64, model.config.num_attention_heads * 16)] * len(model.model.layers)
+
+
+def test_query_tap_hands_out_each_output_once_and_recompute_falls_back_on_another_shape():
+    from obcache.hf.queries import QueryTap, recompute_queries
+
+    model = tiny_model()
+    attn = model.model.layers[0].self_attn
+    tap = QueryTap([attn])
+    try:
+        x = torch.randn(1, 10, model.config.hidden_size)
+        with torch.no_grad():
+            out = attn.q_proj(x)
+            assert tap.take(attn) is out
+            assert tap.take(attn) is None
+            pe = model.model.rotary_emb(x, position_ids=torch.arange(10).unsqueeze(0))
+            want = recompute_queries(attn, x, pe, last=4)
+            # the projection of other hidden states (here of 9 tokens) is not used
+            got = recompute_queries(attn, x, pe, last=4, projected=out[:, 1:])
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
+            torch.testing.assert_close(recompute_queries(attn, x, pe, last=4, projected=out), want)
+    finally:
+        tap.remove()
+    attn.q_proj(x)
+    assert tap.take(attn) is None  # removed: no hook keeps outputs
+
+
 def test_streaming_keeps_the_sink_and_the_most_recent_tokens():
     model, ids = tiny_model(), prompt(50)
     cache = DynamicCache(config=model.config)

@@ -55,31 +55,33 @@ struct Scores {
   uint8_t* done;  // [B, H, N], the op's second output
 
   // The exact score (base + 1e-4) * mean_g ||v W_o^g||_1 at need & ~done:
-  // one projected_value_norm call on the rows of every head gathered side
-  // by side, padded to the longest head with token 0 (ignored).
+  // per (batch, KV head), one critical_score call on the rows it needs with
+  // the columns of W_o its query heads read. (One call over every head's
+  // rows padded to the longest head computed a third more rows on SmolLM2,
+  // and a head needing none still read its part of W_o.) A row's norm does
+  // not depend on the other rows of the call, so these are the torch form's
+  // numbers.
   void compute(const std::vector<uint8_t>& need) {
-    const int64_t B = base.size(0), H = base.size(1), N = base.size(2), D = v.size(3);
-    std::vector<std::vector<int64_t>> todo(B * H);
-    int64_t M = 0;
-    for (int64_t r = 0; r < B * H; ++r) {
+    const int64_t H = base.size(1), N = base.size(2), D = v.size(3), GD = wo.size(1) / H;
+    std::vector<int64_t> todo;
+    for (int64_t r = 0; r < base.size(0) * H; ++r) {
+      todo.clear();
       for (int64_t t = 0; t < N; ++t)
-        if (need[r * N + t] && !done[r * N + t]) todo[r].push_back(t);
-      M = std::max<int64_t>(M, todo[r].size());
-    }
-    if (M == 0) return;
-    at::Tensor idx = at::zeros({B, H, M}, base.options().dtype(at::kLong));
-    int64_t* ip = idx.data_ptr<int64_t>();
-    for (int64_t r = 0; r < B * H; ++r) std::copy(todo[r].begin(), todo[r].end(), ip + r * M);
-    const at::Tensor rows = v.gather(2, idx.unsqueeze(-1).expand({B, H, M, D}));
-    // float64 for a float64 v: the bounds are float32
-    const at::Tensor exact = critical_score(base.gather(-1, idx), rows, wo).to(at::kFloat).contiguous();
-    const float* ep = exact.data_ptr<float>();
-    for (int64_t r = 0; r < B * H; ++r)
-      for (size_t i = 0; i < todo[r].size(); ++i) {
-        const int64_t t = r * N + todo[r][i];
-        hi[t] = lo[t] = ep[r * M + i];
+        if (need[r * N + t] && !done[r * N + t]) todo.push_back(t);
+      if (todo.empty()) continue;
+      const int64_t b = r / H, h = r % H, M = static_cast<int64_t>(todo.size());
+      const at::Tensor idx = at::from_blob(todo.data(), {M}, at::kLong);
+      const at::Tensor rows = v.select(0, b).select(0, h).index_select(0, idx).view({1, 1, M, D});
+      const at::Tensor at_base = base.select(0, b).select(0, h).index_select(0, idx).view({1, 1, M});
+      // float64 for a float64 v: the bounds are float32
+      const at::Tensor exact = critical_score(at_base, rows, wo.narrow(1, h * GD, GD)).to(at::kFloat).contiguous();
+      const float* ep = exact.data_ptr<float>();
+      for (int64_t i = 0; i < M; ++i) {
+        const int64_t t = r * N + todo[i];
+        hi[t] = lo[t] = ep[i];
         done[t] = 1;
       }
+    }
   }
 };
 

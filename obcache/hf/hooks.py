@@ -44,7 +44,7 @@ import torch
 from torch import nn
 
 from obcache.hf.cache_arg import cache_of, set_cache
-from obcache.hf.queries import attention_modules, recompute_queries
+from obcache.hf.queries import QueryTap, attention_modules, recompute_queries
 from obcache.methods import Method, get_method
 from obcache.policies import laprox_select
 from obcache.policies.criticalkv_pruned import pruned_keep
@@ -344,8 +344,10 @@ class Compression:
         self._outer = None  # (mode, read_total) while a chunked call runs its chunks
         self._prefix = {}  # id(kwargs) -> (kwargs, hidden states of earlier chunks)
         self._handles = []
+        self._queries = None
         self.eviction_seconds = 0.0
         try:
+            self._queries = QueryTap(self.attention)
             self._handles.append(self.base.register_forward_pre_hook(self._before, with_kwargs=True))
             self._handles.append(self.base.register_forward_hook(self._after, with_kwargs=True))
             for attn in self.attention:
@@ -366,6 +368,8 @@ class Compression:
         for h in self._handles:
             h.remove()
         self._handles.clear()
+        if self._queries is not None:
+            self._queries.remove()
         self._prefix.clear()
         if getattr(self.base, "_obcache_compression", None) is self:
             del self.base._obcache_compression
@@ -548,6 +552,7 @@ class Compression:
         return args, kwargs
 
     def _after_attention(self, module, args, kwargs, output):
+        projected = self._queries.take(module)  # this call's q_proj output
         cache = cache_of(kwargs)
         st = state_of(cache) if cache is not None else None
         if st is None:
@@ -573,7 +578,7 @@ class Compression:
             new = (st.first_column + torch.arange(T, device=k.device)).expand(k.shape[0], k.shape[1], T)
             positions = torch.cat([old, new], -1)
             if self.decode_budget is not None:
-                self._remember_queries(st, module, hs, pe)
+                self._remember_queries(st, module, hs, pe, projected)
             target = st.target
             valid = st.valid_full
             if not self.method.evicts or target is None or n <= target:
@@ -585,7 +590,7 @@ class Compression:
                     f"{self.sink} + {self.recent}; lower sink or window, or raise the budget"
                 )
             t0 = _now(k.device)
-            q = self._scoring_queries(st, module, hs, pe)
+            q = self._scoring_queries(st, module, hs, pe, projected)
             start = (~valid).sum(1)
             wo = module.o_proj.weight if self.method.needs_wo else None
             pool = self.method.pool or self.pool
@@ -627,7 +632,7 @@ class Compression:
                 "once (the first read); later reads that exceed the budget are not supported"
             )
 
-    def _scoring_queries(self, st, module, hs, pe):
+    def _scoring_queries(self, st, module, hs, pe, projected):
         """[B, H_q, W, D]: the read's last `window` queries (all of them for
         H2O-style rows, the last one for TOVA-style rows); while decoding, the
         remembered most recent ones."""
@@ -636,11 +641,12 @@ class Compression:
         if st.mode == "decode":
             return st.queries[module.layer_idx]
         T = hs.shape[1]
-        return recompute_queries(module, hs, pe, last={"last": 1, "prompt": T}.get(self.method.queries, self.window))
+        return recompute_queries(module, hs, pe, last={"last": 1, "prompt": T}.get(self.method.queries, self.window),
+                                 projected=projected)
 
-    def _remember_queries(self, st, module, hs, pe):
+    def _remember_queries(self, st, module, hs, pe, projected):
         keep = 1 if self.method.queries == "last" else self.window
-        q = recompute_queries(module, hs, pe, last=keep)
+        q = recompute_queries(module, hs, pe, last=keep, projected=projected)
         old = st.queries.get(module.layer_idx)
         if old is not None:
             q = torch.cat([old, q], 2)

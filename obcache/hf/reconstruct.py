@@ -39,7 +39,7 @@ from torch import nn
 
 from obcache.hf.cache_arg import cache_kw
 from obcache.hf.hooks import _layer_kv, _now, _ops, _set_length, base_model
-from obcache.hf.queries import attention_modules, recompute_queries
+from obcache.hf.queries import QueryTap, attention_modules, recompute_queries
 
 __all__ = ["REPEAT_PROMPT", "ScoreSpec", "repeat_prompt_ids", "score_context", "evict_context", "head_mask",
            "check_head_masking"]
@@ -174,7 +174,8 @@ def score_context(
         layer = cache.layers[li]
         k, v, n = _layer_kv(layer, f"(layer {li} of {type(model).__name__})")
         with torch.no_grad():
-            q = recompute_queries(module, hs, pe)  # [B, H_q, T, D]: the chunk's queries, the last T rows of k
+            # [B, H_q, T, D]: the chunk's queries, the last T rows of k
+            q = recompute_queries(module, hs, pe, projected=tap.take(module))
             G = q.shape[1] // k.shape[1]
             for spec in specs:
                 kw = dict(scale=module.scaling, causal=True, query_reduce=spec.query_reduce)
@@ -191,6 +192,7 @@ def score_context(
 
     step = Lc if chunk_size is None else chunk_size
     single = step >= Lc
+    tap = QueryTap(attention)
     handles = [m.register_forward_hook(hook, with_kwargs=True) for m in attention]
     try:
         with torch.no_grad():
@@ -199,6 +201,7 @@ def score_context(
                 pos = (Lc + torch.arange(ids.shape[1], device=ids.device)).unsqueeze(0).expand(B, -1)
                 base(input_ids=ids, position_ids=pos, use_cache=True, **{cache_kw(base): cache})
     finally:
+        tap.remove()
         for h in handles:
             h.remove()
     for spec in specs:
