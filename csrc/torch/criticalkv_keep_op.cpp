@@ -10,6 +10,7 @@
 // alone cost ~0.8 ms a layer on SmolLM2-135M, ~0.4% of its prefill.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <cmath>
@@ -49,36 +50,65 @@ void value_norms(const T* v, int64_t n, int64_t D, float* out) {
   }
 }
 
+// The critical score's bounds hi >= score >= lo per token of the (b, h)
+// grid, both set to the exact score where it was computed (done).
 struct Scores {
-  const at::Tensor &base, &v, &wo;  // base [B, H, N] float32 contiguous
-  std::vector<float> hi, lo;        // bounds per token, the exact score where done
-  uint8_t* done;  // [B, H, N], the op's second output
+  const at::Tensor &base, &v, &wo;  // base [B, H, N] float32 contiguous, v contiguous
+  std::vector<float> hi, lo;        // [B * H, N]
+  uint8_t* done;                    // [B * H, N], the op's third output
+  bool finite = true;               // every bound is finite
 
-  // The exact score (base + 1e-4) * mean_g ||v W_o^g||_1 at need & ~done:
-  // per (batch, KV head), one critical_score call on the rows it needs with
-  // the columns of W_o its query heads read. (One call over every head's
-  // rows padded to the longest head computed a third more rows on SmolLM2,
-  // and a head needing none still read its part of W_o.) A row's norm does
-  // not depend on the other rows of the call, so these are the torch form's
-  // numbers.
-  void compute(const std::vector<uint8_t>& need) {
+  Scores(const at::Tensor& base_, const at::Tensor& v_, const at::Tensor& wo_, const at::Tensor& norm_bound,
+         uint8_t* done_)
+      : base(base_), v(v_), wo(wo_), hi(base_.numel()), lo(base_.numel()), done(done_) {
+    // hi >= score >= lo with b = mean_g sqrt(hidden) sigma_max(W_o^g) ||v||,
+    // one (b, h) row per task
+    const int64_t H = base.size(1), N = base.size(2), D = v.size(3);
+    std::vector<uint8_t> row_finite(base.size(0) * H, 1);
+    at::parallel_for(0, base.size(0) * H, 1, [&](int64_t r0, int64_t r1) {
+      std::vector<float> vn(N);
+      for (int64_t r = r0; r < r1; ++r) {
+        AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, v.scalar_type(), "criticalkv_keep",
+                                        [&] { value_norms(v.data_ptr<scalar_t>() + r * N * D, N, D, vn.data()); });
+        const float *bp = base.data_ptr<float>() + r * N, nb = norm_bound.data_ptr<float>()[r % H];
+        float *h = hi.data() + r * N, *l = lo.data() + r * N;
+        bool ok = true;
+        for (int64_t t = 0; t < N; ++t) {  // branch-free: it vectorises
+          const float f = bp[t] + static_cast<float>(kCriticalEps), b = nb * vn[t] * (1 + kBoundSlack);
+          h[t] = std::max(f, 0.0f) * b, l[t] = std::min(f, 0.0f) * b;
+          ok &= std::isfinite(h[t]) & std::isfinite(l[t]);
+        }
+        row_finite[r] = ok;
+      }
+    });
+    finite = std::all_of(row_finite.begin(), row_finite.end(), [](uint8_t ok) { return ok != 0; });
+  }
+
+  // The exact score (base + 1e-4) * mean_g ||v W_o^g||_1 at need & ~done on
+  // rows [r0, r0 + rows) (need indexed from row r0): per (batch, KV head),
+  // one critical_score call on the tokens it needs with the columns of W_o
+  // its query heads read. (One call over every head's tokens padded to the
+  // longest head computed a third more rows on SmolLM2, and a head needing
+  // none still read its part of W_o.) A row's norm does not depend on the
+  // other rows of the call, so these are the torch form's numbers.
+  void compute(const uint8_t* need, int64_t r0, int64_t rows) {
     const int64_t H = base.size(1), N = base.size(2), D = v.size(3), GD = wo.size(1) / H;
     std::vector<int64_t> todo;
-    for (int64_t r = 0; r < base.size(0) * H; ++r) {
+    for (int64_t r = r0; r < r0 + rows; ++r) {
       todo.clear();
       for (int64_t t = 0; t < N; ++t)
-        if (need[r * N + t] && !done[r * N + t]) todo.push_back(t);
+        if (need[(r - r0) * N + t] && !done[r * N + t]) todo.push_back(t);
       if (todo.empty()) continue;
       const int64_t b = r / H, h = r % H, M = static_cast<int64_t>(todo.size());
       const at::Tensor idx = at::from_blob(todo.data(), {M}, at::kLong);
-      const at::Tensor rows = v.select(0, b).select(0, h).index_select(0, idx).view({1, 1, M, D});
+      const at::Tensor at_rows = v.select(0, b).select(0, h).index_select(0, idx).view({1, 1, M, D});
       const at::Tensor at_base = base.select(0, b).select(0, h).index_select(0, idx).view({1, 1, M});
       // float64 for a float64 v: the bounds are float32
-      const at::Tensor exact = critical_score(at_base, rows, wo.narrow(1, h * GD, GD)).to(at::kFloat).contiguous();
+      const at::Tensor exact = critical_score(at_base, at_rows, wo.narrow(1, h * GD, GD)).to(at::kFloat).contiguous();
       const float* ep = exact.data_ptr<float>();
-      for (int64_t i = 0; i < M; ++i) {
-        const int64_t t = r * N + todo[i];
-        hi[t] = lo[t] = ep[i];
+      for (int64_t j = 0; j < M; ++j) {
+        const int64_t t = r * N + todo[j];
+        hi[t] = lo[t] = ep[j];
         done[t] = 1;
       }
     }
@@ -107,61 +137,45 @@ void check_args(const at::Tensor& base, const at::Tensor& v, const at::Tensor& w
   TORCH_CHECK(pool == "max" || pool == "avg", "pool must be 'max' or 'avg', got '", pool, "'");
 }
 
-// Stage 2 (criticalkv_pruned.py's steps): picks [rows, C] = the best `rest`
-// candidates of each group by the pooled exact critical score among those
-// with taken == 0; exact [rows, N]: the tokens whose score it computed.
-void pruned_stage2(const obc::CkvLayout& l, const at::Tensor& base, const at::Tensor& v, const at::Tensor& wo,
-                   const at::Tensor& norm_bound, const uint8_t* tk, int64_t rest, uint8_t* out, uint8_t* exact) {
-  const int64_t N = l.N, H = base.size(1), C = l.C(), groups = l.rows / l.group_rows;
-  Scores sc{base, v, wo, std::vector<float>(l.rows * N), std::vector<float>(l.rows * N), exact};
-  // Step 1: hi >= score >= lo with b = mean_g sqrt(hidden) sigma_max(W_o^g) ||v||.
-  std::vector<float> vn(l.rows * N);
-  const at::Tensor vc = v.contiguous();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, vc.scalar_type(), "criticalkv_keep",
-                                  [&] { value_norms(vc.data_ptr<scalar_t>(), l.rows * N, vc.size(3), vn.data()); });
-  const float *bp = base.data_ptr<float>(), *nb = norm_bound.data_ptr<float>();
-  bool finite = true;
-  for (int64_t r = 0; r < l.rows; ++r)
-    for (int64_t i = r * N; i < (r + 1) * N; ++i) {  // branch-free: it vectorises
-      const float f = bp[i] + static_cast<float>(kCriticalEps), b = nb[r % H] * vn[i] * (1 + kBoundSlack);
-      sc.hi[i] = std::max(f, 0.0f) * b, sc.lo[i] = std::min(f, 0.0f) * b;
-      finite &= std::isfinite(sc.hi[i]) & std::isfinite(sc.lo[i]);
-    }
-  std::vector<double> hi_p(l.rows * C), lo_p(l.rows * C), wmin(l.rows * N), tau(groups);
+// Stage 2 (criticalkv_pruned.py's steps) of one group, rows [r0, r0 +
+// l.rows) of the (b, h) grid (l.group_rows == l.rows): picks [l.rows, C] =
+// the best `rest` candidates by the pooled exact critical score among those
+// with taken == 0 (tk, picks and sc's arrays from row r0 on).
+void pruned_stage2(const obc::CkvLayout& l, int64_t r0, Scores& sc, const uint8_t* tk, int64_t rest, uint8_t* out) {
+  const int64_t N = l.N, C = l.C();
+  float *hi = sc.hi.data() + r0 * N, *lo = sc.lo.data() + r0 * N;
+  std::vector<double> hi_p(l.rows * C), lo_p(l.rows * C), wmin(l.rows * N);
+  double tau = 0.0;
   std::vector<uint8_t> mark(l.rows * C), need(l.rows * N);
-  if (!finite) {
-    sc.compute(std::vector<uint8_t>(l.rows * N, 1));
-    obc::ckv_pool(l, sc.hi.data(), hi_p.data());
+  if (!sc.finite) {  // a non-finite bound anywhere: the exact score everywhere
+    std::fill(need.begin(), need.end(), uint8_t{1});
+    sc.compute(need.data(), r0, l.rows);
+    obc::ckv_pool(l, hi, hi_p.data());
     obc::ckv_top_free(l, hi_p.data(), tk, rest, out);
     return;
   }
   const bool by_max = l.pool == obc::Pool::Max && l.pool_kernel > 1;
   // Step 2, the seed: the picks by the bound; the max of a window needs only
   // the tokens holding its bound's max, an average every token.
-  obc::ckv_pool(l, sc.hi.data(), hi_p.data());
+  obc::ckv_pool(l, hi, hi_p.data());
   obc::ckv_top_free(l, hi_p.data(), tk, rest, mark.data());
   if (!by_max) std::fill(hi_p.begin(), hi_p.end(), 0.0);  // any marked window
   obc::ckv_window_min(l, mark.data(), hi_p.data(), wmin.data());
-  for (int64_t i = 0; i < l.rows * N; ++i) need[i] = by_max ? sc.hi[i] >= wmin[i] : wmin[i] < INFINITY;
-  sc.compute(need);
+  for (int64_t i = 0; i < l.rows * N; ++i) need[i] = by_max ? hi[i] >= wmin[i] : wmin[i] < INFINITY;
+  sc.compute(need.data(), r0, l.rows);
   // Step 3: `rest` candidates score at least tau; open windows can still make the cut.
-  obc::ckv_pool(l, sc.hi.data(), hi_p.data());
-  obc::ckv_pool(l, sc.lo.data(), lo_p.data());
-  obc::ckv_kth_free(l, lo_p.data(), tk, rest, tau.data());
-  for (int64_t r = 0; r < l.rows; ++r)
-    for (int64_t i = r * C; i < (r + 1) * C; ++i)
-      mark[i] = !tk[i] && hi_p[i] >= tau[r / l.group_rows] && hi_p[i] > lo_p[i];
+  obc::ckv_pool(l, hi, hi_p.data());
+  obc::ckv_pool(l, lo, lo_p.data());
+  obc::ckv_kth_free(l, lo_p.data(), tk, rest, &tau);
+  for (int64_t i = 0; i < l.rows * C; ++i) mark[i] = !tk[i] && hi_p[i] >= tau && hi_p[i] > lo_p[i];
   // Step 4: one round settles every open window.
   if (!by_max) std::fill(lo_p.begin(), lo_p.end(), 0.0);
   obc::ckv_window_min(l, mark.data(), lo_p.data(), wmin.data());
-  for (int64_t r = 0; r < l.rows; ++r) {
-    const double t = tau[r / l.group_rows];
-    for (int64_t i = r * N; i < (r + 1) * N; ++i)
-      need[i] = by_max ? sc.hi[i] > wmin[i] && sc.hi[i] >= t : wmin[i] < INFINITY;
-  }
-  sc.compute(need);
+  for (int64_t i = 0; i < l.rows * N; ++i)
+    need[i] = by_max ? hi[i] > wmin[i] && hi[i] >= tau : wmin[i] < INFINITY;
+  sc.compute(need.data(), r0, l.rows);
   // Step 5: every candidate that can make the cut has its exact pooled score.
-  obc::ckv_pool(l, sc.hi.data(), hi_p.data());
+  obc::ckv_pool(l, hi, hi_p.data());
   obc::ckv_top_free(l, hi_p.data(), tk, rest, out);
 }
 
@@ -188,28 +202,41 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> criticalkv_keep_impl(
   const at::Tensor base = base_in.contiguous();
   at::Tensor exact = at::zeros({B, H, N}, base.options().dtype(at::kBool));
 
-  // Stage 1: each head's floor, then the group's best by the pooled base score.
-  std::vector<double> pooled(l.rows * C);
-  std::vector<uint8_t> taken(l.rows * C, 0), picks(l.rows * C, 0);
-  obc::ckv_pool(l, base.data_ptr<float>(), pooled.data());
-  if (floor > 0) {
-    obc::CkvLayout per = l;
-    per.group_rows = 1;
-    obc::ckv_top_free(per, pooled.data(), taken.data(), floor, picks.data());
-    taken.swap(picks);
-  }
-  obc::ckv_top_free(l, pooled.data(), taken.data(), first, picks.data());
-  for (int64_t i = 0; i < l.rows * C; ++i) taken[i] |= picks[i];
-  // Stage 2, then the kept rows: stage 1's and stage 2's candidates.
-  std::fill(picks.begin(), picks.end(), uint8_t{0});
-  if (rest > 0 && C > 0)
-    pruned_stage2(l, base, v, wo, norm_bound, taken.data(), rest, picks.data(),
-                  reinterpret_cast<uint8_t*>(exact.data_ptr<bool>()));
-  for (int64_t i = 0; i < l.rows * C; ++i) taken[i] |= picks[i];
+  const at::Tensor vc = v.contiguous();
+  Scores sc(base, vc, wo, norm_bound, reinterpret_cast<uint8_t*>(exact.data_ptr<bool>()));
+  std::vector<uint8_t> keep(l.rows * C, 0);  // the kept candidates
+  // The groups are independent: one per thread at a time (a group's
+  // projected_value_norm calls then run on that thread). As in the torch
+  // form, Scores decided for all of them whether the bounds are finite.
+  obc::CkvLayout g = l;
+  g.rows = l.group_rows;
+  at::parallel_for(0, l.rows / l.group_rows, 1, [&](int64_t g0, int64_t g1) {
+    std::vector<double> pooled(g.rows * C);
+    std::vector<uint8_t> taken(g.rows * C), picks(g.rows * C);
+    for (int64_t gi = g0; gi < g1; ++gi) {
+      const int64_t r0 = gi * g.rows;
+      // Stage 1: each head's floor, then the group's best by the pooled base score.
+      obc::ckv_pool(g, base.data_ptr<float>() + r0 * N, pooled.data());
+      std::fill(taken.begin(), taken.end(), uint8_t{0});
+      if (floor > 0) {
+        obc::CkvLayout per = g;
+        per.group_rows = 1;
+        obc::ckv_top_free(per, pooled.data(), taken.data(), floor, picks.data());
+        taken.swap(picks);
+      }
+      obc::ckv_top_free(g, pooled.data(), taken.data(), first, picks.data());
+      for (int64_t i = 0; i < g.rows * C; ++i) taken[i] |= picks[i];
+      // Stage 2: the rest by the critical score.
+      std::fill(picks.begin(), picks.end(), uint8_t{0});
+      if (rest > 0 && C > 0) pruned_stage2(g, r0, sc, taken.data(), rest, picks.data());
+      for (int64_t i = 0; i < g.rows * C; ++i) keep[r0 * C + i] = taken[i] | picks[i];
+    }
+  });
+  // The kept rows: stage 1's and stage 2's candidates.
   at::Tensor lengths = at::empty({B, H}, base.options().dtype(at::kLong));
-  const int64_t len_max = obc::kept_lengths(l, taken.data(), lengths.data_ptr<int64_t>());
+  const int64_t len_max = obc::kept_lengths(l, keep.data(), lengths.data_ptr<int64_t>());
   at::Tensor idx = at::empty({B, H, len_max}, lengths.options());
-  obc::kept_rows(l, taken.data(), len_max, idx.data_ptr<int64_t>());
+  obc::kept_rows(l, keep.data(), len_max, idx.data_ptr<int64_t>());
   return {idx, lengths, exact};
 }
 
