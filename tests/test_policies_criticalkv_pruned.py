@@ -199,6 +199,27 @@ def test_a_budget_holding_every_token_keeps_every_token(floor):
     assert torch.equal(got, want) if floor is None else _equal(got, (want, torch.full((1, 2), 30)))
 
 
+@pytest.mark.parametrize("floor", [None, 0.2])
+def test_the_op_gives_the_same_result_on_any_thread_count(floor):
+    # groups run on threads of their own; B=3 batch rows of H=3 heads: 9 or 3 groups
+    base, v, wo = _layer(B=3, seed=12)
+    base[1, 2, 5] = float("nan")  # a non-finite bound in one group: exact scores everywhere
+    sel = dict(sink=4, recent=8, pool_kernel=7, pool="max")
+    budget = 40 if floor is None else 3 * 40
+    threads = torch.get_num_threads()
+    try:
+        runs = []
+        for n in (1, 3, 4):
+            torch.set_num_threads(n)
+            runs.append(_keep_op(base, v, wo, budget, floor, **sel))
+    finally:
+        torch.set_num_threads(threads)
+    for kept, exact in runs[1:]:
+        assert _equal(kept, runs[0][0]) and torch.equal(exact, runs[0][1])
+    assert runs[0][1].all()
+    assert _equal(runs[0][0], _keep_torch(base, v, wo, budget, floor, **sel)[0])
+
+
 def _op_args(**change):
     base, v, wo = _layer(B=1, H=2, N=60)
     args = dict(base=base, v=v, wo=wo, norm_bound=torch.ones(2), floor=0, first=4, rest=4, per_head=True, sink=4,
