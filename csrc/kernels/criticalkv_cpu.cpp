@@ -39,11 +39,11 @@ void ckv_pool(const CkvLayout& l, const float* x, double* out) {
     // propagates as there (a NaN stays once taken) before becoming -inf.
     const int64_t c0 = std::min(C, std::max<int64_t>(0, pad - l.sink)), c1 = std::max(c0, L - pad - l.sink);
     for (int64_t c = 0; c < c0; ++c) o[c] = pooled_score(row, DType::F32, l.sink + c, 0, L, l.pool_kernel, l.pool);
-    const float* first = row + l.sink - pad;  // window of candidate c: first[c, c + kernel)
-    for (int64_t c = c0; c < c1; ++c) o[c] = first[c];
+    const int64_t first = l.sink - pad;  // window of candidate c: row[first + c, first + c + kernel)
+    for (int64_t c = c0; c < c1; ++c) o[c] = row[first + c];
     for (int64_t s = 1; s < l.pool_kernel; ++s)
       for (int64_t c = c0; c < c1; ++c) {
-        const double y = first[c + s];
+        const double y = row[first + c + s];
         o[c] = y > o[c] || y != y ? y : o[c];
       }
     for (int64_t c = c0; c < c1; ++c) o[c] = o[c] != o[c] ? -std::numeric_limits<double>::infinity() : o[c];
