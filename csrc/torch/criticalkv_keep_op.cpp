@@ -14,6 +14,7 @@
 #include <torch/library.h>
 
 #include <cmath>
+#include <optional>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -203,7 +204,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> criticalkv_keep_impl(
   at::Tensor exact = at::zeros({B, H, N}, base.options().dtype(at::kBool));
 
   const at::Tensor vc = v.contiguous();
-  Scores sc(base, vc, wo, norm_bound, reinterpret_cast<uint8_t*>(exact.data_ptr<bool>()));
+  // Stage 2's bounds, when there is a stage 2.
+  const bool stage2 = rest > 0 && C > 0;
+  std::optional<Scores> sc;
+  if (stage2) sc.emplace(base, vc, wo, norm_bound, reinterpret_cast<uint8_t*>(exact.data_ptr<bool>()));
   std::vector<uint8_t> keep(l.rows * C, 0);  // the kept candidates
   // The groups are independent: one per thread at a time (a group's
   // projected_value_norm calls then run on that thread). As in the torch
@@ -228,7 +232,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> criticalkv_keep_impl(
       for (int64_t i = 0; i < g.rows * C; ++i) taken[i] |= picks[i];
       // Stage 2: the rest by the critical score.
       std::fill(picks.begin(), picks.end(), uint8_t{0});
-      if (rest > 0 && C > 0) pruned_stage2(g, r0, sc, taken.data(), rest, picks.data());
+      if (stage2) pruned_stage2(g, r0, *sc, taken.data(), rest, picks.data());
       for (int64_t i = 0; i < g.rows * C; ++i) keep[r0 * C + i] = taken[i] | picks[i];
     }
   });
