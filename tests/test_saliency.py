@@ -96,16 +96,18 @@ def test_narrowed_views_are_read_in_place(dtype, device):
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("score", SCORES)
-def test_rows_split_over_the_keys_match_reference_and_the_unsplit_bits(score, dtype):
-    """With fewer (b, h) rows than threads the CPU op runs each row's key
-    ranges (2048 keys) on different threads and merges their softmax states
-    in key order, as one thread does: one row, N = 4200 (three ranges, a
-    partial last tile), four threads. Matches the reference, and bitwise the
-    one-thread result."""
-    k, v, q = make_cache(1, 1, 3, 16, 4200, 32, dtype=dtype, seed=7)
+@pytest.mark.parametrize("heads,threads", [(1, 4), (3, 2)], ids=["fewer-rows-than-threads", "3-rows-on-2-threads"])
+def test_rows_split_over_the_keys_match_reference_and_the_unsplit_bits(score, dtype, heads, threads):
+    """When the (b, h) rows do not share out evenly over the threads (fewer
+    rows than threads, or 3 rows on 2), the CPU op runs each row's key ranges
+    (512 keys) on different threads, keeps the logits between its passes, and
+    merges the ranges' softmax states in key order, as one thread does:
+    N = 1100 (three ranges, a partial last tile). Matches the reference, and
+    bitwise the one-thread result."""
+    k, v, q = make_cache(1, heads, 3, 16, 1100, 32, dtype=dtype, seed=7)
     before = torch.get_num_threads()
     try:
-        torch.set_num_threads(4)
+        torch.set_num_threads(threads)
         for query_reduce in ("sum", "max"):
             check(k, v, q, score, query_reduce=query_reduce, what="split over the keys")
         split = obcache.saliency(k, v, q, score)

@@ -14,7 +14,7 @@
 // The workspace holds Q (pre-scaled), O, per-row stats, one transposed K and V
 // tile and [rows-per-block, tile] scratch: O(R * (D + tile) + D * tile)
 // elements, independent of N. When the R x N logits of one head fit in
-// kLogitCacheBytes, pass 1 also keeps them and pass 2 reads them back instead
+// kSaliencyLogitCacheBytes, pass 1 also keeps them and pass 2 reads them back instead
 // of recomputing Q K^T: a quarter of the joint score's FLOPs, for a bounded
 // workspace (8 MiB at the common R = 128, N = 16k).
 //
@@ -47,8 +47,6 @@
 namespace obc {
 namespace {
 
-constexpr size_t kLogitCacheBytes = size_t(16) << 20;  // per worker
-
 // exp for x <= 88 (here always x <= 0): Cody-Waite reduction and Cephes'
 // polynomial, ~1 ulp, branch-free so it vectorises; 0 below -87 where expf
 // is below FLT_MIN anyway (a masked logit never reaches here).
@@ -80,11 +78,12 @@ static_assert(kSaliencyRangeKeys % kTile == 0, "key ranges are whole tiles (the 
 struct Layout {
   int64_t Wr = 0, i0 = 0, R = 0;
   size_t qs, o, m, l, on2, am, al, ao, kt, vt, vrow, vn1, vn2, sb, xb, db, head, z, total;
-  bool zcache = false;  // logits kept from pass 1, tile-major: z[tile][row][kTile]
+  bool zcache = false;  // logits kept from pass 1 in the workspace, tile-major: z[tile][row][kTile]
 };
 
 // split: the workspace of a key range of a split (b, h) (saliency_cpu.h),
-// which has no logit cache (its pass 2 runs apart from its pass 1).
+// which has no logit cache of its own (its pass 2 runs apart from its pass
+// 1: the caller may keep the row's logits, saliency_cpu_split_logit_bytes).
 Layout make_layout(const SaliencyParams& p, bool split) {
   Layout L;
   L.Wr = score_last_query_only(p.score) ? 1 : p.W;
@@ -116,7 +115,7 @@ Layout make_layout(const SaliencyParams& p, bool split) {
   L.db = take(kMaxRB * T);
   L.head = take(G * T);
   const size_t padded_n = (static_cast<size_t>(p.N) + T - 1) / T * T;
-  L.zcache = !split && R * padded_n * e <= kLogitCacheBytes;
+  L.zcache = !split && R * padded_n * e <= kSaliencyLogitCacheBytes;
   L.z = L.zcache ? take(R * padded_n) : 0;
   L.total = at;
   return L;
@@ -260,10 +259,11 @@ struct Kernel {
   const Layout& L;
   char* ws;
   bool need_o, need_vo, need_dist, need_v2;  // pass-2 V terms: vo/dist/norms
+  T* z;  // the row's logit cache (tile-major, as Layout::z), or null: pass 2 recomputes Q K^T
 
   T* at(size_t off) const { return reinterpret_cast<T*>(ws + off); }
-  // Pass 1's logits of rows r0.. for the tile starting at key p0 (zcache only).
-  T* logits(int64_t p0, int64_t r0) const { return at(L.z) + ((p0 / kTile) * L.R + r0) * kTile; }
+  // Pass 1's logits of rows r0.. for the tile starting at key p0 (z only).
+  T* logits(int64_t p0, int64_t r0) const { return z + ((p0 / kTile) * L.R + r0) * kTile; }
 
   static constexpr bool kVec = kVecFloat<T, kVW>;  // the intrinsic blocks apply
 
@@ -353,11 +353,11 @@ struct Kernel {
     T* l = at(L.l);
     T* O = at(L.o);
     // Z straight into the logit cache when there is one (pass 2 reads it back).
-    T* Zb = L.zcache ? logits(p0, r0) : at(L.xb);
+    T* Zb = z ? logits(p0, r0) : at(L.xb);
     int64_t lim[RB];
     T zmax[RB], corr[RB], sum[RB];
     if (!any_visible<RB>(r0, p0, tn, lim)) {  // a tile past every row's query (causal): nothing to add
-      if (L.zcache) std::fill(Zb, Zb + RB * kTile, T(0));  // pass 2 may read it (max reduction)
+      if (z) std::fill(Zb, Zb + RB * kTile, T(0));  // pass 2 may read it (max reduction)
       return;
     }
     xyt<RB, false>(at(L.qs) + r0 * D, Kt, Zb);
@@ -402,7 +402,7 @@ struct Kernel {
     T* Xb = at(L.xb);
     T* Db = at(L.db);
     const T* O = at(L.o);
-    if (L.zcache)
+    if (z)
       Sb = logits(p0, r0);
     else
       xyt<RB, false>(at(L.qs) + r0 * D, Kt, Sb);
@@ -428,7 +428,7 @@ struct Kernel {
     for (int64_t c = 0; c < kTile; ++c) vn1[c] = vn2[c] = T(0);
     for (int64_t p0 = n0; p0 < n1; p0 += kTile) {
       const int64_t tn = std::min<int64_t>(kTile, n1 - p0);
-      if (!L.zcache) transposed(K + p0 * p.k_sn, p.k_sn, tn, Kt);  // else the logits are kept
+      if (!z) transposed(K + p0 * p.k_sn, p.k_sn, tn, Kt);  // else the logits are kept
       if (need_v2) {
         transposed(V + p0 * p.v_sn, p.v_sn, tn, Vt);
         for (int c = 0; c < kTile; ++c) vn1[c] = vn2[c] = T(0);
@@ -619,23 +619,27 @@ struct Kernel {
 
 // What one call of an entry point does: rows [bh, bh_end) whole; or of row
 // bh, pass 1 of key range s0 (into state) or pass 2 of ranges [s0, s1)
-// (merging the row's states, `stride` elements apart).
+// (merging the row's states, `stride` elements apart), with the row's logit
+// cache `logits` or none (null).
 struct Job {
   enum Kind { Rows, SplitPass1, SplitPass2 } kind;
   int64_t bh, bh_end, s0, s1;
   void* state;
   int64_t stride;
+  void* logits;
 };
 
 template <typename E, int RB, int kVW>
 OBC_ALWAYS_INLINE void run_job(const SaliencyParams& p, const Job& j, void* workspace) {
+  using T = typename Elem<E>::acc;
   const Layout L = make_layout(p, j.kind != Job::Rows);
-  Kernel<E, RB, kVW> k{p, L, static_cast<char*>(workspace), false, false, false, false};
+  char* ws = static_cast<char*>(workspace);
+  T* z = j.kind == Job::Rows ? (L.zcache ? reinterpret_cast<T*>(ws + L.z) : nullptr) : static_cast<T*>(j.logits);
+  Kernel<E, RB, kVW> k{p, L, ws, false, false, false, false, z};
   k.need_o = score_needs_vo(p.score) || score_needs_dist(p.score);
   k.need_vo = score_needs_vo(p.score);
   k.need_dist = score_needs_dist(p.score);
   k.need_v2 = k.need_o || score_needs_vn1(p.score) || score_needs_vn2(p.score);
-  using T = typename Elem<E>::acc;
   switch (j.kind) {
     case Job::Rows:
       for (int64_t bh = j.bh; bh < j.bh_end; ++bh) k.run(bh);
@@ -683,7 +687,7 @@ size_t saliency_cpu_workspace_bytes(const SaliencyParams& p) { return make_layou
 
 void saliency_cpu(const SaliencyParams& p, int64_t bh_begin, int64_t bh_end, void* workspace) {
   if (p.N <= 0 || p.W <= 0) return;
-  run(p, Job{Job::Rows, bh_begin, bh_end, 0, 0, nullptr, 0}, workspace);
+  run(p, Job{Job::Rows, bh_begin, bh_end, 0, 0, nullptr, 0, nullptr}, workspace);
 }
 
 size_t saliency_cpu_split_workspace_bytes(const SaliencyParams& p) { return make_layout(p, true).total; }
@@ -693,16 +697,24 @@ size_t saliency_cpu_split_state_bytes(const SaliencyParams& p) {
   return R * (2 + static_cast<size_t>(p.D)) * elem_bytes(p);
 }
 
-void saliency_cpu_split_pass1(const SaliencyParams& p, int64_t bh, int64_t s, void* workspace, void* state) {
+size_t saliency_cpu_split_logit_bytes(const SaliencyParams& p) {
+  const size_t R = static_cast<size_t>(make_layout(p, true).R);
+  const size_t padded_n = (static_cast<size_t>(std::max<int64_t>(p.N, 0)) + kTile - 1) / kTile * kTile;
+  return R * padded_n * elem_bytes(p);
+}
+
+void saliency_cpu_split_pass1(const SaliencyParams& p, int64_t bh, int64_t s, void* workspace, void* state,
+                              void* logits) {
   if (p.N <= 0 || p.W <= 0) return;
-  run(p, Job{Job::SplitPass1, bh, bh + 1, s, s + 1, state, 0}, workspace);
+  run(p, Job{Job::SplitPass1, bh, bh + 1, s, s + 1, state, 0, logits}, workspace);
 }
 
 void saliency_cpu_split_pass2(const SaliencyParams& p, int64_t bh, int64_t s0, int64_t s1, const void* states,
-                              void* workspace) {
+                              void* workspace, const void* logits) {
   if (p.N <= 0 || p.W <= 0 || s1 <= s0) return;
   const int64_t stride = static_cast<int64_t>(saliency_cpu_split_state_bytes(p) / elem_bytes(p));
-  run(p, Job{Job::SplitPass2, bh, bh + 1, s0, s1, const_cast<void*>(states), stride}, workspace);
+  run(p, Job{Job::SplitPass2, bh, bh + 1, s0, s1, const_cast<void*>(states), stride, const_cast<void*>(logits)},
+      workspace);
 }
 
 }  // namespace obc

@@ -23,26 +23,35 @@ void saliency_cpu(const SaliencyParams& p, int64_t bh_begin, int64_t bh_end, voi
 // Pass 1 runs over fixed key ranges [s * kSaliencyRangeKeys, ...), s = 0
 // .. saliency_cpu_ranges(p) - 1, one softmax state each, merged one by one
 // in key order (flash-decoding). The split form below runs the ranges of a
-// row on different threads, for when B * H_kv rows are fewer than the
-// threads; as the ranges and the merge order are the same, its output is
-// bitwise that of saliency_cpu. For every row bh: first
+// row on different threads, for when B * H_kv rows do not share out evenly
+// over the threads; as the ranges and the merge order are the same, its
+// output is bitwise that of saliency_cpu. For every row bh: first
 // saliency_cpu_split_pass1 of every range s (state s of row bh at
 // states + (bh * S + s) * saliency_cpu_split_state_bytes(p), S the range
 // count), then saliency_cpu_split_pass2 over ranges [s0, s1) covering the
 // row, given the row's S states: out[b, h, keys of those ranges]. Calls of
 // one phase may run concurrently, each with its own workspace of
-// saliency_cpu_split_workspace_bytes(p) bytes. Pass 2 recomputes Q K^T
-// (no logit cache across the phases): a quarter more FLOPs for the joint
-// score, for S times the parallelism.
-constexpr int64_t kSaliencyRangeKeys = 2048;
+// saliency_cpu_split_workspace_bytes(p) bytes. `logits`, when not null, is
+// the row's buffer of saliency_cpu_split_logit_bytes(p) bytes (8-byte
+// aligned), the same for both phases: pass 1 keeps Q K^T there and pass 2
+// reads it back. When null, pass 2 recomputes Q K^T: a quarter more FLOPs
+// for the joint score.
+// Per worker: the whole-row form keeps a row's logits when they fit; the
+// split form's callers hold all rows' when they fit threads times this.
+constexpr size_t kSaliencyLogitCacheBytes = size_t(16) << 20;
+// 512 keys: a 2048-token prompt is 4 ranges a row, so 3 KV heads share out
+// evenly over 2 or 4 threads; a range's merge costs R * D, negligible.
+constexpr int64_t kSaliencyRangeKeys = 512;
 
 inline int64_t saliency_cpu_ranges(const SaliencyParams& p) {
   return (p.N + kSaliencyRangeKeys - 1) / kSaliencyRangeKeys;
 }
 size_t saliency_cpu_split_workspace_bytes(const SaliencyParams& p);
 size_t saliency_cpu_split_state_bytes(const SaliencyParams& p);
-void saliency_cpu_split_pass1(const SaliencyParams& p, int64_t bh, int64_t s, void* workspace, void* state);
+size_t saliency_cpu_split_logit_bytes(const SaliencyParams& p);
+void saliency_cpu_split_pass1(const SaliencyParams& p, int64_t bh, int64_t s, void* workspace, void* state,
+                              void* logits);
 void saliency_cpu_split_pass2(const SaliencyParams& p, int64_t bh, int64_t s0, int64_t s1, const void* states,
-                              void* workspace);
+                              void* workspace, const void* logits);
 
 }  // namespace obc

@@ -123,26 +123,51 @@ obc::SaliencyParams describe(const at::Tensor& k, const at::Tensor& v, const at:
 }
 
 // saliency_cpu with each row's key ranges spread over the threads
-// (kernels/saliency_cpu.h), for when B * H_kv rows alone cannot keep them
-// busy: every range's pass 1, then pass 2, each thread merging the states
-// once per row of its chunk. Bitwise the same output as saliency_cpu.
-void saliency_split_cpu(const obc::SaliencyParams& p) {
+// (kernels/saliency_cpu.h): every range's pass 1, then pass 2, each thread
+// merging the states once per row of its chunk, with the rows' logits kept
+// between the passes when `keep_logits`. Bitwise the same output as
+// saliency_cpu.
+void saliency_split_cpu(const obc::SaliencyParams& p, bool keep_logits) {
   const int64_t S = obc::saliency_cpu_ranges(p), tasks = p.B * p.Hkv * S;
   const size_t st_bytes = obc::saliency_cpu_split_state_bytes(p), ws_bytes = obc::saliency_cpu_split_workspace_bytes(p);
+  const size_t z_bytes = keep_logits ? obc::saliency_cpu_split_logit_bytes(p) : 0;
   c10::DataPtr states = c10::GetCPUAllocator()->allocate(static_cast<size_t>(tasks) * st_bytes);
+  c10::DataPtr logits = c10::GetCPUAllocator()->allocate(static_cast<size_t>(p.B * p.Hkv) * z_bytes);
   char* st = static_cast<char*>(states.get());
+  char* z = static_cast<char*>(logits.get());
+  auto row_logits = [&](int64_t bh) { return keep_logits ? z + bh * z_bytes : nullptr; };
   at::parallel_for(0, tasks, 1, [&](int64_t t0, int64_t t1) {
     c10::DataPtr ws = c10::GetCPUAllocator()->allocate(ws_bytes);
-    for (int64_t t = t0; t < t1; ++t) obc::saliency_cpu_split_pass1(p, t / S, t % S, ws.get(), st + t * st_bytes);
+    for (int64_t t = t0; t < t1; ++t)
+      obc::saliency_cpu_split_pass1(p, t / S, t % S, ws.get(), st + t * st_bytes, row_logits(t / S));
   });
   at::parallel_for(0, tasks, 1, [&](int64_t t0, int64_t t1) {
     c10::DataPtr ws = c10::GetCPUAllocator()->allocate(ws_bytes);
     for (int64_t t = t0; t < t1;) {  // the chunk's ranges of one row at a time
       const int64_t bh = t / S, end = std::min(t1, (bh + 1) * S);
-      obc::saliency_cpu_split_pass2(p, bh, t % S, t % S + (end - t), st + bh * S * st_bytes, ws.get());
+      obc::saliency_cpu_split_pass2(p, bh, t % S, t % S + (end - t), st + bh * S * st_bytes, ws.get(),
+                                    row_logits(bh));
       t = end;
     }
   });
+}
+
+// Whether to split the rows over key ranges, and whether to keep their
+// logits meanwhile: with the logits kept (they fit the memory the whole-row
+// form's workers may hold), whenever the busiest thread gets less work than
+// with whole rows (3 rows on 2 threads: 1.5 rows instead of 2); without,
+// pass 2 recomputes Q K^T, which pays only when some threads would idle.
+struct SplitPlan {
+  bool split, keep_logits;
+};
+SplitPlan plan_split(const obc::SaliencyParams& p) {
+  const int64_t threads = at::get_num_threads(), rows = p.B * p.Hkv, S = obc::saliency_cpu_ranges(p);
+  if (S <= 1 || threads <= 1) return {false, false};
+  const bool fits = static_cast<size_t>(rows) * obc::saliency_cpu_split_logit_bytes(p) <=
+                    static_cast<size_t>(threads) * obc::kSaliencyLogitCacheBytes;
+  const int64_t whole = (rows + threads - 1) / threads * S, split = (rows * S + threads - 1) / threads;  // in ranges
+  if (fits && split < whole) return {true, true};
+  return {rows < threads, false};
 }
 
 at::Tensor saliency_run_cpu(obc::SaliencyParams p, const at::Tensor& k) {
@@ -150,8 +175,9 @@ at::Tensor saliency_run_cpu(obc::SaliencyParams p, const at::Tensor& k) {
   at::Tensor out = at::empty({p.B, p.Hkv, p.N}, k.options().dtype(f64 ? at::kDouble : at::kFloat));
   if (out.numel() == 0) return out;
   p.out = out.data_ptr();
-  if (p.B * p.Hkv < at::get_num_threads() && obc::saliency_cpu_ranges(p) > 1) {
-    saliency_split_cpu(p);
+  const SplitPlan plan = plan_split(p);
+  if (plan.split) {
+    saliency_split_cpu(p, plan.keep_logits);
     return out;
   }
   const size_t ws_bytes = obc::saliency_cpu_workspace_bytes(p);

@@ -75,18 +75,24 @@ std::string describe(const Case& c, Score s, obc::GroupReduce gr, obc::QueryRedu
 
 // The split form (saliency_cpu.h): every range's pass 1 (one at a time,
 // as threads would in any order), then pass 2 in chunks of `chunk` ranges
-// (a chunk crossing rows is cut there, as the binding does).
-void run_split(const obc::SaliencyParams& p, int64_t chunk) {
+// (a chunk crossing rows is cut there, as the binding does); with each
+// row's logits kept between the passes, or recomputed.
+void run_split(const obc::SaliencyParams& p, int64_t chunk, bool keep_logits) {
   const int64_t rows = p.B * p.Hkv, S = obc::saliency_cpu_ranges(p);
-  const size_t st = obc::saliency_cpu_split_state_bytes(p);
+  const size_t st = obc::saliency_cpu_split_state_bytes(p), zb = obc::saliency_cpu_split_logit_bytes(p);
   std::vector<double> states(rows * S * st / sizeof(double) + 8);
   std::vector<double> ws(obc::saliency_cpu_split_workspace_bytes(p) / sizeof(double) + 8);
+  std::vector<double> logits(keep_logits ? rows * zb / sizeof(double) + 8 : 0);
   char* base = reinterpret_cast<char*>(states.data());
+  auto row_logits = [&](int64_t bh) {
+    return keep_logits ? reinterpret_cast<char*>(logits.data()) + bh * zb : nullptr;
+  };
   for (int64_t t = rows * S - 1; t >= 0; --t)  // last range first: order must not matter
-    obc::saliency_cpu_split_pass1(p, t / S, t % S, ws.data(), base + t * st);
+    obc::saliency_cpu_split_pass1(p, t / S, t % S, ws.data(), base + t * st, row_logits(t / S));
   for (int64_t bh = 0; bh < rows; ++bh)
     for (int64_t s = 0; s < S; s += chunk)
-      obc::saliency_cpu_split_pass2(p, bh, s, std::min(S, s + chunk), base + bh * S * st, ws.data());
+      obc::saliency_cpu_split_pass2(p, bh, s, std::min(S, s + chunk), base + bh * S * st, ws.data(),
+                                    row_logits(bh));
 }
 
 // Runs the kernel for element type E on every score x reduction, whole rows
@@ -105,11 +111,12 @@ void check_case(const Case& c, obc::DType dt, double rtol, std::mt19937& rng) {
         const std::vector<double> want = naive_of(p, d, scale);
         double mag = 0;
         for (double w : want) mag = std::max(mag, std::fabs(w));
-        for (bool split : {false, true}) {
+        for (int form : {0, 1, 2}) {  // whole rows; split, logits recomputed; split, logits kept
+          const bool split = form > 0;
           std::vector<Out> got(want.size(), Out(-12345));
           p.out = got.data();
           if (split) {
-            run_split(p, 1);
+            run_split(p, 1, form == 2);
           } else {
             std::vector<double> ws(obc::saliency_cpu_workspace_bytes(p) / sizeof(double) + 8);
             // Two halves of the (b, h) range, as two parallel_for chunks would.
@@ -119,7 +126,7 @@ void check_case(const Case& c, obc::DType dt, double rtol, std::mt19937& rng) {
           }
           for (size_t i = 0; i < want.size(); ++i)
             ASSERT_NEAR(static_cast<double>(got[i]), want[i], rtol * std::max(mag, 1e-30))
-                << describe(c, p.score, gr, qr) << (split ? " split" : "") << " at " << i;
+                << describe(c, p.score, gr, qr) << " form " << form << " at " << i;
         }
       }
 }
@@ -210,13 +217,14 @@ TEST(SaliencyCpu, RowsOfSeveralKeyRangesSplitOrNotGiveTheSameBits) {
             << "score=" << s << " N=" << c.N << " at " << i;
       const int64_t S = obc::saliency_cpu_ranges(p);
       ASSERT_GT(S, 1);
-      for (int64_t chunk : {int64_t(1), int64_t(2), S}) {
-        std::vector<float> split(want.size(), -12345.0f);
-        p.out = split.data();
-        run_split(p, chunk);
-        ASSERT_EQ(0, std::memcmp(split.data(), whole.data(), whole.size() * sizeof(float)))
-            << "score=" << s << " N=" << c.N << " chunk=" << chunk;
-      }
+      for (int64_t chunk : {int64_t(1), int64_t(2), S})
+        for (bool keep_logits : {false, true}) {
+          std::vector<float> split(want.size(), -12345.0f);
+          p.out = split.data();
+          run_split(p, chunk, keep_logits);
+          ASSERT_EQ(0, std::memcmp(split.data(), whole.data(), whole.size() * sizeof(float)))
+              << "score=" << s << " N=" << c.N << " chunk=" << chunk << " keep_logits=" << keep_logits;
+        }
     }
   }
 }
@@ -233,7 +241,9 @@ TEST(CpuVariant, TheEnvironmentCapsThePick) {
   } else if (c == "avx2") {
     EXPECT_NE(got, obc::CpuVariant::Avx512);
 #ifdef OBC_X86_VARIANTS  // else (sanitizer builds, other CPUs) only the baseline is compiled
-    if (__builtin_cpu_supports("x86-64-v3")) EXPECT_EQ(got, obc::CpuVariant::Avx2);
+    if (__builtin_cpu_supports("x86-64-v3")) {
+      EXPECT_EQ(got, obc::CpuVariant::Avx2);
+    }
 #endif
   }
 }
