@@ -9,16 +9,17 @@
 // (kernels/criticalkv_cpu.cpp): as torch ops, stage 1 and the kept indices
 // alone cost ~0.8 ms a layer on SmolLM2-135M, ~0.4% of its prefill.
 #include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
 #include <optional>
 #include <string>
 #include <tuple>
 #include <vector>
 
+#include "kernels/criticalkv_bounds_cpu.h"
 #include "kernels/criticalkv_cpu.h"
 #include "torch/checks.h"
 #include "torch/projected_value_args.h"
@@ -29,27 +30,6 @@ namespace {
 
 // As BOUND_SLACK in obcache/policies/criticalkv_pruned.py.
 constexpr float kBoundSlack = 1e-3f;
-
-// ||v_n|| of every token of v [B, H, N, D] (contiguous) into out [B * H * N]:
-// summed in float64 over 8 lanes (which vectorise) and rounded to float32
-// once, as the torch version's v.double().norm(dim=-1).float() (the order of
-// float64 additions is below float32's rounding). linalg_vector_norm over a
-// last dim of 64 costs ~5x this loop.
-template <typename T>
-void value_norms(const T* v, int64_t n, int64_t D, float* out) {
-  constexpr int kLanes = 8;
-  for (int64_t t = 0; t < n; ++t) {
-    const T* x = v + t * D;
-    double acc[kLanes] = {};
-    int64_t d = 0;
-    for (; d + kLanes <= D; d += kLanes)
-      for (int k = 0; k < kLanes; ++k) acc[k] += static_cast<double>(x[d + k]) * static_cast<double>(x[d + k]);
-    for (; d < D; ++d) acc[0] += static_cast<double>(x[d]) * static_cast<double>(x[d]);
-    double s = 0.0;
-    for (int k = 0; k < kLanes; ++k) s += acc[k];
-    out[t] = static_cast<float>(std::sqrt(s));
-  }
-}
 
 // The critical score's bounds hi >= score >= lo per token of the (b, h)
 // grid, both set to the exact score where it was computed (done).
@@ -63,26 +43,22 @@ struct Scores {
          uint8_t* done_)
       : base(base_), v(v_), wo(wo_), hi(base_.numel()), lo(base_.numel()), done(done_) {
     // hi >= score >= lo with b = mean_g sqrt(hidden) sigma_max(W_o^g) ||v||,
-    // one (b, h) row per task
-    const int64_t H = base.size(1), N = base.size(2), D = v.size(3);
-    std::vector<uint8_t> row_finite(base.size(0) * H, 1);
-    at::parallel_for(0, base.size(0) * H, 1, [&](int64_t r0, int64_t r1) {
-      std::vector<float> vn(N);
-      for (int64_t r = r0; r < r1; ++r) {
-        AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, v.scalar_type(), "criticalkv_keep",
-                                        [&] { value_norms(v.data_ptr<scalar_t>() + r * N * D, N, D, vn.data()); });
-        const float *bp = base.data_ptr<float>() + r * N, nb = norm_bound.data_ptr<float>()[r % H];
-        float *h = hi.data() + r * N, *l = lo.data() + r * N;
-        bool ok = true;
-        for (int64_t t = 0; t < N; ++t) {  // branch-free: it vectorises
-          const float f = bp[t] + static_cast<float>(kCriticalEps), b = nb * vn[t] * (1 + kBoundSlack);
-          h[t] = std::max(f, 0.0f) * b, l[t] = std::min(f, 0.0f) * b;
-          ok &= std::isfinite(h[t]) & std::isfinite(l[t]);
-        }
-        row_finite[r] = ok;
+    // in chunks of kChunk tokens of a row (3 rows on 2 threads would idle one)
+    constexpr int64_t kChunk = 512;
+    const int64_t H = base.size(1), N = base.size(2), D = v.size(3), chunks = (N + kChunk - 1) / kChunk;
+    const obc::DType dt = to_obc_dtype(v, "v", true);
+    const char* vp = static_cast<const char*>(v.data_ptr());
+    const int64_t row_bytes = N * D * static_cast<int64_t>(v.element_size());
+    std::vector<uint8_t> part_finite(base.size(0) * H * chunks, 1);
+    at::parallel_for(0, base.size(0) * H * chunks, 1, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) {
+        const int64_t r = i / chunks, t0 = i % chunks * kChunk, n = std::min(kChunk, N - t0), o = r * N + t0;
+        part_finite[i] = obc::ckv_bounds(dt, vp + r * row_bytes + t0 * D * v.element_size(), n, D,
+                                         base.data_ptr<float>() + o, norm_bound.data_ptr<float>()[r % H],
+                                         static_cast<float>(kCriticalEps), kBoundSlack, hi.data() + o, lo.data() + o);
       }
     });
-    finite = std::all_of(row_finite.begin(), row_finite.end(), [](uint8_t ok) { return ok != 0; });
+    finite = std::all_of(part_finite.begin(), part_finite.end(), [](uint8_t ok) { return ok != 0; });
   }
 
   // The exact score (base + 1e-4) * mean_g ||v W_o^g||_1 at need & ~done on
