@@ -3,13 +3,15 @@
 // score, stage 2 with the critical score computed exactly only where the
 // picks depend on it (the algorithm of obcache/policies/criticalkv_pruned.py,
 // whose torch form pruned_stage2_torch is what this op is tested against),
-// and the kept indices. The exact critical scores go through the same ATen
-// ops and projected_value_norm kernel as the torch version, so they are the
-// same numbers to the bit; the steps between them are plain loops
+// and the kept indices. The exact critical scores go through the same
+// projected_value_norm kernel and ATen ops (critical_from_norms) as the
+// torch version, so they are the same numbers to the bit; the steps between
+// them are plain loops
 // (kernels/criticalkv_cpu.cpp): as torch ops, stage 1 and the kept indices
 // alone cost ~0.8 ms a layer on SmolLM2-135M, ~0.4% of its prefill.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <c10/core/CPUAllocator.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -21,6 +23,7 @@
 
 #include "kernels/criticalkv_bounds_cpu.h"
 #include "kernels/criticalkv_cpu.h"
+#include "kernels/projected_value_cpu.h"
 #include "torch/checks.h"
 #include "torch/projected_value_args.h"
 
@@ -61,30 +64,60 @@ struct Scores {
     finite = std::all_of(part_finite.begin(), part_finite.end(), [](uint8_t ok) { return ok != 0; });
   }
 
-  // The exact score (base + 1e-4) * mean_g ||v W_o^g||_1 at need & ~done on
-  // rows [r0, r0 + rows) (need indexed from row r0): per (batch, KV head),
-  // one critical_score call on the tokens it needs with the columns of W_o
-  // its query heads read. (One call over every head's tokens padded to the
-  // longest head computed a third more rows on SmolLM2, and a head needing
-  // none still read its part of W_o.) A row's norm does not depend on the
-  // other rows of the call, so these are the torch form's numbers.
-  void compute(const uint8_t* need, int64_t r0, int64_t rows) {
-    const int64_t H = base.size(1), N = base.size(2), D = v.size(3), GD = wo.size(1) / H;
-    std::vector<int64_t> todo;
-    for (int64_t r = r0; r < r0 + rows; ++r) {
-      todo.clear();
+  // The exact score (base + 1e-4) * mean_g ||v W_o^g||_1 at need & ~done
+  // (need [B * H, N]). Per (batch, KV head) row, the tokens it needs with
+  // the columns of W_o its query heads read: their projected_value_norm
+  // tasks (query head x 64 tokens) of all rows share out over the threads
+  // together (3 KV heads on 2 threads, row by row, idled one a third of the
+  // time); then critical_from_norms per row, as critical_score. A row's norm
+  // does not depend on the other rows of a call, so these are the torch
+  // form's numbers, to the bit. (One call over every head's tokens padded to
+  // the longest head computed a third more rows on SmolLM2.)
+  void compute(const uint8_t* need) {
+    const int64_t rows = base.size(0) * base.size(1), H = base.size(1), N = base.size(2), D = v.size(3);
+    const int64_t GD = wo.size(1) / H;
+    std::vector<std::vector<int64_t>> todo(rows);
+    std::vector<at::Tensor> vr(rows), pn(rows);
+    std::vector<obc::ProjectedValueParams> prm(rows);
+    std::vector<int64_t> first_task(rows + 1, 0);
+    const obc::DType dt = to_obc_dtype(v, "v", true);
+    for (int64_t r = 0; r < rows; ++r) {
       for (int64_t t = 0; t < N; ++t)
-        if (need[(r - r0) * N + t] && !done[r * N + t]) todo.push_back(t);
-      if (todo.empty()) continue;
-      const int64_t b = r / H, h = r % H, M = static_cast<int64_t>(todo.size());
-      const at::Tensor idx = at::from_blob(todo.data(), {M}, at::kLong);
-      const at::Tensor at_rows = v.select(0, b).select(0, h).index_select(0, idx).view({1, 1, M, D});
-      const at::Tensor at_base = base.select(0, b).select(0, h).index_select(0, idx).view({1, 1, M});
+        if (need[r * N + t] && !done[r * N + t]) todo[r].push_back(t);
+      const int64_t M = static_cast<int64_t>(todo[r].size());
+      first_task[r + 1] = first_task[r];
+      if (M == 0) continue;
+      const at::Tensor idx = at::from_blob(todo[r].data(), {M}, at::kLong);
+      vr[r] = v.select(0, r / H).select(0, r % H).index_select(0, idx);  // [M, D] contiguous
+      pn[r] = at::empty({1, GD / D, M}, v.options().dtype(dt == obc::DType::F64 ? at::kDouble : at::kFloat));
+      obc::ProjectedValueParams& p = prm[r];
+      p.dtype = dt, p.v = vr[r].data_ptr(), p.out = pn[r].data_ptr();
+      p.wo = static_cast<const char*>(wo.data_ptr()) + (r % H) * GD * wo.element_size();
+      p.B = 1, p.Hkv = 1, p.G = GD / D, p.N = M, p.D = D, p.hidden = wo.size(0);
+      p.v_sb = p.v_sh = M * D, p.v_sn = D, p.wo_so = wo.stride(0), p.p = 1;
+      first_task[r + 1] += obc::projected_value_cpu_tasks(p);
+    }
+    if (first_task[rows] == 0) return;
+    obc::ProjectedValueParams shape;  // the workspace depends on the dtype and D alone
+    shape.dtype = dt, shape.D = D;
+    const size_t ws_bytes = obc::projected_value_cpu_workspace_bytes(shape);
+    at::parallel_for(0, first_task[rows], 1, [&](int64_t t0, int64_t t1) {
+      c10::DataPtr ws = c10::GetCPUAllocator()->allocate(ws_bytes);
+      for (int64_t r = 0; r < rows; ++r) {  // the chunk's tasks of row r
+        const int64_t a = std::max(t0, first_task[r]), b = std::min(t1, first_task[r + 1]);
+        if (a < b) obc::projected_value_cpu(prm[r], a - first_task[r], b - first_task[r], ws.get());
+      }
+    });
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t M = static_cast<int64_t>(todo[r].size());
+      if (M == 0) continue;
+      const at::Tensor idx = at::from_blob(todo[r].data(), {M}, at::kLong);
+      const at::Tensor at_base = base.select(0, r / H).select(0, r % H).index_select(0, idx).view({1, 1, M});
       // float64 for a float64 v: the bounds are float32
-      const at::Tensor exact = critical_score(at_base, at_rows, wo.narrow(1, h * GD, GD)).to(at::kFloat).contiguous();
+      const at::Tensor exact = critical_from_norms(at_base, pn[r]).to(at::kFloat).contiguous();
       const float* ep = exact.data_ptr<float>();
       for (int64_t j = 0; j < M; ++j) {
-        const int64_t t = r * N + todo[j];
+        const int64_t t = r * N + todo[r][j];
         hi[t] = lo[t] = ep[j];
         done[t] = 1;
       }
@@ -114,46 +147,76 @@ void check_args(const at::Tensor& base, const at::Tensor& v, const at::Tensor& w
   TORCH_CHECK(pool == "max" || pool == "avg", "pool must be 'max' or 'avg', got '", pool, "'");
 }
 
-// Stage 2 (criticalkv_pruned.py's steps) of one group, rows [r0, r0 +
-// l.rows) of the (b, h) grid (l.group_rows == l.rows): picks [l.rows, C] =
-// the best `rest` candidates by the pooled exact critical score among those
-// with taken == 0 (tk, picks and sc's arrays from row r0 on).
-void pruned_stage2(const obc::CkvLayout& l, int64_t r0, Scores& sc, const uint8_t* tk, int64_t rest, uint8_t* out) {
+// The steps of one group, rows [r0, r0 + l.rows) of the (b, h) grid
+// (l.group_rows == l.rows; tk, need and out from row r0 on), in the order
+// criticalkv_keep_impl runs them with the exact scores between; tk [l.rows,
+// C] is stage 1's candidates. criticalkv_pruned.py explains the steps.
+
+// Stage 1: tk = each head's `floor` best, then the group's `first` best by
+// the pooled base score.
+void stage1(const obc::CkvLayout& l, const float* base, int64_t floor, int64_t first, uint8_t* tk) {
+  const int64_t n = l.rows * l.C();
+  std::vector<double> pooled(n);
+  std::vector<uint8_t> picks(n);
+  obc::ckv_pool(l, base, pooled.data());
+  std::fill(tk, tk + n, uint8_t{0});
+  if (floor > 0) {
+    obc::CkvLayout per = l;
+    per.group_rows = 1;
+    obc::ckv_top_free(per, pooled.data(), tk, floor, picks.data());
+    std::copy(picks.begin(), picks.end(), tk);
+  }
+  obc::ckv_top_free(l, pooled.data(), tk, first, picks.data());
+  for (int64_t i = 0; i < n; ++i) tk[i] |= picks[i];
+}
+
+// Step 2, the seed: need = the tokens the picks by the bound depend on (the
+// max of a window needs only the tokens holding its bound's max, an average
+// every token); every token when a bound anywhere is not finite.
+void seed(const obc::CkvLayout& l, const Scores& sc, int64_t r0, const uint8_t* tk, int64_t rest, uint8_t* need) {
   const int64_t N = l.N, C = l.C();
-  float *hi = sc.hi.data() + r0 * N, *lo = sc.lo.data() + r0 * N;
-  std::vector<double> hi_p(l.rows * C), lo_p(l.rows * C), wmin(l.rows * N);
-  double tau = 0.0;
-  std::vector<uint8_t> mark(l.rows * C), need(l.rows * N);
-  if (!sc.finite) {  // a non-finite bound anywhere: the exact score everywhere
-    std::fill(need.begin(), need.end(), uint8_t{1});
-    sc.compute(need.data(), r0, l.rows);
-    obc::ckv_pool(l, hi, hi_p.data());
-    obc::ckv_top_free(l, hi_p.data(), tk, rest, out);
+  if (!sc.finite) {
+    std::fill(need, need + l.rows * N, uint8_t{1});
     return;
   }
+  const float* hi = sc.hi.data() + r0 * N;
   const bool by_max = l.pool == obc::Pool::Max && l.pool_kernel > 1;
-  // Step 2, the seed: the picks by the bound; the max of a window needs only
-  // the tokens holding its bound's max, an average every token.
+  std::vector<double> hi_p(l.rows * C), wmin(l.rows * N);
+  std::vector<uint8_t> mark(l.rows * C);
   obc::ckv_pool(l, hi, hi_p.data());
   obc::ckv_top_free(l, hi_p.data(), tk, rest, mark.data());
   if (!by_max) std::fill(hi_p.begin(), hi_p.end(), 0.0);  // any marked window
   obc::ckv_window_min(l, mark.data(), hi_p.data(), wmin.data());
   for (int64_t i = 0; i < l.rows * N; ++i) need[i] = by_max ? hi[i] >= wmin[i] : wmin[i] < INFINITY;
-  sc.compute(need.data(), r0, l.rows);
-  // Step 3: `rest` candidates score at least tau; open windows can still make the cut.
+}
+
+// Steps 3 and 4 (finite bounds only): `rest` candidates score at least tau,
+// open windows can still make the cut; need = what settles all of them.
+void settle(const obc::CkvLayout& l, const Scores& sc, int64_t r0, const uint8_t* tk, int64_t rest, uint8_t* need) {
+  const int64_t N = l.N, C = l.C();
+  const float *hi = sc.hi.data() + r0 * N, *lo = sc.lo.data() + r0 * N;
+  const bool by_max = l.pool == obc::Pool::Max && l.pool_kernel > 1;
+  std::vector<double> hi_p(l.rows * C), lo_p(l.rows * C), wmin(l.rows * N);
+  std::vector<uint8_t> mark(l.rows * C);
+  double tau = 0.0;
   obc::ckv_pool(l, hi, hi_p.data());
   obc::ckv_pool(l, lo, lo_p.data());
   obc::ckv_kth_free(l, lo_p.data(), tk, rest, &tau);
   for (int64_t i = 0; i < l.rows * C; ++i) mark[i] = !tk[i] && hi_p[i] >= tau && hi_p[i] > lo_p[i];
-  // Step 4: one round settles every open window.
   if (!by_max) std::fill(lo_p.begin(), lo_p.end(), 0.0);
   obc::ckv_window_min(l, mark.data(), lo_p.data(), wmin.data());
   for (int64_t i = 0; i < l.rows * N; ++i)
     need[i] = by_max ? hi[i] > wmin[i] && hi[i] >= tau : wmin[i] < INFINITY;
-  sc.compute(need.data(), r0, l.rows);
-  // Step 5: every candidate that can make the cut has its exact pooled score.
-  obc::ckv_pool(l, hi, hi_p.data());
+}
+
+// Step 5: every candidate that can make the cut has its exact pooled score;
+// out = tk and the best `rest` others by it.
+void finish(const obc::CkvLayout& l, const Scores& sc, int64_t r0, const uint8_t* tk, int64_t rest, uint8_t* out) {
+  const int64_t n = l.rows * l.C();
+  std::vector<double> hi_p(n);
+  obc::ckv_pool(l, sc.hi.data() + r0 * l.N, hi_p.data());
   obc::ckv_top_free(l, hi_p.data(), tk, rest, out);
+  for (int64_t i = 0; i < n; ++i) out[i] |= tk[i];
 }
 
 }  // namespace
@@ -184,34 +247,34 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> criticalkv_keep_impl(
   const bool stage2 = rest > 0 && C > 0;
   std::optional<Scores> sc;
   if (stage2) sc.emplace(base, vc, wo, norm_bound, reinterpret_cast<uint8_t*>(exact.data_ptr<bool>()));
-  std::vector<uint8_t> keep(l.rows * C, 0);  // the kept candidates
-  // The groups are independent: one per thread at a time (a group's
-  // projected_value_norm calls then run on that thread). As in the torch
-  // form, Scores decided for all of them whether the bounds are finite.
+  // The groups are independent; each step runs for all of them at once
+  // (a group per thread at a time), and the exact scores between the steps
+  // share out over the threads by row and query head (Scores::compute). As
+  // in the torch form, Scores decided for all of them whether the bounds
+  // are finite.
+  const int64_t groups = l.rows / l.group_rows;
   obc::CkvLayout g = l;
   g.rows = l.group_rows;
-  at::parallel_for(0, l.rows / l.group_rows, 1, [&](int64_t g0, int64_t g1) {
-    std::vector<double> pooled(g.rows * C);
-    std::vector<uint8_t> taken(g.rows * C), picks(g.rows * C);
-    for (int64_t gi = g0; gi < g1; ++gi) {
-      const int64_t r0 = gi * g.rows;
-      // Stage 1: each head's floor, then the group's best by the pooled base score.
-      obc::ckv_pool(g, base.data_ptr<float>() + r0 * N, pooled.data());
-      std::fill(taken.begin(), taken.end(), uint8_t{0});
-      if (floor > 0) {
-        obc::CkvLayout per = g;
-        per.group_rows = 1;
-        obc::ckv_top_free(per, pooled.data(), taken.data(), floor, picks.data());
-        taken.swap(picks);
-      }
-      obc::ckv_top_free(g, pooled.data(), taken.data(), first, picks.data());
-      for (int64_t i = 0; i < g.rows * C; ++i) taken[i] |= picks[i];
-      // Stage 2: the rest by the critical score.
-      std::fill(picks.begin(), picks.end(), uint8_t{0});
-      if (stage2) pruned_stage2(g, r0, *sc, taken.data(), rest, picks.data());
-      for (int64_t i = 0; i < g.rows * C; ++i) keep[r0 * C + i] = taken[i] | picks[i];
-    }
+  auto each_group = [&](const auto& step) {
+    at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
+      for (int64_t gi = g0; gi < g1; ++gi) step(gi * g.rows);
+    });
+  };
+  std::vector<uint8_t> taken(l.rows * C), keep(l.rows * C), need(stage2 ? l.rows * N : 0);
+  each_group([&](int64_t r0) {
+    stage1(g, base.data_ptr<float>() + r0 * N, floor, first, taken.data() + r0 * C);
+    if (stage2) seed(g, *sc, r0, taken.data() + r0 * C, rest, need.data() + r0 * N);
   });
+  if (!stage2) {
+    keep.swap(taken);
+  } else {
+    sc->compute(need.data());
+    if (sc->finite) {
+      each_group([&](int64_t r0) { settle(g, *sc, r0, taken.data() + r0 * C, rest, need.data() + r0 * N); });
+      sc->compute(need.data());
+    }
+    each_group([&](int64_t r0) { finish(g, *sc, r0, taken.data() + r0 * C, rest, keep.data() + r0 * C); });
+  }
   // The kept rows: stage 1's and stage 2's candidates.
   at::Tensor lengths = at::empty({B, H}, base.options().dtype(at::kLong));
   const int64_t len_max = obc::kept_lengths(l, keep.data(), lengths.data_ptr<int64_t>());

@@ -28,6 +28,8 @@ constexpr double kCriticalEps = 1e-4;
 // [B, H_kv, N, D]. One expression for the saliency op and the stage-2 op, so
 // that they round alike.
 at::Tensor critical_score(const at::Tensor& attn, const at::Tensor& v, const at::Tensor& wo);
+// The same from the norms pn = projected_value_norm(v, wo, 1) [B, H_q, N].
+at::Tensor critical_from_norms(const at::Tensor& attn, const at::Tensor& pn);
 
 #ifdef OBCACHE_WITH_CUDA
 // CUDA half (projected_value_op_cuda.cpp): prm fully described except out.

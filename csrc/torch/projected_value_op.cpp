@@ -75,8 +75,11 @@ at::Tensor projected_value_norm_impl(const at::Tensor& v, const at::Tensor& wo, 
 }
 
 at::Tensor critical_score(const at::Tensor& attn, const at::Tensor& v, const at::Tensor& wo) {
-  const at::Tensor pn = projected_value_norm_impl(v, wo, 1);
-  return (attn + kCriticalEps) * pn.view({v.size(0), v.size(1), -1, v.size(2)}).mean(2);
+  return critical_from_norms(attn, projected_value_norm_impl(v, wo, 1));
+}
+
+at::Tensor critical_from_norms(const at::Tensor& attn, const at::Tensor& pn) {
+  return (attn + kCriticalEps) * pn.view({attn.size(0), attn.size(1), -1, attn.size(2)}).mean(2);
 }
 
 }  // namespace obcache
