@@ -1,17 +1,18 @@
 """CPU thread scaling of evict when B * H_kv is small: the same eviction on
-one thread and on every thread torch has, at B = 1 with H_kv in {1, 2, 8}
+one thread and on every thread torch has, at B = 1 with H_kv in {1, 2, 3, 8}
 (G=4, W=32, D=128, N=16384 float32, joint score, budget N/10, sink 4,
 recent W, max pooling 7).
 
-With fewer (b, h) rows than threads the saliency op runs each row's key
-ranges (2048 keys, csrc/kernels/saliency_cpu.h) on different threads, pass 2
-recomputing Q K^T; before that a single row ran on one thread whatever the
-thread count. Per (H_kv, threads): --repeats timed calls after
+When the (b, h) rows do not share out evenly over the threads (fewer rows
+than threads, or 3 on 2) the saliency op runs each row's key ranges (512
+keys, csrc/kernels/saliency_cpu.h) on different threads, keeping the logits
+between its passes where they fit (else pass 2 recomputes Q K^T); before
+that a row ran on one thread whatever the thread count. Per (H_kv, threads): --repeats timed calls after
 one untimed, median; speedup = 1-thread time / all-thread time, efficiency
 = speedup / threads. Both timings in the same run, interleaved per round.
 Prints a table; writes bench/out/threads.json.
 
-    python bench/bench_threads.py [--hkvs 1 2 8] [--n 16384] [--repeats 7]
+    python bench/bench_threads.py [--hkvs 1 2 3 8] [--n 16384] [--repeats 7]
 """
 import argparse
 import os
@@ -28,7 +29,7 @@ import common as cm  # noqa: E402
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--hkvs", type=int, nargs="+", default=[1, 2, 8])
+    ap.add_argument("--hkvs", type=int, nargs="+", default=[1, 2, 3, 8])
     ap.add_argument("--n", type=int, default=16384)
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--out", default="threads.json")
