@@ -4,7 +4,7 @@
 //   pass 1: online softmax over the tiles: per row the running max m and sum
 //           l and, for the scores that need it (key, joint, loo), the output
 //           O = softmax(Z) V (flash-attention forward); per key range of
-//           kSaliencyRangeKeys, the ranges' states merged in key order, so
+//           saliency_cpu_range_keys, the ranges' states merged in key order, so
 //           that the ranges of one row can run on different threads
 //           (saliency_cpu.h) with the same result.
 //   pass 2: per tile, recompute Z = Q K^T, A = exp(Z - m) / l, and where
@@ -72,7 +72,7 @@ OBC_ALWAYS_INLINE double exp_approx(double x) { return std::exp(x); }
 
 inline size_t round_up(size_t x) { return (x + 63) & ~size_t(63); }
 
-static_assert(kSaliencyRangeKeys % kTile == 0, "key ranges are whole tiles (the logit cache is tile-indexed)");
+static_assert(kSaliencyMinRangeKeys % kTile == 0, "key ranges are whole tiles (the logit cache is tile-indexed)");
 
 // Byte offsets of the workspace pieces (see the top of this file).
 struct Layout {
@@ -575,15 +575,16 @@ struct Kernel {
     }
   }
 
-  int64_t range_end(int64_t s) const { return std::min(p.N, (s + 1) * kSaliencyRangeKeys); }
+  int64_t range_begin(int64_t s) const { return s * saliency_cpu_range_keys(p); }
+  int64_t range_end(int64_t s) const { return std::min(p.N, range_begin(s + 1)); }
 
   // Pass 1 range by range (saliency_cpu.h), each merged as it ends.
   OBC_ALWAYS_INLINE void run(int64_t bh) {
     load_queries(bh);
     reset(at(L.am), at(L.al), at(L.ao));
-    for (int64_t s = 0; s * kSaliencyRangeKeys < p.N; ++s) {
+    for (int64_t s = 0; range_begin(s) < p.N; ++s) {
       reset(at(L.m), at(L.l), at(L.o));
-      pass1(keys(bh), values(bh), s * kSaliencyRangeKeys, range_end(s));
+      pass1(keys(bh), values(bh), range_begin(s), range_end(s));
       merge(at(L.m), at(L.l), at(L.o));
     }
     take_merged();
@@ -596,7 +597,7 @@ struct Kernel {
     const int64_t R = L.R;
     load_queries(bh);
     reset(at(L.m), at(L.l), at(L.o));
-    pass1(keys(bh), values(bh), s * kSaliencyRangeKeys, range_end(s));
+    pass1(keys(bh), values(bh), range_begin(s), range_end(s));
     std::copy(at(L.m), at(L.m) + R, state);
     std::copy(at(L.l), at(L.l) + R, state + R);
     if (need_o) std::copy(at(L.o), at(L.o) + R * p.D, state + 2 * R);
@@ -607,13 +608,13 @@ struct Kernel {
     const int64_t R = L.R;
     load_queries(bh);
     reset(at(L.am), at(L.al), at(L.ao));
-    for (int64_t s = 0; s * kSaliencyRangeKeys < p.N; ++s) {
+    for (int64_t s = 0; range_begin(s) < p.N; ++s) {
       const T* st = states + s * stride;
       merge(st, st + R, st + 2 * R);
     }
     take_merged();
     finish();
-    scores(bh, s0 * kSaliencyRangeKeys, range_end(s1 - 1));
+    scores(bh, range_begin(s0), range_end(s1 - 1));
   }
 };
 

@@ -20,8 +20,8 @@ size_t saliency_cpu_workspace_bytes(const SaliencyParams& p);
 // each with its own workspace of saliency_cpu_workspace_bytes(p) bytes.
 void saliency_cpu(const SaliencyParams& p, int64_t bh_begin, int64_t bh_end, void* workspace);
 
-// Pass 1 runs over fixed key ranges [s * kSaliencyRangeKeys, ...), s = 0
-// .. saliency_cpu_ranges(p) - 1, one softmax state each, merged one by one
+// Pass 1 runs over fixed key ranges [s * K, (s + 1) * K), K =
+// saliency_cpu_range_keys(p), s = 0 .. saliency_cpu_ranges(p) - 1, one softmax state each, merged one by one
 // in key order (flash-decoding). The split form below runs the ranges of a
 // row on different threads, for when B * H_kv rows do not share out evenly
 // over the threads; as the ranges and the merge order are the same, its
@@ -39,12 +39,22 @@ void saliency_cpu(const SaliencyParams& p, int64_t bh_begin, int64_t bh_end, voi
 // Per worker: the whole-row form keeps a row's logits when they fit; the
 // split form's callers hold all rows' when they fit threads times this.
 constexpr size_t kSaliencyLogitCacheBytes = size_t(16) << 20;
-// 512 keys: a 2048-token prompt is 4 ranges a row, so 3 KV heads share out
-// evenly over 2 or 4 threads; a range's merge costs R * D, negligible.
-constexpr int64_t kSaliencyRangeKeys = 512;
+// K depends on N alone (never on the threads, so the output does not
+// either): 512 keys, so that a 2048-token prompt is 4 ranges a row and 3 KV
+// heads share out evenly over 2 or 4 threads, or more (whole multiples of
+// 512) above 16 ranges, so that the split form's states, one per range of
+// G * W * (D + 2) values, stay under 16 per row (1 MiB at G=4, W=32,
+// D=128). A range's merge costs R * D, negligible.
+constexpr int64_t kSaliencyMinRangeKeys = 512, kSaliencyMaxRanges = 16;
 
+inline int64_t saliency_cpu_range_keys(const SaliencyParams& p) {
+  const int64_t want = (p.N + kSaliencyMaxRanges - 1) / kSaliencyMaxRanges;
+  const int64_t units = (want + kSaliencyMinRangeKeys - 1) / kSaliencyMinRangeKeys;
+  return (units > 1 ? units : 1) * kSaliencyMinRangeKeys;
+}
 inline int64_t saliency_cpu_ranges(const SaliencyParams& p) {
-  return (p.N + kSaliencyRangeKeys - 1) / kSaliencyRangeKeys;
+  const int64_t K = saliency_cpu_range_keys(p);
+  return (p.N + K - 1) / K;
 }
 size_t saliency_cpu_split_workspace_bytes(const SaliencyParams& p);
 size_t saliency_cpu_split_state_bytes(const SaliencyParams& p);

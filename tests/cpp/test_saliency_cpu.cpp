@@ -10,6 +10,7 @@
 #include <cstring>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "cpu_tiles.h"
@@ -199,8 +200,10 @@ TEST(SaliencyCpu, LongRowsPastTheLogitCacheMatchNaive) {
 // split form, whatever the pass-2 chunks, bitwise the same as whole rows.
 TEST(SaliencyCpu, RowsOfSeveralKeyRangesSplitOrNotGiveTheSameBits) {
   std::mt19937 rng(6);
-  const int64_t R = obc::kSaliencyRangeKeys;
-  for (const Case& c : {Case{1, 2, 2, 5, 2 * R + 77, 8, 1, true}, Case{2, 1, 3, 4, R + 1, 6, 0, false}}) {
+  const int64_t R = obc::kSaliencyMinRangeKeys, M = obc::kSaliencyMaxRanges;
+  // The last: ranges of 2 R keys (M R < N), 9 of them.
+  for (const Case& c : {Case{1, 2, 2, 5, 2 * R + 77, 8, 1, true}, Case{2, 1, 3, 4, R + 1, 6, 0, false},
+                        Case{1, 1, 2, 3, M * R + 100, 4, 0, true}}) {
     const Data d = make(c, rng);
     for (int s = 0; s < 7; ++s) {
       obc::SaliencyParams p =
@@ -226,6 +229,21 @@ TEST(SaliencyCpu, RowsOfSeveralKeyRangesSplitOrNotGiveTheSameBits) {
               << "score=" << s << " N=" << c.N << " chunk=" << chunk << " keep_logits=" << keep_logits;
         }
     }
+  }
+}
+
+// Ranges of 512 keys up to 16 ranges, then whole multiples of 512 keys
+// that keep them at most 16; never a partial tile.
+TEST(SaliencyCpu, KeyRangesDependOnNAloneAndStayAtMostSixteen) {
+  obc::SaliencyParams p;
+  const std::pair<int64_t, int64_t> want[] = {{1, 512},       {512, 512},   {2048, 512},  {8192, 512},
+                                              {8193, 1024},   {16384, 1024}, {16385, 1536}, {131072, 8192},
+                                              {131073, 8704}};
+  for (const auto& [n, keys] : want) {
+    p.N = n;
+    EXPECT_EQ(obc::saliency_cpu_range_keys(p), keys) << "N=" << n;
+    EXPECT_LE(obc::saliency_cpu_ranges(p), obc::kSaliencyMaxRanges) << "N=" << n;
+    EXPECT_EQ(obc::saliency_cpu_range_keys(p) % obc::kTile, 0) << "N=" << n;
   }
 }
 
