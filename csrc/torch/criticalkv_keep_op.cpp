@@ -68,8 +68,8 @@ struct Scores {
   // (need [B * H, N]). Per (batch, KV head) row, the tokens it needs with
   // the columns of W_o its query heads read: their projected_value_norm
   // tasks (query head x 64 tokens) of all rows share out over the threads
-  // together (3 KV heads on 2 threads, row by row, idled one a third of the
-  // time); then critical_from_norms per row, as critical_score. A row's norm
+  // together (row by row, 3 KV heads on 2 threads left one thread idle a
+  // third of the time); then critical_from_norms per row, as critical_score. A row's norm
   // does not depend on the other rows of a call, so these are the torch
   // form's numbers, to the bit. (One call over every head's tokens padded to
   // the longest head computed a third more rows on SmolLM2.)
