@@ -21,16 +21,17 @@ size_t saliency_cpu_workspace_bytes(const SaliencyParams& p);
 void saliency_cpu(const SaliencyParams& p, int64_t bh_begin, int64_t bh_end, void* workspace);
 
 // Pass 1 runs over fixed key ranges [s * K, (s + 1) * K), K =
-// saliency_cpu_range_keys(p), s = 0 .. saliency_cpu_ranges(p) - 1, one softmax state each, merged one by one
-// in key order (flash-decoding). The split form below runs the ranges of a
-// row on different threads, for when B * H_kv rows do not share out evenly
-// over the threads; as the ranges and the merge order are the same, its
-// output is bitwise that of saliency_cpu. For every row bh: first
-// saliency_cpu_split_pass1 of every range s (state s of row bh at
-// states + (bh * S + s) * saliency_cpu_split_state_bytes(p), S the range
-// count), then saliency_cpu_split_pass2 over ranges [s0, s1) covering the
-// row, given the row's S states: out[b, h, keys of those ranges]. Calls of
-// one phase may run concurrently, each with its own workspace of
+// saliency_cpu_range_keys(p), s = 0 .. saliency_cpu_ranges(p) - 1, one
+// softmax state each, merged one by one in key order (flash-decoding). The
+// split form below runs the ranges of a row on different threads, for when
+// B * H_kv rows do not share out evenly over the threads; as the ranges and
+// the merge order are the same, its output is bitwise that of
+// saliency_cpu. For every row bh: first saliency_cpu_split_pass1 of every
+// range s (state s of row bh at states + (bh * S + s) *
+// saliency_cpu_split_state_bytes(p), S the range count), then
+// saliency_cpu_split_pass2 over ranges [s0, s1) covering the row, given the
+// row's S states: out[b, h, keys of those ranges]. Calls of one phase may
+// run concurrently, each with its own workspace of
 // saliency_cpu_split_workspace_bytes(p) bytes. `logits`, when not null, is
 // the row's buffer of saliency_cpu_split_logit_bytes(p) bytes (8-byte
 // aligned), the same for both phases: pass 1 keeps Q K^T there and pass 2
@@ -43,7 +44,7 @@ constexpr size_t kSaliencyLogitCacheBytes = size_t(16) << 20;
 // either): 512 keys, so that a 2048-token prompt is 4 ranges a row and 3 KV
 // heads share out evenly over 2 or 4 threads, or more (whole multiples of
 // 512) above 16 ranges, so that the split form's states, one per range of
-// G * W * (D + 2) values, stay under 16 per row (1 MiB at G=4, W=32,
+// G * W * (D + 2) values, stay at most 16 per row (1 MiB at G=4, W=32,
 // D=128). A range's merge costs R * D, negligible.
 constexpr int64_t kSaliencyMinRangeKeys = 512, kSaliencyMaxRanges = 16;
 
