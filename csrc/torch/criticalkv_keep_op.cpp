@@ -69,10 +69,11 @@ struct Scores {
   // the columns of W_o its query heads read: their projected_value_norm
   // tasks (query head x 64 tokens) of all rows share out over the threads
   // together (row by row, 3 KV heads on 2 threads left one thread idle a
-  // third of the time); then critical_from_norms per row, as critical_score. A row's norm
-  // does not depend on the other rows of a call, so these are the torch
-  // form's numbers, to the bit. (One call over every head's tokens padded to
-  // the longest head computed a third more rows on SmolLM2.)
+  // third of the time); then critical_from_norms per row, as
+  // critical_score. A row's norm does not depend on the other rows of a
+  // call, so these are the torch form's numbers, to the bit. (One call over
+  // every head's tokens padded to the longest head computed a third more
+  // rows on SmolLM2.)
   void compute(const uint8_t* need) {
     const int64_t rows = base.size(0) * base.size(1), H = base.size(1), N = base.size(2), D = v.size(3);
     const int64_t GD = wo.size(1) / H;
@@ -80,7 +81,7 @@ struct Scores {
     std::vector<at::Tensor> vr(rows), pn(rows);
     std::vector<obc::ProjectedValueParams> prm(rows);
     std::vector<int64_t> first_task(rows + 1, 0);
-    const obc::DType dt = to_obc_dtype(v, "v", true);
+    size_t ws_bytes = 0;
     for (int64_t r = 0; r < rows; ++r) {
       for (int64_t t = 0; t < N; ++t)
         if (need[r * N + t] && !done[r * N + t]) todo[r].push_back(t);
@@ -88,19 +89,15 @@ struct Scores {
       first_task[r + 1] = first_task[r];
       if (M == 0) continue;
       const at::Tensor idx = at::from_blob(todo[r].data(), {M}, at::kLong);
-      vr[r] = v.select(0, r / H).select(0, r % H).index_select(0, idx);  // [M, D] contiguous
-      pn[r] = at::empty({1, GD / D, M}, v.options().dtype(dt == obc::DType::F64 ? at::kDouble : at::kFloat));
-      obc::ProjectedValueParams& p = prm[r];
-      p.dtype = dt, p.v = vr[r].data_ptr(), p.out = pn[r].data_ptr();
-      p.wo = static_cast<const char*>(wo.data_ptr()) + (r % H) * GD * wo.element_size();
-      p.B = 1, p.Hkv = 1, p.G = GD / D, p.N = M, p.D = D, p.hidden = wo.size(0);
-      p.v_sb = p.v_sh = M * D, p.v_sn = D, p.wo_so = wo.stride(0), p.p = 1;
-      first_task[r + 1] += obc::projected_value_cpu_tasks(p);
+      vr[r] = v.select(0, r / H).select(0, r % H).index_select(0, idx).view({1, 1, M, D});
+      prm[r] = describe_projected_value(vr[r], wo.narrow(1, (r % H) * GD, GD), 1);
+      const bool f64 = prm[r].dtype == obc::DType::F64;
+      pn[r] = at::empty({1, prm[r].G, M}, v.options().dtype(f64 ? at::kDouble : at::kFloat));
+      prm[r].out = pn[r].data_ptr();
+      first_task[r + 1] += obc::projected_value_cpu_tasks(prm[r]);
+      ws_bytes = std::max(ws_bytes, obc::projected_value_cpu_workspace_bytes(prm[r]));
     }
     if (first_task[rows] == 0) return;
-    obc::ProjectedValueParams shape;  // the workspace depends on the dtype and D alone
-    shape.dtype = dt, shape.D = D;
-    const size_t ws_bytes = obc::projected_value_cpu_workspace_bytes(shape);
     at::parallel_for(0, first_task[rows], 1, [&](int64_t t0, int64_t t1) {
       c10::DataPtr ws = c10::GetCPUAllocator()->allocate(ws_bytes);
       for (int64_t r = 0; r < rows; ++r) {  // the chunk's tasks of row r

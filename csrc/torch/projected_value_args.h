@@ -15,6 +15,9 @@ namespace obcache {
 // throws a c10::Error naming the argument and the value seen.
 void check_projected_value_args(const at::Tensor& v, const at::Tensor& wo, int64_t p);
 
+// The kernel's description of v and wo (checked arguments), out unset.
+obc::ProjectedValueParams describe_projected_value(const at::Tensor& v, const at::Tensor& wo, int64_t p);
+
 // [B, H_q, N]: ||v_n W_o^j||_p per query head j (float32; float64 for
 // float64 inputs, CPU only). Checks its arguments first.
 at::Tensor projected_value_norm_impl(const at::Tensor& v, const at::Tensor& wo, int64_t p);

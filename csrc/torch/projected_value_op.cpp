@@ -34,9 +34,7 @@ void check_projected_value_args(const at::Tensor& v, const at::Tensor& wo, int64
   check_last_dim_contiguous(wo, "wo");
 }
 
-namespace {
-
-obc::ProjectedValueParams describe(const at::Tensor& v, const at::Tensor& wo, int64_t p) {
+obc::ProjectedValueParams describe_projected_value(const at::Tensor& v, const at::Tensor& wo, int64_t p) {
   obc::ProjectedValueParams prm;
   prm.dtype = to_obc_dtype(v, "v", true);
   prm.v = v.data_ptr();
@@ -50,11 +48,9 @@ obc::ProjectedValueParams describe(const at::Tensor& v, const at::Tensor& wo, in
   return prm;
 }
 
-}  // namespace
-
 at::Tensor projected_value_norm_impl(const at::Tensor& v, const at::Tensor& wo, int64_t p) {
   check_projected_value_args(v, wo, p);
-  obc::ProjectedValueParams prm = describe(v, wo, p);
+  obc::ProjectedValueParams prm = describe_projected_value(v, wo, p);
   if (v.is_cuda()) {
 #ifdef OBCACHE_WITH_CUDA
     return projected_value_run_cuda(prm, v);
