@@ -163,10 +163,13 @@ def test_an_in_place_change_of_the_weight_renews_the_cached_bound(keep):
 
 @pytest.mark.parametrize("pool_kernel,pool", [(7, "max"), (5, "avg"), (0, "max")])
 @pytest.mark.parametrize("floor", [None, 0.2])
-def test_the_op_computes_the_tokens_the_torch_version_computes(pool_kernel, pool, floor):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_the_op_computes_the_tokens_the_torch_version_computes(pool_kernel, pool, floor, dtype):
     # the same steps, not just the same picks: a port that computed more
-    # (or fewer, and got lucky) would pass the equality tests above
+    # (or fewer, and got lucky) would pass the equality tests above; in
+    # every dtype of v, whose rows the op gathers itself
     base, v, wo = _flat_layer(0.5, seed=11)
+    v, wo = v.to(dtype), wo.to(dtype)
     sel = dict(sink=4, recent=8, pool_kernel=pool_kernel, pool=pool)
     budget = 40 if floor is None else 3 * 40
     op_kept, op_exact = _keep_op(base, v, wo, budget, floor, **sel)

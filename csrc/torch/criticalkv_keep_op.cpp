@@ -16,6 +16,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <optional>
 #include <string>
 #include <tuple>
@@ -65,39 +66,57 @@ struct Scores {
   }
 
   // The exact score (base + 1e-4) * mean_g ||v W_o^g||_1 at need & ~done
-  // (need [B * H, N]). Per (batch, KV head) row, the tokens it needs with
-  // the columns of W_o its query heads read: their projected_value_norm
-  // tasks (query head x 64 tokens) of all rows share out over the threads
+  // (need [B * H, N]). The tokens of every (batch, KV head) row are
+  // gathered into one buffer, row after row; each row's projected_value_norm
+  // tasks (query head x 64 tokens) read its part with the columns of W_o its
+  // query heads use, and all rows' tasks share out over the threads
   // together (row by row, 3 KV heads on 2 threads left one thread idle a
-  // third of the time); then critical_from_norms per row, as
-  // critical_score. A row's norm does not depend on the other rows of a
-  // call, so these are the torch form's numbers, to the bit. (One call over
-  // every head's tokens padded to the longest head computed a third more
-  // rows on SmolLM2.)
+  // third of the time). Then critical_from_norms once, on the rows' norms
+  // side by side (padded to the longest row), as critical_score computes
+  // it: a token's score depends on its own norms only, so these are the
+  // torch form's numbers, to the bit. (Per row, index_select and
+  // critical_from_norms were ~20 ATen calls a layer, each cold inside a
+  // running model: a fifth of the op's samples on SmolLM2-135M. One norm
+  // call over every head's tokens padded to the longest head computed a
+  // third more rows.)
   void compute(const uint8_t* need) {
     const int64_t rows = base.size(0) * base.size(1), H = base.size(1), N = base.size(2), D = v.size(3);
-    const int64_t GD = wo.size(1) / H;
-    std::vector<std::vector<int64_t>> todo(rows);
-    std::vector<at::Tensor> vr(rows), pn(rows);
+    const int64_t GD = wo.size(1) / H, G = GD / D, elem = v.element_size();
+    std::vector<int64_t> todo, first(rows + 1, 0);  // row r's tokens: todo[first[r], first[r + 1])
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t t = 0; t < N; ++t) first[r + 1] += need[r * N + t] && !done[r * N + t];
+      first[r + 1] += first[r];
+    }
+    const int64_t total = first[rows];
+    if (total == 0) return;
+    todo.reserve(total);
+    int64_t widest = 0;
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t t = 0; t < N; ++t)
+        if (need[r * N + t] && !done[r * N + t]) todo.push_back(t);
+      widest = std::max(widest, first[r + 1] - first[r]);
+    }
+    const at::Tensor gathered = at::empty({total, D}, v.options());
+    const char* vp = static_cast<const char*>(v.data_ptr());
+    char* gp = static_cast<char*>(gathered.data_ptr());
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t j = first[r]; j < first[r + 1]; ++j)
+        std::memcpy(gp + j * D * elem, vp + (r * N + todo[j]) * D * elem, D * elem);
+    const bool f64 = v.scalar_type() == at::kDouble;
+    const at::Tensor pn = at::empty({total * G}, v.options().dtype(f64 ? at::kDouble : at::kFloat));
     std::vector<obc::ProjectedValueParams> prm(rows);
     std::vector<int64_t> first_task(rows + 1, 0);
     size_t ws_bytes = 0;
     for (int64_t r = 0; r < rows; ++r) {
-      for (int64_t t = 0; t < N; ++t)
-        if (need[r * N + t] && !done[r * N + t]) todo[r].push_back(t);
-      const int64_t M = static_cast<int64_t>(todo[r].size());
+      const int64_t M = first[r + 1] - first[r];
       first_task[r + 1] = first_task[r];
       if (M == 0) continue;
-      const at::Tensor idx = at::from_blob(todo[r].data(), {M}, at::kLong);
-      vr[r] = v.select(0, r / H).select(0, r % H).index_select(0, idx).view({1, 1, M, D});
-      prm[r] = describe_projected_value(vr[r], wo.narrow(1, (r % H) * GD, GD), 1);
-      const bool f64 = prm[r].dtype == obc::DType::F64;
-      pn[r] = at::empty({1, prm[r].G, M}, v.options().dtype(f64 ? at::kDouble : at::kFloat));
-      prm[r].out = pn[r].data_ptr();
+      prm[r] = describe_projected_value(gathered.narrow(0, first[r], M).view({1, 1, M, D}),
+                                        wo.narrow(1, (r % H) * GD, GD), 1);
+      prm[r].out = static_cast<char*>(pn.data_ptr()) + first[r] * G * pn.element_size();  // [G, M]
       first_task[r + 1] += obc::projected_value_cpu_tasks(prm[r]);
       ws_bytes = std::max(ws_bytes, obc::projected_value_cpu_workspace_bytes(prm[r]));
     }
-    if (first_task[rows] == 0) return;
     at::parallel_for(0, first_task[rows], 1, [&](int64_t t0, int64_t t1) {
       c10::DataPtr ws = c10::GetCPUAllocator()->allocate(ws_bytes);
       for (int64_t r = 0; r < rows; ++r) {  // the chunk's tasks of row r
@@ -105,20 +124,29 @@ struct Scores {
         if (a < b) obc::projected_value_cpu(prm[r], a - first_task[r], b - first_task[r], ws.get());
       }
     });
+    // The rows side by side, [1, rows, widest] and [1, rows * G, widest].
+    const at::Tensor side_base = at::zeros({1, rows, widest}, base.options());
+    const at::Tensor side_pn = at::zeros({1, rows * G, widest}, pn.options());
+    float* sb = side_base.data_ptr<float>();
+    const float* bp = base.data_ptr<float>();
+    char* sp = static_cast<char*>(side_pn.data_ptr());
+    const char* pp = static_cast<const char*>(pn.data_ptr());
     for (int64_t r = 0; r < rows; ++r) {
-      const int64_t M = static_cast<int64_t>(todo[r].size());
-      if (M == 0) continue;
-      const at::Tensor idx = at::from_blob(todo[r].data(), {M}, at::kLong);
-      const at::Tensor at_base = base.select(0, r / H).select(0, r % H).index_select(0, idx).view({1, 1, M});
-      // float64 for a float64 v: the bounds are float32
-      const at::Tensor exact = critical_from_norms(at_base, pn[r]).to(at::kFloat).contiguous();
-      const float* ep = exact.data_ptr<float>();
-      for (int64_t j = 0; j < M; ++j) {
-        const int64_t t = r * N + todo[r][j];
-        hi[t] = lo[t] = ep[j];
+      const int64_t M = first[r + 1] - first[r];
+      for (int64_t j = 0; j < M; ++j) sb[r * widest + j] = bp[r * N + todo[first[r] + j]];
+      for (int64_t g = 0; g < G; ++g)
+        std::memcpy(sp + ((r * G + g) * widest) * pn.element_size(), pp + (first[r] * G + g * M) * pn.element_size(),
+                    M * pn.element_size());
+    }
+    // float64 for a float64 v: the bounds are float32
+    const at::Tensor exact = critical_from_norms(side_base, side_pn).to(at::kFloat).contiguous();
+    const float* ep = exact.data_ptr<float>();
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t j = first[r]; j < first[r + 1]; ++j) {
+        const int64_t t = r * N + todo[j];
+        hi[t] = lo[t] = ep[r * widest + j - first[r]];
         done[t] = 1;
       }
-    }
   }
 };
 

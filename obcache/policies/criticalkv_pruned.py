@@ -110,8 +110,9 @@ class _Scores:
         at = idx.clamp_min(0)  # padding reads token 0; dropped below
         rows = self.v.gather(2, at[..., None].expand(-1, -1, -1, D))
         exact = value_weighted(self.base.gather(-1, at), rows, self.wo)
-        # boolean indexing walks both in row-major order: the same tokens
-        exact = exact[idx >= 0]
+        # boolean indexing walks both in row-major order: the same tokens;
+        # float64 for a float64 v, rounded to the bounds' float32 as the op does
+        exact = exact[idx >= 0].to(self.hi.dtype)
         self.hi[todo] = exact
         self.lo[todo] = exact
         self.done |= todo
