@@ -245,6 +245,9 @@ def evict_layer_adaptive(k, v, q, budget, *, method: Method, sink, recent, pool_
 # bookkeeping
 
 
+_UNKNOWN = object()  # CacheState.left_padding not yet found for this forward call
+
+
 class CacheState:
     """What obcache keeps on a cache (as `cache.obcache_state`).
 
@@ -278,6 +281,16 @@ class CacheState:
         self.mode, self.target, self.first_column = "read", None, n
         self.valid_full = self.valid
         self.valid_out = None
+        self._start = _UNKNOWN
+
+    def left_padding(self) -> Optional[torch.Tensor]:
+        """int64 [B]: the first real column of each batch row in this
+        forward call's valid_full; None without left padding. Found once a
+        call (a reduction and, on a GPU, a sync), not once a layer."""
+        if self._start is _UNKNOWN:
+            start = (~self.valid_full).sum(1)
+            self._start = start if bool(start.any()) else None
+        return self._start
 
 
 def state_of(cache) -> Optional[CacheState]:
@@ -460,6 +473,7 @@ class Compression:
         else:
             new_valid = torch.ones(x.shape[0], T, dtype=torch.bool, device=x.device)
         st.valid_full = torch.cat([st.valid.to(x.device), new_valid], 1)
+        st._start = _UNKNOWN
         if st.evicted:
             # The cache is shorter than what was read: give the true positions
             # (what the model would use with the full cache) and a padding
@@ -591,7 +605,7 @@ class Compression:
                 )
             t0 = _now(k.device)
             q = self._scoring_queries(st, module, hs, pe, projected)
-            start = (~valid).sum(1)
+            start = st.left_padding()
             wo = module.o_proj.weight if self.method.needs_wo else None
             pool = self.method.pool or self.pool
             if self.method.per_head_lengths:
@@ -621,7 +635,7 @@ class Compression:
 
         check_head_masking(self.model)
         name = self.method.name
-        if bool(start.any()):
+        if start is not None:
             raise NotImplementedError(
                 f"method={name!r} (heads of different lengths) does not support left-padded batches; "
                 "compress each prompt on its own (B=1) or pass rows of equal length"
