@@ -34,19 +34,27 @@ void ckv_pool(const CkvLayout& l, const float* x, double* out) {
     }
     // Max pooling runs ~4 times per layer over every candidate: the
     // candidates whose window lies inside [0, L) as a running max over the
-    // window's shifts (one vectorised pass per shift), the few at the edges
-    // through pooled_score. Same values: a max does not round, and NaN
-    // propagates as there (a NaN stays once taken) before becoming -inf.
+    // window's shifts (one vectorised pass per shift, in float32 on blocks
+    // of kBlock candidates: twice the lanes of float64 and the block stays
+    // in L1), the few at the edges through pooled_score. Same values: a max
+    // does not round, so float32 holds it exactly, and NaN propagates as
+    // there (a NaN stays once taken) before becoming -inf.
+    constexpr int64_t kBlock = 256;
     const int64_t c0 = std::min(C, std::max<int64_t>(0, pad - l.sink)), c1 = std::max(c0, L - pad - l.sink);
     for (int64_t c = 0; c < c0; ++c) o[c] = pooled_score(row, DType::F32, l.sink + c, 0, L, l.pool_kernel, l.pool);
     const int64_t first = l.sink - pad;  // window of candidate c: row[first + c, first + c + kernel)
-    for (int64_t c = c0; c < c1; ++c) o[c] = row[first + c];
-    for (int64_t s = 1; s < l.pool_kernel; ++s)
-      for (int64_t c = c0; c < c1; ++c) {
-        const double y = row[first + c + s];
-        o[c] = y > o[c] || y != y ? y : o[c];
-      }
-    for (int64_t c = c0; c < c1; ++c) o[c] = o[c] != o[c] ? -std::numeric_limits<double>::infinity() : o[c];
+    for (int64_t b = c0; b < c1; b += kBlock) {
+      const int64_t n = std::min(kBlock, c1 - b);
+      const float* w = row + first + b;
+      float m[kBlock];
+      for (int64_t i = 0; i < n; ++i) m[i] = w[i];
+      for (int64_t s = 1; s < l.pool_kernel; ++s)
+        for (int64_t i = 0; i < n; ++i) {
+          const float y = w[i + s];
+          m[i] = y > m[i] || y != y ? y : m[i];
+        }
+      for (int64_t i = 0; i < n; ++i) o[b + i] = m[i] != m[i] ? -std::numeric_limits<double>::infinity() : m[i];
+    }
     for (int64_t c = c1; c < C; ++c) o[c] = pooled_score(row, DType::F32, l.sink + c, 0, L, l.pool_kernel, l.pool);
   }
 }

@@ -107,12 +107,12 @@ TEST(CriticalKVCpu, PoolReadsTheTokensBeforeTheRecentWindow) {
 TEST(CriticalKVCpu, MaxPoolEqualsPooledScoreAtTheEdgesAndInside) {
   // ckv_pool's running max over the window's shifts against pooled_score per
   // candidate, with NaN, infinities and ties; sinks shorter and longer than
-  // the pooling radius
+  // the pooling radius; rows of one and of several blocks of candidates
   std::mt19937 rng(3);
   std::uniform_real_distribution<float> u(-2, 2);
   for (int64_t kernel : {3, 7, 9})
     for (int64_t sink : {0, 2, 6})
-      for (int64_t N : {10, 64}) {
+      for (int64_t N : {10, 64, 600}) {
         obc::CkvLayout l = layout(2, N, sink, 3, kernel, 1);
         std::vector<float> x(l.rows * N);
         for (auto& e : x) e = std::round(u(rng) * 2) / 2;
