@@ -283,6 +283,12 @@ class CacheState:
         self.valid_out = None
         self._start = _UNKNOWN
 
+    def set_valid_full(self, valid_full: torch.Tensor) -> None:
+        """Start a forward call whose cache rows plus new tokens are
+        valid_full (bool [B, n + T])."""
+        self.valid_full = valid_full
+        self._start = _UNKNOWN
+
     def left_padding(self) -> Optional[torch.Tensor]:
         """int64 [B]: the first real column of each batch row in this
         forward call's valid_full; None without left padding. Found once a
@@ -472,8 +478,7 @@ class Compression:
             new_valid = am[:, am.shape[1] - T :].to(device=x.device, dtype=torch.bool)
         else:
             new_valid = torch.ones(x.shape[0], T, dtype=torch.bool, device=x.device)
-        st.valid_full = torch.cat([st.valid.to(x.device), new_valid], 1)
-        st._start = _UNKNOWN
+        st.set_valid_full(torch.cat([st.valid.to(x.device), new_valid], 1))
         if st.evicted:
             # The cache is shorter than what was read: give the true positions
             # (what the model would use with the full cache) and a padding
