@@ -83,19 +83,15 @@ struct Scores {
     const int64_t rows = base.size(0) * base.size(1), H = base.size(1), N = base.size(2), D = v.size(3);
     const int64_t GD = wo.size(1) / H, G = GD / D, elem = v.element_size();
     std::vector<int64_t> todo, first(rows + 1, 0);  // row r's tokens: todo[first[r], first[r + 1])
-    for (int64_t r = 0; r < rows; ++r) {
-      for (int64_t t = 0; t < N; ++t) first[r + 1] += need[r * N + t] && !done[r * N + t];
-      first[r + 1] += first[r];
-    }
-    const int64_t total = first[rows];
-    if (total == 0) return;
-    todo.reserve(total);
     int64_t widest = 0;
     for (int64_t r = 0; r < rows; ++r) {
       for (int64_t t = 0; t < N; ++t)
         if (need[r * N + t] && !done[r * N + t]) todo.push_back(t);
+      first[r + 1] = static_cast<int64_t>(todo.size());
       widest = std::max(widest, first[r + 1] - first[r]);
     }
+    const int64_t total = first[rows];
+    if (total == 0) return;
     const at::Tensor gathered = at::empty({total, D}, v.options());
     const char* vp = static_cast<const char*>(v.data_ptr());
     char* gp = static_cast<char*>(gathered.data_ptr());
@@ -131,12 +127,12 @@ struct Scores {
     const float* bp = base.data_ptr<float>();
     char* sp = static_cast<char*>(side_pn.data_ptr());
     const char* pp = static_cast<const char*>(pn.data_ptr());
+    const int64_t pe = pn.element_size();
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t M = first[r + 1] - first[r];
       for (int64_t j = 0; j < M; ++j) sb[r * widest + j] = bp[r * N + todo[first[r] + j]];
       for (int64_t g = 0; g < G; ++g)
-        std::memcpy(sp + ((r * G + g) * widest) * pn.element_size(), pp + (first[r] * G + g * M) * pn.element_size(),
-                    M * pn.element_size());
+        std::memcpy(sp + (r * G + g) * widest * pe, pp + (first[r] * G + g * M) * pe, M * pe);
     }
     // float64 for a float64 v: the bounds are float32
     const at::Tensor exact = critical_from_norms(side_base, side_pn).to(at::kFloat).contiguous();
