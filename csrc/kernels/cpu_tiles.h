@@ -113,16 +113,17 @@ OBC_ALWAYS_INLINE void load_transposed(const E* src, int64_t ld, int64_t tn, int
     for (int64_t c = tn; c < kTile; ++c) dst[d * kTile + c] = T(0);
 }
 
-// C[RB][kTile] = X[RB][D] . Yt[D][kTile] (kDist: sum_d (X - Yt)^2 instead).
+// C[RB][kTile] = X[RB][D] . Yt[D][kTile] (kDist: sum_d (X - Yt)^2 instead);
+// row r of X at X + r * ldx.
 template <typename T, int RB, bool kDist>
-OBC_ALWAYS_INLINE void block_xyt(const T* X, int64_t D, const T* Yt, T* C) {
+OBC_ALWAYS_INLINE void block_xyt(const T* X, int64_t ldx, int64_t D, const T* Yt, T* C) {
   T acc[RB][kTile];
   for (int r = 0; r < RB; ++r)
     for (int c = 0; c < kTile; ++c) acc[r][c] = T(0);
   for (int64_t d = 0; d < D; ++d) {
     const T* y = Yt + d * kTile;
     for (int r = 0; r < RB; ++r) {
-      const T x = X[r * D + d];
+      const T x = X[r * ldx + d];
       for (int c = 0; c < kTile; ++c) {
         if constexpr (kDist) {
           const T t = y[c] - x;
@@ -159,13 +160,13 @@ OBC_AVX2_FN inline void avx2_block_steps(__m256 (&acc)[RB][2], const float* a, i
   }
 }
 
-// C[RB][kTile] = X[RB][D] . Yt[D][kTile].
+// C[RB][kTile] = X[RB][D] . Yt[D][kTile]; row r of X at X + r * ldx.
 template <int RB>
-OBC_AVX2_FN void avx2_xyt(const float* X, int64_t D, const float* Yt, float* C) {
+OBC_AVX2_FN void avx2_xyt(const float* X, int64_t ldx, int64_t D, const float* Yt, float* C) {
   for (int c0 = 0; c0 < kTile; c0 += 16) {
     __m256 acc[RB][2];
     for (int r = 0; r < RB; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
-    avx2_block_steps<RB>(acc, X, D, Yt + c0, kTile, D);
+    avx2_block_steps<RB>(acc, X, ldx, Yt + c0, kTile, D);
     for (int r = 0; r < RB; ++r) {
       _mm256_storeu_ps(C + r * kTile + c0, acc[r][0]);
       _mm256_storeu_ps(C + r * kTile + c0 + 8, acc[r][1]);
@@ -226,13 +227,13 @@ OBC_AVX512_FN inline void avx512_block_steps(__m512 (&acc)[RB][2], const float* 
   }
 }
 
-// C[RB][kTile] = X[RB][D] . Yt[D][kTile].
+// C[RB][kTile] = X[RB][D] . Yt[D][kTile]; row r of X at X + r * ldx.
 template <int RB>
-OBC_AVX512_FN void avx512_xyt(const float* X, int64_t D, const float* Yt, float* C) {
+OBC_AVX512_FN void avx512_xyt(const float* X, int64_t ldx, int64_t D, const float* Yt, float* C) {
   static_assert(kTile == 32, "one block row is two ZMM vectors");
   __m512 acc[RB][2];
   for (int r = 0; r < RB; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
-  avx512_block_steps<RB>(acc, X, D, Yt, kTile, D);
+  avx512_block_steps<RB>(acc, X, ldx, Yt, kTile, D);
   for (int r = 0; r < RB; ++r) {
     _mm512_storeu_ps(C + r * kTile, acc[r][0]);
     _mm512_storeu_ps(C + r * kTile + 16, acc[r][1]);
@@ -240,19 +241,20 @@ OBC_AVX512_FN void avx512_xyt(const float* X, int64_t D, const float* Yt, float*
 }
 #endif
 
-// C = X . Yt for RB rows, the variant's intrinsic block where it has one.
+// C = X . Yt for RB rows of X (ldx apart), the variant's intrinsic block
+// where it has one.
 template <int RB, int kVW, typename T>
-OBC_ALWAYS_INLINE void xyt_tile(const T* X, int64_t D, const T* Yt, T* C) {
+OBC_ALWAYS_INLINE void xyt_tile(const T* X, int64_t ldx, int64_t D, const T* Yt, T* C) {
 #ifdef OBC_X86_VARIANTS
   if constexpr (kVecFloat<T, kVW>) {
     if constexpr (kVW == kAvx512W)
-      avx512_xyt<RB>(X, D, Yt, C);
+      avx512_xyt<RB>(X, ldx, D, Yt, C);
     else
-      avx2_xyt<RB>(X, D, Yt, C);
+      avx2_xyt<RB>(X, ldx, D, Yt, C);
     return;
   }
 #endif
-  block_xyt<T, RB, false>(X, D, Yt, C);
+  block_xyt<T, RB, false>(X, ldx, D, Yt, C);
 }
 
 // load_transposed, by 8 x 8 register transposes where the variant can.

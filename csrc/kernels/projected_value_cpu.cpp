@@ -1,25 +1,35 @@
 // CPU projected_value_norm. One task = (query head j, batch b, kRows tokens).
-// Per task the value rows are converted to the accumulation type once; then
-// for each tile of kTile hidden columns the [D, kTile] slice of W_o^j is
-// loaded transposed (contiguous in the column) and each block of RB rows
-// computes its [RB, kTile] projections with the saliency kernel's register
-// block (cpu_tiles.h: AVX2 intrinsics where the CPU has them). |x| or x^2 is
-// added lane-wise into the rows' [kTile] partial sums, which are reduced to
-// one norm per row when the task ends: a per-tile horizontal sum would be a
-// chain of dependent scalar adds as long as the block's FMAs. Never forms
-// [N, hidden]. Memory: v read once, wo once per task (tasks of the same j are
-// adjacent, so W_o^j stays in cache). Compiled per ISA as saliency_cpu.cpp is.
+// The task's value rows are loaded transposed once, as kTiles [D, kTile]
+// tiles (contiguous in the token), and W_o^j's rows (hidden columns of the
+// projection, contiguous in d) are the broadcast operand of the saliency
+// kernel's register block (cpu_tiles.h: AVX2 / AVX-512 intrinsics where the
+// CPU has them): each block of RB hidden columns gives [RB, kTile]
+// projections a tile, whose |x| or x^2 is added lane-wise (one lane a token)
+// into kParts partial sums per token, summed when the task ends. Loading
+// W_o^j's tiles transposed instead cost as much as the products for the few
+// rows a pruned CriticalKV layer asks for (~50 a head); a token tile costs
+// D * kTile loads per task. Never forms [N, hidden]. Memory: v read once, wo
+// once per task (tasks of the same j are adjacent, so W_o^j stays in
+// cache). A token's norm does not depend on the other tokens of its task
+// (lanes are independent, padding lanes are discarded), so a call on any
+// subset of tokens gives them the same values. Compiled per ISA as
+// saliency_cpu.cpp is.
 #include "projected_value_cpu.h"
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 
 #include "cpu_tiles.h"
 
 namespace obc {
 namespace {
 
-constexpr int64_t kRows = 64;  // tokens per task
+constexpr int64_t kTiles = 2;               // token tiles per task
+constexpr int64_t kRows = kTiles * kTile;   // tokens per task
+// Partial sums per token: hidden column c adds to partial c % kParts, so a
+// sum's chain is hidden / kParts long (accuracy) whatever the block size.
+constexpr int kParts = 8;
 
 size_t align64(size_t n) { return (n + 63) / 64 * 64; }
 
@@ -27,17 +37,17 @@ int64_t row_blocks(const ProjectedValueParams& p) { return (p.N + kRows - 1) / k
 
 // Byte offsets of the workspace pieces (arrays of the accumulation type).
 struct Layout {
-  size_t v, w, c, part, total;
+  size_t vt, w, c, part, total;
 };
 
 Layout make_layout(const ProjectedValueParams& p) {
   const size_t e = p.dtype == DType::F64 ? sizeof(double) : sizeof(float), D = static_cast<size_t>(p.D);
   Layout L;
-  L.v = 0;                                            // [kRows, D] value rows
-  L.w = L.v + align64(e * kRows * D);                 // [D, kTile] W_o^j tile, transposed
-  L.c = L.w + align64(e * D * kTile);                 // [kMaxRB, kTile] one block's projections
-  L.part = L.c + align64(e * kMaxRB * kTile);         // [kRows, kTile] partial norms
-  L.total = L.part + align64(e * kRows * kTile);
+  L.vt = 0;                                          // [kTiles, D, kTile] value rows, transposed
+  L.w = L.vt + align64(e * kTiles * D * kTile);      // [kMaxRB, D] W_o^j rows converted (16-bit inputs)
+  L.c = L.w + align64(e * kMaxRB * D);               // [kMaxRB, kTile] one block's projections
+  L.part = L.c + align64(e * kMaxRB * kTile);        // [kTiles, kParts, kTile] partial norms
+  L.total = L.part + align64(e * kTiles * kParts * kTile);
   return L;
 }
 
@@ -45,54 +55,64 @@ template <typename E, int P, int kRB, int kVW>
 struct Task {
   using Acc = typename Elem<E>::acc;
   const ProjectedValueParams& p;
-  Acc* vbuf;  // [kRows, D]
-  Acc* wbuf;  // [D, kTile]
+  Acc* vt;    // [kTiles, D, kTile]
+  Acc* wbuf;  // [kMaxRB, D]
   Acc* cbuf;  // [RB, kTile]
-  Acc* part;  // [kRows, kTile]
+  Acc* part;  // [kTiles, kParts, kTile]
 
-  // Rows [r0, r0 + RB) against the tile's columns [0, cols).
+  // Hidden columns [c0, c0 + RB) (rows of w, wo_so apart) against the task's
+  // `tiles` token tiles.
   template <int RB>
-  OBC_ALWAYS_INLINE void block(int64_t r0, int64_t cols) {
-    xyt_tile<RB, kVW>(vbuf + r0 * p.D, p.D, wbuf, cbuf);
-    for (int r = 0; r < RB; ++r) {
-      Acc t[kTile];
-      const Acc* c = cbuf + r * kTile;
-      for (int k = 0; k < kTile; ++k) t[k] = P == 1 ? std::fabs(c[k]) : c[k] * c[k];
-      // Padded columns are zeroed, not summed as 0 * v: an Inf in v makes
-      // them NaN. (Every lane first, then the tail: a per-lane select does
-      // not vectorise on AVX2.)
-      for (int64_t k = cols; k < kTile; ++k) t[k] = Acc(0);
-      Acc* s = part + (r0 + r) * kTile;
-      for (int k = 0; k < kTile; ++k) s[k] += t[k];
+  OBC_ALWAYS_INLINE void block(int64_t c0, const E* w, int64_t tiles) {
+    // The next block's rows of W_o, whose lines arrive while this block
+    // computes: read cold (a layer's weight is evicted by the model's other
+    // layers), the broadcasts of the product stalled on each line otherwise
+    // (1.5x slower than loading transposed tiles, which overlaps the misses).
+    constexpr int64_t kLine = 64 / sizeof(E);
+    for (int r = RB; r < 2 * RB && c0 + r < p.hidden; ++r) {
+      for (int64_t d = 0; d < p.D; d += kLine) __builtin_prefetch(w + r * p.wo_so + d);
+      __builtin_prefetch(w + r * p.wo_so + p.D - 1);
+    }
+    const Acc* x = wbuf;
+    int64_t ldx = p.D;
+    if constexpr (std::is_same<E, Acc>::value) {
+      x = w, ldx = p.wo_so;
+    } else {  // 16-bit weights: converted once per block
+      for (int r = 0; r < RB; ++r)
+        for (int64_t d = 0; d < p.D; ++d) wbuf[r * p.D + d] = Elem<E>::load(w[r * p.wo_so + d]);
+    }
+    for (int64_t t = 0; t < tiles; ++t) {
+      xyt_tile<RB, kVW>(x, ldx, p.D, vt + t * p.D * kTile, cbuf);
+      for (int r = 0; r < RB; ++r) {
+        const Acc* c = cbuf + r * kTile;
+        Acc* s = part + (t * kParts + (c0 + r) % kParts) * kTile;
+        for (int k = 0; k < kTile; ++k) s[k] += P == 1 ? std::fabs(c[k]) : c[k] * c[k];
+      }
     }
   }
 
-  // Rows [r0, rows) in blocks of RB, then the tail in halving blocks.
+  // Hidden columns [c0, hidden) in blocks of RB, then the tail in halving blocks.
   template <int RB>
-  OBC_ALWAYS_INLINE void rows_from(int64_t r0, int64_t rows, int64_t cols) {
-    for (; r0 + RB <= rows; r0 += RB) block<RB>(r0, cols);
-    if constexpr (RB > 1) rows_from<(RB > 2 ? RB / 2 : 1)>(r0, rows, cols);
+  OBC_ALWAYS_INLINE void columns_from(int64_t c0, const E* w, int64_t tiles) {
+    for (; c0 + RB <= p.hidden; c0 += RB) block<RB>(c0, w + c0 * p.wo_so, tiles);
+    if constexpr (RB > 1) columns_from<(RB > 2 ? RB / 2 : 1)>(c0, w, tiles);
   }
 
   OBC_ALWAYS_INLINE void run(int64_t task) {
     const int64_t nblk = row_blocks(p), D = p.D;
     const int64_t j = task / (p.B * nblk), b = (task / nblk) % p.B, n0 = (task % nblk) * kRows;
-    const int64_t rows = std::min(kRows, p.N - n0);
+    const int64_t rows = std::min(kRows, p.N - n0), tiles = (rows + kTile - 1) / kTile;
     const E* v = static_cast<const E*>(p.v) + b * p.v_sb + (j / p.G) * p.v_sh + n0 * p.v_sn;
-    for (int64_t r = 0; r < rows; ++r)
-      for (int64_t d = 0; d < D; ++d) vbuf[r * D + d] = Elem<E>::load(v[r * p.v_sn + d]);
-    std::fill(part, part + rows * kTile, Acc(0));
-    const E* w = static_cast<const E*>(p.wo) + j * D;  // row c of this is column c of W_o^j
-    for (int64_t c0 = 0; c0 < p.hidden; c0 += kTile) {
-      const int64_t cols = std::min(kTile, p.hidden - c0);
-      transposed_tile<kVW>(w + c0 * p.wo_so, p.wo_so, cols, D, wbuf);
-      rows_from<kRB>(0, rows, cols);
-    }
+    for (int64_t t = 0; t < tiles; ++t)
+      transposed_tile<kVW>(v + t * kTile * p.v_sn, p.v_sn, std::min(kTile, rows - t * kTile), D, vt + t * D * kTile);
+    std::fill(part, part + tiles * kParts * kTile, Acc(0));
+    columns_from<kRB>(0, static_cast<const E*>(p.wo) + j * D, tiles);  // row c of this is column c of W_o^j
     Acc* out = static_cast<Acc*>(p.out) + (b * p.Hkv * p.G + j) * p.N + n0;
     for (int64_t r = 0; r < rows; ++r) {
-      Acc s = Acc(0);
-      for (int k = 0; k < kTile; ++k) s += part[r * kTile + k];
-      out[r] = P == 1 ? s : std::sqrt(s);
+      const Acc* s = part + ((r / kTile) * kParts) * kTile + r % kTile;
+      Acc sum = Acc(0);
+      for (int q = 0; q < kParts; ++q) sum += s[q * kTile];
+      out[r] = P == 1 ? sum : std::sqrt(sum);
     }
   }
 };
@@ -102,7 +122,7 @@ OBC_ALWAYS_INLINE void run_tasks(const ProjectedValueParams& p, int64_t t0, int6
   using Acc = typename Elem<E>::acc;
   const Layout L = make_layout(p);
   auto at = [&](size_t off) { return reinterpret_cast<Acc*>(ws + off); };
-  Task<E, P, RB, kVW> task{p, at(L.v), at(L.w), at(L.c), at(L.part)};
+  Task<E, P, RB, kVW> task{p, at(L.vt), at(L.w), at(L.c), at(L.part)};
   for (int64_t t = t0; t < t1; ++t) task.run(t);
 }
 

@@ -271,11 +271,11 @@ struct Kernel {
   template <int RB, bool kDist>
   OBC_ALWAYS_INLINE void xyt(const T* X, const T* Yt, T* C) const {
     if constexpr (!kDist) {
-      xyt_tile<RB, kVW>(X, p.D, Yt, C);
+      xyt_tile<RB, kVW>(X, p.D, p.D, Yt, C);
     } else if constexpr (RB % 2 == 0) {  // the generic block in the shape that fits every ISA's registers
-      for (int r = 0; r < RB; r += 2) block_xyt<T, 2, true>(X + r * p.D, p.D, Yt, C + r * kTile);
+      for (int r = 0; r < RB; r += 2) block_xyt<T, 2, true>(X + r * p.D, p.D, p.D, Yt, C + r * kTile);
     } else {
-      block_xyt<T, RB, true>(X, p.D, Yt, C);
+      block_xyt<T, RB, true>(X, p.D, p.D, Yt, C);
     }
   }
   // Per row of a block: the max over its first lim[r] logits (NaNs skipped,

@@ -1,9 +1,11 @@
 // The CPU projected_value_norm kernel against a naive double computation, at
-// sizes that hit the tile edges: N not a multiple of the 64-token task,
-// hidden not a multiple of the 32-column tile, D not a multiple of 8 (the
-// AVX2 tile transpose's step) and rows in every register-block tail, G in
-// {1, 3}, padded strides, both norms, every dtype, and tasks split across
-// workspaces.
+// sizes that hit the tile edges: N not a multiple of the 32-token tile or the
+// 64-token task, D not a multiple of 8 (the AVX2 tile transpose's step),
+// hidden columns in every register-block tail, G in {1, 3}, padded strides,
+// both norms, every dtype, and tasks split across workspaces; and a token's
+// norm the same to the bit whichever other tokens share its call (the pruned
+// CriticalKV op computes a few gathered tokens and is tested against the
+// torch form, which computes them all).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -59,6 +61,36 @@ TEST(ProjectedValueCpu, EveryDtype) {
   check<double>({1, 2, 2, 65, 16, 33, 2}, obc::DType::F64, 2, rng);
   check<obc::half_t>({1, 2, 2, 65, 16, 33, 2}, obc::DType::F16, 1, rng);
   check<obc::bf16_t>({1, 2, 2, 65, 16, 33, 2}, obc::DType::BF16, 2, rng);
+}
+
+TEST(ProjectedValueCpu, TokenNormIndependentOfItsNeighbours) {
+  std::mt19937 rng(4);
+  std::normal_distribution<float> nd;
+  obc::ProjectedValueParams p;
+  p.B = 1, p.Hkv = 2, p.G = 3, p.N = 150, p.D = 64, p.hidden = 83, p.p = 1;
+  p.v_sn = p.D, p.v_sh = p.N * p.D, p.v_sb = p.Hkv * p.v_sh, p.wo_so = p.Hkv * p.G * p.D;
+  std::vector<float> v(p.B * p.v_sb), wo(p.hidden * p.wo_so);
+  for (auto& x : v) x = nd(rng);
+  for (auto& x : wo) x = nd(rng);
+  const std::vector<int64_t> pick = {0, 5, 31, 32, 33, 64, 100, 149};  // other lanes and tiles than in the full call
+  for (int norm : {1, 2}) {
+    p.p = norm, p.N = 150, p.v_sh = p.N * p.D, p.v = v.data(), p.wo = wo.data();
+    std::vector<float> all(p.Hkv * p.G * p.N);
+    p.out = all.data();
+    std::vector<double> ws(obc::projected_value_cpu_workspace_bytes(p) / 8 + 8);
+    obc::projected_value_cpu(p, 0, obc::projected_value_cpu_tasks(p), ws.data());
+    const int64_t M = static_cast<int64_t>(pick.size());
+    std::vector<float> sub(p.Hkv * M * p.D), got(p.Hkv * p.G * M);
+    for (int64_t h = 0; h < p.Hkv; ++h)
+      for (int64_t i = 0; i < M; ++i)
+        for (int64_t d = 0; d < p.D; ++d) sub[(h * M + i) * p.D + d] = v[h * p.v_sh + pick[i] * p.D + d];
+    obc::ProjectedValueParams q = p;
+    q.N = M, q.v_sh = M * p.D, q.v_sb = p.Hkv * q.v_sh, q.v = sub.data(), q.out = got.data();
+    obc::projected_value_cpu(q, 0, obc::projected_value_cpu_tasks(q), ws.data());
+    for (int64_t j = 0; j < p.Hkv * p.G; ++j)
+      for (int64_t i = 0; i < M; ++i)
+        ASSERT_EQ(got[j * M + i], all[j * p.N + pick[i]]) << "p=" << norm << " head " << j << " token " << pick[i];
+  }
 }
 
 TEST(ProjectedValueCpu, ZeroHiddenGivesZero) {
