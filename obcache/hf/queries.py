@@ -11,12 +11,19 @@ order, as the module's forward. q_proj's output itself need not be
 recomputed: a `QueryTap` (a forward hook on each q_proj) keeps the one the
 layer just computed (on SmolLM2-135M at 2k tokens, recomputing it was ~0.2%
 of the prefill, a tenth of what eviction may cost).
+
+On CPU the rotation is one call, torch.ops.obcache._rope_rotate_half,
+instead of the model's function (~30 small ATen calls, ~0.3 ms a layer
+inside a running prefill): used for a rope function and dtype only once a
+probe has shown the two agree to the bit, so the queries stay the model's.
 """
 import sys
-from typing import Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 from torch import nn
+
+from obcache.ops.rope import rope_rotate_half
 
 __all__ = ["SUPPORTED_ATTENTION", "check_supported", "attention_modules", "recompute_queries", "QueryTap"]
 
@@ -112,16 +119,15 @@ def recompute_queries(
     Returns:
         [B, H_q, T', head_dim] in the model dtype, T' = min(last, T) or T.
     """
-    T = hidden_states.shape[1]
+    B, T = hidden_states.shape[:2]
     t = T if last is None else min(int(last), T)
-    h = hidden_states[:, T - t:]
     cos, sin = position_embeddings
     cos, sin = cos[:, -t:], sin[:, -t:]
     if projected is not None and projected.shape[:2] == hidden_states.shape[:2]:
         q = projected[:, T - t:]
     else:
-        q = attn.q_proj(h)
-    q = q.view(h.shape[0], t, -1, attn.head_dim)
+        q = attn.q_proj(hidden_states[:, T - t:])
+    q = q.view(B, t, -1, attn.head_dim)
     q_norm = getattr(attn, "q_norm", None)
     if q_norm is not None:
         q = q_norm(q)
@@ -129,5 +135,29 @@ def recompute_queries(
     rope = getattr(sys.modules[type(attn).__module__], "apply_rotary_pos_emb", None)
     if rope is None:
         raise NotImplementedError(f"cannot find apply_rotary_pos_emb next to {type(attn).__name__}")
+    if _rotates_half(rope, q, cos, sin):
+        return rope_rotate_half(q, cos, sin)
     q, _ = rope(q, q[:, :1], cos, sin)
     return q
+
+
+# (rope function, dtype) -> whether it computes q * cos + rotate_half(q) * sin
+# with ATen's roundings, i.e. _rope_rotate_half's numbers to the bit.
+_ROTATE_HALF: Dict[Tuple[Callable, torch.dtype], bool] = {}
+
+
+def _rotates_half(rope: Callable, q: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> bool:
+    """Whether _rope_rotate_half may stand in for `rope` on these arguments:
+    CPU tensors of one dtype in the shapes it takes, and `rope` gave its
+    numbers on a probe of that dtype (random q, cos, sin with a head dim of
+    64, two heads and three positions, rotated as the model calls it)."""
+    if not (q.device.type == cos.device.type == sin.device.type == "cpu" and q.dtype == cos.dtype == sin.dtype
+            and q.dim() == 4 and cos.dim() == 3 and cos.shape == sin.shape and q.shape[-1] % 2 == 0):
+        return False
+    key = (rope, q.dtype)
+    if key not in _ROTATE_HALF:
+        gen = torch.Generator().manual_seed(0)
+        pq, pc, ps = (torch.randn(shape, generator=gen).to(q.dtype) for shape in ((1, 2, 3, 64), (1, 3, 64), (1, 3, 64)))
+        want, _ = rope(pq, pq[:, :1], pc, ps)
+        _ROTATE_HALF[key] = want.shape == pq.shape and torch.equal(rope_rotate_half(pq, pc, ps), want)
+    return _ROTATE_HALF[key]
