@@ -91,6 +91,8 @@ def test_arguments_it_cannot_take_fall_back_to_the_model():
     q, cos, sin = window(torch.float32)
     assert not Q._rotates_half(rope, q, cos.double(), sin.double())  # mixed dtypes: the model's promotion
     assert not Q._rotates_half(rope, q, cos.unsqueeze(1), sin.unsqueeze(1))  # not [B, T, D]
+    assert not Q._rotates_half(rope, q, cos[..., :32], sin[..., :32])  # partial rotary: the op's D is q's
+    assert not Q._rotates_half(rope, q, cos[:, 1:], sin[:, 1:])  # other positions than q's
 
 
 @pytest.mark.parametrize("change, match", [

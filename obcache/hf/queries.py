@@ -141,23 +141,26 @@ def recompute_queries(
     return q
 
 
-# (rope function, dtype) -> whether it computes q * cos + rotate_half(q) * sin
-# with ATen's roundings, i.e. _rope_rotate_half's numbers to the bit.
-_ROTATE_HALF: Dict[Tuple[Callable, torch.dtype], bool] = {}
+# (rope function, dtype, head dim) -> whether it computes
+# q * cos + rotate_half(q) * sin with ATen's roundings, i.e.
+# _rope_rotate_half's numbers to the bit.
+_ROTATE_HALF: Dict[Tuple[Callable, torch.dtype, int], bool] = {}
 
 
 def _rotates_half(rope: Callable, q: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> bool:
     """Whether _rope_rotate_half may stand in for `rope` on these arguments:
-    CPU tensors of one dtype in the shapes it takes, and `rope` gave its
-    numbers on a probe of that dtype (random q, cos, sin with a head dim of
-    64, two heads and three positions, rotated as the model calls it)."""
+    CPU tensors of one dtype in the shapes it takes (q [B, H, t, D], cos and
+    sin [B or 1, t, D]), and `rope` gave its numbers on a probe of that dtype
+    and head dim (random q, cos, sin: two heads, three positions)."""
+    B, _, t, D = q.shape if q.dim() == 4 else (0, 0, 0, 0)
     if not (q.device.type == cos.device.type == sin.device.type == "cpu" and q.dtype == cos.dtype == sin.dtype
-            and q.dim() == 4 and cos.dim() == 3 and cos.shape == sin.shape and q.shape[-1] % 2 == 0):
+            and D % 2 == 0 and cos.dim() == 3 and cos.shape == sin.shape and cos.shape[0] in (1, B)
+            and cos.shape[1:] == (t, D)):
         return False
-    key = (rope, q.dtype)
+    key = (rope, q.dtype, D)
     if key not in _ROTATE_HALF:
         gen = torch.Generator().manual_seed(0)
-        pq, pc, ps = (torch.randn(shape, generator=gen).to(q.dtype) for shape in ((1, 2, 3, 64), (1, 3, 64), (1, 3, 64)))
+        pq, pc, ps = (torch.randn(shape, generator=gen).to(q.dtype) for shape in ((1, 2, 3, D), (1, 3, D), (1, 3, D)))
         want, _ = rope(pq, pq[:, :1], pc, ps)
         _ROTATE_HALF[key] = want.shape == pq.shape and torch.equal(rope_rotate_half(pq, pc, ps), want)
     return _ROTATE_HALF[key]
