@@ -44,8 +44,8 @@ def test_equals_the_models_apply_rotary_pos_emb_bitwise(arch, dtype, cos_batch):
 
 def test_odd_sizes_and_a_head_dim_other_than_the_probes():
     rope = model_rope("llama")
-    for D, t in [(2, 1), (6, 3), (128, 7)]:
-        q, cos, sin = window(torch.bfloat16, B=1, H=3, T=9, t=t, D=D)
+    for D, t, T in [(2, 1, 9), (6, 3, 9), (128, 7, 9), (64, 700, 700)]:  # the last: rows over several threads
+        q, cos, sin = window(torch.bfloat16, B=2, H=3, T=T, t=t, D=D)
         assert torch.equal(torch.ops.obcache._rope_rotate_half(q, cos, sin), rope(q, q[:, :1], cos, sin)[0])
 
 

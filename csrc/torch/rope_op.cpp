@@ -10,8 +10,10 @@
 // (obcache/hf/queries.py checks that once per rope function and dtype).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <vector>
 
 #include "torch/checks.h"
@@ -50,20 +52,22 @@ at::Tensor rope_rotate_half_impl(const at::Tensor& q, const at::Tensor& cos, con
               "cos must have shape [", B, " or 1, ", T, ", ", D, "] to match q ", q.sizes(), ", got ", cos.sizes());
   at::Tensor out = at::empty({B, H, T, D}, q.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "_rope_rotate_half", [&] {
-    std::vector<scalar_t> rotated(D);
     const scalar_t* qp = q.data_ptr<scalar_t>();
     const scalar_t* cp = cos.data_ptr<scalar_t>();
     const scalar_t* sp = sin.data_ptr<scalar_t>();
     scalar_t* op = out.data_ptr<scalar_t>();
-    for (int64_t b = 0; b < B; ++b) {
-      const int64_t bc = cos.size(0) == 1 ? 0 : b;
-      for (int64_t h = 0; h < H; ++h)
-        for (int64_t t = 0; t < T; ++t)
-          rotate_row(qp + b * q.stride(0) + h * q.stride(1) + t * q.stride(2), q.stride(3),
-                     cp + bc * cos.stride(0) + t * cos.stride(1), cos.stride(2),
-                     sp + bc * sin.stride(0) + t * sin.stride(1), sin.stride(2), D, op + ((b * H + h) * T + t) * D,
-                     rotated.data());
-    }
+    // Rows (b, h, t) over the threads in ATen's grain of elements: a small
+    // model's window runs on one, every prompt position (H2O-style rows) on all.
+    const int64_t grain = std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(D, 1));
+    at::parallel_for(0, B * H * T, grain, [&](int64_t i0, int64_t i1) {
+      std::vector<scalar_t> rotated(D);
+      for (int64_t i = i0; i < i1; ++i) {
+        const int64_t b = i / (H * T), h = i / T % H, t = i % T, bc = cos.size(0) == 1 ? 0 : b;
+        rotate_row(qp + b * q.stride(0) + h * q.stride(1) + t * q.stride(2), q.stride(3),
+                   cp + bc * cos.stride(0) + t * cos.stride(1), cos.stride(2),
+                   sp + bc * sin.stride(0) + t * sin.stride(1), sin.stride(2), D, op + i * D, rotated.data());
+      }
+    });
   });
   return out;
 }
