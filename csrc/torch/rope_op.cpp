@@ -7,7 +7,8 @@
 // SmolLM2-135M. Values: each of the three operations rounds to q's dtype as
 // ATen's does (a product in float then rounded for 16-bit types; the sum of
 // the two rounded products), so the result is the model's to the bit
-// (obcache/hf/queries.py checks that once per rope function and dtype).
+// (obcache/hf/queries.py checks that once per rope function, dtype and head
+// dim).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
