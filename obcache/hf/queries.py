@@ -14,8 +14,9 @@ of the prefill, a tenth of what eviction may cost).
 
 On CPU the rotation is one call, torch.ops.obcache._rope_rotate_half,
 instead of the model's function (~30 small ATen calls, ~0.3 ms a layer
-inside a running prefill): used for a rope function and dtype only once a
-probe has shown the two agree to the bit, so the queries stay the model's.
+inside a running prefill): used for a rope function, dtype and head dim
+only once a probe has shown the two agree to the bit, so the queries stay
+the model's.
 """
 import sys
 from typing import Callable, Dict, Optional, Tuple
