@@ -1,8 +1,8 @@
 """torch.ops.obcache._rope_rotate_half: q * cos + rotate_half(q) * sin in one
 CPU call (csrc/torch/rope_op.cpp), each operation rounded to q's dtype as
 ATen rounds it. Internal: obcache.hf uses it in place of a model's
-apply_rotary_pos_emb once it has checked, per rope function and dtype, that
-the two agree to the bit (obcache/hf/queries.py)."""
+apply_rotary_pos_emb once it has checked, per rope function, dtype and head
+dim, that the two agree to the bit (obcache/hf/queries.py)."""
 import torch
 
 __all__ = ["rope_rotate_half"]
