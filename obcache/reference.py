@@ -88,11 +88,14 @@ def saliency(
     query_reduce="sum",
     compute_dtype=torch.float64,
     wo=None,
+    o=None,
 ):
     """Per-token saliency [B, Hkv, N] in compute_dtype (see DESIGN.md section 3).
 
     k, v: [B, Hkv, N, D]; q_window: [B, Hq, W, D] (queries of the last W tokens);
-    wo: [hidden, Hq * D] o_proj weight, needed by (and only by) WO_SCORES.
+    wo: [hidden, Hq * D] o_proj weight, needed by (and only by) WO_SCORES;
+    o: [B, Hq, W, D] the window queries' attention output, used by key, joint
+    and loo in place of softmax(Z) V (the ops' `o`); ignored by the others.
     """
     if score in WO_SCORES:
         if wo is None:
@@ -104,6 +107,8 @@ def saliency(
     if score not in SCORES:
         raise ValueError(f"score must be one of {SCORES + WO_SCORES}, got {score!r}")
     t = attention_terms(k, v, q_window, scale=scale, causal=causal, compute_dtype=compute_dtype)
+    if o is not None:
+        t["o"] = o.to(compute_dtype)
     c = _per_query_contribution(score, t)  # [B, Hq, W, N]
     if score == "tova":
         per_head = c[:, :, -1, :]

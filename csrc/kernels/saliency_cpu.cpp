@@ -3,7 +3,8 @@
 // query) are processed against key tiles of kTile keys:
 //   pass 1: online softmax over the tiles: per row the running max m and sum
 //           l and, for the scores that need it (key, joint, loo), the output
-//           O = softmax(Z) V (flash-attention forward); per key range of
+//           O = softmax(Z) V (flash-attention forward; skipped when the
+//           caller gives O, SaliencyParams::o); per key range of
 //           saliency_cpu_range_keys, the ranges' states merged in key order, so
 //           that the ranges of one row can run on different threads
 //           (saliency_cpu.h) with the same result.
@@ -258,7 +259,9 @@ struct Kernel {
   const SaliencyParams& p;
   const Layout& L;
   char* ws;
-  bool need_o, need_vo, need_dist, need_v2;  // pass-2 V terms: vo/dist/norms
+  // need_o: the score reads O (key, joint, loo); own_o: pass 1 accumulates
+  // it (else the caller gave it, p.o); need_v2: pass 2 reads V (O or norms).
+  bool need_o, own_o, need_v2;
   T* z;  // the row's logit cache (tile-major, as Layout::z), or null: pass 2 recomputes Q K^T
 
   T* at(size_t off) const { return reinterpret_cast<T*>(ws + off); }
@@ -382,12 +385,12 @@ struct Kernel {
     for (int rr = 0; rr < RB; ++rr) {
       const int64_t r = r0 + rr;
       l[r] = l[r] * corr[rr] + sum[rr];
-      if (need_o && corr[rr] != T(1)) {
+      if (own_o && corr[rr] != T(1)) {
         T* o = O + r * D;
         for (int64_t d = 0; d < D; ++d) o[d] *= corr[rr];
       }
     }
-    if (need_o) pv<RB>(Pb, V, ldv, tn, O + r0 * D);
+    if (own_o) pv<RB>(Pb, V, ldv, tn, O + r0 * D);
   }
 
   template <Score S, int RB>
@@ -463,23 +466,27 @@ struct Kernel {
     return static_cast<const E*>(p.v) + (bh / p.Hkv) * p.v_sb + (bh % p.Hkv) * p.v_sh;
   }
 
-  // The (pre-scaled) window queries of row bh.
-  OBC_ALWAYS_INLINE void load_queries(int64_t bh) {
+  // dst[r] = scale * x[b, h * G + g, i, :] for the window rows r = (g, i) of
+  // row bh, x [B, Hq, W, D] with strides sb, sh, sw (q, or the given O).
+  OBC_ALWAYS_INLINE void load_rows(const void* x, int64_t sb, int64_t sh, int64_t sw, int64_t bh, T scale,
+                                   T* dst) const {
     const int64_t b = bh / p.Hkv, h = bh % p.Hkv, D = p.D, R = L.R;
-    T* Qs = at(L.qs);
-    const T scale = static_cast<T>(p.scale);
     for (int64_t r = 0; r < R; ++r) {
       const int64_t g = r / L.Wr, i = L.i0 + r % L.Wr;
-      const E* q = static_cast<const E*>(p.q) + b * p.q_sb + (h * p.G + g) * p.q_sh + i * p.q_sw;
-      for (int64_t d = 0; d < D; ++d) Qs[r * D + d] = Elem<E>::load(q[d]) * scale;
+      const E* row = static_cast<const E*>(x) + b * sb + (h * p.G + g) * sh + i * sw;
+      for (int64_t d = 0; d < D; ++d) dst[r * D + d] = Elem<E>::load(row[d]) * scale;
     }
   }
+  // The (pre-scaled) window queries of row bh.
+  OBC_ALWAYS_INLINE void load_queries(int64_t bh) {
+    load_rows(p.q, p.q_sb, p.q_sh, p.q_sw, bh, static_cast<T>(p.scale), at(L.qs));
+  }
 
-  // An empty softmax state (m [R], l [R], O [R, D]: O where need_o).
+  // An empty softmax state (m [R], l [R], O [R, D]: O where own_o).
   OBC_ALWAYS_INLINE void reset(T* m, T* l, T* O) const {
     std::fill(m, m + L.R, reduce_identity_max<T>());
     std::fill(l, l + L.R, T(0));
-    if (need_o) std::fill(O, O + L.R * p.D, T(0));
+    if (own_o) std::fill(O, O + L.R * p.D, T(0));
   }
 
   // The merged state <- itself merged with the state (ms, ls, Os) of the
@@ -497,7 +504,7 @@ struct Kernel {
       const T wa = am[r] == M ? T(1) : exp_approx(am[r] - M);  // 0 while am = -inf
       const T ws = ms[r] == M ? T(1) : exp_approx(ms[r] - M);
       al[r] = al[r] * wa + ls[r] * ws;
-      if (need_o)
+      if (own_o)
         for (int64_t d = 0; d < D; ++d) ao[r * D + d] = ao[r * D + d] * wa + Os[r * D + d] * ws;
       am[r] = M;
     }
@@ -506,7 +513,7 @@ struct Kernel {
   OBC_ALWAYS_INLINE void take_merged() {
     std::copy(at(L.am), at(L.am) + L.R, at(L.m));
     std::copy(at(L.al), at(L.al) + L.R, at(L.l));
-    if (need_o) std::copy(at(L.ao), at(L.ao) + L.R * p.D, at(L.o));
+    if (own_o) std::copy(at(L.ao), at(L.ao) + L.R * p.D, at(L.o));
   }
 
   // Pass 1 over the keys [n0, n1): softmax statistics (and O, unnormalised).
@@ -519,7 +526,7 @@ struct Kernel {
       transposed(K + p0 * p.k_sn, p.k_sn, tn, Kt);
       const T* Vt = nullptr;
       int64_t ldv = D;
-      if (need_o) {
+      if (own_o) {
         if constexpr (std::is_same<E, T>::value) {
           Vt = V + p0 * p.v_sn;  // rows already in the accumulation type
           ldv = p.v_sn;
@@ -539,12 +546,13 @@ struct Kernel {
     }
   }
 
-  // 1 / l, O normalised and ||O||^2 from pass 1's state.
-  OBC_ALWAYS_INLINE void finish() {
+  // 1 / l, O (pass 1's normalised, or the given one of row bh) and ||O||^2.
+  OBC_ALWAYS_INLINE void finish(int64_t bh) {
     const int64_t D = p.D, R = L.R;
     T* O = at(L.o);
     T* l = at(L.l);
     T* on2 = at(L.on2);
+    if (need_o && !own_o) load_rows(p.o, p.o_sb, p.o_sh, p.o_sw, bh, T(1), O);
     // Every row sees key 0, so l > 0.
     for (int64_t r = 0; r < R; ++r) {
       const T inv = T(1) / l[r];
@@ -552,7 +560,8 @@ struct Kernel {
       T s2 = T(0);
       if (need_o) {
         T* o = O + r * D;
-        for (int64_t d = 0; d < D; ++d) o[d] *= inv;
+        if (own_o)
+          for (int64_t d = 0; d < D; ++d) o[d] *= inv;
         for (int64_t d = 0; d < D; ++d) s2 += o[d] * o[d];
       }
       on2[r] = s2;
@@ -588,7 +597,7 @@ struct Kernel {
       merge(at(L.m), at(L.l), at(L.o));
     }
     take_merged();
-    finish();
+    finish(bh);
     scores(bh, 0, p.N);
   }
 
@@ -600,7 +609,7 @@ struct Kernel {
     pass1(keys(bh), values(bh), range_begin(s), range_end(s));
     std::copy(at(L.m), at(L.m) + R, state);
     std::copy(at(L.l), at(L.l) + R, state + R);
-    if (need_o) std::copy(at(L.o), at(L.o) + R * p.D, state + 2 * R);
+    if (own_o) std::copy(at(L.o), at(L.o) + R * p.D, state + 2 * R);
   }
   // The row's S states merged as run() merges them, then the scores of the
   // keys of ranges [s0, s1).
@@ -613,7 +622,7 @@ struct Kernel {
       merge(st, st + R, st + 2 * R);
     }
     take_merged();
-    finish();
+    finish(bh);
     scores(bh, range_begin(s0), range_end(s1 - 1));
   }
 };
@@ -636,10 +645,9 @@ OBC_ALWAYS_INLINE void run_job(const SaliencyParams& p, const Job& j, void* work
   const Layout L = make_layout(p, j.kind != Job::Rows);
   char* ws = static_cast<char*>(workspace);
   T* z = j.kind == Job::Rows ? (L.zcache ? reinterpret_cast<T*>(ws + L.z) : nullptr) : static_cast<T*>(j.logits);
-  Kernel<E, RB, kVW> k{p, L, ws, false, false, false, false, z};
+  Kernel<E, RB, kVW> k{p, L, ws, false, false, false, z};
   k.need_o = score_needs_vo(p.score) || score_needs_dist(p.score);
-  k.need_vo = score_needs_vo(p.score);
-  k.need_dist = score_needs_dist(p.score);
+  k.own_o = k.need_o && p.o == nullptr;
   k.need_v2 = k.need_o || score_needs_vn1(p.score) || score_needs_vn2(p.score);
   switch (j.kind) {
     case Job::Rows:

@@ -7,7 +7,8 @@
 //      for key / joint / loo, the unnormalised O. N is split across blocks
 //      (flash-decoding) so that a small B * Hkv still fills the GPU.
 //   2. combine_kernel, grid (R, B * Hkv): merges the splits into the final
-//      max, 1 / sum, O and ||O||^2.
+//      max, 1 / sum, O and ||O||^2 (O read from p.o instead when the caller
+//      gives it: pass 1 then computes only the max and sum).
 //   3. pass2_kernel, grid (ceil(N / 32), B * Hkv): one block per 32-key
 //      tile keeps its K and V tile in shared memory, walks all R rows in
 //      chunks of 16 (recomputing Z, A, v.o, ||v - o||), reduces over the
@@ -55,21 +56,23 @@ salc::Shape make_shape(const SaliencyParams& p) {
 }
 
 bool needs_o(Score sc) { return score_needs_vo(sc) || score_needs_dist(sc); }
+// Pass 1 accumulates O: the score reads it and the caller did not give it.
+bool owns_o(const SaliencyParams& p) { return needs_o(p.score) && p.o == nullptr; }
 
 size_t floats_of(const SaliencyParams& p, const salc::Shape& s) {
   const size_t bh = static_cast<size_t>(p.B * p.Hkv), R = static_cast<size_t>(s.R), D = static_cast<size_t>(p.D);
-  const size_t S = static_cast<size_t>(s.splits), o = needs_o(p.score) ? 1 : 0;
-  return bh * S * R * (2 + o * D) + bh * R * (3 + o * D);
+  const size_t S = static_cast<size_t>(s.splits), o = needs_o(p.score) ? 1 : 0, own = owns_o(p) ? 1 : 0;
+  return bh * S * R * (2 + own * D) + bh * R * (3 + o * D);
 }
 
 salc::Work carve(const SaliencyParams& p, const salc::Shape& s, void* ws) {
   const size_t bh = static_cast<size_t>(p.B * p.Hkv), R = static_cast<size_t>(s.R), D = static_cast<size_t>(p.D);
-  const size_t S = static_cast<size_t>(s.splits), o = needs_o(p.score) ? 1 : 0;
+  const size_t S = static_cast<size_t>(s.splits), own = owns_o(p) ? 1 : 0;
   float* f = static_cast<float*>(ws);
   salc::Work w;
   w.part_m = f, f += bh * S * R;
   w.part_l = f, f += bh * S * R;
-  w.part_o = f, f += o * bh * S * R * D;
+  w.part_o = f, f += own * bh * S * R * D;
   w.fin_m = f, f += bh * R;
   w.fin_il = f, f += bh * R;
   w.fin_on2 = f, f += bh * R;
@@ -104,14 +107,14 @@ cudaError_t run(const SaliencyParams& p, void* workspace, cudaStream_t stream) {
   constexpr bool kNeedO = score_needs_vo(S) || score_needs_dist(S);
   cudaError_t err;
 
-  auto* k1 = &salc::pass1_kernel<E, kNeedO>;
+  auto* k1 = owns_o(p) ? &salc::pass1_kernel<E, kNeedO> : &salc::pass1_kernel<E, false>;
   const size_t sm1 = pass1_smem(p);
   if ((err = allow_smem(k1, sm1)) != cudaSuccess) return err;
   OBC_LAUNCH(k1, dim3(static_cast<unsigned>(s.splits), static_cast<unsigned>(chunks), static_cast<unsigned>(bh)),
              dim3(kThreads), sm1, stream, p, s, w);
   if ((err = cudaGetLastError()) != cudaSuccess) return err;
 
-  auto* kc = &salc::combine_kernel<kNeedO>;
+  auto* kc = &salc::combine_kernel<E, kNeedO>;
   OBC_LAUNCH(kc, dim3(static_cast<unsigned>(s.R), static_cast<unsigned>(bh)), dim3(kThreads), 0, stream, p, s, w);
   if ((err = cudaGetLastError()) != cudaSuccess) return err;
 

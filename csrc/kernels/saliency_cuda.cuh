@@ -172,8 +172,9 @@ __global__ void __launch_bounds__(kThreads) pass1_kernel(SaliencyParams p, Shape
 }
 
 // ---- Combine the splits of one row (flash-decoding): final max, 1 / sum,
-// normalised O and ||O||^2. grid (R, B * Hkv), kThreads threads.
-template <bool kNeedO>
+// normalised O (or the given one, p.o, when pass 1 skipped O) and ||O||^2.
+// grid (R, B * Hkv), kThreads threads.
+template <typename E, bool kNeedO>
 __global__ void __launch_bounds__(kThreads) combine_kernel(SaliencyParams p, Shape s, Work w) {
   __shared__ float weight[kMaxSplits];
   __shared__ float red[kThreads / 32];
@@ -197,10 +198,17 @@ __global__ void __launch_bounds__(kThreads) combine_kernel(SaliencyParams p, Sha
   __syncthreads();
   float sq = 0.0f;
   if (kNeedO) {
+    const long long b = bh / p.Hkv, h = bh % p.Hkv, g = r / s.Wr, i = s.i0 + r % s.Wr;
+    const E* given = p.o ? static_cast<const E*>(p.o) + b * p.o_sb + (h * p.G + g) * p.o_sh + i * p.o_sw : nullptr;
     for (long long d = tid; d < D; d += kThreads) {
       float o = 0.0f;
-      for (long long sp = 0; sp < s.splits; ++sp) o += weight[sp] * w.part_o[((bh * s.splits + sp) * s.R + r) * D + d];
-      o *= inv_l;
+      if (given) {
+        o = Elem<E>::load(given[d]);
+      } else {
+        for (long long sp = 0; sp < s.splits; ++sp)
+          o += weight[sp] * w.part_o[((bh * s.splits + sp) * s.R + r) * D + d];
+        o *= inv_l;
+      }
       w.fin_o[(bh * s.R + r) * D + d] = o;
       sq += o * o;
     }

@@ -31,12 +31,18 @@ struct SaliencyParams {
   const void* k = nullptr;  // [B, Hkv, N, D]
   const void* v = nullptr;  // [B, Hkv, N, D]
   const void* q = nullptr;  // [B, Hq, W, D], Hq = Hkv * G
+  // [B, Hq, W, D], same dtype as q, or null: the window queries' attention
+  // output softmax(Z) V, when the caller already has it (a model's attention
+  // has just computed it). The key, joint and loo scores then read it instead
+  // of accumulating O in pass 1, which saves a third of the key score's FLOPs.
+  const void* o = nullptr;
   void* out = nullptr;      // [B, Hkv, N]; float32, or float64 for F64 inputs
   DType dtype = DType::F32;
   int64_t B = 0, Hkv = 0, G = 1, W = 0, N = 0, D = 0;
   int64_t k_sb = 0, k_sh = 0, k_sn = 0;
   int64_t v_sb = 0, v_sh = 0, v_sn = 0;
   int64_t q_sb = 0, q_sh = 0, q_sw = 0;
+  int64_t o_sb = 0, o_sh = 0, o_sw = 0;
   float scale = 1.0f;
   // Window query i (0-based) sits at absolute position N - W + i and sees keys
   // 0 .. N - W + i when causal; every key otherwise.

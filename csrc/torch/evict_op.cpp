@@ -14,8 +14,8 @@ namespace obcache {
 at::Tensor evict_impl(at::Tensor k, at::Tensor v, const at::Tensor& q_window, int64_t budget,
                       c10::string_view score, int64_t sink, std::optional<int64_t> recent, int64_t pool_kernel,
                       c10::string_view pool, c10::string_view group_reduce, std::optional<double> scale,
-                      const std::optional<at::Tensor>& start) {
-  check_saliency_args(k, v, q_window, score, group_reduce, scale, /*causal=*/true, "sum");
+                      const std::optional<at::Tensor>& start, const std::optional<at::Tensor>& o) {
+  check_saliency_args(k, v, q_window, score, group_reduce, scale, /*causal=*/true, "sum", o);
   const int64_t B = k.size(0), H = k.size(1), N = k.size(2), W = q_window.size(2);
   const int64_t rec = recent.value_or(W);
   check_select_scalars(B, N, budget, sink, rec, pool_kernel, pool, start, k.device());
@@ -25,7 +25,7 @@ at::Tensor evict_impl(at::Tensor k, at::Tensor v, const at::Tensor& q_window, in
   at::assert_no_internal_overlap(k);
   at::assert_no_internal_overlap(v);
   if (budget >= N) return at::arange(N, k.options().dtype(at::kLong)).expand({B, H, N}).contiguous();
-  const at::Tensor scores = saliency_impl(k, v, q_window, score, group_reduce, scale, /*causal=*/true, "sum");
+  const at::Tensor scores = saliency_impl(k, v, q_window, score, group_reduce, scale, /*causal=*/true, "sum", o);
   const at::Tensor idx = select_impl(scores, budget, sink, rec, pool_kernel, pool, start);
   compact_run(k, v, idx, std::nullopt);  // indices valid by construction
   return idx;
@@ -37,7 +37,7 @@ TORCH_LIBRARY_FRAGMENT(obcache, m) {
   m.def(
       "evict(Tensor(a!) k, Tensor(b!) v, Tensor q_window, int budget, *, str score=\"joint\", int sink=0, "
       "int? recent=None, int pool_kernel=7, str pool=\"max\", str group_reduce=\"sum\", float? scale=None, "
-      "Tensor? start=None) -> Tensor");
+      "Tensor? start=None, Tensor? o=None) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(obcache, CPU, m) { m.impl("evict", &obcache::evict_impl); }

@@ -17,18 +17,21 @@ obc::GroupReduce parse_group_reduce(c10::string_view group_reduce);
 obc::QueryReduce parse_query_reduce(c10::string_view query_reduce);
 
 // Every check of saliency's arguments (ranks, shapes, H_q % H_kv, 0 < W <= N,
-// dtypes, devices, names, contiguous last dims, finite scale); throws a
-// c10::Error naming the argument and the value seen. Reads no tensor data.
+// dtypes, devices, names, contiguous last dims, finite scale; o, when given,
+// shaped, typed and placed as q_window); throws a c10::Error naming the
+// argument and the value seen. Reads no tensor data.
 void check_saliency_args(const at::Tensor& k, const at::Tensor& v, const at::Tensor& q_window,
                          c10::string_view score, c10::string_view group_reduce, std::optional<double> scale,
-                         bool causal, c10::string_view query_reduce);
+                         bool causal, c10::string_view query_reduce, const std::optional<at::Tensor>& o);
 
 // Scores [B, H_kv, N]: float32, or float64 for float64 inputs (CPU only).
 // Checks its arguments, then runs the CPU or the CUDA kernel (k's device).
-// Any non-last strides of k, v, q_window are read in place, without copies.
+// Any non-last strides of k, v, q_window, o are read in place, without
+// copies. o: the window queries' attention output [B, H_q, W, D] when the
+// caller has it (read by key, joint and loo instead of computing it).
 at::Tensor saliency_impl(const at::Tensor& k, const at::Tensor& v, const at::Tensor& q_window,
                          c10::string_view score, c10::string_view group_reduce, std::optional<double> scale,
-                         bool causal, c10::string_view query_reduce);
+                         bool causal, c10::string_view query_reduce, const std::optional<at::Tensor>& o);
 
 // The op torch.ops.obcache.saliency (registered for CPU and CUDA): the scores
 // of saliency_impl (wo must be None), and `critical` and `laprox`, which need
@@ -36,7 +39,8 @@ at::Tensor saliency_impl(const at::Tensor& k, const at::Tensor& v, const at::Ten
 // and projected_value_norm_impl.
 at::Tensor saliency_op(const at::Tensor& k, const at::Tensor& v, const at::Tensor& q_window,
                        c10::string_view score, c10::string_view group_reduce, std::optional<double> scale,
-                       bool causal, c10::string_view query_reduce, const std::optional<at::Tensor>& wo);
+                       bool causal, c10::string_view query_reduce, const std::optional<at::Tensor>& wo,
+                       const std::optional<at::Tensor>& o);
 
 #ifdef OBCACHE_WITH_CUDA
 // CUDA half of saliency_impl (saliency_op_cuda.cpp): p fully described except

@@ -58,7 +58,7 @@ obc::QueryReduce parse_query_reduce(c10::string_view s) {
 
 void check_saliency_args(const at::Tensor& k, const at::Tensor& v, const at::Tensor& q, c10::string_view score,
                          c10::string_view group_reduce, std::optional<double> scale, bool /*causal*/,
-                         c10::string_view query_reduce) {
+                         c10::string_view query_reduce, const std::optional<at::Tensor>& o) {
   parse_score(score);
   parse_group_reduce(group_reduce);
   parse_query_reduce(query_reduce);
@@ -92,6 +92,13 @@ void check_saliency_args(const at::Tensor& k, const at::Tensor& v, const at::Ten
   check_last_dim_contiguous(q, "q_window");
   if (scale.has_value())
     TORCH_CHECK(std::isfinite(*scale), "scale must be finite (or None for 1/sqrt(D)), got ", *scale);
+  if (o.has_value()) {
+    check_same_device(q, "q_window", *o, "o");
+    check_same_dtype(q, "q_window", *o, "o");
+    TORCH_CHECK(o->sizes() == q.sizes(), "o must have q_window's shape [B, H_q, W, D] = ", q.sizes(),
+                " (the window queries' attention output), got ", o->sizes());
+    check_last_dim_contiguous(*o, "o");
+  }
 }
 
 namespace {
@@ -99,7 +106,7 @@ namespace {
 // Everything of p except out (and, for float64 inputs, q: see below).
 obc::SaliencyParams describe(const at::Tensor& k, const at::Tensor& v, const at::Tensor& q,
                              c10::string_view score, c10::string_view group_reduce, std::optional<double> scale,
-                             bool causal, c10::string_view query_reduce) {
+                             bool causal, c10::string_view query_reduce, const std::optional<at::Tensor>& o) {
   obc::SaliencyParams p;
   p.dtype = to_obc_dtype(k, "k", true);
   p.k = k.data_ptr();
@@ -114,6 +121,10 @@ obc::SaliencyParams describe(const at::Tensor& k, const at::Tensor& v, const at:
   p.k_sb = k.stride(0), p.k_sh = k.stride(1), p.k_sn = k.stride(2);
   p.v_sb = v.stride(0), p.v_sh = v.stride(1), p.v_sn = v.stride(2);
   p.q_sb = q.stride(0), p.q_sh = q.stride(1), p.q_sw = q.stride(2);
+  if (o.has_value() && o->numel() > 0) {
+    p.o = o->data_ptr();
+    p.o_sb = o->stride(0), p.o_sh = o->stride(1), p.o_sw = o->stride(2);
+  }
   p.scale = static_cast<float>(scale.value_or(1.0 / std::sqrt(static_cast<double>(p.D))));
   p.causal = causal;
   p.score = parse_score(score);
@@ -194,9 +205,9 @@ at::Tensor saliency_run_cpu(obc::SaliencyParams p, const at::Tensor& k) {
 
 at::Tensor saliency_impl(const at::Tensor& k, const at::Tensor& v, const at::Tensor& q_window,
                          c10::string_view score, c10::string_view group_reduce, std::optional<double> scale,
-                         bool causal, c10::string_view query_reduce) {
-  check_saliency_args(k, v, q_window, score, group_reduce, scale, causal, query_reduce);
-  obc::SaliencyParams p = describe(k, v, q_window, score, group_reduce, scale, causal, query_reduce);
+                         bool causal, c10::string_view query_reduce, const std::optional<at::Tensor>& o) {
+  check_saliency_args(k, v, q_window, score, group_reduce, scale, causal, query_reduce, o);
+  obc::SaliencyParams p = describe(k, v, q_window, score, group_reduce, scale, causal, query_reduce, o);
   if (k.is_cuda()) {
 #ifdef OBCACHE_WITH_CUDA
     return saliency_run_cuda(p, k);
@@ -240,9 +251,10 @@ at::Tensor l2_equivalent_weight(const at::Tensor& wo, int64_t Hq, int64_t D) {
 // projected_value_norm kernel (specification: obcache.reference._wo_saliency).
 at::Tensor saliency_wo_score(const at::Tensor& k, const at::Tensor& v, const at::Tensor& q,
                              c10::string_view score, c10::string_view group_reduce, std::optional<double> scale,
-                             bool causal, c10::string_view query_reduce, const at::Tensor& wo) {
+                             bool causal, c10::string_view query_reduce, const at::Tensor& wo,
+                             const std::optional<at::Tensor>& o) {
   const bool critical = score == "critical";
-  check_saliency_args(k, v, q, "attn", group_reduce, scale, causal, query_reduce);
+  check_saliency_args(k, v, q, "attn", group_reduce, scale, causal, query_reduce, o);  // o: checked, not read
   check_projected_value_args(v, wo, critical ? 1 : 2);
   const int64_t B = k.size(0), Hkv = k.size(1), N = k.size(2), D = k.size(3), Hq = q.size(1), G = Hq / Hkv;
   TORCH_CHECK(wo.size(1) == Hq * D, "wo must have H_q * D = ", Hq, " * ", D, " = ", Hq * D,
@@ -251,7 +263,8 @@ at::Tensor saliency_wo_score(const at::Tensor& k, const at::Tensor& v, const at:
               "query_reduce must be 'sum', got '", str(query_reduce), "'");
   if (critical) {
     // (attn + eps) * mean over the group of ||v_p W_o^g||_1.
-    return critical_score(saliency_impl(k, v, q, "attn", group_reduce, scale, causal, query_reduce), v, wo);
+    return critical_score(saliency_impl(k, v, q, "attn", group_reduce, scale, causal, query_reduce, std::nullopt),
+                          v, wo);
   }
   // laprox: per query head ||A_{g,:,p}||_2 * ||v_p W_o^g||_2, then the group.
   // sum_i A^2 per query head is the `value` score of one head (G = 1: the
@@ -263,7 +276,8 @@ at::Tensor saliency_wo_score(const at::Tensor& k, const at::Tensor& v, const at:
   const at::Tensor pn = projected_value_norm_impl(v, l2_equivalent_weight(wo, Hq, D), 2).view({B, Hkv, G, N});
   at::Tensor per_head = at::empty_like(pn);
   for (int64_t g = 0; g < G; ++g) {
-    const at::Tensor a2 = saliency_impl(k, v_unit, q.slice(1, g, Hq, G), "value", "sum", scale, causal, "sum");
+    const at::Tensor a2 =
+        saliency_impl(k, v_unit, q.slice(1, g, Hq, G), "value", "sum", scale, causal, "sum", std::nullopt);
     per_head.select(2, g).copy_(a2.sqrt() * pn.select(2, g));
   }
   switch (parse_group_reduce(group_reduce)) {
@@ -278,15 +292,16 @@ at::Tensor saliency_wo_score(const at::Tensor& k, const at::Tensor& v, const at:
 
 at::Tensor saliency_op(const at::Tensor& k, const at::Tensor& v, const at::Tensor& q_window,
                        c10::string_view score, c10::string_view group_reduce, std::optional<double> scale,
-                       bool causal, c10::string_view query_reduce, const std::optional<at::Tensor>& wo) {
+                       bool causal, c10::string_view query_reduce, const std::optional<at::Tensor>& wo,
+                       const std::optional<at::Tensor>& o) {
   if (score == "critical" || score == "laprox") {
     TORCH_CHECK(wo.has_value(), "score '", str(score), "' needs wo, the o_proj weight [hidden, H_q * D]; got wo=None");
-    return saliency_wo_score(k, v, q_window, score, group_reduce, scale, causal, query_reduce, *wo);
+    return saliency_wo_score(k, v, q_window, score, group_reduce, scale, causal, query_reduce, *wo, o);
   }
   TORCH_CHECK(is_base_score(score), "score must be one of ", kAllScoreNames, ", got '", str(score), "'");
   TORCH_CHECK(!wo.has_value(), "wo is not used by score '", str(score), "' (only by 'critical' and 'laprox'); ",
               "pass wo=None");
-  return saliency_impl(k, v, q_window, score, group_reduce, scale, causal, query_reduce);
+  return saliency_impl(k, v, q_window, score, group_reduce, scale, causal, query_reduce, o);
 }
 
 }  // namespace obcache
@@ -294,7 +309,7 @@ at::Tensor saliency_op(const at::Tensor& k, const at::Tensor& v, const at::Tenso
 TORCH_LIBRARY_FRAGMENT(obcache, m) {
   m.def(
       "saliency(Tensor k, Tensor v, Tensor q_window, str score, *, str group_reduce=\"sum\", float? scale=None, "
-      "bool causal=True, str query_reduce=\"sum\", Tensor? wo=None) -> Tensor");
+      "bool causal=True, str query_reduce=\"sum\", Tensor? wo=None, Tensor? o=None) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(obcache, CPU, m) { m.impl("saliency", &obcache::saliency_op); }

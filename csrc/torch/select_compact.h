@@ -64,6 +64,6 @@ void compact_run_cuda(at::Tensor& k, at::Tensor& v, const at::Tensor& indices,
 at::Tensor evict_impl(at::Tensor k, at::Tensor v, const at::Tensor& q_window, int64_t budget,
                       c10::string_view score, int64_t sink, std::optional<int64_t> recent, int64_t pool_kernel,
                       c10::string_view pool, c10::string_view group_reduce, std::optional<double> scale,
-                      const std::optional<at::Tensor>& start);
+                      const std::optional<at::Tensor>& start, const std::optional<at::Tensor>& o);
 
 }  // namespace obcache

@@ -20,6 +20,7 @@ def evict(
     group_reduce: str = "sum",
     scale: Optional[float] = None,
     start: Optional[torch.Tensor] = None,
+    o: Optional[torch.Tensor] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Evicts all but `budget` tokens per KV head, in place.
 
@@ -36,6 +37,8 @@ def evict(
         score: one of obcache.SCORES.
         recent: last tokens always kept; defaults to W.
         start: optional int64 [B] first valid position (left padding).
+        o: optional [B, H_q, W, D] attention output of the window queries
+            over this cache, when the caller has it (see `saliency`).
 
     Returns:
         (k[..., :n, :], v[..., :n, :], indices int64 [B, H_kv, n]) with
@@ -55,6 +58,7 @@ def evict(
         group_reduce=group_reduce,
         scale=scale,
         start=start,
+        o=o,
     )
     n = idx.shape[-1]
     return k[..., :n, :], v[..., :n, :], idx
@@ -62,7 +66,7 @@ def evict(
 
 @torch.library.register_fake("obcache::evict")
 def _evict_fake(k, v, q_window, budget, *, score="joint", sink=0, recent=None, pool_kernel=7, pool="max",
-                group_reduce="sum", scale=None, start=None):
+                group_reduce="sum", scale=None, start=None, o=None):
     torch._check(k.dim() == 4, lambda: f"k must have 4 dims [B, H_kv, N, D], got {k.dim()}")
     B, H, N, _ = k.shape
     return k.new_empty((B, H, min(budget, N)), dtype=torch.int64)

@@ -31,6 +31,7 @@ def saliency(
     causal: bool = True,
     query_reduce: str = "sum",
     wo: Optional[torch.Tensor] = None,
+    o: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Saliency of every cached token, per (batch, KV head).
 
@@ -59,6 +60,13 @@ def saliency(
             ||A_{g,:,p}||_2 over the window * ||v W_o^g||_2, then group_reduce
             (LaProx itself averages: group_reduce="mean"). W_o^g is
             wo[:, g*D:(g+1)*D].T; see projected_value_norm.
+        o: optional [B, H_q, W, D] attention output of the window queries,
+            softmax(Z) V over this cache (same dtype and device as q_window,
+            last dim contiguous), for a caller that already has it (a model's
+            attention has just computed it): "key", "joint" and "loo" read it
+            instead of computing it, a third fewer FLOPs for "key"; the other
+            scores check and ignore it. The scores are those of this O: an O
+            that is not this cache's attention output gives other scores.
 
     Returns:
         [B, H_kv, N] float32 (float64 for float64 inputs), on k's device.
@@ -66,13 +74,13 @@ def saliency(
     """
     return torch.ops.obcache.saliency(
         k, v, q_window, score, group_reduce=group_reduce, scale=scale, causal=causal, query_reduce=query_reduce,
-        wo=wo,
+        wo=wo, o=o,
     )
 
 
 @torch.library.register_fake("obcache::saliency")
 def _saliency_fake(k, v, q_window, score, *, group_reduce="sum", scale=None, causal=True, query_reduce="sum",
-                   wo=None):
+                   wo=None, o=None):
     torch._check(k.dim() == 4, lambda: f"k must have 4 dims [B, H_kv, N, D], got {k.dim()}")
     torch._check(q_window.dim() == 4, lambda: f"q_window must have 4 dims [B, H_q, W, D], got {q_window.dim()}")
     out_dtype = torch.float64 if k.dtype == torch.float64 else torch.float32

@@ -2,7 +2,8 @@
 // SIMT emulation) against the CPU kernel, at sizes that hit the edges: N not
 // a multiple of the 32-key tile, rows not a multiple of the 16-row chunk,
 // several key splits (flash-decoding combine), W = 1, G = 1, D = 72, causal
-// and not, strided inputs, every score and reduction, every CUDA dtype.
+// and not, strided inputs, every score and reduction, every CUDA dtype, and
+// the window's attention output given by the caller (SaliencyParams::o).
 // cuda_compat.h first: under OBC_SIMT_EMULATION it brings the emulated
 // __host__ / __device__ that common.h uses.
 #include "cuda_compat.h"
@@ -29,13 +30,15 @@ struct Case {
 
 // Scores `scores` (bit s = Score s); with all_reductions, each score runs two
 // of the six (group, query) reductions, so that every reduction meets two
-// scores (the reductions themselves are score-independent code).
+// scores (the reductions themselves are score-independent code). given_o:
+// both kernels read an arbitrary O (laid out as q) instead of computing it.
 template <typename E>
-void check_case(const Case& c, obc::DType dt, std::mt19937& rng, bool all_reductions, unsigned scores = 0x7f) {
+void check_case(const Case& c, obc::DType dt, std::mt19937& rng, bool all_reductions, unsigned scores = 0x7f,
+                bool given_o = false) {
   const int64_t sn = c.D + c.pad, sh = (c.N + 1) * sn, sb = c.H * sh;
   const int64_t qw = c.D + c.pad, qh = c.W * qw, qb = c.H * c.G * qh;
-  std::vector<E> k(c.B * sb), v(c.B * sb), q(c.B * qb);
-  for (auto* t : {&k, &v, &q}) {
+  std::vector<E> k(c.B * sb), v(c.B * sb), q(c.B * qb), o(c.B * qb);
+  for (auto* t : {&k, &v, &q, &o}) {
     const std::vector<float> x = naive::grid_values(t->size(), rng);
     for (size_t i = 0; i < x.size(); ++i) (*t)[i] = naive::from_float<E>(x[i]);
   }
@@ -48,6 +51,7 @@ void check_case(const Case& c, obc::DType dt, std::mt19937& rng, bool all_reduct
       p.B = c.B, p.Hkv = c.H, p.G = c.G, p.W = c.W, p.N = c.N, p.D = c.D;
       p.k_sb = p.v_sb = sb, p.k_sh = p.v_sh = sh, p.k_sn = p.v_sn = sn;
       p.q_sb = qb, p.q_sh = qh, p.q_sw = qw;
+      if (given_o) p.o = o.data(), p.o_sb = qb, p.o_sh = qh, p.o_sw = qw;
       p.scale = 0.3f, p.causal = c.causal, p.score = static_cast<Score>(s);
       p.group_reduce = static_cast<obc::GroupReduce>(red % 3);
       p.query_reduce = static_cast<obc::QueryReduce>(red / 3);
@@ -104,6 +108,15 @@ TEST(EmuSaliency, SeveralKeySplitsAreCombined) {
   }();
   ASSERT_GT(obc::make_shape(probe2).splits, 1);
   check_case<float>({1, 1, 3, 7, 300, 8, 0, true}, obc::DType::F32, rng, false, attn_joint_loo | 1u << 1);
+}
+
+// O given: pass 1 skips it (its workspace too) and combine reads it, over
+// several splits and row chunks; every score (those that do not read O
+// ignore it).
+TEST(EmuSaliency, GivenAttentionOutputIsRead) {
+  std::mt19937 rng(4);
+  check_case<float>({1, 2, 3, 7, 300, 16, 3, true}, obc::DType::F32, rng, true, 0x7f, true);
+  check_case<obc::bf16_t>({1, 1, 2, 3, 37, 8, 1, false}, obc::DType::BF16, rng, false, 0x7f, true);
 }
 
 TEST(EmuSaliency, HalfAndBFloat16) {
