@@ -502,3 +502,66 @@ def test_a_budget_below_sink_plus_window_raises_naming_the_budget():
     with hf.compress(model, "snapkv", 0.1, **opts()):
         with pytest.raises(ValueError, match=r"budget=0\.1 gives 6 tokens"):
             greedy(model, prompt(60))
+
+
+# ---------------------------------------------------------------------------
+# the window's attention output, taken from the model (OutputTap)
+
+
+def _recording_ops(monkeypatch):
+    """Records the `o` each saliency / evict call of the integration gets."""
+    import obcache.hf.hooks as hooks
+
+    seen = []
+
+    class Ops:
+        def __getattr__(self, name):
+            op = getattr(torch.ops.obcache, name)
+            if name not in ("saliency", "evict"):
+                return op
+
+            def call(*args, **kw):
+                seen.append((name, args[2], kw.get("o")))
+                return op(*args, **kw)
+
+            return call
+
+    monkeypatch.setattr(hooks, "_ops", lambda: Ops())
+    return seen
+
+
+@pytest.mark.parametrize("method", ["snapkv+obc-key", "criticalkv+obc-key", "adakv+obc-key"])
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_key_scores_read_the_models_attention_output_of_the_window(method, attn, monkeypatch):
+    model, ids = tiny_model("llama", attn), prompt(64)
+    seen = _recording_ops(monkeypatch)
+    cache = DynamicCache(config=model.config)
+    with torch.no_grad(), hf.compress(model, method, 24, **opts()):
+        model(ids, past_key_values=cache, use_cache=True)
+    assert len(seen) == len(model.model.layers)
+    for li, (name, q, o) in enumerate(seen):
+        want_q, full, scale = window_queries(model, ids, li, WINDOW)
+        torch.testing.assert_close(q, want_q)
+        # softmax(q K^T) V over the full cache, KV heads repeated to the query heads
+        kk = full.keys.repeat_interleave(2, dim=1)
+        vv = full.values.repeat_interleave(2, dim=1)
+        z = (want_q @ kk.transpose(-1, -2)) * scale
+        z = z.masked_fill(torch.arange(64)[None, :] > torch.arange(64 - WINDOW, 64)[:, None], float("-inf"))
+        assert o is not None and o.shape == q.shape, f"layer {li} ({name})"
+        torch.testing.assert_close(o, z.softmax(-1) @ vv, rtol=1e-5, atol=1e-6)
+
+
+def test_attention_only_rows_and_decode_steps_take_no_attention_output(monkeypatch):
+    model, ids = tiny_model(), prompt(30)
+    seen = _recording_ops(monkeypatch)
+    n0 = sum(len(layer.self_attn.o_proj._forward_pre_hooks) for layer in model.model.layers)
+    with hf.compress(model, "snapkv", 20, **opts()):  # reads no O: no tap on o_proj
+        assert sum(len(layer.self_attn.o_proj._forward_pre_hooks) for layer in model.model.layers) == n0
+        greedy(model, ids, n=2, past_key_values=DynamicCache(config=model.config))
+    assert seen and all(o is None for _, _, o in seen)
+    seen.clear()
+    # decode-time eviction scores with queries of earlier steps: their outputs saw another cache
+    cache = DynamicCache(config=model.config)
+    with hf.compress(model, "snapkv+obc-key", 1.0, decode_budget=24, **opts()):
+        greedy(model, ids, n=6, past_key_values=cache)
+    assert seen and all(o is None for _, _, o in seen)

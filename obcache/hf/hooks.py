@@ -44,6 +44,7 @@ import torch
 from torch import nn
 
 from obcache.hf.cache_arg import cache_of, set_cache
+from obcache.hf.outputs import O_SCORES, OutputTap
 from obcache.hf.queries import QueryTap, attention_modules, recompute_queries
 from obcache.methods import Method, get_method
 from obcache.policies import laprox_select
@@ -156,25 +157,29 @@ def _set_length(layer, n):
 # eviction of one layer (and LaProx's `_evict_global`): the places that call the ops
 
 
-def _criticalkv_keep(k, v, q, budget, *, method, scale, wo, floor=None, **sel):
+def _criticalkv_keep(k, v, q, budget, *, method, scale, wo, floor=None, o=None, **sel):
     """The tokens a `criticalkv` row keeps in one layer: those of
     criticalkv_keep with `budget` per head, or of adaptive_criticalkv_keep
     with `budget` for the layer and AdaKV's `floor` (then (indices,
     lengths)). Stage 2's critical score is computed exactly only where its
     picks depend on it (pruned_keep: the same tokens, ~3% of the
-    o_proj-sized work). sel: sink, recent, pool_kernel, pool."""
-    base = _ops().saliency(k, v, q, method.score, group_reduce=method.group_reduce or "sum", scale=scale)
+    o_proj-sized work). o: the window's attention output, or None (see
+    evict_layer). sel: sink, recent, pool_kernel, pool."""
+    base = _ops().saliency(k, v, q, method.score, group_reduce=method.group_reduce or "sum", scale=scale, o=o)
     return pruned_keep(base, v, wo, budget, floor=floor, **sel)
 
 
-def evict_layer(k, v, q, budget, *, method: Method, sink, recent, pool_kernel, pool, scale, start=None, wo=None):
+def evict_layer(k, v, q, budget, *, method: Method, sink, recent, pool_kernel, pool, scale, start=None, wo=None,
+                o=None):
     """Compacts k, v [B, H_kv, N, D] in place to `budget` rows per (b, h).
 
     q: [B, H_q, W, D] scoring queries of the last W cached tokens (unused by
     `streaming`). start: optional int64 [B], first real (non-padding) row of
     each batch row; each row is scored on its own tokens only, and a row with
     at most `budget` real tokens keeps its last `budget` rows. wo: the
-    layer's o_proj weight (`criticalkv` rows).
+    layer's o_proj weight (`criticalkv` rows). o: [B, H_q, W, D] the
+    attention output of q's queries over this cache, or None (the op then
+    computes it; see the ops' `o`).
     Returns int64 [B, H_kv, budget]: the old row of each kept row, ascending.
     """
     ops = _ops()
@@ -188,16 +193,16 @@ def evict_layer(k, v, q, budget, *, method: Method, sink, recent, pool_kernel, p
     opts = dict(score=method.score, sink=sink, recent=recent, pool_kernel=pk, pool=pool, group_reduce="sum",
                 scale=scale)
 
-    def run(kb, vb, qb):
+    def run(kb, vb, qb, ob):
         if method.selection != "criticalkv":
-            return ops.evict(kb, vb, qb, budget, **opts)
-        idx = _criticalkv_keep(kb, vb, qb, budget, method=method, scale=scale, wo=wo, sink=sink, recent=recent,
+            return ops.evict(kb, vb, qb, budget, o=ob, **opts)
+        idx = _criticalkv_keep(kb, vb, qb, budget, method=method, scale=scale, wo=wo, o=ob, sink=sink, recent=recent,
                                pool_kernel=pk, pool=pool)
         ops.compact_(kb, vb, idx)
         return idx
 
     if start is None or not bool(start.any()):
-        return run(k, v, q)
+        return run(k, v, q, o)
     # Left padding: score each row on its own tokens (the ops' softmax would
     # otherwise count padding keys), on narrowed views of the cache.
     rows = []
@@ -209,34 +214,37 @@ def evict_layer(k, v, q, budget, *, method: Method, sink, recent, pool_kernel, p
             ops.compact_(kb, vb, idx)
         else:
             W = min(q.shape[2], N - s)
-            idx = run(kb[:, :, s:], vb[:, :, s:], q[b : b + 1, :, q.shape[2] - W :]) + s
+            ob = None if o is None else o[b : b + 1, :, q.shape[2] - W :]
+            idx = run(kb[:, :, s:], vb[:, :, s:], q[b : b + 1, :, q.shape[2] - W :], ob) + s
             if s:
                 ops.compact_(kb, vb, torch.arange(s, s + budget, device=k.device).expand(1, H, budget).contiguous())
         rows.append(idx)
     return torch.cat(rows, 0)
 
 
-def layer_scores(k, v, q, *, method: Method, scale, wo=None):
-    """[B, H_kv, N] float32 scores of one layer (`laprox` needs wo)."""
+def layer_scores(k, v, q, *, method: Method, scale, wo=None, o=None):
+    """[B, H_kv, N] float32 scores of one layer (`laprox` needs wo; o as in
+    evict_layer)."""
     return _ops().saliency(k, v, q, method.score, group_reduce=method.group_reduce or "sum", scale=scale,
-                           wo=wo if method.needs_wo else None)
+                           wo=wo if method.needs_wo else None, o=o)
 
 
 def evict_layer_adaptive(k, v, q, budget, *, method: Method, sink, recent, pool_kernel, pool, scale, floor,
-                         wo=None):
+                         wo=None, o=None):
     """AdaKV: compacts k, v [B, H_kv, N, D] in place keeping budget * H_kv
     rows per batch row over the layer's heads, each head at least `floor` of
     the even share (`select_adaptive`; `adaptive_criticalkv_keep` for
     `criticalkv` rows). Returns (indices int64 [B, H_kv, Lmax], -1 past a
-    head's length; lengths int64 [B, H_kv]); rows >= lengths are padding."""
+    head's length; lengths int64 [B, H_kv]); rows >= lengths are padding.
+    o as in evict_layer."""
     pk = pool_kernel if method.pooled else 0
     total = budget * k.shape[1]
     if method.selection == "criticalkv":
-        idx, lengths = _criticalkv_keep(k, v, q, total, method=method, scale=scale, wo=wo, floor=floor, sink=sink,
-                                        recent=recent, pool_kernel=pk, pool=pool)
+        idx, lengths = _criticalkv_keep(k, v, q, total, method=method, scale=scale, wo=wo, floor=floor, o=o,
+                                        sink=sink, recent=recent, pool_kernel=pk, pool=pool)
     else:
-        idx, lengths = _ops().select_adaptive(layer_scores(k, v, q, method=method, scale=scale), total, floor=floor,
-                                              sink=sink, recent=recent, pool_kernel=pk, pool=pool)
+        idx, lengths = _ops().select_adaptive(layer_scores(k, v, q, method=method, scale=scale, o=o), total,
+                                              floor=floor, sink=sink, recent=recent, pool_kernel=pk, pool=pool)
     _ops().compact_(k, v, idx, lengths)
     return idx, lengths
 
@@ -363,10 +371,12 @@ class Compression:
         self._outer = None  # (mode, read_total) while a chunked call runs its chunks
         self._prefix = {}  # id(kwargs) -> (kwargs, hidden states of earlier chunks)
         self._handles = []
-        self._queries = None
+        self._queries = self._outputs = None
         self.eviction_seconds = 0.0
         try:
             self._queries = QueryTap(self.attention)
+            if self.method.score in O_SCORES:
+                self._outputs = OutputTap(self.attention)
             self._handles.append(self.base.register_forward_pre_hook(self._before, with_kwargs=True))
             self._handles.append(self.base.register_forward_hook(self._after, with_kwargs=True))
             for attn in self.attention:
@@ -389,6 +399,8 @@ class Compression:
         self._handles.clear()
         if self._queries is not None:
             self._queries.remove()
+        if self._outputs is not None:
+            self._outputs.remove()
         self._prefix.clear()
         if getattr(self.base, "_obcache_compression", None) is self:
             del self.base._obcache_compression
@@ -572,6 +584,7 @@ class Compression:
 
     def _after_attention(self, module, args, kwargs, output):
         projected = self._queries.take(module)  # this call's q_proj output
+        attended = self._outputs.take(module) if self._outputs is not None else None  # its o_proj input
         cache = cache_of(kwargs)
         st = state_of(cache) if cache is not None else None
         if st is None:
@@ -610,23 +623,26 @@ class Compression:
                 )
             t0 = _now(k.device)
             q = self._scoring_queries(st, module, hs, pe, projected)
+            # The window's attention output, when q are this call's last rows.
+            o = None if st.mode == "decode" else OutputTap.last_rows(attended, q)
             start = st.left_padding()
             wo = module.o_proj.weight if self.method.needs_wo else None
             pool = self.method.pool or self.pool
             if self.method.per_head_lengths:
                 self._check_per_head(st, li, start)
                 if self.method.selection == "global":  # scored now, selected over every layer in _after
-                    st.scores[li] = layer_scores(k, v, q, method=self.method, scale=module.scaling, wo=wo)
+                    st.scores[li] = layer_scores(k, v, q, method=self.method, scale=module.scaling, wo=wo, o=o)
                     st.positions[li] = positions
                 else:
                     idx, lengths = evict_layer_adaptive(k, v, q, target, method=self.method, sink=self.sink,
                                                         recent=self.recent, pool_kernel=self.pool_kernel, pool=pool,
-                                                        scale=module.scaling, floor=self.floor, wo=wo)
+                                                        scale=module.scaling, floor=self.floor, wo=wo, o=o)
                     self._keep(st, layer, li, positions, idx, lengths)
                 self.eviction_seconds += _now(k.device) - t0
                 return None
             idx = evict_layer(k, v, q, target, method=self.method, sink=self.sink, recent=self.recent,
-                              pool_kernel=self.pool_kernel, pool=pool, scale=module.scaling, start=start, wo=wo)
+                              pool_kernel=self.pool_kernel, pool=pool, scale=module.scaling, start=start, wo=wo,
+                              o=o)
             _set_length(layer, idx.shape[-1])
             st.positions[li] = positions.gather(-1, idx)
             st.valid_out = valid.gather(1, idx[:, 0])
