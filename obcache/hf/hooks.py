@@ -12,7 +12,9 @@ Two kinds of hooks:
   has just run exactly over everything cached plus the new tokens; the hook
   recomputes the scoring queries from the layer's input (`queries.py`) and
   calls `torch.ops.obcache.evict`, which compacts the layer's cache tensors
-  in place ([B, H_kv, N, D]: KV is never expanded to the query heads).
+  in place ([B, H_kv, N, D]: KV is never expanded to the query heads). For
+  the scores that read the window's attention output, the op is handed the
+  one the layer just computed (o_proj's input, `outputs.py`).
 
 How the cache stays consistent with transformers' own bookkeeping: the
 cache reports its physical length (`get_seq_length`, mask sizes) as usual,
