@@ -5,7 +5,10 @@ attn, value, key, joint) at B=1, H_kv=8, G=4, W=32, D=128, float32.
 
 Jobs: every score of --scores at every --ns, plus every score the op supports
 without an o_proj weight (attn tova vatp value key joint loo) at
---all-scores-ns. Every (implementation, score, N) runs in a fresh subprocess
+--all-scores-ns. For the scores that read O (key, joint, loo), `obcache+o`
+is the op given the window's attention output (`o`, as a model's attention
+hands it over: computed before the timed calls), which skips O's product.
+Every (implementation, score, N) runs in a fresh subprocess
 (bench/common.py: measure_call): the first call measures peak extra memory
 (ru_maxrss after the call, its high-water mark reset once the inputs exist,
 minus the RSS at that point), then `--repeats` timed calls give the median.
@@ -34,12 +37,20 @@ from common import B, D, G, HKV, W  # noqa: E402
 from peak import roofline  # noqa: E402
 
 ALL_SCORES = ("attn", "tova", "vatp", "value", "key", "joint", "loo")
-IMPLS = ("obcache", "kvpress", "reference", "reference/head")
+O_SCORES = ("key", "joint", "loo")
+IMPLS = ("obcache", "obcache+o", "kvpress", "reference", "reference/head")
 
 
-def call(impl, k, v, q, score):
-    if impl == "obcache":
-        return torch.ops.obcache.saliency(k, v, q, score)
+def window_output(k, v, q):
+    """softmax(Z) V of the window queries (causal, GQA): the `o` a model's attention hands over."""
+    N, W = k.shape[2], q.shape[2]
+    visible = torch.arange(N)[None, :] <= torch.arange(N - W, N)[:, None]
+    return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=visible, enable_gqa=True)
+
+
+def call(impl, k, v, q, score, o=None):
+    if impl.startswith("obcache"):
+        return torch.ops.obcache.saliency(k, v, q, score, o=o)
     if impl == "kvpress":
         return bl.kvpress_scores(k, v, q, score)
     return bl.reference_scores(k, v, q, score, per_head=impl == "reference/head")
@@ -49,14 +60,15 @@ def child(impl, score, N, repeats):
     import obcache  # noqa: F401  (load the extension before measuring)
 
     k, v, q = cm.inputs(N)
+    o = window_output(k, v, q) if impl == "obcache+o" else None
     call(impl, k[:, :, :64], v[:, :, :64], q, score)  # warm up code paths
-    print(json.dumps(cm.measure_call(call, lambda: (impl, k, v, q, score), repeats)))
+    print(json.dumps(cm.measure_call(call, lambda: (impl, k, v, q, score, o), repeats)))
 
 
-def necessary_work(N, score):
-    # GEMM-sized products: Q K^T (+ A V and O V^T for key / joint / loo); K (and V) read once. tova scores
-    # with the last window query only: one row per query head.
-    gemms = 3 if score in ("key", "joint", "loo") else 1
+def necessary_work(N, score, given_o=False):
+    # GEMM-sized products: Q K^T (+ A V unless O is given, and O V^T, for key / joint / loo); K (and V)
+    # read once. tova scores with the last window query only: one row per query head.
+    gemms = (2 if given_o else 3) if score in O_SCORES else 1
     rows = 1 if score == "tova" else W
     reads_v = score not in ("attn", "tova")
     return gemms * 2 * B * HKV * G * rows * N * D, (2 if reads_v else 1) * B * HKV * N * D * 4
@@ -91,7 +103,7 @@ def main():
     for N, score in tqdm(pairs, desc="saliency bench"):
         row = {"N": N, "score": score, "B": B, "H_kv": HKV, "G": G, "W": W, "D": D, "dtype": "float32",
                "threads": torch.get_num_threads(), "kv_input_MiB": 2 * B * HKV * N * D * 4 / 2**20, "impls": {}}
-        impls = ["obcache"] + (["kvpress"] if score in bl.SCORES else [])
+        impls = ["obcache"] + (["obcache+o"] if score in O_SCORES else []) + (["kvpress"] if score in bl.SCORES else [])
         est = bl.reference_peak_bytes(B, HKV, G, W, N, D, score)
         ref_impl = "reference" if est <= args.ref_max_gib * 2**30 else "reference/head"
         est = est if ref_impl == "reference" else bl.reference_peak_bytes(B, HKV, G, W, N, D, score, per_head=True)
@@ -121,12 +133,18 @@ def main():
                     row[f"memory_ratio_vs_{key}"] = other["extra_MiB"] / max(ob["extra_MiB"], 1.0)
             if "gemm_GFLOPs" in peak:
                 row["obcache_roofline"] = roofline(*necessary_work(N, score), ob["s"], peak)
+        obo = row["impls"].get("obcache+o", {})
+        if ob["s"] and obo.get("s"):
+            row["speedup_given_o"] = ob["s"] / obo["s"]
+            if "gemm_GFLOPs" in peak:
+                row["obcache+o_roofline"] = roofline(*necessary_work(N, score, given_o=True), obo["s"], peak)
         rows.append(row)
 
     print()
     cm.print_peak(peak)
     print(f"{'N':>6} {'score':>6} {'obcache ms':>11} {'kvpress ms':>11} {'reference ms':>14} {'vs kvpress':>10} "
-          f"{'vs ref':>8} {'obc MiB':>8} {'kvp MiB':>8} {'ref MiB':>8} {'GFLOP/s':>8} {'%peakF':>6} {'%roof':>6}")
+          f"{'vs ref':>8} {'obc MiB':>8} {'kvp MiB':>8} {'ref MiB':>8} {'GFLOP/s':>8} {'%peakF':>6} {'%roof':>6} "
+          f"{'+o ms':>7} {'+o GF/s':>8}")
     for r in rows:
         im = r["impls"]
         ref = im[r["reference_impl"]]
@@ -140,12 +158,15 @@ def main():
               f"{cm.fmt(im['obcache']['extra_MiB'], '.1f'):>8} {cm.fmt(kv.get('extra_MiB'), '.1f'):>8} "
               f"{cm.fmt(ref['extra_MiB'], '.1f'):>8} {cm.fmt(rf.get('achieved_GFLOPs'), '.1f'):>8} "
               f"{cm.fmt(rf.get('frac_peak_flops') and 100 * rf['frac_peak_flops'], '.0f'):>6} "
-              f"{cm.fmt(rf.get('frac_roofline') and 100 * rf['frac_roofline'], '.0f'):>6}")
+              f"{cm.fmt(rf.get('frac_roofline') and 100 * rf['frac_roofline'], '.0f'):>6} "
+              f"{cm.fmt(im.get('obcache+o', {}).get('s') and 1e3 * im['obcache+o']['s'], '.1f', ''):>7} "
+              f"{cm.fmt((r.get('obcache+o_roofline') or {}).get('achieved_GFLOPs'), '.1f', ''):>8}")
         for name, d in im.items():
             if d.get("error"):
                 print(f"{'':>14}{name}: {d['error']}")
     print("(vs X = X time / obcache time; /h = reference run one KV head at a time; MiB = peak extra RSS of one call;"
-          " GFLOP/s counts the GEMM-sized products only; %peakF = of the FMA peak (the GEMM one without a C compiler); %roof = roofline floor / time)")
+          " GFLOP/s counts the GEMM-sized products only; %peakF = of the FMA peak (the GEMM one without a C compiler); %roof = roofline floor / time;"
+          " +o = the op given the window's attention output o, GF/s of its two products)")
     payload = {"bench": "saliency", "config": "B=1 H_kv=8 G=4 W=32 D=128 float32, CPU, median of %d (reference: %d)"
                                               % (args.repeats, args.ref_repeats),
                "argv": sys.argv, "machine": mach, "peak": peak, "load_start": load_start,
