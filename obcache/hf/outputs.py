@@ -13,7 +13,8 @@ earlier steps, whose outputs saw another cache.
 from typing import Optional
 
 import torch
-from torch import nn
+
+from obcache.hf.taps import ProjectionTap
 
 __all__ = ["OutputTap", "O_SCORES"]
 
@@ -21,31 +22,14 @@ __all__ = ["OutputTap", "O_SCORES"]
 O_SCORES = ("key", "joint", "loo")
 
 
-class OutputTap:
-    """Keeps the input of each attention module's o_proj from its latest call;
-    `take` hands the last rows to the attention module's own forward hook.
+class OutputTap(ProjectionTap):
+    """Keeps the input of each attention module's o_proj from its latest
+    call ([B, T, H_q * head_dim], `take`n by the attention module's own
+    forward hook); `last_rows` cuts the scoring window's rows out of it.
     `remove` drops the hooks."""
 
     def __init__(self, attention):
-        self._in = {}
-        self._handles = []
-        try:
-            for attn in attention:
-                self._handles.append(attn.o_proj.register_forward_pre_hook(self._keeper(attn)))
-        except BaseException:
-            self.remove()
-            raise
-
-    def _keeper(self, attn):
-        def keep(module, args):
-            self._in[attn] = args[0]
-
-        return keep
-
-    def take(self, attn: nn.Module) -> Optional[torch.Tensor]:
-        """o_proj's input [B, T, H_q * head_dim] of attn's latest call, once
-        (None when there is none)."""
-        return self._in.pop(attn, None)
+        super().__init__(attention, "o_proj", "input")
 
     @staticmethod
     def last_rows(x: Optional[torch.Tensor], q: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
@@ -59,9 +43,3 @@ class OutputTap:
         if x.shape[0] != B or x.shape[1] < W or x.shape[2] != Hq * D:
             return None
         return x[:, x.shape[1] - W :].view(B, W, Hq, D).transpose(1, 2)
-
-    def remove(self) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
-        self._in.clear()

@@ -24,6 +24,7 @@ from typing import Callable, Dict, Optional, Tuple
 import torch
 from torch import nn
 
+from obcache.hf.taps import ProjectionTap
 from obcache.ops.rope import rope_rotate_half
 
 __all__ = ["SUPPORTED_ATTENTION", "check_supported", "attention_modules", "recompute_queries", "QueryTap"]
@@ -63,38 +64,14 @@ def attention_modules(base: nn.Module):
     return mods
 
 
-class QueryTap:
+class QueryTap(ProjectionTap):
     """Keeps the output of each attention module's q_proj from its latest
-    call (a forward hook on q_proj), for `recompute_queries`: the caller
-    `take`s it in the attention module's own forward hook, so it is the
+    call, for `recompute_queries`: the caller `take`s it ([B, T, H_q *
+    head_dim]) in the attention module's own forward hook, so it is the
     projection of that call's hidden_states. `remove` drops the hooks."""
 
     def __init__(self, attention):
-        self._out = {}
-        self._handles = []
-        try:
-            for attn in attention:
-                self._handles.append(attn.q_proj.register_forward_hook(self._keeper(attn)))
-        except BaseException:
-            self.remove()
-            raise
-
-    def _keeper(self, attn):
-        def keep(module, args, output):
-            self._out[attn] = output
-
-        return keep
-
-    def take(self, attn: nn.Module) -> Optional[torch.Tensor]:
-        """q_proj's output [B, T, H_q * head_dim] of attn's latest call, once
-        (None when there is none)."""
-        return self._out.pop(attn, None)
-
-    def remove(self) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
-        self._out.clear()
+        super().__init__(attention, "q_proj", "output")
 
 
 def recompute_queries(
