@@ -37,6 +37,14 @@ def repeat_kv(x, n_rep):
     return x[:, :, None, :, :].expand(b, h, n_rep, n, d).reshape(b, h * n_rep, n, d)
 
 
+def window_output(k, v, q):
+    """softmax(Z) V of the window queries (causal, GQA), what a model's attention hands the ops as `o`:
+    computed before the timed calls of `obcache+o`."""
+    N, W = k.shape[2], q.shape[2]
+    visible = torch.arange(N, device=k.device)[None, :] <= torch.arange(N - W, N, device=k.device)[:, None]
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=visible, enable_gqa=True)
+
+
 def kvpress_scores(k, v, q, score="joint", scale=None):
     """float32 [B, H_kv, N]: the score summed over the W window queries and the
     G query heads of each KV head (causal window: query i sits at N - W + i)."""

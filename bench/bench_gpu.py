@@ -1,5 +1,6 @@
 """CUDA kernels vs the reference and the kvpress-style baseline, timed with
-CUDA events: saliency (joint), select, compact_ and evict at N in {4k, 32k,
+CUDA events: saliency (joint; also `obcache+o`, given the window's attention
+output as a model hands it over), select, compact_ and evict at N in {4k, 32k,
 128k}, bfloat16, B=1, H_kv=8, G=4, W=32, D=128, budget N/10, sink 4,
 recent W, max pooling kernel 7; and projected_value_norm (the L1 norms of
 CriticalKV's score) with Llama-3.1-8B's o_proj, hidden 4096.
@@ -100,7 +101,7 @@ def extra_memory(fn, prepare, device):
     return (peak - base) / 2**20
 
 
-def build_cases(op, N, k0, v0, q, k, v, scores, idx, per_head_ref, wo):
+def build_cases(op, N, k0, v0, q, k, v, scores, idx, per_head_ref, wo, o):
     """{impl: (fn, prepare)} for one op; prepare restores in-place inputs."""
     import obcache
     from obcache import reference
@@ -113,6 +114,7 @@ def build_cases(op, N, k0, v0, q, k, v, scores, idx, per_head_ref, wo):
 
     if op == "saliency":
         return {"obcache": (lambda: torch.ops.obcache.saliency(k0, v0, q, SCORE), None),
+                "obcache+o": (lambda: torch.ops.obcache.saliency(k0, v0, q, SCORE, o=o), None),
                 "kvpress": (lambda: bl.kvpress_scores(k0, v0, q, SCORE), None),
                 "reference": (lambda: bl.reference_scores(k0, v0, q, SCORE, per_head=per_head_ref), None)}
     if op == "select":
@@ -191,11 +193,12 @@ def main():
         scores = torch.ops.obcache.saliency(k0, v0, q, SCORE)
         idx = torch.ops.obcache.select(scores, N // 10, sink=SINK, recent=W, pool_kernel=POOL_KERNEL)
         wo = projection_weight(dtype, device) if op == "projected_value" else None
+        o = bl.window_output(k0, v0, q) if op == "saliency" else None
         est = reference_peak(op, N, per_head=False)
         # saliency and evict have a per-head reference to fall back on
         per_head = est > args.ref_max_gib * 2**30 and op in ("saliency", "evict")
         est_used = reference_peak(op, N, per_head=True) if per_head else est
-        cases = build_cases(op, N, k0, v0, q, k, v, scores, idx, per_head, wo)
+        cases = build_cases(op, N, k0, v0, q, k, v, scores, idx, per_head, wo, o)
         row = {"op": op, "N": N, "budget": N // 10, "dtype": args.dtype, "device": gpu_name, "impls": {}}
         for impl, (fn, prepare) in cases.items():
             name = "reference/head" if impl == "reference" and per_head else impl
@@ -217,11 +220,13 @@ def main():
                 torch.cuda.empty_cache()
         ob = row["impls"]["obcache"]["s"]
         for name, r in row["impls"].items():
-            if name != "obcache" and r.get("s"):
+            if not name.startswith("obcache") and r.get("s"):
                 row["speedup_vs_" + name.split("/")[0]] = r["s"] / ob
+        if row["impls"].get("obcache+o", {}).get("s"):
+            row["speedup_given_o"] = ob / row["impls"]["obcache+o"]["s"]
         row["obcache_roofline"] = roofline(*work(op, N, elem), ob, peak)
         rows.append(row)
-        del k0, v0, q, k, v, scores, idx, cases, wo
+        del k0, v0, q, k, v, scores, idx, cases, wo, o
         if device == "cuda":
             torch.cuda.empty_cache()
 
@@ -240,6 +245,9 @@ def main():
               f"{cm.fmt(r.get('speedup_vs_kvpress'), '.2f'):>9}x {cm.fmt(r.get('speedup_vs_reference'), '.1f'):>8}x "
               f"{cm.fmt(im['obcache'].get('extra_MiB'), '.1f'):>8} {cm.fmt(im['kvpress'].get('extra_MiB'), '.1f'):>8} "
               f"{rf['achieved_GBs']:>7.0f} {rf['achieved_GFLOPs']:>8.0f} {100 * rf['frac_roofline']:>6.1f}")
+        if im.get("obcache+o", {}).get("s"):
+            print(f"{'':>24}obcache+o (given o): {1e3 * im['obcache+o']['s']:.3f} ms, "
+                  f"{r['speedup_given_o']:.2f}x obcache")
         for name, d in im.items():
             if d.get("error"):
                 print(f"{'':>24}{name}: {d['error']}")

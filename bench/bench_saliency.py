@@ -41,13 +41,6 @@ O_SCORES = ("key", "joint", "loo")
 IMPLS = ("obcache", "obcache+o", "kvpress", "reference", "reference/head")
 
 
-def window_output(k, v, q):
-    """softmax(Z) V of the window queries (causal, GQA): the `o` a model's attention hands over."""
-    N, W = k.shape[2], q.shape[2]
-    visible = torch.arange(N)[None, :] <= torch.arange(N - W, N)[:, None]
-    return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=visible, enable_gqa=True)
-
-
 def call(impl, k, v, q, score, o=None):
     if impl.startswith("obcache"):
         return torch.ops.obcache.saliency(k, v, q, score, o=o)
@@ -60,7 +53,7 @@ def child(impl, score, N, repeats):
     import obcache  # noqa: F401  (load the extension before measuring)
 
     k, v, q = cm.inputs(N)
-    o = window_output(k, v, q) if impl == "obcache+o" else None
+    o = bl.window_output(k, v, q) if impl == "obcache+o" else None
     call(impl, k[:, :, :64], v[:, :, :64], q, score)  # warm up code paths
     print(json.dumps(cm.measure_call(call, lambda: (impl, k, v, q, score, o), repeats)))
 
