@@ -36,8 +36,9 @@ import common as cm  # noqa: E402
 from common import B, D, G, HKV, W  # noqa: E402
 from peak import roofline  # noqa: E402
 
+from obcache.ops.saliency import O_SCORES  # noqa: E402  (the scores that read a given o)
+
 ALL_SCORES = ("attn", "tova", "vatp", "value", "key", "joint", "loo")
-O_SCORES = ("key", "joint", "loo")
 IMPLS = ("obcache", "obcache+o", "kvpress", "reference", "reference/head")
 
 

@@ -11,9 +11,9 @@ import torch
 
 import obcache
 from obcache import reference as ref
+from obcache.ops.saliency import O_SCORES
 from conftest import DEVICES, assert_close_to_reference, make_cache
 
-O_SCORES = ("key", "joint", "loo")
 OTHER_SCORES = tuple(s for s in obcache.SCORES if s not in O_SCORES)
 FLOOR = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 1e-5, torch.bfloat16: 1e-5}
 

@@ -46,9 +46,10 @@ import torch
 from torch import nn
 
 from obcache.hf.cache_arg import cache_of, set_cache
-from obcache.hf.outputs import O_SCORES, OutputTap
+from obcache.hf.outputs import OutputTap
 from obcache.hf.queries import QueryTap, attention_modules, recompute_queries
 from obcache.methods import Method, get_method
+from obcache.ops.saliency import O_SCORES
 from obcache.policies import laprox_select
 from obcache.policies.criticalkv_pruned import pruned_keep
 

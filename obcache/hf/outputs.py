@@ -16,10 +16,7 @@ import torch
 
 from obcache.hf.taps import ProjectionTap
 
-__all__ = ["OutputTap", "O_SCORES"]
-
-#: The scores that read O (obcache.ops.saliency's `o`).
-O_SCORES = ("key", "joint", "loo")
+__all__ = ["OutputTap"]
 
 
 class OutputTap(ProjectionTap):

@@ -8,12 +8,14 @@ from typing import Optional
 
 import torch
 
-__all__ = ["SCORES", "WO_SCORES", "GROUP_REDUCES", "QUERY_REDUCES", "saliency"]
+__all__ = ["SCORES", "WO_SCORES", "O_SCORES", "GROUP_REDUCES", "QUERY_REDUCES", "saliency"]
 
 #: Score names, in the order of DESIGN.md section 3.
 SCORES = ("attn", "tova", "vatp", "value", "key", "joint", "loo")
 #: Scores that also need the output projection's weight (`wo`).
 WO_SCORES = ("critical", "laprox")
+#: Scores that read the window's attention output O (the `o` a caller may give).
+O_SCORES = ("key", "joint", "loo")
 #: How the G query heads sharing a KV head are combined.
 GROUP_REDUCES = ("sum", "mean", "max")
 #: How the W window queries are combined (per query head, before the group).
