@@ -235,6 +235,23 @@ OBC_AVX2_FN void avx2_row_max(const float* Z, const int64_t* lim, float* out) {
   }
 }
 
+// Kernel::value_norms with the sums in registers (GCC's loop kept them in
+// memory, a store-to-load chain every d): bit for bit the same sums.
+template <bool kL1, bool kL2>
+OBC_AVX512_FN void avx512_value_norms(const float* Vt, int64_t D, float* vn1, float* vn2) {
+  __m512 s1[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()}, s2[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
+  for (int64_t d = 0; d < D; ++d)
+    for (int h = 0; h < 2; ++h) {
+      const __m512 v = _mm512_loadu_ps(Vt + d * kTile + 16 * h);
+      if constexpr (kL1) s1[h] = _mm512_add_ps(s1[h], _mm512_abs_ps(v));
+      if constexpr (kL2) s2[h] = _mm512_fmadd_ps(v, v, s2[h]);
+    }
+  for (int h = 0; h < 2; ++h) {
+    _mm512_storeu_ps(vn1 + 16 * h, s1[h]);
+    _mm512_storeu_ps(vn2 + 16 * h, s2[h]);
+  }
+}
+
 // avx2_row_max in 16 lanes, the visible keys and the non-NaN logits as
 // masks: about half the instructions.
 template <int RB>
@@ -290,6 +307,15 @@ OBC_ALWAYS_INLINE void exp_row(const T* z, T m, T scale, T* out) {
   for (int c = 0; c < kTile; ++c) out[c] = kScaled ? exp_approx(z[c] - m) * scale : exp_approx(z[c] - m);
 }
 
+// The contribution of key c of a tile to one window row (row_contrib).
+template <Score S, typename T>
+OBC_ALWAYS_INLINE T pair_contrib(int c, const T* s, const T* a_row, const T* vo, const T* dd, const T* vn1,
+                                 const T* vn2, T on2) {
+  T dist = T(0);
+  if constexpr (score_needs_dist(S)) dist = std::sqrt(dd[c]);
+  return score_contribution<S, T>(a_row[c], s[c], vn1[c], vn2[c], vo[c], on2, dist);
+}
+
 // Contributions of one window row to a tile, reduced over the queries into
 // head[:] (the row's query head), given the row's logits s and softmax
 // weights a. Pairs with c >= lim are masked (or past the tile) and
@@ -299,13 +325,12 @@ OBC_ALWAYS_INLINE void exp_row(const T* z, T m, T scale, T* out) {
 template <Score S, typename T>
 OBC_ALWAYS_INLINE void row_contrib(const T* s, const T* a_row, const T* vo, const T* dd, const T* vn1,
                                    const T* vn2, T on2, int64_t lim, bool qmax, T* head) {
-  T c_row[kTile];
-  for (int c = 0; c < kTile; ++c) {
-    const T a = a_row[c];
-    T dist = T(0);
-    if constexpr (score_needs_dist(S)) dist = std::sqrt(dd[c]);
-    c_row[c] = score_contribution<S, T>(a, s[c], vn1[c], vn2[c], vo[c], on2, dist);
+  if (lim == kTile && !qmax) {  // every key visible (all but a causal window's last tiles): no c_row round trip
+    for (int c = 0; c < kTile; ++c) head[c] += pair_contrib<S>(c, s, a_row, vo, dd, vn1, vn2, on2);
+    return;
   }
+  T c_row[kTile];
+  for (int c = 0; c < kTile; ++c) c_row[c] = pair_contrib<S>(c, s, a_row, vo, dd, vn1, vn2, on2);
   for (int64_t c = lim; c < kTile; ++c) c_row[c] = T(0);
   if (qmax) {
     // NaN-propagating max (query_reduce_step's rule, inlined to vectorise).
@@ -394,6 +419,26 @@ struct Kernel {
     }
 #endif
     block_pv<T, RB>(P, V, ldv, tn, O, p.D);
+  }
+
+  // vn1[c] = ||v_c||_1 (kL1), vn2[c] = ||v_c||_2^2 (kL2) of a transposed
+  // value tile, summed over d in order.
+  template <bool kL1, bool kL2>
+  OBC_ALWAYS_INLINE void value_norms(const T* Vt, T* vn1, T* vn2) const {
+#ifdef OBC_X86_VARIANTS
+    if constexpr (kVec && kVW == kAvx512W) {
+      avx512_value_norms<kL1, kL2>(Vt, p.D, vn1, vn2);
+      return;
+    }
+#endif
+    for (int c = 0; c < kTile; ++c) vn1[c] = vn2[c] = T(0);
+    for (int64_t d = 0; d < p.D; ++d) {
+      const T* v = Vt + d * kTile;
+      for (int c = 0; c < kTile; ++c) {
+        if constexpr (kL1) vn1[c] += std::fabs(v[c]);
+        if constexpr (kL2) vn2[c] += v[c] * v[c];
+      }
+    }
   }
 
   // Keys [p0, p0 + lim) are visible to row r within a tile of tn keys.
@@ -514,14 +559,7 @@ struct Kernel {
       if (!z) transposed(K + p0 * p.k_sn, p.k_sn, tn, Kt);  // else the logits are kept
       if (need_v2) {
         transposed(V + p0 * p.v_sn, p.v_sn, tn, Vt);
-        for (int c = 0; c < kTile; ++c) vn1[c] = vn2[c] = T(0);
-        for (int64_t d = 0; d < D; ++d) {
-          const T* v = Vt + d * kTile;
-          for (int c = 0; c < kTile; ++c) {
-            if constexpr (score_needs_vn1(S)) vn1[c] += std::fabs(v[c]);
-            if constexpr (score_needs_vn2(S)) vn2[c] += v[c] * v[c];
-          }
-        }
+        value_norms<score_needs_vn1(S), score_needs_vn2(S)>(Vt, vn1, vn2);
       }
       for (int64_t x = 0; x < G * kTile; ++x) head[x] = qinit;
       int64_t r0 = 0;
