@@ -91,11 +91,18 @@ size_t pass2_smem(const SaliencyParams& p) {
 }
 
 // Shared memory above the default 48 KiB needs a per-kernel opt-in (the SIMT
-// emulation enforces the same rule).
+// emulation enforces the same rule). The opt-in is the device's limit, not
+// this call's size: host threads calling with different shapes would
+// otherwise lower it under each other's launches.
 template <typename Kernel>
 cudaError_t allow_smem(Kernel kernel, size_t bytes) {
   if (bytes <= 48 * 1024) return cudaSuccess;
-  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
+  int device = 0, limit = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+  if (err != cudaSuccess) return err;
+  if (bytes > static_cast<size_t>(limit)) return cudaErrorInvalidValue;
+  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, limit);
 }
 
 template <typename E, Score S>

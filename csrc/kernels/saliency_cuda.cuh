@@ -46,8 +46,10 @@ __device__ OBC_INLINE void load_queries(const SaliencyParams& p, const Shape& s,
                                         long long r0, float* dst) {
   const long long D = p.D;
   const E* q = static_cast<const E*>(p.q);
-  for (long long e = threadIdx.x; e < kRows * D; e += kThreads) {
-    const long long rr = e / D, d = e % D, r = r0 + rr;
+  const int Di = static_cast<int>(D);  // <= 256: 32-bit division (64-bit is a long software routine)
+  for (int e = threadIdx.x; e < kRows * Di; e += kThreads) {
+    const int rr = e / Di, d = e % Di;
+    const long long r = r0 + rr;
     float x = 0.0f;
     if (r < s.R) {
       const long long g = r / s.Wr, i = s.i0 + r % s.Wr;
@@ -62,8 +64,9 @@ __device__ OBC_INLINE void load_queries(const SaliencyParams& p, const Shape& s,
 template <typename E>
 __device__ OBC_INLINE void load_key_tile(const E* src, long long sn, long long D, long long p0, long long tn,
                                          float* dst) {
-  for (long long e = threadIdx.x; e < kTile * D; e += kThreads) {
-    const long long c = e / D, d = e % D;
+  const int Di = static_cast<int>(D);  // <= 256: 32-bit division
+  for (int e = threadIdx.x; e < kTile * Di; e += kThreads) {
+    const int c = e / Di, d = e % Di;
     dst[c * (D + 1) + d] = c < tn ? Elem<E>::load(src[(p0 + c) * sn + d]) : 0.0f;
   }
 }
@@ -86,6 +89,7 @@ template <typename E, bool kNeedO>
 __global__ void __launch_bounds__(kThreads) pass1_kernel(SaliencyParams p, Shape s, Work w) {
   OBC_DYNAMIC_SMEM(float, smem);
   const long long D = p.D, N = p.N;
+  const int Di = static_cast<int>(D);  // <= 256 (the op checks): 32-bit index division
   const long long split = blockIdx.x, r0 = static_cast<long long>(blockIdx.y) * kRows, bh = blockIdx.z;
   const long long b = bh / p.Hkv, h = bh % p.Hkv;
   float* Qs = smem;
@@ -149,8 +153,8 @@ __global__ void __launch_bounds__(kThreads) pass1_kernel(SaliencyParams p, Shape
     if (kNeedO) {
       load_key_tile<E>(V, p.v_sn, D, p0, tn, KV);
       __syncthreads();
-      for (long long e = tid; e < kRows * D; e += kThreads) {
-        const long long rr = e / D, d = e % D;
+      for (int e = tid; e < kRows * Di; e += kThreads) {
+        const int rr = e / Di, d = e % Di;
         float o = Os[e] * corr[rr];
         for (long long c = 0; c < tn; ++c) o += Ps[rr * (kTile + 1) + c] * KV[c * (D + 1) + d];
         Os[e] = o;
@@ -165,8 +169,8 @@ __global__ void __launch_bounds__(kThreads) pass1_kernel(SaliencyParams p, Shape
       w.part_l[base + r0 + rr] = l[rr];
     }
   if (kNeedO)
-    for (long long e = tid; e < kRows * D; e += kThreads) {
-      const long long rr = e / D;
+    for (int e = tid; e < kRows * Di; e += kThreads) {
+      const int rr = e / Di;
       if (r0 + rr < s.R) w.part_o[(base + r0) * D + e] = Os[e];
     }
 }
@@ -237,6 +241,7 @@ __global__ void __launch_bounds__(kThreads) pass2_kernel(SaliencyParams p, Shape
   constexpr bool kNeedV = kNeedO || score_needs_vn1(S) || score_needs_vn2(S);
   OBC_DYNAMIC_SMEM(float, smem);
   const long long D = p.D, N = p.N, G = p.G;
+  const int Di = static_cast<int>(D);
   const long long p0 = static_cast<long long>(blockIdx.x) * kTile, bh = blockIdx.y;
   const long long b = bh / p.Hkv, h = bh % p.Hkv;
   const long long tn = N - p0 < kTile ? N - p0 : kTile;
@@ -272,8 +277,8 @@ __global__ void __launch_bounds__(kThreads) pass2_kernel(SaliencyParams p, Shape
   for (long long r0 = 0; r0 < s.R; r0 += kRows) {
     load_queries<E>(p, s, b, h, r0, Qs);
     if (kNeedO)
-      for (long long e = tid; e < kRows * D; e += kThreads) {
-        const long long r = r0 + e / D;
+      for (int e = tid; e < kRows * Di; e += kThreads) {
+        const long long r = r0 + e / Di;
         Os[e] = r < s.R ? w.fin_o[(bh * s.R + r0) * D + e] : 0.0f;
       }
     if (tid < kRows) {

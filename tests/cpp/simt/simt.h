@@ -108,6 +108,7 @@ enum cudaMemcpyKind {
   cudaMemcpyDefault = 4,
 };
 enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
+enum cudaDeviceAttr { cudaDevAttrMaxSharedMemoryPerBlockOptin = 97 };
 
 namespace simt {
 namespace detail {
@@ -471,6 +472,16 @@ cudaError_t cudaFuncSetAttribute(Kernel* kernel, cudaFuncAttribute attr, int val
     return cudaErrorInvalidValue;
   std::lock_guard<std::mutex> lock(simt::detail::smem_optin_mutex);
   simt::detail::smem_optin[reinterpret_cast<const void*>(kernel)] = static_cast<size_t>(value);
+  return cudaSuccess;
+}
+// One emulated device, an sm_90 one.
+inline cudaError_t cudaGetDevice(int* device) {
+  *device = 0;
+  return cudaSuccess;
+}
+inline cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) {
+  if (attr != cudaDevAttrMaxSharedMemoryPerBlockOptin || device != 0) return cudaErrorInvalidValue;
+  *value = static_cast<int>(simt::detail::kMaxOptInDynamicSmem);
   return cudaSuccess;
 }
 inline const char* cudaGetErrorString(cudaError_t e) {
