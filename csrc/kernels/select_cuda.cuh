@@ -79,8 +79,6 @@ __device__ OBC_INLINE void radix_select(const uint64_t* keys, long long n, long 
     if (threadIdx.x < 32) {
       // Lane l owns bins 255 - 8l .. 248 - 8l (best first).
       const int lane = threadIdx.x;
-      // Read before the shuffles below: they order every lane's read before
-      // the one lane's write of res.
       const long long r = res->remaining;
       unsigned long long c = 0;
       for (int j = 0; j < 8; ++j) c += hist[255 - 8 * lane - j];
@@ -90,6 +88,9 @@ __device__ OBC_INLINE void radix_select(const uint64_t* keys, long long n, long 
         if (lane >= o) inc += y;
       }
       const unsigned long long excl = inc - c;
+      // Every lane has read res and hist before the one lane below writes
+      // them (shuffles are no memory barrier in the PTX memory model).
+      __syncwarp();
       if (static_cast<long long>(excl) < r && static_cast<long long>(inc) >= r) {
         unsigned long long acc = excl;
         for (int j = 0; j < 8; ++j) {
