@@ -29,8 +29,9 @@
 // code for them either reloads operands (2 x 32) or spills the accumulators
 // (larger blocks), and on AVX-512 its 4 x 32 block has too few accumulators
 // to hide the FMA latency, so both have their dot products and P V written
-// with intrinsics (6 x 16 and 8 x 32 blocks, cpu_tiles.h), and share the
-// intrinsic 8 x 8 tile transposes and row maxima and sums. The
+// with intrinsics (6 x 16 and 8 x 32 blocks, cpu_tiles.h), and intrinsic
+// tile transposes (8 x 8; 16 x 16 on AVX-512) and row maxima (8 and 16
+// lanes) and sums; AVX-512 also has its own exp (avx512_exp). The
 // build passes -fno-trapping-math (results are unchanged: no FP exception is
 // ever unmasked): with trapping math GCC keeps exp_approx's selects as
 // branches, and only AVX-512's masked instructions vectorised them; the AVX2
