@@ -547,7 +547,7 @@ struct Kernel {
   // Scores of the keys [n0, n1) into out (the (b, h) row's base).
   template <Score S>
   OBC_ALWAYS_INLINE void pass2(const E* K, const E* V, Out* out, int64_t n0, int64_t n1) {
-    const int64_t D = p.D, G = p.G, R = L.R;
+    const int64_t G = p.G, R = L.R;
     T* Kt = at(L.kt);
     T* Vt = at(L.vt);
     T* vn1 = at(L.vn1);
