@@ -1,8 +1,8 @@
 // CUDA saliency (torch-free; kernels in saliency_cuda.cuh, score formulas in
 // score_math.h). Two passes over K and V per (b, h), as shared/DESIGN.md
 // section 6, R = G * W window rows (G for `tova`):
-//   1. pass1_kernel, grid (splits, ceil(R / 16), B * Hkv), 128 threads:
-//      flash-attention forward of 16 window rows over one split of the keys
+//   1. pass1_kernel, grid (splits, ceil(R / 32), B * Hkv), 128 threads:
+//      flash-attention forward of 32 window rows over one split of the keys
 //      (32-key tiles in shared memory): per row the partial max, sum and,
 //      for key / joint / loo, the unnormalised O. N is split across blocks
 //      (flash-decoding) so that a small B * Hkv still fills the GPU.
@@ -11,10 +11,15 @@
 //      gives it: pass 1 then computes only the max and sum).
 //   3. pass2_kernel, grid (ceil(N / 32), B * Hkv): one block per 32-key
 //      tile keeps its K and V tile in shared memory, walks all R rows in
-//      chunks of 16 (recomputing Z, A, v.o, ||v - o||), reduces over the
+//      chunks of 32 (recomputing Z, A, v.o, ||v - o||), reduces over the
 //      queries (one owner thread per key column: no atomics) and the group,
 //      and writes its 32 scores once.
-// Memory traffic: K read ceil(R / 16) times in pass 1 (mostly L2 hits) and
+// Both passes give each thread 8 rows and one key (or 8 rows and one float4
+// of D in pass 1's P V) and read float4s from zero-padded shared rows, so
+// that shared-memory bandwidth, not the FP32 units, stops bounding the
+// products: with one row per thread and scalar loads, every FMA cost more
+// than one shared load.
+// Memory traffic: K read ceil(R / 32) times in pass 1 (mostly L2 hits) and
 // once in pass 2, V likewise when the score needs it; window queries and the
 // per-row statistics are re-read per key tile from L2; the workspace is
 // O(B * Hkv * splits * R * D) floats and the output is written once.
@@ -81,13 +86,17 @@ salc::Work carve(const SaliencyParams& p, const salc::Shape& s, void* ws) {
 }
 
 size_t pass1_smem(const SaliencyParams& p) {
-  const size_t D = static_cast<size_t>(p.D);
-  return sizeof(float) * (2 * kRows * D + kTile * (D + 1) + kRows * (kTile + 1) + 3 * kRows);
+  const size_t sq = static_cast<size_t>(salc::row_stride(p.D)), sk = static_cast<size_t>(salc::tile_stride(p.D));
+  const size_t o = owns_o(p) ? kTile * salc::kProbStride + kRows * sq + kRows : 0;
+  return sizeof(float) * (2 * kRows + kRows * sq + kTile * sk + o);
 }
 size_t pass2_smem(const SaliencyParams& p) {
-  const size_t D = static_cast<size_t>(p.D), G = static_cast<size_t>(p.G);
-  return sizeof(float) * (2 * kTile * (D + 1) + 2 * kRows * D + kRows * (kTile + 1) + G * kTile + 2 * kTile +
-                          3 * kRows);
+  const size_t sq = static_cast<size_t>(salc::row_stride(p.D)), sk = static_cast<size_t>(salc::tile_stride(p.D));
+  const size_t G = static_cast<size_t>(p.G), o = needs_o(p.score) ? 1 : 0;
+  const size_t v = o || score_needs_vn1(p.score) || score_needs_vn2(p.score) ? 1 : 0;
+  return sizeof(float) * (2 * kRows + (1 + v) * kTile * sk + (1 + o) * kRows * sq + kRows * (kTile + 1) +
+                          G * kTile + 2 * kTile + 3 * kRows) +
+         sizeof(int) * kRows;
 }
 
 // Shared memory above the default 48 KiB needs a per-kernel opt-in (the SIMT

@@ -16,10 +16,22 @@ namespace salc {
 
 constexpr int kThreads = 128;                 // threads per block, every kernel
 constexpr int kTile = 32;                     // keys per tile = warp size
-constexpr int kRowGroups = kThreads / kTile;  // 4
-constexpr int kRowsPerThread = 4;
-constexpr int kRows = kRowGroups * kRowsPerThread;  // window rows per chunk: 16
+constexpr int kWarps = kThreads / kTile;      // 4
+constexpr int kRowsPerWarp = 8;               // window rows per warp (and per thread)
+constexpr int kRows = kWarps * kRowsPerWarp;  // window rows per chunk: 32
 constexpr int kMaxSplits = 64;
+
+// Shared-memory row strides in floats. Rows are zero-padded to a multiple of
+// 4 floats so the products read float4s with no tail loop. A K / V tile row
+// is an odd number of float4s long, so the 8 lanes of one LDS.128 phase
+// (8 keys) hit distinct banks. The probabilities of pass 1 are stored
+// transposed, [key][row], kRows + 4 = 9 float4s per key for the same reason.
+OBC_HD OBC_INLINE int row_stride(long long D) { return static_cast<int>((D + 3) / 4 * 4); }
+OBC_HD OBC_INLINE int tile_stride(long long D) {
+  const int s = row_stride(D);
+  return (s / 4) % 2 ? s : s + 4;
+}
+constexpr int kProbStride = kRows + 4;
 
 // Rows of one (b, h): R = G * Wr window rows, row r = (g = r / Wr, query
 // i = i0 + r % Wr); Wr = 1, i0 = W - 1 for `tova`, else Wr = W, i0 = 0.
@@ -35,40 +47,64 @@ struct Work {
   float *part_m, *part_l, *part_o, *fin_m, *fin_il, *fin_on2, *fin_o;
 };
 
-__device__ OBC_INLINE long long row_position(const SaliencyParams& p, const Shape& s, long long r) {
-  return query_position(p.N, p.W, s.i0 + r % s.Wr);
-}
-
-// Loads window rows [r0, r0 + kRows) of (b, h) as scaled floats into
-// dst[kRows][D]; rows past R are zero.
-template <typename E>
-__device__ OBC_INLINE void load_queries(const SaliencyParams& p, const Shape& s, long long b, long long h,
-                                        long long r0, float* dst) {
-  const long long D = p.D;
-  const E* q = static_cast<const E*>(p.q);
-  const int Di = static_cast<int>(D);  // <= 256: 32-bit division (64-bit is a long software routine)
-  for (int e = threadIdx.x; e < kRows * Di; e += kThreads) {
-    const int rr = e / Di, d = e % Di;
+// Per row of the chunk [r0, r0 + kRows): the last key it sees (-1 past R,
+// so no key is visible) and its query head g. One 64-bit division per row
+// per chunk here, instead of one per row in every tile.
+__device__ OBC_INLINE void row_info(const SaliencyParams& p, const Shape& s, long long r0, long long* lim,
+                                    int* head_of) {
+  for (int rr = threadIdx.x; rr < kRows; rr += kThreads) {
     const long long r = r0 + rr;
-    float x = 0.0f;
-    if (r < s.R) {
-      const long long g = r / s.Wr, i = s.i0 + r % s.Wr;
-      x = Elem<E>::load(q[b * p.q_sb + (h * p.G + g) * p.q_sh + i * p.q_sw + d]) * p.scale;
-    }
-    dst[rr * D + d] = x;
+    long long last = -1;
+    if (r < s.R) last = p.causal ? query_position(p.N, p.W, s.i0 + r % s.Wr) : p.N;
+    lim[rr] = last;
+    if (head_of) head_of[rr] = r < s.R ? static_cast<int>(r / s.Wr) : 0;
   }
 }
 
-// dst[c][0:D] (row stride D + 1, against bank conflicts) = keys p0 + c of
-// one (b, h) for c < tn; zero for c >= tn.
+// Loads window rows [r0, r0 + kRows) of (b, h) (q_bh: its first query head)
+// as scaled floats into
+// dst[kRows][row_stride(D)]; rows past R and the padding are zero. A warp
+// per row, lanes along d: one row address (two 64-bit divisions) per row,
+// coalesced loads.
+template <typename E>
+__device__ OBC_INLINE void load_queries(const SaliencyParams& p, const Shape& s, const E* q_bh, long long r0,
+                                        float* dst) {
+  const int Di = static_cast<int>(p.D), sq = row_stride(p.D);
+  for (int rr = threadIdx.x / kTile; rr < kRows; rr += kWarps) {
+    const long long r = r0 + rr;
+    const E* q = r < s.R ? q_bh + (r / s.Wr) * p.q_sh + (s.i0 + r % s.Wr) * p.q_sw : nullptr;
+    for (int d = threadIdx.x % kTile; d < sq; d += kTile)
+      dst[rr * sq + d] = q && d < Di ? Elem<E>::load(q[d]) * p.scale : 0.0f;
+  }
+}
+
+// The same layout from a [R][D] float array of one (b, h) (combine's O).
+__device__ OBC_INLINE void load_rows(const float* src, long long R, long long D, long long r0, float* dst) {
+  const int Di = static_cast<int>(D), sq = row_stride(D);
+  for (int rr = threadIdx.x / kTile; rr < kRows; rr += kWarps) {
+    const float* x = r0 + rr < R ? src + (r0 + rr) * D : nullptr;
+    for (int d = threadIdx.x % kTile; d < sq; d += kTile) dst[rr * sq + d] = x && d < Di ? x[d] : 0.0f;
+  }
+}
+
+// dst[c][0:tile_stride(D)] = keys p0 + c of one (b, h) for c < tn; zero for
+// c >= tn and in the padding.
 template <typename E>
 __device__ OBC_INLINE void load_key_tile(const E* src, long long sn, long long D, long long p0, long long tn,
                                          float* dst) {
-  const int Di = static_cast<int>(D);  // <= 256: 32-bit division
-  for (int e = threadIdx.x; e < kTile * Di; e += kThreads) {
-    const int c = e / Di, d = e % Di;
-    dst[c * (D + 1) + d] = c < tn ? Elem<E>::load(src[(p0 + c) * sn + d]) : 0.0f;
+  const int Di = static_cast<int>(D), sk = tile_stride(D);
+  for (int e = threadIdx.x; e < kTile * sk; e += kThreads) {
+    const int c = e / sk, d = e % sk;
+    dst[e] = c < tn && d < Di ? Elem<E>::load(src[(p0 + c) * sn + d]) : 0.0f;
   }
+}
+
+__device__ OBC_INLINE float4 load4(const float* p) { return *reinterpret_cast<const float4*>(p); }
+__device__ OBC_INLINE float dot4(float acc, float4 a, float4 b) {
+  acc = fmaf(a.x, b.x, acc);
+  acc = fmaf(a.y, b.y, acc);
+  acc = fmaf(a.z, b.z, acc);
+  return fmaf(a.w, b.w, acc);
 }
 
 __device__ OBC_INLINE float warp_max(float x) {
@@ -80,99 +116,127 @@ __device__ OBC_INLINE float warp_sum(float x) {
   return x;
 }
 
+// The logits of this warp's kRowsPerWarp rows against key `lane` of the tile:
+// one float4 of K per 4 d, reused by 8 rows (the rows' float4s are warp-wide
+// broadcasts): 32 FMAs per 9 shared loads, where one row per thread and one
+// float per load gave 0.8 FMAs per load (sm_90 SASS, bench/results/kernels.md).
+__device__ OBC_INLINE void tile_logits(const float* Qw, const float* Kt, int sq, float (&z)[kRowsPerWarp]) {
+  for (int d = 0; d < sq; d += 4) {
+    const float4 k = load4(Kt + d);
+#pragma unroll
+    for (int j = 0; j < kRowsPerWarp; ++j) z[j] = dot4(z[j], load4(Qw + j * sq + d), k);
+  }
+}
+
 // ---- Pass 1: partial softmax statistics (and unnormalised O) of the rows
 // [chunk * kRows, +kRows) over the keys of one split.
-// grid (splits, row chunks, B * Hkv), kThreads threads.
-// smem floats: Qs kRows*D | KV kTile*(D+1) | Ps kRows*(kTile+1) | Os kRows*D |
-// m, l, corr kRows each.
+// grid (splits, row chunks, B * Hkv), kThreads threads. Warp w owns rows
+// w * 8 .. w * 8 + 7 and keeps their running max and sum in registers (every
+// lane the same values); lane = key of the tile.
+// smem: lim kRows (64-bit) | Qs kRows*sq | KV kTile*sk, and for O:
+// Pt kTile*kProbStride | Os kRows*sq | corr kRows (floats); pass1_smem in
+// saliency_cuda.cu is the same sum.
 template <typename E, bool kNeedO>
 __global__ void __launch_bounds__(kThreads) pass1_kernel(SaliencyParams p, Shape s, Work w) {
   OBC_DYNAMIC_SMEM(float, smem);
   const long long D = p.D, N = p.N;
-  const int Di = static_cast<int>(D);  // <= 256 (the op checks): 32-bit index division
+  const int sq = row_stride(D), sk = tile_stride(D), nd4 = sq / 4;
   const long long split = blockIdx.x, r0 = static_cast<long long>(blockIdx.y) * kRows, bh = blockIdx.z;
   const long long b = bh / p.Hkv, h = bh % p.Hkv;
-  float* Qs = smem;
-  float* KV = Qs + kRows * D;
-  float* Ps = KV + kTile * (D + 1);
-  float* Os = Ps + kRows * (kTile + 1);
-  float* m = Os + kRows * D;
-  float* l = m + kRows;
-  float* corr = l + kRows;
+  long long* lim = reinterpret_cast<long long*>(smem);
+  float* Qs = smem + 2 * kRows;
+  float* KV = Qs + kRows * sq;
+  float* Pt = KV + kTile * sk;
+  float* Os = Pt + kTile * kProbStride;
+  float* corr = Os + kRows * sq;
   const E* K = static_cast<const E*>(p.k) + b * p.k_sb + h * p.k_sh;
   const E* V = static_cast<const E*>(p.v) + b * p.v_sb + h * p.v_sh;
-  const int tid = threadIdx.x, lane = tid % kTile, rg = tid / kTile;
+  const E* q_bh = static_cast<const E*>(p.q) + b * p.q_sb + h * p.G * p.q_sh;
+  const int tid = threadIdx.x, lane = tid % kTile, warp = tid / kTile, row0 = warp * kRowsPerWarp;
 
-  load_queries<E>(p, s, b, h, r0, Qs);
+  row_info(p, s, r0, lim, nullptr);
+  load_queries<E>(p, s, q_bh, r0, Qs);
   if (kNeedO)
-    for (long long e = tid; e < kRows * D; e += kThreads) Os[e] = 0.0f;
-  if (tid < kRows) {
-    m[tid] = -INFINITY;
-    l[tid] = 0.0f;
-  }
+    for (int e = tid; e < kRows * sq; e += kThreads) Os[e] = 0.0f;
+  float m[kRowsPerWarp], l[kRowsPerWarp];
+#pragma unroll
+  for (int j = 0; j < kRowsPerWarp; ++j) m[j] = -INFINITY, l[j] = 0.0f;
   const long long k_begin = split * s.keys_per_split;
   const long long k_end = k_begin + s.keys_per_split < N ? k_begin + s.keys_per_split : N;
   for (long long p0 = k_begin; p0 < k_end; p0 += kTile) {
     const long long tn = k_end - p0 < kTile ? k_end - p0 : kTile;
     load_key_tile<E>(K, p.k_sn, D, p0, tn, KV);
     __syncthreads();
-    // Logits: thread (lane = key, rg) computes rows rg, rg + 4, ...
-    float acc[kRowsPerThread] = {};
-    for (long long d = 0; d < D; ++d) {
-      const float kv = KV[lane * (D + 1) + d];
+    float z[kRowsPerWarp] = {};
+    tile_logits(Qs + row0 * sq, KV + lane * sk, sq, z);
+    // Online softmax of each row over the tile's 32 keys, one key per lane.
+    float pe[kRowsPerWarp];
 #pragma unroll
-      for (int j = 0; j < kRowsPerThread; ++j) acc[j] += Qs[(rg + j * kRowGroups) * D + d] * kv;
-    }
-#pragma unroll
-    for (int j = 0; j < kRowsPerThread; ++j) {
-      const long long rr = rg + j * kRowGroups, r = r0 + rr;
-      const bool vis = lane < tn && r < s.R && key_visible(p.causal, p0 + lane, row_position(p, s, r));
-      Ps[rr * (kTile + 1) + lane] = vis ? acc[j] : -INFINITY;
-    }
-    __syncthreads();
-    // Online softmax: warp rg owns rows rg, rg + 4, ... (one key per lane).
-    for (int j = 0; j < kRowsPerThread; ++j) {
-      const int rr = rg + j * kRowGroups;
-      const float z = Ps[rr * (kTile + 1) + lane];
-      const float m_old = m[rr];
-      const float m_new = fmaxf(m_old, warp_max(z));
+    for (int j = 0; j < kRowsPerWarp; ++j) {
+      const bool vis = lane < tn && p0 + lane <= lim[row0 + j];
+      const float x = vis ? z[j] : -INFINITY;
+      const float m_new = fmaxf(m[j], warp_max(x));
       // m_new = -inf: nothing visible yet; keep the state as it is.
-      const float e = m_new == -INFINITY || z == -INFINITY ? 0.0f : expf(z - m_new);
-      const float c = m_new == -INFINITY ? 1.0f : expf(m_old - m_new);
-      const float sum = warp_sum(e);
-      Ps[rr * (kTile + 1) + lane] = e;  // each lane its own entry
-      // Each lane's read of m[rr] feeds its warp_sum input, so all reads are
-      // done before lane 0 leaves warp_sum and overwrites m[rr].
-      if (lane == 0) {
-        l[rr] = l[rr] * c + sum;
-        m[rr] = m_new;
-        corr[rr] = c;
-      }
+      const float e = m_new == -INFINITY || x == -INFINITY ? 0.0f : expf(x - m_new);
+      const float c = m_new == -INFINITY ? 1.0f : expf(m[j] - m_new);
+      l[j] = l[j] * c + warp_sum(e);
+      m[j] = m_new;
+      pe[j] = e;
+      if (kNeedO && lane == 0) corr[row0 + j] = c;
     }
-    __syncthreads();
     if (kNeedO) {
+      // Two float4 stores per lane (a key's 8 rows are contiguous in Pt).
+      float4* pt = reinterpret_cast<float4*>(Pt + lane * kProbStride + row0);
+      pt[0] = make_float4(pe[0], pe[1], pe[2], pe[3]);
+      pt[1] = make_float4(pe[4], pe[5], pe[6], pe[7]);
+      __syncthreads();  // every warp is done with K; Pt and corr are complete
       load_key_tile<E>(V, p.v_sn, D, p0, tn, KV);
       __syncthreads();
-      for (int e = tid; e < kRows * Di; e += kThreads) {
-        const int rr = e / Di, d = e % Di;
-        float o = Os[e] * corr[rr];
-        for (long long c = 0; c < tn; ++c) o += Ps[rr * (kTile + 1) + c] * KV[c * (D + 1) + d];
-        Os[e] = o;
+      // O[rows][d:d+4] += P[rows][c] V[c][d:d+4] for 8 rows and one float4
+      // column per thread: 32 FMAs per three shared loads, O in registers
+      // for the whole tile.
+      for (int it = tid; it < kWarps * nd4; it += kThreads) {
+        const int rb = it / nd4 * kRowsPerWarp, d = it % nd4 * 4;
+        float4 o[kRowsPerWarp];
+#pragma unroll
+        for (int j = 0; j < kRowsPerWarp; ++j) {
+          const float cj = corr[rb + j];
+          o[j] = load4(Os + (rb + j) * sq + d);
+          o[j].x *= cj, o[j].y *= cj, o[j].z *= cj, o[j].w *= cj;
+        }
+        for (int c = 0; c < tn; ++c) {
+          const float4 v = load4(KV + c * sk + d), pa = load4(Pt + c * kProbStride + rb);
+          const float4 pb = load4(Pt + c * kProbStride + rb + 4);
+          const float pr[kRowsPerWarp] = {pa.x, pa.y, pa.z, pa.w, pb.x, pb.y, pb.z, pb.w};
+#pragma unroll
+          for (int j = 0; j < kRowsPerWarp; ++j) {
+            o[j].x = fmaf(pr[j], v.x, o[j].x);
+            o[j].y = fmaf(pr[j], v.y, o[j].y);
+            o[j].z = fmaf(pr[j], v.z, o[j].z);
+            o[j].w = fmaf(pr[j], v.w, o[j].w);
+          }
+        }
+#pragma unroll
+        for (int j = 0; j < kRowsPerWarp; ++j) *reinterpret_cast<float4*>(Os + (rb + j) * sq + d) = o[j];
       }
-      __syncthreads();
     }
+    __syncthreads();  // KV, Pt and corr are rewritten by the next tile
   }
   const long long base = (bh * s.splits + split) * s.R;
-  for (long long rr = tid; rr < kRows; rr += kThreads)
-    if (r0 + rr < s.R) {
-      w.part_m[base + r0 + rr] = m[rr];
-      w.part_l[base + r0 + rr] = l[rr];
-    }
-  if (kNeedO)
+  if (lane == 0)
+#pragma unroll
+    for (int j = 0; j < kRowsPerWarp; ++j)
+      if (r0 + row0 + j < s.R) {
+        w.part_m[base + r0 + row0 + j] = m[j];
+        w.part_l[base + r0 + row0 + j] = l[j];
+      }
+  if (kNeedO) {
+    const int Di = static_cast<int>(D);
     for (int e = tid; e < kRows * Di; e += kThreads) {
-      const int rr = e / Di;
-      if (r0 + rr < s.R) w.part_o[(base + r0) * D + e] = Os[e];
+      const int rr = e / Di, d = e % Di;
+      if (r0 + rr < s.R) w.part_o[(base + r0) * D + e] = Os[rr * sq + d];
     }
+  }
 }
 
 // ---- Combine the splits of one row (flash-decoding): final max, 1 / sum,
@@ -232,31 +296,39 @@ __global__ void __launch_bounds__(kThreads) combine_kernel(SaliencyParams p, Sha
 // ---- Pass 2: one block per (key tile, b, h) recomputes Z, A (and v.o,
 // ||v - o||) for every window row against its kTile keys, reduces over the
 // queries and the group, and writes its kTile scores once.
-// grid (ceil(N / kTile), B * Hkv), kThreads threads.
-// smem floats: Ks, Vs kTile*(D+1) each | Qs, Os kRows*D each |
-// Cs kRows*(kTile+1) | head G*kTile | vn1, vn2 kTile | rm, ril, ron2 kRows.
+// grid (ceil(N / kTile), B * Hkv), kThreads threads; per chunk of kRows rows,
+// warp w owns rows w * 8 .. w * 8 + 7 and lane the key.
+// smem: lim kRows (64-bit) | Ks kTile*sk | Vs kTile*sk (scores that read V) |
+// Qs kRows*sq | Os kRows*sq (scores that read O) | Cs kRows*(kTile+1) |
+// head G*kTile | vn1, vn2 kTile | rm, ril, ron2 kRows | head_of kRows (int);
+// pass2_smem in saliency_cuda.cu is the same sum.
 template <typename E, Score S>
 __global__ void __launch_bounds__(kThreads) pass2_kernel(SaliencyParams p, Shape s, Work w) {
-  constexpr bool kNeedO = score_needs_vo(S) || score_needs_dist(S);
+  constexpr bool kVo = score_needs_vo(S), kDist = score_needs_dist(S);
+  constexpr bool kNeedO = kVo || kDist;
   constexpr bool kNeedV = kNeedO || score_needs_vn1(S) || score_needs_vn2(S);
   OBC_DYNAMIC_SMEM(float, smem);
   const long long D = p.D, N = p.N, G = p.G;
-  const int Di = static_cast<int>(D);
+  const int Di = static_cast<int>(D), sq = row_stride(D), sk = tile_stride(D);
   const long long p0 = static_cast<long long>(blockIdx.x) * kTile, bh = blockIdx.y;
   const long long b = bh / p.Hkv, h = bh % p.Hkv;
-  const long long tn = N - p0 < kTile ? N - p0 : kTile;
-  float* Ks = smem;
-  float* Vs = Ks + kTile * (D + 1);
-  float* Qs = Vs + kTile * (D + 1);
-  float* Os = Qs + kRows * D;
-  float* Cs = Os + kRows * D;
+  const int tn = static_cast<int>(N - p0 < kTile ? N - p0 : kTile);
+  const E* q_bh = static_cast<const E*>(p.q) + b * p.q_sb + h * p.G * p.q_sh;
+  const float* o_bh = w.fin_o + bh * s.R * D;
+  long long* lim = reinterpret_cast<long long*>(smem);
+  float* Ks = smem + 2 * kRows;
+  float* Vs = Ks + kTile * sk;
+  float* Qs = Vs + (kNeedV ? kTile * sk : 0);
+  float* Os = Qs + kRows * sq;
+  float* Cs = Os + (kNeedO ? kRows * sq : 0);
   float* head = Cs + kRows * (kTile + 1);
   float* vn1 = head + G * kTile;
   float* vn2 = vn1 + kTile;
   float* rm = vn2 + kTile;
   float* ril = rm + kRows;
   float* ron2 = ril + kRows;
-  const int tid = threadIdx.x, lane = tid % kTile, rg = tid / kTile;
+  int* head_of = reinterpret_cast<int*>(ron2 + kRows);
+  const int tid = threadIdx.x, lane = tid % kTile, warp = tid / kTile, row0 = warp * kRowsPerWarp;
 
   load_key_tile<E>(static_cast<const E*>(p.k) + b * p.k_sb + h * p.k_sh, p.k_sn, D, p0, tn, Ks);
   if (kNeedV) load_key_tile<E>(static_cast<const E*>(p.v) + b * p.v_sb + h * p.v_sh, p.v_sn, D, p0, tn, Vs);
@@ -266,8 +338,8 @@ __global__ void __launch_bounds__(kThreads) pass2_kernel(SaliencyParams p, Shape
   if (tid < kTile) {
     float a1 = 0.0f, a2 = 0.0f;
     if (kNeedV)
-      for (long long d = 0; d < D; ++d) {
-        const float x = Vs[tid * (D + 1) + d];
+      for (int d = 0; d < Di; ++d) {
+        const float x = Vs[tid * sk + d];
         a1 += fabsf(x);
         a2 += x * x;
       }
@@ -275,12 +347,9 @@ __global__ void __launch_bounds__(kThreads) pass2_kernel(SaliencyParams p, Shape
     vn2[tid] = a2;
   }
   for (long long r0 = 0; r0 < s.R; r0 += kRows) {
-    load_queries<E>(p, s, b, h, r0, Qs);
-    if (kNeedO)
-      for (int e = tid; e < kRows * Di; e += kThreads) {
-        const long long r = r0 + e / Di;
-        Os[e] = r < s.R ? w.fin_o[(bh * s.R + r0) * D + e] : 0.0f;
-      }
+    row_info(p, s, r0, lim, head_of);
+    load_queries<E>(p, s, q_bh, r0, Qs);
+    if (kNeedO) load_rows(o_bh, s.R, D, r0, Os);
     if (tid < kRows) {
       const long long r = r0 + tid;
       rm[tid] = r < s.R ? w.fin_m[bh * s.R + r] : 0.0f;
@@ -288,27 +357,31 @@ __global__ void __launch_bounds__(kThreads) pass2_kernel(SaliencyParams p, Shape
       ron2[tid] = r < s.R ? w.fin_on2[bh * s.R + r] : 0.0f;
     }
     __syncthreads();
-    float z[kRowsPerThread] = {}, vo[kRowsPerThread] = {}, dd[kRowsPerThread] = {};
-    for (long long d = 0; d < D; ++d) {
-      const float kx = Ks[lane * (D + 1) + d];
-      const float vx = kNeedO ? Vs[lane * (D + 1) + d] : 0.0f;
+    // 8 rows x 1 key per thread, float4 loads: each K / V float4 serves 8
+    // rows, each row float4 is a warp-wide broadcast.
+    float z[kRowsPerWarp] = {}, vo[kRowsPerWarp] = {}, dd[kRowsPerWarp] = {};
+    if (kNeedO) {
+      for (int d = 0; d < sq; d += 4) {
+        const float4 kx = load4(Ks + lane * sk + d), vx = load4(Vs + lane * sk + d);
 #pragma unroll
-      for (int j = 0; j < kRowsPerThread; ++j) {
-        const long long rr = rg + j * kRowGroups;
-        z[j] += Qs[rr * D + d] * kx;
-        if (score_needs_vo(S)) vo[j] += Os[rr * D + d] * vx;
-        if (score_needs_dist(S)) {
-          const float t = vx - Os[rr * D + d];
-          dd[j] += t * t;
+        for (int j = 0; j < kRowsPerWarp; ++j) {
+          z[j] = dot4(z[j], load4(Qs + (row0 + j) * sq + d), kx);
+          const float4 o = load4(Os + (row0 + j) * sq + d);
+          if (kVo) vo[j] = dot4(vo[j], o, vx);
+          if (kDist) {
+            const float4 t = make_float4(vx.x - o.x, vx.y - o.y, vx.z - o.z, vx.w - o.w);
+            dd[j] = dot4(dd[j], t, t);
+          }
         }
       }
+    } else {
+      tile_logits(Qs + row0 * sq, Ks + lane * sk, sq, z);
     }
 #pragma unroll
-    for (int j = 0; j < kRowsPerThread; ++j) {
-      const long long rr = rg + j * kRowGroups, r = r0 + rr;
-      const bool vis = lane < tn && r < s.R && key_visible(p.causal, p0 + lane, row_position(p, s, r));
+    for (int j = 0; j < kRowsPerWarp; ++j) {
+      const int rr = row0 + j;
       float c = 0.0f;
-      if (vis) {
+      if (lane < tn && p0 + lane <= lim[rr]) {
         const float a = expf(z[j] - rm[rr]) * ril[rr];
         c = score_contribution<S, float>(a, z[j], vn1[lane], vn2[lane], vo[j], ron2[rr], sqrtf(dd[j]));
       }
@@ -317,9 +390,9 @@ __global__ void __launch_bounds__(kThreads) pass2_kernel(SaliencyParams p, Shape
     __syncthreads();
     // Query reduction: thread c owns head[:, c], so no two threads write one.
     if (tid < kTile) {
-      const long long nr = s.R - r0 < kRows ? s.R - r0 : kRows;
-      for (long long rr = 0; rr < nr; ++rr) {
-        float* hp = head + ((r0 + rr) / s.Wr) * kTile + tid;
+      const int nr = static_cast<int>(s.R - r0 < kRows ? s.R - r0 : kRows);
+      for (int rr = 0; rr < nr; ++rr) {
+        float* hp = head + head_of[rr] * kTile + tid;
         *hp = query_reduce_step(p.query_reduce, *hp, Cs[rr * (kTile + 1) + tid]);
       }
     }

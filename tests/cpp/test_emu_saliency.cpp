@@ -1,7 +1,8 @@
 // The real CUDA saliency kernels (saliency_cuda.cu, compiled here under the
 // SIMT emulation) against the CPU kernel, at sizes that hit the edges: N not
-// a multiple of the 32-key tile, rows not a multiple of the 16-row chunk,
-// several key splits (flash-decoding combine), W = 1, G = 1, D = 72, causal
+// a multiple of the 32-key tile, rows not a multiple of the 32-row chunk,
+// D not a multiple of the float4 the products read, several key splits
+// (flash-decoding combine), W = 1, G = 1, D = 72 and 256, causal
 // and not, strided inputs, every score and reduction, every CUDA dtype, and
 // the window's attention output given by the caller (SaliencyParams::o).
 // cuda_compat.h first: under OBC_SIMT_EMULATION it brings the emulated
@@ -79,6 +80,16 @@ TEST(EmuSaliency, Float32OddSizesEveryScore) {
   check_case<float>({2, 1, 1, 1, 40, 72, 0, false}, obc::DType::F32, rng, false);
   // N = W (every window query at its own position).
   check_case<float>({1, 1, 2, 5, 5, 8, 1, true}, obc::DType::F32, rng, false);
+  // rows = 5 * 7 = 35 (a full and a partial chunk), D = 13: the padding of
+  // the shared rows to whole float4s must add nothing.
+  check_case<float>({1, 2, 5, 7, 70, 13, 2, true}, obc::DType::F32, rng, true);
+}
+
+// D = 256, G = 8: the largest head size the op accepts, at the most shared
+// memory pass 2 asks for (joint: 135 KiB).
+TEST(EmuSaliency, HeadDim256) {
+  std::mt19937 rng(12);
+  check_case<obc::bf16_t>({1, 1, 8, 3, 40, 256, 0, true}, obc::DType::BF16, rng, false, 1u << 0 | 1u << 5 | 1u << 6);
 }
 
 // D=128, the common head size: pass 2 needs more than 48 KiB of shared
@@ -100,14 +111,14 @@ TEST(EmuSaliency, SeveralKeySplitsAreCombined) {
   ASSERT_GT(obc::make_shape(probe).splits, 1);
   const unsigned attn_joint_loo = 1u << 0 | 1u << 5 | 1u << 6;
   check_case<float>({1, 1, 1, 2, 600, 8, 0, true}, obc::DType::F32, rng, false, attn_joint_loo);
-  // Splits and several 16-row chunks together (R = 21), `tova` included.
+  // Splits and several 32-row chunks together (R = 35), `tova` included.
   const obc::SaliencyParams probe2 = [] {
     obc::SaliencyParams p;
-    p.B = 1, p.Hkv = 1, p.G = 3, p.W = 7, p.N = 300, p.D = 8;
+    p.B = 1, p.Hkv = 1, p.G = 5, p.W = 7, p.N = 300, p.D = 8;
     return p;
   }();
   ASSERT_GT(obc::make_shape(probe2).splits, 1);
-  check_case<float>({1, 1, 3, 7, 300, 8, 0, true}, obc::DType::F32, rng, false, attn_joint_loo | 1u << 1);
+  check_case<float>({1, 1, 5, 7, 300, 8, 0, true}, obc::DType::F32, rng, false, attn_joint_loo | 1u << 1);
 }
 
 // O given: pass 1 skips it (its workspace too) and combine reads it, over
