@@ -9,23 +9,26 @@
 //   2. combine_kernel, grid (R, B * Hkv): merges the splits into the final
 //      max, 1 / sum, O and ||O||^2 (O read from p.o instead when the caller
 //      gives it: pass 1 then computes only the max and sum).
-//   3. pass2_kernel, grid (ceil(N / 32), B * Hkv): one block per 32-key
-//      tile keeps its K and V tile in shared memory, walks all R rows in
-//      chunks of 32 (recomputing Z, A, v.o, ||v - o||), reduces over the
-//      queries (one owner thread per key column: no atomics) and the group,
-//      and writes its 32 scores once.
-// Both passes give each thread 8 rows and one key (or 8 rows and one float4
-// of D in pass 1's P V) and read float4s from zero-padded shared rows, so
-// that shared-memory bandwidth, not the FP32 units, stops bounding the
-// products: with one row per thread and scalar loads, every FMA cost more
-// than one shared load.
+//   3. pass2_kernel, grid (ceil(N / 64), B * Hkv): one block per 64-key
+//      tile (32 where the device's shared memory is too small) keeps its K
+//      and V tile in shared memory, walks all R rows in chunks of 32
+//      (recomputing Z, A, v.o, ||v - o||), reduces over the queries (one
+//      owner thread per key column: no atomics) and the group, and writes
+//      its scores once.
+// Each thread computes 8 rows against one key (pass 1; its P V: 8 rows x one
+// float4 of D) or two keys (pass 2), reading float4s from zero-padded shared
+// rows, so that shared-memory bandwidth, not the FP32 units, stops bounding
+// the products: with one row per thread and scalar loads, every FMA cost more
+// than one shared load (bench/results/kernels.md has the SASS counts).
 // Memory traffic: K read ceil(R / 32) times in pass 1 (mostly L2 hits) and
-// once in pass 2, V likewise when the score needs it; window queries and the
-// per-row statistics are re-read per key tile from L2; the workspace is
+// once in pass 2, V likewise when the score needs it; window queries, O and
+// the per-row statistics are re-read per 64-key tile from L2; the workspace is
 // O(B * Hkv * splits * R * D) floats and the output is written once.
 // No [R, N] matrix ever exists in global memory. float32 / float16 /
 // bfloat16 inputs, float32 accumulation; float64 is CPU-only.
 #include "saliency_cuda.h"
+
+#include <algorithm>
 
 #include "cuda_compat.h"
 #include "saliency_cuda.cuh"
@@ -90,28 +93,35 @@ size_t pass1_smem(const SaliencyParams& p) {
   const size_t o = owns_o(p) ? kTile * salc::kProbStride + kRows * sq + kRows : 0;
   return sizeof(float) * (2 * kRows + kRows * sq + kTile * sk + o);
 }
-size_t pass2_smem(const SaliencyParams& p) {
+// kpl: keys per lane of pass 2 (its tile has 32 * kpl keys).
+size_t pass2_smem(const SaliencyParams& p, int kpl) {
   const size_t sq = static_cast<size_t>(salc::row_stride(p.D)), sk = static_cast<size_t>(salc::tile_stride(p.D));
-  const size_t G = static_cast<size_t>(p.G), o = needs_o(p.score) ? 1 : 0;
+  const size_t G = static_cast<size_t>(p.G), o = needs_o(p.score) ? 1 : 0, keys = static_cast<size_t>(kTile * kpl);
   const size_t v = o || score_needs_vn1(p.score) || score_needs_vn2(p.score) ? 1 : 0;
-  return sizeof(float) * (2 * kRows + (1 + v) * kTile * sk + (1 + o) * kRows * sq + kRows * (kTile + 1) +
-                          G * kTile + 2 * kTile + 3 * kRows) +
+  return sizeof(float) * (2 * kRows + (1 + v) * keys * sk + (1 + o) * kRows * sq + kRows * (keys + 1) + G * keys +
+                          2 * keys + 3 * kRows) +
          sizeof(int) * kRows;
 }
 
-// Shared memory above the default 48 KiB needs a per-kernel opt-in (the SIMT
-// emulation enforces the same rule). The opt-in is the device's limit, not
-// this call's size: host threads calling with different shapes would
-// otherwise lower it under each other's launches.
-template <typename Kernel>
-cudaError_t allow_smem(Kernel kernel, size_t bytes) {
-  if (bytes <= 48 * 1024) return cudaSuccess;
-  int device = 0, limit = 0;
+// Dynamic shared memory one block may opt in to on the current device
+// (above the default 48 KiB, a per-kernel opt-in is needed; the SIMT
+// emulation enforces the same rule).
+cudaError_t smem_optin_limit(size_t* limit) {
+  int device = 0, value = 0;
   cudaError_t err = cudaGetDevice(&device);
-  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
-  if (err != cudaSuccess) return err;
-  if (bytes > static_cast<size_t>(limit)) return cudaErrorInvalidValue;
-  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, limit);
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&value, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+  *limit = static_cast<size_t>(value);
+  return err;
+}
+
+// The opt-in is the device's limit, not this call's size: host threads
+// calling with different shapes would otherwise lower it under each other's
+// launches.
+template <typename Kernel>
+cudaError_t allow_smem(Kernel kernel, size_t bytes, size_t limit) {
+  if (bytes <= 48 * 1024) return cudaSuccess;
+  if (bytes > limit) return cudaErrorInvalidValue;
+  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(limit));
 }
 
 template <typename E, Score S>
@@ -121,11 +131,13 @@ cudaError_t run(const SaliencyParams& p, void* workspace, cudaStream_t stream) {
   const long long bh = p.B * p.Hkv, chunks = (s.R + kRows - 1) / kRows;
   if (bh > 65535 || chunks > 65535) return cudaErrorInvalidValue;
   constexpr bool kNeedO = score_needs_vo(S) || score_needs_dist(S);
-  cudaError_t err;
+  size_t limit = 0;
+  cudaError_t err = smem_optin_limit(&limit);
+  if (err != cudaSuccess) return err;
 
   auto* k1 = owns_o(p) ? &salc::pass1_kernel<E, kNeedO> : &salc::pass1_kernel<E, false>;
   const size_t sm1 = pass1_smem(p);
-  if ((err = allow_smem(k1, sm1)) != cudaSuccess) return err;
+  if ((err = allow_smem(k1, sm1, limit)) != cudaSuccess) return err;
   OBC_LAUNCH(k1, dim3(static_cast<unsigned>(s.splits), static_cast<unsigned>(chunks), static_cast<unsigned>(bh)),
              dim3(kThreads), sm1, stream, p, s, w);
   if ((err = cudaGetLastError()) != cudaSuccess) return err;
@@ -134,11 +146,15 @@ cudaError_t run(const SaliencyParams& p, void* workspace, cudaStream_t stream) {
   OBC_LAUNCH(kc, dim3(static_cast<unsigned>(s.R), static_cast<unsigned>(bh)), dim3(kThreads), 0, stream, p, s, w);
   if ((err = cudaGetLastError()) != cudaSuccess) return err;
 
-  auto* k2 = &salc::pass2_kernel<E, S>;
-  const size_t sm2 = pass2_smem(p);
-  if ((err = allow_smem(k2, sm2)) != cudaSuccess) return err;
-  OBC_LAUNCH(k2, dim3(static_cast<unsigned>((p.N + kTile - 1) / kTile), static_cast<unsigned>(bh)), dim3(kThreads),
-             sm2, stream, p, s, w);
+  // Two keys per lane where the device's shared memory holds that tile (every
+  // head size on sm_90; on sm_80 / sm_86 / sm_89 the largest fall back).
+  const int kpl = pass2_smem(p, 2) <= std::max(limit, size_t{48 * 1024}) ? 2 : 1;
+  auto* k2 = kpl == 2 ? &salc::pass2_kernel<E, S, 2> : &salc::pass2_kernel<E, S, 1>;
+  const size_t sm2 = pass2_smem(p, kpl);
+  if ((err = allow_smem(k2, sm2, limit)) != cudaSuccess) return err;
+  const long long tiles = (p.N + kTile * kpl - 1) / (kTile * kpl);
+  OBC_LAUNCH(k2, dim3(static_cast<unsigned>(tiles), static_cast<unsigned>(bh)), dim3(kThreads), sm2, stream, p, s,
+             w);
   return cudaGetLastError();
 }
 

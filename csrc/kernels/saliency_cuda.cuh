@@ -88,12 +88,12 @@ __device__ OBC_INLINE void load_rows(const float* src, long long R, long long D,
 }
 
 // dst[c][0:tile_stride(D)] = keys p0 + c of one (b, h) for c < tn; zero for
-// c >= tn and in the padding.
-template <typename E>
+// tn <= c < kKeys and in the padding.
+template <typename E, int kKeys = kTile>
 __device__ OBC_INLINE void load_key_tile(const E* src, long long sn, long long D, long long p0, long long tn,
                                          float* dst) {
   const int Di = static_cast<int>(D), sk = tile_stride(D);
-  for (int e = threadIdx.x; e < kTile * sk; e += kThreads) {
+  for (int e = threadIdx.x; e < kKeys * sk; e += kThreads) {
     const int c = e / sk, d = e % sk;
     dst[e] = c < tn && d < Di ? Elem<E>::load(src[(p0 + c) * sn + d]) : 0.0f;
   }
@@ -116,15 +116,25 @@ __device__ OBC_INLINE float warp_sum(float x) {
   return x;
 }
 
-// The logits of this warp's kRowsPerWarp rows against key `lane` of the tile:
-// one float4 of K per 4 d, reused by 8 rows (the rows' float4s are warp-wide
-// broadcasts): 32 FMAs per 9 shared loads, where one row per thread and one
+// The logits of this warp's kRowsPerWarp rows against keys lane + 32 u,
+// u < KPL, of a tile (Kt: key `lane`'s row): one float4 of K per key and 4 d,
+// reused by 8 rows, and each row's float4 (a warp-wide broadcast) by the KPL
+// keys. KPL = 1: 32 FMAs per 9 shared loads, where one row per thread and one
 // float per load gave 0.8 FMAs per load (sm_90 SASS, bench/results/kernels.md).
-__device__ OBC_INLINE void tile_logits(const float* Qw, const float* Kt, int sq, float (&z)[kRowsPerWarp]) {
+template <int KPL>
+__device__ OBC_INLINE void tile_logits(const float* Qw, const float* Kt, int sq, int sk,
+                                       float (&z)[KPL][kRowsPerWarp]) {
+#pragma unroll 2
   for (int d = 0; d < sq; d += 4) {
-    const float4 k = load4(Kt + d);
+    float4 k[KPL];
 #pragma unroll
-    for (int j = 0; j < kRowsPerWarp; ++j) z[j] = dot4(z[j], load4(Qw + j * sq + d), k);
+    for (int u = 0; u < KPL; ++u) k[u] = load4(Kt + u * kTile * sk + d);
+#pragma unroll
+    for (int j = 0; j < kRowsPerWarp; ++j) {
+      const float4 q = load4(Qw + j * sq + d);
+#pragma unroll
+      for (int u = 0; u < KPL; ++u) z[u][j] = dot4(z[u][j], q, k[u]);
+    }
   }
 }
 
@@ -167,8 +177,9 @@ __global__ void __launch_bounds__(kThreads) pass1_kernel(SaliencyParams p, Shape
     const long long tn = k_end - p0 < kTile ? k_end - p0 : kTile;
     load_key_tile<E>(K, p.k_sn, D, p0, tn, KV);
     __syncthreads();
-    float z[kRowsPerWarp] = {};
-    tile_logits(Qs + row0 * sq, KV + lane * sk, sq, z);
+    float zz[1][kRowsPerWarp] = {};
+    tile_logits<1>(Qs + row0 * sq, KV + lane * sk, sq, sk, zz);
+    const float(&z)[kRowsPerWarp] = zz[0];
     // Online softmax of each row over the tile's 32 keys, one key per lane.
     float pe[kRowsPerWarp];
 #pragma unroll
@@ -294,48 +305,53 @@ __global__ void __launch_bounds__(kThreads) combine_kernel(SaliencyParams p, Sha
 }
 
 // ---- Pass 2: one block per (key tile, b, h) recomputes Z, A (and v.o,
-// ||v - o||) for every window row against its kTile keys, reduces over the
-// queries and the group, and writes its kTile scores once.
-// grid (ceil(N / kTile), B * Hkv), kThreads threads; per chunk of kRows rows,
-// warp w owns rows w * 8 .. w * 8 + 7 and lane the key.
-// smem: lim kRows (64-bit) | Ks kTile*sk | Vs kTile*sk (scores that read V) |
-// Qs kRows*sq | Os kRows*sq (scores that read O) | Cs kRows*(kTile+1) |
-// head G*kTile | vn1, vn2 kTile | rm, ril, ron2 kRows | head_of kRows (int);
+// ||v - o||) for every window row against its kTile * KPL keys, reduces over
+// the queries and the group, and writes its scores once.
+// grid (ceil(N / (kTile * KPL)), B * Hkv), kThreads threads; per chunk of
+// kRows rows, warp w owns rows w * 8 .. w * 8 + 7, lane the keys lane + 32 u.
+// KPL = 2 halves the shared loads per FMA (every row float4 serves two keys)
+// and the re-reads of Q and O per key; KPL = 1 needs half the K / V tile, for
+// GPUs whose shared memory does not hold the KPL = 2 one (pass2_smem).
+// smem: lim kRows (64-bit) | Ks kKeys*sk | Vs kKeys*sk (scores that read V) |
+// Qs kRows*sq | Os kRows*sq (scores that read O) | Cs kRows*(kKeys+1) |
+// head G*kKeys | vn1, vn2 kKeys | rm, ril, ron2 kRows | head_of kRows (int);
 // pass2_smem in saliency_cuda.cu is the same sum.
-template <typename E, Score S>
+template <typename E, Score S, int KPL>
 __global__ void __launch_bounds__(kThreads) pass2_kernel(SaliencyParams p, Shape s, Work w) {
+  constexpr int kKeys = kTile * KPL, kCs = kKeys + 1;
   constexpr bool kVo = score_needs_vo(S), kDist = score_needs_dist(S);
   constexpr bool kNeedO = kVo || kDist;
   constexpr bool kNeedV = kNeedO || score_needs_vn1(S) || score_needs_vn2(S);
   OBC_DYNAMIC_SMEM(float, smem);
   const long long D = p.D, N = p.N, G = p.G;
   const int Di = static_cast<int>(D), sq = row_stride(D), sk = tile_stride(D);
-  const long long p0 = static_cast<long long>(blockIdx.x) * kTile, bh = blockIdx.y;
+  const long long p0 = static_cast<long long>(blockIdx.x) * kKeys, bh = blockIdx.y;
   const long long b = bh / p.Hkv, h = bh % p.Hkv;
-  const int tn = static_cast<int>(N - p0 < kTile ? N - p0 : kTile);
+  const int tn = static_cast<int>(N - p0 < kKeys ? N - p0 : kKeys);
   const E* q_bh = static_cast<const E*>(p.q) + b * p.q_sb + h * p.G * p.q_sh;
   const float* o_bh = w.fin_o + bh * s.R * D;
   long long* lim = reinterpret_cast<long long*>(smem);
   float* Ks = smem + 2 * kRows;
-  float* Vs = Ks + kTile * sk;
-  float* Qs = Vs + (kNeedV ? kTile * sk : 0);
+  float* Vs = Ks + kKeys * sk;
+  float* Qs = Vs + (kNeedV ? kKeys * sk : 0);
   float* Os = Qs + kRows * sq;
   float* Cs = Os + (kNeedO ? kRows * sq : 0);
-  float* head = Cs + kRows * (kTile + 1);
-  float* vn1 = head + G * kTile;
-  float* vn2 = vn1 + kTile;
-  float* rm = vn2 + kTile;
+  float* head = Cs + kRows * kCs;
+  float* vn1 = head + G * kKeys;
+  float* vn2 = vn1 + kKeys;
+  float* rm = vn2 + kKeys;
   float* ril = rm + kRows;
   float* ron2 = ril + kRows;
   int* head_of = reinterpret_cast<int*>(ron2 + kRows);
   const int tid = threadIdx.x, lane = tid % kTile, warp = tid / kTile, row0 = warp * kRowsPerWarp;
 
-  load_key_tile<E>(static_cast<const E*>(p.k) + b * p.k_sb + h * p.k_sh, p.k_sn, D, p0, tn, Ks);
-  if (kNeedV) load_key_tile<E>(static_cast<const E*>(p.v) + b * p.v_sb + h * p.v_sh, p.v_sn, D, p0, tn, Vs);
+  load_key_tile<E, kKeys>(static_cast<const E*>(p.k) + b * p.k_sb + h * p.k_sh, p.k_sn, D, p0, tn, Ks);
+  if (kNeedV)
+    load_key_tile<E, kKeys>(static_cast<const E*>(p.v) + b * p.v_sb + h * p.v_sh, p.v_sn, D, p0, tn, Vs);
   const float qinit = query_reduce_init<float>(p.query_reduce);
-  for (long long e = tid; e < G * kTile; e += kThreads) head[e] = qinit;
+  for (long long e = tid; e < G * kKeys; e += kThreads) head[e] = qinit;
   __syncthreads();
-  if (tid < kTile) {
+  if (tid < kKeys) {
     float a1 = 0.0f, a2 = 0.0f;
     if (kNeedV)
       for (int d = 0; d < Di; ++d) {
@@ -357,50 +373,62 @@ __global__ void __launch_bounds__(kThreads) pass2_kernel(SaliencyParams p, Shape
       ron2[tid] = r < s.R ? w.fin_on2[bh * s.R + r] : 0.0f;
     }
     __syncthreads();
-    // 8 rows x 1 key per thread, float4 loads: each K / V float4 serves 8
-    // rows, each row float4 is a warp-wide broadcast.
-    float z[kRowsPerWarp] = {}, vo[kRowsPerWarp] = {}, dd[kRowsPerWarp] = {};
+    // 8 rows x KPL keys per thread, float4 loads: each K / V float4 serves 8
+    // rows, each row float4 (a warp-wide broadcast) KPL keys.
+    float z[KPL][kRowsPerWarp] = {}, vo[KPL][kRowsPerWarp] = {}, dd[KPL][kRowsPerWarp] = {};
     if (kNeedO) {
       for (int d = 0; d < sq; d += 4) {
-        const float4 kx = load4(Ks + lane * sk + d), vx = load4(Vs + lane * sk + d);
+        float4 kx[KPL], vx[KPL];
+#pragma unroll
+        for (int u = 0; u < KPL; ++u) {
+          kx[u] = load4(Ks + (lane + u * kTile) * sk + d);
+          vx[u] = load4(Vs + (lane + u * kTile) * sk + d);
+        }
 #pragma unroll
         for (int j = 0; j < kRowsPerWarp; ++j) {
-          z[j] = dot4(z[j], load4(Qs + (row0 + j) * sq + d), kx);
-          const float4 o = load4(Os + (row0 + j) * sq + d);
-          if (kVo) vo[j] = dot4(vo[j], o, vx);
-          if (kDist) {
-            const float4 t = make_float4(vx.x - o.x, vx.y - o.y, vx.z - o.z, vx.w - o.w);
-            dd[j] = dot4(dd[j], t, t);
+          const float4 q = load4(Qs + (row0 + j) * sq + d), o = load4(Os + (row0 + j) * sq + d);
+#pragma unroll
+          for (int u = 0; u < KPL; ++u) {
+            z[u][j] = dot4(z[u][j], q, kx[u]);
+            if (kVo) vo[u][j] = dot4(vo[u][j], o, vx[u]);
+            if (kDist) {
+              const float4 t = make_float4(vx[u].x - o.x, vx[u].y - o.y, vx[u].z - o.z, vx[u].w - o.w);
+              dd[u][j] = dot4(dd[u][j], t, t);
+            }
           }
         }
       }
     } else {
-      tile_logits(Qs + row0 * sq, Ks + lane * sk, sq, z);
+      tile_logits<KPL>(Qs + row0 * sq, Ks + lane * sk, sq, sk, z);
     }
 #pragma unroll
-    for (int j = 0; j < kRowsPerWarp; ++j) {
-      const int rr = row0 + j;
-      float c = 0.0f;
-      if (lane < tn && p0 + lane <= lim[rr]) {
-        const float a = expf(z[j] - rm[rr]) * ril[rr];
-        c = score_contribution<S, float>(a, z[j], vn1[lane], vn2[lane], vo[j], ron2[rr], sqrtf(dd[j]));
+    for (int u = 0; u < KPL; ++u) {
+      const int c = lane + u * kTile;
+#pragma unroll
+      for (int j = 0; j < kRowsPerWarp; ++j) {
+        const int rr = row0 + j;
+        float x = 0.0f;
+        if (c < tn && p0 + c <= lim[rr]) {
+          const float a = expf(z[u][j] - rm[rr]) * ril[rr];
+          x = score_contribution<S, float>(a, z[u][j], vn1[c], vn2[c], vo[u][j], ron2[rr], sqrtf(dd[u][j]));
+        }
+        Cs[rr * kCs + c] = x;
       }
-      Cs[rr * (kTile + 1) + lane] = c;
     }
     __syncthreads();
     // Query reduction: thread c owns head[:, c], so no two threads write one.
-    if (tid < kTile) {
+    if (tid < kKeys) {
       const int nr = static_cast<int>(s.R - r0 < kRows ? s.R - r0 : kRows);
       for (int rr = 0; rr < nr; ++rr) {
-        float* hp = head + head_of[rr] * kTile + tid;
-        *hp = query_reduce_step(p.query_reduce, *hp, Cs[rr * (kTile + 1) + tid]);
+        float* hp = head + head_of[rr] * kKeys + tid;
+        *hp = query_reduce_step(p.query_reduce, *hp, Cs[rr * kCs + tid]);
       }
     }
     __syncthreads();
   }
   if (tid < tn) {
     float acc = group_reduce_init<float>(p.group_reduce);
-    for (long long g = 0; g < G; ++g) acc = group_reduce_step(p.group_reduce, acc, head[g * kTile + tid]);
+    for (long long g = 0; g < G; ++g) acc = group_reduce_step(p.group_reduce, acc, head[g * kKeys + tid]);
     static_cast<float*>(p.out)[bh * N + p0 + tid] = finite_or_nan(group_reduce_finish(p.group_reduce, acc, G));
   }
 }

@@ -118,6 +118,9 @@ constexpr int kWarp = 32;
 // needs a per-kernel opt-in (cudaFuncSetAttribute), up to the sm_90 maximum.
 constexpr unsigned kMaxThreads = 1024, kMaxBlockZ = 64, kMaxGridYZ = 65535;
 constexpr size_t kDefaultDynamicSmem = 48 * 1024, kMaxOptInDynamicSmem = 227 * 1024;
+// The emulated device's opt-in maximum: sm_90's unless a test models another
+// GPU with set_smem_optin_limit.
+inline std::atomic<size_t> smem_optin_limit{kMaxOptInDynamicSmem};
 
 // cudaFuncAttributeMaxDynamicSharedMemorySize per kernel, keyed by its address.
 inline std::mutex smem_optin_mutex;
@@ -448,6 +451,15 @@ void launch(dim3 grid, dim3 block, size_t smem_bytes, cudaStream_t /*stream*/, K
   detail::run_grid(grid, block, smem_bytes, [&] { kernel(args...); });
 }
 
+// Models a GPU with less shared memory per block than sm_90's 227 KiB (sm_80:
+// 163 KiB, sm_86 / sm_89: 99 KiB), so that launchers' fallbacks for such
+// GPUs run too. Earlier opt-ins are dropped, as on a freshly opened device.
+inline void set_smem_optin_limit(size_t bytes) {
+  detail::smem_optin_limit = bytes;
+  std::lock_guard<std::mutex> lock(detail::smem_optin_mutex);
+  detail::smem_optin.clear();
+}
+
 }  // namespace simt
 
 // ---- Built-in variables (read-only, per emulated thread). ----
@@ -468,20 +480,20 @@ inline cudaError_t cudaPeekAtLastError() { return simt::detail::last_error; }
 template <typename Kernel>
 cudaError_t cudaFuncSetAttribute(Kernel* kernel, cudaFuncAttribute attr, int value) {
   if (attr != cudaFuncAttributeMaxDynamicSharedMemorySize || value < 0 ||
-      static_cast<size_t>(value) > simt::detail::kMaxOptInDynamicSmem)
+      static_cast<size_t>(value) > simt::detail::smem_optin_limit.load())
     return cudaErrorInvalidValue;
   std::lock_guard<std::mutex> lock(simt::detail::smem_optin_mutex);
   simt::detail::smem_optin[reinterpret_cast<const void*>(kernel)] = static_cast<size_t>(value);
   return cudaSuccess;
 }
-// One emulated device, an sm_90 one.
+// One emulated device, an sm_90 one (its shared memory limit settable).
 inline cudaError_t cudaGetDevice(int* device) {
   *device = 0;
   return cudaSuccess;
 }
 inline cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) {
   if (attr != cudaDevAttrMaxSharedMemoryPerBlockOptin || device != 0) return cudaErrorInvalidValue;
-  *value = static_cast<int>(simt::detail::kMaxOptInDynamicSmem);
+  *value = static_cast<int>(simt::detail::smem_optin_limit.load());
   return cudaSuccess;
 }
 inline const char* cudaGetErrorString(cudaError_t e) {
