@@ -88,19 +88,23 @@ salc::Work carve(const SaliencyParams& p, const salc::Shape& s, void* ws) {
   return w;
 }
 
-size_t pass1_smem(const SaliencyParams& p) {
+// Pass 1's shared memory with rpw rows per warp.
+size_t pass1_smem(const SaliencyParams& p, int rpw) {
   const size_t sq = static_cast<size_t>(salc::row_stride(p.D)), sk = static_cast<size_t>(salc::tile_stride(p.D));
-  const size_t o = owns_o(p) ? kTile * salc::kProbStride + kRows * sq + kRows : 0;
-  return sizeof(float) * (2 * kRows + kRows * sq + kTile * sk + o);
+  const int rows_i = salc::kWarps * rpw;
+  const size_t rows = static_cast<size_t>(rows_i);
+  const size_t o = owns_o(p) ? kTile * static_cast<size_t>(salc::prob_stride(rows_i)) + rows * sq + rows : 0;
+  return sizeof(float) * (2 * rows + rows * sq + kTile * sk + o);
 }
-// kpl: keys per lane of pass 2 (its tile has 32 * kpl keys).
-size_t pass2_smem(const SaliencyParams& p, int kpl) {
+// Pass 2's with kpl keys per lane (a tile of 32 * kpl keys) and rpw rows per warp.
+size_t pass2_smem(const SaliencyParams& p, int kpl, int rpw) {
   const size_t sq = static_cast<size_t>(salc::row_stride(p.D)), sk = static_cast<size_t>(salc::tile_stride(p.D));
   const size_t G = static_cast<size_t>(p.G), o = needs_o(p.score) ? 1 : 0, keys = static_cast<size_t>(kTile * kpl);
   const size_t v = o || score_needs_vn1(p.score) || score_needs_vn2(p.score) ? 1 : 0;
-  return sizeof(float) * (2 * kRows + (1 + v) * keys * sk + (1 + o) * kRows * sq + kRows * (keys + 1) + G * keys +
-                          2 * keys + 3 * kRows) +
-         sizeof(int) * kRows;
+  const size_t rows = static_cast<size_t>(salc::kWarps * rpw);
+  return sizeof(float) * (2 * rows + (1 + v) * keys * sk + (1 + o) * rows * sq + rows * (keys + 1) + G * keys +
+                          2 * keys + 3 * rows) +
+         sizeof(int) * rows;
 }
 
 // Dynamic shared memory one block may opt in to on the current device
@@ -128,15 +132,25 @@ template <typename E, Score S>
 cudaError_t run(const SaliencyParams& p, void* workspace, cudaStream_t stream) {
   const salc::Shape s = make_shape(p);
   const salc::Work w = carve(p, s, workspace);
-  const long long bh = p.B * p.Hkv, chunks = (s.R + kRows - 1) / kRows;
-  if (bh > 65535 || chunks > 65535) return cudaErrorInvalidValue;
+  const long long bh = p.B * p.Hkv;
+  if (bh > 65535) return cudaErrorInvalidValue;
   constexpr bool kNeedO = score_needs_vo(S) || score_needs_dist(S);
   size_t limit = 0;
   cudaError_t err = smem_optin_limit(&limit);
   if (err != cudaSuccess) return err;
+  const size_t fits = std::max(limit, size_t{48 * 1024});
 
-  auto* k1 = owns_o(p) ? &salc::pass1_kernel<E, kNeedO> : &salc::pass1_kernel<E, false>;
-  const size_t sm1 = pass1_smem(p);
+  // The largest tiles the device's shared memory holds: 8 rows per warp
+  // (and two keys per lane in pass 2) everywhere on sm_90 and up to D = 128
+  // on sm_80; smaller tiles for the largest head sizes on sm_80 / sm_86 /
+  // sm_89 (bench/results/kernels.md has the sizes). Few rows (`tova`: R = G)
+  // take the small tiles too, which compute fewer padding rows.
+  const int rpw1 = s.R > 16 && pass1_smem(p, 8) <= fits ? 8 : 4;
+  const long long chunks = (s.R + salc::kWarps * rpw1 - 1) / (salc::kWarps * rpw1);
+  if (chunks > 65535) return cudaErrorInvalidValue;
+  auto* k1 = owns_o(p) ? (rpw1 == 8 ? &salc::pass1_kernel<E, kNeedO, 8> : &salc::pass1_kernel<E, kNeedO, 4>)
+                       : (rpw1 == 8 ? &salc::pass1_kernel<E, false, 8> : &salc::pass1_kernel<E, false, 4>);
+  const size_t sm1 = pass1_smem(p, rpw1);
   if ((err = allow_smem(k1, sm1, limit)) != cudaSuccess) return err;
   OBC_LAUNCH(k1, dim3(static_cast<unsigned>(s.splits), static_cast<unsigned>(chunks), static_cast<unsigned>(bh)),
              dim3(kThreads), sm1, stream, p, s, w);
@@ -146,11 +160,12 @@ cudaError_t run(const SaliencyParams& p, void* workspace, cudaStream_t stream) {
   OBC_LAUNCH(kc, dim3(static_cast<unsigned>(s.R), static_cast<unsigned>(bh)), dim3(kThreads), 0, stream, p, s, w);
   if ((err = cudaGetLastError()) != cudaSuccess) return err;
 
-  // Two keys per lane where the device's shared memory holds that tile (every
-  // head size on sm_90; on sm_80 / sm_86 / sm_89 the largest fall back).
-  const int kpl = pass2_smem(p, 2) <= std::max(limit, size_t{48 * 1024}) ? 2 : 1;
-  auto* k2 = kpl == 2 ? &salc::pass2_kernel<E, S, 2> : &salc::pass2_kernel<E, S, 1>;
-  const size_t sm2 = pass2_smem(p, kpl);
+  int kpl = s.R > 8 ? 2 : 1, rpw2 = s.R > 8 ? 8 : 2;
+  if (pass2_smem(p, kpl, rpw2) > fits) kpl = 1;
+  if (pass2_smem(p, kpl, rpw2) > fits) rpw2 = 2;
+  auto* k2 = kpl == 2 ? &salc::pass2_kernel<E, S, 2, 8>
+                      : (rpw2 == 8 ? &salc::pass2_kernel<E, S, 1, 8> : &salc::pass2_kernel<E, S, 1, 2>);
+  const size_t sm2 = pass2_smem(p, kpl, rpw2);
   if ((err = allow_smem(k2, sm2, limit)) != cudaSuccess) return err;
   const long long tiles = (p.N + kTile * kpl - 1) / (kTile * kpl);
   OBC_LAUNCH(k2, dim3(static_cast<unsigned>(tiles), static_cast<unsigned>(bh)), dim3(kThreads), sm2, stream, p, s,

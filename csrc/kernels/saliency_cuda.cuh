@@ -17,21 +17,24 @@ namespace salc {
 constexpr int kThreads = 128;                 // threads per block, every kernel
 constexpr int kTile = 32;                     // keys per tile = warp size
 constexpr int kWarps = kThreads / kTile;      // 4
-constexpr int kRowsPerWarp = 8;               // window rows per warp (and per thread)
-constexpr int kRows = kWarps * kRowsPerWarp;  // window rows per chunk: 32
+// Window rows per warp (and per thread): 8, a 32-row chunk; fewer where the
+// device's shared memory cannot hold the larger tiles (saliency_cuda.cu).
+constexpr int kRowsPerWarp = 8;
+constexpr int kRows = kWarps * kRowsPerWarp;
 constexpr int kMaxSplits = 64;
 
 // Shared-memory row strides in floats. Rows are zero-padded to a multiple of
 // 4 floats so the products read float4s with no tail loop. A K / V tile row
 // is an odd number of float4s long, so the 8 lanes of one LDS.128 phase
 // (8 keys) hit distinct banks. The probabilities of pass 1 are stored
-// transposed, [key][row], kRows + 4 = 9 float4s per key for the same reason.
+// transposed, [key][row], rows + 4 floats per key (an odd number of float4s
+// for 8 and 4 rows per warp) for the same reason.
 OBC_HD OBC_INLINE int row_stride(long long D) { return static_cast<int>((D + 3) / 4 * 4); }
 OBC_HD OBC_INLINE int tile_stride(long long D) {
   const int s = row_stride(D);
   return (s / 4) % 2 ? s : s + 4;
 }
-constexpr int kProbStride = kRows + 4;
+OBC_HD constexpr int prob_stride(int rows) { return rows + 4; }
 
 // Rows of one (b, h): R = G * Wr window rows, row r = (g = r / Wr, query
 // i = i0 + r % Wr); Wr = 1, i0 = W - 1 for `tova`, else Wr = W, i0 = 0.
@@ -47,12 +50,12 @@ struct Work {
   float *part_m, *part_l, *part_o, *fin_m, *fin_il, *fin_on2, *fin_o;
 };
 
-// Per row of the chunk [r0, r0 + kRows): the last key it sees (-1 past R,
+// Per row of the chunk [r0, r0 + rows): the last key it sees (-1 past R,
 // so no key is visible) and its query head g. One 64-bit division per row
 // per chunk here, instead of one per row in every tile.
-__device__ OBC_INLINE void row_info(const SaliencyParams& p, const Shape& s, long long r0, long long* lim,
+__device__ OBC_INLINE void row_info(const SaliencyParams& p, const Shape& s, long long r0, int rows, long long* lim,
                                     int* head_of) {
-  for (int rr = threadIdx.x; rr < kRows; rr += kThreads) {
+  for (int rr = threadIdx.x; rr < rows; rr += kThreads) {
     const long long r = r0 + rr;
     long long last = -1;
     if (r < s.R) last = p.causal ? query_position(p.N, p.W, s.i0 + r % s.Wr) : p.N;
@@ -61,16 +64,16 @@ __device__ OBC_INLINE void row_info(const SaliencyParams& p, const Shape& s, lon
   }
 }
 
-// Loads window rows [r0, r0 + kRows) of (b, h) (q_bh: its first query head)
+// Loads window rows [r0, r0 + rows) of (b, h) (q_bh: its first query head)
 // as scaled floats into
-// dst[kRows][row_stride(D)]; rows past R and the padding are zero. A warp
+// dst[rows][row_stride(D)]; rows past R and the padding are zero. A warp
 // per row, lanes along d: one row address (two 64-bit divisions) per row,
 // coalesced loads.
 template <typename E>
 __device__ OBC_INLINE void load_queries(const SaliencyParams& p, const Shape& s, const E* q_bh, long long r0,
-                                        float* dst) {
+                                        int rows, float* dst) {
   const int Di = static_cast<int>(p.D), sq = row_stride(p.D);
-  for (int rr = threadIdx.x / kTile; rr < kRows; rr += kWarps) {
+  for (int rr = threadIdx.x / kTile; rr < rows; rr += kWarps) {
     const long long r = r0 + rr;
     const E* q = r < s.R ? q_bh + (r / s.Wr) * p.q_sh + (s.i0 + r % s.Wr) * p.q_sw : nullptr;
     for (int d = threadIdx.x % kTile; d < sq; d += kTile)
@@ -79,9 +82,10 @@ __device__ OBC_INLINE void load_queries(const SaliencyParams& p, const Shape& s,
 }
 
 // The same layout from a [R][D] float array of one (b, h) (combine's O).
-__device__ OBC_INLINE void load_rows(const float* src, long long R, long long D, long long r0, float* dst) {
+__device__ OBC_INLINE void load_rows(const float* src, long long R, long long D, long long r0, int rows,
+                                     float* dst) {
   const int Di = static_cast<int>(D), sq = row_stride(D);
-  for (int rr = threadIdx.x / kTile; rr < kRows; rr += kWarps) {
+  for (int rr = threadIdx.x / kTile; rr < rows; rr += kWarps) {
     const float* x = r0 + rr < R ? src + (r0 + rr) * D : nullptr;
     for (int d = threadIdx.x % kTile; d < sq; d += kTile) dst[rr * sq + d] = x && d < Di ? x[d] : 0.0f;
   }
@@ -116,21 +120,20 @@ __device__ OBC_INLINE float warp_sum(float x) {
   return x;
 }
 
-// The logits of this warp's kRowsPerWarp rows against keys lane + 32 u,
+// The logits of this warp's RPW rows against keys lane + 32 u,
 // u < KPL, of a tile (Kt: key `lane`'s row): one float4 of K per key and 4 d,
-// reused by 8 rows, and each row's float4 (a warp-wide broadcast) by the KPL
-// keys. KPL = 1: 32 FMAs per 9 shared loads, where one row per thread and one
+// reused by the RPW rows, and each row's float4 (a warp-wide broadcast) by the
+// KPL keys. RPW = 8, KPL = 1: 32 FMAs per 9 shared loads, where one row per thread and one
 // float per load gave 0.8 FMAs per load (sm_90 SASS, bench/results/kernels.md).
-template <int KPL>
-__device__ OBC_INLINE void tile_logits(const float* Qw, const float* Kt, int sq, int sk,
-                                       float (&z)[KPL][kRowsPerWarp]) {
+template <int KPL, int RPW>
+__device__ OBC_INLINE void tile_logits(const float* Qw, const float* Kt, int sq, int sk, float (&z)[KPL][RPW]) {
 #pragma unroll 2
   for (int d = 0; d < sq; d += 4) {
     float4 k[KPL];
 #pragma unroll
     for (int u = 0; u < KPL; ++u) k[u] = load4(Kt + u * kTile * sk + d);
 #pragma unroll
-    for (int j = 0; j < kRowsPerWarp; ++j) {
+    for (int j = 0; j < RPW; ++j) {
       const float4 q = load4(Qw + j * sq + d);
 #pragma unroll
       for (int u = 0; u < KPL; ++u) z[u][j] = dot4(z[u][j], q, k[u]);
@@ -139,51 +142,53 @@ __device__ OBC_INLINE void tile_logits(const float* Qw, const float* Kt, int sq,
 }
 
 // ---- Pass 1: partial softmax statistics (and unnormalised O) of the rows
-// [chunk * kRows, +kRows) over the keys of one split.
+// [chunk * rows, +rows) over the keys of one split, rows = 4 * RPW.
 // grid (splits, row chunks, B * Hkv), kThreads threads. Warp w owns rows
-// w * 8 .. w * 8 + 7 and keeps their running max and sum in registers (every
-// lane the same values); lane = key of the tile.
-// smem: lim kRows (64-bit) | Qs kRows*sq | KV kTile*sk, and for O:
-// Pt kTile*kProbStride | Os kRows*sq | corr kRows (floats); pass1_smem in
+// w * RPW .. w * RPW + RPW - 1 and keeps their running max and sum in
+// registers (every lane the same values); lane = key of the tile.
+// smem: lim rows (64-bit) | Qs rows*sq | KV kTile*sk, and for O:
+// Pt kTile*prob_stride(rows) | Os rows*sq | corr rows (floats); pass1_smem in
 // saliency_cuda.cu is the same sum.
-template <typename E, bool kNeedO>
+template <typename E, bool kNeedO, int RPW>
 __global__ void __launch_bounds__(kThreads) pass1_kernel(SaliencyParams p, Shape s, Work w) {
+  static_assert(RPW % 4 == 0, "P is stored a float4 of rows at a time");
+  constexpr int kR = kWarps * RPW, kPs = prob_stride(kR);
   OBC_DYNAMIC_SMEM(float, smem);
   const long long D = p.D, N = p.N;
   const int sq = row_stride(D), sk = tile_stride(D), nd4 = sq / 4;
-  const long long split = blockIdx.x, r0 = static_cast<long long>(blockIdx.y) * kRows, bh = blockIdx.z;
+  const long long split = blockIdx.x, r0 = static_cast<long long>(blockIdx.y) * kR, bh = blockIdx.z;
   const long long b = bh / p.Hkv, h = bh % p.Hkv;
   long long* lim = reinterpret_cast<long long*>(smem);
-  float* Qs = smem + 2 * kRows;
-  float* KV = Qs + kRows * sq;
+  float* Qs = smem + 2 * kR;
+  float* KV = Qs + kR * sq;
   float* Pt = KV + kTile * sk;
-  float* Os = Pt + kTile * kProbStride;
-  float* corr = Os + kRows * sq;
+  float* Os = Pt + kTile * kPs;
+  float* corr = Os + kR * sq;
   const E* K = static_cast<const E*>(p.k) + b * p.k_sb + h * p.k_sh;
   const E* V = static_cast<const E*>(p.v) + b * p.v_sb + h * p.v_sh;
   const E* q_bh = static_cast<const E*>(p.q) + b * p.q_sb + h * p.G * p.q_sh;
-  const int tid = threadIdx.x, lane = tid % kTile, warp = tid / kTile, row0 = warp * kRowsPerWarp;
+  const int tid = threadIdx.x, lane = tid % kTile, warp = tid / kTile, row0 = warp * RPW;
 
-  row_info(p, s, r0, lim, nullptr);
-  load_queries<E>(p, s, q_bh, r0, Qs);
+  row_info(p, s, r0, kR, lim, nullptr);
+  load_queries<E>(p, s, q_bh, r0, kR, Qs);
   if (kNeedO)
-    for (int e = tid; e < kRows * sq; e += kThreads) Os[e] = 0.0f;
-  float m[kRowsPerWarp], l[kRowsPerWarp];
+    for (int e = tid; e < kR * sq; e += kThreads) Os[e] = 0.0f;
+  float m[RPW], l[RPW];
 #pragma unroll
-  for (int j = 0; j < kRowsPerWarp; ++j) m[j] = -INFINITY, l[j] = 0.0f;
+  for (int j = 0; j < RPW; ++j) m[j] = -INFINITY, l[j] = 0.0f;
   const long long k_begin = split * s.keys_per_split;
   const long long k_end = k_begin + s.keys_per_split < N ? k_begin + s.keys_per_split : N;
   for (long long p0 = k_begin; p0 < k_end; p0 += kTile) {
     const long long tn = k_end - p0 < kTile ? k_end - p0 : kTile;
     load_key_tile<E>(K, p.k_sn, D, p0, tn, KV);
     __syncthreads();
-    float zz[1][kRowsPerWarp] = {};
-    tile_logits<1>(Qs + row0 * sq, KV + lane * sk, sq, sk, zz);
-    const float(&z)[kRowsPerWarp] = zz[0];
+    float zz[1][RPW] = {};
+    tile_logits<1, RPW>(Qs + row0 * sq, KV + lane * sk, sq, sk, zz);
+    const float(&z)[RPW] = zz[0];
     // Online softmax of each row over the tile's 32 keys, one key per lane.
-    float pe[kRowsPerWarp];
+    float pe[RPW];
 #pragma unroll
-    for (int j = 0; j < kRowsPerWarp; ++j) {
+    for (int j = 0; j < RPW; ++j) {
       const bool vis = lane < tn && p0 + lane <= lim[row0 + j];
       const float x = vis ? z[j] : -INFINITY;
       const float m_new = fmaxf(m[j], warp_max(x));
@@ -196,31 +201,35 @@ __global__ void __launch_bounds__(kThreads) pass1_kernel(SaliencyParams p, Shape
       if (kNeedO && lane == 0) corr[row0 + j] = c;
     }
     if (kNeedO) {
-      // Two float4 stores per lane (a key's 8 rows are contiguous in Pt).
-      float4* pt = reinterpret_cast<float4*>(Pt + lane * kProbStride + row0);
-      pt[0] = make_float4(pe[0], pe[1], pe[2], pe[3]);
-      pt[1] = make_float4(pe[4], pe[5], pe[6], pe[7]);
+      // RPW / 4 float4 stores per lane (a key's rows are contiguous in Pt).
+      float4* pt = reinterpret_cast<float4*>(Pt + lane * kPs + row0);
+#pragma unroll
+      for (int v = 0; v < RPW / 4; ++v) pt[v] = make_float4(pe[4 * v], pe[4 * v + 1], pe[4 * v + 2], pe[4 * v + 3]);
       __syncthreads();  // every warp is done with K; Pt and corr are complete
       load_key_tile<E>(V, p.v_sn, D, p0, tn, KV);
       __syncthreads();
-      // O[rows][d:d+4] += P[rows][c] V[c][d:d+4] for 8 rows and one float4
-      // column per thread: 32 FMAs per three shared loads, O in registers
-      // for the whole tile.
+      // O[rows][d:d+4] += P[rows][c] V[c][d:d+4] for RPW rows and one float4
+      // column per thread (RPW = 8: 32 FMAs per three shared loads), O in
+      // registers for the whole tile.
       for (int it = tid; it < kWarps * nd4; it += kThreads) {
-        const int rb = it / nd4 * kRowsPerWarp, d = it % nd4 * 4;
-        float4 o[kRowsPerWarp];
+        const int rb = it / nd4 * RPW, d = it % nd4 * 4;
+        float4 o[RPW];
 #pragma unroll
-        for (int j = 0; j < kRowsPerWarp; ++j) {
+        for (int j = 0; j < RPW; ++j) {
           const float cj = corr[rb + j];
           o[j] = load4(Os + (rb + j) * sq + d);
           o[j].x *= cj, o[j].y *= cj, o[j].z *= cj, o[j].w *= cj;
         }
         for (int c = 0; c < tn; ++c) {
-          const float4 v = load4(KV + c * sk + d), pa = load4(Pt + c * kProbStride + rb);
-          const float4 pb = load4(Pt + c * kProbStride + rb + 4);
-          const float pr[kRowsPerWarp] = {pa.x, pa.y, pa.z, pa.w, pb.x, pb.y, pb.z, pb.w};
+          const float4 v = load4(KV + c * sk + d);
+          float pr[RPW];
 #pragma unroll
-          for (int j = 0; j < kRowsPerWarp; ++j) {
+          for (int u = 0; u < RPW / 4; ++u) {
+            const float4 pu = load4(Pt + c * kPs + rb + 4 * u);
+            pr[4 * u] = pu.x, pr[4 * u + 1] = pu.y, pr[4 * u + 2] = pu.z, pr[4 * u + 3] = pu.w;
+          }
+#pragma unroll
+          for (int j = 0; j < RPW; ++j) {
             o[j].x = fmaf(pr[j], v.x, o[j].x);
             o[j].y = fmaf(pr[j], v.y, o[j].y);
             o[j].z = fmaf(pr[j], v.z, o[j].z);
@@ -228,7 +237,7 @@ __global__ void __launch_bounds__(kThreads) pass1_kernel(SaliencyParams p, Shape
           }
         }
 #pragma unroll
-        for (int j = 0; j < kRowsPerWarp; ++j) *reinterpret_cast<float4*>(Os + (rb + j) * sq + d) = o[j];
+        for (int j = 0; j < RPW; ++j) *reinterpret_cast<float4*>(Os + (rb + j) * sq + d) = o[j];
       }
     }
     __syncthreads();  // KV, Pt and corr are rewritten by the next tile
@@ -236,14 +245,14 @@ __global__ void __launch_bounds__(kThreads) pass1_kernel(SaliencyParams p, Shape
   const long long base = (bh * s.splits + split) * s.R;
   if (lane == 0)
 #pragma unroll
-    for (int j = 0; j < kRowsPerWarp; ++j)
+    for (int j = 0; j < RPW; ++j)
       if (r0 + row0 + j < s.R) {
         w.part_m[base + r0 + row0 + j] = m[j];
         w.part_l[base + r0 + row0 + j] = l[j];
       }
   if (kNeedO) {
     const int Di = static_cast<int>(D);
-    for (int e = tid; e < kRows * Di; e += kThreads) {
+    for (int e = tid; e < kR * Di; e += kThreads) {
       const int rr = e / Di, d = e % Di;
       if (r0 + rr < s.R) w.part_o[(base + r0) * D + e] = Os[rr * sq + d];
     }
@@ -308,17 +317,18 @@ __global__ void __launch_bounds__(kThreads) combine_kernel(SaliencyParams p, Sha
 // ||v - o||) for every window row against its kTile * KPL keys, reduces over
 // the queries and the group, and writes its scores once.
 // grid (ceil(N / (kTile * KPL)), B * Hkv), kThreads threads; per chunk of
-// kRows rows, warp w owns rows w * 8 .. w * 8 + 7, lane the keys lane + 32 u.
-// KPL = 2 halves the shared loads per FMA (every row float4 serves two keys)
-// and the re-reads of Q and O per key; KPL = 1 needs half the K / V tile, for
-// GPUs whose shared memory does not hold the KPL = 2 one (pass2_smem).
-// smem: lim kRows (64-bit) | Ks kKeys*sk | Vs kKeys*sk (scores that read V) |
-// Qs kRows*sq | Os kRows*sq (scores that read O) | Cs kRows*(kKeys+1) |
-// head G*kKeys | vn1, vn2 kKeys | rm, ril, ron2 kRows | head_of kRows (int);
+// rows = 4 * RPW rows, warp w owns rows w * RPW .. w * RPW + RPW - 1, lane
+// the keys lane + 32 u. KPL = 2 halves the shared loads per FMA (every row
+// float4 serves two keys) and the re-reads of Q and O per key; KPL = 1 and
+// RPW = 2 shrink the tiles for GPUs whose shared memory does not hold the
+// larger ones (pass2_smem).
+// smem: lim rows (64-bit) | Ks kKeys*sk | Vs kKeys*sk (scores that read V) |
+// Qs rows*sq | Os rows*sq (scores that read O) | Cs rows*(kKeys+1) |
+// head G*kKeys | vn1, vn2 kKeys | rm, ril, ron2 rows | head_of rows (int);
 // pass2_smem in saliency_cuda.cu is the same sum.
-template <typename E, Score S, int KPL>
+template <typename E, Score S, int KPL, int RPW>
 __global__ void __launch_bounds__(kThreads) pass2_kernel(SaliencyParams p, Shape s, Work w) {
-  constexpr int kKeys = kTile * KPL, kCs = kKeys + 1;
+  constexpr int kKeys = kTile * KPL, kCs = kKeys + 1, kR = kWarps * RPW;
   constexpr bool kVo = score_needs_vo(S), kDist = score_needs_dist(S);
   constexpr bool kNeedO = kVo || kDist;
   constexpr bool kNeedV = kNeedO || score_needs_vn1(S) || score_needs_vn2(S);
@@ -331,19 +341,19 @@ __global__ void __launch_bounds__(kThreads) pass2_kernel(SaliencyParams p, Shape
   const E* q_bh = static_cast<const E*>(p.q) + b * p.q_sb + h * p.G * p.q_sh;
   const float* o_bh = w.fin_o + bh * s.R * D;
   long long* lim = reinterpret_cast<long long*>(smem);
-  float* Ks = smem + 2 * kRows;
+  float* Ks = smem + 2 * kR;
   float* Vs = Ks + kKeys * sk;
   float* Qs = Vs + (kNeedV ? kKeys * sk : 0);
-  float* Os = Qs + kRows * sq;
-  float* Cs = Os + (kNeedO ? kRows * sq : 0);
-  float* head = Cs + kRows * kCs;
+  float* Os = Qs + kR * sq;
+  float* Cs = Os + (kNeedO ? kR * sq : 0);
+  float* head = Cs + kR * kCs;
   float* vn1 = head + G * kKeys;
   float* vn2 = vn1 + kKeys;
   float* rm = vn2 + kKeys;
-  float* ril = rm + kRows;
-  float* ron2 = ril + kRows;
-  int* head_of = reinterpret_cast<int*>(ron2 + kRows);
-  const int tid = threadIdx.x, lane = tid % kTile, warp = tid / kTile, row0 = warp * kRowsPerWarp;
+  float* ril = rm + kR;
+  float* ron2 = ril + kR;
+  int* head_of = reinterpret_cast<int*>(ron2 + kR);
+  const int tid = threadIdx.x, lane = tid % kTile, warp = tid / kTile, row0 = warp * RPW;
 
   load_key_tile<E, kKeys>(static_cast<const E*>(p.k) + b * p.k_sb + h * p.k_sh, p.k_sn, D, p0, tn, Ks);
   if (kNeedV)
@@ -362,20 +372,20 @@ __global__ void __launch_bounds__(kThreads) pass2_kernel(SaliencyParams p, Shape
     vn1[tid] = a1;
     vn2[tid] = a2;
   }
-  for (long long r0 = 0; r0 < s.R; r0 += kRows) {
-    row_info(p, s, r0, lim, head_of);
-    load_queries<E>(p, s, q_bh, r0, Qs);
-    if (kNeedO) load_rows(o_bh, s.R, D, r0, Os);
-    if (tid < kRows) {
+  for (long long r0 = 0; r0 < s.R; r0 += kR) {
+    row_info(p, s, r0, kR, lim, head_of);
+    load_queries<E>(p, s, q_bh, r0, kR, Qs);
+    if (kNeedO) load_rows(o_bh, s.R, D, r0, kR, Os);
+    if (tid < kR) {
       const long long r = r0 + tid;
       rm[tid] = r < s.R ? w.fin_m[bh * s.R + r] : 0.0f;
       ril[tid] = r < s.R ? w.fin_il[bh * s.R + r] : 0.0f;
       ron2[tid] = r < s.R ? w.fin_on2[bh * s.R + r] : 0.0f;
     }
     __syncthreads();
-    // 8 rows x KPL keys per thread, float4 loads: each K / V float4 serves 8
-    // rows, each row float4 (a warp-wide broadcast) KPL keys.
-    float z[KPL][kRowsPerWarp] = {}, vo[KPL][kRowsPerWarp] = {}, dd[KPL][kRowsPerWarp] = {};
+    // RPW rows x KPL keys per thread, float4 loads: each K / V float4 serves
+    // RPW rows, each row float4 (a warp-wide broadcast) KPL keys.
+    float z[KPL][RPW] = {}, vo[KPL][RPW] = {}, dd[KPL][RPW] = {};
     if (kNeedO) {
       for (int d = 0; d < sq; d += 4) {
         float4 kx[KPL], vx[KPL];
@@ -385,7 +395,7 @@ __global__ void __launch_bounds__(kThreads) pass2_kernel(SaliencyParams p, Shape
           vx[u] = load4(Vs + (lane + u * kTile) * sk + d);
         }
 #pragma unroll
-        for (int j = 0; j < kRowsPerWarp; ++j) {
+        for (int j = 0; j < RPW; ++j) {
           const float4 q = load4(Qs + (row0 + j) * sq + d), o = load4(Os + (row0 + j) * sq + d);
 #pragma unroll
           for (int u = 0; u < KPL; ++u) {
@@ -399,13 +409,13 @@ __global__ void __launch_bounds__(kThreads) pass2_kernel(SaliencyParams p, Shape
         }
       }
     } else {
-      tile_logits<KPL>(Qs + row0 * sq, Ks + lane * sk, sq, sk, z);
+      tile_logits<KPL, RPW>(Qs + row0 * sq, Ks + lane * sk, sq, sk, z);
     }
 #pragma unroll
     for (int u = 0; u < KPL; ++u) {
       const int c = lane + u * kTile;
 #pragma unroll
-      for (int j = 0; j < kRowsPerWarp; ++j) {
+      for (int j = 0; j < RPW; ++j) {
         const int rr = row0 + j;
         float x = 0.0f;
         if (c < tn && p0 + c <= lim[rr]) {
@@ -418,7 +428,7 @@ __global__ void __launch_bounds__(kThreads) pass2_kernel(SaliencyParams p, Shape
     __syncthreads();
     // Query reduction: thread c owns head[:, c], so no two threads write one.
     if (tid < kKeys) {
-      const int nr = static_cast<int>(s.R - r0 < kRows ? s.R - r0 : kRows);
+      const int nr = static_cast<int>(s.R - r0 < kR ? s.R - r0 : kR);
       for (int rr = 0; rr < nr; ++rr) {
         float* hp = head + head_of[rr] * kKeys + tid;
         *hp = query_reduce_step(p.query_reduce, *hp, Cs[rr * kCs + tid]);
