@@ -1,8 +1,9 @@
 """Instruction mix of the loops of CUDA kernels, read off the SASS (no GPU
 needed): compiles a .cu file for one architecture, disassembles it with
 cuobjdump, and for every loop (a backward branch) of the kernels whose
-mangled name contains --kernel prints its length and its FFMA, shared-load
-(LDS*), global-load (LDG*) and local-memory (LDL / STL, i.e. spill) counts.
+mangled name contains --kernel prints its length and its FFMA, tensor-core
+(HMMA), shared-load (LDS*), global-load (LDG*) and local-memory (LDL / STL,
+i.e. spill) counts.
 
 The ratio of FFMAs to shared loads in a product loop tells whether shared
 memory or the FP32 units bound it (bench/results/kernels.md).
@@ -67,7 +68,7 @@ def main():
     ap.add_argument("cu", help="the .cu file")
     ap.add_argument("--kernel", default="", help="substring of the mangled kernel names to report")
     ap.add_argument("--arch", default="sm_90")
-    ap.add_argument("--min-ffma", type=int, default=1, help="only loops with at least this many FFMAs")
+    ap.add_argument("--min-ffma", type=int, default=1, help="only loops with at least this many FFMAs + HMMAs")
     args = ap.parse_args()
     nvcc = os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "bin", "nvcc")
     with tempfile.TemporaryDirectory() as tmp:
@@ -81,10 +82,11 @@ def main():
         demangled = subprocess.run(["c++filt", name], capture_output=True, text=True).stdout.strip() or name
         print(f"{demangled}: {len(ins)} instructions")
         for start, end, ops in loops(ins):
-            if ops["FFMA"] < args.min_ffma:
+            hmma = count(ops, "HMMA")
+            if ops["FFMA"] + hmma < args.min_ffma:
                 continue
             total = sum(ops.values())
-            print(f"  loop {start:#x}-{end:#x}: {total} instructions, FFMA {ops['FFMA']}, "
+            print(f"  loop {start:#x}-{end:#x}: {total} instructions, FFMA {ops['FFMA']}, HMMA {hmma}, "
                   f"shared loads {count(ops, 'LDS')} ({ops['LDS.128']} of them 128-bit), global loads "
                   f"{count(ops, 'LDG')}, spill loads/stores {count(ops, 'LDL')}/{count(ops, 'STL')}")
 

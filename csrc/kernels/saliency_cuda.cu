@@ -29,9 +29,11 @@
 #include "saliency_cuda.h"
 
 #include <algorithm>
+#include <type_traits>
 
 #include "cuda_compat.h"
 #include "saliency_cuda.cuh"
+#include "saliency_mma_cuda.cuh"
 
 namespace obc {
 namespace {
@@ -107,6 +109,17 @@ size_t pass2_smem(const SaliencyParams& p, int kpl, int rpw) {
          sizeof(int) * rows;
 }
 
+// The tensor-core pass 2's (saliency_mma_cuda.cuh).
+size_t pass2_mma_smem(const SaliencyParams& p) {
+  const size_t pw = static_cast<size_t>(salc::pair_stride(p.D)), ow = static_cast<size_t>(salc::o_stride(p.D));
+  const size_t G = static_cast<size_t>(p.G), o = score_needs_vo(p.score) ? 1 : 0;
+  const size_t v = o || score_needs_vn1(p.score) || score_needs_vn2(p.score) ? 1 : 0;
+  const size_t keys = salc::kMmaKeys, rows = salc::kMmaRows;
+  return sizeof(float) * (2 * rows + (1 + v) * keys * pw + rows * pw + o * rows * ow + rows * (keys + 1) +
+                          G * keys + 2 * keys + 3 * rows) +
+         sizeof(int) * rows;
+}
+
 // Dynamic shared memory one block may opt in to on the current device
 // (above the default 48 KiB, a per-kernel opt-in is needed; the SIMT
 // emulation enforces the same rule).
@@ -121,6 +134,15 @@ cudaError_t smem_optin_limit(size_t* limit) {
 // The opt-in is the device's limit, not this call's size: host threads
 // calling with different shapes would otherwise lower it under each other's
 // launches.
+// bf16 tensor cores (mma.sync m16n8k16) exist from sm_80 on.
+cudaError_t has_bf16_mma(bool* yes) {
+  int device = 0, major = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+  *yes = major >= 8;
+  return err;
+}
+
 template <typename Kernel>
 cudaError_t allow_smem(Kernel kernel, size_t bytes, size_t limit) {
   if (bytes <= 48 * 1024) return cudaSuccess;
@@ -160,6 +182,24 @@ cudaError_t run(const SaliencyParams& p, void* workspace, cudaStream_t stream) {
   OBC_LAUNCH(kc, dim3(static_cast<unsigned>(s.R), static_cast<unsigned>(bh)), dim3(kThreads), 0, stream, p, s, w);
   if ((err = cudaGetLastError()) != cudaSuccess) return err;
 
+  if constexpr (std::is_same<E, bf16_t>::value && salc::mma_pass2_supports<S>()) {
+    // bf16 on sm_80+: pass 2's products on the tensor cores where its tiles
+    // fit (joint, G = 4: every D up to 256 on sm_90, up to 128 on sm_80, up
+    // to 112 on sm_86 / sm_89, whose 99 KiB are 5 KiB short at 128), and
+    // where there are more than 8 rows (fewer leave most of a 16-row tile
+    // empty).
+    bool mma = false;
+    if ((err = has_bf16_mma(&mma)) != cudaSuccess) return err;
+    const size_t smm = pass2_mma_smem(p);
+    if (mma && s.R > 8 && smm <= fits) {
+      auto* km = &salc::pass2_mma_kernel<S>;
+      if ((err = allow_smem(km, smm, limit)) != cudaSuccess) return err;
+      const long long tiles = (p.N + salc::kMmaKeys - 1) / salc::kMmaKeys;
+      OBC_LAUNCH(km, dim3(static_cast<unsigned>(tiles), static_cast<unsigned>(bh)), dim3(kThreads), smm, stream, p,
+                 s, w);
+      return cudaGetLastError();
+    }
+  }
   int kpl = s.R > 8 ? 2 : 1, rpw2 = s.R > 8 ? 8 : 2;
   if (pass2_smem(p, kpl, rpw2) > fits) kpl = 1;
   if (pass2_smem(p, kpl, rpw2) > fits) rpw2 = 2;

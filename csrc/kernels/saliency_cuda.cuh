@@ -81,10 +81,11 @@ __device__ OBC_INLINE void load_queries(const SaliencyParams& p, const Shape& s,
   }
 }
 
-// The same layout from a [R][D] float array of one (b, h) (combine's O).
-__device__ OBC_INLINE void load_rows(const float* src, long long R, long long D, long long r0, int rows,
+// The same layout, rows sq floats apart, from a [R][D] float array of one
+// (b, h) (combine's O).
+__device__ OBC_INLINE void load_rows(const float* src, long long R, long long D, long long r0, int rows, int sq,
                                      float* dst) {
-  const int Di = static_cast<int>(D), sq = row_stride(D);
+  const int Di = static_cast<int>(D);
   for (int rr = threadIdx.x / kTile; rr < rows; rr += kWarps) {
     const float* x = r0 + rr < R ? src + (r0 + rr) * D : nullptr;
     for (int d = threadIdx.x % kTile; d < sq; d += kTile) dst[rr * sq + d] = x && d < Di ? x[d] : 0.0f;
@@ -313,6 +314,44 @@ __global__ void __launch_bounds__(kThreads) combine_kernel(SaliencyParams p, Sha
   }
 }
 
+// Pass 2's per-row statistics of rows [r0, r0 + rows) (zero past R): the
+// softmax max, 1 / sum and ||o||^2 from combine.
+__device__ OBC_INLINE void load_row_stats(const Shape& s, const Work& w, long long bh, long long r0, int rows,
+                                          float* rm, float* ril, float* ron2) {
+  const int rr = threadIdx.x;
+  if (rr >= rows) return;
+  const long long r = r0 + rr;
+  rm[rr] = r < s.R ? w.fin_m[bh * s.R + r] : 0.0f;
+  ril[rr] = r < s.R ? w.fin_il[bh * s.R + r] : 0.0f;
+  ron2[rr] = r < s.R ? w.fin_on2[bh * s.R + r] : 0.0f;
+}
+
+// Pass 2's reduction of a chunk's contributions Cs [nr rows][kKeys + 1]
+// over the queries into head [G][kKeys]: thread c owns column c, so no two
+// threads write one entry.
+template <int kKeys>
+__device__ OBC_INLINE void reduce_queries(const SaliencyParams& p, int nr, const float* Cs, const int* head_of,
+                                          float* head) {
+  const int c = threadIdx.x;
+  if (c >= kKeys) return;
+  for (int rr = 0; rr < nr; ++rr) {
+    float* hp = head + head_of[rr] * kKeys + c;
+    *hp = query_reduce_step(p.query_reduce, *hp, Cs[rr * (kKeys + 1) + c]);
+  }
+}
+
+// Pass 2's output: the group reduction of head [G][kKeys] for the tile's tn
+// keys from p0, written once.
+template <int kKeys>
+__device__ OBC_INLINE void write_scores(const SaliencyParams& p, long long bh, long long p0, int tn,
+                                        const float* head) {
+  const int c = threadIdx.x;
+  if (c >= tn) return;
+  float acc = group_reduce_init<float>(p.group_reduce);
+  for (long long g = 0; g < p.G; ++g) acc = group_reduce_step(p.group_reduce, acc, head[g * kKeys + c]);
+  static_cast<float*>(p.out)[bh * p.N + p0 + c] = finite_or_nan(group_reduce_finish(p.group_reduce, acc, p.G));
+}
+
 // ---- Pass 2: one block per (key tile, b, h) recomputes Z, A (and v.o,
 // ||v - o||) for every window row against its kTile * KPL keys, reduces over
 // the queries and the group, and writes its scores once.
@@ -375,13 +414,8 @@ __global__ void __launch_bounds__(kThreads) pass2_kernel(SaliencyParams p, Shape
   for (long long r0 = 0; r0 < s.R; r0 += kR) {
     row_info(p, s, r0, kR, lim, head_of);
     load_queries<E>(p, s, q_bh, r0, kR, Qs);
-    if (kNeedO) load_rows(o_bh, s.R, D, r0, kR, Os);
-    if (tid < kR) {
-      const long long r = r0 + tid;
-      rm[tid] = r < s.R ? w.fin_m[bh * s.R + r] : 0.0f;
-      ril[tid] = r < s.R ? w.fin_il[bh * s.R + r] : 0.0f;
-      ron2[tid] = r < s.R ? w.fin_on2[bh * s.R + r] : 0.0f;
-    }
+    if (kNeedO) load_rows(o_bh, s.R, D, r0, kR, sq, Os);
+    load_row_stats(s, w, bh, r0, kR, rm, ril, ron2);
     __syncthreads();
     // RPW rows x KPL keys per thread, float4 loads: each K / V float4 serves
     // RPW rows, each row float4 (a warp-wide broadcast) KPL keys.
@@ -426,21 +460,10 @@ __global__ void __launch_bounds__(kThreads) pass2_kernel(SaliencyParams p, Shape
       }
     }
     __syncthreads();
-    // Query reduction: thread c owns head[:, c], so no two threads write one.
-    if (tid < kKeys) {
-      const int nr = static_cast<int>(s.R - r0 < kR ? s.R - r0 : kR);
-      for (int rr = 0; rr < nr; ++rr) {
-        float* hp = head + head_of[rr] * kKeys + tid;
-        *hp = query_reduce_step(p.query_reduce, *hp, Cs[rr * kCs + tid]);
-      }
-    }
+    reduce_queries<kKeys>(p, s.R - r0 < kR ? static_cast<int>(s.R - r0) : kR, Cs, head_of, head);
     __syncthreads();
   }
-  if (tid < tn) {
-    float acc = group_reduce_init<float>(p.group_reduce);
-    for (long long g = 0; g < G; ++g) acc = group_reduce_step(p.group_reduce, acc, head[g * kKeys + tid]);
-    static_cast<float*>(p.out)[bh * N + p0 + tid] = finite_or_nan(group_reduce_finish(p.group_reduce, acc, G));
-  }
+  write_scores<kKeys>(p, bh, p0, tn, head);
 }
 
 }  // namespace salc

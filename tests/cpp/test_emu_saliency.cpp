@@ -86,20 +86,23 @@ TEST(EmuSaliency, Float32OddSizesEveryScore) {
 }
 
 // D = 256, G = 8: the largest head size the op accepts, at the most shared
-// memory the kernels ask for. On sm_90 (227 KiB per block) pass 2 takes two
-// keys and 8 rows per thread (joint: 205 KiB); on sm_80 (163 KiB) one key
-// (135 KiB); on sm_86 / sm_89 (99 KiB) one key and 2 rows (83 KiB), and
-// pass 1 4 rows instead of 8 (67 KiB instead of 101 KiB).
+// memory the kernels ask for. On sm_90 (227 KiB per block) pass 2 runs on
+// the tensor cores (joint: 185 KiB); on sm_80 (163 KiB) on the FP32 units
+// with one key per lane (135 KiB); on sm_86 / sm_89 (99 KiB) one key and 2
+// rows (83 KiB), and pass 1 4 rows instead of 8 (67 KiB instead of 101 KiB).
 // Not loo: here its A / (1 - A) amplifies float32 rounding, which differs
 // between the Release and the Debug sanitizer builds, to 1e-3 relative (seen
 // in CI); loo runs the 8 x 2 and 2 x 1 tiles at smaller D above.
 TEST(EmuSaliency, HeadDim256OnEachGpuGeneration) {
   std::mt19937 rng(12);
-  const unsigned attn_key_joint = 1u << 0 | 1u << 4 | 1u << 5;
+  const unsigned attn_key = 1u << 0 | 1u << 4, joint = 1u << 5;
   const Case c{1, 1, 8, 3, 70, 256, 0, true};
   for (const size_t limit : {227 * 1024, 163 * 1024, 99 * 1024}) {
     simt::set_smem_optin_limit(limit);
-    check_case<obc::bf16_t>(c, obc::DType::BF16, rng, false, attn_key_joint);
+    const long long before = simt::mma_instructions();
+    check_case<obc::bf16_t>(c, obc::DType::BF16, rng, false, joint);
+    EXPECT_EQ(simt::mma_instructions() > before, limit == 227 * 1024) << limit;
+    check_case<obc::bf16_t>(c, obc::DType::BF16, rng, false, attn_key);  // attn's tiles fit all three
   }
   simt::set_smem_optin_limit(227 * 1024);
 }
@@ -146,6 +149,31 @@ TEST(EmuSaliency, HalfAndBFloat16) {
   std::mt19937 rng(3);
   check_case<obc::half_t>({1, 1, 2, 3, 37, 8, 0, true}, obc::DType::F16, rng, false);
   check_case<obc::bf16_t>({1, 1, 2, 3, 37, 8, 0, true}, obc::DType::BF16, rng, false);
+}
+
+// bfloat16 with more than 8 rows: pass 2 on the tensor cores
+// (saliency_mma_cuda.cuh; loo stays on the FP32 path), every score (every
+// reduction in the first case), against the CPU kernel at the float tolerance of the other
+// cases: N not a multiple of the 64-key tile, D = 13 and 72 (padded to 16 and
+// 80) and 128, rows 21 (one partial 64-row chunk) and 66 (two), B = 2, causal or
+// not, strided. Then the same on an emulated sm_75, which has no bf16 tensor
+// cores: the FP32 pass 2 runs and no mma instruction does.
+TEST(EmuSaliency, BFloat16Pass2OnTensorCores) {
+  std::mt19937 rng(13);
+  const Case cases[] = {{1, 2, 3, 7, 45, 16, 3, true},
+                        {1, 2, 5, 7, 70, 13, 2, true},
+                        {2, 1, 4, 3, 40, 72, 0, false},
+                        {1, 1, 3, 22, 70, 128, 0, true}};
+  for (const Case& c : cases) {
+    const long long before = simt::mma_instructions();
+    check_case<obc::bf16_t>(c, obc::DType::BF16, rng, &c == cases);
+    EXPECT_GT(simt::mma_instructions(), before) << "D=" << c.D;
+  }
+  simt::set_compute_capability_major(7);
+  const long long before = simt::mma_instructions();
+  check_case<obc::bf16_t>(cases[1], obc::DType::BF16, rng, false);
+  EXPECT_EQ(simt::mma_instructions(), before);
+  simt::set_compute_capability_major(9);
 }
 
 TEST(EmuSaliency, Float64IsRejected) {

@@ -4,10 +4,13 @@
 // catch; it races on purpose, so the ThreadSanitizer run filters it out with
 // --gtest_filter=-SimtTester.*
 #include "cuda_compat.h"
+#include "mma.h"
 
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <cstring>
+#include <random>
 #include <cmath>
 #include <cstdint>
 #include <stdexcept>
@@ -329,6 +332,75 @@ TEST(Simt, UnsupportedWarpCollectivesThrowInsteadOfHanging) {
   std::vector<int> out(32);
   EXPECT_THROW(OBC_LAUNCH(half_warp_mask, dim3(1), dim3(32), 0, nullptr, out.data()), std::runtime_error);
   EXPECT_THROW(OBC_LAUNCH(shuffle_after_return, dim3(1), dim3(32), 0, nullptr, out.data()), std::runtime_error);
+}
+
+// One warp: D = A B + A B' for A [16][16] and B given as Bt [8][16] (row n =
+// column n of B), every fragment loaded by the layout written in mma.h, D
+// stored by the same layout. The emulation places elements by its own copy
+// of the PTX table, so a slip in either shows up as a wrong product.
+__global__ void mma_tile(const float* A, const float* Bt, const float* Bt2, float* D) {
+  const int lane = threadIdx.x, g = lane / 4, t = lane % 4;
+  uint32_t a[4], b[2], b2[2];
+  for (int i = 0; i < 4; ++i) {
+    const int row = g + 8 * (i % 2), col = 2 * t + 8 * (i / 2);
+    a[i] = obc::mma::pack_rn(A[row * 16 + col], A[row * 16 + col + 1]);
+  }
+  for (int i = 0; i < 2; ++i) {
+    b[i] = obc::mma::pack_rn(Bt[g * 16 + 2 * t + 8 * i], Bt[g * 16 + 2 * t + 8 * i + 1]);
+    b2[i] = obc::mma::pack_rn(Bt2[g * 16 + 2 * t + 8 * i], Bt2[g * 16 + 2 * t + 8 * i + 1]);
+  }
+  float d[4] = {};
+  const uint32_t(&ac)[4] = a;
+  obc::mma::m16n8k16(d, ac, b);
+  obc::mma::m16n8k16(d, ac, b2);
+  for (int i = 0; i < 4; ++i) D[(g + 8 * (i / 2)) * 8 + 2 * t + i % 2] = d[i];
+}
+
+TEST(Simt, MmaM16n8k16MatchesTheMatrixProduct) {
+  std::mt19937 rng(5);
+  std::uniform_int_distribution<int> u(-64, 64);
+  // Multiples of 1/8 below 8: bf16-exact, and every sum exact in float.
+  std::vector<float> A(256), Bt(128), Bt2(128), D(128, -1.0f);
+  for (auto* v : {&A, &Bt, &Bt2})
+    for (float& x : *v) x = static_cast<float>(u(rng)) / 8.0f;
+  const long long before = simt::mma_instructions();
+  OBC_LAUNCH(mma_tile, dim3(1), dim3(32), 0, nullptr, A.data(), Bt.data(), Bt2.data(), D.data());
+  EXPECT_EQ(simt::mma_instructions() - before, 2);
+  for (int m = 0; m < 16; ++m)
+    for (int n = 0; n < 8; ++n) {
+      double want = 0;
+      for (int k = 0; k < 16; ++k) want += double(A[m * 16 + k]) * (Bt[n * 16 + k] + double(Bt2[n * 16 + k]));
+      ASSERT_EQ(D[m * 8 + n], want) << "m=" << m << " n=" << n;
+    }
+}
+
+__global__ void split_floats(const float* x, float* hi, float* mid, float* lo, int n) {
+  for (int i = 2 * threadIdx.x; i + 1 < n; i += 2 * blockDim.x) {
+    uint32_t h, m, l;
+    obc::mma::split3(x[i], x[i + 1], h, m, l);
+    hi[i] = obc::mma::low_of(h), hi[i + 1] = obc::mma::high_of(h);
+    mid[i] = obc::mma::low_of(m), mid[i + 1] = obc::mma::high_of(m);
+    lo[i] = obc::mma::low_of(l), lo[i + 1] = obc::mma::high_of(l);
+  }
+}
+
+// split3's three bf16 terms add up to the float exactly (normal floats), the
+// first being the float rounded to nearest even.
+TEST(Simt, Bf16SplitIsExactAndRoundsToNearestEven) {
+  std::mt19937 rng(6);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  std::vector<float> x(4096), hi(x.size()), mid(x.size()), lo(x.size());
+  for (float& v : x) v = u(rng) * std::ldexp(1.0f, static_cast<int>(rng() % 60) - 30);
+  x[0] = 1.0f + std::ldexp(1.0f, -8);  // a tie: rounds to the even 1.0
+  x[1] = 1.0f + 3 * std::ldexp(1.0f, -8);  // a tie: rounds up to 1 + 2^-6
+  OBC_LAUNCH(split_floats, dim3(1), dim3(64), 0, nullptr, x.data(), hi.data(), mid.data(), lo.data(),
+             static_cast<int>(x.size()));
+  EXPECT_EQ(hi[0], 1.0f);
+  EXPECT_EQ(hi[1], 1.0f + std::ldexp(1.0f, -6));
+  for (size_t i = 0; i < x.size(); ++i) {
+    ASSERT_EQ(static_cast<double>(hi[i]) + mid[i] + lo[i], static_cast<double>(x[i])) << i;
+    ASSERT_LE(std::fabs(x[i] - hi[i]), std::fabs(x[i]) * std::ldexp(1.0f, -8)) << i;
+  }
 }
 
 }  // namespace

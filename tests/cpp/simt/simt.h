@@ -108,7 +108,7 @@ enum cudaMemcpyKind {
   cudaMemcpyDefault = 4,
 };
 enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
-enum cudaDeviceAttr { cudaDevAttrMaxSharedMemoryPerBlockOptin = 97 };
+enum cudaDeviceAttr { cudaDevAttrComputeCapabilityMajor = 75, cudaDevAttrMaxSharedMemoryPerBlockOptin = 97 };
 
 namespace simt {
 namespace detail {
@@ -121,6 +121,12 @@ constexpr size_t kDefaultDynamicSmem = 48 * 1024, kMaxOptInDynamicSmem = 227 * 1
 // The emulated device's opt-in maximum: sm_90's unless a test models another
 // GPU with set_smem_optin_limit.
 inline std::atomic<size_t> smem_optin_limit{kMaxOptInDynamicSmem};
+// The emulated device's compute capability (major): 9, or another one a test
+// sets with set_compute_capability_major to run a launcher's fallback for an
+// older GPU (e.g. one without bf16 tensor cores, major < 8).
+inline std::atomic<int> cc_major{9};
+// Warp-level mma instructions executed so far (tests check which kernel ran).
+inline std::atomic<long long> mma_count{0};
 
 // cudaFuncAttributeMaxDynamicSharedMemorySize per kernel, keyed by its address.
 inline std::mutex smem_optin_mutex;
@@ -173,7 +179,9 @@ struct Warp {
   unsigned lane_mask = 0;
   // Double-buffered: a lane writes slot[p] for collective k only after every
   // lane passed collective k-1's barrier, i.e. finished reading slot[p] at k-2.
-  uint64_t slot[2][kWarp] = {};
+  // kWords words per lane: mma.sync moves three (its A and B fragments).
+  static constexpr int kWords = 3;
+  uint64_t slot[2][kWarp][kWords] = {};
 };
 
 // Barrier state of the running block. One mutex for the block barrier and the
@@ -196,16 +204,21 @@ class Block {
     arrive(lk, bar_, live_);  // returned threads count as arrived, as on the hardware
   }
 
-  // All lanes of the warp publish `bits`; returns the row of every lane's bits.
-  // (__syncwarp is an exchange whose result nobody reads.)
-  const uint64_t* warp_exchange(int tid, unsigned mask, uint64_t bits, unsigned& phase) {
+  // All lanes of the warp publish `n` <= Warp::kWords words; returns every
+  // lane's words, row[lane][i]. (__syncwarp is an exchange whose result
+  // nobody reads.)
+  const uint64_t (*warp_exchange(int tid, unsigned mask, const uint64_t* words, int n,
+                                 unsigned& phase))[Warp::kWords] {
     Warp& w = warp(tid);
     std::unique_lock<std::mutex> lk(m_);
     check_warp(lk, w, mask);
-    uint64_t* row = w.slot[phase ^= 1u];
-    row[tid % kWarp] = bits;
+    uint64_t(*row)[Warp::kWords] = w.slot[phase ^= 1u];
+    std::memcpy(row[tid % kWarp], words, sizeof(uint64_t) * n);
     arrive(lk, w.bar, w.lanes);
     return row;
+  }
+  const uint64_t (*warp_exchange(int tid, unsigned mask, uint64_t bits, unsigned& phase))[Warp::kWords] {
+    return warp_exchange(tid, mask, &bits, 1, phase);
   }
 
   // A kernel thread returned (normally or by an exception).
@@ -406,15 +419,15 @@ inline int check_width(int width) {
 template <typename T>
 T shuffle(unsigned mask, T v, int src) {
   Ctx& c = kernel_ctx();
-  const uint64_t* row = c.block->warp_exchange(c.tid, mask, to_bits(v), c.phase);
-  return (c.block->warp(c.tid).lane_mask >> src & 1u) ? from_bits<T>(row[src]) : from_bits<T>(~0ull);
+  const auto row = c.block->warp_exchange(c.tid, mask, to_bits(v), c.phase);
+  return (c.block->warp(c.tid).lane_mask >> src & 1u) ? from_bits<T>(row[src][0]) : from_bits<T>(~0ull);
 }
 inline unsigned ballot(unsigned mask, bool pred) {
   Ctx& c = kernel_ctx();
-  const uint64_t* row = c.block->warp_exchange(c.tid, mask, pred, c.phase);
+  const auto row = c.block->warp_exchange(c.tid, mask, pred, c.phase);
   const Warp& w = c.block->warp(c.tid);
   unsigned bits = 0;
-  for (int l = 0; l < w.lanes; ++l) bits |= static_cast<unsigned>(row[l] != 0) << l;
+  for (int l = 0; l < w.lanes; ++l) bits |= static_cast<unsigned>(row[l][0] != 0) << l;
   return bits & mask;
 }
 
@@ -460,6 +473,11 @@ inline void set_smem_optin_limit(size_t bytes) {
   detail::smem_optin.clear();
 }
 
+// Models an older GPU generation (see detail::cc_major).
+inline void set_compute_capability_major(int major) { detail::cc_major = major; }
+// How many warp-level mma instructions kernels have executed.
+inline long long mma_instructions() { return detail::mma_count.load(); }
+
 }  // namespace simt
 
 // ---- Built-in variables (read-only, per emulated thread). ----
@@ -492,8 +510,14 @@ inline cudaError_t cudaGetDevice(int* device) {
   return cudaSuccess;
 }
 inline cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) {
-  if (attr != cudaDevAttrMaxSharedMemoryPerBlockOptin || device != 0) return cudaErrorInvalidValue;
-  *value = static_cast<int>(simt::detail::smem_optin_limit.load());
+  if (device != 0) return cudaErrorInvalidValue;
+  if (attr == cudaDevAttrMaxSharedMemoryPerBlockOptin) {
+    *value = static_cast<int>(simt::detail::smem_optin_limit.load());
+  } else if (attr == cudaDevAttrComputeCapabilityMajor) {
+    *value = simt::detail::cc_major.load();
+  } else {
+    return cudaErrorInvalidValue;
+  }
   return cudaSuccess;
 }
 inline const char* cudaGetErrorString(cudaError_t e) {
@@ -643,3 +667,47 @@ inline float min(float a, float b) { return fminf(a, b); }
 inline float max(float a, float b) { return fmaxf(a, b); }
 inline double min(double a, double b) { return fmin(a, b); }
 inline double max(double a, double b) { return fmax(a, b); }
+
+// ---- Tensor-core instructions (after the bit intrinsics they use). ----
+namespace simt {
+// mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 of the calling warp,
+// d += A B (every lane of a full warp takes part). The element positions
+// are written out here from the PTX ISA's table ("Matrix Fragments for
+// mma.m16n8k16 with floating point type"), as the inverse of the mapping the
+// kernels use to load fragments (csrc/kernels/mma.h), so a kernel that loads
+// the wrong element computes a wrong product here too. With g = lane / 4,
+// t = lane % 4, element e of a register is its low (e = 0) or high half:
+//   A[m][k]: lane (m % 8) * 4 + (k % 8) / 2, register (m / 8) + 2 (k / 8), half k % 2
+//   B[k][n]: lane n * 4 + (k % 8) / 2, register k / 8, half k % 2
+//   D[m][n]: lane (m % 8) * 4 + n / 2, register 2 (m / 8) + n % 2
+// Products are summed in float in k order (the hardware's order and
+// rounding inside one instruction are unspecified; both are float-accurate).
+inline void mma_m16n8k16_bf16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  using namespace detail;
+  Ctx& c = kernel_ctx();
+  if (c.block->warp(c.tid).lanes != kWarp) throw std::logic_error("mma.sync needs a full warp");
+  // One exchange: words 0, 1 = a[0..3], word 2 = b[0..1] (two registers
+  // per word, the lower-numbered in the low half). The rows stay valid until
+  // this lane's next collective.
+  const uint64_t mine[3] = {uint64_t{a[0]} | uint64_t{a[1]} << 32, uint64_t{a[2]} | uint64_t{a[3]} << 32,
+                            uint64_t{b[0]} | uint64_t{b[1]} << 32};
+  const auto row = c.block->warp_exchange(c.tid, 0xffffffffu, mine, 3, c.phase);
+  const auto reg = [row](int lane, int word, int r) -> uint32_t {
+    const uint64_t x = row[lane][word + r / 2];
+    return static_cast<uint32_t>(r % 2 ? x >> 32 : x);
+  };
+  const auto bf16 = [](uint32_t r, int half) { return __uint_as_float((half ? r >> 16 : r & 0xffffu) << 16); };
+  const int lane = c.tid % kWarp, g = lane / 4, t = lane % 4;
+  if (lane == 0) ++mma_count;
+  for (int i = 0; i < 4; ++i) {
+    const int m = g + 8 * (i / 2), n = 2 * t + i % 2;
+    float acc = d[i];
+    for (int k = 0; k < 16; ++k) {
+      const float x = bf16(reg((m % 8) * 4 + (k % 8) / 2, 0, m / 8 + 2 * (k / 8)), k % 2);
+      const float y = bf16(reg(n * 4 + (k % 8) / 2, 2, k / 8), k % 2);
+      acc = std::fma(x, y, acc);
+    }
+    d[i] = acc;
+  }
+}
+}  // namespace simt

@@ -1,0 +1,80 @@
+// Warp-level bf16 tensor-core products for the CUDA kernels: mma.sync
+// m16n8k16 (sm_80 and later) with float accumulation, and packing floats into
+// bf16 pairs. Under the SIMT emulation the product is simt::mma_m16n8k16_bf16,
+// which places every element by the PTX ISA's fragment table on its own, so
+// the kernels' fragment loads are checked on CPUs too.
+//
+// Fragments of one warp, g = lane / 4, t = lane % 4, a register holding two
+// bf16 (the lower column in the low half):
+//   A (16 x 16, row-major): a[0] = A[g][2t, 2t+1], a[1] = A[g+8][2t, 2t+1],
+//                           a[2] = A[g][2t+8, 2t+9], a[3] = A[g+8][2t+8, 2t+9]
+//   B (16 x 8, column-major, i.e. row n of an [8][16] array):
+//                           b[0] = B[2t, 2t+1][g], b[1] = B[2t+8, 2t+9][g]
+//   C = D (16 x 8 floats):  d[0], d[1] = D[g][2t, 2t+1]; d[2], d[3] = D[g+8][2t, 2t+1]
+#pragma once
+
+#include <cstdint>
+
+#include "common.h"
+#include "cuda_compat.h"
+
+namespace obc {
+namespace mma {
+
+OBC_HD OBC_INLINE uint32_t float_bits(float x) {
+#if defined(__CUDA_ARCH__)
+  return __float_as_uint(x);
+#else
+  uint32_t u;
+  std::memcpy(&u, &x, sizeof(u));
+  return u;
+#endif
+}
+
+// bf16 bits of x rounded to nearest even (NaN stays a NaN).
+OBC_HD OBC_INLINE uint32_t bf16_rn(float x) {
+  const uint32_t u = float_bits(x);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return (u >> 16) | 0x40u;
+  return (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+}
+
+// {lo, hi} as a bf16 pair, each rounded to nearest even.
+OBC_DEVICE OBC_INLINE uint32_t pack_rn(float lo, float hi) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  uint32_t r;
+  asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+  return r;
+#else
+  return bf16_rn(lo) | bf16_rn(hi) << 16;
+#endif
+}
+OBC_DEVICE OBC_INLINE float low_of(uint32_t r) { return bits_to_float(r << 16); }
+OBC_DEVICE OBC_INLINE float high_of(uint32_t r) { return bits_to_float(r & 0xffff0000u); }
+
+// x0, x1 as three bf16 pairs whose sum is x to float precision: each term is
+// the rounded remainder of the ones before (the remainders are exact floats).
+OBC_DEVICE OBC_INLINE void split3(float x0, float x1, uint32_t& hi, uint32_t& mid, uint32_t& lo) {
+  hi = pack_rn(x0, x1);
+  x0 -= low_of(hi), x1 -= high_of(hi);
+  mid = pack_rn(x0, x1);
+  x0 -= low_of(mid), x1 -= high_of(mid);
+  lo = pack_rn(x0, x1);
+}
+
+// d += A B for the calling warp (layout above).
+OBC_DEVICE OBC_INLINE void m16n8k16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+#if defined(OBC_SIMT_EMULATION)
+  ::simt::mma_m16n8k16_bf16(d, a, b);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#elif defined(__CUDA_ARCH__)
+  __trap();  // launchers pick tensor-core kernels only on sm_80 and later
+#endif
+}
+
+}  // namespace mma
+}  // namespace obc
