@@ -56,10 +56,11 @@ salc::Shape make_shape(const SaliencyParams& p) {
   splits = splits < max_by_len ? splits : max_by_len;
   splits = splits < salc::kMaxSplits ? splits : salc::kMaxSplits;
   splits = splits > 0 ? splits : 1;
-  // Whole tiles per split; recompute splits so none is empty.
+  // Whole tiles per split (64 keys: the tensor-core pass 1's tile, two of
+  // the FP32 one's); recompute splits so none is empty.
   long long per = (p.N + splits - 1) / splits;
-  per = (per + kTile - 1) / kTile * kTile;
-  s.keys_per_split = per > 0 ? per : kTile;
+  per = (per + salc::kMmaKeys - 1) / salc::kMmaKeys * salc::kMmaKeys;
+  s.keys_per_split = per > 0 ? per : salc::kMmaKeys;
   s.splits = (p.N + s.keys_per_split - 1) / s.keys_per_split;
   if (s.splits < 1) s.splits = 1;
   return s;
@@ -109,7 +110,12 @@ size_t pass2_smem(const SaliencyParams& p, int kpl, int rpw) {
          sizeof(int) * rows;
 }
 
-// The tensor-core pass 2's (saliency_mma_cuda.cuh).
+// The tensor-core pass 1's and pass 2's (saliency_mma_cuda.cuh).
+size_t pass1_mma_smem(const SaliencyParams& p) {
+  const size_t pw = static_cast<size_t>(salc::pair_stride(p.D)), vw = static_cast<size_t>(salc::v_pair_stride(p.D));
+  const size_t rows = salc::kMmaRows, keys = salc::kMmaKeys, o = owns_o(p) ? 1 : 0;
+  return sizeof(float) * (2 * rows + rows * pw + keys * pw + o * keys * vw);
+}
 size_t pass2_mma_smem(const SaliencyParams& p) {
   const size_t pw = static_cast<size_t>(salc::pair_stride(p.D)), ow = static_cast<size_t>(salc::o_stride(p.D));
   const size_t G = static_cast<size_t>(p.G), o = score_needs_vo(p.score) ? 1 : 0;
@@ -150,67 +156,104 @@ cudaError_t allow_smem(Kernel kernel, size_t bytes, size_t limit) {
   return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(limit));
 }
 
-template <typename E, Score S>
-cudaError_t run(const SaliencyParams& p, void* workspace, cudaStream_t stream) {
-  const salc::Shape s = make_shape(p);
-  const salc::Work w = carve(p, s, workspace);
-  const long long bh = p.B * p.Hkv;
-  if (bh > 65535) return cudaErrorInvalidValue;
-  constexpr bool kNeedO = score_needs_vo(S) || score_needs_dist(S);
-  size_t limit = 0;
-  cudaError_t err = smem_optin_limit(&limit);
-  if (err != cudaSuccess) return err;
-  const size_t fits = std::max(limit, size_t{48 * 1024});
+// What every launch needs: the shape, the workspace, the stream, the
+// device's shared-memory opt-in limit and whether it has bf16 tensor cores.
+struct Launch {
+  salc::Shape s;
+  salc::Work w;
+  cudaStream_t stream;
+  size_t limit, fits;  // opt-in limit; what a block may use (at least 48 KiB)
+  bool mma;            // bf16 mma.sync (sm_80+)
+  unsigned bh;
+};
 
-  // The largest tiles the device's shared memory holds: 8 rows per warp
-  // (and two keys per lane in pass 2) everywhere on sm_90 and up to D = 128
-  // on sm_80; smaller tiles for the largest head sizes on sm_80 / sm_86 /
-  // sm_89 (bench/results/kernels.md has the sizes). Few rows (`tova`: R = G)
-  // take the small tiles too, which compute fewer padding rows.
-  const int rpw1 = s.R > 16 && pass1_smem(p, 8) <= fits ? 8 : 4;
+// Pass 1. bfloat16 on sm_80+: on the tensor cores for head sizes up to 128
+// (O in registers) and more than 16 rows (fewer leave most of a warp's
+// 16-row tile empty); 52 KiB at D = 128 fit every GPU. Otherwise on the FP32
+// units with the largest tiles the device's shared memory holds: 8 rows per
+// warp everywhere on sm_90 and up to D = 128 on sm_80; 4 for the largest
+// head sizes on sm_80 / sm_86 / sm_89 (bench/results/kernels.md has the
+// sizes), and for few rows (`tova`: R = G), which compute fewer padding rows.
+template <typename E, Score S>
+cudaError_t launch_pass1(const SaliencyParams& p, const Launch& L) {
+  constexpr bool kNeedO = score_needs_vo(S) || score_needs_dist(S);
+  const salc::Shape& s = L.s;
+  cudaError_t err;
+  if constexpr (std::is_same<E, bf16_t>::value) {
+    if (L.mma && s.R > 16 && p.D <= salc::kMmaPass1MaxDepth && pass1_mma_smem(p) <= L.fits) {
+      auto* k1 = owns_o(p) ? &salc::pass1_mma_kernel<kNeedO> : &salc::pass1_mma_kernel<false>;
+      const size_t sm1 = pass1_mma_smem(p);
+      if ((err = allow_smem(k1, sm1, L.limit)) != cudaSuccess) return err;
+      const long long chunks = (s.R + salc::kMmaRows - 1) / salc::kMmaRows;
+      OBC_LAUNCH(k1, dim3(static_cast<unsigned>(s.splits), static_cast<unsigned>(chunks), L.bh), dim3(kThreads), sm1,
+                 L.stream, p, s, L.w);
+      return cudaGetLastError();
+    }
+  }
+  const int rpw1 = s.R > 16 && pass1_smem(p, 8) <= L.fits ? 8 : 4;
   const long long chunks = (s.R + salc::kWarps * rpw1 - 1) / (salc::kWarps * rpw1);
   if (chunks > 65535) return cudaErrorInvalidValue;
   auto* k1 = owns_o(p) ? (rpw1 == 8 ? &salc::pass1_kernel<E, kNeedO, 8> : &salc::pass1_kernel<E, kNeedO, 4>)
                        : (rpw1 == 8 ? &salc::pass1_kernel<E, false, 8> : &salc::pass1_kernel<E, false, 4>);
   const size_t sm1 = pass1_smem(p, rpw1);
-  if ((err = allow_smem(k1, sm1, limit)) != cudaSuccess) return err;
-  OBC_LAUNCH(k1, dim3(static_cast<unsigned>(s.splits), static_cast<unsigned>(chunks), static_cast<unsigned>(bh)),
-             dim3(kThreads), sm1, stream, p, s, w);
-  if ((err = cudaGetLastError()) != cudaSuccess) return err;
+  if ((err = allow_smem(k1, sm1, L.limit)) != cudaSuccess) return err;
+  OBC_LAUNCH(k1, dim3(static_cast<unsigned>(s.splits), static_cast<unsigned>(chunks), L.bh), dim3(kThreads), sm1,
+             L.stream, p, s, L.w);
+  return cudaGetLastError();
+}
 
-  auto* kc = &salc::combine_kernel<E, kNeedO>;
-  OBC_LAUNCH(kc, dim3(static_cast<unsigned>(s.R), static_cast<unsigned>(bh)), dim3(kThreads), 0, stream, p, s, w);
-  if ((err = cudaGetLastError()) != cudaSuccess) return err;
-
+// Pass 2. bfloat16 on sm_80+, every score but loo: the products on the
+// tensor cores where its tiles fit (joint, G = 4: every D up to 256 on
+// sm_90, up to 128 on sm_80, up to 112 on sm_86 / sm_89, whose 99 KiB are
+// 5 KiB short at 128) and there are more than 8 rows. Otherwise on the FP32
+// units: two keys per lane and 8 rows per warp where they fit, else one key,
+// else 2 rows.
+template <typename E, Score S>
+cudaError_t launch_pass2(const SaliencyParams& p, const Launch& L) {
+  const salc::Shape& s = L.s;
+  cudaError_t err;
   if constexpr (std::is_same<E, bf16_t>::value && salc::mma_pass2_supports<S>()) {
-    // bf16 on sm_80+: pass 2's products on the tensor cores where its tiles
-    // fit (joint, G = 4: every D up to 256 on sm_90, up to 128 on sm_80, up
-    // to 112 on sm_86 / sm_89, whose 99 KiB are 5 KiB short at 128), and
-    // where there are more than 8 rows (fewer leave most of a 16-row tile
-    // empty).
-    bool mma = false;
-    if ((err = has_bf16_mma(&mma)) != cudaSuccess) return err;
     const size_t smm = pass2_mma_smem(p);
-    if (mma && s.R > 8 && smm <= fits) {
+    if (L.mma && s.R > 8 && smm <= L.fits) {
       auto* km = &salc::pass2_mma_kernel<S>;
-      if ((err = allow_smem(km, smm, limit)) != cudaSuccess) return err;
+      if ((err = allow_smem(km, smm, L.limit)) != cudaSuccess) return err;
       const long long tiles = (p.N + salc::kMmaKeys - 1) / salc::kMmaKeys;
-      OBC_LAUNCH(km, dim3(static_cast<unsigned>(tiles), static_cast<unsigned>(bh)), dim3(kThreads), smm, stream, p,
-                 s, w);
+      OBC_LAUNCH(km, dim3(static_cast<unsigned>(tiles), L.bh), dim3(kThreads), smm, L.stream, p, s, L.w);
       return cudaGetLastError();
     }
   }
   int kpl = s.R > 8 ? 2 : 1, rpw2 = s.R > 8 ? 8 : 2;
-  if (pass2_smem(p, kpl, rpw2) > fits) kpl = 1;
-  if (pass2_smem(p, kpl, rpw2) > fits) rpw2 = 2;
+  if (pass2_smem(p, kpl, rpw2) > L.fits) kpl = 1;
+  if (pass2_smem(p, kpl, rpw2) > L.fits) rpw2 = 2;
   auto* k2 = kpl == 2 ? &salc::pass2_kernel<E, S, 2, 8>
                       : (rpw2 == 8 ? &salc::pass2_kernel<E, S, 1, 8> : &salc::pass2_kernel<E, S, 1, 2>);
   const size_t sm2 = pass2_smem(p, kpl, rpw2);
-  if ((err = allow_smem(k2, sm2, limit)) != cudaSuccess) return err;
+  if ((err = allow_smem(k2, sm2, L.limit)) != cudaSuccess) return err;
   const long long tiles = (p.N + kTile * kpl - 1) / (kTile * kpl);
-  OBC_LAUNCH(k2, dim3(static_cast<unsigned>(tiles), static_cast<unsigned>(bh)), dim3(kThreads), sm2, stream, p, s,
-             w);
+  OBC_LAUNCH(k2, dim3(static_cast<unsigned>(tiles), L.bh), dim3(kThreads), sm2, L.stream, p, s, L.w);
   return cudaGetLastError();
+}
+
+template <typename E, Score S>
+cudaError_t run(const SaliencyParams& p, void* workspace, cudaStream_t stream) {
+  constexpr bool kNeedO = score_needs_vo(S) || score_needs_dist(S);
+  Launch L;
+  L.s = make_shape(p);
+  L.w = carve(p, L.s, workspace);
+  L.stream = stream;
+  if (p.B * p.Hkv > 65535) return cudaErrorInvalidValue;
+  L.bh = static_cast<unsigned>(p.B * p.Hkv);
+  cudaError_t err = smem_optin_limit(&L.limit);
+  if (err != cudaSuccess) return err;
+  L.fits = std::max(L.limit, size_t{48 * 1024});
+  L.mma = false;
+  if (std::is_same<E, bf16_t>::value && (err = has_bf16_mma(&L.mma)) != cudaSuccess) return err;
+
+  if ((err = launch_pass1<E, S>(p, L)) != cudaSuccess) return err;
+  auto* kc = &salc::combine_kernel<E, kNeedO>;
+  OBC_LAUNCH(kc, dim3(static_cast<unsigned>(L.s.R), L.bh), dim3(kThreads), 0, stream, p, L.s, L.w);
+  if ((err = cudaGetLastError()) != cudaSuccess) return err;
+  return launch_pass2<E, S>(p, L);
 }
 
 template <typename E>

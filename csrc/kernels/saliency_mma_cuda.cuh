@@ -38,6 +38,13 @@ OBC_HD OBC_INLINE int pair_stride(long long D) { return mma_depth(D) / 2 + 4; }
 // load cover the 32 banks once.
 OBC_HD OBC_INLINE int o_stride(long long D) { return mma_depth(D) + 8; }
 
+// Words per row of pass 1's V tile: 2 mod 4 words, so the lanes of a P V
+// fragment load (keys 2t, 2t + 1 of 8 columns g) hit 16 distinct banks, two
+// lanes on each word.
+OBC_HD OBC_INLINE int v_pair_stride(long long D) { return mma_depth(D) / 2 + 2; }
+// Pass 1 keeps a warp's 16 rows of O in registers: head sizes up to 128.
+constexpr int kMmaPass1MaxDepth = 128;
+
 template <Score S>
 OBC_HD constexpr bool mma_pass2_supports() {
   return S != Score::Loo;
@@ -50,6 +57,153 @@ __device__ OBC_INLINE void load_pair_row(const bf16_t* x, int Di, int pw, uint32
     const int d = 2 * i;
     const uint32_t lo = x && d < Di ? x[d].bits : 0u, hi = x && d + 1 < Di ? x[d + 1].bits : 0u;
     dst[i] = lo | hi << 16;
+  }
+}
+
+// Bits of column d of two bf16-pair words, as one pair (low half from lo).
+__device__ OBC_INLINE uint32_t column_pair(uint32_t lo, uint32_t hi, int d) {
+  return d % 2 ? (lo >> 16) | (hi & 0xffff0000u) : (lo & 0xffffu) | (hi << 16);
+}
+
+// ---- Pass 1 on the tensor cores (bfloat16, D <= 128): the partial softmax
+// statistics (and unnormalised O) of rows [chunk * 64, +64) over one split of
+// the keys, as pass1_kernel, in 64-key tiles. Warp w owns rows 16 w .. 16 w +
+// 15 whole, flash-attention-2 style: O stays in registers for the kernel,
+// each tile's logits come out of mma as accumulator fragments,
+// the row max and sum are reduced over the 4 lanes sharing a row, and the
+// probabilities are the A fragments of P V as they stand (the accumulator
+// layout of keys 16j .. 16j + 15 is the A layout of that 16-wide step).
+// P is split into three bf16 terms like o in pass 2, so O is as exact as on
+// the FP32 path (the key and joint scores difference it against v).
+// smem: lim rows (64-bit) | Qw rows*pw | Kw keys*pw | Vw keys*vw (for O).
+template <bool kNeedO>
+__global__ void __launch_bounds__(kThreads) pass1_mma_kernel(SaliencyParams p, Shape s, Work w) {
+  constexpr int kR = kMmaRows, kKeys = kMmaKeys, kSteps = kMmaPass1MaxDepth / 16;
+  OBC_DYNAMIC_SMEM(float, smem);
+  const long long D = p.D, N = p.N;
+  const int Di = static_cast<int>(D), depth = mma_depth(D), pw = pair_stride(D), vw = v_pair_stride(D);
+  const long long split = blockIdx.x, r0 = static_cast<long long>(blockIdx.y) * kR, bh = blockIdx.z;
+  const long long b = bh / p.Hkv, h = bh % p.Hkv;
+  long long* lim = reinterpret_cast<long long*>(smem);
+  uint32_t* Qw = reinterpret_cast<uint32_t*>(smem + 2 * kR);
+  uint32_t* Kw = Qw + kR * pw;
+  uint32_t* Vw = Kw + kKeys * pw;
+  const bf16_t* K = static_cast<const bf16_t*>(p.k) + b * p.k_sb + h * p.k_sh;
+  const bf16_t* V = static_cast<const bf16_t*>(p.v) + b * p.v_sb + h * p.v_sh;
+  const bf16_t* q_bh = static_cast<const bf16_t*>(p.q) + b * p.q_sb + h * p.G * p.q_sh;
+  const int tid = threadIdx.x, lane = tid % kTile, warp = tid / kTile;
+  const int g = lane / 4, t = lane % 4, row_w = warp * 16;
+
+  row_info(p, s, r0, kR, lim, nullptr);
+  for (int rr = warp; rr < kR; rr += kWarps) {
+    const long long r = r0 + rr;
+    const bf16_t* x = r < s.R ? q_bh + (r / s.Wr) * p.q_sh + (s.i0 + r % s.Wr) * p.q_sw : nullptr;
+    load_pair_row(x, Di, pw, Qw + rr * pw);
+  }
+  __syncthreads();
+  const long long lim_row[2] = {lim[row_w + g], lim[row_w + g + 8]};
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+  float o[2 * kSteps][4] = {};  // rows g, g + 8 x columns 8 dn + 2t, + 1
+  const long long k_begin = split * s.keys_per_split;
+  const long long k_end = k_begin + s.keys_per_split < N ? k_begin + s.keys_per_split : N;
+  for (long long p0 = k_begin; p0 < k_end; p0 += kKeys) {
+    const int tn = static_cast<int>(k_end - p0 < kKeys ? k_end - p0 : kKeys);
+    __syncthreads();  // every warp is done with the previous tile
+    for (int c = warp; c < kKeys; c += kWarps) {
+      load_pair_row(c < tn ? K + (p0 + c) * p.k_sn : nullptr, Di, pw, Kw + c * pw);
+      if (kNeedO) load_pair_row(c < tn ? V + (p0 + c) * p.v_sn : nullptr, Di, vw, Vw + c * vw);
+    }
+    __syncthreads();
+    float sc[8][4] = {};  // logits: rows g, g + 8 x keys 8 nt + 2t, + 1
+    // Q's fragments are re-read from shared memory per tile: held in
+    // registers for the kernel, with O's, they pushed it into spilling.
+    const uint32_t* qa = Qw + (row_w + g) * pw + t;
+    for (int k0 = 0; k0 < depth; k0 += 16) {
+      const uint32_t aq[4] = {qa[k0 / 2], qa[8 * pw + k0 / 2], qa[k0 / 2 + 4], qa[8 * pw + k0 / 2 + 4]};
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt) {
+        const uint32_t* kb = Kw + (8 * nt + g) * pw + t + k0 / 2;
+        const uint32_t bk[2] = {kb[0], kb[4]};
+        mma::m16n8k16(sc[nt], aq, bk);
+      }
+    }
+    // Online softmax of rows g (hr = 0) and g + 8 (hr = 1) over the tile.
+#pragma unroll
+    for (int hr = 0; hr < 2; ++hr) {
+      const long long lr = lim_row[hr] - p0;
+      const int last = static_cast<int>(lr < tn - 1 ? lr : tn - 1);  // < 0: no key visible
+      float mx = -INFINITY;
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          float& x = sc[nt][2 * hr + j];
+          x = 8 * nt + 2 * t + j <= last ? x * p.scale : -INFINITY;
+          mx = fmaxf(mx, x);
+        }
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      const float m_new = fmaxf(m[hr], mx);
+      // m_new = -inf: nothing visible yet; keep the state as it is.
+      const float corr = m_new == -INFINITY ? 1.0f : expf(m[hr] - m_new);
+      float sum = 0.0f;
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          float& x = sc[nt][2 * hr + j];
+          x = m_new == -INFINITY || x == -INFINITY ? 0.0f : expf(x - m_new);
+          sum += x;
+        }
+      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+      sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+      l[hr] = l[hr] * corr + sum;
+      m[hr] = m_new;
+      if (kNeedO)
+#pragma unroll
+        for (int dn = 0; dn < 2 * kSteps; ++dn) o[dn][2 * hr] *= corr, o[dn][2 * hr + 1] *= corr;
+    }
+    if (kNeedO) {
+      // O += P V, 16 keys at a time: P's A fragment is logits tiles 2kk and
+      // 2kk + 1; V's B fragment pairs keys 2t, 2t + 1 (and + 8) of column g.
+      uint32_t ap[kKeys / 16][3][4];  // P split once; the logits are dead after
+#pragma unroll
+      for (int kk = 0; kk < kKeys / 16; ++kk)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const float* x = sc[2 * kk + i / 2] + 2 * (i % 2);
+          mma::split3(x[0], x[1], ap[kk][0][i], ap[kk][1][i], ap[kk][2][i]);
+        }
+      // Column g of V: word g / 2 of a row, half g % 2. Fully unrolled with a
+      // guard, not an exit, so o stays in registers (an exit makes its index
+      // dynamic: local memory).
+      const uint32_t* vc = Vw + 2 * t * vw + g / 2;
+#pragma unroll
+      for (int dn = 0; dn < 2 * kSteps; ++dn)
+        if (8 * dn < depth)
+#pragma unroll
+          for (int kk = 0; kk < kKeys / 16; ++kk) {
+            const uint32_t* v0 = vc + 16 * kk * vw + 4 * dn;
+            const uint32_t bv[2] = {column_pair(v0[0], v0[vw], g), column_pair(v0[8 * vw], v0[9 * vw], g)};
+#pragma unroll
+            for (int part = 0; part < 3; ++part) mma::m16n8k16(o[dn], ap[kk][part], bv);
+          }
+    }
+  }
+  const long long base = (bh * s.splits + split) * s.R;
+#pragma unroll
+  for (int hr = 0; hr < 2; ++hr) {
+    const long long r = r0 + row_w + g + 8 * hr;
+    if (r >= s.R) continue;
+    if (t == 0) w.part_m[base + r] = m[hr], w.part_l[base + r] = l[hr];
+    if (kNeedO)
+#pragma unroll
+      for (int dn = 0; dn < 2 * kSteps; ++dn)
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int d = 8 * dn + 2 * t + j;
+          if (d < Di) w.part_o[(base + r) * D + d] = o[dn][2 * hr + j];
+        }
   }
 }
 
