@@ -1,6 +1,8 @@
 """CUDA kernels vs the reference and the kvpress-style baseline, timed with
 CUDA events: saliency (joint; also `obcache+o`, given the window's attention
-output as a model hands it over), select, compact_ and evict at N in {4k, 32k,
+output as a model hands it over, and `obcache-fp32`, bfloat16 on the FP32
+kernels instead of the tensor cores: OBCACHE_CUDA_TENSOR_CORES=0), select,
+compact_ and evict (also `obcache-fp32`) at N in {4k, 32k,
 128k}, bfloat16, B=1, H_kv=8, G=4, W=32, D=128, budget N/10, sink 4,
 recent W, max pooling kernel 7; and projected_value_norm (the L1 norms of
 CriticalKV's score) with Llama-3.1-8B's o_proj, hidden 4096.
@@ -101,6 +103,18 @@ def extra_memory(fn, prepare, device):
     return (peak - base) / 2**20
 
 
+def fp32_units(fn):
+    """fn with OBCACHE_CUDA_TENSOR_CORES=0: bfloat16 saliency on the FP32 kernels instead of the tensor
+    cores (the same run's baseline for what the tensor cores gain; identical calls for other dtypes)."""
+    def run():
+        os.environ["OBCACHE_CUDA_TENSOR_CORES"] = "0"
+        try:
+            return fn()
+        finally:
+            del os.environ["OBCACHE_CUDA_TENSOR_CORES"]
+    return run
+
+
 def build_cases(op, N, k0, v0, q, k, v, scores, idx, per_head_ref, wo, o):
     """{impl: (fn, prepare)} for one op; prepare restores in-place inputs."""
     import obcache
@@ -114,6 +128,7 @@ def build_cases(op, N, k0, v0, q, k, v, scores, idx, per_head_ref, wo, o):
 
     if op == "saliency":
         return {"obcache": (lambda: torch.ops.obcache.saliency(k0, v0, q, SCORE), None),
+                "obcache-fp32": (fp32_units(lambda: torch.ops.obcache.saliency(k0, v0, q, SCORE)), None),
                 "obcache+o": (lambda: torch.ops.obcache.saliency(k0, v0, q, SCORE, o=o), None),
                 "kvpress": (lambda: bl.kvpress_scores(k0, v0, q, SCORE), None),
                 "reference": (lambda: bl.reference_scores(k0, v0, q, SCORE, per_head=per_head_ref), None)}
@@ -130,8 +145,9 @@ def build_cases(op, N, k0, v0, q, k, v, scores, idx, per_head_ref, wo, o):
         return {"obcache": (lambda: torch.ops.obcache.projected_value_norm(v0, wo, 1), None),
                 "kvpress": (lambda: bl.kvpress_projected_norm(v0, wo, 1), None),
                 "reference": (lambda: reference.projected_value_norm(v0, wo, 1, compute_dtype=torch.float32), None)}
-    return {"obcache": (lambda: obcache.evict(k, v, q, budget, score=SCORE, sink=SINK, pool_kernel=POOL_KERNEL),
-                        restore),
+    evict = lambda: obcache.evict(k, v, q, budget, score=SCORE, sink=SINK, pool_kernel=POOL_KERNEL)  # noqa: E731
+    return {"obcache": (evict, restore),
+            "obcache-fp32": (fp32_units(evict), restore),
             "kvpress": (lambda: bl.kvpress_evict(k0, v0, q, budget, SCORE, sink=SINK, pool_kernel=POOL_KERNEL),
                         None),
             "reference": (lambda: bl.reference_evict(k0, v0, q, budget, SCORE, sink=SINK, pool_kernel=POOL_KERNEL,
@@ -224,6 +240,8 @@ def main():
                 row["speedup_vs_" + name.split("/")[0]] = r["s"] / ob
         if row["impls"].get("obcache+o", {}).get("s"):
             row["speedup_given_o"] = ob / row["impls"]["obcache+o"]["s"]
+        if row["impls"].get("obcache-fp32", {}).get("s"):
+            row["speedup_tensor_cores"] = row["impls"]["obcache-fp32"]["s"] / ob
         row["obcache_roofline"] = roofline(*work(op, N, elem), ob, peak)
         rows.append(row)
         del k0, v0, q, k, v, scores, idx, cases, wo, o
@@ -245,6 +263,10 @@ def main():
               f"{cm.fmt(r.get('speedup_vs_kvpress'), '.2f'):>9}x {cm.fmt(r.get('speedup_vs_reference'), '.1f'):>8}x "
               f"{cm.fmt(im['obcache'].get('extra_MiB'), '.1f'):>8} {cm.fmt(im['kvpress'].get('extra_MiB'), '.1f'):>8} "
               f"{rf['achieved_GBs']:>7.0f} {rf['achieved_GFLOPs']:>8.0f} {100 * rf['frac_roofline']:>6.1f}")
+        if im.get("obcache-fp32", {}).get("s"):
+            print(f"{'':>24}obcache on the FP32 kernels (OBCACHE_CUDA_TENSOR_CORES=0): "
+                  f"{1e3 * im['obcache-fp32']['s']:.3f} ms "
+                  f"(FP32 kernels / tensor cores: {r['speedup_tensor_cores']:.2f}x)")
         if im.get("obcache+o", {}).get("s"):
             print(f"{'':>24}obcache+o (given o): {1e3 * im['obcache+o']['s']:.3f} ms, "
                   f"{r['speedup_given_o']:.2f}x obcache")

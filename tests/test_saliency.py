@@ -296,6 +296,24 @@ def test_cuda_matches_cpu_on_a_larger_case():
         torch.testing.assert_close(gpu, cpu, rtol=1e-4, atol=1e-4 * cpu.abs().max().item())
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_bf16_tensor_cores_match_the_fp32_kernels_and_cpu(monkeypatch):
+    # bfloat16 on sm_80+ runs saliency's products on the tensor cores with the
+    # float operands split into three bf16 terms: float precision, so the
+    # tolerance of the float32 test above holds against the CPU kernel and
+    # against the FP32 CUDA kernels (OBCACHE_CUDA_TENSOR_CORES=0) alike.
+    k, v, q = make_cache(1, 2, 4, 32, 3000, 128, dtype=torch.bfloat16, seed=16)
+    for score in SCORES:
+        cpu = obcache.saliency(k, v, q, score)
+        tc = obcache.saliency(k.cuda(), v.cuda(), q.cuda(), score).cpu()
+        monkeypatch.setenv("OBCACHE_CUDA_TENSOR_CORES", "0")
+        fp32 = obcache.saliency(k.cuda(), v.cuda(), q.cuda(), score).cpu()
+        monkeypatch.delenv("OBCACHE_CUDA_TENSOR_CORES")
+        for got, what in ((tc, "tensor cores"), (fp32, "FP32 kernels")):
+            torch.testing.assert_close(got, cpu, rtol=1e-4, atol=1e-4 * cpu.abs().max().item(),
+                                       msg=lambda m, w=what, s=score: f"{s}, {w}: {m}")
+
+
 # ---- scores that need the output projection: critical (CriticalKV), laprox ----
 
 WO_SCORES = ref.WO_SCORES

@@ -1,26 +1,32 @@
-// CUDA saliency (torch-free; kernels in saliency_cuda.cuh, score formulas in
-// score_math.h). Two passes over K and V per (b, h), as shared/DESIGN.md
-// section 6, R = G * W window rows (G for `tova`):
-//   1. pass1_kernel, grid (splits, ceil(R / 32), B * Hkv), 128 threads:
-//      flash-attention forward of 32 window rows over one split of the keys
-//      (32-key tiles in shared memory): per row the partial max, sum and,
-//      for key / joint / loo, the unnormalised O. N is split across blocks
-//      (flash-decoding) so that a small B * Hkv still fills the GPU.
+// CUDA saliency (torch-free; kernels in saliency_cuda.cuh and, for the bf16
+// tensor cores, saliency_mma_cuda.cuh; score formulas in score_math.h). Two
+// passes over K and V per (b, h), as shared/DESIGN.md section 6, R = G * W
+// window rows (G for `tova`):
+//   1. pass 1, grid (splits, row chunks, B * Hkv), 128 threads:
+//      flash-attention forward of a chunk of window rows over one split of
+//      the keys: per row the partial max, sum and, for key / joint / loo, the
+//      unnormalised O. N is split across blocks (flash-decoding, splits of
+//      whole 64-key tiles) so that a small B * Hkv still fills the GPU.
 //   2. combine_kernel, grid (R, B * Hkv): merges the splits into the final
 //      max, 1 / sum, O and ||O||^2 (O read from p.o instead when the caller
 //      gives it: pass 1 then computes only the max and sum).
-//   3. pass2_kernel, grid (ceil(N / 64), B * Hkv): one block per 64-key
-//      tile (32 where the device's shared memory is too small) keeps its K
-//      and V tile in shared memory, walks all R rows in chunks of 32
-//      (recomputing Z, A, v.o, ||v - o||), reduces over the queries (one
-//      owner thread per key column: no atomics) and the group, and writes
-//      its scores once.
-// Each thread computes 8 rows against one key (pass 1; its P V: 8 rows x one
-// float4 of D) or two keys (pass 2), reading float4s from zero-padded shared
-// rows, so that shared-memory bandwidth, not the FP32 units, stops bounding
-// the products: with one row per thread and scalar loads, every FMA cost more
-// than one shared load (bench/results/kernels.md has the SASS counts).
-// Memory traffic: K read ceil(R / 32) times in pass 1 (mostly L2 hits) and
+//   3. pass 2, grid (ceil(N / 64), B * Hkv): one block per 64-key tile (32
+//      where the device's shared memory is too small) keeps its K and V tile
+//      in shared memory, walks all R rows in chunks (recomputing Z, A, v.o,
+//      ||v - o||), reduces over the queries (one owner thread per key column:
+//      no atomics) and the group, and writes its scores once.
+// Where the products run:
+//   - bfloat16 on sm_80+ (more than 16 rows and D <= 128 for pass 1, more
+//     than 8 rows and tiles that fit for pass 2, every score but loo in pass
+//     2): on the tensor cores, mma.sync m16n8k16 with the float operand (P in
+//     pass 1, O in pass 2) split into three bf16 terms, so the results keep
+//     float precision (saliency_mma_cuda.cuh);
+//   - otherwise on the FP32 units: pass 1 32 rows x 32-key tiles, each
+//     thread 8 rows against one key (its P V: 8 rows x one float4 of D);
+//     pass 2 two keys per thread, float4 reads from zero-padded shared rows,
+//     so that shared-memory bandwidth does not bound the FMAs
+//     (bench/results/kernels.md has the SASS counts of both).
+// Memory traffic: K read once per row chunk in pass 1 (mostly L2 hits) and
 // once in pass 2, V likewise when the score needs it; window queries, O and
 // the per-row statistics are re-read per 64-key tile from L2; the workspace is
 // O(B * Hkv * splits * R * D) floats and the output is written once.
@@ -29,6 +35,8 @@
 #include "saliency_cuda.h"
 
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
 #include <type_traits>
 
 #include "cuda_compat.h"
@@ -141,7 +149,12 @@ cudaError_t smem_optin_limit(size_t* limit) {
 // calling with different shapes would otherwise lower it under each other's
 // launches.
 // bf16 tensor cores (mma.sync m16n8k16) exist from sm_80 on.
+// OBCACHE_CUDA_TENSOR_CORES=0 keeps bfloat16 on the FP32 kernels (read per
+// call, so bench/bench_gpu.py times both paths in one process).
 cudaError_t has_bf16_mma(bool* yes) {
+  *yes = false;
+  const char* env = std::getenv("OBCACHE_CUDA_TENSOR_CORES");
+  if (env && std::strcmp(env, "0") == 0) return cudaSuccess;
   int device = 0, major = 0;
   cudaError_t err = cudaGetDevice(&device);
   if (err == cudaSuccess) err = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);

@@ -12,6 +12,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <random>
 #include <string>
 #include <vector>
@@ -157,8 +158,8 @@ TEST(EmuSaliency, HalfAndBFloat16) {
 // tolerance of the other cases: N not a multiple of the 64-key tile, D = 13
 // and 72 (padded to 16 and 80) and 128, rows 21 (one partial 64-row chunk)
 // and 66 (two), two key splits (N = 300), B = 2, causal or not, strided.
-// Then the same on an emulated
-// sm_75, which has no bf16 tensor cores: the FP32 passes run and no mma
+// Then the same on an emulated sm_75, which has no bf16 tensor cores, and
+// with OBCACHE_CUDA_TENSOR_CORES=0: the FP32 passes run and no mma
 // instruction does.
 TEST(EmuSaliency, BFloat16OnTensorCores) {
   std::mt19937 rng(13);
@@ -176,10 +177,16 @@ TEST(EmuSaliency, BFloat16OnTensorCores) {
     EXPECT_GT(simt::mma_instructions(), before) << "D=" << c.D;
   }
   simt::set_compute_capability_major(7);
-  const long long before = simt::mma_instructions();
+  long long before = simt::mma_instructions();
   check_case<obc::bf16_t>(cases[1], obc::DType::BF16, rng, false);
   EXPECT_EQ(simt::mma_instructions(), before);
   simt::set_compute_capability_major(9);
+  // OBCACHE_CUDA_TENSOR_CORES=0 takes the FP32 kernels on a GPU that has them.
+  setenv("OBCACHE_CUDA_TENSOR_CORES", "0", 1);
+  before = simt::mma_instructions();
+  check_case<obc::bf16_t>(cases[0], obc::DType::BF16, rng, false, 1u << 5);
+  EXPECT_EQ(simt::mma_instructions(), before);
+  unsetenv("OBCACHE_CUDA_TENSOR_CORES");
 }
 
 TEST(EmuSaliency, Float64IsRejected) {
