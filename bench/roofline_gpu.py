@@ -1,12 +1,19 @@
 """Analytic roofline of the CUDA kernels on an H100 SXM (no GPU needed):
-bytes moved, FLOPs and the floor time max(FLOPs / peak, bytes / bandwidth)
-per kernel, for the necessary work and for the work the kernels as written
-do. Prints a markdown table (bench/results/kernels.md).
+bytes moved, FLOPs and the floor time per kernel, for the necessary work and
+for the work the kernels as written do, on the units they run on. Prints a
+markdown table (bench/results/kernels.md).
 
 Peaks (H100 SXM datasheet): HBM3 3.35 TB/s; 67 TFLOP/s FP32 on the CUDA
-cores (what obcache's kernels use: bf16 is converted to float and multiplied
-with FP32 FMAs); 989 TFLOP/s dense bf16 on the tensor cores (for comparison:
-what a tensor-core kernel could reach).
+cores; 989 TFLOP/s dense bf16 on the tensor cores. Since 2026-12-02 the
+saliency kernels take bfloat16 inputs' products to the tensor cores
+(mma.sync; float32 / float16 inputs, and GPUs before sm_80, stay on the FP32
+cores), so bf16 rows are modelled both ways. As written on the tensor cores:
+pass 1 Q K^T and P V, pass 2 Q K^T and O V^T, with P and O split into three
+bf16 terms (8 products where 3 are necessary), plus the element-wise work
+per (query row, key) pair on the FP32 pipe (two exps, the softmax, P's
+split, the joint formula: ~ELEM_OPS instructions). The 989 TFLOP/s are
+wgmma's; mma.sync, used here because it also runs on sm_80, reaches less of
+them on Hopper (bench/gpu.sh measures).
 
     python bench/roofline_gpu.py [--n 32768] [--dtype-bytes 2] [--budget-frac 0.1] [--hidden 4096]
 """
@@ -15,40 +22,52 @@ import argparse
 HBM = 3.35e12
 FP32 = 67e12
 TC_BF16 = 989e12
+ELEM_OPS = 35  # FP32-pipe instructions per (query row, key) pair, both passes (estimate)
 
 
 def kernels(B, Hkv, G, W, N, D, e, budget, hidden):
+    """(name, necessary (flops, bytes, on tensor cores?), as written (tensor flops, FP32 flops, bytes), note)."""
     Hq = Hkv * G
     kv = B * Hkv * N * D * e  # one of K, V
     kept = B * Hkv * budget * D * e
     prod = 2 * B * Hq * W * N * D  # one [Hq*W, D] x [D, N] product
+    pairs = B * Hq * W * N
     scores = B * Hkv * N * 4
     idx = B * Hkv * budget * 8
     q = B * Hq * W * D * e
+    sal_bytes = (2 * kv + q + scores, 4 * kv + q + scores)
+    evict_bytes = (2 * kv + q + 2 * kept + idx + scores, 4 * kv + q + 2 * scores + idx + 4 * kept + idx)
+    elem = 2 * ELEM_OPS * pairs  # counted as FLOPs at the FP32 rate: one instruction = 2 FLOP-slots
     rows = []
-    # name, necessary (flops, bytes), as written (flops, bytes), note
-    rows.append(("saliency (joint)", (3 * prod, 2 * kv + q + scores), (4 * prod, 4 * kv + q + scores),
-                 "necessary: Q K^T, A V, O V^T once, K and V read once. As written: pass 1 (Q K^T, A V over "
-                 "N splits) and pass 2 (Q K^T again, O V^T) each read K and V; split partials not counted"))
-    rows.append(("select", (0, scores + idx), (0, scores + idx),
+    rows.append(("saliency (joint), bf16, tensor cores", (3 * prod, sal_bytes[0], True), (8 * prod, elem, sal_bytes[1]),
+                 "necessary: Q K^T, A V, O V^T once, K and V read once. As written (bf16 on sm_80+): pass 1 "
+                 "(Q K^T, P V with P in three bf16 terms, over N splits) and pass 2 (Q K^T again, O V^T with O in "
+                 "three terms) on the tensor cores, each pass reading K and V, plus ~%d FP32-pipe instructions "
+                 "per (row, key) pair; split partials not counted" % ELEM_OPS))
+    rows.append(("saliency (joint), float32 / float16 or pre-sm_80, FP32 cores", (3 * prod, sal_bytes[0], False),
+                 (0, 4 * prod, sal_bytes[1]),
+                 "the same work with every product on the FP32 cores (bytes as for bf16 inputs)"))
+    rows.append(("select", (0, scores + idx, False), (0, 0, scores + idx),
                  "read the scores, write the indices (pooling and radix passes over N floats: no FP throughput); at 1.3 MB the floor is far below a kernel launch (a few µs), so select is latency-bound"))
-    rows.append(("compact_", (0, 2 * kept + 2 * kept + idx), (0, 2 * kept + 2 * kept + idx),
+    rows.append(("compact_", (0, 2 * kept + 2 * kept + idx, False), (0, 0, 2 * kept + 2 * kept + idx),
                  "read and write the kept rows of K and V, read the indices"))
-    rows.append(("evict", (3 * prod, 2 * kv + q + 2 * kept + idx + scores),
-                 (4 * prod, 4 * kv + q + 2 * scores + idx + 4 * kept + idx),
+    rows.append(("evict, bf16, tensor cores", (3 * prod, evict_bytes[0], True), (8 * prod, elem, evict_bytes[1]),
                  "necessary: one pass over K and V, kept rows written; as written: the three kernels in sequence "
                  "(K+V = %.0f MiB exceeds the 50 MiB L2, so compact_ re-reads the kept rows)" % (2 * kv / 2**20)))
+    rows.append(("evict, FP32 cores", (3 * prod, evict_bytes[0], False), (0, 4 * prod, evict_bytes[1]),
+                 "as above with the products on the FP32 cores"))
     pv_flops = 2 * B * Hq * N * D * hidden
     wo = hidden * Hq * D * e
-    rows.append(("projected_value_norm (p=1)", (pv_flops, kv + wo + B * Hq * N * 4),
-                 (pv_flops, G * kv + wo + B * Hq * N * 4),
+    rows.append(("projected_value_norm (p=1)", (pv_flops, kv + wo + B * Hq * N * 4, False),
+                 (0, pv_flops, G * kv + wo + B * Hq * N * 4),
                  "CriticalKV's norms ||v_n W_o^j||_1, hidden = %d: a [N, D] x [D, hidden] product per query head "
                  "reduced in registers. As written: each query head's blocks read their KV head's values (G "
                  "times; W_o^j tiles are L2 hits). Compute-bound on the FP32 cores. kvpress's per-head "
-                 "torch.matmul runs the FLOPs on the bf16 tensor cores (floor in the last column) but moves its "
+                 "torch.matmul runs the FLOPs on the bf16 tensor cores (%.0f µs) but moves its "
                  "[N, hidden] bf16 products and their float32 copies: %.0f GB, %.1f ms at this bandwidth, "
                  "about this kernel's FP32 floor; bench/gpu.sh measures which is faster"
-                 % (hidden, 12 * B * Hq * N * hidden / 1e9, 1e3 * 12 * B * Hq * N * hidden / HBM)))
+                 % (hidden, 1e6 * pv_flops / TC_BF16, 12 * B * Hq * N * hidden / 1e9,
+                    1e3 * 12 * B * Hq * N * hidden / HBM)))
     return rows
 
 
@@ -63,18 +82,15 @@ def main():
     budget = int(N * args.budget_frac)
     print(f"B={B} H_kv={Hkv} G={G} W={W} D={D} N={N} budget={budget}, {8 * e}-bit inputs; H100 SXM: "
           f"{HBM / 1e12:.2f} TB/s, FP32 {FP32 / 1e12:.0f} TFLOP/s, bf16 tensor {TC_BF16 / 1e12:.0f} TFLOP/s\n")
-    print("| kernel | GFLOP (necessary / as written) | MB moved (necessary / as written) | arithmetic intensity "
-          "(FLOP/B, necessary) | floor, FP32 cores, necessary (µs) | floor, FP32 cores, as written (µs) | "
-          "bound | floor if the FLOPs ran on bf16 tensor cores (µs) |")
-    print("|---|---:|---:|---:|---:|---:|---|---:|")
-    for name, (f0, b0), (f1, b1), note in kernels(B, Hkv, G, W, N, D, e, budget, args.hidden):
-        t_f0, t_b0 = f0 / FP32, b0 / HBM
-        t_f1, t_b1 = f1 / FP32, b1 / HBM
-        tc = max(f0 / TC_BF16, t_b0)
-        ai = f0 / b0
-        print(f"| {name} | {f0 / 1e9:.2f} / {f1 / 1e9:.2f} | {b0 / 1e6:.1f} / {b1 / 1e6:.1f} | {ai:.0f} | "
-              f"{1e6 * max(t_f0, t_b0):.1f} | {1e6 * max(t_f1, t_b1):.1f} | "
-              f"{'compute (FP32)' if t_f0 > t_b0 else 'memory'} | {1e6 * tc:.1f} |")
+    print("| kernel | GFLOP necessary | GFLOP as written (tensor cores / FP32 pipe) | MB moved (necessary / as "
+          "written) | floor, necessary (µs) | floor, as written (µs) | as written, bound by |")
+    print("|---|---:|---:|---:|---:|---:|---|")
+    for name, (f0, b0, tc0), (ft, ff, b1), note in kernels(B, Hkv, G, W, N, D, e, budget, args.hidden):
+        floor0 = max(f0 / (TC_BF16 if tc0 else FP32), b0 / HBM)
+        t_compute, t_mem = ft / TC_BF16 + ff / FP32, b1 / HBM
+        bound = "memory" if t_mem >= t_compute else ("tensor cores + FP32 pipe" if ft else "FP32 cores")
+        print(f"| {name} | {f0 / 1e9:.2f} | {ft / 1e9:.2f} / {ff / 1e9:.2f} | {b0 / 1e6:.1f} / {b1 / 1e6:.1f} | "
+              f"{1e6 * floor0:.1f} | {1e6 * max(t_compute, t_mem):.1f} | {bound} |")
     print()
     for name, _, _, note in kernels(B, Hkv, G, W, N, D, e, budget, args.hidden):
         print(f"- {name}: {note}.")
