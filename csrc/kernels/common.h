@@ -48,6 +48,7 @@ struct bf16_t {
   uint16_t bits;
 };
 
+// A float's bits and back (a memcpy on the host, an intrinsic on the GPU).
 OBC_HD OBC_INLINE float bits_to_float(uint32_t u) {
 #if defined(__CUDA_ARCH__)
   return __uint_as_float(u);
@@ -55,6 +56,15 @@ OBC_HD OBC_INLINE float bits_to_float(uint32_t u) {
   float f;
   std::memcpy(&f, &u, sizeof(f));
   return f;
+#endif
+}
+OBC_HD OBC_INLINE uint32_t float_to_bits(float f) {
+#if defined(__CUDA_ARCH__)
+  return __float_as_uint(f);
+#else
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof(u));
+  return u;
 #endif
 }
 

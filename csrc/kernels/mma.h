@@ -21,19 +21,9 @@
 namespace obc {
 namespace mma {
 
-OBC_HD OBC_INLINE uint32_t float_bits(float x) {
-#if defined(__CUDA_ARCH__)
-  return __float_as_uint(x);
-#else
-  uint32_t u;
-  std::memcpy(&u, &x, sizeof(u));
-  return u;
-#endif
-}
-
 // bf16 bits of x rounded to nearest even (NaN stays a NaN).
 OBC_HD OBC_INLINE uint32_t bf16_rn(float x) {
-  const uint32_t u = float_bits(x);
+  const uint32_t u = float_to_bits(x);
   if ((u & 0x7fffffffu) > 0x7f800000u) return (u >> 16) | 0x40u;
   return (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
 }

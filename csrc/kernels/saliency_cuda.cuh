@@ -314,6 +314,46 @@ __global__ void __launch_bounds__(kThreads) combine_kernel(SaliencyParams p, Sha
   }
 }
 
+// The part of pass 2's shared memory after its tiles (both pass 2 kernels):
+// head G*keys | vn1, vn2 keys | rm, ril, ron2 rows | head_of rows (int).
+struct Pass2Smem {
+  float *head, *vn1, *vn2, *rm, *ril, *ron2;
+  int* head_of;
+};
+__device__ OBC_INLINE Pass2Smem carve_pass2(float* at, long long G, int keys, int rows) {
+  Pass2Smem m;
+  m.head = at;
+  m.vn1 = m.head + G * keys;
+  m.vn2 = m.vn1 + keys;
+  m.rm = m.vn2 + keys;
+  m.ril = m.rm + rows;
+  m.ron2 = m.ril + rows;
+  m.head_of = reinterpret_cast<int*>(m.ron2 + rows);
+  return m;
+}
+
+// Pass 2's start, once the tile is in shared memory (callers sync first):
+// head = the query reduction's identity; vn1, vn2 = ||v_c||_1, ||v_c||^2 of
+// the tile's keys, x(c, d) reading element d of key c (zero when the score
+// reads no V). Read after the first row chunk's barrier.
+template <int kKeys, bool kNeedV, typename X>
+__device__ OBC_INLINE void start_pass2(const SaliencyParams& p, int Di, const Pass2Smem& m, X x) {
+  const float qinit = query_reduce_init<float>(p.query_reduce);
+  for (long long e = threadIdx.x; e < p.G * kKeys; e += kThreads) m.head[e] = qinit;
+  const int c = threadIdx.x;
+  if (c < kKeys) {
+    float a1 = 0.0f, a2 = 0.0f;
+    if (kNeedV)
+      for (int d = 0; d < Di; ++d) {
+        const float v = x(c, d);
+        a1 += fabsf(v);
+        a2 += v * v;
+      }
+    m.vn1[c] = a1;
+    m.vn2[c] = a2;
+  }
+}
+
 // Pass 2's per-row statistics of rows [r0, r0 + rows) (zero past R): the
 // softmax max, 1 / sum and ||o||^2 from combine.
 __device__ OBC_INLINE void load_row_stats(const Shape& s, const Work& w, long long bh, long long r0, int rows,
@@ -328,16 +368,19 @@ __device__ OBC_INLINE void load_row_stats(const Shape& s, const Work& w, long lo
 
 // Pass 2's reduction of a chunk's contributions Cs [nr rows][kKeys + 1]
 // over the queries into head [G][kKeys]: thread c owns column c, so no two
-// threads write one entry.
+// threads write one entry. Barriers on both sides: every thread has written
+// Cs before, and has read it (and head_of) after.
 template <int kKeys>
 __device__ OBC_INLINE void reduce_queries(const SaliencyParams& p, int nr, const float* Cs, const int* head_of,
                                           float* head) {
+  __syncthreads();
   const int c = threadIdx.x;
-  if (c >= kKeys) return;
-  for (int rr = 0; rr < nr; ++rr) {
-    float* hp = head + head_of[rr] * kKeys + c;
-    *hp = query_reduce_step(p.query_reduce, *hp, Cs[rr * (kKeys + 1) + c]);
-  }
+  if (c < kKeys)
+    for (int rr = 0; rr < nr; ++rr) {
+      float* hp = head + head_of[rr] * kKeys + c;
+      *hp = query_reduce_step(p.query_reduce, *hp, Cs[rr * (kKeys + 1) + c]);
+    }
+  __syncthreads();
 }
 
 // Pass 2's output: the group reduction of head [G][kKeys] for the tile's tn
@@ -372,7 +415,7 @@ __global__ void __launch_bounds__(kThreads) pass2_kernel(SaliencyParams p, Shape
   constexpr bool kNeedO = kVo || kDist;
   constexpr bool kNeedV = kNeedO || score_needs_vn1(S) || score_needs_vn2(S);
   OBC_DYNAMIC_SMEM(float, smem);
-  const long long D = p.D, N = p.N, G = p.G;
+  const long long D = p.D, N = p.N;
   const int Di = static_cast<int>(D), sq = row_stride(D), sk = tile_stride(D);
   const long long p0 = static_cast<long long>(blockIdx.x) * kKeys, bh = blockIdx.y;
   const long long b = bh / p.Hkv, h = bh % p.Hkv;
@@ -385,32 +428,16 @@ __global__ void __launch_bounds__(kThreads) pass2_kernel(SaliencyParams p, Shape
   float* Qs = Vs + (kNeedV ? kKeys * sk : 0);
   float* Os = Qs + kR * sq;
   float* Cs = Os + (kNeedO ? kR * sq : 0);
-  float* head = Cs + kR * kCs;
-  float* vn1 = head + G * kKeys;
-  float* vn2 = vn1 + kKeys;
-  float* rm = vn2 + kKeys;
-  float* ril = rm + kR;
-  float* ron2 = ril + kR;
-  int* head_of = reinterpret_cast<int*>(ron2 + kR);
+  const Pass2Smem m = carve_pass2(Cs + kR * kCs, p.G, kKeys, kR);
+  float *head = m.head, *vn1 = m.vn1, *vn2 = m.vn2, *rm = m.rm, *ril = m.ril, *ron2 = m.ron2;
+  int* head_of = m.head_of;
   const int tid = threadIdx.x, lane = tid % kTile, warp = tid / kTile, row0 = warp * RPW;
 
   load_key_tile<E, kKeys>(static_cast<const E*>(p.k) + b * p.k_sb + h * p.k_sh, p.k_sn, D, p0, tn, Ks);
   if (kNeedV)
     load_key_tile<E, kKeys>(static_cast<const E*>(p.v) + b * p.v_sb + h * p.v_sh, p.v_sn, D, p0, tn, Vs);
-  const float qinit = query_reduce_init<float>(p.query_reduce);
-  for (long long e = tid; e < G * kKeys; e += kThreads) head[e] = qinit;
   __syncthreads();
-  if (tid < kKeys) {
-    float a1 = 0.0f, a2 = 0.0f;
-    if (kNeedV)
-      for (int d = 0; d < Di; ++d) {
-        const float x = Vs[tid * sk + d];
-        a1 += fabsf(x);
-        a2 += x * x;
-      }
-    vn1[tid] = a1;
-    vn2[tid] = a2;
-  }
+  start_pass2<kKeys, kNeedV>(p, Di, m, [&](int c, int d) { return Vs[c * sk + d]; });
   for (long long r0 = 0; r0 < s.R; r0 += kR) {
     row_info(p, s, r0, kR, lim, head_of);
     load_queries<E>(p, s, q_bh, r0, kR, Qs);
@@ -459,9 +486,7 @@ __global__ void __launch_bounds__(kThreads) pass2_kernel(SaliencyParams p, Shape
         Cs[rr * kCs + c] = x;
       }
     }
-    __syncthreads();
     reduce_queries<kKeys>(p, s.R - r0 < kR ? static_cast<int>(s.R - r0) : kR, Cs, head_of, head);
-    __syncthreads();
   }
   write_scores<kKeys>(p, bh, p0, tn, head);
 }

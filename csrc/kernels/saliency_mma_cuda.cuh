@@ -218,7 +218,7 @@ __global__ void __launch_bounds__(kThreads) pass2_mma_kernel(SaliencyParams p, S
   constexpr bool kNeedV = kVo || score_needs_vn1(S) || score_needs_vn2(S);
   static_assert(mma_pass2_supports<S>(), "loo runs on the FP32 path");
   OBC_DYNAMIC_SMEM(float, smem);
-  const long long D = p.D, N = p.N, G = p.G;
+  const long long D = p.D, N = p.N;
   const int Di = static_cast<int>(D), depth = mma_depth(D), pw = pair_stride(D), ow = o_stride(D);
   const long long p0 = static_cast<long long>(blockIdx.x) * kKeys, bh = blockIdx.y;
   const long long b = bh / p.Hkv, h = bh % p.Hkv;
@@ -233,13 +233,9 @@ __global__ void __launch_bounds__(kThreads) pass2_mma_kernel(SaliencyParams p, S
   uint32_t* Qw = Vw + (kNeedV ? kKeys * pw : 0);
   float* Os = reinterpret_cast<float*>(Qw + kR * pw);
   float* Cs = Os + (kVo ? kR * ow : 0);
-  float* head = Cs + kR * kCs;
-  float* vn1 = head + G * kKeys;
-  float* vn2 = vn1 + kKeys;
-  float* rm = vn2 + kKeys;
-  float* ril = rm + kR;
-  float* ron2 = ril + kR;
-  int* head_of = reinterpret_cast<int*>(ron2 + kR);
+  const Pass2Smem sm = carve_pass2(Cs + kR * kCs, p.G, kKeys, kR);
+  float *head = sm.head, *vn1 = sm.vn1, *vn2 = sm.vn2, *rm = sm.rm, *ril = sm.ril, *ron2 = sm.ron2;
+  int* head_of = sm.head_of;
   const int tid = threadIdx.x, lane = tid % kTile, warp = tid / kTile;
   const int g = lane / 4, t = lane % 4, row_w = (warp / 2) * 32, key_w = (warp % 2) * 32;
 
@@ -247,21 +243,11 @@ __global__ void __launch_bounds__(kThreads) pass2_mma_kernel(SaliencyParams p, S
     load_pair_row(c < tn ? K + (p0 + c) * p.k_sn : nullptr, Di, pw, Kw + c * pw);
     if (kNeedV) load_pair_row(c < tn ? V + (p0 + c) * p.v_sn : nullptr, Di, pw, Vw + c * pw);
   }
-  const float qinit = query_reduce_init<float>(p.query_reduce);
-  for (long long e = tid; e < G * kKeys; e += kThreads) head[e] = qinit;
   __syncthreads();
-  if (tid < kKeys) {
-    float a1 = 0.0f, a2 = 0.0f;
-    if (kNeedV)
-      for (int d = 0; d < Di; ++d) {
-        const uint32_t pr = Vw[tid * pw + d / 2];
-        const float x = d % 2 ? mma::high_of(pr) : mma::low_of(pr);
-        a1 += fabsf(x);
-        a2 += x * x;
-      }
-    vn1[tid] = a1;
-    vn2[tid] = a2;
-  }
+  start_pass2<kKeys, kNeedV>(p, Di, sm, [&](int c, int d) {
+    const uint32_t pr = Vw[c * pw + d / 2];
+    return d % 2 ? mma::high_of(pr) : mma::low_of(pr);
+  });
   for (long long r0 = 0; r0 < s.R; r0 += kR) {
     row_info(p, s, r0, kR, lim, head_of);
     for (int rr = warp; rr < kR; rr += kWarps) {
@@ -345,9 +331,7 @@ __global__ void __launch_bounds__(kThreads) pass2_mma_kernel(SaliencyParams p, S
 #pragma unroll
           for (int j = 0; j < 2; ++j) Cs[rr * kCs + key_w + 8 * nt + 2 * t + j] = x[nt][j];
       }
-    __syncthreads();
     reduce_queries<kKeys>(p, s.R - r0 < kR ? static_cast<int>(s.R - r0) : kR, Cs, head_of, head);
-    __syncthreads();
   }
   write_scores<kKeys>(p, bh, p0, tn, head);
 }
