@@ -1,24 +1,20 @@
-// Pass 2 of `saliency` on the bf16 tensor cores (mma.sync, sm_80 and later)
-// for bfloat16 inputs and every score but `loo` (whose ||v - o|| is a
-// difference, not a product). Same grid, reductions and output as
-// pass2_kernel<bf16_t, S, 2, 8> (saliency_cuda.cuh), which runs wherever this
-// one cannot (older GPUs, loo, float32 / float16, too little shared memory
-// for this kernel's tiles); only the two products per (row, key) pair move
-// from the FP32 units to the tensor cores:
-//   Z = scale (q . k): q and k are bf16 values, so every product is exact and
-//     only the float accumulation rounds, as on the FP32 path;
-//   v . o: o is float (combine's output). It is split into three bf16 terms,
-//     hi + mid + lo, each the rounded remainder of the ones before, which
-//     carry o to float precision (2^-24 relative), so v . o takes three
-//     products where a single bf16 o would lose 2^-9 to the cancellation in
-//     ||v||^2 - 2 v . o + ||o||^2 (key and joint).
-// Block: 128 threads, 2 x 2 warps over a chunk of 64 rows x 64 keys, each
-// warp 32 rows (two m-tiles of 16) x 32 keys (four n-tiles of 8). Q, K and V
-// sit in shared memory as bf16 pairs, rows pair_stride(D) words apart: the 8
-// rows x 4 words of one fragment load hit 32 distinct banks. O sits as
-// floats, rows o_stride(D) floats apart (float2 loads, conflict-free per
-// half warp). Per 16-wide step of D a warp loads 8 words of Q, 8 float2 of
-// O, 8 words of K and 8 of V per lane for 8 + 24 products.
+// `saliency` on the bf16 tensor cores (mma.sync m16n8k16, sm_80 and later)
+// for bfloat16 inputs: pass 1 for head sizes up to 128 and pass 2 for every
+// score but `loo` (whose ||v - o|| is a difference, not a product). Same
+// grids, workspace, reductions and outputs as pass1_kernel / pass2_kernel
+// (saliency_cuda.cuh), which run wherever these cannot (older GPUs, loo,
+// float32 / float16, D > 128 in pass 1, too little shared memory for these
+// tiles); only the products move from the FP32 units to the tensor cores.
+// q, k and v are bf16 values, so their products are exact and only the
+// float accumulation rounds, as on the FP32 path. The float operands (P in
+// pass 1, O in pass 2) are split into three bf16 terms, hi + mid + lo, each
+// the rounded remainder of the ones before, which carry them to float
+// precision (2^-24 relative) at three products each: a single bf16 O would
+// lose 2^-9 of v . o to the cancellation in ||v||^2 - 2 v . o + ||o||^2 (key
+// and joint), and O comes from P V.
+// Shared memory: Q, K and V as bf16 pairs (32-bit words), O as floats, rows
+// padded so that every fragment load is free of bank conflicts (the strides
+// below say how).
 #pragma once
 
 #include "mma.h"
@@ -207,6 +203,10 @@ __global__ void __launch_bounds__(kThreads) pass1_mma_kernel(SaliencyParams p, S
   }
 }
 
+// ---- Pass 2 on the tensor cores: block of 128 threads, 2 x 2 warps over a
+// chunk of 64 rows x 64 keys, each warp 32 rows (two m-tiles of 16) x 32 keys
+// (four n-tiles of 8). Per 16-wide step of D a warp loads 8 words of Q, 8
+// float2 of O, 8 words of K and 8 of V per lane for 8 + 24 products.
 // smem: lim rows (64-bit) | Kw keys*pw | Vw keys*pw (scores that read V) |
 // Qw rows*pw | Os rows*ow (key, joint) | Cs rows*(keys+1) | head G*keys |
 // vn1, vn2 keys | rm, ril, ron2 rows | head_of rows (int); pass2_mma_smem in
