@@ -19,9 +19,9 @@ query head) and `reference` (obcache.reference in float32, topk, gather; run
 one KV head at a time, `reference/head`, when the whole reference's estimated
 peak is over --ref-max-gib, skipped when that is over too; the projected
 norm's reference, [B, H_q, N, hidden] at once, only skipped). The GPU's GEMM
-(float32, torch.mm 4096^2) and memcpy peaks are measured in the same run
-(bench/peak.py) for evict's fraction of peak. Prints a table and writes
-bench/out/gpu.json.
+(torch.mm 4096^2 in the benchmark's dtype: bfloat16 on the tensor cores) and
+memcpy peaks are measured in the same run (bench/peak.py) for evict's
+fraction of peak. Prints a table and writes bench/out/gpu.json.
 
 Exits with status 2 and a message when no CUDA device (or no CUDA build of
 obcache) is present; `--device cpu` runs the same harness on the CPU with
@@ -198,8 +198,10 @@ def main():
     dtype = cm.DTYPES[args.dtype]
     elem = torch.finfo(dtype).bits // 8
     gpu_name = torch.cuda.get_device_name() if device == "cuda" else "cpu (harness test, not GPU numbers)"
+    # The GEMM peak in the benchmark's dtype: for bfloat16 that is the tensor cores', which saliency uses too.
     peak = measure_peak(repeats=10 if device == "cuda" else 2, device=device,
-                        copy_mib=1024 if device == "cuda" else 64, gemm_n=4096 if device == "cuda" else 512)
+                        copy_mib=1024 if device == "cuda" else 64, gemm_n=4096 if device == "cuda" else 512,
+                        gemm_dtype=dtype if device == "cuda" else torch.float32)
     timer = Timer(device)
     rows = []
     jobs = [(N, op) for N in args.ns for op in args.ops]
