@@ -73,7 +73,7 @@ struct WarpOut {
   double xor_sum;
   int down1, up2, bcast_w8, xor16_w16;
   unsigned long long scan;
-  unsigned ballot_odd;
+  unsigned ballot_odd, match_mod3, match_hi;
   int any5, all_lt32, all_ne7;
 };
 
@@ -99,6 +99,8 @@ __global__ void warp_ops(WarpOut* out) {
   r.any5 = __any_sync(full, lane == 5);
   r.all_lt32 = __all_sync(full, lane < 32);
   r.all_ne7 = __all_sync(full, lane != 7);
+  r.match_mod3 = __match_any_sync(full, static_cast<unsigned>(x % 3));
+  r.match_hi = __match_any_sync(full, static_cast<unsigned long long>(lane / 8) << 40);
 }
 
 TEST(Simt, WarpShufflesAndVotesFollowCudaSemantics) {
@@ -130,6 +132,13 @@ TEST(Simt, WarpShufflesAndVotesFollowCudaSemantics) {
     EXPECT_TRUE(out[t].any5);
     EXPECT_TRUE(out[t].all_lt32);
     EXPECT_FALSE(out[t].all_ne7);
+    unsigned mod3 = 0, hi = 0;  // lanes whose value equals this lane's
+    for (int l = 0; l < 32; ++l) {
+      mod3 |= static_cast<unsigned>(x(w0 + l) % 3 == x(t) % 3) << l;
+      hi |= static_cast<unsigned>(l / 8 == lane / 8) << l;
+    }
+    EXPECT_EQ(out[t].match_mod3, mod3);
+    EXPECT_EQ(out[t].match_hi, hi);  // 64-bit values that differ only above bit 32
   }
 }
 

@@ -579,6 +579,18 @@ T __shfl_xor_sync(unsigned mask, T var, int lane_mask, int width = warpSize) {
   return simt::detail::shuffle(mask, var, src >= (lane & ~(w - 1)) + w ? lane : src);
 }
 inline unsigned __ballot_sync(unsigned mask, int pred) { return simt::detail::ballot(mask, pred != 0); }
+// The lanes of `mask` whose value equals this lane's (sm_70+).
+template <typename T>
+unsigned __match_any_sync(unsigned mask, T value) {
+  static_assert(std::is_integral<T>::value, "match.any takes 32- or 64-bit integers");
+  auto& c = simt::detail::kernel_ctx();
+  const uint64_t mine = simt::detail::to_bits(value);
+  const auto row = c.block->warp_exchange(c.tid, mask, mine, c.phase);
+  const simt::detail::Warp& w = c.block->warp(c.tid);
+  unsigned peers = 0;
+  for (int l = 0; l < w.lanes; ++l) peers |= static_cast<unsigned>(row[l][0] == mine) << l;
+  return peers & mask;
+}
 inline int __any_sync(unsigned mask, int pred) { return simt::detail::ballot(mask, pred != 0) != 0; }
 inline int __all_sync(unsigned mask, int pred) {
   return simt::detail::ballot(mask, pred != 0) == (mask & __activemask());
