@@ -1,16 +1,17 @@
 // CUDA select and select_adaptive (torch-free; see select_cuda.cuh for the
-// radix select). NOT a sort: per row O(N * passes) reads of 8-byte keys.
+// radix select). NOT a sort: per row a few sweeps over 8-byte keys in global
+// memory, the rest in shared memory.
 //
 // select: one block of 512 threads per (b, h). The block pools the candidate
 // scores of [start + sink, N - recent) once into a uint64 key workspace (the
 // only global traffic proportional to N besides reading the scores, which is
-// pool_kernel reads per candidate, mostly L1 hits), radix-selects the
-// (budget - sink - recent)-th best key, then walks the candidates in ascending
-// order in chunks of 512 with one block scan per chunk that counts, in one
-// packed int, the keys above the threshold and those equal to it (ties go to
-// the lower index: an equal key is kept while fewer than `remaining` equal
-// keys precede it). Output position = greater-before + min(equal-before,
-// remaining), so indices come out ascending.
+// pool_kernel reads per candidate, mostly L1 hits), counting the keys' top
+// digit on the way, radix-selects the (budget - sink - recent)-th best key,
+// then walks the candidates in ascending order, 4096 per sweep, ranking the
+// keys above the threshold and those equal to it (ties go to the lower index:
+// an equal key is kept while fewer than `remaining` equal keys precede it).
+// Output position = greater-before + min(equal-before, remaining), so indices
+// come out ascending.
 //
 // select_adaptive: (1) per (b, h) block: keys as above over [sink, N-recent),
 // the head's own top f - sink - recent marked in keep and their keys zeroed
@@ -37,133 +38,165 @@ __device__ OBC_INLINE const void* score_row(const void* base, DType dt, long lon
 
 __device__ OBC_INLINE long long min_ll(long long a, long long b) { return a < b ? a : b; }
 
+// Writes the keys of row positions [lo, hi) and counts the candidates' top
+// digits into s.hist. key_of(q, &key) sets the key and says whether q is a
+// candidate (a position that is not keeps key 0).
+template <typename KeyOf>
+__device__ OBC_INLINE void write_keys(uint64_t* keys, long long lo, long long hi, KeyOf key_of, sel::Smem& s) {
+  for (int i = threadIdx.x; i < 256; i += kBlock) s.hist[i] = 0;
+  __syncthreads();
+  for (long long base = lo; base < hi; base += sel::kChunk) {
+    uint64_t k[sel::kItems];
+    bool cand[sel::kItems];
+#pragma unroll
+    for (int j = 0; j < sel::kItems; ++j) {
+      const long long q = base + sel::sweep_offset(j);
+      k[j] = 0;
+      cand[j] = q < hi && key_of(q, &k[j]);
+      if (q < hi) keys[q] = k[j];
+    }
+#pragma unroll
+    for (int j = 0; j < sel::kItems; ++j) sel::count_bin(sel::digit_bin(k[j], cand[j], 0, 56), s.hist);
+  }
+  __syncthreads();
+}
+
+// Calls keep(q, greater, equal_rank) in ascending q for every position of
+// keys[lo, hi) that the radix result keeps (above the threshold, or at it and
+// among the first `remaining` there), until m are kept. greater / equal_rank:
+// how many kept-above / at-threshold positions precede q.
+template <typename Keep>
+__device__ OBC_INLINE void for_each_kept(const uint64_t* keys, long long lo, long long hi, long long m,
+                                         const sel::RadixResult& rr, Keep keep, sel::Smem& s) {
+  long long gt_before = 0, eq_before = 0;
+  for (long long base = lo; base < hi; base += sel::kChunk) {
+    bool gt[sel::kItems], eq[sel::kItems];
+#pragma unroll
+    for (int j = 0; j < sel::kItems; ++j) {
+      const long long q = base + sel::sweep_offset(j);
+      const uint64_t k = q < hi ? keys[q] : 0;
+      gt[j] = q < hi && sel::above_threshold(k, rr);
+      eq[j] = q < hi && sel::at_threshold(k, rr);
+    }
+    int rank_gt[sel::kItems], rank_eq[sel::kItems], total_gt, total_eq;
+    sel::rank_sweep(gt, eq, rank_gt, rank_eq, &total_gt, &total_eq, s.warp_counts);
+#pragma unroll
+    for (int j = 0; j < sel::kItems; ++j) {
+      const long long g = gt_before + rank_gt[j], e = eq_before + rank_eq[j];
+      if (gt[j] || (eq[j] && e < rr.remaining)) keep(base + sel::sweep_offset(j), g, min_ll(e, rr.remaining));
+    }
+    gt_before += total_gt;
+    eq_before += total_eq;
+    if (gt_before + min_ll(eq_before, rr.remaining) >= m) break;  // uniform across the block
+  }
+}
+
 __global__ void __launch_bounds__(kBlock) select_kernel(SelectParams p, uint64_t* keys_all) {
-  __shared__ unsigned int hist[257];
-  __shared__ sel::RadixResult res;
-  __shared__ int scratch[kWarps + 1];
+  __shared__ sel::Smem s;
   const long long row = blockIdx.x, b = row / p.H, h = row % p.H;
   const long long N = p.N, budget = p.budget;
-  long long s = p.start ? p.start[b] : 0;
-  s = s < 0 ? 0 : (s > N ? N : s);
+  long long st = p.start ? p.start[b] : 0;
+  st = st < 0 ? 0 : (st > N ? N : st);
   int64_t* out = p.out + row * budget;
-  if (N - s <= budget) {
+  if (N - st <= budget) {
     for (long long i = threadIdx.x; i < budget; i += kBlock) out[i] = N - budget + i;
     return;
   }
-  const long long lo = s + p.sink, hi = N - p.recent, m = budget - p.sink - p.recent;
-  for (long long i = threadIdx.x; i < p.sink; i += kBlock) out[i] = s + i;
+  const long long lo = st + p.sink, hi = N - p.recent, m = budget - p.sink - p.recent;
+  for (long long i = threadIdx.x; i < p.sink; i += kBlock) out[i] = st + i;
   for (long long i = threadIdx.x; i < p.recent; i += kBlock) out[budget - p.recent + i] = hi + i;
   if (m == 0) return;
   uint64_t* keys = keys_all + row * N;
   const void* r = score_row(p.scores, p.dtype, b * p.s_sb + h * p.s_sh);
-  for (long long q = lo + threadIdx.x; q < hi; q += kBlock)
-    keys[q] = score_key(pooled_score(r, p.dtype, q, s, hi, p.pool_kernel, p.pool));
-  __syncthreads();
-  sel::radix_select(keys + lo, hi - lo, m, &res, hist);
-  const sel::RadixResult rr = res;
-  long long gt_before = 0, eq_before = 0;
-  for (long long base = lo; base < hi; base += kBlock) {
-    const long long q = base + threadIdx.x;
-    const int f = q < hi ? sel::rank_flags(keys[q], rr) : 0;
-    int tot;
-    const int ex = sel::block_exclusive_scan(f, scratch, &tot);
-    const long long g = gt_before + (ex & 0xffff), e = eq_before + (ex >> 16);
-    if ((f & 1) || ((f >> 16) && e < rr.remaining)) out[p.sink + g + min_ll(e, rr.remaining)] = q;
-    gt_before += tot & 0xffff;
-    eq_before += tot >> 16;
-    if (gt_before + min_ll(eq_before, rr.remaining) >= m) break;  // uniform across the block
-  }
+  const auto key_of = [&](long long q, uint64_t* k) {
+    *k = score_key(pooled_score(r, p.dtype, q, st, hi, p.pool_kernel, p.pool));
+    return true;
+  };
+  write_keys(keys, lo, hi, key_of, s);
+  sel::radix_select(keys + lo, hi - lo, m, true, s);
+  const sel::RadixResult rr = s.res;
+  for_each_kept(keys, lo, hi, m, rr, [&](long long q, long long g, long long e) { out[p.sink + g + e] = q; }, s);
 }
 
 // Stage 1 of select_adaptive: one block per (b, h).
 __global__ void __launch_bounds__(kBlock)
     adaptive_head_kernel(SelectAdaptiveParams p, uint64_t* keys_all, uint8_t* keep_all) {
-  __shared__ unsigned int hist[257];
-  __shared__ sel::RadixResult res;
-  __shared__ int scratch[kWarps + 1];
+  __shared__ sel::Smem s;
   const long long row = blockIdx.x, b = row / p.H, h = row % p.H, N = p.N;
   const long long hi = N - p.recent, m1 = p.floor_tokens - p.sink - p.recent;
   uint64_t* keys = keys_all + row * N;
   uint8_t* keep = keep_all + row * N;
   const void* r = score_row(p.scores, p.dtype, b * p.s_sb + h * p.s_sh);
-  for (long long q = threadIdx.x; q < N; q += kBlock) {
+  const auto key_of = [&](long long q, uint64_t* k) {
     const bool fixed = q < p.sink || q >= hi;
-    keys[q] = fixed ? 0 : score_key(pooled_score(r, p.dtype, q, 0, hi, p.pool_kernel, p.pool));
     keep[q] = fixed ? 1 : 0;
-  }
-  __syncthreads();
+    if (!fixed) *k = score_key(pooled_score(r, p.dtype, q, 0, hi, p.pool_kernel, p.pool));
+    return !fixed;
+  };
+  write_keys(keys, 0, N, key_of, s);
   if (m1 == 0) return;
-  sel::radix_select(keys + p.sink, hi - p.sink, m1, &res, hist);
-  const sel::RadixResult rr = res;
-  long long eq_before = 0, kept = 0;
-  for (long long base = p.sink; base < hi; base += kBlock) {
-    const long long q = base + threadIdx.x;
-    const int f = q < hi ? sel::rank_flags(keys[q], rr) : 0;
-    int tot;
-    const int ex = sel::block_exclusive_scan(f, scratch, &tot);
-    if ((f & 1) || ((f >> 16) && eq_before + (ex >> 16) < rr.remaining)) {
-      keep[q] = 1;
-      keys[q] = 0;  // kept by the head itself: no longer a shared candidate
-    }
-    eq_before += tot >> 16;
-    kept += (tot & 0xffff);
-    if (kept + min_ll(eq_before, rr.remaining) >= m1) break;
-  }
+  sel::radix_select(keys + p.sink, hi - p.sink, m1, true, s);
+  const sel::RadixResult rr = s.res;
+  for_each_kept(keys, p.sink, hi, m1, rr, [&](long long q, long long, long long) {
+    keep[q] = 1;
+    keys[q] = 0;  // kept by the head itself: no longer a shared candidate
+  }, s);
 }
 
 // Stage 2: one block per batch row; the H * N keys of row b compete.
 __global__ void __launch_bounds__(kBlock)
     adaptive_shared_kernel(SelectAdaptiveParams p, const uint64_t* keys_all, uint8_t* keep_all) {
-  __shared__ unsigned int hist[257];
-  __shared__ sel::RadixResult res;
-  __shared__ int scratch[kWarps + 1];
+  __shared__ sel::Smem s;
   const long long n = p.H * p.N;
   const uint64_t* keys = keys_all + blockIdx.x * n;
   uint8_t* keep = keep_all + blockIdx.x * n;
-  sel::radix_select(keys, n, p.extra, &res, hist);
-  const sel::RadixResult rr = res;
-  long long eq_before = 0, kept = 0;
-  for (long long base = 0; base < n; base += kBlock) {
-    const long long q = base + threadIdx.x;
-    const int f = q < n ? sel::rank_flags(keys[q], rr) : 0;
-    int tot;
-    const int ex = sel::block_exclusive_scan(f, scratch, &tot);
-    if ((f & 1) || ((f >> 16) && eq_before + (ex >> 16) < rr.remaining)) keep[q] = 1;
-    eq_before += tot >> 16;
-    kept += (tot & 0xffff);
-    if (kept + min_ll(eq_before, rr.remaining) >= p.extra) break;
+  sel::radix_select(keys, n, p.extra, false, s);
+  const sel::RadixResult rr = s.res;
+  for_each_kept(keys, 0, n, p.extra, rr, [&](long long q, long long, long long) { keep[q] = 1; }, s);
+}
+
+// Ranks keep[0, N) by sweeps: on_sweep(base, flags, ranks, before) per sweep,
+// `before` = kept positions in earlier sweeps; returns the row's count.
+template <typename OnSweep>
+__device__ OBC_INLINE long long sweep_keep(const uint8_t* keep, long long N, OnSweep on_sweep) {
+  __shared__ int warp_counts[2][kWarps];
+  const bool none[sel::kItems] = {};
+  long long before = 0;
+  for (long long base = 0; base < N; base += sel::kChunk) {
+    bool f[sel::kItems];
+#pragma unroll
+    for (int j = 0; j < sel::kItems; ++j) {
+      const long long q = base + sel::sweep_offset(j);
+      f[j] = q < N && keep[q];
+    }
+    int rank[sel::kItems], unused[sel::kItems], total, unused_total;
+    sel::rank_sweep(f, none, rank, unused, &total, &unused_total, warp_counts);
+    on_sweep(base, f, rank, before);
+    before += total;
   }
+  return before;
 }
 
 // Stage 3: kept tokens per (b, h).
 __global__ void __launch_bounds__(kBlock) adaptive_count_kernel(const uint8_t* keep_all, long long N,
                                                                 int64_t* lengths) {
-  __shared__ int scratch[kWarps + 1];
-  const uint8_t* keep = keep_all + blockIdx.x * N;
-  long long c = 0;
-  for (long long q = threadIdx.x; q < N; q += kBlock) c += keep[q];
-  // Per-thread counts fit an int (N < 2^31); the block total too.
-  int tot;
-  sel::block_exclusive_scan(static_cast<int>(c), scratch, &tot);
-  if (threadIdx.x == 0) lengths[blockIdx.x] = tot;
+  const long long kept = sweep_keep(keep_all + blockIdx.x * N, N, [](long long, const bool (&)[sel::kItems],
+                                                                      const int (&)[sel::kItems], long long) {});
+  if (threadIdx.x == 0) lengths[blockIdx.x] = kept;
 }
 
 // Stage 4: ascending emission, padded with -1.
 __global__ void __launch_bounds__(kBlock)
     adaptive_emit_kernel(const uint8_t* keep_all, long long N, long long Lmax, int64_t* out_all) {
-  __shared__ int scratch[kWarps + 1];
-  const uint8_t* keep = keep_all + blockIdx.x * N;
   int64_t* out = out_all + blockIdx.x * Lmax;
-  long long before = 0;
-  for (long long base = 0; base < N; base += kBlock) {
-    const long long q = base + threadIdx.x;
-    const int f = q < N ? keep[q] : 0;
-    int tot;
-    const int ex = sel::block_exclusive_scan(f, scratch, &tot);
-    if (f) out[before + ex] = q;
-    before += tot;
-  }
-  for (long long i = before + threadIdx.x; i < Lmax; i += kBlock) out[i] = -1;
+  const auto emit = [&](long long base, const bool (&f)[sel::kItems], const int (&rank)[sel::kItems],
+                        long long before) {
+#pragma unroll
+    for (int j = 0; j < sel::kItems; ++j)
+      if (f[j]) out[before + rank[j]] = base + sel::sweep_offset(j);
+  };
+  const long long kept = sweep_keep(keep_all + blockIdx.x * N, N, emit);
+  for (long long i = kept + threadIdx.x; i < Lmax; i += kBlock) out[i] = -1;
 }
 
 }  // namespace

@@ -1,7 +1,8 @@
 // The real CUDA select kernels (select_cuda.cu, compiled here under the SIMT
 // emulation) against the CPU kernels, at sizes that hit the edges: N not a
 // multiple of the 512-thread block, budget = N - 1 and = sink + recent, ties,
-// NaN / inf, start offsets, every pooling mode.
+// NaN / inf, start offsets, every pooling mode, and rows longer than one
+// 4096-key sweep and than the 4096-key shared-memory candidate buffer.
 // cuda_compat.h first: under OBC_SIMT_EMULATION it brings the emulated
 // __host__ / __device__ that common.h uses.
 #include "cuda_compat.h"
@@ -73,6 +74,19 @@ TEST(EmuSelect, MatchesCpuAtEdgeSizes) {
   }
 }
 
+// N = 20000: five sweeps per pass. Normal scores (average-pooled) fit the
+// candidate buffer after the first digit or two, so later digits are read
+// from shared memory; three tied values without pooling (~6,700 keys each)
+// never fit, so every pass reads global memory; specials (max-pooled, with
+// start offsets) mix both.
+TEST(EmuSelect, MatchesCpuOnRowsLongerThanTheCandidateBuffer) {
+  std::mt19937 rng(14);
+  const int64_t kernels[] = {5, 0, 3};
+  for (int kind = 0; kind < 3; ++kind)
+    for (int64_t budget : {int64_t(2005), int64_t(15000)})
+      run({1, 2, 20000, budget, 4, 16, kernels[kind], kind == 0, kind, kind == 2}, rng);
+}
+
 TEST(EmuSelect, MatchesCpuWithStartAndPooling) {
   std::mt19937 rng(12);
   const int64_t kernels[] = {0, 1, 3, 7};
@@ -82,8 +96,9 @@ TEST(EmuSelect, MatchesCpuWithStartAndPooling) {
 
 TEST(EmuSelectAdaptive, MatchesCpu) {
   std::mt19937 rng(13);
-  for (int t = 0; t < 8; ++t) {
-    const int64_t B = 1 + t % 2, H = 1 + t % 4, N = 30 + 97 * t, sink = t % 3, recent = t % 2;
+  for (int t = 0; t < 10; ++t) {
+    // t >= 8: H * N above the 4096-key candidate buffer and one sweep.
+    const int64_t B = 1 + t % 2, H = 1 + t % 4, N = t < 8 ? 30 + 97 * t : 5000 + 1111 * t, sink = t % 3, recent = t % 2;
     const std::vector<float> s = make_scores(B * H * N, t % 3, rng);
     const int64_t total = H * N / 4 + t, f = std::max<int64_t>(sink + recent, (total / H) / 5);
     obc::SelectAdaptiveParams p;
