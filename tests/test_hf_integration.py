@@ -76,7 +76,7 @@ def window_queries(model, ids, layer, last):
         q = q.transpose(1, 2)
         cos, sin = base.rotary_emb(x, position_ids=torch.arange(N).unsqueeze(0))
         q = q * cos.unsqueeze(1) + rotate_half(q) * sin.unsqueeze(1)
-    return q[:, :, -last:], out.past_key_values.layers[layer], attn.scaling
+    return q[:, :, -last:], out.cache.layers[layer], attn.scaling
 
 
 # ---------------------------------------------------------------------------
@@ -125,7 +125,7 @@ def test_prefill_keeps_budget_tokens_chosen_by_select_from_recomputed_queries(ar
     row = METHODS[method]
     cache = DynamicCache(config=model.config)
     with torch.no_grad(), hf.compress(model, method, budget, **opts()):
-        model(ids, past_key_values=cache, use_cache=True)
+        model(ids, cache=cache, use_cache=True)
     st = hf.state_of(cache)
     for li, layer in enumerate(cache.layers):
         assert layer.keys.shape == (1, 2, budget, 16) and layer.values.shape == (1, 2, budget, 16)
@@ -152,7 +152,7 @@ def test_scoring_reads_q_proj_output_instead_of_running_q_proj_again(arch):
                for layer in model.model.layers]
     try:
         with torch.no_grad(), hf.compress(model, "snapkv+obc-key", 24, **opts()):
-            model(ids, past_key_values=DynamicCache(config=model.config), use_cache=True)
+            model(ids, cache=DynamicCache(config=model.config), use_cache=True)
     finally:
         for h in handles:
             h.remove()
@@ -187,7 +187,7 @@ def test_streaming_keeps_the_sink_and_the_most_recent_tokens():
     model, ids = tiny_model(), prompt(50)
     cache = DynamicCache(config=model.config)
     with torch.no_grad(), hf.compress(model, "streaming", 20, **opts()):
-        model(ids, past_key_values=cache, use_cache=True)
+        model(ids, cache=cache, use_cache=True)
     want = torch.cat([torch.arange(SINK), torch.arange(50 - 20 + SINK, 50)])
     for li in range(2):
         assert torch.equal(hf.state_of(cache).positions[li], want.expand(1, 2, 20))
@@ -197,10 +197,10 @@ def test_eviction_seconds_counts_only_the_eviction_work():
     model, ids = tiny_model(), prompt(50)
     with torch.no_grad():
         with hf.compress(model, "full", 20, **opts()) as full:
-            model(ids, past_key_values=DynamicCache(config=model.config), use_cache=True)
+            model(ids, cache=DynamicCache(config=model.config), use_cache=True)
         with hf.compress(model, "snapkv+obc-key", 20, **opts()) as h:
             t0 = time.perf_counter()
-            model(ids, past_key_values=DynamicCache(config=model.config), use_cache=True)
+            model(ids, cache=DynamicCache(config=model.config), use_cache=True)
             total = time.perf_counter() - t0
     assert full.eviction_seconds == 0.0
     assert 0.0 < h.eviction_seconds < total
@@ -210,7 +210,7 @@ def test_the_cache_holds_kv_heads_only():
     model, ids = tiny_model(), prompt(48)
     cache = DynamicCache(config=model.config)
     with torch.no_grad(), hf.compress(model, "snapkv", 0.5, **opts()):
-        model(ids, past_key_values=cache, use_cache=True)
+        model(ids, cache=cache, use_cache=True)
     assert all(layer.keys.shape[1] == model.config.num_key_value_heads for layer in cache.layers)
 
 
@@ -224,20 +224,20 @@ def test_next_token_logits_attend_over_kept_kv_at_the_true_position(arch):
     nxt = prompt(1, seed=7)
     cache = DynamicCache(config=model.config)
     with torch.no_grad(), hf.compress(model, "snapkv+obc-key", budget, **opts()):
-        model(ids, past_key_values=cache, use_cache=True)
-        got = model(nxt, past_key_values=cache, use_cache=True).logits[0, -1]
+        model(ids, cache=cache, use_cache=True)
+        got = model(nxt, cache=cache, use_cache=True).logits[0, -1]
     # Direct computation: a plain cache holding the kept keys/values (copied
     # after prefill), the new token at position 60, no hooks.
     kept = DynamicCache(config=model.config)
     ref_cache = DynamicCache(config=model.config)
     with torch.no_grad(), hf.compress(model, "snapkv+obc-key", budget, **opts()):
-        model(ids, past_key_values=ref_cache, use_cache=True)
+        model(ids, cache=ref_cache, use_cache=True)
     for li, layer in enumerate(ref_cache.layers):
         kept.update(layer.keys.clone(), layer.values.clone(), li)
     with torch.no_grad():
-        direct = model(nxt, past_key_values=copy.deepcopy(kept), position_ids=torch.tensor([[60]]),
+        direct = model(nxt, cache=copy.deepcopy(kept), position_ids=torch.tensor([[60]]),
                        use_cache=True).logits[0, -1]
-        wrong = model(nxt, past_key_values=copy.deepcopy(kept), position_ids=torch.tensor([[budget]]),
+        wrong = model(nxt, cache=copy.deepcopy(kept), position_ids=torch.tensor([[budget]]),
                       use_cache=True).logits[0, -1]
     torch.testing.assert_close(got, direct, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(direct, wrong, atol=1e-3)  # the position does matter
@@ -252,13 +252,13 @@ def test_generate_inside_the_context_uses_true_positions():
     cache = DynamicCache(config=model.config)
     with torch.no_grad():
         with hf.compress(model, "snapkv", budget, **opts()):
-            logits = model(ids, past_key_values=cache, use_cache=True).logits[:, -1]
+            logits = model(ids, cache=cache, use_cache=True).logits[:, -1]
         toks = [logits.argmax(-1)]
         plain = DynamicCache(config=model.config)
         for li, layer in enumerate(cache.layers):
             plain.update(layer.keys.clone(), layer.values.clone(), li)
         for i in range(5):
-            out = model(toks[-1].view(1, 1), past_key_values=plain, position_ids=torch.tensor([[60 + i]]))
+            out = model(toks[-1].view(1, 1), cache=plain, position_ids=torch.tensor([[60 + i]]))
             toks.append(out.logits[:, -1].argmax(-1))
     assert torch.equal(got[0], torch.cat(toks))
 
@@ -271,7 +271,7 @@ def test_chunked_prefill_keeps_the_cache_at_or_under_budget_plus_chunk():
     model, ids, budget, chunk = tiny_model("qwen2"), prompt(100), 24, 16
     cache = DynamicCache(config=model.config)
     with torch.no_grad(), hf.compress(model, "snapkv+obc-key", budget, chunk_size=chunk, **opts()):
-        logits = model(ids, past_key_values=cache, use_cache=True).logits
+        logits = model(ids, cache=cache, use_cache=True).logits
     st = hf.state_of(cache)
     assert logits.shape == (1, 100, VOCAB)
     assert st.peak <= budget + chunk
@@ -301,7 +301,7 @@ def test_decode_eviction_keeps_the_cache_within_decode_budget_over_200_steps():
     model, ids, decode_budget = tiny_model(), prompt(30), 40
     cache = DynamicCache(config=model.config)
     with hf.compress(model, "snapkv+obc-key", 1.0, decode_budget=decode_budget, **opts()):
-        out = greedy(model, ids, n=200, past_key_values=cache)
+        out = greedy(model, ids, n=200, cache=cache)
     st = hf.state_of(cache)
     assert out.shape == (1, 200)
     assert len(st.lengths) == 200 and max(st.lengths) <= decode_budget
@@ -314,7 +314,7 @@ def test_decode_eviction_works_for_every_query_source(method):
     model, ids = tiny_model(), prompt(30)
     cache = DynamicCache(config=model.config)
     with hf.compress(model, method, 20, decode_budget=24, **opts()):
-        greedy(model, ids, n=30, past_key_values=cache)
+        greedy(model, ids, n=30, cache=cache)
     assert max(hf.state_of(cache).lengths) <= 24
 
 
@@ -334,7 +334,7 @@ def test_left_padded_batch_gives_each_prompts_tokens_alone(arch, attn, method):
     am = torch.cat([torch.ones(1, 50, dtype=torch.long), torch.cat([torch.zeros(1, 14), torch.ones(1, 36)], 1).long()])
     cache = DynamicCache(config=model.config)
     with hf.compress(model, method, budget, **opts()):
-        both = greedy(model, ids, attention_mask=am, past_key_values=cache)
+        both = greedy(model, ids, attention_mask=am, cache=cache)
     assert torch.equal(both[0], alone[0][0]) and torch.equal(both[1], alone[1][0])
     pos = hf.state_of(cache).positions[0]
     assert int(pos[1].min()) >= 14  # padding is never kept
@@ -377,12 +377,12 @@ def test_static_cache_is_compacted_in_place_and_matches_the_dynamic_cache():
     cache = StaticCache(config=model.config, max_cache_len=64)
     with hf.compress(model, "snapkv+obc-key", budget, **opts()):
         with torch.no_grad():
-            model(ids, past_key_values=cache, use_cache=True)
+            model(ids, cache=cache, use_cache=True)
         ptrs = [(layer.keys.data_ptr(), layer.values.data_ptr()) for layer in cache.layers]
         assert int(cache.get_seq_length()) == budget
         assert [(layer.keys.data_ptr(), layer.values.data_ptr()) for layer in cache.layers] == ptrs
         cache2 = StaticCache(config=model.config, max_cache_len=64)
-        got = greedy(model, ids, past_key_values=cache2)
+        got = greedy(model, ids, cache=cache2)
         assert all(layer.keys.shape[2] == 64 for layer in cache2.layers)  # never reallocated
     assert torch.equal(got, ref)
 
@@ -393,7 +393,7 @@ def test_static_cache_with_chunked_prefill_matches_the_dynamic_cache(attn):
     kw = opts(chunk_size=16)
     with hf.compress(model, "snapkv", 24, **kw):
         ref = greedy(model, ids)
-        got = greedy(model, ids, past_key_values=StaticCache(config=model.config, max_cache_len=80))
+        got = greedy(model, ids, cache=StaticCache(config=model.config, max_cache_len=80))
     assert torch.equal(got, ref)
 
 
@@ -401,7 +401,7 @@ def test_static_cache_with_decode_eviction_stays_within_its_preallocation():
     model, ids = tiny_model(), prompt(30)
     cache = StaticCache(config=model.config, max_cache_len=48)
     with hf.compress(model, "snapkv", 20, decode_budget=24, **opts()):
-        out = greedy(model, ids, n=60, past_key_values=cache)  # 90 tokens through a 48-row cache
+        out = greedy(model, ids, n=60, cache=cache)  # 90 tokens through a 48-row cache
     assert out.shape == (1, 60) and max(hf.state_of(cache).lengths) <= 24
 
 
@@ -409,7 +409,7 @@ def test_a_static_cache_of_a_sliding_window_model_raises_naming_the_layer_class(
     model, ids = tiny_model("mistral"), prompt(40)  # MistralConfig: sliding_window=4096
     with hf.compress(model, "snapkv", 20, **opts()):
         with pytest.raises(NotImplementedError, match="StaticSlidingWindowLayer"):
-            greedy(model, ids, past_key_values=StaticCache(config=model.config, max_cache_len=64))
+            greedy(model, ids, cache=StaticCache(config=model.config, max_cache_len=64))
 
 
 # ---------------------------------------------------------------------------
@@ -438,7 +438,7 @@ def test_compress_context_answers_several_questions_on_copies_of_the_cache():
     for li, layer in enumerate(ctx.cache.layers):
         plain.update(layer.keys.clone(), layer.values.clone(), li)
     with torch.no_grad():
-        logits = model(q1, past_key_values=plain, position_ids=torch.arange(64, 69).unsqueeze(0)).logits
+        logits = model(q1, cache=plain, position_ids=torch.arange(64, 69).unsqueeze(0)).logits
     assert int(logits[0, -1].argmax()) == int(a1[0, 0])
     torch.testing.assert_close(ctx.forward(q1), logits, rtol=1e-5, atol=1e-5)
 
@@ -537,7 +537,7 @@ def test_key_scores_read_the_models_attention_output_of_the_window(method, attn,
     seen = _recording_ops(monkeypatch)
     cache = DynamicCache(config=model.config)
     with torch.no_grad(), hf.compress(model, method, 24, **opts()):
-        model(ids, past_key_values=cache, use_cache=True)
+        model(ids, cache=cache, use_cache=True)
     assert len(seen) == len(model.model.layers)
     for li, (name, q, o) in enumerate(seen):
         want_q, full, scale = window_queries(model, ids, li, WINDOW)
@@ -557,11 +557,11 @@ def test_attention_only_rows_and_decode_steps_take_no_attention_output(monkeypat
     n0 = sum(len(layer.self_attn.o_proj._forward_pre_hooks) for layer in model.model.layers)
     with hf.compress(model, "snapkv", 20, **opts()):  # reads no O: no tap on o_proj
         assert sum(len(layer.self_attn.o_proj._forward_pre_hooks) for layer in model.model.layers) == n0
-        greedy(model, ids, n=2, past_key_values=DynamicCache(config=model.config))
+        greedy(model, ids, n=2, cache=DynamicCache(config=model.config))
     assert seen and all(o is None for _, _, o in seen)
     seen.clear()
     # decode-time eviction scores with queries of earlier steps: their outputs saw another cache
     cache = DynamicCache(config=model.config)
     with hf.compress(model, "snapkv+obc-key", 1.0, decode_budget=24, **opts()):
-        greedy(model, ids, n=6, past_key_values=cache)
+        greedy(model, ids, n=6, cache=cache)
     assert seen and all(o is None for _, _, o in seen)

@@ -50,7 +50,7 @@ def test_smollm2_finds_a_passkey_in_1000_tokens(smollm2, method, budget):
     with hf.compress(model, method, budget):
         out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=7, do_sample=False,
                              pad_token_id=tok.pad_token_id, return_dict_in_generate=True)
-        cache = out.past_key_values
+        cache = out.cache
     answer = tok.decode(out.sequences[0, ids.shape[1]:])
     assert str(KEY) in answer, f"{method} at budget {budget}: {answer!r}"
     if method != "full":  # the cache really held ~20% of the prompt (plus the generated tokens)

@@ -45,7 +45,7 @@ def hand_queries_keys(model, ids):
                 q = attn.q_norm(q)
             q = q.transpose(1, 2)
             q = q * cos.unsqueeze(1) + rotate_half(q) * sin.unsqueeze(1)
-            layer = res.past_key_values.layers[li]
+            layer = res.cache.layers[li]
             out.append((q, layer.keys, layer.values, attn.scaling))
     return out
 
@@ -99,7 +99,7 @@ def direct_scores(model, context, chunks, score, query_reduce, group_reduce):
 def prefilled(model, context, cache=None):
     cache = DynamicCache(config=model.config) if cache is None else cache
     with torch.no_grad():
-        model(context, past_key_values=cache, use_cache=True)
+        model(context, cache=cache, use_cache=True)
     return cache
 
 

@@ -31,7 +31,7 @@ def prefill(model, method, ids=None, budget=BUDGET, **kw):
     ids = prompt(N) if ids is None else ids
     cache = DynamicCache(config=model.config)
     with torch.no_grad(), hf.compress(model, method, budget, **opts(**kw)):
-        model(ids, past_key_values=cache, use_cache=True)
+        model(ids, cache=cache, use_cache=True)
     return cache, hf.state_of(cache)
 
 
@@ -244,7 +244,7 @@ def test_criticalkv_decode_eviction_keeps_the_cache_within_decode_budget():
     model, ids = tiny_model(), prompt(30)
     cache = DynamicCache(config=model.config)
     with hf.compress(model, "criticalkv", 20, decode_budget=24, **opts()):
-        greedy(model, ids, n=20, past_key_values=cache)
+        greedy(model, ids, n=20, cache=cache)
     assert max(hf.state_of(cache).lengths) <= 24
 
 
@@ -255,7 +255,7 @@ def test_a_static_cache_with_per_head_lengths_generates_like_the_dynamic_cache(m
     model, ids = tiny_model("llama"), prompt(N)
     with hf.compress(model, method, BUDGET, **opts()):
         want = greedy(model, ids, n=6)
-        got = greedy(model, ids, n=6, past_key_values=StaticCache(config=model.config, max_cache_len=100))
+        got = greedy(model, ids, n=6, cache=StaticCache(config=model.config, max_cache_len=100))
     assert torch.equal(got, want)
 
 
