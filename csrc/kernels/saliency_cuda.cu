@@ -134,20 +134,24 @@ size_t pass2_mma_smem(const SaliencyParams& p) {
          sizeof(int) * rows;
 }
 
+// An attribute of the current device.
+cudaError_t device_attribute(cudaDeviceAttr attr, int* value) {
+  int device = 0;
+  *value = 0;
+  const cudaError_t err = cudaGetDevice(&device);
+  return err == cudaSuccess ? cudaDeviceGetAttribute(value, attr, device) : err;
+}
+
 // Dynamic shared memory one block may opt in to on the current device
 // (above the default 48 KiB, a per-kernel opt-in is needed; the SIMT
 // emulation enforces the same rule).
 cudaError_t smem_optin_limit(size_t* limit) {
-  int device = 0, value = 0;
-  cudaError_t err = cudaGetDevice(&device);
-  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&value, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+  int value = 0;
+  const cudaError_t err = device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin, &value);
   *limit = static_cast<size_t>(value);
   return err;
 }
 
-// The opt-in is the device's limit, not this call's size: host threads
-// calling with different shapes would otherwise lower it under each other's
-// launches.
 // bf16 tensor cores (mma.sync m16n8k16) exist from sm_80 on.
 // OBCACHE_CUDA_TENSOR_CORES=0 keeps bfloat16 on the FP32 kernels (read per
 // call, so bench/bench_gpu.py times both paths in one process).
@@ -155,13 +159,15 @@ cudaError_t has_bf16_mma(bool* yes) {
   *yes = false;
   const char* env = std::getenv("OBCACHE_CUDA_TENSOR_CORES");
   if (env && std::strcmp(env, "0") == 0) return cudaSuccess;
-  int device = 0, major = 0;
-  cudaError_t err = cudaGetDevice(&device);
-  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+  int major = 0;
+  const cudaError_t err = device_attribute(cudaDevAttrComputeCapabilityMajor, &major);
   *yes = major >= 8;
   return err;
 }
 
+// The opt-in is the device's limit, not this call's size: host threads
+// calling with different shapes would otherwise lower it under each other's
+// launches.
 template <typename Kernel>
 cudaError_t allow_smem(Kernel kernel, size_t bytes, size_t limit) {
   if (bytes <= 48 * 1024) return cudaSuccess;
