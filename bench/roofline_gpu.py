@@ -15,6 +15,11 @@ split, the joint formula: ~ELEM_OPS instructions). The 989 TFLOP/s are
 wgmma's; mma.sync, used here because it also runs on sm_80, reaches less of
 them on Hopper (bench/gpu.sh measures).
 
+select runs one block per (b, h) row, so at B=1, H_kv=8 it uses 8 SMs: its
+time as written is set by what one SM can pull from L2 (SM_BYTES_PER_S, an
+upper bound: 64 B per clock at 1.755 GHz), not by HBM. evict runs its three
+kernels in sequence, so select's time adds to the rest.
+
     python bench/roofline_gpu.py [--n 32768] [--dtype-bytes 2] [--budget-frac 0.1] [--hidden 4096]
 """
 import argparse
@@ -23,10 +28,16 @@ HBM = 3.35e12
 FP32 = 67e12
 TC_BF16 = 989e12
 ELEM_OPS = 35  # FP32-pipe instructions per (query row, key) pair, both passes (estimate)
+SM_BYTES_PER_S = 64 * 1.755e9  # one SM's L2 load bandwidth, at most
+# select's global traffic per candidate key as written: read the float score,
+# write the 8-byte key, then read it in the digit passes before the chosen bin
+# fits the shared buffer (two at N=32k) and once in the emission.
+SELECT_BYTES_PER_KEY = 4 + 8 + 3 * 8
 
 
 def kernels(B, Hkv, G, W, N, D, e, budget, hidden):
-    """(name, necessary (flops, bytes, on tensor cores?), as written (tensor flops, FP32 flops, bytes), note)."""
+    """(name, necessary (flops, bytes, on tensor cores?), as written (tensor flops, FP32 flops, bytes, seconds
+    of one-SM-per-row work that runs alone), note)."""
     Hq = Hkv * G
     kv = B * Hkv * N * D * e  # one of K, V
     kept = B * Hkv * budget * D * e
@@ -38,28 +49,34 @@ def kernels(B, Hkv, G, W, N, D, e, budget, hidden):
     sal_bytes = (2 * kv + q + scores, 4 * kv + q + scores)
     evict_bytes = (2 * kv + q + 2 * kept + idx + scores, 4 * kv + q + 2 * scores + idx + 4 * kept + idx)
     elem = 2 * ELEM_OPS * pairs  # counted as FLOPs at the FP32 rate: one instruction = 2 FLOP-slots
+    select_s = N * SELECT_BYTES_PER_KEY / SM_BYTES_PER_S  # rows in parallel, one SM each
     rows = []
-    rows.append(("saliency (joint), bf16, tensor cores", (3 * prod, sal_bytes[0], True), (8 * prod, elem, sal_bytes[1]),
+    rows.append(("saliency (joint), bf16, tensor cores", (3 * prod, sal_bytes[0], True), (8 * prod, elem, sal_bytes[1], 0),
                  "necessary: Q K^T, A V, O V^T once, K and V read once. As written (bf16 on sm_80+): pass 1 "
                  "(Q K^T, P V with P in three bf16 terms, over N splits) and pass 2 (Q K^T again, O V^T with O in "
                  "three terms) on the tensor cores, each pass reading K and V, plus ~%d FP32-pipe instructions "
                  "per (row, key) pair; split partials not counted" % ELEM_OPS))
     rows.append(("saliency (joint), float32 / float16 or pre-sm_80, FP32 cores", (3 * prod, sal_bytes[0], False),
-                 (0, 4 * prod, sal_bytes[1]),
+                 (0, 4 * prod, sal_bytes[1], 0),
                  "the same work with every product on the FP32 cores (bytes as for bf16 inputs)"))
-    rows.append(("select", (0, scores + idx, False), (0, 0, scores + idx),
-                 "read the scores, write the indices (pooling and radix passes over N floats: no FP throughput); at 1.3 MB the floor is far below a kernel launch (a few µs), so select is latency-bound"))
-    rows.append(("compact_", (0, 2 * kept + 2 * kept + idx, False), (0, 0, 2 * kept + 2 * kept + idx),
+    rows.append(("select", (0, scores + idx, False), (0, 0, scores + idx, select_s),
+                 "necessary: read the scores, write the indices (1.3 MB: far below a kernel launch). As written: "
+                 "one block per (b, h) row, each moving %d B per key through its SM (score read, key write, two "
+                 "digit passes and the emission over 8-byte keys; later digits in shared memory), at most "
+                 "%.0f GB/s per SM" % (SELECT_BYTES_PER_KEY, SM_BYTES_PER_S / 1e9)))
+    rows.append(("compact_", (0, 2 * kept + 2 * kept + idx, False), (0, 0, 2 * kept + 2 * kept + idx, 0),
                  "read and write the kept rows of K and V, read the indices"))
-    rows.append(("evict, bf16, tensor cores", (3 * prod, evict_bytes[0], True), (8 * prod, elem, evict_bytes[1]),
+    rows.append(("evict, bf16, tensor cores", (3 * prod, evict_bytes[0], True),
+                 (8 * prod, elem, evict_bytes[1], select_s),
                  "necessary: one pass over K and V, kept rows written; as written: the three kernels in sequence "
-                 "(K+V = %.0f MiB exceeds the 50 MiB L2, so compact_ re-reads the kept rows)" % (2 * kv / 2**20)))
-    rows.append(("evict, FP32 cores", (3 * prod, evict_bytes[0], False), (0, 4 * prod, evict_bytes[1]),
+                 "(K+V = %.0f MiB exceeds the 50 MiB L2, so compact_ re-reads the kept rows), select's "
+                 "one-SM-per-row time added" % (2 * kv / 2**20)))
+    rows.append(("evict, FP32 cores", (3 * prod, evict_bytes[0], False), (0, 4 * prod, evict_bytes[1], select_s),
                  "as above with the products on the FP32 cores"))
     pv_flops = 2 * B * Hq * N * D * hidden
     wo = hidden * Hq * D * e
     rows.append(("projected_value_norm (p=1)", (pv_flops, kv + wo + B * Hq * N * 4, False),
-                 (0, pv_flops, G * kv + wo + B * Hq * N * 4),
+                 (0, pv_flops, G * kv + wo + B * Hq * N * 4, 0),
                  "CriticalKV's norms ||v_n W_o^j||_1, hidden = %d: a [N, D] x [D, hidden] product per query head "
                  "reduced in registers. As written: each query head's blocks read their KV head's values (G "
                  "times; W_o^j tiles are L2 hits). Compute-bound on the FP32 cores. kvpress's per-head "
@@ -85,12 +102,16 @@ def main():
     print("| kernel | GFLOP necessary | GFLOP as written (tensor cores / FP32 pipe) | MB moved (necessary / as "
           "written) | floor, necessary (µs) | floor, as written (µs) | as written, bound by |")
     print("|---|---:|---:|---:|---:|---:|---|")
-    for name, (f0, b0, tc0), (ft, ff, b1), note in kernels(B, Hkv, G, W, N, D, e, budget, args.hidden):
+    for name, (f0, b0, tc0), (ft, ff, b1, t_sm), note in kernels(B, Hkv, G, W, N, D, e, budget, args.hidden):
         floor0 = max(f0 / (TC_BF16 if tc0 else FP32), b0 / HBM)
         t_compute, t_mem = ft / TC_BF16 + ff / FP32, b1 / HBM
         bound = "memory" if t_mem >= t_compute else ("tensor cores + FP32 pipe" if ft else "FP32 cores")
+        if t_sm > max(t_compute, t_mem):
+            bound = "one SM per row"
+        elif t_sm:
+            bound += " + select"
         print(f"| {name} | {f0 / 1e9:.2f} | {ft / 1e9:.2f} / {ff / 1e9:.2f} | {b0 / 1e6:.1f} / {b1 / 1e6:.1f} | "
-              f"{1e6 * floor0:.1f} | {1e6 * max(t_compute, t_mem):.1f} | {bound} |")
+              f"{1e6 * floor0:.1f} | {1e6 * (max(t_compute, t_mem) + t_sm):.1f} | {bound} |")
     print()
     for name, _, _, note in kernels(B, Hkv, G, W, N, D, e, budget, args.hidden):
         print(f"- {name}: {note}.")
