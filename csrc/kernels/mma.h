@@ -13,6 +13,7 @@
 //   C = D (16 x 8 floats):  d[0], d[1] = D[g][2t, 2t+1]; d[2], d[3] = D[g+8][2t, 2t+1]
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 
 #include "common.h"
@@ -50,6 +51,53 @@ OBC_DEVICE OBC_INLINE void split3(float x0, float x1, uint32_t& hi, uint32_t& mi
   x0 -= low_of(mid), x1 -= high_of(mid);
   lo = pack_rn(x0, x1);
 }
+
+// Four 8 x 8 bf16 matrices from shared memory into the fragment registers
+// of the calling warp (ldmatrix .x4, sm_75 and later): lane l passes the
+// address of row l % 8 of matrix l / 8 (16 bytes, 16-byte aligned), and r[j]
+// receives matrix j with lane l holding its row g, columns 2t, 2t + 1: the
+// layout of one A, B or C register above. The transposed load gives lane l
+// rows 2t, 2t + 1 of column g instead: a B fragment from a matrix stored
+// row-major along n (keys x columns of V). One instruction for the 4 loads
+// (and, transposed, 4 permutes) each register would otherwise take.
+template <bool kTrans = false>
+OBC_DEVICE OBC_INLINE void ldsm_x4(uint32_t (&r)[4], const uint32_t* row) {
+#if defined(OBC_SIMT_EMULATION)
+  ::simt::ldmatrix_x4(r, row, kTrans);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 750
+  const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(row));
+  if (kTrans)
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a));
+  else
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a));
+#elif defined(__CUDA_ARCH__)
+  __trap();  // only the tensor-core kernels (sm_80 and later) load fragments
+#else
+  (void)r, (void)row;
+#endif
+}
+
+// 2^x for the softmax on the tensor-core path: ex2.approx (one MUFU
+// instruction, 2^-22 relative; 0 for -inf and for results below 2^-126)
+// where expf takes ~8 instructions. Callers pass (x - max) * kLog2e: the
+// difference first, exact near the row maximum, so that the multiply rounds
+// only it (scaling the logits by log2(e) instead would round each of them by
+// 2^-24 of its magnitude, 6e-6 relative in A at logits of 100). On CPUs (the
+// emulation) the C library's exp2.
+OBC_HD OBC_INLINE float exp2_approx(float x) {
+#if defined(__CUDA_ARCH__)
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+#else
+  return std::exp2(x);
+#endif
+}
+constexpr float kLog2e = 1.4426950408889634f;
 
 // d += A B for the calling warp (layout above).
 OBC_DEVICE OBC_INLINE void m16n8k16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {

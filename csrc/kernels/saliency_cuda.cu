@@ -50,6 +50,12 @@ using salc::kRows;
 using salc::kThreads;
 using salc::kTile;
 
+// Rows of 16-bit elements at x with these strides (elements) all start
+// 16-byte aligned.
+bool rows_aligned16(const void* x, long long sb, long long sh, long long sr) {
+  return reinterpret_cast<uintptr_t>(x) % 16 == 0 && sb % 8 == 0 && sh % 8 == 0 && sr % 8 == 0;
+}
+
 // Enough blocks in pass 1 to fill a large GPU (about 1024), without splits
 // shorter than 256 keys or more than kMaxSplits.
 salc::Shape make_shape(const SaliencyParams& p) {
@@ -71,6 +77,8 @@ salc::Shape make_shape(const SaliencyParams& p) {
   s.keys_per_split = per > 0 ? per : salc::kMmaKeys;
   s.splits = (p.N + s.keys_per_split - 1) / s.keys_per_split;
   if (s.splits < 1) s.splits = 1;
+  s.vec16 = p.D % 8 == 0 && rows_aligned16(p.q, p.q_sb, p.q_sh, p.q_sw) &&
+            rows_aligned16(p.k, p.k_sb, p.k_sh, p.k_sn) && rows_aligned16(p.v, p.v_sb, p.v_sh, p.v_sn);
   return s;
 }
 
@@ -89,13 +97,14 @@ salc::Work carve(const SaliencyParams& p, const salc::Shape& s, void* ws) {
   const size_t S = static_cast<size_t>(s.splits), own = owns_o(p) ? 1 : 0;
   float* f = static_cast<float*>(ws);
   salc::Work w;
+  // fin_o first: at the workspace's own alignment, for pass 2's float4 loads.
+  w.fin_o = f, f += (needs_o(p.score) ? 1 : 0) * bh * R * D;
   w.part_m = f, f += bh * S * R;
   w.part_l = f, f += bh * S * R;
   w.part_o = f, f += own * bh * S * R * D;
   w.fin_m = f, f += bh * R;
   w.fin_il = f, f += bh * R;
-  w.fin_on2 = f, f += bh * R;
-  w.fin_o = f;
+  w.fin_on2 = f;
   return w;
 }
 
@@ -120,9 +129,9 @@ size_t pass2_smem(const SaliencyParams& p, int kpl, int rpw) {
 
 // The tensor-core pass 1's and pass 2's (saliency_mma_cuda.cuh).
 size_t pass1_mma_smem(const SaliencyParams& p) {
-  const size_t pw = static_cast<size_t>(salc::pair_stride(p.D)), vw = static_cast<size_t>(salc::v_pair_stride(p.D));
+  const size_t pw = static_cast<size_t>(salc::pair_stride(p.D));
   const size_t rows = salc::kMmaRows, keys = salc::kMmaKeys, o = owns_o(p) ? 1 : 0;
-  return sizeof(float) * (2 * rows + rows * pw + keys * pw + o * keys * vw);
+  return sizeof(float) * (2 * rows + rows * pw + (1 + o) * keys * pw);
 }
 size_t pass2_mma_smem(const SaliencyParams& p) {
   const size_t pw = static_cast<size_t>(salc::pair_stride(p.D)), ow = static_cast<size_t>(salc::o_stride(p.D));

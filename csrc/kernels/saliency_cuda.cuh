@@ -40,6 +40,9 @@ OBC_HD constexpr int prob_stride(int rows) { return rows + 4; }
 // i = i0 + r % Wr); Wr = 1, i0 = W - 1 for `tova`, else Wr = W, i0 = 0.
 struct Shape {
   long long R, Wr, i0, splits, keys_per_split;
+  // Every row of q, k and v (16-bit) starts 16-byte aligned and D is a
+  // multiple of 8: the tensor-core passes load tiles 16 bytes at a time.
+  bool vec16;
 };
 
 // Workspace (floats), all indexed by bh = b * Hkv + h:

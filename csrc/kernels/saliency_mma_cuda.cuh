@@ -27,17 +27,15 @@ constexpr int kMmaRows = 64, kMmaKeys = 64;
 
 // D rounded up to whole 16-wide steps of the product.
 OBC_HD OBC_INLINE int mma_depth(long long D) { return static_cast<int>((D + 15) / 16 * 16); }
-// Words per bf16-pair row: an odd number of 4-word groups, so rows g = 0..7
-// of a fragment load start in 8 different 4-bank groups.
+// Words per bf16-pair row: an odd number of 4-word (16-byte) groups, so each
+// row starts 16-byte aligned (as ldmatrix needs) and the 8 rows of one
+// ldmatrix matrix (or of a fragment load, g = 0..7) start in 8 different
+// 4-bank groups: free of bank conflicts.
 OBC_HD OBC_INLINE int pair_stride(long long D) { return mma_depth(D) / 2 + 4; }
 // Floats per O row: 8 mod 32, so the 4 rows x 4 float2 of a half warp's
 // load cover the 32 banks once.
 OBC_HD OBC_INLINE int o_stride(long long D) { return mma_depth(D) + 8; }
 
-// Words per row of pass 1's V tile: 2 mod 4 words, so the lanes of a P V
-// fragment load (keys 2t, 2t + 1 of 8 columns g) hit 16 distinct banks, two
-// lanes on each word.
-OBC_HD OBC_INLINE int v_pair_stride(long long D) { return mma_depth(D) / 2 + 2; }
 // Pass 1 keeps a warp's 16 rows of O in registers: head sizes up to 128.
 constexpr int kMmaPass1MaxDepth = 128;
 
@@ -56,9 +54,66 @@ __device__ OBC_INLINE void load_pair_row(const bf16_t* x, int Di, int pw, uint32
   }
 }
 
-// Bits of column d of two bf16-pair words, as one pair (low half from lo).
-__device__ OBC_INLINE uint32_t column_pair(uint32_t lo, uint32_t hi, int d) {
-  return d % 2 ? (lo >> 16) | (hi & 0xffff0000u) : (lo & 0xffffu) | (hi << 16);
+// Rows 0 .. n - 1 of a shared bf16-pair tile, by the whole block: row c from
+// src(c) (nullptr: zeros), zero from D to the mma depth. With `vec`
+// (Shape::vec16: D a multiple of 8, every row 16-byte aligned) one 16-byte
+// load and store per 8 columns, a row's words being its bf16 values in memory
+// order; else two 16-bit loads per word (load_pair_row), one row per warp.
+template <typename Src>
+__device__ OBC_INLINE void load_pair_rows(Src src, int n, int Di, int pw, bool vec, uint32_t* dst) {
+  if (!vec) {
+    for (int c = threadIdx.x / kTile; c < n; c += kWarps) load_pair_row(src(c), Di, pw, dst + c * pw);
+    return;
+  }
+  // Thread i: chunk i % chunks of rows i / chunks + k * per_pass (no division
+  // in the loop; up to chunks - 1 threads idle when chunks does not divide
+  // the block).
+  const int chunks = mma_depth(Di) / 8, per_pass = kThreads / chunks, j = threadIdx.x % chunks;
+  for (int c = threadIdx.x / chunks; c < n && threadIdx.x < per_pass * chunks; c += per_pass) {
+    const bf16_t* x = src(c);
+    uint4 v = make_uint4(0u, 0u, 0u, 0u);
+    if (x && 8 * j < Di) v = *reinterpret_cast<const uint4*>(x + 8 * j);
+    *reinterpret_cast<uint4*>(dst + c * pw + 4 * j) = v;
+  }
+}
+
+// Rows r0 .. r0 + rows - 1 of O ([R][D] floats at src) into shared rows of
+// ow floats (zero past D, up to the mma depth, and past R): float4 loads
+// where D is a multiple of 4 and src 16-byte aligned (the combine's output
+// starts the workspace), else load_rows' one float per load.
+__device__ OBC_INLINE void load_o_rows(const float* src, long long R, int Di, long long r0, int rows, int ow,
+                                       float* dst) {
+  if (Di % 4 != 0 || reinterpret_cast<uintptr_t>(src) % 16 != 0) {
+    load_rows(src, R, Di, r0, rows, ow, dst);
+    return;
+  }
+  // Up to the mma depth: the products read no further (as load_pair_rows).
+  const int chunks = mma_depth(Di) / 4, per_pass = kThreads / chunks, j = threadIdx.x % chunks;
+  for (int rr = threadIdx.x / chunks; rr < rows && threadIdx.x < per_pass * chunks; rr += per_pass) {
+    float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    if (r0 + rr < R && 4 * j < Di) v = *reinterpret_cast<const float4*>(src + (r0 + rr) * Di + 4 * j);
+    *reinterpret_cast<float4*>(dst + rr * ow + 4 * j) = v;
+  }
+}
+
+// Fragment loads, one ldmatrix .x4 each (lane = threadIdx.x % 32, rows of
+// stride pw words): A of rows row0 .. row0 + 15, columns k0 .. k0 + 15 (mma.h's
+// a[0..3] are matrices rows 0-7 / 8-15 x columns 0-7 / 8-15, in that order).
+__device__ OBC_INLINE void load_a(uint32_t (&a)[4], const uint32_t* w, int pw, int row0, int k0, int lane) {
+  mma::ldsm_x4(a, w + (row0 + lane % 16) * pw + k0 / 2 + 4 * (lane / 16));
+}
+// B of two n-tiles from rows n0 .. n0 + 15 of an [n][k] array (K: keys x
+// columns): b[0..1] of n-tile n0 .. n0 + 7 and b[2..3] of n0 + 8 .. n0 + 15,
+// columns k0 .. k0 + 15.
+__device__ OBC_INLINE void load_b_pair(uint32_t (&b)[4], const uint32_t* w, int pw, int n0, int k0, int lane) {
+  mma::ldsm_x4(b, w + (n0 + lane % 8 + 8 * (lane / 16)) * pw + k0 / 2 + 4 * (lane / 8 % 2));
+}
+// B of two n-tiles from a [k][n] array (V in P V: keys x columns), rows k0 ..
+// k0 + 15, columns n0 .. n0 + 15, transposed on the way: b[0..1] of columns
+// n0 .. n0 + 7, b[2..3] of n0 + 8 .. n0 + 15.
+__device__ OBC_INLINE void load_b_pair_trans(uint32_t (&b)[4], const uint32_t* w, int pw, int k0, int n0,
+                                             int lane) {
+  mma::ldsm_x4<true>(b, w + (k0 + lane % 16) * pw + n0 / 2 + 4 * (lane / 16));
 }
 
 // ---- Pass 1 on the tensor cores (bfloat16, D <= 128): the partial softmax
@@ -71,13 +126,13 @@ __device__ OBC_INLINE uint32_t column_pair(uint32_t lo, uint32_t hi, int d) {
 // layout of keys 16j .. 16j + 15 is the A layout of that 16-wide step).
 // P is split into three bf16 terms like o in pass 2, so O is as exact as on
 // the FP32 path (the key and joint scores difference it against v).
-// smem: lim rows (64-bit) | Qw rows*pw | Kw keys*pw | Vw keys*vw (for O).
+// smem: lim rows (64-bit) | Qw rows*pw | Kw keys*pw | Vw keys*pw (for O).
 template <bool kNeedO>
 __global__ void __launch_bounds__(kThreads) pass1_mma_kernel(SaliencyParams p, Shape s, Work w) {
   constexpr int kR = kMmaRows, kKeys = kMmaKeys, kSteps = kMmaPass1MaxDepth / 16;
   OBC_DYNAMIC_SMEM(float, smem);
   const long long D = p.D, N = p.N;
-  const int Di = static_cast<int>(D), depth = mma_depth(D), pw = pair_stride(D), vw = v_pair_stride(D);
+  const int Di = static_cast<int>(D), depth = mma_depth(D), pw = pair_stride(D);
   const long long split = blockIdx.x, r0 = static_cast<long long>(blockIdx.y) * kR, bh = blockIdx.z;
   const long long b = bh / p.Hkv, h = bh % p.Hkv;
   long long* lim = reinterpret_cast<long long*>(smem);
@@ -91,11 +146,11 @@ __global__ void __launch_bounds__(kThreads) pass1_mma_kernel(SaliencyParams p, S
   const int g = lane / 4, t = lane % 4, row_w = warp * 16;
 
   row_info(p, s, r0, kR, lim, nullptr);
-  for (int rr = warp; rr < kR; rr += kWarps) {
+  const auto q_row = [&](int rr) -> const bf16_t* {
     const long long r = r0 + rr;
-    const bf16_t* x = r < s.R ? q_bh + (r / s.Wr) * p.q_sh + (s.i0 + r % s.Wr) * p.q_sw : nullptr;
-    load_pair_row(x, Di, pw, Qw + rr * pw);
-  }
+    return r < s.R ? q_bh + (r / s.Wr) * p.q_sh + (s.i0 + r % s.Wr) * p.q_sw : nullptr;
+  };
+  load_pair_rows(q_row, kR, Di, pw, s.vec16, Qw);
   __syncthreads();
   const long long lim_row[2] = {lim[row_w + g], lim[row_w + g + 8]};
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
@@ -105,22 +160,22 @@ __global__ void __launch_bounds__(kThreads) pass1_mma_kernel(SaliencyParams p, S
   for (long long p0 = k_begin; p0 < k_end; p0 += kKeys) {
     const int tn = static_cast<int>(k_end - p0 < kKeys ? k_end - p0 : kKeys);
     __syncthreads();  // every warp is done with the previous tile
-    for (int c = warp; c < kKeys; c += kWarps) {
-      load_pair_row(c < tn ? K + (p0 + c) * p.k_sn : nullptr, Di, pw, Kw + c * pw);
-      if (kNeedO) load_pair_row(c < tn ? V + (p0 + c) * p.v_sn : nullptr, Di, vw, Vw + c * vw);
-    }
+    load_pair_rows([&](int c) { return c < tn ? K + (p0 + c) * p.k_sn : nullptr; }, kKeys, Di, pw, s.vec16, Kw);
+    if (kNeedO)
+      load_pair_rows([&](int c) { return c < tn ? V + (p0 + c) * p.v_sn : nullptr; }, kKeys, Di, pw, s.vec16, Vw);
     __syncthreads();
     float sc[8][4] = {};  // logits: rows g, g + 8 x keys 8 nt + 2t, + 1
     // Q's fragments are re-read from shared memory per tile: held in
     // registers for the kernel, with O's, they pushed it into spilling.
-    const uint32_t* qa = Qw + (row_w + g) * pw + t;
     for (int k0 = 0; k0 < depth; k0 += 16) {
-      const uint32_t aq[4] = {qa[k0 / 2], qa[8 * pw + k0 / 2], qa[k0 / 2 + 4], qa[8 * pw + k0 / 2 + 4]};
+      uint32_t aq[4];
+      load_a(aq, Qw, pw, row_w, k0, lane);
 #pragma unroll
-      for (int nt = 0; nt < 8; ++nt) {
-        const uint32_t* kb = Kw + (8 * nt + g) * pw + t + k0 / 2;
-        const uint32_t bk[2] = {kb[0], kb[4]};
-        mma::m16n8k16(sc[nt], aq, bk);
+      for (int nt = 0; nt < 8; nt += 2) {
+        uint32_t bk[4];
+        load_b_pair(bk, Kw, pw, 8 * nt, k0, lane);
+        mma::m16n8k16(sc[nt], aq, {bk[0], bk[1]});
+        mma::m16n8k16(sc[nt + 1], aq, {bk[2], bk[3]});
       }
     }
     // Online softmax of rows g (hr = 0) and g + 8 (hr = 1) over the tile.
@@ -148,7 +203,7 @@ __global__ void __launch_bounds__(kThreads) pass1_mma_kernel(SaliencyParams p, S
 #pragma unroll
         for (int j = 0; j < 2; ++j) {
           float& x = sc[nt][2 * hr + j];
-          x = m_new == -INFINITY || x == -INFINITY ? 0.0f : expf(x - m_new);
+          x = m_new == -INFINITY || x == -INFINITY ? 0.0f : mma::exp2_approx((x - m_new) * mma::kLog2e);
           sum += x;
         }
       sum += __shfl_xor_sync(0xffffffffu, sum, 1);
@@ -170,19 +225,21 @@ __global__ void __launch_bounds__(kThreads) pass1_mma_kernel(SaliencyParams p, S
           const float* x = sc[2 * kk + i / 2] + 2 * (i % 2);
           mma::split3(x[0], x[1], ap[kk][0][i], ap[kk][1][i], ap[kk][2][i]);
         }
-      // Column g of V: word g / 2 of a row, half g % 2. Fully unrolled with a
-      // guard, not an exit, so o stays in registers (an exit makes its index
-      // dynamic: local memory).
-      const uint32_t* vc = Vw + 2 * t * vw + g / 2;
+      // V's B fragments two column tiles at a time (depth is whole 16s).
+      // Fully unrolled with a guard, not an exit, so o stays in registers (an
+      // exit makes its index dynamic: local memory).
 #pragma unroll
-      for (int dn = 0; dn < 2 * kSteps; ++dn)
+      for (int dn = 0; dn < 2 * kSteps; dn += 2)
         if (8 * dn < depth)
 #pragma unroll
           for (int kk = 0; kk < kKeys / 16; ++kk) {
-            const uint32_t* v0 = vc + 16 * kk * vw + 4 * dn;
-            const uint32_t bv[2] = {column_pair(v0[0], v0[vw], g), column_pair(v0[8 * vw], v0[9 * vw], g)};
+            uint32_t bv[4];
+            load_b_pair_trans(bv, Vw, pw, 16 * kk, 8 * dn, lane);
 #pragma unroll
-            for (int part = 0; part < 3; ++part) mma::m16n8k16(o[dn], ap[kk][part], bv);
+            for (int part = 0; part < 3; ++part) {
+              mma::m16n8k16(o[dn], ap[kk][part], {bv[0], bv[1]});
+              mma::m16n8k16(o[dn + 1], ap[kk][part], {bv[2], bv[3]});
+            }
           }
     }
   }
@@ -205,8 +262,8 @@ __global__ void __launch_bounds__(kThreads) pass1_mma_kernel(SaliencyParams p, S
 
 // ---- Pass 2 on the tensor cores: block of 128 threads, 2 x 2 warps over a
 // chunk of 64 rows x 64 keys, each warp 32 rows (two m-tiles of 16) x 32 keys
-// (four n-tiles of 8). Per 16-wide step of D a warp loads 8 words of Q, 8
-// float2 of O, 8 words of K and 8 of V per lane for 8 + 24 products.
+// (four n-tiles of 8). Per 16-wide step of D a warp loads two ldmatrix .x4
+// each of Q, K and V and 8 float2 of O per lane for 8 + 24 products.
 // smem: lim rows (64-bit) | Kw keys*pw | Vw keys*pw (scores that read V) |
 // Qw rows*pw | Os rows*ow (key, joint) | Cs rows*(keys+1) | head G*keys |
 // vn1, vn2 keys | rm, ril, ron2 rows | head_of rows (int); pass2_mma_smem in
@@ -239,10 +296,9 @@ __global__ void __launch_bounds__(kThreads) pass2_mma_kernel(SaliencyParams p, S
   const int tid = threadIdx.x, lane = tid % kTile, warp = tid / kTile;
   const int g = lane / 4, t = lane % 4, row_w = (warp / 2) * 32, key_w = (warp % 2) * 32;
 
-  for (int c = warp; c < kKeys; c += kWarps) {
-    load_pair_row(c < tn ? K + (p0 + c) * p.k_sn : nullptr, Di, pw, Kw + c * pw);
-    if (kNeedV) load_pair_row(c < tn ? V + (p0 + c) * p.v_sn : nullptr, Di, pw, Vw + c * pw);
-  }
+  load_pair_rows([&](int c) { return c < tn ? K + (p0 + c) * p.k_sn : nullptr; }, kKeys, Di, pw, s.vec16, Kw);
+  if (kNeedV)
+    load_pair_rows([&](int c) { return c < tn ? V + (p0 + c) * p.v_sn : nullptr; }, kKeys, Di, pw, s.vec16, Vw);
   __syncthreads();
   start_pass2<kKeys, kNeedV>(p, Di, sm, [&](int c, int d) {
     const uint32_t pr = Vw[c * pw + d / 2];
@@ -250,45 +306,50 @@ __global__ void __launch_bounds__(kThreads) pass2_mma_kernel(SaliencyParams p, S
   });
   for (long long r0 = 0; r0 < s.R; r0 += kR) {
     row_info(p, s, r0, kR, lim, head_of);
-    for (int rr = warp; rr < kR; rr += kWarps) {
-      const long long r = r0 + rr;
-      const bf16_t* x = r < s.R ? q_bh + (r / s.Wr) * p.q_sh + (s.i0 + r % s.Wr) * p.q_sw : nullptr;
-      load_pair_row(x, Di, pw, Qw + rr * pw);
-    }
-    if (kVo) load_rows(o_bh, s.R, D, r0, kR, ow, Os);
+    load_pair_rows(
+        [&](int rr) -> const bf16_t* {
+          const long long r = r0 + rr;
+          return r < s.R ? q_bh + (r / s.Wr) * p.q_sh + (s.i0 + r % s.Wr) * p.q_sw : nullptr;
+        },
+        kR, Di, pw, s.vec16, Qw);
+    if (kVo) load_o_rows(o_bh, s.R, Di, r0, kR, ow, Os);
     load_row_stats(s, w, bh, r0, kR, rm, ril, ron2);
     __syncthreads();
     // This warp's 32 rows x 32 keys: z[mt][nt] and vo[mt][nt] are the
     // accumulator fragments of rows row_w + 16 mt, keys key_w + 8 nt.
     float z[2][4][4] = {}, vo[2][4][4] = {};
     for (int k0 = 0; k0 < depth; k0 += 16) {
-      const int kw = k0 / 2 + t;
       uint32_t aq[2][4], ao[2][3][4];
 #pragma unroll
       for (int mt = 0; mt < 2; ++mt) {
-        const int m = row_w + 16 * mt + g;
+        load_a(aq[mt], Qw, pw, row_w + 16 * mt, k0, lane);
+        if (kVo)
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {  // rows m, m + 8; columns k0 + 2t, k0 + 8 + 2t
-          const int row = m + 8 * (i % 2), half = i / 2;
-          aq[mt][i] = Qw[row * pw + kw + 4 * half];
-          if (kVo) {
+          for (int i = 0; i < 4; ++i) {  // rows m, m + 8; columns k0 + 2t, k0 + 8 + 2t
+            const int row = row_w + 16 * mt + g + 8 * (i % 2), half = i / 2;
             const float2 x = *reinterpret_cast<const float2*>(Os + row * ow + k0 + 2 * t + 8 * half);
             mma::split3(x.x, x.y, ao[mt][0][i], ao[mt][1][i], ao[mt][2][i]);
           }
-        }
       }
 #pragma unroll
-      for (int nt = 0; nt < 4; ++nt) {
-        const int n = key_w + 8 * nt + g;
-        const uint32_t bk[2] = {Kw[n * pw + kw], Kw[n * pw + kw + 4]};
+      for (int nt = 0; nt < 4; nt += 2) {
+        uint32_t bk[4];
+        load_b_pair(bk, Kw, pw, key_w + 8 * nt, k0, lane);
 #pragma unroll
-        for (int mt = 0; mt < 2; ++mt) mma::m16n8k16(z[mt][nt], aq[mt], bk);
+        for (int mt = 0; mt < 2; ++mt) {
+          mma::m16n8k16(z[mt][nt], aq[mt], {bk[0], bk[1]});
+          mma::m16n8k16(z[mt][nt + 1], aq[mt], {bk[2], bk[3]});
+        }
         if (kVo) {
-          const uint32_t bv[2] = {Vw[n * pw + kw], Vw[n * pw + kw + 4]};
+          uint32_t bv[4];
+          load_b_pair(bv, Vw, pw, key_w + 8 * nt, k0, lane);
 #pragma unroll
           for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
-            for (int part = 0; part < 3; ++part) mma::m16n8k16(vo[mt][nt], ao[mt][part], bv);
+            for (int part = 0; part < 3; ++part) {
+              mma::m16n8k16(vo[mt][nt], ao[mt][part], {bv[0], bv[1]});
+              mma::m16n8k16(vo[mt][nt + 1], ao[mt][part], {bv[2], bv[3]});
+            }
         }
       }
     }
@@ -322,7 +383,7 @@ __global__ void __launch_bounds__(kThreads) pass2_mma_kernel(SaliencyParams p, S
             x[nt][j] = 0.0f;
             if (c <= last) {
               const float zz = z[mt][nt][i] * p.scale;
-              const float a = expf(zz - m) * il;
+              const float a = mma::exp2_approx((zz - m) * mma::kLog2e) * il;
               x[nt][j] = score_contribution<S, float>(a, zz, k1[nt][j], k2[nt][j], vo[mt][nt][i], on2, 0.0f);
             }
           }

@@ -383,6 +383,69 @@ TEST(Simt, MmaM16n8k16MatchesTheMatrixProduct) {
     }
 }
 
+// ldmatrix (mma.h's ldsm_x4) feeding mma: A [16][16], and B [16][16] given
+// twice, as Bt (row n = column n of B: K's layout in the kernels) loaded
+// plainly and as B itself (V's layout) loaded transposed, each x4 giving the
+// B fragments of two 8-column tiles. D = A B both ways. The emulation's
+// ldmatrix follows the PTX ldmatrix table and its mma the mma table, so a
+// lane-to-row slip in either shows up as a wrong product. Rows are 12 words
+// (48 bytes: 16-byte aligned, an odd number of 16-byte groups, as in the
+// kernels); `bad` makes lane 0 pass a misaligned row (1) or a global one (2).
+__global__ void ldmatrix_mma(const float* A, const float* B, float* D1, float* D2, int bad) {
+  constexpr int kStride = 12;
+  OBC_DYNAMIC_SMEM(uint32_t, smem);
+  uint32_t *As = smem, *Bts = As + 16 * kStride, *Bs = Bts + 16 * kStride;
+  const int lane = threadIdx.x, g = lane / 4, t = lane % 4;
+  for (int i = lane; i < 16 * 8; i += 32) {
+    const int r = i / 8, c = 2 * (i % 8);
+    As[r * kStride + i % 8] = obc::mma::pack_rn(A[r * 16 + c], A[r * 16 + c + 1]);
+    Bts[r * kStride + i % 8] = obc::mma::pack_rn(B[c * 16 + r], B[(c + 1) * 16 + r]);
+    Bs[r * kStride + i % 8] = obc::mma::pack_rn(B[r * 16 + c], B[r * 16 + c + 1]);
+  }
+  __syncthreads();
+  uint32_t a[4], bt[4], b[4];
+  const uint32_t* arow = As + (lane % 16) * kStride + 4 * (lane / 16);
+  if (lane == 0 && bad == 1) arow = reinterpret_cast<const uint32_t*>(reinterpret_cast<const char*>(arow) + 4);
+  if (lane == 0 && bad == 2) arow = reinterpret_cast<const uint32_t*>(A);
+  obc::mma::ldsm_x4(a, arow);
+  obc::mma::ldsm_x4(bt, Bts + (lane % 8 + 8 * (lane / 16)) * kStride + 4 * (lane / 8 % 2));
+  obc::mma::ldsm_x4<true>(b, Bs + (lane % 16) * kStride + 4 * (lane / 16));
+  const uint32_t(&ac)[4] = a;
+  for (int nt = 0; nt < 2; ++nt) {
+    float d1[4] = {}, d2[4] = {};
+    obc::mma::m16n8k16(d1, ac, {bt[2 * nt], bt[2 * nt + 1]});
+    obc::mma::m16n8k16(d2, ac, {b[2 * nt], b[2 * nt + 1]});
+    for (int i = 0; i < 4; ++i) {
+      const int at = (g + 8 * (i / 2)) * 16 + 8 * nt + 2 * t + i % 2;
+      D1[at] = d1[i], D2[at] = d2[i];
+    }
+  }
+}
+
+TEST(Simt, LdmatrixFeedsMmaInTheFragmentLayout) {
+  std::mt19937 rng(7);
+  std::uniform_int_distribution<int> u(-64, 64);
+  // Multiples of 1/8 below 8: bf16-exact, and every sum exact in float.
+  std::vector<float> A(256), B(256), D1(256, -1.0f), D2(256, -1.0f);
+  for (auto* v : {&A, &B})
+    for (float& x : *v) x = static_cast<float>(u(rng)) / 8.0f;
+  const size_t smem = 3 * 16 * 12 * sizeof(uint32_t);
+  OBC_LAUNCH(ldmatrix_mma, dim3(1), dim3(32), smem, nullptr, A.data(), B.data(), D1.data(), D2.data(), 0);
+  for (int m = 0; m < 16; ++m)
+    for (int n = 0; n < 16; ++n) {
+      double want = 0;
+      for (int k = 0; k < 16; ++k) want += double(A[m * 16 + k]) * B[k * 16 + n];
+      ASSERT_EQ(D1[m * 16 + n], want) << "plain m=" << m << " n=" << n;
+      ASSERT_EQ(D2[m * 16 + n], want) << "transposed m=" << m << " n=" << n;
+    }
+  // ldmatrix faults on a row that is not 16-byte aligned shared memory.
+  for (int bad : {1, 2})
+    EXPECT_THROW(OBC_LAUNCH(ldmatrix_mma, dim3(1), dim3(32), smem, nullptr, A.data(), B.data(), D1.data(),
+                            D2.data(), bad),
+                 std::logic_error)
+        << bad;
+}
+
 __global__ void split_floats(const float* x, float* hi, float* mid, float* lo, int n) {
   for (int i = 2 * threadIdx.x; i + 1 < n; i += 2 * blockDim.x) {
     uint32_t h, m, l;

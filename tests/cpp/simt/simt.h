@@ -299,6 +299,7 @@ struct Ctx {
   int tid = 0;  // linear thread index in the block
   unsigned phase = 0;
   unsigned char* smem = nullptr;
+  size_t smem_bytes = 0;  // of the dynamic shared memory at smem
 };
 inline thread_local Ctx ctx;
 
@@ -382,6 +383,7 @@ inline void run_grid(dim3 grid, dim3 block, size_t smem_bytes, const std::functi
           c.tid = tid;
           c.phase = 0;
           c.smem = reinterpret_cast<unsigned char*>(smem.data());
+          c.smem_bytes = smem_bytes;
           try {
             kernel();
           } catch (const BlockAborted&) {  // the block's first error is already recorded
@@ -720,6 +722,35 @@ inline void mma_m16n8k16_bf16(float (&d)[4], const uint32_t (&a)[4], const uint3
       acc = std::fma(x, y, acc);
     }
     d[i] = acc;
+  }
+}
+
+// ldmatrix.sync.aligned.m8n8.x4[.trans].shared.b16 of the calling warp: four
+// 8 x 8 matrices of 16-bit elements. Lane l gives the address of row l % 8 of
+// matrix l / 8 (16 bytes, 16-byte aligned; here it must lie in the block's
+// dynamic shared memory, the only shared memory the kernels load fragments
+// from). Register j of lane l receives matrix j's row l / 4, elements
+// 2 (l % 4) and 2 (l % 4) + 1 (low half first), as in the PTX ISA's
+// "Warp-level matrix load instruction: ldmatrix"; with .trans, the elements
+// [2 (l % 4)][l / 4] and [2 (l % 4) + 1][l / 4] instead.
+inline void ldmatrix_x4(uint32_t (&r)[4], const void* row, bool trans) {
+  using namespace detail;
+  Ctx& c = kernel_ctx();
+  if (c.block->warp(c.tid).lanes != kWarp) throw std::logic_error("ldmatrix needs a full warp");
+  const auto a = reinterpret_cast<uintptr_t>(row), base = reinterpret_cast<uintptr_t>(c.smem);
+  if (a % 16 != 0) throw std::logic_error("ldmatrix: a row address is not 16-byte aligned");
+  if (a < base || a + 16 > base + c.smem_bytes)
+    throw std::logic_error("ldmatrix: a row lies outside the block's dynamic shared memory");
+  const auto rows = c.block->warp_exchange(c.tid, 0xffffffffu, static_cast<uint64_t>(a), c.phase);
+  const int lane = c.tid % kWarp;
+  const auto elem = [rows](int matrix, int i, int j) {  // element [i][j] of a matrix
+    uint16_t x;
+    std::memcpy(&x, reinterpret_cast<const unsigned char*>(rows[8 * matrix + i][0]) + 2 * j, 2);
+    return uint32_t{x};
+  };
+  for (int j = 0; j < 4; ++j) {
+    const int i = trans ? 2 * (lane % 4) : lane / 4, col = trans ? lane / 4 : 2 * (lane % 4);
+    r[j] = trans ? elem(j, i, col) | elem(j, i + 1, col) << 16 : elem(j, i, col) | elem(j, i, col + 1) << 16;
   }
 }
 }  // namespace simt
