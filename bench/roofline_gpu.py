@@ -9,11 +9,14 @@ saliency kernels take bfloat16 inputs' products to the tensor cores
 (mma.sync; float32 / float16 inputs, and GPUs before sm_80, stay on the FP32
 cores), so bf16 rows are modelled both ways. As written on the tensor cores:
 pass 1 Q K^T and P V, pass 2 Q K^T and O V^T, with P and O split into three
-bf16 terms (8 products where 3 are necessary), plus the element-wise work
-per (query row, key) pair on the FP32 pipe (two exps, the softmax, P's
-split, the joint formula: ~ELEM_OPS instructions). The 989 TFLOP/s are
-wgmma's; mma.sync, used here because it also runs on sm_80, reaches less of
-them on Hopper (bench/gpu.sh measures).
+bf16 terms (8 products where 3 are necessary); the 989 TFLOP/s are wgmma's,
+and mma.sync, used here because it also runs on sm_80, reaches less of them
+on Hopper (bench/gpu.sh measures). Beside the tensor cores, every
+instruction of a pass takes an issue slot (one warp instruction per clock per
+scheduler, 4 schedulers per SM): WARP_INSTR_PER_PAIR counts them per
+(query row, key) pair, read off the SASS (bench/sass_loops.py; kernels.md
+shows the loops and trip counts). The tensor-core time and the issue time
+overlap, so the slower of the two (and of the bytes) sets the time.
 
 select runs one block per (b, h) row, so at B=1, H_kv=8 it uses 8 SMs: its
 time as written is set by what one SM can pull from L2 (SM_BYTES_PER_S, an
@@ -27,7 +30,15 @@ import argparse
 HBM = 3.35e12
 FP32 = 67e12
 TC_BF16 = 989e12
-ELEM_OPS = 35  # FP32-pipe instructions per (query row, key) pair, both passes (estimate)
+# One warp instruction per clock per scheduler, 4 per SM, at the 1.98 GHz of the FP32 peak above.
+ISSUE = 4 * 132 * 1.98e9
+# Warp instructions per (query row, key) pair of the tensor-core saliency
+# (joint, D = 128, bf16, sm_90), HMMAs included: each loop's SASS length
+# times its trips per warp tile (pass 1: 16 rows x 64 keys; pass 2: 32 rows x
+# 32 keys, loops only some warps run averaged over the block's 4), over the
+# tile's pairs. Before the 2026-12-03 changes (per-warp 16-bit tile loads,
+# two shared loads and a permute per V fragment register, expf) 6.92 + 11.63.
+WARP_INSTR_PER_PAIR = {"pass 1": 2199 / 1024, "pass 2": 4549 / 1024}
 SM_BYTES_PER_S = 64 * 1.755e9  # one SM's L2 load bandwidth, at most
 # select's global traffic per candidate key as written: read the float score,
 # write the 8-byte key, then read it in the digit passes before the chosen bin
@@ -37,7 +48,7 @@ SELECT_BYTES_PER_KEY = 4 + 8 + 3 * 8
 
 def kernels(B, Hkv, G, W, N, D, e, budget, hidden):
     """(name, necessary (flops, bytes, on tensor cores?), as written (tensor flops, FP32 flops, bytes, seconds
-    of one-SM-per-row work that runs alone), note)."""
+    of one-SM-per-row work that runs alone, seconds of issue slots), note)."""
     Hq = Hkv * G
     kv = B * Hkv * N * D * e  # one of K, V
     kept = B * Hkv * budget * D * e
@@ -48,35 +59,37 @@ def kernels(B, Hkv, G, W, N, D, e, budget, hidden):
     q = B * Hq * W * D * e
     sal_bytes = (2 * kv + q + scores, 4 * kv + q + scores)
     evict_bytes = (2 * kv + q + 2 * kept + idx + scores, 4 * kv + q + 2 * scores + idx + 4 * kept + idx)
-    elem = 2 * ELEM_OPS * pairs  # counted as FLOPs at the FP32 rate: one instruction = 2 FLOP-slots
+    issue_s = pairs * sum(WARP_INSTR_PER_PAIR.values()) / ISSUE
     select_s = N * SELECT_BYTES_PER_KEY / SM_BYTES_PER_S  # rows in parallel, one SM each
     rows = []
-    rows.append(("saliency (joint), bf16, tensor cores", (3 * prod, sal_bytes[0], True), (8 * prod, elem, sal_bytes[1], 0),
+    rows.append(("saliency (joint), bf16, tensor cores", (3 * prod, sal_bytes[0], True),
+                 (8 * prod, 0, sal_bytes[1], 0, issue_s),
                  "necessary: Q K^T, A V, O V^T once, K and V read once. As written (bf16 on sm_80+): pass 1 "
                  "(Q K^T, P V with P in three bf16 terms, over N splits) and pass 2 (Q K^T again, O V^T with O in "
-                 "three terms) on the tensor cores, each pass reading K and V, plus ~%d FP32-pipe instructions "
-                 "per (row, key) pair; split partials not counted" % ELEM_OPS))
+                 "three terms) on the tensor cores, each pass reading K and V; %.2f + %.2f warp instructions per "
+                 "(row, key) pair (SASS) take %.0f µs of issue slots; split partials not counted"
+                 % (WARP_INSTR_PER_PAIR["pass 1"], WARP_INSTR_PER_PAIR["pass 2"], 1e6 * issue_s)))
     rows.append(("saliency (joint), float32 / float16 or pre-sm_80, FP32 cores", (3 * prod, sal_bytes[0], False),
-                 (0, 4 * prod, sal_bytes[1], 0),
+                 (0, 4 * prod, sal_bytes[1], 0, 0),
                  "the same work with every product on the FP32 cores (bytes as for bf16 inputs)"))
-    rows.append(("select", (0, scores + idx, False), (0, 0, scores + idx, select_s),
+    rows.append(("select", (0, scores + idx, False), (0, 0, scores + idx, select_s, 0),
                  "necessary: read the scores, write the indices (1.3 MB: far below a kernel launch). As written: "
                  "one block per (b, h) row, each moving %d B per key through its SM (score read, key write, two "
                  "digit passes and the emission over 8-byte keys; later digits in shared memory), at most "
                  "%.0f GB/s per SM" % (SELECT_BYTES_PER_KEY, SM_BYTES_PER_S / 1e9)))
-    rows.append(("compact_", (0, 2 * kept + 2 * kept + idx, False), (0, 0, 2 * kept + 2 * kept + idx, 0),
+    rows.append(("compact_", (0, 2 * kept + 2 * kept + idx, False), (0, 0, 2 * kept + 2 * kept + idx, 0, 0),
                  "read and write the kept rows of K and V, read the indices"))
     rows.append(("evict, bf16, tensor cores", (3 * prod, evict_bytes[0], True),
-                 (8 * prod, elem, evict_bytes[1], select_s),
+                 (8 * prod, 0, evict_bytes[1], select_s, issue_s),
                  "necessary: one pass over K and V, kept rows written; as written: the three kernels in sequence "
                  "(K+V = %.0f MiB exceeds the 50 MiB L2, so compact_ re-reads the kept rows), select's "
                  "one-SM-per-row time added" % (2 * kv / 2**20)))
-    rows.append(("evict, FP32 cores", (3 * prod, evict_bytes[0], False), (0, 4 * prod, evict_bytes[1], select_s),
+    rows.append(("evict, FP32 cores", (3 * prod, evict_bytes[0], False), (0, 4 * prod, evict_bytes[1], select_s, 0),
                  "as above with the products on the FP32 cores"))
     pv_flops = 2 * B * Hq * N * D * hidden
     wo = hidden * Hq * D * e
     rows.append(("projected_value_norm (p=1)", (pv_flops, kv + wo + B * Hq * N * 4, False),
-                 (0, pv_flops, G * kv + wo + B * Hq * N * 4, 0),
+                 (0, pv_flops, G * kv + wo + B * Hq * N * 4, 0, 0),
                  "CriticalKV's norms ||v_n W_o^j||_1, hidden = %d: a [N, D] x [D, hidden] product per query head "
                  "reduced in registers. As written: each query head's blocks read their KV head's values (G "
                  "times; W_o^j tiles are L2 hits). Compute-bound on the FP32 cores. kvpress's per-head "
@@ -102,10 +115,12 @@ def main():
     print("| kernel | GFLOP necessary | GFLOP as written (tensor cores / FP32 pipe) | MB moved (necessary / as "
           "written) | floor, necessary (µs) | floor, as written (µs) | as written, bound by |")
     print("|---|---:|---:|---:|---:|---:|---|")
-    for name, (f0, b0, tc0), (ft, ff, b1, t_sm), note in kernels(B, Hkv, G, W, N, D, e, budget, args.hidden):
+    for name, (f0, b0, tc0), (ft, ff, b1, t_sm, t_issue), note in kernels(B, Hkv, G, W, N, D, e, budget,
+                                                                          args.hidden):
         floor0 = max(f0 / (TC_BF16 if tc0 else FP32), b0 / HBM)
-        t_compute, t_mem = ft / TC_BF16 + ff / FP32, b1 / HBM
-        bound = "memory" if t_mem >= t_compute else ("tensor cores + FP32 pipe" if ft else "FP32 cores")
+        t_compute, t_mem = max(ft / TC_BF16 + ff / FP32, t_issue), b1 / HBM
+        bound = "memory" if t_mem >= t_compute else (
+            "issue slots" if t_issue >= ft / TC_BF16 + ff / FP32 else "tensor cores" if ft else "FP32 cores")
         if t_sm > max(t_compute, t_mem):
             bound = "one SM per row"
         elif t_sm:

@@ -138,7 +138,7 @@ size_t pass2_mma_smem(const SaliencyParams& p) {
   const size_t G = static_cast<size_t>(p.G), o = score_needs_vo(p.score) ? 1 : 0;
   const size_t v = o || score_needs_vn1(p.score) || score_needs_vn2(p.score) ? 1 : 0;
   const size_t keys = salc::kMmaKeys, rows = salc::kMmaRows;
-  return sizeof(float) * (2 * rows + (1 + v) * keys * pw + rows * pw + o * rows * ow + rows * (keys + 1) +
+  return sizeof(float) * (4 * rows + (1 + v) * keys * pw + rows * pw + o * rows * ow + rows * (keys + 1) +
                           G * keys + 2 * keys + 3 * rows) +
          sizeof(int) * rows;
 }

@@ -167,17 +167,21 @@ __global__ void __launch_bounds__(kThreads) pass1_mma_kernel(SaliencyParams p, S
     float sc[8][4] = {};  // logits: rows g, g + 8 x keys 8 nt + 2t, + 1
     // Q's fragments are re-read from shared memory per tile: held in
     // registers for the kernel, with O's, they pushed it into spilling.
-    for (int k0 = 0; k0 < depth; k0 += 16) {
-      uint32_t aq[4];
-      load_a(aq, Qw, pw, row_w, k0, lane);
+    // Unrolled to the largest depth with a guard (as P V below): no loop
+    // counter, and no remainder code peeled off a partly unrolled loop.
 #pragma unroll
-      for (int nt = 0; nt < 8; nt += 2) {
-        uint32_t bk[4];
-        load_b_pair(bk, Kw, pw, 8 * nt, k0, lane);
-        mma::m16n8k16(sc[nt], aq, {bk[0], bk[1]});
-        mma::m16n8k16(sc[nt + 1], aq, {bk[2], bk[3]});
+    for (int k0 = 0; k0 < kMmaPass1MaxDepth; k0 += 16)
+      if (k0 < depth) {
+        uint32_t aq[4];
+        load_a(aq, Qw, pw, row_w, k0, lane);
+#pragma unroll
+        for (int nt = 0; nt < 8; nt += 2) {
+          uint32_t bk[4];
+          load_b_pair(bk, Kw, pw, 8 * nt, k0, lane);
+          mma::m16n8k16(sc[nt], aq, {bk[0], bk[1]});
+          mma::m16n8k16(sc[nt + 1], aq, {bk[2], bk[3]});
+        }
       }
-    }
     // Online softmax of rows g (hr = 0) and g + 8 (hr = 1) over the tile.
 #pragma unroll
     for (int hr = 0; hr < 2; ++hr) {
@@ -264,7 +268,7 @@ __global__ void __launch_bounds__(kThreads) pass1_mma_kernel(SaliencyParams p, S
 // chunk of 64 rows x 64 keys, each warp 32 rows (two m-tiles of 16) x 32 keys
 // (four n-tiles of 8). Per 16-wide step of D a warp loads two ldmatrix .x4
 // each of Q, K and V and 8 float2 of O per lane for 8 + 24 products.
-// smem: lim rows (64-bit) | Kw keys*pw | Vw keys*pw (scores that read V) |
+// smem: lim, q_off rows (64-bit) | Kw keys*pw | Vw keys*pw (scores that read V) |
 // Qw rows*pw | Os rows*ow (key, joint) | Cs rows*(keys+1) | head G*keys |
 // vn1, vn2 keys | rm, ril, ron2 rows | head_of rows (int); pass2_mma_smem in
 // saliency_cuda.cu is the same sum.
@@ -284,8 +288,8 @@ __global__ void __launch_bounds__(kThreads) pass2_mma_kernel(SaliencyParams p, S
   const bf16_t* V = static_cast<const bf16_t*>(p.v) + b * p.v_sb + h * p.v_sh;
   const bf16_t* q_bh = static_cast<const bf16_t*>(p.q) + b * p.q_sb + h * p.G * p.q_sh;
   const float* o_bh = w.fin_o + bh * s.R * D;
-  long long* lim = reinterpret_cast<long long*>(smem);
-  uint32_t* Kw = reinterpret_cast<uint32_t*>(smem + 2 * kR);
+  long long *lim = reinterpret_cast<long long*>(smem), *q_off = lim + kR;
+  uint32_t* Kw = reinterpret_cast<uint32_t*>(smem + 4 * kR);
   uint32_t* Vw = Kw + kKeys * pw;
   uint32_t* Qw = Vw + (kNeedV ? kKeys * pw : 0);
   float* Os = reinterpret_cast<float*>(Qw + kR * pw);
@@ -305,13 +309,9 @@ __global__ void __launch_bounds__(kThreads) pass2_mma_kernel(SaliencyParams p, S
     return d % 2 ? mma::high_of(pr) : mma::low_of(pr);
   });
   for (long long r0 = 0; r0 < s.R; r0 += kR) {
-    row_info(p, s, r0, kR, lim, head_of);
-    load_pair_rows(
-        [&](int rr) -> const bf16_t* {
-          const long long r = r0 + rr;
-          return r < s.R ? q_bh + (r / s.Wr) * p.q_sh + (s.i0 + r % s.Wr) * p.q_sw : nullptr;
-        },
-        kR, Di, pw, s.vec16, Qw);
+    row_info(p, s, r0, kR, lim, head_of, q_off);
+    __syncthreads();  // q_off
+    load_pair_rows([&](int rr) { return q_off[rr] < 0 ? nullptr : q_bh + q_off[rr]; }, kR, Di, pw, s.vec16, Qw);
     if (kVo) load_o_rows(o_bh, s.R, Di, r0, kR, ow, Os);
     load_row_stats(s, w, bh, r0, kR, rm, ril, ron2);
     __syncthreads();
