@@ -372,16 +372,19 @@ __device__ OBC_INLINE void load_row_stats(const Shape& s, const Work& w, long lo
 // Pass 2's reduction of a chunk's contributions Cs [nr rows][kKeys + 1]
 // over the queries into head [G][kKeys]: thread c owns column c, so no two
 // threads write one entry. Barriers on both sides: every thread has written
-// Cs before, and has read it (and head_of) after.
+// Cs before, and has read it (and head_of) after. With rows_per_entry > 1,
+// Cs row e holds rows e * rows_per_entry .. + rows_per_entry - 1 already
+// reduced (one query head's rows: the tensor-core pass 2 reduces a warp's
+// rows in registers).
 template <int kKeys>
 __device__ OBC_INLINE void reduce_queries(const SaliencyParams& p, int nr, const float* Cs, const int* head_of,
-                                          float* head) {
+                                          float* head, int rows_per_entry = 1) {
   __syncthreads();
   const int c = threadIdx.x;
   if (c < kKeys)
-    for (int rr = 0; rr < nr; ++rr) {
+    for (int rr = 0; rr < nr; rr += rows_per_entry) {
       float* hp = head + head_of[rr] * kKeys + c;
-      *hp = query_reduce_step(p.query_reduce, *hp, Cs[rr * (kKeys + 1) + c]);
+      *hp = query_reduce_step(p.query_reduce, *hp, Cs[rr / rows_per_entry * (kKeys + 1) + c]);
     }
   __syncthreads();
 }

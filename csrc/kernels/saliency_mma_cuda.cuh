@@ -357,7 +357,13 @@ __global__ void __launch_bounds__(kThreads) pass2_mma_kernel(SaliencyParams p, S
     // statistics are read into registers once (the compiler cannot keep them
     // across the Cs stores, which may alias), and the visibility test is a
     // 32-bit compare of the key's offset in the tile against the row's last
-    // visible offset (clamped: tn <= 64).
+    // visible offset (clamped: tn <= 64). When every query head's rows come
+    // in whole 32s (Wr % 32 == 0), a warp's 32 rows are one head's (or all
+    // past R): they are reduced over in registers (the lane's 4 rows, then
+    // the 8 lanes of a key column by shuffles), one Cs row per warp, instead
+    // of a Cs store per (row, key) and a 64-row serial reduction.
+    const bool in_warp = s.Wr % 32 == 0;
+    float acc[4][2];
     float k1[4][2], k2[4][2];
 #pragma unroll
     for (int nt = 0; nt < 4; ++nt)
@@ -390,9 +396,25 @@ __global__ void __launch_bounds__(kThreads) pass2_mma_kernel(SaliencyParams p, S
 #pragma unroll
         for (int nt = 0; nt < 4; ++nt)
 #pragma unroll
-          for (int j = 0; j < 2; ++j) Cs[rr * kCs + key_w + 8 * nt + 2 * t + j] = x[nt][j];
+          for (int j = 0; j < 2; ++j) {
+            if (!in_warp)
+              Cs[rr * kCs + key_w + 8 * nt + 2 * t + j] = x[nt][j];
+            else
+              acc[nt][j] = mt + hr == 0 ? x[nt][j] : query_reduce_step(p.query_reduce, acc[nt][j], x[nt][j]);
+          }
       }
-    reduce_queries<kKeys>(p, s.R - r0 < kR ? static_cast<int>(s.R - r0) : kR, Cs, head_of, head);
+    if (in_warp)
+#pragma unroll
+      for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          float& a = acc[nt][j];
+#pragma unroll
+          for (int o = 4; o < kTile; o *= 2)  // lanes 4 g + t: g's bits
+            a = query_reduce_step(p.query_reduce, a, __shfl_xor_sync(0xffffffffu, a, o));
+          if (g == 0) Cs[(row_w / 32) * kCs + key_w + 8 * nt + 2 * t + j] = a;
+        }
+    reduce_queries<kKeys>(p, s.R - r0 < kR ? static_cast<int>(s.R - r0) : kR, Cs, head_of, head, in_warp ? 32 : 1);
   }
   write_scores<kKeys>(p, bh, p0, tn, head);
 }

@@ -157,7 +157,8 @@ TEST(EmuSaliency, HalfAndBFloat16) {
 // (every reduction in the first case), against the CPU kernel at the float
 // tolerance of the other cases: N not a multiple of the 64-key tile, D = 13
 // and 72 (padded to 16 and 80) and 128, rows 21 (one partial 64-row chunk)
-// and 66 (two), two key splits (N = 300), B = 2, causal or not, strided.
+// and 66 (two), two key splits (N = 300), B = 2, causal or not, strided,
+// and W = 32, 64 (the in-register query reduction), every reduction.
 // Then the same on an emulated sm_75, which has no bf16 tensor cores, and
 // with OBCACHE_CUDA_TENSOR_CORES=0: the FP32 passes run and no mma
 // instruction does.
@@ -167,13 +168,19 @@ TEST(EmuSaliency, BFloat16OnTensorCores) {
                         {1, 2, 5, 7, 70, 13, 2, true},
                         {2, 1, 4, 3, 40, 72, 0, false},
                         {1, 1, 3, 22, 70, 128, 0, true},
-                        {1, 1, 3, 7, 300, 16, 0, true}};
+                        {1, 1, 3, 7, 300, 16, 0, true},
+                        // W = 32 and 64: a warp's 32 rows are one head's and
+                        // reduce in registers; R = 96 leaves the second
+                        // chunk's second half past R; W = 64 puts both
+                        // halves of a chunk in one head.
+                        {1, 1, 3, 32, 100, 16, 0, true},
+                        {1, 2, 1, 64, 90, 24, 0, false}};
   for (const Case& c : cases) {
     const long long before = simt::mma_instructions();
     // Not loo at D = 128: its logits span ~100 here, A comes within float
     // rounding of 1, and A / (1 - A) turns the different summation order of
     // the tensor cores into 3e-5 relative (as in HeadDim256OnEachGpuGeneration).
-    check_case<obc::bf16_t>(c, obc::DType::BF16, rng, &c == cases, c.D == 128 ? 0x3f : 0x7f);
+    check_case<obc::bf16_t>(c, obc::DType::BF16, rng, &c == cases || c.W >= 32, c.D == 128 ? 0x3f : 0x7f);
     EXPECT_GT(simt::mma_instructions(), before) << "D=" << c.D;
   }
   simt::set_compute_capability_major(7);
