@@ -33,12 +33,14 @@ TC_BF16 = 989e12
 # One warp instruction per clock per scheduler, 4 per SM, at the 1.98 GHz of the FP32 peak above.
 ISSUE = 4 * 132 * 1.98e9
 # Warp instructions per (query row, key) pair of the tensor-core saliency
-# (joint, D = 128, bf16, sm_90), HMMAs included: each loop's SASS length
-# times its trips per warp tile (pass 1: 16 rows x 64 keys; pass 2: 32 rows x
-# 32 keys, loops only some warps run averaged over the block's 4), over the
-# tile's pairs. Before the 2026-12-03 changes (per-warp 16-bit tile loads,
-# two shared loads and a permute per V fragment register, expf) 6.92 + 11.63.
-WARP_INSTR_PER_PAIR = {"pass 1": 2199 / 1024, "pass 2": 4549 / 1024}
+# (joint, D = 128, W = 32, bf16, sm_90), HMMAs included: each loop's SASS
+# length times its trips per warp tile (pass 1: 16 rows x 64 keys; pass 2: 32
+# rows x 32 keys, loops only some warps run averaged over the block's 4),
+# straight-line code counted whole, over the tile's 1,024 pairs
+# (kernels.md, "Issue slots"). Before the 2026-12-03 changes (per-warp
+# 16-bit tile loads, two shared loads and a permute per V fragment register,
+# expf, a shared store per pair for the query reduction): 6.92 + 10.95.
+WARP_INSTR_PER_PAIR = {"pass 1": 1819 / 1024, "pass 2": 3335 / 1024}
 SM_BYTES_PER_S = 64 * 1.755e9  # one SM's L2 load bandwidth, at most
 # select's global traffic per candidate key as written: read the float score,
 # write the 8-byte key, then read it in the digit passes before the chosen bin

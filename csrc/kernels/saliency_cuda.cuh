@@ -57,13 +57,23 @@ struct Work {
 // so no key is visible), its query head g and, with q_off, the offset of its
 // query from q_bh (-1 past R). One 64-bit division per row per chunk here,
 // instead of one per row in every tile (or in every load of a row's part).
+// kOneTrip: rows <= kThreads (the tensor-core kernels' 64-row chunks), so
+// no loop (whose unrolled copies the compiler would otherwise emit).
+template <bool kOneTrip = false>
 __device__ OBC_INLINE void row_info(const SaliencyParams& p, const Shape& s, long long r0, int rows, long long* lim,
                                     int* head_of, long long* q_off = nullptr) {
-  for (int rr = threadIdx.x; rr < rows; rr += kThreads) {
-    const long long r = r0 + rr, g = r < s.R ? r / s.Wr : 0, i = s.i0 + r - g * s.Wr;  // head, window query
-    lim[rr] = r >= s.R ? -1 : p.causal ? query_position(p.N, p.W, i) : p.N;
-    if (head_of) head_of[rr] = static_cast<int>(g);
-    if (q_off) q_off[rr] = r < s.R ? g * p.q_sh + i * p.q_sw : -1;
+  const auto one = [&](int rr) {
+    const long long r = r0 + rr;
+    long long last = -1;
+    if (r < s.R) last = p.causal ? query_position(p.N, p.W, s.i0 + r % s.Wr) : p.N;
+    lim[rr] = last;
+    if (head_of) head_of[rr] = r < s.R ? static_cast<int>(r / s.Wr) : 0;
+    if (q_off) q_off[rr] = r < s.R ? (r / s.Wr) * p.q_sh + (s.i0 + r % s.Wr) * p.q_sw : -1;
+  };
+  if (kOneTrip) {
+    if (static_cast<int>(threadIdx.x) < rows) one(threadIdx.x);
+  } else {
+    for (int rr = threadIdx.x; rr < rows; rr += kThreads) one(rr);
   }
 }
 

@@ -145,7 +145,7 @@ __global__ void __launch_bounds__(kThreads) pass1_mma_kernel(SaliencyParams p, S
   const int tid = threadIdx.x, lane = tid % kTile, warp = tid / kTile;
   const int g = lane / 4, t = lane % 4, row_w = warp * 16;
 
-  row_info(p, s, r0, kR, lim, nullptr);
+  row_info<true>(p, s, r0, kR, lim, nullptr);
   const auto q_row = [&](int rr) -> const bf16_t* {
     const long long r = r0 + rr;
     return r < s.R ? q_bh + (r / s.Wr) * p.q_sh + (s.i0 + r % s.Wr) * p.q_sw : nullptr;
@@ -309,7 +309,7 @@ __global__ void __launch_bounds__(kThreads) pass2_mma_kernel(SaliencyParams p, S
     return d % 2 ? mma::high_of(pr) : mma::low_of(pr);
   });
   for (long long r0 = 0; r0 < s.R; r0 += kR) {
-    row_info(p, s, r0, kR, lim, head_of, q_off);
+    row_info<true>(p, s, r0, kR, lim, head_of, q_off);
     __syncthreads();  // q_off
     load_pair_rows([&](int rr) { return q_off[rr] < 0 ? nullptr : q_bh + q_off[rr]; }, kR, Di, pw, s.vec16, Qw);
     if (kVo) load_o_rows(o_bh, s.R, Di, r0, kR, ow, Os);
