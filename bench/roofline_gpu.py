@@ -39,8 +39,9 @@ ISSUE = 4 * 132 * 1.98e9
 # straight-line code counted whole, over the tile's 1,024 pairs
 # (kernels.md, "Issue slots"). Before the 2026-12-03 changes (per-warp
 # 16-bit tile loads, two shared loads and a permute per V fragment register,
-# expf, a shared store per pair for the query reduction): 6.92 + 10.95.
-WARP_INSTR_PER_PAIR = {"pass 1": 1819 / 1024, "pass 2": 3335 / 1024}
+# expf, a shared store per pair for the query reduction chosen at run time):
+# 6.92 + 10.95.
+WARP_INSTR_PER_PAIR = {"pass 1": 1819 / 1024, "pass 2": 3152 / 1024}
 SM_BYTES_PER_S = 64 * 1.755e9  # one SM's L2 load bandwidth, at most
 # select's global traffic per candidate key as written: read the float score,
 # write the 8-byte key, then read it in the digit passes before the chosen bin

@@ -17,6 +17,8 @@
 // below say how).
 #pragma once
 
+#include <type_traits>
+
 #include "mma.h"
 #include "saliency_cuda.cuh"
 
@@ -68,8 +70,8 @@ __device__ OBC_INLINE void load_pair_rows(Src src, int n, int Di, int pw, bool v
   // Thread i: chunk i % chunks of rows i / chunks + k * per_pass (no division
   // in the loop; up to chunks - 1 threads idle when chunks does not divide
   // the block).
-  const int chunks = mma_depth(Di) / 8, per_pass = kThreads / chunks, j = threadIdx.x % chunks;
-  for (int c = threadIdx.x / chunks; c < n && threadIdx.x < per_pass * chunks; c += per_pass) {
+  const int tid = threadIdx.x, chunks = mma_depth(Di) / 8, per_pass = kThreads / chunks, j = tid % chunks;
+  for (int c = tid / chunks; c < n && tid < per_pass * chunks; c += per_pass) {
     const bf16_t* x = src(c);
     uint4 v = make_uint4(0u, 0u, 0u, 0u);
     if (x && 8 * j < Di) v = *reinterpret_cast<const uint4*>(x + 8 * j);
@@ -88,8 +90,8 @@ __device__ OBC_INLINE void load_o_rows(const float* src, long long R, int Di, lo
     return;
   }
   // Up to the mma depth: the products read no further (as load_pair_rows).
-  const int chunks = mma_depth(Di) / 4, per_pass = kThreads / chunks, j = threadIdx.x % chunks;
-  for (int rr = threadIdx.x / chunks; rr < rows && threadIdx.x < per_pass * chunks; rr += per_pass) {
+  const int tid = threadIdx.x, chunks = mma_depth(Di) / 4, per_pass = kThreads / chunks, j = tid % chunks;
+  for (int rr = tid / chunks; rr < rows && tid < per_pass * chunks; rr += per_pass) {
     float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     if (r0 + rr < R && 4 * j < Di) v = *reinterpret_cast<const float4*>(src + (r0 + rr) * Di + 4 * j);
     *reinterpret_cast<float4*>(dst + rr * ow + 4 * j) = v;
@@ -357,13 +359,15 @@ __global__ void __launch_bounds__(kThreads) pass2_mma_kernel(SaliencyParams p, S
     // statistics are read into registers once (the compiler cannot keep them
     // across the Cs stores, which may alias), and the visibility test is a
     // 32-bit compare of the key's offset in the tile against the row's last
-    // visible offset (clamped: tn <= 64). When every query head's rows come
-    // in whole 32s (Wr % 32 == 0), a warp's 32 rows are one head's (or all
-    // past R): they are reduced over in registers (the lane's 4 rows, then
-    // the 8 lanes of a key column by shuffles), one Cs row per warp, instead
-    // of a Cs store per (row, key) and a 64-row serial reduction.
+    // visible offset (clamped: tn <= 64), a select rather than a branch
+    // (a pair past it may compute inf or NaN, which the select drops). When
+    // every query head's rows come in whole 32s (Wr % 32 == 0), a warp's 32
+    // rows are one head's (or all past R): they are reduced over in
+    // registers (the lane's 4 rows, then the 8 lanes of a key column by
+    // shuffles), one Cs row per warp, instead of a Cs store per (row, key)
+    // and a 64-row serial reduction. The reduction (Cs rows, in-warp sum,
+    // in-warp max) is a compile-time mode: one copy of this code each.
     const bool in_warp = s.Wr % 32 == 0;
-    float acc[4][2];
     float k1[4][2], k2[4][2];
 #pragma unroll
     for (int nt = 0; nt < 4; ++nt)
@@ -372,48 +376,51 @@ __global__ void __launch_bounds__(kThreads) pass2_mma_kernel(SaliencyParams p, S
         const int c = key_w + 8 * nt + 2 * t + j;
         k1[nt][j] = vn1[c], k2[nt][j] = vn2[c];
       }
+    const auto contributions = [&](auto mode) {
+      constexpr int kMode = decltype(mode)::value;  // 0: Cs rows; 1, 2: in-warp sum, max
+      constexpr QueryReduce kQr = kMode == 2 ? QueryReduce::Max : QueryReduce::Sum;
+      float acc[4][2];
 #pragma unroll
-    for (int mt = 0; mt < 2; ++mt)
+      for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
-      for (int hr = 0; hr < 2; ++hr) {
-        const int rr = row_w + 16 * mt + g + 8 * hr;
-        const long long lr = lim[rr] - p0;
-        const int last = static_cast<int>(lr < tn - 1 ? lr : tn - 1);  // < 0: no key visible
-        const float m = rm[rr], il = ril[rr], on2 = ron2[rr];
-        float x[4][2];
+        for (int hr = 0; hr < 2; ++hr) {
+          const int rr = row_w + 16 * mt + g + 8 * hr;
+          const long long lr = lim[rr] - p0;
+          const int last = static_cast<int>(lr < tn - 1 ? lr : tn - 1);  // < 0: no key visible
+          const float m = rm[rr], il = ril[rr], on2 = ron2[rr];
 #pragma unroll
-        for (int nt = 0; nt < 4; ++nt)
+          for (int nt = 0; nt < 4; ++nt)
 #pragma unroll
-          for (int j = 0; j < 2; ++j) {
-            const int c = key_w + 8 * nt + 2 * t + j, i = 2 * hr + j;
-            x[nt][j] = 0.0f;
-            if (c <= last) {
+            for (int j = 0; j < 2; ++j) {
+              const int c = key_w + 8 * nt + 2 * t + j, i = 2 * hr + j;
               const float zz = z[mt][nt][i] * p.scale;
               const float a = mma::exp2_approx((zz - m) * mma::kLog2e) * il;
-              x[nt][j] = score_contribution<S, float>(a, zz, k1[nt][j], k2[nt][j], vo[mt][nt][i], on2, 0.0f);
+              const float xv = score_contribution<S, float>(a, zz, k1[nt][j], k2[nt][j], vo[mt][nt][i], on2, 0.0f);
+              const float x = c <= last ? xv : 0.0f;
+              if (kMode == 0)
+                Cs[rr * kCs + c] = x;
+              else
+                acc[nt][j] = mt + hr == 0 ? x : query_reduce_step(kQr, acc[nt][j], x);
             }
-          }
+        }
+      if (kMode != 0)
 #pragma unroll
         for (int nt = 0; nt < 4; ++nt)
 #pragma unroll
           for (int j = 0; j < 2; ++j) {
-            if (!in_warp)
-              Cs[rr * kCs + key_w + 8 * nt + 2 * t + j] = x[nt][j];
-            else
-              acc[nt][j] = mt + hr == 0 ? x[nt][j] : query_reduce_step(p.query_reduce, acc[nt][j], x[nt][j]);
+            float& a = acc[nt][j];
+#pragma unroll
+            for (int o = 4; o < kTile; o *= 2)  // lanes 4 g + t: g's bits
+              a = query_reduce_step(kQr, a, __shfl_xor_sync(0xffffffffu, a, o));
+            if (g == 0) Cs[(row_w / 32) * kCs + key_w + 8 * nt + 2 * t + j] = a;
           }
-      }
-    if (in_warp)
-#pragma unroll
-      for (int nt = 0; nt < 4; ++nt)
-#pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          float& a = acc[nt][j];
-#pragma unroll
-          for (int o = 4; o < kTile; o *= 2)  // lanes 4 g + t: g's bits
-            a = query_reduce_step(p.query_reduce, a, __shfl_xor_sync(0xffffffffu, a, o));
-          if (g == 0) Cs[(row_w / 32) * kCs + key_w + 8 * nt + 2 * t + j] = a;
-        }
+    };
+    if (!in_warp)
+      contributions(std::integral_constant<int, 0>());
+    else if (p.query_reduce == QueryReduce::Max)
+      contributions(std::integral_constant<int, 2>());
+    else
+      contributions(std::integral_constant<int, 1>());
     reduce_queries<kKeys>(p, s.R - r0 < kR ? static_cast<int>(s.R - r0) : kR, Cs, head_of, head, in_warp ? 32 : 1);
   }
   write_scores<kKeys>(p, bh, p0, tn, head);
