@@ -288,6 +288,22 @@ def test_device_mismatch_and_cuda_float64_raise():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_size_limits_raise_naming_them():
+    # One block per (b, h) in a grid dimension of at most 65535.
+    k, q = torch.zeros(65536, 1, 1, 8, device="cuda"), torch.zeros(65536, 1, 1, 8, device="cuda")
+    with pytest.raises(RuntimeError, match=r"B \* H_kv must be <= 65535 on CUDA, got 65536"):
+        obcache.saliency(k, k, q)
+    # G * W query rows per KV head: at most 65535 chunks of 16 (G = 4 here).
+    W = 65535 * 16 // 4 + 1
+    k, q = torch.zeros(1, 1, W, 8, device="cuda"), torch.zeros(1, 4, W, 8, device="cuda")
+    with pytest.raises(RuntimeError, match=r"G \* W = 1048564\) must be <= 1048560 on CUDA"):
+        obcache.saliency(k, k, q)
+    # tova scores the last query only: G rows, well within the limit.
+    out = obcache.saliency(k, k, q, "tova")
+    assert out.shape == (1, 1, W) and torch.isfinite(out).all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_matches_cpu_on_a_larger_case():
     k, v, q = make_cache(1, 2, 4, 32, 3000, 128, seed=15)
     for score in SCORES:

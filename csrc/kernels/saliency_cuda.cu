@@ -62,7 +62,7 @@ salc::Shape make_shape(const SaliencyParams& p) {
   salc::Shape s;
   s.Wr = score_last_query_only(p.score) ? 1 : p.W;
   s.i0 = p.W - s.Wr;
-  s.R = p.G * s.Wr;
+  s.R = saliency_rows(p);
   const long long chunks = (s.R + kRows - 1) / kRows;
   const long long base = p.B * p.Hkv * chunks;
   long long splits = (1024 + base - 1) / (base > 0 ? base : 1);
@@ -269,7 +269,7 @@ cudaError_t run(const SaliencyParams& p, void* workspace, cudaStream_t stream) {
   L.s = make_shape(p);
   L.w = carve(p, L.s, workspace);
   L.stream = stream;
-  if (p.B * p.Hkv > 65535) return cudaErrorInvalidValue;
+  if (p.B * p.Hkv > 65535 || L.s.R > kSaliencyCudaMaxRows) return cudaErrorInvalidValue;
   L.bh = static_cast<unsigned>(p.B * p.Hkv);
   cudaError_t err = smem_optin_limit(&L.limit);
   if (err != cudaSuccess) return err;

@@ -53,10 +53,47 @@ struct Work {
   float *part_m, *part_l, *part_o, *fin_m, *fin_il, *fin_on2, *fin_o;
 };
 
+// Index arithmetic in 32 bits: a 64-bit division is a subroutine call, and
+// ptxas spilled the registers live across those calls to the stack in
+// several pass-2 kernels. bh = b * Hkv + h is a grid index (< 65536) and a
+// row r < R = G * Wr <= 65535 * 16 (checked by the op, saliency_op_cuda.cpp).
+struct BH {
+  long long b, h;
+};
+__device__ OBC_INLINE BH split_bh(const SaliencyParams& p, unsigned bh) {
+  const unsigned hkv = static_cast<unsigned>(p.Hkv);
+  return {bh / hkv, bh % hkv};
+}
+// K and V of (b, h) and q of its first query head.
+template <typename E>
+struct HeadPtrs {
+  const E *k, *v, *q;
+};
+template <typename E>
+__device__ OBC_INLINE HeadPtrs<E> head_ptrs(const SaliencyParams& p, unsigned bh) {
+  const BH x = split_bh(p, bh);
+  return {static_cast<const E*>(p.k) + x.b * p.k_sb + x.h * p.k_sh,
+          static_cast<const E*>(p.v) + x.b * p.v_sb + x.h * p.v_sh,
+          static_cast<const E*>(p.q) + x.b * p.q_sb + x.h * p.G * p.q_sh};
+}
+// Row r (< R) of a (b, h): query head g = r / Wr, query i = i0 + r % Wr.
+struct RowQuery {
+  int g, i;
+};
+__device__ OBC_INLINE RowQuery row_query(const Shape& s, int r) {
+  const int wr = static_cast<int>(s.Wr);
+  return {r / wr, static_cast<int>(s.i0) + r % wr};
+}
+// Offset of row r's query from q_bh.
+__device__ OBC_INLINE long long query_offset(const SaliencyParams& p, const Shape& s, int r) {
+  const RowQuery x = row_query(s, r);
+  return x.g * p.q_sh + x.i * p.q_sw;
+}
+
 // Per row of the chunk [r0, r0 + rows): the last key it sees (-1 past R,
 // so no key is visible), its query head g and, with q_off, the offset of its
-// query from q_bh (-1 past R). One 64-bit division per row per chunk here,
-// instead of one per row in every tile (or in every load of a row's part).
+// query from q_bh (-1 past R). One division per row per chunk here, instead
+// of one per row in every tile (or in every load of a row's part).
 // kOneTrip: rows <= kThreads (the tensor-core kernels' 64-row chunks), so
 // no loop (whose unrolled copies the compiler would otherwise emit).
 template <bool kOneTrip = false>
@@ -64,11 +101,12 @@ __device__ OBC_INLINE void row_info(const SaliencyParams& p, const Shape& s, lon
                                     int* head_of, long long* q_off = nullptr) {
   const auto one = [&](int rr) {
     const long long r = r0 + rr;
-    long long last = -1;
-    if (r < s.R) last = p.causal ? query_position(p.N, p.W, s.i0 + r % s.Wr) : p.N;
-    lim[rr] = last;
-    if (head_of) head_of[rr] = r < s.R ? static_cast<int>(r / s.Wr) : 0;
-    if (q_off) q_off[rr] = r < s.R ? (r / s.Wr) * p.q_sh + (s.i0 + r % s.Wr) * p.q_sw : -1;
+    const bool in = r < s.R;
+    const int ri = in ? static_cast<int>(r) : 0;
+    const RowQuery x = row_query(s, ri);
+    lim[rr] = !in ? -1 : p.causal ? query_position(p.N, p.W, x.i) : p.N;
+    if (head_of) head_of[rr] = in ? x.g : 0;
+    if (q_off) q_off[rr] = in ? query_offset(p, s, ri) : -1;
   };
   if (kOneTrip) {
     if (static_cast<int>(threadIdx.x) < rows) one(threadIdx.x);
@@ -77,18 +115,26 @@ __device__ OBC_INLINE void row_info(const SaliencyParams& p, const Shape& s, lon
   }
 }
 
+// The offset in a tile of tn keys from p0 of the last key a row sees (lim:
+// row_info's), clamped to tn - 1; negative when it sees none. Visibility is
+// then one 32-bit compare per key (a 64-bit one holds two registers per row
+// and key index, which ptxas spilled in several pass-2 kernels).
+__device__ OBC_INLINE int last_visible(long long lim, long long p0, int tn) {
+  const long long lr = lim - p0;
+  return static_cast<int>(lr < tn - 1 ? lr : tn - 1);
+}
+
 // Loads window rows [r0, r0 + rows) of (b, h) (q_bh: its first query head)
 // as scaled floats into
 // dst[rows][row_stride(D)]; rows past R and the padding are zero. A warp
-// per row, lanes along d: one row address (two 64-bit divisions) per row,
-// coalesced loads.
+// per row, lanes along d: one row address per row, coalesced loads.
 template <typename E>
 __device__ OBC_INLINE void load_queries(const SaliencyParams& p, const Shape& s, const E* q_bh, long long r0,
                                         int rows, float* dst) {
   const int Di = static_cast<int>(p.D), sq = row_stride(p.D);
   for (int rr = threadIdx.x / kTile; rr < rows; rr += kWarps) {
     const long long r = r0 + rr;
-    const E* q = r < s.R ? q_bh + (r / s.Wr) * p.q_sh + (s.i0 + r % s.Wr) * p.q_sw : nullptr;
+    const E* q = r < s.R ? q_bh + query_offset(p, s, static_cast<int>(r)) : nullptr;
     for (int d = threadIdx.x % kTile; d < sq; d += kTile)
       dst[rr * sq + d] = q && d < Di ? Elem<E>::load(q[d]) * p.scale : 0.0f;
   }
@@ -171,16 +217,14 @@ __global__ void __launch_bounds__(kThreads) pass1_kernel(SaliencyParams p, Shape
   const long long D = p.D, N = p.N;
   const int sq = row_stride(D), sk = tile_stride(D), nd4 = sq / 4;
   const long long split = blockIdx.x, r0 = static_cast<long long>(blockIdx.y) * kR, bh = blockIdx.z;
-  const long long b = bh / p.Hkv, h = bh % p.Hkv;
   long long* lim = reinterpret_cast<long long*>(smem);
   float* Qs = smem + 2 * kR;
   float* KV = Qs + kR * sq;
   float* Pt = KV + kTile * sk;
   float* Os = Pt + kTile * kPs;
   float* corr = Os + kR * sq;
-  const E* K = static_cast<const E*>(p.k) + b * p.k_sb + h * p.k_sh;
-  const E* V = static_cast<const E*>(p.v) + b * p.v_sb + h * p.v_sh;
-  const E* q_bh = static_cast<const E*>(p.q) + b * p.q_sb + h * p.G * p.q_sh;
+  const HeadPtrs<E> hp = head_ptrs<E>(p, blockIdx.z);
+  const E *K = hp.k, *V = hp.v, *q_bh = hp.q;
   const int tid = threadIdx.x, lane = tid % kTile, warp = tid / kTile, row0 = warp * RPW;
 
   row_info(p, s, r0, kR, lim, nullptr);
@@ -193,7 +237,7 @@ __global__ void __launch_bounds__(kThreads) pass1_kernel(SaliencyParams p, Shape
   const long long k_begin = split * s.keys_per_split;
   const long long k_end = k_begin + s.keys_per_split < N ? k_begin + s.keys_per_split : N;
   for (long long p0 = k_begin; p0 < k_end; p0 += kTile) {
-    const long long tn = k_end - p0 < kTile ? k_end - p0 : kTile;
+    const int tn = static_cast<int>(k_end - p0 < kTile ? k_end - p0 : kTile);
     load_key_tile<E>(K, p.k_sn, D, p0, tn, KV);
     __syncthreads();
     float zz[1][RPW] = {};
@@ -203,7 +247,7 @@ __global__ void __launch_bounds__(kThreads) pass1_kernel(SaliencyParams p, Shape
     float pe[RPW];
 #pragma unroll
     for (int j = 0; j < RPW; ++j) {
-      const bool vis = lane < tn && p0 + lane <= lim[row0 + j];
+      const bool vis = lane <= last_visible(lim[row0 + j], p0, tn);
       const float x = vis ? z[j] : -INFINITY;
       const float m_new = fmaxf(m[j], warp_max(x));
       // m_new = -inf: nothing visible yet; keep the state as it is.
@@ -300,8 +344,10 @@ __global__ void __launch_bounds__(kThreads) combine_kernel(SaliencyParams p, Sha
   __syncthreads();
   float sq = 0.0f;
   if (kNeedO) {
-    const long long b = bh / p.Hkv, h = bh % p.Hkv, g = r / s.Wr, i = s.i0 + r % s.Wr;
-    const E* given = p.o ? static_cast<const E*>(p.o) + b * p.o_sb + (h * p.G + g) * p.o_sh + i * p.o_sw : nullptr;
+    const BH x = split_bh(p, blockIdx.y);
+    const RowQuery rq = row_query(s, blockIdx.x);
+    const E* given =
+        p.o ? static_cast<const E*>(p.o) + x.b * p.o_sb + (x.h * p.G + rq.g) * p.o_sh + rq.i * p.o_sw : nullptr;
     for (long long d = tid; d < D; d += kThreads) {
       float o = 0.0f;
       if (given) {
@@ -434,9 +480,9 @@ __global__ void __launch_bounds__(kThreads) pass2_kernel(SaliencyParams p, Shape
   const long long D = p.D, N = p.N;
   const int Di = static_cast<int>(D), sq = row_stride(D), sk = tile_stride(D);
   const long long p0 = static_cast<long long>(blockIdx.x) * kKeys, bh = blockIdx.y;
-  const long long b = bh / p.Hkv, h = bh % p.Hkv;
   const int tn = static_cast<int>(N - p0 < kKeys ? N - p0 : kKeys);
-  const E* q_bh = static_cast<const E*>(p.q) + b * p.q_sb + h * p.G * p.q_sh;
+  const HeadPtrs<E> hp = head_ptrs<E>(p, blockIdx.y);
+  const E* q_bh = hp.q;
   const float* o_bh = w.fin_o + bh * s.R * D;
   long long* lim = reinterpret_cast<long long*>(smem);
   float* Ks = smem + 2 * kR;
@@ -449,9 +495,8 @@ __global__ void __launch_bounds__(kThreads) pass2_kernel(SaliencyParams p, Shape
   int* head_of = m.head_of;
   const int tid = threadIdx.x, lane = tid % kTile, warp = tid / kTile, row0 = warp * RPW;
 
-  load_key_tile<E, kKeys>(static_cast<const E*>(p.k) + b * p.k_sb + h * p.k_sh, p.k_sn, D, p0, tn, Ks);
-  if (kNeedV)
-    load_key_tile<E, kKeys>(static_cast<const E*>(p.v) + b * p.v_sb + h * p.v_sh, p.v_sn, D, p0, tn, Vs);
+  load_key_tile<E, kKeys>(hp.k, p.k_sn, D, p0, tn, Ks);
+  if (kNeedV) load_key_tile<E, kKeys>(hp.v, p.v_sn, D, p0, tn, Vs);
   __syncthreads();
   start_pass2<kKeys, kNeedV>(p, Di, m, [&](int c, int d) { return Vs[c * sk + d]; });
   for (long long r0 = 0; r0 < s.R; r0 += kR) {
@@ -489,13 +534,13 @@ __global__ void __launch_bounds__(kThreads) pass2_kernel(SaliencyParams p, Shape
       tile_logits<KPL, RPW>(Qs + row0 * sq, Ks + lane * sk, sq, sk, z);
     }
 #pragma unroll
-    for (int u = 0; u < KPL; ++u) {
-      const int c = lane + u * kTile;
+    for (int j = 0; j < RPW; ++j) {
+      const int rr = row0 + j, last = last_visible(lim[rr], p0, tn);
 #pragma unroll
-      for (int j = 0; j < RPW; ++j) {
-        const int rr = row0 + j;
+      for (int u = 0; u < KPL; ++u) {
+        const int c = lane + u * kTile;
         float x = 0.0f;
-        if (c < tn && p0 + c <= lim[rr]) {
+        if (c <= last) {
           const float a = expf(z[u][j] - rm[rr]) * ril[rr];
           x = score_contribution<S, float>(a, z[u][j], vn1[c], vn2[c], vo[u][j], ron2[rr], sqrtf(dd[u][j]));
         }

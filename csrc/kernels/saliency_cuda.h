@@ -7,8 +7,17 @@
 #include <cstddef>
 
 #include "saliency_params.h"
+#include "score_math.h"
 
 namespace obc {
+
+// Query rows per KV head, R = G * W (G for `tova`, which scores the last
+// query only), that the kernels take: row chunks of 16 in a grid dimension
+// of at most 65535, and row arithmetic in 32 bits.
+constexpr long long kSaliencyCudaMaxRows = 65535LL * 16;
+inline long long saliency_rows(const SaliencyParams& p) {
+  return p.G * (score_last_query_only(p.score) ? 1 : p.W);
+}
 
 // Bytes of device workspace saliency_cuda needs for p (partial softmax
 // statistics and outputs of every key split: O(B * Hkv * splits * G * W * D)).

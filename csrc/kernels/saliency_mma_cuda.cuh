@@ -136,21 +136,19 @@ __global__ void __launch_bounds__(kThreads) pass1_mma_kernel(SaliencyParams p, S
   const long long D = p.D, N = p.N;
   const int Di = static_cast<int>(D), depth = mma_depth(D), pw = pair_stride(D);
   const long long split = blockIdx.x, r0 = static_cast<long long>(blockIdx.y) * kR, bh = blockIdx.z;
-  const long long b = bh / p.Hkv, h = bh % p.Hkv;
   long long* lim = reinterpret_cast<long long*>(smem);
   uint32_t* Qw = reinterpret_cast<uint32_t*>(smem + 2 * kR);
   uint32_t* Kw = Qw + kR * pw;
   uint32_t* Vw = Kw + kKeys * pw;
-  const bf16_t* K = static_cast<const bf16_t*>(p.k) + b * p.k_sb + h * p.k_sh;
-  const bf16_t* V = static_cast<const bf16_t*>(p.v) + b * p.v_sb + h * p.v_sh;
-  const bf16_t* q_bh = static_cast<const bf16_t*>(p.q) + b * p.q_sb + h * p.G * p.q_sh;
+  const HeadPtrs<bf16_t> hp = head_ptrs<bf16_t>(p, blockIdx.z);
+  const bf16_t *K = hp.k, *V = hp.v, *q_bh = hp.q;
   const int tid = threadIdx.x, lane = tid % kTile, warp = tid / kTile;
   const int g = lane / 4, t = lane % 4, row_w = warp * 16;
 
   row_info<true>(p, s, r0, kR, lim, nullptr);
   const auto q_row = [&](int rr) -> const bf16_t* {
     const long long r = r0 + rr;
-    return r < s.R ? q_bh + (r / s.Wr) * p.q_sh + (s.i0 + r % s.Wr) * p.q_sw : nullptr;
+    return r < s.R ? q_bh + query_offset(p, s, static_cast<int>(r)) : nullptr;
   };
   load_pair_rows(q_row, kR, Di, pw, s.vec16, Qw);
   __syncthreads();
@@ -187,8 +185,7 @@ __global__ void __launch_bounds__(kThreads) pass1_mma_kernel(SaliencyParams p, S
     // Online softmax of rows g (hr = 0) and g + 8 (hr = 1) over the tile.
 #pragma unroll
     for (int hr = 0; hr < 2; ++hr) {
-      const long long lr = lim_row[hr] - p0;
-      const int last = static_cast<int>(lr < tn - 1 ? lr : tn - 1);  // < 0: no key visible
+      const int last = last_visible(lim_row[hr], p0, tn);
       float mx = -INFINITY;
 #pragma unroll
       for (int nt = 0; nt < 8; ++nt)
@@ -284,11 +281,9 @@ __global__ void __launch_bounds__(kThreads) pass2_mma_kernel(SaliencyParams p, S
   const long long D = p.D, N = p.N;
   const int Di = static_cast<int>(D), depth = mma_depth(D), pw = pair_stride(D), ow = o_stride(D);
   const long long p0 = static_cast<long long>(blockIdx.x) * kKeys, bh = blockIdx.y;
-  const long long b = bh / p.Hkv, h = bh % p.Hkv;
   const int tn = static_cast<int>(N - p0 < kKeys ? N - p0 : kKeys);
-  const bf16_t* K = static_cast<const bf16_t*>(p.k) + b * p.k_sb + h * p.k_sh;
-  const bf16_t* V = static_cast<const bf16_t*>(p.v) + b * p.v_sb + h * p.v_sh;
-  const bf16_t* q_bh = static_cast<const bf16_t*>(p.q) + b * p.q_sb + h * p.G * p.q_sh;
+  const HeadPtrs<bf16_t> hp = head_ptrs<bf16_t>(p, blockIdx.y);
+  const bf16_t *K = hp.k, *V = hp.v, *q_bh = hp.q;
   const float* o_bh = w.fin_o + bh * s.R * D;
   long long *lim = reinterpret_cast<long long*>(smem), *q_off = lim + kR;
   uint32_t* Kw = reinterpret_cast<uint32_t*>(smem + 4 * kR);
@@ -385,8 +380,7 @@ __global__ void __launch_bounds__(kThreads) pass2_mma_kernel(SaliencyParams p, S
 #pragma unroll
         for (int hr = 0; hr < 2; ++hr) {
           const int rr = row_w + 16 * mt + g + 8 * hr;
-          const long long lr = lim[rr] - p0;
-          const int last = static_cast<int>(lr < tn - 1 ? lr : tn - 1);  // < 0: no key visible
+          const int last = last_visible(lim[rr], p0, tn);
           const float m = rm[rr], il = ril[rr], on2 = ron2[rr];
 #pragma unroll
           for (int nt = 0; nt < 4; ++nt)
