@@ -134,12 +134,12 @@ size_t pass1_mma_smem(const SaliencyParams& p) {
   return sizeof(float) * (2 * rows + rows * pw + (1 + o) * keys * pw);
 }
 size_t pass2_mma_smem(const SaliencyParams& p) {
-  const size_t pw = static_cast<size_t>(salc::pair_stride(p.D)), ow = static_cast<size_t>(salc::o_stride(p.D));
+  const size_t pw = static_cast<size_t>(salc::pair_stride(p.D));
   const size_t G = static_cast<size_t>(p.G), o = score_needs_vo(p.score) ? 1 : 0;
   const size_t v = o || score_needs_vn1(p.score) || score_needs_vn2(p.score) ? 1 : 0;
   const size_t keys = salc::kMmaKeys, rows = salc::kMmaRows;
-  return sizeof(float) * (4 * rows + (1 + v) * keys * pw + rows * pw + o * rows * ow + rows * (keys + 1) +
-                          G * keys + 2 * keys + 3 * rows) +
+  const size_t rows_words = std::max((1 + 3 * o) * rows * pw, rows * (keys + 1));  // Q, O's terms | Cs
+  return sizeof(float) * (4 * rows + (1 + v) * keys * pw + rows_words + G * keys + 2 * keys + 3 * rows) +
          sizeof(int) * rows;
 }
 

@@ -12,9 +12,9 @@
 // precision (2^-24 relative) at three products each: a single bf16 O would
 // lose 2^-9 of v . o to the cancellation in ||v||^2 - 2 v . o + ||o||^2 (key
 // and joint), and O comes from P V.
-// Shared memory: Q, K and V as bf16 pairs (32-bit words), O as floats, rows
-// padded so that every fragment load is free of bank conflicts (the strides
-// below say how).
+// Shared memory: Q, K, V and O's three terms as bf16 pairs (32-bit words),
+// rows padded so that every fragment load is free of bank conflicts (the
+// stride below says how).
 #pragma once
 
 #include <type_traits>
@@ -34,9 +34,6 @@ OBC_HD OBC_INLINE int mma_depth(long long D) { return static_cast<int>((D + 15) 
 // ldmatrix matrix (or of a fragment load, g = 0..7) start in 8 different
 // 4-bank groups: free of bank conflicts.
 OBC_HD OBC_INLINE int pair_stride(long long D) { return mma_depth(D) / 2 + 4; }
-// Floats per O row: 8 mod 32, so the 4 rows x 4 float2 of a half warp's
-// load cover the 32 banks once.
-OBC_HD OBC_INLINE int o_stride(long long D) { return mma_depth(D) + 8; }
 
 // Pass 1 keeps a warp's 16 rows of O in registers: head sizes up to 128.
 constexpr int kMmaPass1MaxDepth = 128;
@@ -56,6 +53,17 @@ __device__ OBC_INLINE void load_pair_row(const bf16_t* x, int Di, int pw, uint32
   }
 }
 
+// f(row, j) for rows 0 .. n - 1 and chunks j = 0 .. chunks - 1 of each, by
+// the whole block: thread i takes chunk i % chunks of rows i / chunks + k *
+// per_pass (no division in the loop; up to chunks - 1 threads idle when
+// chunks does not divide the block).
+template <typename F>
+__device__ OBC_INLINE void for_each_row_chunk(int n, int chunks, F f) {
+  const int tid = threadIdx.x, per_pass = kThreads / chunks, j = tid % chunks;
+  if (tid < per_pass * chunks)
+    for (int c = tid / chunks; c < n; c += per_pass) f(c, j);
+}
+
 // Rows 0 .. n - 1 of a shared bf16-pair tile, by the whole block: row c from
 // src(c) (nullptr: zeros), zero from D to the mma depth. With `vec`
 // (Shape::vec16: D a multiple of 8, every row 16-byte aligned) one 16-byte
@@ -67,34 +75,44 @@ __device__ OBC_INLINE void load_pair_rows(Src src, int n, int Di, int pw, bool v
     for (int c = threadIdx.x / kTile; c < n; c += kWarps) load_pair_row(src(c), Di, pw, dst + c * pw);
     return;
   }
-  // Thread i: chunk i % chunks of rows i / chunks + k * per_pass (no division
-  // in the loop; up to chunks - 1 threads idle when chunks does not divide
-  // the block).
-  const int tid = threadIdx.x, chunks = mma_depth(Di) / 8, per_pass = kThreads / chunks, j = tid % chunks;
-  for (int c = tid / chunks; c < n && tid < per_pass * chunks; c += per_pass) {
+  for_each_row_chunk(n, mma_depth(Di) / 8, [&](int c, int j) {
     const bf16_t* x = src(c);
     uint4 v = make_uint4(0u, 0u, 0u, 0u);
     if (x && 8 * j < Di) v = *reinterpret_cast<const uint4*>(x + 8 * j);
     *reinterpret_cast<uint4*>(dst + c * pw + 4 * j) = v;
-  }
+  });
 }
 
-// Rows r0 .. r0 + rows - 1 of O ([R][D] floats at src) into shared rows of
-// ow floats (zero past D, up to the mma depth, and past R): float4 loads
-// where D is a multiple of 4 and src 16-byte aligned (the combine's output
-// starts the workspace), else load_rows' one float per load.
-__device__ OBC_INLINE void load_o_rows(const float* src, long long R, int Di, long long r0, int rows, int ow,
-                                       float* dst) {
-  if (Di % 4 != 0 || reinterpret_cast<uintptr_t>(src) % 16 != 0) {
-    load_rows(src, R, Di, r0, rows, ow, dst);
-    return;
-  }
-  // Up to the mma depth: the products read no further (as load_pair_rows).
-  const int tid = threadIdx.x, chunks = mma_depth(Di) / 4, per_pass = kThreads / chunks, j = tid % chunks;
-  for (int rr = tid / chunks; rr < rows && tid < per_pass * chunks; rr += per_pass) {
-    float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    if (r0 + rr < R && 4 * j < Di) v = *reinterpret_cast<const float4*>(src + (r0 + rr) * Di + 4 * j);
-    *reinterpret_cast<float4*>(dst + rr * ow + 4 * j) = v;
+// Rows r0 .. r0 + rows - 1 of O ([R][D] floats at src) as three shared
+// bf16-pair planes, dst + k * plane for k = 0, 1, 2 (rows of pw words), whose
+// sum is O to float precision (mma::split3); zero past D (up to the mma
+// depth) and past R. Split here once per block and chunk: split in the
+// product loop, each warp did it for its 32 rows in every step of D, and
+// the two warps of a row half both did. Four columns per thread and trip:
+// one float4 load where D is a multiple of 4 and src 16-byte aligned (the
+// combine's output starts the workspace), else four. Row offsets in 32 bits
+// from the chunk's first row: 64-bit ones doubled the loop.
+__device__ OBC_INLINE void load_o_planes(const float* src, long long R, int Di, long long r0, int rows, int pw,
+                                         int plane, uint32_t* dst) {
+  const float* base = src + r0 * Di;
+  const int valid = R - r0 < rows ? static_cast<int>(R - r0) : rows, chunks = mma_depth(Di) / 4;
+  const auto store = [&](int rr, int j, float x0, float x1, float x2, float x3) {
+    uint2 t[3];
+    mma::split3(x0, x1, t[0].x, t[1].x, t[2].x);
+    mma::split3(x2, x3, t[0].y, t[1].y, t[2].y);
+    for (int k = 0; k < 3; ++k) *reinterpret_cast<uint2*>(dst + k * plane + rr * pw + 2 * j) = t[k];
+  };
+  if (Di % 4 == 0 && reinterpret_cast<uintptr_t>(src) % 16 == 0) {
+    for_each_row_chunk(rows, chunks, [&](int rr, int j) {
+      float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      if (rr < valid && 4 * j < Di) v = *reinterpret_cast<const float4*>(base + rr * Di + 4 * j);
+      store(rr, j, v.x, v.y, v.z, v.w);
+    });
+  } else {
+    for_each_row_chunk(rows, chunks, [&](int rr, int j) {
+      const auto at = [&](int d) { return rr < valid && d < Di ? base[rr * Di + d] : 0.0f; };
+      store(rr, j, at(4 * j), at(4 * j + 1), at(4 * j + 2), at(4 * j + 3));
+    });
   }
 }
 
@@ -266,11 +284,12 @@ __global__ void __launch_bounds__(kThreads) pass1_mma_kernel(SaliencyParams p, S
 // ---- Pass 2 on the tensor cores: block of 128 threads, 2 x 2 warps over a
 // chunk of 64 rows x 64 keys, each warp 32 rows (two m-tiles of 16) x 32 keys
 // (four n-tiles of 8). Per 16-wide step of D a warp loads two ldmatrix .x4
-// each of Q, K and V and 8 float2 of O per lane for 8 + 24 products.
+// each of Q, K and V and six of O's terms for 8 + 24 products.
 // smem: lim, q_off rows (64-bit) | Kw keys*pw | Vw keys*pw (scores that read V) |
-// Qw rows*pw | Os rows*ow (key, joint) | Cs rows*(keys+1) | head G*keys |
-// vn1, vn2 keys | rm, ril, ron2 rows | head_of rows (int); pass2_mma_smem in
-// saliency_cuda.cu is the same sum.
+// Qw rows*pw, then Op 3*rows*pw (key, joint), both dead once the chunk's
+// products are done, so Cs rows*(keys+1) takes the same space (the larger
+// of the two) | head G*keys | vn1, vn2 keys | rm, ril, ron2 rows | head_of
+// rows (int); pass2_mma_smem in saliency_cuda.cu is the same sum.
 template <Score S>
 __global__ void __launch_bounds__(kThreads) pass2_mma_kernel(SaliencyParams p, Shape s, Work w) {
   constexpr int kKeys = kMmaKeys, kR = kMmaRows, kCs = kKeys + 1;
@@ -279,7 +298,7 @@ __global__ void __launch_bounds__(kThreads) pass2_mma_kernel(SaliencyParams p, S
   static_assert(mma_pass2_supports<S>(), "loo runs on the FP32 path");
   OBC_DYNAMIC_SMEM(float, smem);
   const long long D = p.D, N = p.N;
-  const int Di = static_cast<int>(D), depth = mma_depth(D), pw = pair_stride(D), ow = o_stride(D);
+  const int Di = static_cast<int>(D), depth = mma_depth(D), pw = pair_stride(D), plane = kR * pw;
   const long long p0 = static_cast<long long>(blockIdx.x) * kKeys, bh = blockIdx.y;
   const int tn = static_cast<int>(N - p0 < kKeys ? N - p0 : kKeys);
   const HeadPtrs<bf16_t> hp = head_ptrs<bf16_t>(p, blockIdx.y);
@@ -289,9 +308,10 @@ __global__ void __launch_bounds__(kThreads) pass2_mma_kernel(SaliencyParams p, S
   uint32_t* Kw = reinterpret_cast<uint32_t*>(smem + 4 * kR);
   uint32_t* Vw = Kw + kKeys * pw;
   uint32_t* Qw = Vw + (kNeedV ? kKeys * pw : 0);
-  float* Os = reinterpret_cast<float*>(Qw + kR * pw);
-  float* Cs = Os + (kVo ? kR * ow : 0);
-  const Pass2Smem sm = carve_pass2(Cs + kR * kCs, p.G, kKeys, kR);
+  uint32_t* Op = Qw + plane;
+  float* Cs = reinterpret_cast<float*>(Qw);
+  const int rows_words = (kVo ? 4 : 1) * plane;
+  const Pass2Smem sm = carve_pass2(Cs + (rows_words > kR * kCs ? rows_words : kR * kCs), p.G, kKeys, kR);
   float *head = sm.head, *vn1 = sm.vn1, *vn2 = sm.vn2, *rm = sm.rm, *ril = sm.ril, *ron2 = sm.ron2;
   int* head_of = sm.head_of;
   const int tid = threadIdx.x, lane = tid % kTile, warp = tid / kTile;
@@ -307,9 +327,9 @@ __global__ void __launch_bounds__(kThreads) pass2_mma_kernel(SaliencyParams p, S
   });
   for (long long r0 = 0; r0 < s.R; r0 += kR) {
     row_info<true>(p, s, r0, kR, lim, head_of, q_off);
-    __syncthreads();  // q_off
+    __syncthreads();  // q_off (and Cs of the previous chunk read: reduce_queries)
     load_pair_rows([&](int rr) { return q_off[rr] < 0 ? nullptr : q_bh + q_off[rr]; }, kR, Di, pw, s.vec16, Qw);
-    if (kVo) load_o_rows(o_bh, s.R, Di, r0, kR, ow, Os);
+    if (kVo) load_o_planes(o_bh, s.R, Di, r0, kR, pw, plane, Op);
     load_row_stats(s, w, bh, r0, kR, rm, ril, ron2);
     __syncthreads();
     // This warp's 32 rows x 32 keys: z[mt][nt] and vo[mt][nt] are the
@@ -322,11 +342,7 @@ __global__ void __launch_bounds__(kThreads) pass2_mma_kernel(SaliencyParams p, S
         load_a(aq[mt], Qw, pw, row_w + 16 * mt, k0, lane);
         if (kVo)
 #pragma unroll
-          for (int i = 0; i < 4; ++i) {  // rows m, m + 8; columns k0 + 2t, k0 + 8 + 2t
-            const int row = row_w + 16 * mt + g + 8 * (i % 2), half = i / 2;
-            const float2 x = *reinterpret_cast<const float2*>(Os + row * ow + k0 + 2 * t + 8 * half);
-            mma::split3(x.x, x.y, ao[mt][0][i], ao[mt][1][i], ao[mt][2][i]);
-          }
+          for (int part = 0; part < 3; ++part) load_a(ao[mt][part], Op + part * plane, pw, row_w + 16 * mt, k0, lane);
       }
 #pragma unroll
       for (int nt = 0; nt < 4; nt += 2) {
@@ -363,6 +379,7 @@ __global__ void __launch_bounds__(kThreads) pass2_mma_kernel(SaliencyParams p, S
     // and a 64-row serial reduction. The reduction (Cs rows, in-warp sum,
     // in-warp max) is a compile-time mode: one copy of this code each.
     const bool in_warp = s.Wr % 32 == 0;
+    __syncthreads();  // every warp is done with Qw and Op, which Cs reuses
     float k1[4][2], k2[4][2];
 #pragma unroll
     for (int nt = 0; nt < 4; ++nt)

@@ -34,15 +34,20 @@ struct Case {
 // of the six (group, query) reductions, so that every reduction meets two
 // scores (the reductions themselves are score-independent code). given_o:
 // both kernels read an arbitrary O (laid out as q) instead of computing it.
+// v_near != 0: every value is v_near + x / 32 instead of x (x on the grid),
+// so that v - o cancels in the key and joint scores, and the scores are
+// checked against the float64 reference (naive::saliency) instead of the CPU
+// kernels; tol: relative to the largest score.
 template <typename E>
 void check_case(const Case& c, obc::DType dt, std::mt19937& rng, bool all_reductions, unsigned scores = 0x7f,
-                bool given_o = false) {
+                bool given_o = false, float v_near = 0.0f, double tol = 2e-5) {
   const int64_t sn = c.D + c.pad, sh = (c.N + 1) * sn, sb = c.H * sh;
   const int64_t qw = c.D + c.pad, qh = c.W * qw, qb = c.H * c.G * qh;
   std::vector<E> k(c.B * sb), v(c.B * sb), q(c.B * qb), o(c.B * qb);
   for (auto* t : {&k, &v, &q, &o}) {
     const std::vector<float> x = naive::grid_values(t->size(), rng);
-    for (size_t i = 0; i < x.size(); ++i) (*t)[i] = naive::from_float<E>(x[i]);
+    const bool near = t == &v && v_near != 0.0f;
+    for (size_t i = 0; i < x.size(); ++i) (*t)[i] = naive::from_float<E>(near ? v_near + x[i] / 32 : x[i]);
   }
   for (int s = 0; s < 7; ++s)
     for (int j = 0; j < (all_reductions ? 2 : 1); ++j) {
@@ -64,10 +69,18 @@ void check_case(const Case& c, obc::DType dt, std::mt19937& rng, bool all_reduct
       std::vector<float> ws(obc::saliency_cuda_workspace_bytes(p) / 4 + 1, NAN);
       p.out = got.data();
       ASSERT_EQ(obc::saliency_cuda(p, ws.data(), nullptr), 0);
+      if (v_near != 0.0f) {
+        std::vector<float> kf(k.size()), vf(v.size()), qf(q.size());
+        for (size_t i = 0; i < k.size(); ++i) kf[i] = obc::Elem<E>::load(k[i]), vf[i] = obc::Elem<E>::load(v[i]);
+        for (size_t i = 0; i < q.size(); ++i) qf[i] = obc::Elem<E>::load(q[i]);
+        const std::vector<double> ref = naive::saliency(p, {kf.data(), sb, sh, sn}, {vf.data(), sb, sh, sn},
+                                                        {qf.data(), qb, qh, qw}, p.scale);
+        want.assign(ref.begin(), ref.end());
+      }
       double mag = 0;
       for (float x : want) mag = std::max(mag, std::fabs(static_cast<double>(x)));
       for (size_t i = 0; i < want.size(); ++i)
-        ASSERT_NEAR(got[i], want[i], 2e-5 * std::max(mag, 1e-30))
+        ASSERT_NEAR(got[i], want[i], tol * std::max(mag, 1e-30))
             << "N=" << c.N << " W=" << c.W << " G=" << c.G << " D=" << c.D << " causal=" << c.causal
             << " score=" << s << " reduction=" << red << " at " << i;
     }
@@ -194,6 +207,23 @@ TEST(EmuSaliency, BFloat16OnTensorCores) {
   check_case<obc::bf16_t>(cases[0], obc::DType::BF16, rng, false, 1u << 5);
   EXPECT_EQ(simt::mma_instructions(), before);
   unsetenv("OBCACHE_CUDA_TENSOR_CORES");
+}
+
+// The tensor cores multiply O (and P, which makes O, in pass 1) as three
+// bf16 terms, to keep float precision where ||v||^2 - 2 v . o + ||o||^2
+// cancels. Here every v is within 1/16 of 1 (bf16: 1 + m 2^-7, |m| <= 8), so
+// the key and joint scores are ~1/800 of ||v||^2, and float32 itself is off
+// by up to ~5e-3 of the largest score (the CPU kernels: 3.0e-3 at D = 128,
+// 5.0e-3 at D = 64, against float64; the tensor cores 4.4e-3 and 3.8e-3).
+// A single bf16 term (2^-9 relative in o) would be off by ~100%.
+TEST(EmuSaliency, BFloat16TensorCoresKeepOAtFloatPrecisionWhereVMinusOCancels) {
+  std::mt19937 rng(21);
+  const Case cases[] = {{1, 2, 2, 32, 150, 128, 0, true}, {1, 1, 3, 9, 120, 64, 0, false}};
+  for (const Case& c : cases) {
+    const long long before = simt::mma_instructions();
+    check_case<obc::bf16_t>(c, obc::DType::BF16, rng, false, 1u << 4 | 1u << 5, false, 1.0f, 1e-2);
+    EXPECT_GT(simt::mma_instructions(), before) << "D=" << c.D;
+  }
 }
 
 TEST(EmuSaliency, Float64IsRejected) {
