@@ -40,8 +40,15 @@ ISSUE = 4 * 132 * 1.98e9
 # (kernels.md, "Issue slots"). Before the 2026-12-03 changes (per-warp
 # 16-bit tile loads, two shared loads and a permute per V fragment register,
 # expf, a shared store per pair for the query reduction chosen at run time):
-# 6.92 + 10.95.
-WARP_INSTR_PER_PAIR = {"pass 1": 1819 / 1024, "pass 2": 3152 / 1024}
+# 6.92 + 10.95; then 1.78 + 3.08 (3,152 per pass-2 chunk), until O's split
+# into bf16 terms left pass 2's product loop (170 -> 82 per step of D, 8
+# steps) for the chunk's load (21 -> 43 per trip, 16 trips): 3,152 - 712 +
+# 352 (the rest of the chunk, counted as before, an upper estimate).
+WARP_INSTR_PER_PAIR = {"pass 1": 1819 / 1024, "pass 2": 2792 / 1024}
+# Pass 2 re-reads the window's Q (16-bit) and O (float32) for every block of
+# 64 keys: L2 traffic, not HBM (they are a few MB). H100's L2 bandwidth has
+# no datasheet figure; microbenchmarks find ~5.5-7 TB/s.
+L2_BW = (5.5e12, 7e12)
 SM_BYTES_PER_S = 64 * 1.755e9  # one SM's L2 load bandwidth, at most
 # select's global traffic per candidate key as written: read the float score,
 # write the 8-byte key, then read it in the digit passes before the chosen bin
@@ -63,6 +70,7 @@ def kernels(B, Hkv, G, W, N, D, e, budget, hidden):
     sal_bytes = (2 * kv + q + scores, 4 * kv + q + scores)
     evict_bytes = (2 * kv + q + 2 * kept + idx + scores, 4 * kv + q + 2 * scores + idx + 4 * kept + idx)
     issue_s = pairs * sum(WARP_INSTR_PER_PAIR.values()) / ISSUE
+    l2_bytes = -(-N // 64) * B * Hq * W * D * (e + 4)  # pass 2: Q and O per 64-key block
     select_s = N * SELECT_BYTES_PER_KEY / SM_BYTES_PER_S  # rows in parallel, one SM each
     rows = []
     rows.append(("saliency (joint), bf16, tensor cores", (3 * prod, sal_bytes[0], True),
@@ -70,8 +78,11 @@ def kernels(B, Hkv, G, W, N, D, e, budget, hidden):
                  "necessary: Q K^T, A V, O V^T once, K and V read once. As written (bf16 on sm_80+): pass 1 "
                  "(Q K^T, P V with P in three bf16 terms, over N splits) and pass 2 (Q K^T again, O V^T with O in "
                  "three terms) on the tensor cores, each pass reading K and V; %.2f + %.2f warp instructions per "
-                 "(row, key) pair (SASS) take %.0f µs of issue slots; split partials not counted"
-                 % (WARP_INSTR_PER_PAIR["pass 1"], WARP_INSTR_PER_PAIR["pass 2"], 1e6 * issue_s)))
+                 "(row, key) pair (SASS) take %.0f µs of issue slots; split partials not counted. Pass 2 also "
+                 "re-reads Q and O from L2 for every 64-key block: %.0f MB, %.0f-%.0f µs at %.1f-%.0f TB/s, "
+                 "overlapped with the issue time"
+                 % (WARP_INSTR_PER_PAIR["pass 1"], WARP_INSTR_PER_PAIR["pass 2"], 1e6 * issue_s, l2_bytes / 1e6,
+                    1e6 * l2_bytes / L2_BW[1], 1e6 * l2_bytes / L2_BW[0], L2_BW[0] / 1e12, L2_BW[1] / 1e12)))
     rows.append(("saliency (joint), float32 / float16 or pre-sm_80, FP32 cores", (3 * prod, sal_bytes[0], False),
                  (0, 4 * prod, sal_bytes[1], 0, 0),
                  "the same work with every product on the FP32 cores (bytes as for bf16 inputs)"))
