@@ -748,9 +748,10 @@ inline void ldmatrix_x4(uint32_t (&r)[4], const void* row, bool trans) {
     std::memcpy(&x, reinterpret_cast<const unsigned char*>(rows[8 * matrix + i][0]) + 2 * j, 2);
     return uint32_t{x};
   };
-  for (int j = 0; j < 4; ++j) {
-    const int i = trans ? 2 * (lane % 4) : lane / 4, col = trans ? lane / 4 : 2 * (lane % 4);
+  // Lane l's row i and column col in each matrix (transposed: the two rows
+  // of one column).
+  const int i = trans ? 2 * (lane % 4) : lane / 4, col = trans ? lane / 4 : 2 * (lane % 4);
+  for (int j = 0; j < 4; ++j)
     r[j] = trans ? elem(j, i, col) | elem(j, i + 1, col) << 16 : elem(j, i, col) | elem(j, i, col + 1) << 16;
-  }
 }
 }  // namespace simt
