@@ -73,6 +73,10 @@ def saliency(
     Returns:
         [B, H_kv, N] float32 (float64 for float64 inputs), on k's device.
         Accumulation is float32 for 16/32-bit inputs, float64 for float64.
+
+    On CUDA: D <= 256, B * H_kv <= 65535 (B * H_q for the wo scores) and
+    G * W <= 1,048,560 query rows per KV head (G for "tova"); larger inputs
+    raise, naming the limit.
     """
     return torch.ops.obcache.saliency(
         k, v, q_window, score, group_reduce=group_reduce, scale=scale, causal=causal, query_reduce=query_reduce,
