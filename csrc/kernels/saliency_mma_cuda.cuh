@@ -216,22 +216,28 @@ __global__ void __launch_bounds__(kThreads) pass1_mma_kernel(SaliencyParams p, S
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
       const float m_new = fmaxf(m[hr], mx);
-      // m_new = -inf: nothing visible yet; keep the state as it is.
+      // m_new = -inf: nothing visible yet; keep the state as it is. The exps
+      // need no test per key: a masked logit is -inf, and ex2 of -inf is 0
+      // (against m_new, or 0 where m_new is -inf too).
       const float corr = m_new == -INFINITY ? 1.0f : expf(m[hr] - m_new);
+      const float m_sub = m_new == -INFINITY ? 0.0f : m_new;
       float sum = 0.0f;
 #pragma unroll
       for (int nt = 0; nt < 8; ++nt)
 #pragma unroll
         for (int j = 0; j < 2; ++j) {
           float& x = sc[nt][2 * hr + j];
-          x = m_new == -INFINITY || x == -INFINITY ? 0.0f : mma::exp2_approx((x - m_new) * mma::kLog2e);
+          x = mma::exp2_approx((x - m_sub) * mma::kLog2e);
           sum += x;
         }
       sum += __shfl_xor_sync(0xffffffffu, sum, 1);
       sum += __shfl_xor_sync(0xffffffffu, sum, 2);
       l[hr] = l[hr] * corr + sum;
       m[hr] = m_new;
-      if (kNeedO)
+      // O's rescale (64 multiplies per lane) only where a row's max moved:
+      // after the first tiles it rarely does, and a factor of 1 changes
+      // nothing.
+      if (kNeedO && __any_sync(0xffffffffu, corr != 1.0f))
 #pragma unroll
         for (int dn = 0; dn < 2 * kSteps; ++dn) o[dn][2 * hr] *= corr, o[dn][2 * hr + 1] *= corr;
     }
