@@ -43,8 +43,10 @@ ISSUE = 4 * 132 * 1.98e9
 # 6.92 + 10.95; then 1.78 + 3.08 (3,152 per pass-2 chunk), until O's split
 # into bf16 terms left pass 2's product loop (170 -> 82 per step of D, 8
 # steps) for the chunk's load (21 -> 43 per trip, 16 trips): 3,152 - 712 +
-# 352 (the rest of the chunk, counted as before, an upper estimate).
-WARP_INSTR_PER_PAIR = {"pass 1": 1819 / 1024, "pass 2": 2792 / 1024}
+# 352 (the rest of the chunk, counted as before, an upper estimate); and
+# pass 1's tile loop 1,667 -> 1,615 once the exps lost their per-key -inf
+# test (64 fewer again in tiles where no row's max moves: not counted).
+WARP_INSTR_PER_PAIR = {"pass 1": 1767 / 1024, "pass 2": 2792 / 1024}
 # Pass 2 re-reads the window's Q (16-bit) and O (float32) for every block of
 # 64 keys: L2 traffic, not HBM (they are a few MB). H100's L2 bandwidth has
 # no datasheet figure; microbenchmarks find ~5.5-7 TB/s.
