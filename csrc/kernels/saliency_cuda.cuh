@@ -391,23 +391,25 @@ __device__ OBC_INLINE Pass2Smem carve_pass2(float* at, long long G, int keys, in
   return m;
 }
 
+// One element of ||v||_1 and ||v||^2, summed in the order of d by both
+// pass-2 kernels (the zero padding past D adds exact zeros).
+__device__ OBC_INLINE void add_norms(float v, float& a1, float& a2) {
+  a1 += fabsf(v);
+  a2 += v * v;
+}
+
 // Pass 2's start, once the tile is in shared memory (callers sync first):
 // head = the query reduction's identity; vn1, vn2 = ||v_c||_1, ||v_c||^2 of
-// the tile's keys, x(c, d) reading element d of key c (zero when the score
+// the tile's keys, norms(c, a1, a2) adding key c's (zero when the score
 // reads no V). Read after the first row chunk's barrier.
-template <int kKeys, bool kNeedV, typename X>
-__device__ OBC_INLINE void start_pass2(const SaliencyParams& p, int Di, const Pass2Smem& m, X x) {
+template <int kKeys, bool kNeedV, typename Norms>
+__device__ OBC_INLINE void start_pass2(const SaliencyParams& p, const Pass2Smem& m, Norms norms) {
   const float qinit = query_reduce_init<float>(p.query_reduce);
   for (long long e = threadIdx.x; e < p.G * kKeys; e += kThreads) m.head[e] = qinit;
   const int c = threadIdx.x;
   if (c < kKeys) {
     float a1 = 0.0f, a2 = 0.0f;
-    if (kNeedV)
-      for (int d = 0; d < Di; ++d) {
-        const float v = x(c, d);
-        a1 += fabsf(v);
-        a2 += v * v;
-      }
+    if (kNeedV) norms(c, a1, a2);
     m.vn1[c] = a1;
     m.vn2[c] = a2;
   }
@@ -498,7 +500,9 @@ __global__ void __launch_bounds__(kThreads) pass2_kernel(SaliencyParams p, Shape
   load_key_tile<E, kKeys>(hp.k, p.k_sn, D, p0, tn, Ks);
   if (kNeedV) load_key_tile<E, kKeys>(hp.v, p.v_sn, D, p0, tn, Vs);
   __syncthreads();
-  start_pass2<kKeys, kNeedV>(p, Di, m, [&](int c, int d) { return Vs[c * sk + d]; });
+  start_pass2<kKeys, kNeedV>(p, m, [&](int c, float& a1, float& a2) {
+    for (int d = 0; d < Di; ++d) add_norms(Vs[c * sk + d], a1, a2);
+  });
   for (long long r0 = 0; r0 < s.R; r0 += kR) {
     row_info(p, s, r0, kR, lim, head_of);
     load_queries<E>(p, s, q_bh, r0, kR, Qs);
