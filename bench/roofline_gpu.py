@@ -46,7 +46,13 @@ ISSUE = 4 * 132 * 1.98e9
 # 352 (the rest of the chunk, counted as before, an upper estimate); and
 # pass 1's tile loop 1,667 -> 1,615 once the exps lost their per-key -inf
 # test (64 fewer again in tiles where no row's max moves: not counted).
-WARP_INSTR_PER_PAIR = {"pass 1": 1767 / 1024, "pass 2": 2792 / 1024}
+# Pass 2's block also loads its 64 keys of K and V (33 instructions per
+# 16-byte row piece, 8 per thread each), sums their norms (56 per 16 values,
+# warps 0-1) and sets up (~500, straight-line code counted whole) once for
+# all its row chunks: ~1,295 per warp, over 2 chunks of 1,024 pairs at this
+# shape (R = G W = 128). Not counted before 2026-12-03 (later), when it was
+# ~1,370 (~0.67 per pair).
+WARP_INSTR_PER_PAIR = {"pass 1": 1767 / 1024, "pass 2": 2792 / 1024, "pass 2, per block": 1295 / 2048}
 # Pass 2 re-reads the window's Q (16-bit) and O (float32) for every block of
 # 64 keys: L2 traffic, not HBM (they are a few MB). H100's L2 bandwidth has
 # no datasheet figure; microbenchmarks find ~5.5-7 TB/s.
@@ -79,11 +85,13 @@ def kernels(B, Hkv, G, W, N, D, e, budget, hidden):
                  (8 * prod, 0, sal_bytes[1], 0, issue_s),
                  "necessary: Q K^T, A V, O V^T once, K and V read once. As written (bf16 on sm_80+): pass 1 "
                  "(Q K^T, P V with P in three bf16 terms, over N splits) and pass 2 (Q K^T again, O V^T with O in "
-                 "three terms) on the tensor cores, each pass reading K and V; %.2f + %.2f warp instructions per "
-                 "(row, key) pair (SASS) take %.0f µs of issue slots; split partials not counted. Pass 2 also "
+                 "three terms) on the tensor cores, each pass reading K and V; %.2f + %.2f + %.2f (pass 2's "
+                 "per-block loads and set-up) warp instructions per (row, key) pair (SASS) take %.0f µs of issue "
+                 "slots; split partials not counted. Pass 2 also "
                  "re-reads Q and O from L2 for every 64-key block: %.0f MB, %.0f-%.0f µs at %.1f-%.0f TB/s, "
                  "overlapped with the issue time"
-                 % (WARP_INSTR_PER_PAIR["pass 1"], WARP_INSTR_PER_PAIR["pass 2"], 1e6 * issue_s, l2_bytes / 1e6,
+                 % (WARP_INSTR_PER_PAIR["pass 1"], WARP_INSTR_PER_PAIR["pass 2"],
+                    WARP_INSTR_PER_PAIR["pass 2, per block"], 1e6 * issue_s, l2_bytes / 1e6,
                     1e6 * l2_bytes / L2_BW[1], 1e6 * l2_bytes / L2_BW[0], L2_BW[0] / 1e12, L2_BW[1] / 1e12)))
     rows.append(("saliency (joint), float32 / float16 or pre-sm_80, FP32 cores", (3 * prod, sal_bytes[0], False),
                  (0, 4 * prod, sal_bytes[1], 0, 0),
