@@ -65,20 +65,24 @@ __device__ OBC_INLINE void for_each_row_chunk(int n, int chunks, F f) {
 }
 
 // Rows 0 .. n - 1 of a shared bf16-pair tile, by the whole block: row c from
-// src(c) (nullptr: zeros), zero from D to the mma depth. With `vec`
-// (Shape::vec16: D a multiple of 8, every row 16-byte aligned) one 16-byte
-// load and store per 8 columns, a row's words being its bf16 values in memory
-// order; else two 16-bit loads per word (load_pair_row), one row per warp.
+// src(c) for c < valid, zeros after, and zero from D to the mma depth. With
+// `vec` (Shape::vec16: D a multiple of 8, every row 16-byte aligned) one
+// 16-byte load and store per 8 columns, a row's words being its bf16 values
+// in memory order; else two 16-bit loads per word (load_pair_row), one row
+// per warp. src(c) is only called for c < valid and never null: a source
+// that returned null past the end (the test in every trip, and a select that
+// kept its address from being computed incrementally) took 33 instructions
+// per 16-byte piece.
 template <typename Src>
-__device__ OBC_INLINE void load_pair_rows(Src src, int n, int Di, int pw, bool vec, uint32_t* dst) {
+__device__ OBC_INLINE void load_pair_rows(Src src, int valid, int n, int Di, int pw, bool vec, uint32_t* dst) {
   if (!vec) {
-    for (int c = threadIdx.x / kTile; c < n; c += kWarps) load_pair_row(src(c), Di, pw, dst + c * pw);
+    for (int c = threadIdx.x / kTile; c < n; c += kWarps)
+      load_pair_row(c < valid ? src(c) : nullptr, Di, pw, dst + c * pw);
     return;
   }
   for_each_row_chunk(n, mma_depth(Di) / 8, [&](int c, int j) {
-    const bf16_t* x = src(c);
     uint4 v = make_uint4(0u, 0u, 0u, 0u);
-    if (x && 8 * j < Di) v = *reinterpret_cast<const uint4*>(x + 8 * j);
+    if (c < valid && 8 * j < Di) v = *reinterpret_cast<const uint4*>(src(c) + 8 * j);
     *reinterpret_cast<uint4*>(dst + c * pw + 4 * j) = v;
   });
 }
@@ -164,11 +168,9 @@ __global__ void __launch_bounds__(kThreads) pass1_mma_kernel(SaliencyParams p, S
   const int g = lane / 4, t = lane % 4, row_w = warp * 16;
 
   row_info<true>(p, s, r0, kR, lim, nullptr);
-  const auto q_row = [&](int rr) -> const bf16_t* {
-    const long long r = r0 + rr;
-    return r < s.R ? q_bh + query_offset(p, s, static_cast<int>(r)) : nullptr;
-  };
-  load_pair_rows(q_row, kR, Di, pw, s.vec16, Qw);
+  const int rows_in = s.R - r0 < kR ? static_cast<int>(s.R - r0) : kR;  // rows of the chunk before R
+  const auto q_row = [&](int rr) { return q_bh + query_offset(p, s, static_cast<int>(r0 + rr)); };
+  load_pair_rows(q_row, rows_in, kR, Di, pw, s.vec16, Qw);
   __syncthreads();
   const long long lim_row[2] = {lim[row_w + g], lim[row_w + g + 8]};
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
@@ -178,9 +180,9 @@ __global__ void __launch_bounds__(kThreads) pass1_mma_kernel(SaliencyParams p, S
   for (long long p0 = k_begin; p0 < k_end; p0 += kKeys) {
     const int tn = static_cast<int>(k_end - p0 < kKeys ? k_end - p0 : kKeys);
     __syncthreads();  // every warp is done with the previous tile
-    load_pair_rows([&](int c) { return c < tn ? K + (p0 + c) * p.k_sn : nullptr; }, kKeys, Di, pw, s.vec16, Kw);
-    if (kNeedO)
-      load_pair_rows([&](int c) { return c < tn ? V + (p0 + c) * p.v_sn : nullptr; }, kKeys, Di, pw, s.vec16, Vw);
+    const bf16_t *Kt = K + p0 * p.k_sn, *Vt = V + p0 * p.v_sn;
+    load_pair_rows([&](int c) { return Kt + c * p.k_sn; }, tn, kKeys, Di, pw, s.vec16, Kw);
+    if (kNeedO) load_pair_rows([&](int c) { return Vt + c * p.v_sn; }, tn, kKeys, Di, pw, s.vec16, Vw);
     __syncthreads();
     float sc[8][4] = {};  // logits: rows g, g + 8 x keys 8 nt + 2t, + 1
     // Q's fragments are re-read from shared memory per tile: held in
@@ -323,9 +325,9 @@ __global__ void __launch_bounds__(kThreads) pass2_mma_kernel(SaliencyParams p, S
   const int tid = threadIdx.x, lane = tid % kTile, warp = tid / kTile;
   const int g = lane / 4, t = lane % 4, row_w = (warp / 2) * 32, key_w = (warp % 2) * 32;
 
-  load_pair_rows([&](int c) { return c < tn ? K + (p0 + c) * p.k_sn : nullptr; }, kKeys, Di, pw, s.vec16, Kw);
-  if (kNeedV)
-    load_pair_rows([&](int c) { return c < tn ? V + (p0 + c) * p.v_sn : nullptr; }, kKeys, Di, pw, s.vec16, Vw);
+  const bf16_t *Kt = K + p0 * p.k_sn, *Vt = V + p0 * p.v_sn;
+  load_pair_rows([&](int c) { return Kt + c * p.k_sn; }, tn, kKeys, Di, pw, s.vec16, Kw);
+  if (kNeedV) load_pair_rows([&](int c) { return Vt + c * p.v_sn; }, tn, kKeys, Di, pw, s.vec16, Vw);
   __syncthreads();
   // A key's norms from 16-byte shared loads, 8 values each (a 32-bit load
   // and a select per value: 75 instructions per 16 values, now 56).
@@ -339,7 +341,8 @@ __global__ void __launch_bounds__(kThreads) pass2_mma_kernel(SaliencyParams p, S
   for (long long r0 = 0; r0 < s.R; r0 += kR) {
     row_info<true>(p, s, r0, kR, lim, head_of, q_off);
     __syncthreads();  // q_off (and Cs of the previous chunk read: reduce_queries)
-    load_pair_rows([&](int rr) { return q_off[rr] < 0 ? nullptr : q_bh + q_off[rr]; }, kR, Di, pw, s.vec16, Qw);
+    const int rows_in = s.R - r0 < kR ? static_cast<int>(s.R - r0) : kR;  // rows of the chunk before R
+    load_pair_rows([&](int rr) { return q_bh + q_off[rr]; }, rows_in, kR, Di, pw, s.vec16, Qw);
     if (kVo) load_o_planes(o_bh, s.R, Di, r0, kR, pw, plane, Op);
     load_row_stats(s, w, bh, r0, kR, rm, ril, ron2);
     __syncthreads();
