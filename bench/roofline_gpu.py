@@ -46,13 +46,16 @@ ISSUE = 4 * 132 * 1.98e9
 # 352 (the rest of the chunk, counted as before, an upper estimate); and
 # pass 1's tile loop 1,667 -> 1,615 once the exps lost their per-key -inf
 # test (64 fewer again in tiles where no row's max moves: not counted).
-# Pass 2's block also loads its 64 keys of K and V (33 instructions per
-# 16-byte row piece, 8 per thread each), sums their norms (56 per 16 values,
-# warps 0-1) and sets up (~500, straight-line code counted whole) once for
-# all its row chunks: ~1,295 per warp, over 2 chunks of 1,024 pairs at this
-# shape (R = G W = 128). Not counted before 2026-12-03 (later), when it was
-# ~1,370 (~0.67 per pair).
-WARP_INSTR_PER_PAIR = {"pass 1": 1767 / 1024, "pass 2": 2792 / 1024, "pass 2, per block": 1295 / 2048}
+# Pass 2's block also loads its 64 keys of K and V (8 16-byte row pieces
+# per thread each), sums their norms (56 per 16 values, warps 0-1) and sets
+# up (~500, straight-line code counted whole) once for all its row chunks,
+# spread over 2 chunks of 1,024 pairs at this shape (R = G W = 128): ~1,370
+# per warp until 2026-12-03 (later), when it was first counted, ~1,295 with
+# the norms from 16-byte loads. Since row sources are never null, the
+# 16-byte tile loads take 19-20 instructions per piece instead of 33-34:
+# pass 1's tile 1,767 -> 1,559, pass 2's Q load 25 -> 16 per trip (8) and
+# its block's K and V 528 -> 320.
+WARP_INSTR_PER_PAIR = {"pass 1": 1559 / 1024, "pass 2": 2720 / 1024, "pass 2, per block": 1094 / 2048}
 # Pass 2 re-reads the window's Q (16-bit) and O (float32) for every block of
 # 64 keys: L2 traffic, not HBM (they are a few MB). H100's L2 bandwidth has
 # no datasheet figure; microbenchmarks find ~5.5-7 TB/s.
