@@ -115,6 +115,11 @@ __device__ OBC_INLINE void row_info(const SaliencyParams& p, const Shape& s, lon
   }
 }
 
+// How many of the chunk's rows r0 .. r0 + rows - 1 lie before R.
+__device__ OBC_INLINE int chunk_rows(const Shape& s, long long r0, int rows) {
+  return s.R - r0 < rows ? static_cast<int>(s.R - r0) : rows;
+}
+
 // The offset in a tile of tn keys from p0 of the last key a row sees (lim:
 // row_info's), clamped to tn - 1; negative when it sees none. Visibility is
 // then one 32-bit compare per key (a 64-bit one holds two registers per row
@@ -551,7 +556,7 @@ __global__ void __launch_bounds__(kThreads) pass2_kernel(SaliencyParams p, Shape
         Cs[rr * kCs + c] = x;
       }
     }
-    reduce_queries<kKeys>(p, s.R - r0 < kR ? static_cast<int>(s.R - r0) : kR, Cs, head_of, head);
+    reduce_queries<kKeys>(p, chunk_rows(s, r0, kR), Cs, head_of, head);
   }
   write_scores<kKeys>(p, bh, p0, tn, head);
 }

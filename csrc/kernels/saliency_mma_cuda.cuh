@@ -87,19 +87,18 @@ __device__ OBC_INLINE void load_pair_rows(Src src, int valid, int n, int Di, int
   });
 }
 
-// Rows r0 .. r0 + rows - 1 of O ([R][D] floats at src) as three shared
-// bf16-pair planes, dst + k * plane for k = 0, 1, 2 (rows of pw words), whose
-// sum is O to float precision (mma::split3); zero past D (up to the mma
-// depth) and past R. Split here once per block and chunk: split in the
+// Rows 0 .. rows - 1 of O ([rows][D] floats at src, the chunk's first row)
+// as three shared bf16-pair planes, dst + k * plane for k = 0, 1, 2 (rows of
+// pw words), whose sum is O to float precision (mma::split3); zero past D
+// (up to the mma depth) and from row `valid` (past R). Split here once per block and chunk: split in the
 // product loop, each warp did it for its 32 rows in every step of D, and
 // the two warps of a row half both did. Four columns per thread and trip:
 // one float4 load where D is a multiple of 4 and src 16-byte aligned (the
 // combine's output starts the workspace), else four. Row offsets in 32 bits
 // from the chunk's first row: 64-bit ones doubled the loop.
-__device__ OBC_INLINE void load_o_planes(const float* src, long long R, int Di, long long r0, int rows, int pw,
-                                         int plane, uint32_t* dst) {
-  const float* base = src + r0 * Di;
-  const int valid = R - r0 < rows ? static_cast<int>(R - r0) : rows, chunks = mma_depth(Di) / 4;
+__device__ OBC_INLINE void load_o_planes(const float* src, int valid, int Di, int rows, int pw, int plane,
+                                         uint32_t* dst) {
+  const int chunks = mma_depth(Di) / 4;
   const auto store = [&](int rr, int j, float x0, float x1, float x2, float x3) {
     uint2 t[3];
     mma::split3(x0, x1, t[0].x, t[1].x, t[2].x);
@@ -109,12 +108,12 @@ __device__ OBC_INLINE void load_o_planes(const float* src, long long R, int Di, 
   if (Di % 4 == 0 && reinterpret_cast<uintptr_t>(src) % 16 == 0) {
     for_each_row_chunk(rows, chunks, [&](int rr, int j) {
       float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-      if (rr < valid && 4 * j < Di) v = *reinterpret_cast<const float4*>(base + rr * Di + 4 * j);
+      if (rr < valid && 4 * j < Di) v = *reinterpret_cast<const float4*>(src + rr * Di + 4 * j);
       store(rr, j, v.x, v.y, v.z, v.w);
     });
   } else {
     for_each_row_chunk(rows, chunks, [&](int rr, int j) {
-      const auto at = [&](int d) { return rr < valid && d < Di ? base[rr * Di + d] : 0.0f; };
+      const auto at = [&](int d) { return rr < valid && d < Di ? src[rr * Di + d] : 0.0f; };
       store(rr, j, at(4 * j), at(4 * j + 1), at(4 * j + 2), at(4 * j + 3));
     });
   }
@@ -168,7 +167,7 @@ __global__ void __launch_bounds__(kThreads) pass1_mma_kernel(SaliencyParams p, S
   const int g = lane / 4, t = lane % 4, row_w = warp * 16;
 
   row_info<true>(p, s, r0, kR, lim, nullptr);
-  const int rows_in = s.R - r0 < kR ? static_cast<int>(s.R - r0) : kR;  // rows of the chunk before R
+  const int rows_in = chunk_rows(s, r0, kR);
   const auto q_row = [&](int rr) { return q_bh + query_offset(p, s, static_cast<int>(r0 + rr)); };
   load_pair_rows(q_row, rows_in, kR, Di, pw, s.vec16, Qw);
   __syncthreads();
@@ -341,9 +340,9 @@ __global__ void __launch_bounds__(kThreads) pass2_mma_kernel(SaliencyParams p, S
   for (long long r0 = 0; r0 < s.R; r0 += kR) {
     row_info<true>(p, s, r0, kR, lim, head_of, q_off);
     __syncthreads();  // q_off (and Cs of the previous chunk read: reduce_queries)
-    const int rows_in = s.R - r0 < kR ? static_cast<int>(s.R - r0) : kR;  // rows of the chunk before R
+    const int rows_in = chunk_rows(s, r0, kR);
     load_pair_rows([&](int rr) { return q_bh + q_off[rr]; }, rows_in, kR, Di, pw, s.vec16, Qw);
-    if (kVo) load_o_planes(o_bh, s.R, Di, r0, kR, pw, plane, Op);
+    if (kVo) load_o_planes(o_bh + r0 * D, rows_in, Di, kR, pw, plane, Op);
     load_row_stats(s, w, bh, r0, kR, rm, ril, ron2);
     __syncthreads();
     // This warp's 32 rows x 32 keys: z[mt][nt] and vo[mt][nt] are the
@@ -446,7 +445,7 @@ __global__ void __launch_bounds__(kThreads) pass2_mma_kernel(SaliencyParams p, S
       contributions(std::integral_constant<int, 2>());
     else
       contributions(std::integral_constant<int, 1>());
-    reduce_queries<kKeys>(p, s.R - r0 < kR ? static_cast<int>(s.R - r0) : kR, Cs, head_of, head, in_warp ? 32 : 1);
+    reduce_queries<kKeys>(p, rows_in, Cs, head_of, head, in_warp ? 32 : 1);
   }
   write_scores<kKeys>(p, bh, p0, tn, head);
 }
