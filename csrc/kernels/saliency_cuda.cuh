@@ -464,6 +464,14 @@ __device__ OBC_INLINE void write_scores(const SaliencyParams& p, long long bh, l
   static_cast<float*>(p.out)[bh * p.N + p0 + c] = finite_or_nan(group_reduce_finish(p.group_reduce, acc, p.G));
 }
 
+// Pass 2's blocks per SM, told to ptxas as __launch_bounds__'s minimum: 2,
+// what shared memory grants the usual tiles (KPL = 2, RPW = 8) at D = 128 on
+// sm_90 (2-3 blocks of 61-111 KB). The register cap is 255 either way, but
+// without a minimum ptxas kept registers low enough for far more blocks than
+// shared memory allows and stored 1-3 registers to the stack in 12 of the 63
+// instantiations; with it none spills (bench/results/kernels.md).
+constexpr int kPass2MinBlocks = 2;
+
 // ---- Pass 2: one block per (key tile, b, h) recomputes Z, A (and v.o,
 // ||v - o||) for every window row against its kTile * KPL keys, reduces over
 // the queries and the group, and writes its scores once.
@@ -478,7 +486,7 @@ __device__ OBC_INLINE void write_scores(const SaliencyParams& p, long long bh, l
 // head G*kKeys | vn1, vn2 kKeys | rm, ril, ron2 rows | head_of rows (int);
 // pass2_smem in saliency_cuda.cu is the same sum.
 template <typename E, Score S, int KPL, int RPW>
-__global__ void __launch_bounds__(kThreads) pass2_kernel(SaliencyParams p, Shape s, Work w) {
+__global__ void __launch_bounds__(kThreads, kPass2MinBlocks) pass2_kernel(SaliencyParams p, Shape s, Work w) {
   constexpr int kKeys = kTile * KPL, kCs = kKeys + 1, kR = kWarps * RPW;
   constexpr bool kVo = score_needs_vo(S), kDist = score_needs_dist(S);
   constexpr bool kNeedO = kVo || kDist;
