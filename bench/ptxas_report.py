@@ -73,6 +73,25 @@ def parse(text):
     return rows
 
 
+def compile_report(nvcc, cu, arch, raw_dir=None):
+    """Compiles one .cu file with ptxas's report; returns (exit code, rows of parse())."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [nvcc, "-Xptxas", "-v", "--expt-relaxed-constexpr", f"-arch={arch}", "-c", cu, "-o",
+               os.path.join(tmp, "x.o"), "-I", os.path.join(ROOT, "csrc", "kernels")]
+        out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    text = out.stdout + out.stderr
+    if raw_dir:
+        os.makedirs(raw_dir, exist_ok=True)
+        with open(os.path.join(raw_dir, os.path.basename(cu).replace(".cu", ".txt")), "w") as f:
+            f.write("$ " + " ".join(os.path.relpath(c, ROOT) if c.startswith(ROOT) else c for c in cmd) + "\n")
+            f.write(text)
+    return out.returncode, (parse(text) if out.returncode == 0 else text)
+
+
+def kernel_files():
+    return sorted(glob.glob(os.path.join(ROOT, "csrc", "kernels", "*.cu")))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--arch", default="sm_90")
@@ -86,22 +105,13 @@ def main():
     print(f"nvcc: {version}; -arch={args.arch}\n")
     print("| file | kernel | regs | spill stores / loads (B) | stack (B) | static smem (B) | barriers |")
     print("|---|---|---:|---:|---:|---:|---:|")
-    for cu in sorted(glob.glob(os.path.join(ROOT, "csrc", "kernels", "*.cu"))):
+    for cu in kernel_files():
         base = os.path.basename(cu)
-        with tempfile.TemporaryDirectory() as tmp:
-            cmd = [nvcc, "-Xptxas", "-v", "--expt-relaxed-constexpr", f"-arch={args.arch}", "-c", cu, "-o",
-                   os.path.join(tmp, "x.o"), "-I", os.path.join(ROOT, "csrc", "kernels")]
-            out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-        text = out.stdout + out.stderr
-        if args.raw_dir:
-            os.makedirs(args.raw_dir, exist_ok=True)
-            with open(os.path.join(args.raw_dir, base.replace(".cu", ".txt")), "w") as f:
-                f.write("$ " + " ".join(os.path.relpath(c, ROOT) if c.startswith(ROOT) else c for c in cmd) + "\n")
-                f.write(text)
-        if out.returncode != 0:
-            print(f"| {base} | compile failed (exit {out.returncode}) | | | | | |")
+        code, rows = compile_report(nvcc, cu, args.arch, args.raw_dir)
+        if code != 0:
+            print(f"| {base} | compile failed (exit {code}) | | | | | |")
             continue
-        for r in parse(text):
+        for r in rows:
             print(f"| {base} | `{r['name']}` | {r.get('regs', '?')} | {r.get('spill_st', '?')} / "
                   f"{r.get('spill_ld', '?')} | {r.get('stack', '?')} | {r.get('smem', '?')} | "
                   f"{r.get('barriers', '?')} |")

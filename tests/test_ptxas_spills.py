@@ -1,0 +1,43 @@
+"""No CUDA kernel spills registers to local memory (issue 10's `-Xptxas -v`
+target), on both architectures of the default build (scripts/install.sh:
+TORCH_CUDA_ARCH_LIST "8.0;9.0"). Needs nvcc, not a GPU: CI compiles every
+kernel file with ptxas's report (bench/ptxas_report.py) and reads it.
+"""
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
+import ptxas_report  # noqa: E402
+
+NVCC = os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "bin", "nvcc")
+needs_nvcc = pytest.mark.skipif(not os.path.exists(NVCC), reason=f"no nvcc at {NVCC}")
+
+# What ptxas prints for a kernel that spills (its report's format, shortened).
+SPILLING = """\
+ptxas info    : Compiling entry function '_ZN3obc4salc12pass2_kernelIfLNS_5ScoreE1ELi1ELi8EEEvv' for 'sm_90'
+ptxas info    : Function properties for _ZN3obc4salc12pass2_kernelIfLNS_5ScoreE1ELi1ELi8EEEvv
+    8 bytes stack frame, 8 bytes spill stores, 4 bytes spill loads
+ptxas info    : Used 56 registers, used 1 barriers
+"""
+
+
+def test_report_parser_reads_spills():
+    (row,) = ptxas_report.parse(SPILLING)
+    assert (row["spill_st"], row["spill_ld"], row["stack"], row["regs"]) == (8, 4, 8, 56)
+    assert row["name"] == "salc::pass2_kernel<float, tova, 1, 8>"
+
+
+@needs_nvcc
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+@pytest.mark.parametrize("cu", ptxas_report.kernel_files(), ids=os.path.basename)
+def test_no_kernel_spills(cu, arch):
+    code, rows = ptxas_report.compile_report(NVCC, cu, arch)
+    assert code == 0, f"nvcc failed on {cu} for {arch}:\n{rows}"
+    assert rows, f"ptxas reported no kernel for {cu}"
+    unread = [r["name"] for r in rows if "spill_st" not in r]
+    assert not unread, f"no spill line read for {unread}"
+    spills = [f"{r['name']}: {r['spill_st']} B stored / {r['spill_ld']} B loaded" for r in rows
+              if r["spill_st"] or r["spill_ld"]]
+    assert not spills, f"{arch} register spills:\n" + "\n".join(spills)
