@@ -31,7 +31,8 @@ def test_report_parser_reads_spills():
 
 @needs_nvcc
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
-@pytest.mark.parametrize("cu", ptxas_report.kernel_files(), ids=os.path.basename)
+# ids without "cuda": bench/gpu.sh selects the GPU parity tests with -k cuda.
+@pytest.mark.parametrize("cu", ptxas_report.kernel_files(), ids=lambda cu: os.path.basename(cu).split("_cuda")[0])
 def test_no_kernel_spills(cu, arch):
     code, rows = ptxas_report.compile_report(NVCC, cu, arch)
     assert code == 0, f"nvcc failed on {cu} for {arch}:\n{rows}"
