@@ -118,8 +118,10 @@ __global__ void __launch_bounds__(kBlock) select_kernel(SelectParams p, uint64_t
   for_each_kept(keys, lo, hi, m, rr, [&](long long q, long long g, long long e) { out[p.sink + g + e] = q; }, s);
 }
 
-// Stage 1 of select_adaptive: one block per (b, h).
-__global__ void __launch_bounds__(kBlock)
+// Stage 1 of select_adaptive: one block per (b, h). Its registers (92-124)
+// allow one 512-thread block per SM anyway; saying so (the minimum 1) keeps
+// ptxas from squeezing it to 64 registers and spilling 28 B on sm_100.
+__global__ void __launch_bounds__(kBlock, 1)
     adaptive_head_kernel(SelectAdaptiveParams p, uint64_t* keys_all, uint8_t* keep_all) {
   __shared__ sel::Smem s;
   const long long row = blockIdx.x, b = row / p.H, h = row % p.H, N = p.N;
