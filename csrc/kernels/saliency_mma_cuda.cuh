@@ -53,15 +53,29 @@ __device__ OBC_INLINE void load_pair_row(const bf16_t* x, int Di, int pw, uint32
   }
 }
 
-// f(row, j) for rows 0 .. n - 1 and chunks j = 0 .. chunks - 1 of each, by
-// the whole block: thread i takes chunk i % chunks of rows i / chunks + k *
-// per_pass (no division in the loop; up to chunks - 1 threads idle when
-// chunks does not divide the block).
-template <typename F>
-__device__ OBC_INLINE void for_each_row_chunk(int n, int chunks, F f) {
+// Rows 0 .. n - 1 of a shared tile, chunks pieces each, by the whole block:
+// thread i takes piece j = i % chunks of rows i / chunks + k * per_pass (no
+// division in the loop; up to chunks - 1 threads idle when chunks does not
+// divide the block). load(row, j) reads a piece from global memory, put(row,
+// j, piece) writes it to shared memory. A thread issues the loads of kBatch
+// rows before it puts any: where each piece is put as it comes, ptxas keeps
+// one load in flight per thread, a round trip to L2 per trip (16 per 64-row
+// chunk for O's planes), where kBatch = 4 takes one per 4 trips. The 16-byte
+// tile loads use 1: ptxas already runs K's and V's 4 loads ahead, and with
+// Q's batched it laid out pass 2's product loop 25% longer (kernels.md).
+template <int kBatch, typename Load, typename Put>
+__device__ OBC_INLINE void for_each_row_chunk(int n, int chunks, Load load, Put put) {
   const int tid = threadIdx.x, per_pass = kThreads / chunks, j = tid % chunks;
-  if (tid < per_pass * chunks)
-    for (int c = tid / chunks; c < n; c += per_pass) f(c, j);
+  if (tid >= per_pass * chunks) return;
+  for (int c0 = tid / chunks; c0 < n; c0 += kBatch * per_pass) {
+    decltype(load(c0, j)) x[kBatch];
+#pragma unroll
+    for (int b = 0; b < kBatch; ++b)
+      if (c0 + b * per_pass < n) x[b] = load(c0 + b * per_pass, j);
+#pragma unroll
+    for (int b = 0; b < kBatch; ++b)
+      if (c0 + b * per_pass < n) put(c0 + b * per_pass, j, x[b]);
+  }
 }
 
 // Rows 0 .. n - 1 of a shared bf16-pair tile, by the whole block: row c from
@@ -80,11 +94,14 @@ __device__ OBC_INLINE void load_pair_rows(Src src, int valid, int n, int Di, int
       load_pair_row(c < valid ? src(c) : nullptr, Di, pw, dst + c * pw);
     return;
   }
-  for_each_row_chunk(n, mma_depth(Di) / 8, [&](int c, int j) {
-    uint4 v = make_uint4(0u, 0u, 0u, 0u);
-    if (c < valid && 8 * j < Di) v = *reinterpret_cast<const uint4*>(src(c) + 8 * j);
-    *reinterpret_cast<uint4*>(dst + c * pw + 4 * j) = v;
-  });
+  for_each_row_chunk<1>(
+      n, mma_depth(Di) / 8,
+      [&](int c, int j) {
+        uint4 v = make_uint4(0u, 0u, 0u, 0u);
+        if (c < valid && 8 * j < Di) v = *reinterpret_cast<const uint4*>(src(c) + 8 * j);
+        return v;
+      },
+      [&](int c, int j, uint4 v) { *reinterpret_cast<uint4*>(dst + c * pw + 4 * j) = v; });
 }
 
 // Rows 0 .. rows - 1 of O ([rows][D] floats at src, the chunk's first row)
@@ -99,23 +116,25 @@ __device__ OBC_INLINE void load_pair_rows(Src src, int valid, int n, int Di, int
 __device__ OBC_INLINE void load_o_planes(const float* src, int valid, int Di, int rows, int pw, int plane,
                                          uint32_t* dst) {
   const int chunks = mma_depth(Di) / 4;
-  const auto store = [&](int rr, int j, float x0, float x1, float x2, float x3) {
+  const auto put = [&](int rr, int j, float4 v) {
     uint2 t[3];
-    mma::split3(x0, x1, t[0].x, t[1].x, t[2].x);
-    mma::split3(x2, x3, t[0].y, t[1].y, t[2].y);
+    mma::split3(v.x, v.y, t[0].x, t[1].x, t[2].x);
+    mma::split3(v.z, v.w, t[0].y, t[1].y, t[2].y);
     for (int k = 0; k < 3; ++k) *reinterpret_cast<uint2*>(dst + k * plane + rr * pw + 2 * j) = t[k];
   };
   if (Di % 4 == 0 && reinterpret_cast<uintptr_t>(src) % 16 == 0) {
-    for_each_row_chunk(rows, chunks, [&](int rr, int j) {
+    const auto load = [&](int rr, int j) {
       float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
       if (rr < valid && 4 * j < Di) v = *reinterpret_cast<const float4*>(src + rr * Di + 4 * j);
-      store(rr, j, v.x, v.y, v.z, v.w);
-    });
+      return v;
+    };
+    for_each_row_chunk<4>(rows, chunks, load, put);
   } else {
-    for_each_row_chunk(rows, chunks, [&](int rr, int j) {
+    const auto load = [&](int rr, int j) {
       const auto at = [&](int d) { return rr < valid && d < Di ? src[rr * Di + d] : 0.0f; };
-      store(rr, j, at(4 * j), at(4 * j + 1), at(4 * j + 2), at(4 * j + 3));
-    });
+      return make_float4(at(4 * j), at(4 * j + 1), at(4 * j + 2), at(4 * j + 3));
+    };
+    for_each_row_chunk<4>(rows, chunks, load, put);
   }
 }
 
