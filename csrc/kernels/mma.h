@@ -81,6 +81,35 @@ OBC_DEVICE OBC_INLINE void ldsm_x4(uint32_t (&r)[4], const uint32_t* row) {
 #endif
 }
 
+// 16 bytes from global to shared memory without passing through registers
+// (cp.async.cg, sm_80 and later). The copy completes on its own while the
+// thread goes on, so a thread has all its copies in flight at once, where a
+// load and a store per piece kept ptxas to one (an L2 or DRAM round trip per
+// piece, in a row). valid = false writes 16 zero bytes and reads nothing
+// (src-size 0); src is a 16-byte-aligned global address either way.
+// cp_async_wait() waits for the calling thread's copies, and a barrier after
+// it shows them to the block. The emulation writes the copies at the wait,
+// so a read before it sees the poison.
+OBC_DEVICE OBC_INLINE void cp_async16(uint32_t* dst, const void* src, bool valid) {
+#if defined(OBC_SIMT_EMULATION)
+  ::simt::cp_async16(dst, src, valid);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(a), "l"(src), "r"(valid ? 16 : 0) : "memory");
+#elif defined(__CUDA_ARCH__)
+  __trap();  // only the tensor-core kernels (sm_80 and later) copy this way
+#else
+  (void)dst, (void)src, (void)valid;
+#endif
+}
+OBC_DEVICE OBC_INLINE void cp_async_wait() {
+#if defined(OBC_SIMT_EMULATION)
+  ::simt::cp_async_wait();
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.wait_all;" ::: "memory");
+#endif
+}
+
 // 2^x for the softmax on the tensor-core path: ex2.approx (one MUFU
 // instruction, 2^-22 relative; 0 for -inf and for results below 2^-126)
 // where expf takes ~8 instructions. Callers pass (x - max) * kLog2e: the

@@ -446,6 +446,46 @@ TEST(Simt, LdmatrixFeedsMmaInTheFragmentLayout) {
         << bad;
 }
 
+// cp.async (mma.h's cp_async16): each thread copies 16-byte pieces of src
+// into shared memory, every odd piece as zeros (valid = false), and records
+// what its first piece's slot held before the wait (`early`: the poison,
+// since the emulation lands copies at the wait) and after. mode 1 skips the
+// wait, 2 passes a misaligned destination, 3 a destination in global memory.
+__global__ void async_copy(const uint4* src, uint4* out, uint32_t* early, int n, int mode) {
+  OBC_DYNAMIC_SMEM(uint32_t, smem);
+  uint4* tile = reinterpret_cast<uint4*>(smem);
+  for (int i = threadIdx.x; i < n; i += blockDim.x) {
+    uint32_t* dst = smem + 4 * i;
+    if (mode == 2 && i == 0) dst += 1;
+    if (mode == 3 && i == 0) dst = reinterpret_cast<uint32_t*>(out);
+    obc::mma::cp_async16(dst, src + i, i % 2 == 0);
+  }
+  early[threadIdx.x] = smem[4 * threadIdx.x];
+  if (mode != 1) obc::mma::cp_async_wait();
+  __syncthreads();
+  for (int i = threadIdx.x; i < n; i += blockDim.x) out[i] = tile[(i + 1) % n];  // another thread's piece
+}
+
+TEST(Simt, CpAsyncLandsAtTheWaitZeroFillsAndChecksItsAddresses) {
+  const int n = 96, threads = 32;
+  std::vector<uint4> src(n), out(n);
+  for (int i = 0; i < n; ++i) src[i] = {4u * i + 1, 4u * i + 2, 4u * i + 3, 4u * i + 4};
+  std::vector<uint32_t> early(threads, 0);
+  const size_t smem = n * sizeof(uint4);
+  OBC_LAUNCH(async_copy, dim3(1), dim3(threads), smem, nullptr, src.data(), out.data(), early.data(), n, 0);
+  for (int i = 0; i < n; ++i) {
+    const int from = (i + 1) % n;
+    const uint4 want = from % 2 == 0 ? src[from] : uint4{0u, 0u, 0u, 0u};
+    ASSERT_EQ(std::memcmp(&out[i], &want, sizeof(uint4)), 0) << "piece " << from;
+  }
+  for (int t = 0; t < threads; ++t) EXPECT_EQ(early[t], 0xFFFFFFFFu) << "thread " << t << " saw its copy early";
+  for (int mode : {1, 2, 3})
+    EXPECT_THROW(OBC_LAUNCH(async_copy, dim3(1), dim3(threads), smem, nullptr, src.data(), out.data(),
+                            early.data(), n, mode),
+                 std::logic_error)
+        << mode;
+}
+
 __global__ void split_floats(const float* x, float* hi, float* mid, float* lo, int n) {
   for (int i = 2 * threadIdx.x; i + 1 < n; i += 2 * blockDim.x) {
     uint32_t h, m, l;

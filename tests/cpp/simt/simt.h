@@ -292,6 +292,12 @@ class Block {
 };
 
 // What a kernel thread sees as its built-in variables.
+// A cp.async copy issued and not yet waited for: its 16 bytes (read at the
+// issue) and where they go.
+struct AsyncCopy {
+  unsigned char* dst;
+  unsigned char bytes[16];
+};
 struct Ctx {
   uint3 thread_idx{0, 0, 0}, block_idx{0, 0, 0};
   dim3 block_dim, grid_dim;
@@ -300,6 +306,7 @@ struct Ctx {
   unsigned phase = 0;
   unsigned char* smem = nullptr;
   size_t smem_bytes = 0;  // of the dynamic shared memory at smem
+  std::vector<AsyncCopy> async_copies;
 };
 inline thread_local Ctx ctx;
 
@@ -384,8 +391,10 @@ inline void run_grid(dim3 grid, dim3 block, size_t smem_bytes, const std::functi
           c.phase = 0;
           c.smem = reinterpret_cast<unsigned char*>(smem.data());
           c.smem_bytes = smem_bytes;
+          c.async_copies.clear();
           try {
             kernel();
+            if (!c.async_copies.empty()) throw std::logic_error("cp.async copies never waited for");
           } catch (const BlockAborted&) {  // the block's first error is already recorded
           } catch (...) {
             blk.fail(std::current_exception());
@@ -723,6 +732,29 @@ inline void mma_m16n8k16_bf16(float (&d)[4], const uint32_t (&a)[4], const uint3
     }
     d[i] = acc;
   }
+}
+
+// cp.async.cg.shared.global.L2 [dst], [src], 16, valid ? 16 : 0 of the
+// calling thread: 16 bytes (zeros when !valid) into the block's dynamic shared
+// memory, written when the thread waits (cp_async_wait), so that a read
+// before the wait sees the poison. Both addresses 16-byte aligned.
+inline void cp_async16(void* dst, const void* src, bool valid) {
+  using namespace detail;
+  Ctx& c = kernel_ctx();
+  const auto a = reinterpret_cast<uintptr_t>(dst), base = reinterpret_cast<uintptr_t>(c.smem);
+  if (a % 16 != 0 || reinterpret_cast<uintptr_t>(src) % 16 != 0)
+    throw std::logic_error("cp.async: an address is not 16-byte aligned");
+  if (a < base || a + 16 > base + c.smem_bytes)
+    throw std::logic_error("cp.async: the destination lies outside the block's dynamic shared memory");
+  AsyncCopy copy{static_cast<unsigned char*>(dst), {}};
+  if (valid) std::memcpy(copy.bytes, src, 16);
+  c.async_copies.push_back(copy);
+}
+// cp.async.wait_all: the calling thread's copies land.
+inline void cp_async_wait() {
+  detail::Ctx& c = detail::kernel_ctx();
+  for (const detail::AsyncCopy& copy : c.async_copies) std::memcpy(copy.dst, copy.bytes, 16);
+  c.async_copies.clear();
 }
 
 // ldmatrix.sync.aligned.m8n8.x4[.trans].shared.b16 of the calling warp: four
