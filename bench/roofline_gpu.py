@@ -54,11 +54,15 @@ ISSUE = 4 * 132 * 1.98e9
 # the norms from 16-byte loads. Since row sources are never null, the
 # 16-byte tile loads take 19-20 instructions per piece instead of 33-34:
 # pass 1's tile 1,767 -> 1,559, pass 2's Q load 25 -> 16 per trip (8) and
-# its block's K and V 528 -> 320. Since O's chunk load issues four rows'
-# loads before it splits any (2026-12-03, third session: 4 x 186 per warp
-# and chunk instead of 16 x 43), and the product loop came out at 77 per step
-# instead of 82: 2,720 -> 2,736.
-WARP_INSTR_PER_PAIR = {"pass 1": 1559 / 1024, "pass 2": 2736 / 1024, "pass 2, per block": 1094 / 2048}
+# its block's K and V 528 -> 320. 2026-12-03, third session: O's chunk load
+# issues four rows' loads before it splits any (4 x 186 per warp and chunk
+# instead of 16 x 43) and the product loop came out at 77 per step instead
+# of 82: pass 2 2,720 -> 2,736; then the tiles went by cp.async (16 per
+# 16-byte piece, the zero rows past the end apart): pass 1's tile -1, pass
+# 2's chunk +37 (Q 8 x 18 -> 8 x 15, +61 straight-line), its block -8. What
+# these counts leave out is latency: the loads in flight per thread went
+# from one to all of them (kernels.md, "Loads in flight").
+WARP_INSTR_PER_PAIR = {"pass 1": 1559 / 1024, "pass 2": 2773 / 1024, "pass 2, per block": 1086 / 2048}
 # Pass 2 re-reads the window's Q (16-bit) and O (float32) for every block of
 # 64 keys: L2 traffic, not HBM (they are a few MB). H100's L2 bandwidth has
 # no datasheet figure; microbenchmarks find ~5.5-7 TB/s.

@@ -53,18 +53,26 @@ __device__ OBC_INLINE void load_pair_row(const bf16_t* x, int Di, int pw, uint32
   }
 }
 
-// Rows 0 .. n - 1 of a shared tile, chunks pieces each, by the whole block:
-// thread i takes piece j = i % chunks of rows i / chunks + k * per_pass (no
-// division in the loop; up to chunks - 1 threads idle when chunks does not
-// divide the block). load(row, j) reads a piece from global memory, put(row,
-// j, piece) writes it to shared memory. A thread issues the loads of kBatch
-// rows before it puts any: where each piece is put as it comes, ptxas keeps
-// one load in flight per thread, a round trip to L2 per trip (16 per 64-row
-// chunk for O's planes), where kBatch = 4 takes one per 4 trips. The 16-byte
-// tile loads use 1: ptxas already runs K's and V's 4 loads ahead, and with
-// Q's batched it laid out pass 2's product loop 25% longer (kernels.md).
+// f(row, j) for rows 0 .. n - 1 and chunks j = 0 .. chunks - 1 of each, by
+// the whole block: thread i takes chunk i % chunks of rows i / chunks + k *
+// per_pass (no division in the loop; up to chunks - 1 threads idle when
+// chunks does not divide the block).
+template <typename F>
+__device__ OBC_INLINE void for_each_row_chunk(int n, int chunks, F f) {
+  const int tid = threadIdx.x, per_pass = kThreads / chunks, j = tid % chunks;
+  if (tid < per_pass * chunks)
+    for (int c = tid / chunks; c < n; c += per_pass) f(c, j);
+}
+
+// The same pieces of a tile that needs registers on the way (O's planes):
+// load(row, j) reads one from global memory, put(row, j, piece) writes it to
+// shared memory, and a thread issues the loads of kBatch rows before it puts
+// any. Put as they came, ptxas kept one load in flight per thread, a round
+// trip to L2 per piece (16 per 64-row chunk for O), where kBatch = 4 takes
+// one per 4. (Tiles copied as they are go by cp.async, which needs no
+// registers: load_pair_rows.)
 template <int kBatch, typename Load, typename Put>
-__device__ OBC_INLINE void for_each_row_chunk(int n, int chunks, Load load, Put put) {
+__device__ OBC_INLINE void for_each_row_chunk_batched(int n, int chunks, Load load, Put put) {
   const int tid = threadIdx.x, per_pass = kThreads / chunks, j = tid % chunks;
   if (tid >= per_pass * chunks) return;
   for (int c0 = tid / chunks; c0 < n; c0 += kBatch * per_pass) {
@@ -79,14 +87,17 @@ __device__ OBC_INLINE void for_each_row_chunk(int n, int chunks, Load load, Put 
 }
 
 // Rows 0 .. n - 1 of a shared bf16-pair tile, by the whole block: row c from
-// src(c) for c < valid, zeros after, and zero from D to the mma depth. With
-// `vec` (Shape::vec16: D a multiple of 8, every row 16-byte aligned) one
-// 16-byte load and store per 8 columns, a row's words being its bf16 values
-// in memory order; else two 16-bit loads per word (load_pair_row), one row
-// per warp. src(c) is only called for c < valid and never null: a source
-// that returned null past the end (the test in every trip, and a select that
-// kept its address from being computed incrementally) took 33 instructions
-// per 16-byte piece.
+// src(c) for c < valid, zeros after, and zero from D to the mma
+// depth. With `vec` (Shape::vec16: D a multiple of 8, every row 16-byte
+// aligned) one 16-byte cp.async per 8 columns, a row's words being its bf16
+// values in memory order, so a thread has all its pieces in flight (a load
+// and a store per piece had one: pass 1 read K and V from DRAM a 16-byte
+// piece per thread at a time); else two 16-bit loads per word
+// (load_pair_row), one row per warp. src(c) is only called for c < valid and
+// never null: a source that returned null past the end (the test in every
+// trip, and a select that kept its address from being computed
+// incrementally) took 33 instructions per 16-byte piece. The copies may
+// still be on their way when this returns: sync_tiles() before reading.
 template <typename Src>
 __device__ OBC_INLINE void load_pair_rows(Src src, int valid, int n, int Di, int pw, bool vec, uint32_t* dst) {
   if (!vec) {
@@ -94,14 +105,21 @@ __device__ OBC_INLINE void load_pair_rows(Src src, int valid, int n, int Di, int
       load_pair_row(c < valid ? src(c) : nullptr, Di, pw, dst + c * pw);
     return;
   }
-  for_each_row_chunk<1>(
-      n, mma_depth(Di) / 8,
-      [&](int c, int j) {
-        uint4 v = make_uint4(0u, 0u, 0u, 0u);
-        if (c < valid && 8 * j < Di) v = *reinterpret_cast<const uint4*>(src(c) + 8 * j);
-        return v;
-      },
-      [&](int c, int j, uint4 v) { *reinterpret_cast<uint4*>(dst + c * pw + 4 * j) = v; });
+  const int m = valid < n ? valid : n, chunks = mma_depth(Di) / 8;
+  for_each_row_chunk(m, chunks, [&](int c, int j) {
+    const bool in_d = 8 * j < Di;  // else the padding past D: zeros, read from the row's start
+    mma::cp_async16(dst + c * pw + 4 * j, src(c) + (in_d ? 8 * j : 0), in_d);
+  });
+  for_each_row_chunk(n - m, chunks, [&](int c, int j) {
+    *reinterpret_cast<uint4*>(dst + (m + c) * pw + 4 * j) = make_uint4(0u, 0u, 0u, 0u);
+  });
+}
+
+// The barrier after load_pair_rows: this thread's copies land (all of them,
+// so the tiles loaded before it travel together), then the block's.
+__device__ OBC_INLINE void sync_tiles() {
+  mma::cp_async_wait();
+  __syncthreads();
 }
 
 // Rows 0 .. rows - 1 of O ([rows][D] floats at src, the chunk's first row)
@@ -128,13 +146,13 @@ __device__ OBC_INLINE void load_o_planes(const float* src, int valid, int Di, in
       if (rr < valid && 4 * j < Di) v = *reinterpret_cast<const float4*>(src + rr * Di + 4 * j);
       return v;
     };
-    for_each_row_chunk<4>(rows, chunks, load, put);
+    for_each_row_chunk_batched<4>(rows, chunks, load, put);
   } else {
     const auto load = [&](int rr, int j) {
       const auto at = [&](int d) { return rr < valid && d < Di ? src[rr * Di + d] : 0.0f; };
       return make_float4(at(4 * j), at(4 * j + 1), at(4 * j + 2), at(4 * j + 3));
     };
-    for_each_row_chunk<4>(rows, chunks, load, put);
+    for_each_row_chunk_batched<4>(rows, chunks, load, put);
   }
 }
 
@@ -189,7 +207,7 @@ __global__ void __launch_bounds__(kThreads) pass1_mma_kernel(SaliencyParams p, S
   const int rows_in = chunk_rows(s, r0, kR);
   const auto q_row = [&](int rr) { return q_bh + query_offset(p, s, static_cast<int>(r0 + rr)); };
   load_pair_rows(q_row, rows_in, kR, Di, pw, s.vec16, Qw);
-  __syncthreads();
+  sync_tiles();
   const long long lim_row[2] = {lim[row_w + g], lim[row_w + g + 8]};
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
   float o[2 * kSteps][4] = {};  // rows g, g + 8 x columns 8 dn + 2t, + 1
@@ -201,7 +219,7 @@ __global__ void __launch_bounds__(kThreads) pass1_mma_kernel(SaliencyParams p, S
     const bf16_t *Kt = K + p0 * p.k_sn, *Vt = V + p0 * p.v_sn;
     load_pair_rows([&](int c) { return Kt + c * p.k_sn; }, tn, kKeys, Di, pw, s.vec16, Kw);
     if (kNeedO) load_pair_rows([&](int c) { return Vt + c * p.v_sn; }, tn, kKeys, Di, pw, s.vec16, Vw);
-    __syncthreads();
+    sync_tiles();
     float sc[8][4] = {};  // logits: rows g, g + 8 x keys 8 nt + 2t, + 1
     // Q's fragments are re-read from shared memory per tile: held in
     // registers for the kernel, with O's, they pushed it into spilling.
@@ -346,7 +364,7 @@ __global__ void __launch_bounds__(kThreads) pass2_mma_kernel(SaliencyParams p, S
   const bf16_t *Kt = K + p0 * p.k_sn, *Vt = V + p0 * p.v_sn;
   load_pair_rows([&](int c) { return Kt + c * p.k_sn; }, tn, kKeys, Di, pw, s.vec16, Kw);
   if (kNeedV) load_pair_rows([&](int c) { return Vt + c * p.v_sn; }, tn, kKeys, Di, pw, s.vec16, Vw);
-  __syncthreads();
+  sync_tiles();
   // A key's norms from 16-byte shared loads, 8 values each (a 32-bit load
   // and a select per value: 75 instructions per 16 values, now 56).
   start_pass2<kKeys, kNeedV>(p, sm, [&](int c, float& a1, float& a2) {
@@ -363,7 +381,7 @@ __global__ void __launch_bounds__(kThreads) pass2_mma_kernel(SaliencyParams p, S
     load_pair_rows([&](int rr) { return q_bh + q_off[rr]; }, rows_in, kR, Di, pw, s.vec16, Qw);
     if (kVo) load_o_planes(o_bh + r0 * D, rows_in, Di, kR, pw, plane, Op);
     load_row_stats(s, w, bh, r0, kR, rm, ril, ron2);
-    __syncthreads();
+    sync_tiles();
     // This warp's 32 rows x 32 keys: z[mt][nt] and vo[mt][nt] are the
     // accumulator fragments of rows row_w + 16 mt, keys key_w + 8 nt.
     float z[2][4][4] = {}, vo[2][4][4] = {};
