@@ -734,7 +734,7 @@ inline void mma_m16n8k16_bf16(float (&d)[4], const uint32_t (&a)[4], const uint3
   }
 }
 
-// cp.async.cg.shared.global.L2 [dst], [src], 16, valid ? 16 : 0 of the
+// cp.async.cg.shared.global [dst], [src], 16, valid ? 16 : 0 of the
 // calling thread: 16 bytes (zeros when !valid) into the block's dynamic shared
 // memory, written when the thread waits (cp_async_wait), so that a read
 // before the wait sees the poison. Both addresses 16-byte aligned.
