@@ -35,11 +35,10 @@
 #include "saliency_cuda.h"
 
 #include <algorithm>
-#include <cstdlib>
-#include <cstring>
 #include <type_traits>
 
 #include "cuda_compat.h"
+#include "device_caps_cuda.h"
 #include "saliency_cuda.cuh"
 #include "saliency_mma_cuda.cuh"
 
@@ -49,12 +48,6 @@ namespace {
 using salc::kRows;
 using salc::kThreads;
 using salc::kTile;
-
-// Rows of 16-bit elements at x with these strides (elements) all start
-// 16-byte aligned.
-bool rows_aligned16(const void* x, long long sb, long long sh, long long sr) {
-  return reinterpret_cast<uintptr_t>(x) % 16 == 0 && sb % 8 == 0 && sh % 8 == 0 && sr % 8 == 0;
-}
 
 // Enough blocks in pass 1 to fill a large GPU (about 1024), without splits
 // shorter than 256 keys or more than kMaxSplits.
@@ -77,8 +70,9 @@ salc::Shape make_shape(const SaliencyParams& p) {
   s.keys_per_split = per > 0 ? per : salc::kMmaKeys;
   s.splits = (p.N + s.keys_per_split - 1) / s.keys_per_split;
   if (s.splits < 1) s.splits = 1;
-  s.vec16 = p.D % 8 == 0 && rows_aligned16(p.q, p.q_sb, p.q_sh, p.q_sw) &&
-            rows_aligned16(p.k, p.k_sb, p.k_sh, p.k_sn) && rows_aligned16(p.v, p.v_sb, p.v_sh, p.v_sn);
+  s.vec16 = p.D % 8 == 0 && mma::rows_aligned16(p.q, p.q_sb, p.q_sh, p.q_sw) &&
+            mma::rows_aligned16(p.k, p.k_sb, p.k_sh, p.k_sn) &&
+            mma::rows_aligned16(p.v, p.v_sb, p.v_sh, p.v_sn);
   return s;
 }
 
@@ -129,59 +123,18 @@ size_t pass2_smem(const SaliencyParams& p, int kpl, int rpw) {
 
 // The tensor-core pass 1's and pass 2's (saliency_mma_cuda.cuh).
 size_t pass1_mma_smem(const SaliencyParams& p) {
-  const size_t pw = static_cast<size_t>(salc::pair_stride(p.D));
+  const size_t pw = static_cast<size_t>(mma::pair_stride(p.D));
   const size_t rows = salc::kMmaRows, keys = salc::kMmaKeys, o = owns_o(p) ? 1 : 0;
   return sizeof(float) * (2 * rows + rows * pw + (1 + o) * keys * pw);
 }
 size_t pass2_mma_smem(const SaliencyParams& p) {
-  const size_t pw = static_cast<size_t>(salc::pair_stride(p.D));
+  const size_t pw = static_cast<size_t>(mma::pair_stride(p.D));
   const size_t G = static_cast<size_t>(p.G), o = score_needs_vo(p.score) ? 1 : 0;
   const size_t v = o || score_needs_vn1(p.score) || score_needs_vn2(p.score) ? 1 : 0;
   const size_t keys = salc::kMmaKeys, rows = salc::kMmaRows;
   const size_t rows_words = std::max((1 + 3 * o) * rows * pw, rows * (keys + 1));  // Q, O's terms | Cs
   return sizeof(float) * (4 * rows + (1 + v) * keys * pw + rows_words + G * keys + 2 * keys + 3 * rows) +
          sizeof(int) * rows;
-}
-
-// An attribute of the current device.
-cudaError_t device_attribute(cudaDeviceAttr attr, int* value) {
-  int device = 0;
-  *value = 0;
-  const cudaError_t err = cudaGetDevice(&device);
-  return err == cudaSuccess ? cudaDeviceGetAttribute(value, attr, device) : err;
-}
-
-// Dynamic shared memory one block may opt in to on the current device
-// (above the default 48 KiB, a per-kernel opt-in is needed; the SIMT
-// emulation enforces the same rule).
-cudaError_t smem_optin_limit(size_t* limit) {
-  int value = 0;
-  const cudaError_t err = device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin, &value);
-  *limit = static_cast<size_t>(value);
-  return err;
-}
-
-// bf16 tensor cores (mma.sync m16n8k16) exist from sm_80 on.
-// OBCACHE_CUDA_TENSOR_CORES=0 keeps bfloat16 on the FP32 kernels (read per
-// call, so bench/bench_gpu.py times both paths in one process).
-cudaError_t has_bf16_mma(bool* yes) {
-  *yes = false;
-  const char* env = std::getenv("OBCACHE_CUDA_TENSOR_CORES");
-  if (env && std::strcmp(env, "0") == 0) return cudaSuccess;
-  int major = 0;
-  const cudaError_t err = device_attribute(cudaDevAttrComputeCapabilityMajor, &major);
-  *yes = major >= 8;
-  return err;
-}
-
-// The opt-in is the device's limit, not this call's size: host threads
-// calling with different shapes would otherwise lower it under each other's
-// launches.
-template <typename Kernel>
-cudaError_t allow_smem(Kernel kernel, size_t bytes, size_t limit) {
-  if (bytes <= 48 * 1024) return cudaSuccess;
-  if (bytes > limit) return cudaErrorInvalidValue;
-  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(limit));
 }
 
 // What every launch needs: the shape, the workspace, the stream, the

@@ -20,20 +20,25 @@
 #include <type_traits>
 
 #include "mma.h"
+#include "mma_tiles_cuda.cuh"
 #include "saliency_cuda.cuh"
 
 namespace obc {
 namespace salc {
 
 constexpr int kMmaRows = 64, kMmaKeys = 64;
+using mma::load_a;
+using mma::load_b_pair;
+using mma::load_b_pair_trans;
+using mma::mma_depth;
+using mma::pair_stride;
+using mma::sync_tiles;
 
-// D rounded up to whole 16-wide steps of the product.
-OBC_HD OBC_INLINE int mma_depth(long long D) { return static_cast<int>((D + 15) / 16 * 16); }
-// Words per bf16-pair row: an odd number of 4-word (16-byte) groups, so each
-// row starts 16-byte aligned (as ldmatrix needs) and the 8 rows of one
-// ldmatrix matrix (or of a fragment load, g = 0..7) start in 8 different
-// 4-bank groups: free of bank conflicts.
-OBC_HD OBC_INLINE int pair_stride(long long D) { return mma_depth(D) / 2 + 4; }
+// mma::load_pair_rows by a saliency block (kThreads threads).
+template <typename Src>
+__device__ OBC_INLINE void load_pair_rows(Src src, int valid, int n, int Di, int pw, bool vec, uint32_t* dst) {
+  mma::load_pair_rows<kThreads>(src, valid, n, Di, pw, vec, dst);
+}
 
 // Pass 1 keeps a warp's 16 rows of O in registers: head sizes up to 128.
 constexpr int kMmaPass1MaxDepth = 128;
@@ -41,27 +46,6 @@ constexpr int kMmaPass1MaxDepth = 128;
 template <Score S>
 OBC_HD constexpr bool mma_pass2_supports() {
   return S != Score::Loo;
-}
-
-// One warp: dst[0:pw] = x[0:D] as bf16 pairs (zero past D, all zero when x is
-// null).
-__device__ OBC_INLINE void load_pair_row(const bf16_t* x, int Di, int pw, uint32_t* dst) {
-  for (int i = threadIdx.x % kTile; i < pw; i += kTile) {
-    const int d = 2 * i;
-    const uint32_t lo = x && d < Di ? x[d].bits : 0u, hi = x && d + 1 < Di ? x[d + 1].bits : 0u;
-    dst[i] = lo | hi << 16;
-  }
-}
-
-// f(row, j) for rows 0 .. n - 1 and chunks j = 0 .. chunks - 1 of each, by
-// the whole block: thread i takes chunk i % chunks of rows i / chunks + k *
-// per_pass (no division in the loop; up to chunks - 1 threads idle when
-// chunks does not divide the block).
-template <typename F>
-__device__ OBC_INLINE void for_each_row_chunk(int n, int chunks, F f) {
-  const int tid = threadIdx.x, per_pass = kThreads / chunks, j = tid % chunks;
-  if (tid < per_pass * chunks)
-    for (int c = tid / chunks; c < n; c += per_pass) f(c, j);
 }
 
 // The same pieces of a tile that needs registers on the way (O's planes):
@@ -84,42 +68,6 @@ __device__ OBC_INLINE void for_each_row_chunk_batched(int n, int chunks, Load lo
     for (int b = 0; b < kBatch; ++b)
       if (c0 + b * per_pass < n) put(c0 + b * per_pass, j, x[b]);
   }
-}
-
-// Rows 0 .. n - 1 of a shared bf16-pair tile, by the whole block: row c from
-// src(c) for c < valid, zeros after, and zero from D to the mma
-// depth. With `vec` (Shape::vec16: D a multiple of 8, every row 16-byte
-// aligned) one 16-byte cp.async per 8 columns, a row's words being its bf16
-// values in memory order, so a thread has all its pieces in flight (a load
-// and a store per piece had one: pass 1 read K and V from DRAM a 16-byte
-// piece per thread at a time); else two 16-bit loads per word
-// (load_pair_row), one row per warp. src(c) is only called for c < valid and
-// never null: a source that returned null past the end (the test in every
-// trip, and a select that kept its address from being computed
-// incrementally) took 33 instructions per 16-byte piece. The copies may
-// still be on their way when this returns: sync_tiles() before reading.
-template <typename Src>
-__device__ OBC_INLINE void load_pair_rows(Src src, int valid, int n, int Di, int pw, bool vec, uint32_t* dst) {
-  if (!vec) {
-    for (int c = threadIdx.x / kTile; c < n; c += kWarps)
-      load_pair_row(c < valid ? src(c) : nullptr, Di, pw, dst + c * pw);
-    return;
-  }
-  const int m = valid < n ? valid : n, chunks = mma_depth(Di) / 8;
-  for_each_row_chunk(m, chunks, [&](int c, int j) {
-    const bool in_d = 8 * j < Di;  // else the padding past D: zeros, read from the row's start
-    mma::cp_async16(dst + c * pw + 4 * j, src(c) + (in_d ? 8 * j : 0), in_d);
-  });
-  for_each_row_chunk(n - m, chunks, [&](int c, int j) {
-    *reinterpret_cast<uint4*>(dst + (m + c) * pw + 4 * j) = make_uint4(0u, 0u, 0u, 0u);
-  });
-}
-
-// The barrier after load_pair_rows: this thread's copies land (all of them,
-// so the tiles loaded before it travel together), then the block's.
-__device__ OBC_INLINE void sync_tiles() {
-  mma::cp_async_wait();
-  __syncthreads();
 }
 
 // Rows 0 .. rows - 1 of O ([rows][D] floats at src, the chunk's first row)
@@ -154,26 +102,6 @@ __device__ OBC_INLINE void load_o_planes(const float* src, int valid, int Di, in
     };
     for_each_row_chunk_batched<4>(rows, chunks, load, put);
   }
-}
-
-// Fragment loads, one ldmatrix .x4 each (lane = threadIdx.x % 32, rows of
-// stride pw words): A of rows row0 .. row0 + 15, columns k0 .. k0 + 15 (mma.h's
-// a[0..3] are matrices rows 0-7 / 8-15 x columns 0-7 / 8-15, in that order).
-__device__ OBC_INLINE void load_a(uint32_t (&a)[4], const uint32_t* w, int pw, int row0, int k0, int lane) {
-  mma::ldsm_x4(a, w + (row0 + lane % 16) * pw + k0 / 2 + 4 * (lane / 16));
-}
-// B of two n-tiles from rows n0 .. n0 + 15 of an [n][k] array (K: keys x
-// columns): b[0..1] of n-tile n0 .. n0 + 7 and b[2..3] of n0 + 8 .. n0 + 15,
-// columns k0 .. k0 + 15.
-__device__ OBC_INLINE void load_b_pair(uint32_t (&b)[4], const uint32_t* w, int pw, int n0, int k0, int lane) {
-  mma::ldsm_x4(b, w + (n0 + lane % 8 + 8 * (lane / 16)) * pw + k0 / 2 + 4 * (lane / 8 % 2));
-}
-// B of two n-tiles from a [k][n] array (V in P V: keys x columns), rows k0 ..
-// k0 + 15, columns n0 .. n0 + 15, transposed on the way: b[0..1] of columns
-// n0 .. n0 + 7, b[2..3] of n0 + 8 .. n0 + 15.
-__device__ OBC_INLINE void load_b_pair_trans(uint32_t (&b)[4], const uint32_t* w, int pw, int k0, int n0,
-                                             int lane) {
-  mma::ldsm_x4<true>(b, w + (k0 + lane % 16) * pw + n0 / 2 + 4 * (lane / 16));
 }
 
 // ---- Pass 1 on the tensor cores (bfloat16, D <= 128): the partial softmax

@@ -71,9 +71,71 @@ TEST(EmuProjectedValue, HalfAndBFloat16) {
   check<obc::bf16_t>({1, 1, 2, 37, 24, 70, 1}, obc::DType::BF16, 2, rng);
 }
 
+// bfloat16 with D <= 128 on an sm_80+ GPU: the tensor-core kernel
+// (projected_value_mma_cuda.cuh), against the CPU kernel at the float32
+// tolerance above (v and W_o are bf16, so the products are exact and only
+// the summation order differs). N = 70: one block, five of its eight
+// warps past N; N = 300: a full 256-token block and one with 44 tokens (v
+// staged in two 128-row halves, the second all zeros); N = 513: a last block
+// of one token; hidden = 100: a full and a partial 64-column tile; 33: one partial tile,
+// 640: ten tiles through the double buffer; D = 128 (8 steps), 64, 72 (a
+// 16-deep step half padding); aligned rows (cp.async) and padded ones (pad
+// 1: 16-bit loads), D = 13 (16-bit loads, 3 columns of padding); G = 1, 3.
+TEST(EmuProjectedValue, BFloat16OnTensorCores) {
+  std::mt19937 rng(5);
+  const Case cases[] = {{1, 2, 3, 70, 64, 100, 0},  {1, 1, 2, 300, 128, 33, 0}, {2, 1, 1, 40, 72, 640, 8},
+                        {1, 1, 3, 70, 72, 100, 1},  {1, 2, 1, 37, 13, 70, 0},   {1, 1, 1, 513, 128, 64, 0}};
+  for (const Case& c : cases)
+    for (int norm : {1, 2}) {
+      const long long before = simt::mma_instructions();
+      check<obc::bf16_t>(c, obc::DType::BF16, norm, rng);
+      EXPECT_GT(simt::mma_instructions(), before) << "D=" << c.D << " N=" << c.N;
+    }
+}
+
+// Where the tensor-core kernel does not run, bfloat16 takes the FP32 kernel
+// and no mma instruction runs: D > 128 (v's fragments would not fit in
+// registers), an emulated sm_75 (no bf16 mma), and
+// OBCACHE_CUDA_TENSOR_CORES=0 on a GPU that has them.
+TEST(EmuProjectedValue, BFloat16ElsewhereStaysOnTheFp32Units) {
+  std::mt19937 rng(6);
+  long long before = simt::mma_instructions();
+  check<obc::bf16_t>({1, 1, 2, 40, 136, 70, 0}, obc::DType::BF16, 2, rng);
+  EXPECT_EQ(simt::mma_instructions(), before);
+  simt::set_compute_capability_major(7);
+  check<obc::bf16_t>({1, 1, 2, 40, 64, 70, 0}, obc::DType::BF16, 1, rng);
+  EXPECT_EQ(simt::mma_instructions(), before);
+  simt::set_compute_capability_major(9);
+  setenv("OBCACHE_CUDA_TENSOR_CORES", "0", 1);
+  check<obc::bf16_t>({1, 1, 2, 40, 64, 70, 0}, obc::DType::BF16, 1, rng);
+  EXPECT_EQ(simt::mma_instructions(), before);
+  unsetenv("OBCACHE_CUDA_TENSOR_CORES");
+}
+
+// An Inf in v makes every product of its row Inf or NaN; the columns the
+// last tile pads with zeros must not add 0 * Inf = NaN to a norm that is Inf
+// (all of W_o is finite and non-zero here, so the CPU kernel gives +Inf).
+TEST(EmuProjectedValue, BFloat16InfInVStaysInfPastThePaddedColumns) {
+  obc::ProjectedValueParams p;
+  p.dtype = obc::DType::BF16, p.B = 1, p.Hkv = 1, p.G = 1, p.N = 3, p.D = 16, p.hidden = 40, p.p = 1;
+  p.v_sn = 16, p.v_sh = 48, p.v_sb = 48, p.wo_so = 16;
+  std::vector<obc::bf16_t> v(48, naive::from_float<obc::bf16_t>(0.5f)), wo(40 * 16);
+  for (size_t i = 0; i < wo.size(); ++i) wo[i] = naive::from_float<obc::bf16_t>(i % 2 ? 0.25f : 0.5f);
+  v[16 + 3] = naive::from_float<obc::bf16_t>(INFINITY);
+  std::vector<float> out(3, -1.0f);
+  p.v = v.data(), p.wo = wo.data(), p.out = out.data();
+  const long long before = simt::mma_instructions();
+  ASSERT_EQ(obc::projected_value_cuda(p, nullptr), 0);
+  EXPECT_GT(simt::mma_instructions(), before);
+  EXPECT_EQ(out[1], INFINITY);
+  EXPECT_FLOAT_EQ(out[0], 40 * 3.0f);  // each column: 0.5 x 8 x (0.5 + 0.25) = 3
+  EXPECT_FLOAT_EQ(out[2], out[0]);
+}
+
 TEST(EmuProjectedValue, ZeroHiddenGivesZero) {
   std::mt19937 rng(3);
   check<float>({1, 1, 2, 5, 8, 0, 0}, obc::DType::F32, 2, rng);
+  check<obc::bf16_t>({1, 1, 2, 5, 8, 0, 0}, obc::DType::BF16, 2, rng);  // the tensor-core kernel's zero tiles
 }
 
 TEST(EmuProjectedValue, Float64AndBadNormAreRejected) {

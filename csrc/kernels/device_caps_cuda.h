@@ -1,0 +1,56 @@
+// What the current CUDA device offers the launchers (saliency_cuda.cu,
+// projected_value_cuda.cu): its attributes, the shared memory a block may opt
+// in to, and whether bfloat16 runs on its tensor cores. Host code, included
+// by .cu files only (the SIMT emulation provides the same runtime calls).
+#pragma once
+
+#include <cstddef>
+#include <cstdlib>
+#include <cstring>
+
+#include "cuda_compat.h"
+
+namespace obc {
+
+// An attribute of the current device.
+inline cudaError_t device_attribute(cudaDeviceAttr attr, int* value) {
+  int device = 0;
+  *value = 0;
+  const cudaError_t err = cudaGetDevice(&device);
+  return err == cudaSuccess ? cudaDeviceGetAttribute(value, attr, device) : err;
+}
+
+// Dynamic shared memory one block may opt in to on the current device
+// (above the default 48 KiB, a per-kernel opt-in is needed; the SIMT
+// emulation enforces the same rule).
+inline cudaError_t smem_optin_limit(size_t* limit) {
+  int value = 0;
+  const cudaError_t err = device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin, &value);
+  *limit = static_cast<size_t>(value);
+  return err;
+}
+
+// bf16 tensor cores (mma.sync m16n8k16) exist from sm_80 on.
+// OBCACHE_CUDA_TENSOR_CORES=0 keeps bfloat16 on the FP32 kernels (read per
+// call, so bench/bench_gpu.py times both paths in one process).
+inline cudaError_t has_bf16_mma(bool* yes) {
+  *yes = false;
+  const char* env = std::getenv("OBCACHE_CUDA_TENSOR_CORES");
+  if (env && std::strcmp(env, "0") == 0) return cudaSuccess;
+  int major = 0;
+  const cudaError_t err = device_attribute(cudaDevAttrComputeCapabilityMajor, &major);
+  *yes = major >= 8;
+  return err;
+}
+
+// The opt-in is the device's limit, not this call's size: host threads
+// calling with different shapes would otherwise lower it under each other's
+// launches.
+template <typename Kernel>
+cudaError_t allow_smem(Kernel kernel, size_t bytes, size_t limit) {
+  if (bytes <= 48 * 1024) return cudaSuccess;
+  if (bytes > limit) return cudaErrorInvalidValue;
+  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(limit));
+}
+
+}  // namespace obc
