@@ -5,7 +5,8 @@ kernels instead of the tensor cores: OBCACHE_CUDA_TENSOR_CORES=0), select,
 compact_ and evict (also `obcache-fp32`) at N in {4k, 32k,
 128k}, bfloat16, B=1, H_kv=8, G=4, W=32, D=128, budget N/10, sink 4,
 recent W, max pooling kernel 7; and projected_value_norm (the L1 norms of
-CriticalKV's score) with Llama-3.1-8B's o_proj, hidden 4096.
+CriticalKV's score; also `obcache-fp32`) with Llama-3.1-8B's o_proj, hidden
+4096.
 
 Per (op, N, implementation): --warmup untimed calls, then --repeats calls
 each bracketed by CUDA events, median reported. Before every call the L2 is
@@ -104,8 +105,9 @@ def extra_memory(fn, prepare, device):
 
 
 def fp32_units(fn):
-    """fn with OBCACHE_CUDA_TENSOR_CORES=0: bfloat16 saliency on the FP32 kernels instead of the tensor
-    cores (the same run's baseline for what the tensor cores gain; identical calls for other dtypes)."""
+    """fn with OBCACHE_CUDA_TENSOR_CORES=0: bfloat16 saliency and projected_value_norm on the FP32 kernels
+    instead of the tensor cores (the same run's baseline for what the tensor cores gain; identical calls for
+    other dtypes)."""
     def run():
         os.environ["OBCACHE_CUDA_TENSOR_CORES"] = "0"
         try:
@@ -143,6 +145,7 @@ def build_cases(op, N, k0, v0, q, k, v, scores, idx, per_head_ref, wo, o):
                 "reference": (lambda: reference.compact(k0, v0, idx), None)}
     if op == "projected_value":
         return {"obcache": (lambda: torch.ops.obcache.projected_value_norm(v0, wo, 1), None),
+                "obcache-fp32": (fp32_units(lambda: torch.ops.obcache.projected_value_norm(v0, wo, 1)), None),
                 "kvpress": (lambda: bl.kvpress_projected_norm(v0, wo, 1), None),
                 "reference": (lambda: reference.projected_value_norm(v0, wo, 1, compute_dtype=torch.float32), None)}
     evict = lambda: obcache.evict(k, v, q, budget, score=SCORE, sink=SINK, pool_kernel=POOL_KERNEL)  # noqa: E731
