@@ -1,6 +1,6 @@
 // What the current CUDA device offers the launchers (saliency_cuda.cu,
 // projected_value_cuda.cu): its attributes, the shared memory a block may opt
-// in to, and whether bfloat16 runs on its tensor cores. Host code, included
+// in to, and whether 16-bit inputs run on its tensor cores. Host code, included
 // by .cu files only (the SIMT emulation provides the same runtime calls).
 #pragma once
 
@@ -30,10 +30,10 @@ inline cudaError_t smem_optin_limit(size_t* limit) {
   return err;
 }
 
-// bf16 tensor cores (mma.sync m16n8k16) exist from sm_80 on.
-// OBCACHE_CUDA_TENSOR_CORES=0 keeps bfloat16 on the FP32 kernels (read per
-// call, so bench/bench_gpu.py times both paths in one process).
-inline cudaError_t has_bf16_mma(bool* yes) {
+// The tensor cores' bf16 and f16 mma.sync m16n8k16 exist from sm_80 on.
+// OBCACHE_CUDA_TENSOR_CORES=0 keeps 16-bit inputs on the FP32 kernels (read
+// per call, so bench/bench_gpu.py times both paths in one process).
+inline cudaError_t has_tensor_cores(bool* yes) {
   *yes = false;
   const char* env = std::getenv("OBCACHE_CUDA_TENSOR_CORES");
   if (env && std::strcmp(env, "0") == 0) return cudaSuccess;

@@ -1,6 +1,7 @@
-// Warp-level bf16 tensor-core products for the CUDA kernels: mma.sync
-// m16n8k16 (sm_80 and later) with float accumulation, and packing floats into
-// bf16 pairs. Under the SIMT emulation the product is simt::mma_m16n8k16_bf16,
+// Warp-level bf16 (and f16) tensor-core products for the CUDA kernels:
+// mma.sync m16n8k16 (sm_80 and later) with float accumulation, and packing
+// floats into bf16 pairs. Under the SIMT emulation the product is
+// simt::mma_m16n8k16,
 // which places every element by the PTX ISA's fragment table on its own, so
 // the kernels' fragment loads are checked on CPUs too.
 //
@@ -15,6 +16,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #include "common.h"
 #include "cuda_compat.h"
@@ -128,19 +130,30 @@ OBC_HD OBC_INLINE float exp2_approx(float x) {
 }
 constexpr float kLog2e = 1.4426950408889634f;
 
-// d += A B for the calling warp (layout above).
-OBC_DEVICE OBC_INLINE void m16n8k16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+// d += A B for the calling warp (layout above), A and B of element type E:
+// bf16_t or half_t (IEEE binary16; same fragment layout).
+template <typename E>
+OBC_DEVICE OBC_INLINE void m16n8k16_of(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  constexpr bool kHalf = std::is_same<E, half_t>::value;
+  static_assert(kHalf || std::is_same<E, bf16_t>::value, "mma.sync m16n8k16 takes bf16 or f16 operands");
 #if defined(OBC_SIMT_EMULATION)
-  ::simt::mma_m16n8k16_bf16(d, a, b);
+  ::simt::mma_m16n8k16(d, a, b, kHalf ? half_bits_to_float : bf16_bits_to_float);
 #elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-      "{%0, %1, %2, %3};"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#define OBC_MMA_M16N8K16(T)                                                                                   \
+  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32." T "." T ".f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, " \
+               "{%8, %9}, {%0, %1, %2, %3};"                                                                \
+               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])                                             \
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]))
+  if constexpr (kHalf) OBC_MMA_M16N8K16("f16");
+  else OBC_MMA_M16N8K16("bf16");
+#undef OBC_MMA_M16N8K16
 #elif defined(__CUDA_ARCH__)
   __trap();  // launchers pick tensor-core kernels only on sm_80 and later
 #endif
+}
+// The bf16 product (the saliency kernels').
+OBC_DEVICE OBC_INLINE void m16n8k16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  m16n8k16_of<bf16_t>(d, a, b);
 }
 
 }  // namespace mma

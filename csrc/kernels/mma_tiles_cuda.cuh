@@ -1,6 +1,6 @@
-// Shared-memory tiles for the bf16 tensor-core kernels (saliency_mma_cuda.cuh,
-// projected_value_mma_cuda.cuh): rows of bf16 values stored as bf16 pairs
-// (32-bit words), padded so that fragment loads are free of bank conflicts,
+// Shared-memory tiles for the tensor-core kernels (saliency_mma_cuda.cuh,
+// projected_value_mma_cuda.cuh): rows of 16-bit values (bf16, or f16 for
+// projected_value) stored as pairs (32-bit words), padded so that fragment loads are free of bank conflicts,
 // loaded by a whole block (kBlock threads) with cp.async where rows are
 // 16-byte aligned, and read into mma.h's fragments with ldmatrix.
 #pragma once
@@ -30,9 +30,10 @@ OBC_HD OBC_INLINE bool rows_aligned16(const void* x, long long s0, long long s1,
   return reinterpret_cast<uintptr_t>(x) % 16 == 0 && s0 % 8 == 0 && s1 % 8 == 0 && s2 % 8 == 0;
 }
 
-// One warp: dst[0:pw] = x[0:D] as bf16 pairs (zero past D, all zero when x is
-// null).
-__device__ OBC_INLINE void load_pair_row(const bf16_t* x, int Di, int pw, uint32_t* dst) {
+// One warp: dst[0:pw] = x[0:D] as pairs of 16-bit values (bf16_t or
+// half_t; zero past D, all zero when x is null).
+template <typename E>
+__device__ OBC_INLINE void load_pair_row(const E* x, int Di, int pw, uint32_t* dst) {
   for (int i = threadIdx.x % kWarpSize; i < pw; i += kWarpSize) {
     const int d = 2 * i;
     const uint32_t lo = x && d < Di ? x[d].bits : 0u, hi = x && d + 1 < Di ? x[d + 1].bits : 0u;

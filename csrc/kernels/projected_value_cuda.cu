@@ -1,7 +1,7 @@
-// Launcher of the projected_value_norm kernels: bfloat16 with D <= 128 on
-// the tensor cores of sm_80+ (projected_value_mma_cuda.cuh), everything else
-// on the FP32 units (projected_value_cuda.cuh); the element type and the norm
-// are picked at compile time.
+// Launcher of the projected_value_norm kernels: bfloat16 and float16 with
+// D <= 128 on the tensor cores of sm_80+ (projected_value_mma_cuda.cuh),
+// everything else on the FP32 units (projected_value_cuda.cuh); the element
+// type and the norm are picked at compile time.
 #include "projected_value_cuda.h"
 
 #include "cuda_compat.h"
@@ -22,6 +22,7 @@ int launch(const ProjectedValueParams& p, cudaStream_t stream) {
   return static_cast<int>(cudaGetLastError());
 }
 
+template <typename E>
 int launch_mma(const ProjectedValueParams& p, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>((p.N + pvn::kMmaRows - 1) / pvn::kMmaRows),
                   static_cast<unsigned>(p.B * p.Hkv * p.G));
@@ -29,9 +30,19 @@ int launch_mma(const ProjectedValueParams& p, cudaStream_t stream) {
   const size_t smem = pvn::mma_smem_bytes(p.D);
   const bool vec =
       p.D % 8 == 0 && mma::rows_aligned16(p.v, p.v_sb, p.v_sh, p.v_sn) && mma::rows_aligned16(p.wo, p.wo_so, 0, 0);
-  if (p.p == 1) OBC_LAUNCH((pvn::projected_value_mma_kernel<1>), grid, block, smem, stream, p, vec);
-  else OBC_LAUNCH((pvn::projected_value_mma_kernel<2>), grid, block, smem, stream, p, vec);
+  if (p.p == 1) OBC_LAUNCH((pvn::projected_value_mma_kernel<E, 1>), grid, block, smem, stream, p, vec);
+  else OBC_LAUNCH((pvn::projected_value_mma_kernel<E, 2>), grid, block, smem, stream, p, vec);
   return static_cast<int>(cudaGetLastError());
+}
+
+// 16-bit inputs: on the tensor cores where the device has them and v's
+// fragments fit in registers (D <= 128), else on the FP32 units.
+template <typename E>
+int launch_16bit(const ProjectedValueParams& p, cudaStream_t stream) {
+  bool tc = false;
+  const cudaError_t err = has_tensor_cores(&tc);
+  if (err != cudaSuccess) return static_cast<int>(err);
+  return tc && p.D >= 1 && p.D <= pvn::kMmaMaxDepth ? launch_mma<E>(p, stream) : launch<E>(p, stream);
 }
 
 }  // namespace
@@ -43,13 +54,8 @@ int projected_value_cuda(const ProjectedValueParams& p, void* stream) {
   cudaStream_t st = static_cast<cudaStream_t>(stream);
   switch (p.dtype) {
     case DType::F32: return launch<float>(p, st);
-    case DType::F16: return launch<half_t>(p, st);
-    case DType::BF16: {
-      bool mma = false;
-      const cudaError_t err = has_bf16_mma(&mma);
-      if (err != cudaSuccess) return static_cast<int>(err);
-      return mma && p.D >= 1 && p.D <= pvn::kMmaMaxDepth ? launch_mma(p, st) : launch<bf16_t>(p, st);
-    }
+    case DType::F16: return launch_16bit<half_t>(p, st);
+    case DType::BF16: return launch_16bit<bf16_t>(p, st);
     default: return static_cast<int>(cudaErrorInvalidValue);
   }
 }

@@ -1,11 +1,11 @@
-// projected_value_norm on the bf16 tensor cores (mma.sync m16n8k16, sm_80 and
-// later) for bfloat16 v and W_o with head sizes up to 128: out[b, j, n] =
-// ||v_n W_o^j||_p as a GEMM [tokens, D] x [D, hidden] whose epilogue is the
-// row norm, as projected_value_kernel (projected_value_cuda.cuh) does on the
-// FP32 units, which runs wherever this cannot (float32 / float16, D > 128,
-// GPUs before sm_80). v and W_o are bf16 values, so every product is exact
-// and only the float accumulation rounds, as on the FP32 path: no operand
-// needs splitting.
+// projected_value_norm on the tensor cores (mma.sync m16n8k16, sm_80 and
+// later) for bfloat16 or float16 v and W_o with head sizes up to 128:
+// out[b, j, n] = ||v_n W_o^j||_p as a GEMM [tokens, D] x [D, hidden] whose
+// epilogue is the row norm, as projected_value_kernel
+// (projected_value_cuda.cuh) does on the FP32 units, which runs wherever this
+// cannot (float32, D > 128, GPUs before sm_80). v and W_o are 16-bit values
+// of one type, so every product is exact in float and only the float
+// accumulation rounds, as on the FP32 path: no operand needs splitting.
 //
 // Launch: grid (ceil(N / 256), B * Hq), 256 threads (8 warps). Warp w owns
 // tokens 32 w .. 32 w + 31 (two 16-row m-tiles) and keeps their A fragments
@@ -42,7 +42,7 @@ constexpr int kMmaMaxDepth = 128;                   // v's fragments stay in reg
 // four warps' worth, at a time.
 constexpr int kMmaStageRows = 2 * kMmaCols;
 
-// Dynamic shared memory: two W_o tiles of bf16-pair rows (34 KiB at D = 128:
+// Dynamic shared memory: two W_o tiles of 16-bit-pair rows (34 KiB at D = 128:
 // under the 48 KiB a block gets without an opt-in).
 OBC_HD OBC_INLINE size_t mma_smem_bytes(long long D) {
   return sizeof(uint32_t) * 2 * kMmaCols * static_cast<size_t>(mma::pair_stride(D));
@@ -50,7 +50,7 @@ OBC_HD OBC_INLINE size_t mma_smem_bytes(long long D) {
 
 // vec: D is a multiple of 8 and every row of v and wo starts 16-byte
 // aligned (cp.async of 16-byte pieces).
-template <int P>
+template <typename E, int P>
 __global__ void __launch_bounds__(kMmaThreads, 1) projected_value_mma_kernel(ProjectedValueParams p, bool vec) {
   constexpr int kSteps = kMmaMaxDepth / 16;
   OBC_DYNAMIC_SMEM(uint32_t, smem);
@@ -60,8 +60,8 @@ __global__ void __launch_bounds__(kMmaThreads, 1) projected_value_mma_kernel(Pro
   const long long Hq = p.Hkv * p.G, bj = blockIdx.y, b = bj / Hq, j = bj % Hq, h = j / p.G;
   const long long n0 = static_cast<long long>(blockIdx.x) * kMmaRows;
   const int rows_in = static_cast<int>(p.N - n0 < kMmaRows ? p.N - n0 : kMmaRows);
-  const bf16_t* v = static_cast<const bf16_t*>(p.v) + b * p.v_sb + h * p.v_sh + n0 * p.v_sn;
-  const bf16_t* w = static_cast<const bf16_t*>(p.wo) + j * p.D;
+  const E* v = static_cast<const E*>(p.v) + b * p.v_sb + h * p.v_sh + n0 * p.v_sn;
+  const E* w = static_cast<const E*>(p.wo) + j * p.D;
   // Warps whose rows are all past N load and barrier with the rest but
   // multiply nothing.
   const bool active = warp * kMmaWarpRows < rows_in;
@@ -94,7 +94,7 @@ __global__ void __launch_bounds__(kMmaThreads, 1) projected_value_mma_kernel(Pro
   const auto load_w = [&](long long c, uint32_t* dst) {
     const long long c0 = c * kMmaCols;
     const int valid = static_cast<int>(p.hidden - c0 < kMmaCols ? p.hidden - c0 : kMmaCols);
-    const bf16_t* wc = w + c0 * p.wo_so;
+    const E* wc = w + c0 * p.wo_so;
     mma::load_pair_rows<kMmaThreads>(rc, [&](int r) { return wc + r * p.wo_so; }, valid, kMmaCols, Di, pw, vec, dst);
   };
   float part[2][2] = {};  // m-tile x rows g, g + 8: this lane's columns' |x| or x^2
@@ -117,8 +117,8 @@ __global__ void __launch_bounds__(kMmaThreads, 1) projected_value_mma_kernel(Pro
           mma::load_b_pair(bw, ws, pw, 8 * nt, 16 * ks, lane);
 #pragma unroll
           for (int mt = 0; mt < 2; ++mt) {
-            mma::m16n8k16(acc[mt][nt], a[mt][ks], {bw[0], bw[1]});
-            mma::m16n8k16(acc[mt][nt + 1], a[mt][ks], {bw[2], bw[3]});
+            mma::m16n8k16_of<E>(acc[mt][nt], a[mt][ks], {bw[0], bw[1]});
+            mma::m16n8k16_of<E>(acc[mt][nt + 1], a[mt][ks], {bw[2], bw[3]});
           }
         }
     // Columns past hidden (the last tile's zero rows of W_o) are left out: an

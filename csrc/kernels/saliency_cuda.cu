@@ -228,7 +228,7 @@ cudaError_t run(const SaliencyParams& p, void* workspace, cudaStream_t stream) {
   if (err != cudaSuccess) return err;
   L.fits = std::max(L.limit, size_t{48 * 1024});
   L.mma = false;
-  if (std::is_same<E, bf16_t>::value && (err = has_bf16_mma(&L.mma)) != cudaSuccess) return err;
+  if (std::is_same<E, bf16_t>::value && (err = has_tensor_cores(&L.mma)) != cudaSuccess) return err;
 
   if ((err = launch_pass1<E, S>(p, L)) != cudaSuccess) return err;
   auto* kc = &salc::combine_kernel<E, kNeedO>;

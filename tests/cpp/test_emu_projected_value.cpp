@@ -71,9 +71,9 @@ TEST(EmuProjectedValue, HalfAndBFloat16) {
   check<obc::bf16_t>({1, 1, 2, 37, 24, 70, 1}, obc::DType::BF16, 2, rng);
 }
 
-// bfloat16 with D <= 128 on an sm_80+ GPU: the tensor-core kernel
+// bfloat16 and float16 with D <= 128 on an sm_80+ GPU: the tensor-core kernel
 // (projected_value_mma_cuda.cuh), against the CPU kernel at the float32
-// tolerance above (v and W_o are bf16, so the products are exact and only
+// tolerance above (v and W_o are 16-bit values, so the products are exact and only
 // the summation order differs). N = 70: one block, five of its eight
 // warps past N; N = 300: a full 256-token block and one with 44 tokens (v
 // staged in two 128-row halves, the second all zeros); N = 513: a last block
@@ -81,33 +81,40 @@ TEST(EmuProjectedValue, HalfAndBFloat16) {
 // 640: ten tiles through the double buffer; D = 128 (8 steps), 64, 72 (a
 // 16-deep step half padding); aligned rows (cp.async) and padded ones (pad
 // 1: 16-bit loads), D = 13 (16-bit loads, 3 columns of padding); G = 1, 3.
-TEST(EmuProjectedValue, BFloat16OnTensorCores) {
+TEST(EmuProjectedValue, SixteenBitOnTensorCores) {
   std::mt19937 rng(5);
   const Case cases[] = {{1, 2, 3, 70, 64, 100, 0},  {1, 1, 2, 300, 128, 33, 0}, {2, 1, 1, 40, 72, 640, 8},
                         {1, 1, 3, 70, 72, 100, 1},  {1, 2, 1, 37, 13, 70, 0},   {1, 1, 1, 513, 128, 64, 0}};
   for (const Case& c : cases)
     for (int norm : {1, 2}) {
-      const long long before = simt::mma_instructions();
+      long long before = simt::mma_instructions();
       check<obc::bf16_t>(c, obc::DType::BF16, norm, rng);
-      EXPECT_GT(simt::mma_instructions(), before) << "D=" << c.D << " N=" << c.N;
+      EXPECT_GT(simt::mma_instructions(), before) << "bf16 D=" << c.D << " N=" << c.N;
+      before = simt::mma_instructions();
+      check<obc::half_t>(c, obc::DType::F16, norm, rng);
+      EXPECT_GT(simt::mma_instructions(), before) << "f16 D=" << c.D << " N=" << c.N;
     }
 }
 
-// Where the tensor-core kernel does not run, bfloat16 takes the FP32 kernel
-// and no mma instruction runs: D > 128 (v's fragments would not fit in
-// registers), an emulated sm_75 (no bf16 mma), and
+// Where the tensor-core kernel does not run, 16-bit inputs take the FP32
+// kernel and no mma instruction runs: D > 128 (v's fragments would not fit
+// in registers), an emulated sm_75 (no bf16 / f16 mma.sync m16n8k16), and
 // OBCACHE_CUDA_TENSOR_CORES=0 on a GPU that has them.
-TEST(EmuProjectedValue, BFloat16ElsewhereStaysOnTheFp32Units) {
+TEST(EmuProjectedValue, SixteenBitElsewhereStaysOnTheFp32Units) {
   std::mt19937 rng(6);
-  long long before = simt::mma_instructions();
-  check<obc::bf16_t>({1, 1, 2, 40, 136, 70, 0}, obc::DType::BF16, 2, rng);
+  const long long before = simt::mma_instructions();
+  const auto both = [&rng](const Case& c, int norm) {
+    check<obc::bf16_t>(c, obc::DType::BF16, norm, rng);
+    check<obc::half_t>(c, obc::DType::F16, norm, rng);
+  };
+  both({1, 1, 2, 40, 136, 70, 0}, 2);
   EXPECT_EQ(simt::mma_instructions(), before);
   simt::set_compute_capability_major(7);
-  check<obc::bf16_t>({1, 1, 2, 40, 64, 70, 0}, obc::DType::BF16, 1, rng);
+  both({1, 1, 2, 40, 64, 70, 0}, 1);
   EXPECT_EQ(simt::mma_instructions(), before);
   simt::set_compute_capability_major(9);
   setenv("OBCACHE_CUDA_TENSOR_CORES", "0", 1);
-  check<obc::bf16_t>({1, 1, 2, 40, 64, 70, 0}, obc::DType::BF16, 1, rng);
+  both({1, 1, 2, 40, 64, 70, 0}, 1);
   EXPECT_EQ(simt::mma_instructions(), before);
   unsetenv("OBCACHE_CUDA_TENSOR_CORES");
 }
@@ -115,7 +122,7 @@ TEST(EmuProjectedValue, BFloat16ElsewhereStaysOnTheFp32Units) {
 // An Inf in v makes every product of its row Inf or NaN; the columns the
 // last tile pads with zeros must not add 0 * Inf = NaN to a norm that is Inf
 // (all of W_o is finite and non-zero here, so the CPU kernel gives +Inf).
-TEST(EmuProjectedValue, BFloat16InfInVStaysInfPastThePaddedColumns) {
+TEST(EmuProjectedValue, InfInVStaysInfPastThePaddedColumns) {
   obc::ProjectedValueParams p;
   p.dtype = obc::DType::BF16, p.B = 1, p.Hkv = 1, p.G = 1, p.N = 3, p.D = 16, p.hidden = 40, p.p = 1;
   p.v_sn = 16, p.v_sh = 48, p.v_sb = 48, p.wo_so = 16;

@@ -693,8 +693,10 @@ inline double max(double a, double b) { return fmax(a, b); }
 
 // ---- Tensor-core instructions (after the bit intrinsics they use). ----
 namespace simt {
-// mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 of the calling warp,
-// d += A B (every lane of a full warp takes part). The element positions
+// mma.sync.aligned.m16n8k16.row.col.f32.{bf16,f16}.{bf16,f16}.f32 of the
+// calling warp, d += A B (every lane of a full warp takes part); decode(h)
+// is the element type's 16 bits as a float (mma.h passes common.h's exact
+// conversions: the product of two such values is exact in float either way). The element positions
 // are written out here from the PTX ISA's table ("Matrix Fragments for
 // mma.m16n8k16 with floating point type"), as the inverse of the mapping the
 // kernels use to load fragments (csrc/kernels/mma.h), so a kernel that loads
@@ -705,7 +707,8 @@ namespace simt {
 //   D[m][n]: lane (m % 8) * 4 + n / 2, register 2 (m / 8) + n % 2
 // Products are summed in float in k order (the hardware's order and
 // rounding inside one instruction are unspecified; both are float-accurate).
-inline void mma_m16n8k16_bf16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+template <typename Decode>
+inline void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], Decode decode) {
   using namespace detail;
   Ctx& c = kernel_ctx();
   if (c.block->warp(c.tid).lanes != kWarp) throw std::logic_error("mma.sync needs a full warp");
@@ -719,15 +722,15 @@ inline void mma_m16n8k16_bf16(float (&d)[4], const uint32_t (&a)[4], const uint3
     const uint64_t x = row[lane][word + r / 2];
     return static_cast<uint32_t>(r % 2 ? x >> 32 : x);
   };
-  const auto bf16 = [](uint32_t r, int half) { return __uint_as_float((half ? r >> 16 : r & 0xffffu) << 16); };
+  const auto elem = [decode](uint32_t r, int half) { return decode(static_cast<uint16_t>(half ? r >> 16 : r)); };
   const int lane = c.tid % kWarp, g = lane / 4, t = lane % 4;
   if (lane == 0) ++mma_count;
   for (int i = 0; i < 4; ++i) {
     const int m = g + 8 * (i / 2), n = 2 * t + i % 2;
     float acc = d[i];
     for (int k = 0; k < 16; ++k) {
-      const float x = bf16(reg((m % 8) * 4 + (k % 8) / 2, 0, m / 8 + 2 * (k / 8)), k % 2);
-      const float y = bf16(reg(n * 4 + (k % 8) / 2, 2, k / 8), k % 2);
+      const float x = elem(reg((m % 8) * 4 + (k % 8) / 2, 0, m / 8 + 2 * (k / 8)), k % 2);
+      const float y = elem(reg(n * 4 + (k % 8) / 2, 2, k / 8), k % 2);
       acc = std::fma(x, y, acc);
     }
     d[i] = acc;
