@@ -105,9 +105,9 @@ def extra_memory(fn, prepare, device):
 
 
 def fp32_units(fn):
-    """fn with OBCACHE_CUDA_TENSOR_CORES=0: bfloat16 saliency and projected_value_norm on the FP32 kernels
-    instead of the tensor cores (the same run's baseline for what the tensor cores gain; identical calls for
-    other dtypes)."""
+    """fn with OBCACHE_CUDA_TENSOR_CORES=0: bfloat16 saliency and 16-bit projected_value_norm on the FP32
+    kernels instead of the tensor cores (the same run's baseline for what the tensor cores gain; identical
+    calls for other dtypes)."""
     def run():
         os.environ["OBCACHE_CUDA_TENSOR_CORES"] = "0"
         try:

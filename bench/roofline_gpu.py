@@ -5,10 +5,10 @@ markdown table (bench/results/kernels.md).
 
 Peaks (H100 SXM datasheet): HBM3 3.35 TB/s; 67 TFLOP/s FP32 on the CUDA
 cores; 989 TFLOP/s dense bf16 on the tensor cores. Since 2026-12-02 the
-saliency kernels, and since 2026-12-03 projected_value_norm, take bfloat16
-inputs' products to the tensor cores (mma.sync; float32 / float16 inputs,
-and GPUs before sm_80, stay on the FP32 cores), so bf16 rows are modelled
-both ways. As written on the tensor cores:
+saliency kernels take bfloat16 inputs' products to the tensor cores, and
+since 2026-12-03 projected_value_norm bfloat16's and float16's (mma.sync;
+other inputs, and GPUs before sm_80, stay on the FP32 cores), so 16-bit
+rows are modelled both ways. As written on the tensor cores:
 pass 1 Q K^T and P V, pass 2 Q K^T and O V^T, with P and O split into three
 bf16 terms (8 products where 3 are necessary); the 989 TFLOP/s are wgmma's,
 and mma.sync, used here because it also runs on sm_80, reaches less of them
@@ -73,7 +73,7 @@ SM_BYTES_PER_S = 64 * 1.755e9  # one SM's L2 load bandwidth, at most
 # write the 8-byte key, then read it in the digit passes before the chosen bin
 # fits the shared buffer (two at N=32k) and once in the emission.
 SELECT_BYTES_PER_KEY = 4 + 8 + 3 * 8
-# projected_value_norm on the tensor cores (bfloat16, D <= 128, sm_80+;
+# projected_value_norm on the tensor cores (bfloat16 / float16, D <= 128, sm_80+;
 # projected_value_mma_cuda.cuh): warp instructions per HMMA (m16n8k16) on the
 # path a full 64-column tile of 16-byte-aligned rows takes, read off the SASS
 # (sm_90, D = 128, 2026-12-03): per warp and tile 128 HMMA, 32 LDSM and ~40
@@ -136,21 +136,21 @@ def kernels(B, Hkv, G, W, N, D, e, budget, hidden):
     pv_issue_s = pv_flops / (2 * 16 * 8 * 16) * PV_INSTR_PER_HMMA / ISSUE
     pv_l2 = -(-N // PV_ROWS_PER_BLOCK) * B * Hq * hidden * D * e
     kvpress_pv = 12 * B * Hq * N * hidden  # [N, hidden] bf16 products and their float32 copies, written and read
-    rows.append(("projected_value_norm (p=1), bf16, tensor cores", (pv_flops, pv_bytes[0], True),
+    rows.append(("projected_value_norm (p=1), bf16 / f16, tensor cores", (pv_flops, pv_bytes[0], True),
                  (pv_flops, 0, pv_bytes[1], 0, pv_issue_s),
                  "CriticalKV's norms ||v_n W_o^j||_1, hidden = %d: a [N, D] x [D, hidden] product per query head "
-                 "reduced in registers. As written (bfloat16, D <= 128, sm_80+): mma.sync with v's fragments in "
-                 "registers, %d tokens per block; each query head's blocks read their KV head's values (G times), "
+                 "reduced in registers. As written (bfloat16 or float16, D <= 128, sm_80+): mma.sync with v's "
+                 "fragments in registers, %d tokens per block; each query head's blocks read their KV head's values (G times), "
                  "and every block reads W_o^j's tiles from L2: %.1f GB, %.2f-%.2f ms at %.1f-%.0f TB/s, under the "
                  "tensor-core time; %.1f warp instructions per HMMA (SASS) take %.0f µs of issue slots. No operand "
-                 "is split: bf16 products are exact. kvpress's per-head torch.matmul runs the same FLOPs on the "
+                 "is split: 16-bit products are exact. kvpress's per-head torch.matmul runs the same FLOPs on the "
                  "tensor cores but moves its [N, hidden] bf16 products and their float32 copies: %.0f GB, %.1f ms"
                  % (hidden, PV_ROWS_PER_BLOCK, pv_l2 / 1e9, 1e3 * pv_l2 / L2_BW[1], 1e3 * pv_l2 / L2_BW[0],
                     L2_BW[0] / 1e12, L2_BW[1] / 1e12, PV_INSTR_PER_HMMA, 1e6 * pv_issue_s, kvpress_pv / 1e9,
                     1e3 * kvpress_pv / HBM)))
     rows.append(("projected_value_norm (p=1), FP32 cores", (pv_flops, pv_bytes[0], False),
                  (0, pv_flops, pv_bytes[1], 0, 0),
-                 "the same on the FP32 cores: float32 / float16 inputs, D > 128, GPUs before sm_80, and bfloat16 "
+                 "the same on the FP32 cores: float32 inputs, D > 128, GPUs before sm_80, and 16-bit inputs "
                  "with OBCACHE_CUDA_TENSOR_CORES=0 (64 tokens x 64 columns per block, a 4 x 4 sub-tile per "
                  "thread); compute-bound, about level with kvpress's traffic"))
     return rows
