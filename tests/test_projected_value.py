@@ -187,15 +187,16 @@ def test_cuda_matches_cpu_on_a_larger_case():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
-@pytest.mark.parametrize("D, wo_pad", [(128, 0), (64, 0), (72, 1)], ids=["D128", "D64", "D72_unaligned"])
+@pytest.mark.parametrize("D, wo_pad", [(128, 0), (64, 0), (72, 1), (256, 0)],
+                         ids=["D128", "D64", "D72_unaligned", "D256_one_m_tile"])
 def test_cuda_16bit_tensor_cores_match_the_fp32_kernel_and_cpu(D, wo_pad, dtype, monkeypatch):
-    # bfloat16 and float16 with D <= 128 on sm_80+ run the product on the
+    # bfloat16 and float16 with D <= 256 on sm_80+ run the product on the
     # tensor cores: 16-bit products are exact and accumulate in float32, so
     # the float32 test's tolerance holds against the CPU kernel and against
-    # the FP32 CUDA kernel (OBCACHE_CUDA_TENSOR_CORES=0) alike. N = 3000:
-    # eleven 256-token blocks, the last partial; hidden = 1000: fifteen full
-    # 64-column tiles and a partial one; wo_pad = 1 takes the 16-bit loads
-    # instead of cp.async.
+    # the FP32 CUDA kernel (OBCACHE_CUDA_TENSOR_CORES=0) alike. N = 3000: a
+    # partial last block (256 tokens per block, 128 at D = 256); hidden =
+    # 1000: fifteen full 64-column tiles and a partial one; wo_pad = 1 takes
+    # the 16-bit loads instead of cp.async.
     v, wo = make(1, 4, 4, 3000, D, 1000, dtype=dtype, seed=8 + D, wo_pad=wo_pad)
     for p in (1, 2):
         cpu = obcache.projected_value_norm(v, wo, p)

@@ -1,5 +1,5 @@
 // Launcher of the projected_value_norm kernels: bfloat16 and float16 with
-// D <= 128 on the tensor cores of sm_80+ (projected_value_mma_cuda.cuh),
+// D <= 256 on the tensor cores of sm_80+ (projected_value_mma_cuda.cuh),
 // everything else on the FP32 units (projected_value_cuda.cuh); the element
 // type and the norm are picked at compile time.
 #include "projected_value_cuda.h"
@@ -22,27 +22,33 @@ int launch(const ProjectedValueParams& p, cudaStream_t stream) {
   return static_cast<int>(cudaGetLastError());
 }
 
-template <typename E>
+template <typename E, int MT>
 int launch_mma(const ProjectedValueParams& p, cudaStream_t stream) {
-  const dim3 grid(static_cast<unsigned>((p.N + pvn::kMmaRows - 1) / pvn::kMmaRows),
-                  static_cast<unsigned>(p.B * p.Hkv * p.G));
+  constexpr int kRows = pvn::mma_rows(MT);
+  const dim3 grid(static_cast<unsigned>((p.N + kRows - 1) / kRows), static_cast<unsigned>(p.B * p.Hkv * p.G));
   const dim3 block(pvn::kMmaThreads);
   const size_t smem = pvn::mma_smem_bytes(p.D);
+  size_t limit = 0;
+  cudaError_t err = smem_optin_limit(&limit);
+  if (err != cudaSuccess) return static_cast<int>(err);
   const bool vec =
       p.D % 8 == 0 && mma::rows_aligned16(p.v, p.v_sb, p.v_sh, p.v_sn) && mma::rows_aligned16(p.wo, p.wo_so, 0, 0);
-  if (p.p == 1) OBC_LAUNCH((pvn::projected_value_mma_kernel<E, 1>), grid, block, smem, stream, p, vec);
-  else OBC_LAUNCH((pvn::projected_value_mma_kernel<E, 2>), grid, block, smem, stream, p, vec);
+  const auto kernel =
+      p.p == 1 ? pvn::projected_value_mma_kernel<E, 1, MT> : pvn::projected_value_mma_kernel<E, 2, MT>;
+  if ((err = allow_smem(kernel, smem, limit)) != cudaSuccess) return static_cast<int>(err);
+  OBC_LAUNCH(kernel, grid, block, smem, stream, p, vec);
   return static_cast<int>(cudaGetLastError());
 }
 
 // 16-bit inputs: on the tensor cores where the device has them and v's
-// fragments fit in registers (D <= 128), else on the FP32 units.
+// fragments fit in registers (D <= 256), else on the FP32 units.
 template <typename E>
 int launch_16bit(const ProjectedValueParams& p, cudaStream_t stream) {
   bool tc = false;
   const cudaError_t err = has_tensor_cores(&tc);
   if (err != cudaSuccess) return static_cast<int>(err);
-  return tc && p.D >= 1 && p.D <= pvn::kMmaMaxDepth ? launch_mma<E>(p, stream) : launch<E>(p, stream);
+  if (!tc || p.D < 1 || p.D > pvn::kMmaMaxDepth) return launch<E>(p, stream);
+  return pvn::mma_m_tiles(p.D) == 2 ? launch_mma<E, 2>(p, stream) : launch_mma<E, 1>(p, stream);
 }
 
 }  // namespace

@@ -1,24 +1,26 @@
 // projected_value_norm on the tensor cores (mma.sync m16n8k16, sm_80 and
-// later) for bfloat16 or float16 v and W_o with head sizes up to 128:
+// later) for bfloat16 or float16 v and W_o with head sizes up to 256:
 // out[b, j, n] = ||v_n W_o^j||_p as a GEMM [tokens, D] x [D, hidden] whose
 // epilogue is the row norm, as projected_value_kernel
 // (projected_value_cuda.cuh) does on the FP32 units, which runs wherever this
-// cannot (float32, D > 128, GPUs before sm_80). v and W_o are 16-bit values
+// cannot (float32, D > 256, GPUs before sm_80). v and W_o are 16-bit values
 // of one type, so every product is exact in float and only the float
 // accumulation rounds, as on the FP32 path: no operand needs splitting.
 //
-// Launch: grid (ceil(N / 256), B * Hq), 256 threads (8 warps). Warp w owns
-// tokens 32 w .. 32 w + 31 (two 16-row m-tiles) and keeps their A fragments
-// (v, all of D: 2 x 8 x 4 registers at D = 128) in registers for the whole
-// kernel. The block walks hidden in 64-column tiles of W_o^j (64 rows of
-// wo, D contiguous: the "column-major" B operand as stored), double-buffered
-// in shared memory by cp.async, so the next tile's copy runs under this
-// tile's products. Per 16-deep step a warp loads two n-tiles' B fragments
-// with one ldmatrix .x4 and issues 4 mma.sync; each 32 x 64 float tile then
-// goes into |x| or x^2 per row in registers, and at the end the 4 lanes of a
-// row add theirs (shuffles in a fixed order: deterministic, no atomics).
-// 256 tokens per block: W_o^j, read from L2 by every block of its head,
-// costs 2 D bytes per column per block, half of what 128 tokens would.
+// Launch: grid (ceil(N / rows), B * Hq), 256 threads (8 warps). Warp w owns
+// MT 16-row m-tiles of tokens and keeps their A fragments (v, all of D:
+// MT x D / 16 x 4 registers, 64 at MT = 2, D = 128 or MT = 1, D = 256) in
+// registers for the whole kernel: MT = 2 (rows = 256 tokens per block) up to
+// D = 128, MT = 1 (128 tokens) up to D = 256. The block walks hidden in
+// 64-column tiles of W_o^j (64 rows of wo, D contiguous: the "column-major"
+// B operand as stored), double-buffered in shared memory by cp.async, so the
+// next tile's copy runs under this tile's products. Per 16-deep step a warp
+// loads two n-tiles' B fragments with one ldmatrix .x4 and issues 2 MT
+// mma.sync; each (16 MT) x 64 float tile then goes into |x| or x^2 per row in
+// registers, and at the end the 4 lanes of a row add theirs (shuffles in a
+// fixed order: deterministic, no atomics). 256 tokens per block where the
+// registers allow: W_o^j, read from L2 by every block of its head, costs
+// 2 D bytes per column per block, half of what 128 tokens would.
 #pragma once
 
 #include <cstdint>
@@ -34,51 +36,54 @@ namespace pvn {
 
 constexpr int kMmaWarps = 8;
 constexpr int kMmaThreads = kMmaWarps * mma::kWarpSize;
-constexpr int kMmaWarpRows = 32;                    // two 16-row m-tiles
-constexpr int kMmaRows = kMmaWarps * kMmaWarpRows;  // tokens per block
-constexpr int kMmaCols = 64;                        // columns of hidden per tile: 8 n-tiles
-constexpr int kMmaMaxDepth = 128;                   // v's fragments stay in registers
-// v is staged through the two W_o buffers before the first tile: 128 rows,
-// four warps' worth, at a time.
+constexpr int kMmaCols = 64;  // columns of hidden per tile: 8 n-tiles
+// v's fragments in registers: MT x (D / 16) x 4 of them, 64 at most.
+constexpr int kMmaMaxDepth = 256;
+OBC_HD constexpr int mma_max_depth(int MT) { return 256 / MT; }
+// Two m-tiles per warp where D allows (fewer W_o reads per token).
+OBC_HD OBC_INLINE int mma_m_tiles(long long D) { return D <= mma_max_depth(2) ? 2 : 1; }
+OBC_HD constexpr int mma_rows(int MT) { return kMmaWarps * 16 * MT; }  // tokens per block
+// v is staged through the two W_o buffers before the first tile: 128 rows
+// at a time.
 constexpr int kMmaStageRows = 2 * kMmaCols;
 
-// Dynamic shared memory: two W_o tiles of 16-bit-pair rows (34 KiB at D = 128:
-// under the 48 KiB a block gets without an opt-in).
+// Dynamic shared memory: two W_o tiles of 16-bit-pair rows (34 KiB at D =
+// 128, under the 48 KiB a block gets without an opt-in; 66 KiB at D = 256).
 OBC_HD OBC_INLINE size_t mma_smem_bytes(long long D) {
   return sizeof(uint32_t) * 2 * kMmaCols * static_cast<size_t>(mma::pair_stride(D));
 }
 
 // vec: D is a multiple of 8 and every row of v and wo starts 16-byte
 // aligned (cp.async of 16-byte pieces).
-template <typename E, int P>
+template <typename E, int P, int MT>
 __global__ void __launch_bounds__(kMmaThreads, 1) projected_value_mma_kernel(ProjectedValueParams p, bool vec) {
-  constexpr int kSteps = kMmaMaxDepth / 16;
+  constexpr int kSteps = mma_max_depth(MT) / 16, kWarpRows = 16 * MT, kRows = mma_rows(MT);
   OBC_DYNAMIC_SMEM(uint32_t, smem);
   const int Di = static_cast<int>(p.D), depth = mma::mma_depth(p.D), pw = mma::pair_stride(p.D);
   const int tid = threadIdx.x, lane = tid % mma::kWarpSize, warp = tid / mma::kWarpSize;
   const int g = lane / 4, t = lane % 4;
   const long long Hq = p.Hkv * p.G, bj = blockIdx.y, b = bj / Hq, j = bj % Hq, h = j / p.G;
-  const long long n0 = static_cast<long long>(blockIdx.x) * kMmaRows;
-  const int rows_in = static_cast<int>(p.N - n0 < kMmaRows ? p.N - n0 : kMmaRows);
+  const long long n0 = static_cast<long long>(blockIdx.x) * kRows;
+  const int rows_in = static_cast<int>(p.N - n0 < kRows ? p.N - n0 : kRows);
   const E* v = static_cast<const E*>(p.v) + b * p.v_sb + h * p.v_sh + n0 * p.v_sn;
   const E* w = static_cast<const E*>(p.wo) + j * p.D;
   // Warps whose rows are all past N load and barrier with the rest but
   // multiply nothing.
-  const bool active = warp * kMmaWarpRows < rows_in;
+  const bool active = warp * kWarpRows < rows_in;
 
   // v's A fragments, staged 128 rows at a time through the W_o buffers.
-  uint32_t a[2][kSteps][4];
+  uint32_t a[MT][kSteps][4];
 #pragma unroll
-  for (int s0 = 0; s0 < kMmaRows; s0 += kMmaStageRows) {
+  for (int s0 = 0; s0 < kRows; s0 += kMmaStageRows) {
     const int left = rows_in - s0, valid = left < 0 ? 0 : left < kMmaStageRows ? left : kMmaStageRows;
     if (s0 > 0) __syncthreads();  // the previous stage's fragments are read
     mma::load_pair_rows<kMmaThreads>([&](int c) { return v + (s0 + c) * p.v_sn; }, valid, kMmaStageRows, Di, pw,
                                      vec, smem);
     mma::sync_tiles();
-    if (warp * kMmaWarpRows / kMmaStageRows == s0 / kMmaStageRows) {
-      const int row0 = warp * kMmaWarpRows - s0;
+    if (warp * kWarpRows / kMmaStageRows == s0 / kMmaStageRows) {
+      const int row0 = warp * kWarpRows - s0;
 #pragma unroll
-      for (int mt = 0; mt < 2; ++mt)
+      for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
         for (int ks = 0; ks < kSteps; ++ks)
           if (16 * ks < depth) mma::load_a(a[mt][ks], smem, pw, row0 + 16 * mt, 16 * ks, lane);
@@ -97,14 +102,14 @@ __global__ void __launch_bounds__(kMmaThreads, 1) projected_value_mma_kernel(Pro
     const E* wc = w + c0 * p.wo_so;
     mma::load_pair_rows<kMmaThreads>(rc, [&](int r) { return wc + r * p.wo_so; }, valid, kMmaCols, Di, pw, vec, dst);
   };
-  float part[2][2] = {};  // m-tile x rows g, g + 8: this lane's columns' |x| or x^2
+  float part[MT][2] = {};  // m-tile x rows g, g + 8: this lane's columns' |x| or x^2
   if (tiles > 0) load_w(0, buf(0));
   for (long long c = 0; c < tiles; ++c) {
     mma::sync_tiles();  // tile c has landed, and every warp is done with tile c - 1's buffer
     if (c + 1 < tiles) load_w(c + 1, buf(c + 1));
     if (!active) continue;
     const uint32_t* ws = buf(c);
-    float acc[2][8][4] = {};  // m-tile x n-tile: rows g, g + 8 x columns 8 nt + 2t, + 1
+    float acc[MT][8][4] = {};  // m-tile x n-tile: rows g, g + 8 x columns 8 nt + 2t, + 1
     // Unrolled to the largest depth with a guard: the fragment indices stay
     // compile-time (registers, not local memory). The first step always runs
     // (D >= 1), so its products start from zero without the zeroing.
@@ -116,7 +121,7 @@ __global__ void __launch_bounds__(kMmaThreads, 1) projected_value_mma_kernel(Pro
           uint32_t bw[4];
           mma::load_b_pair(bw, ws, pw, 8 * nt, 16 * ks, lane);
 #pragma unroll
-          for (int mt = 0; mt < 2; ++mt) {
+          for (int mt = 0; mt < MT; ++mt) {
             mma::m16n8k16_of<E>(acc[mt][nt], a[mt][ks], {bw[0], bw[1]});
             mma::m16n8k16_of<E>(acc[mt][nt + 1], a[mt][ks], {bw[2], bw[3]});
           }
@@ -130,20 +135,20 @@ __global__ void __launch_bounds__(kMmaThreads, 1) projected_value_mma_kernel(Pro
       for (int e = 0; e < 4; ++e)
         if (cols >= kMmaCols || 8 * nt + 2 * t + e % 2 < cols)
 #pragma unroll
-          for (int mt = 0; mt < 2; ++mt) {
+          for (int mt = 0; mt < MT; ++mt) {
             const float x = acc[mt][nt][e];
             part[mt][e / 2] += P == 1 ? fabsf(x) : x * x;
           }
   }
   // The 4 lanes of a row (t = 0..3) hold its columns 2t, 2t + 1 of every n-tile.
 #pragma unroll
-  for (int mt = 0; mt < 2; ++mt)
+  for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
     for (int hr = 0; hr < 2; ++hr) {
       float s = part[mt][hr];
       s += __shfl_xor_sync(0xffffffffu, s, 1);
       s += __shfl_xor_sync(0xffffffffu, s, 2);
-      const int r = warp * kMmaWarpRows + 16 * mt + 8 * hr + g;
+      const int r = warp * kWarpRows + 16 * mt + 8 * hr + g;
       if (t == 0 && r < rows_in) static_cast<float*>(p.out)[bj * p.N + n0 + r] = P == 1 ? s : sqrtf(s);
     }
 }

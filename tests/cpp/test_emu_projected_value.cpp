@@ -71,20 +71,25 @@ TEST(EmuProjectedValue, HalfAndBFloat16) {
   check<obc::bf16_t>({1, 1, 2, 37, 24, 70, 1}, obc::DType::BF16, 2, rng);
 }
 
-// bfloat16 and float16 with D <= 128 on an sm_80+ GPU: the tensor-core kernel
-// (projected_value_mma_cuda.cuh), against the CPU kernel at the float32
-// tolerance above (v and W_o are 16-bit values, so the products are exact and only
-// the summation order differs). N = 70: one block, five of its eight
-// warps past N; N = 300: a full 256-token block and one with 44 tokens (v
-// staged in two 128-row halves, the second all zeros); N = 513: a last block
-// of one token; hidden = 100: a full and a partial 64-column tile; 33: one partial tile,
-// 640: ten tiles through the double buffer; D = 128 (8 steps), 64, 72 (a
-// 16-deep step half padding); aligned rows (cp.async) and padded ones (pad
-// 1: 16-bit loads), D = 13 (16-bit loads, 3 columns of padding); G = 1, 3.
+// bfloat16 and float16 with D <= 256 on an sm_80+ GPU: the tensor-core
+// kernel (projected_value_mma_cuda.cuh), against the CPU kernel at the
+// float32 tolerance above (v and W_o are 16-bit values, so the products are
+// exact and only the summation order differs). Two m-tiles per warp (256
+// tokens per block) up to D = 128: N = 70, one block, five of its eight
+// warps past N; N = 300, a full block and one with 44 tokens (v staged in
+// two 128-row halves, the second all zeros); N = 513, a last block of one
+// token. One m-tile (128 tokens per block, 66 KiB of shared memory: the
+// opt-in) at D = 256 and 136 (N = 150 and 129: a last block of 22 tokens and
+// of one). hidden = 100: a full and a partial 64-column tile; 33: one
+// partial tile; 640: ten tiles through the double buffer. D = 128 (8
+// steps), 64, 72 and 136 (a 16-deep step half padding); aligned rows
+// (cp.async) and padded ones (pad 1: 16-bit loads), D = 13 (16-bit loads, 3
+// columns of padding); G = 1, 2, 3.
 TEST(EmuProjectedValue, SixteenBitOnTensorCores) {
   std::mt19937 rng(5);
   const Case cases[] = {{1, 2, 3, 70, 64, 100, 0},  {1, 1, 2, 300, 128, 33, 0}, {2, 1, 1, 40, 72, 640, 8},
-                        {1, 1, 3, 70, 72, 100, 1},  {1, 2, 1, 37, 13, 70, 0},   {1, 1, 1, 513, 128, 64, 0}};
+                        {1, 1, 3, 70, 72, 100, 1},  {1, 2, 1, 37, 13, 70, 0},   {1, 1, 1, 513, 128, 64, 0},
+                        {1, 1, 2, 150, 256, 70, 0}, {1, 2, 1, 129, 136, 100, 1}};
   for (const Case& c : cases)
     for (int norm : {1, 2}) {
       long long before = simt::mma_instructions();
@@ -97,7 +102,7 @@ TEST(EmuProjectedValue, SixteenBitOnTensorCores) {
 }
 
 // Where the tensor-core kernel does not run, 16-bit inputs take the FP32
-// kernel and no mma instruction runs: D > 128 (v's fragments would not fit
+// kernel and no mma instruction runs: D > 256 (v's fragments would not fit
 // in registers), an emulated sm_75 (no bf16 / f16 mma.sync m16n8k16), and
 // OBCACHE_CUDA_TENSOR_CORES=0 on a GPU that has them.
 TEST(EmuProjectedValue, SixteenBitElsewhereStaysOnTheFp32Units) {
@@ -107,7 +112,7 @@ TEST(EmuProjectedValue, SixteenBitElsewhereStaysOnTheFp32Units) {
     check<obc::bf16_t>(c, obc::DType::BF16, norm, rng);
     check<obc::half_t>(c, obc::DType::F16, norm, rng);
   };
-  both({1, 1, 2, 40, 136, 70, 0}, 2);
+  both({1, 1, 2, 40, 264, 70, 0}, 2);
   EXPECT_EQ(simt::mma_instructions(), before);
   simt::set_compute_capability_major(7);
   both({1, 1, 2, 40, 64, 70, 0}, 1);
