@@ -73,7 +73,7 @@ SM_BYTES_PER_S = 64 * 1.755e9  # one SM's L2 load bandwidth, at most
 # write the 8-byte key, then read it in the digit passes before the chosen bin
 # fits the shared buffer (two at N=32k) and once in the emission.
 SELECT_BYTES_PER_KEY = 4 + 8 + 3 * 8
-# projected_value_norm on the tensor cores (bfloat16 / float16, D <= 128, sm_80+;
+# projected_value_norm on the tensor cores (bfloat16 / float16, D <= 256, sm_80+;
 # projected_value_mma_cuda.cuh): warp instructions per HMMA (m16n8k16) on the
 # path a full 64-column tile of 16-byte-aligned rows takes, read off the SASS
 # (sm_90, D = 128, 2026-12-03): per warp and tile 128 HMMA, 32 LDSM and ~40
@@ -139,8 +139,8 @@ def kernels(B, Hkv, G, W, N, D, e, budget, hidden):
     rows.append(("projected_value_norm (p=1), bf16 / f16, tensor cores", (pv_flops, pv_bytes[0], True),
                  (pv_flops, 0, pv_bytes[1], 0, pv_issue_s),
                  "CriticalKV's norms ||v_n W_o^j||_1, hidden = %d: a [N, D] x [D, hidden] product per query head "
-                 "reduced in registers. As written (bfloat16 or float16, D <= 128, sm_80+): mma.sync with v's "
-                 "fragments in registers, %d tokens per block; each query head's blocks read their KV head's values (G times), "
+                 "reduced in registers. As written (bfloat16 or float16, D <= 256, sm_80+): mma.sync with v's "
+                 "fragments in registers, %d tokens per block at D <= 128 (128 above); each query head's blocks read their KV head's values (G times), "
                  "and every block reads W_o^j's tiles from L2: %.1f GB, %.2f-%.2f ms at %.1f-%.0f TB/s, under the "
                  "tensor-core time; %.1f warp instructions per HMMA (SASS) take %.0f µs of issue slots. No operand "
                  "is split: 16-bit products are exact. kvpress's per-head torch.matmul runs the same FLOPs on the "
@@ -150,7 +150,7 @@ def kernels(B, Hkv, G, W, N, D, e, budget, hidden):
                     1e3 * kvpress_pv / HBM)))
     rows.append(("projected_value_norm (p=1), FP32 cores", (pv_flops, pv_bytes[0], False),
                  (0, pv_flops, pv_bytes[1], 0, 0),
-                 "the same on the FP32 cores: float32 inputs, D > 128, GPUs before sm_80, and 16-bit inputs "
+                 "the same on the FP32 cores: float32 inputs, D > 256, GPUs before sm_80, and 16-bit inputs "
                  "with OBCACHE_CUDA_TENSOR_CORES=0 (64 tokens x 64 columns per block, a 4 x 4 sub-tile per "
                  "thread); compute-bound, about level with kvpress's traffic"))
     return rows
