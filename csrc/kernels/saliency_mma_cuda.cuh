@@ -14,7 +14,7 @@
 // and joint), and O comes from P V.
 // Shared memory: Q, K, V and O's three terms as bf16 pairs (32-bit words),
 // rows padded so that every fragment load is free of bank conflicts (the
-// stride below says how).
+// stride, mma::pair_stride in mma_tiles_cuda.cuh, says how).
 #pragma once
 
 #include <type_traits>
