@@ -1,8 +1,9 @@
 // Shared-memory tiles for the tensor-core kernels (saliency_mma_cuda.cuh,
 // projected_value_mma_cuda.cuh): rows of 16-bit values (bf16, or f16 for
-// projected_value) stored as pairs (32-bit words), padded so that fragment loads are free of bank conflicts,
-// loaded by a whole block (kBlock threads) with cp.async where rows are
-// 16-byte aligned, and read into mma.h's fragments with ldmatrix.
+// projected_value) stored as pairs (32-bit words), padded so that fragment
+// loads are free of bank conflicts, loaded by a whole block (kBlock threads)
+// with cp.async where rows are 16-byte aligned, and read into mma.h's
+// fragments with ldmatrix.
 #pragma once
 
 #include <cstdint>
@@ -18,7 +19,7 @@ constexpr int kWarpSize = 32;
 
 // D rounded up to whole 16-wide steps of the product.
 OBC_HD OBC_INLINE int mma_depth(long long D) { return static_cast<int>((D + 15) / 16 * 16); }
-// Words per bf16-pair row: an odd number of 4-word (16-byte) groups, so each
+// Words per 16-bit-pair row: an odd number of 4-word (16-byte) groups, so each
 // row starts 16-byte aligned (as ldmatrix needs) and the 8 rows of one
 // ldmatrix matrix (or of a fragment load, g = 0..7) start in 8 different
 // 4-bank groups: free of bank conflicts.
@@ -78,10 +79,10 @@ __device__ OBC_INLINE void for_each_row_chunk(int n, int chunks, F f) {
     for (int c = tid / chunks; c < n; c += per_pass) f(c, j);
 }
 
-// Rows 0 .. n - 1 of a shared bf16-pair tile, by the whole block: row c from
+// Rows 0 .. n - 1 of a shared 16-bit-pair tile, by the whole block: row c from
 // src(c) for c < valid, zeros after, and zero from D to the mma
 // depth. With `vec` (D a multiple of 8, every row 16-byte aligned) one
-// 16-byte cp.async per 8 columns, a row's words being its bf16 values in
+// 16-byte cp.async per 8 columns, a row's words being its 16-bit values in
 // memory order, so a thread has all its pieces in flight (a load and a store
 // per piece had one: the saliency's pass 1 read K and V from DRAM a 16-byte
 // piece per thread at a time); else two 16-bit loads per word

@@ -38,8 +38,8 @@ constexpr int kMmaWarps = 8;
 constexpr int kMmaThreads = kMmaWarps * mma::kWarpSize;
 constexpr int kMmaCols = 64;  // columns of hidden per tile: 8 n-tiles
 // v's fragments in registers: MT x (D / 16) x 4 of them, 64 at most.
-constexpr int kMmaMaxDepth = 256;
 OBC_HD constexpr int mma_max_depth(int MT) { return 256 / MT; }
+constexpr int kMmaMaxDepth = mma_max_depth(1);
 // Two m-tiles per warp where D allows (fewer W_o reads per token).
 OBC_HD OBC_INLINE int mma_m_tiles(long long D) { return D <= mma_max_depth(2) ? 2 : 1; }
 OBC_HD constexpr int mma_rows(int MT) { return kMmaWarps * 16 * MT; }  // tokens per block
