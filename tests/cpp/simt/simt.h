@@ -291,13 +291,13 @@ class Block {
   std::vector<Warp> warps_;  // sized once: Warp holds atomics
 };
 
-// What a kernel thread sees as its built-in variables.
 // A cp.async copy issued and not yet waited for: its 16 bytes (read at the
 // issue) and where they go.
 struct AsyncCopy {
   unsigned char* dst;
   unsigned char bytes[16];
 };
+// What a kernel thread sees as its built-in variables.
 struct Ctx {
   uint3 thread_idx{0, 0, 0}, block_idx{0, 0, 0};
   dim3 block_dim, grid_dim;
@@ -696,11 +696,12 @@ namespace simt {
 // mma.sync.aligned.m16n8k16.row.col.f32.{bf16,f16}.{bf16,f16}.f32 of the
 // calling warp, d += A B (every lane of a full warp takes part); decode(h)
 // is the element type's 16 bits as a float (mma.h passes common.h's exact
-// conversions: the product of two such values is exact in float either way). The element positions
-// are written out here from the PTX ISA's table ("Matrix Fragments for
-// mma.m16n8k16 with floating point type"), as the inverse of the mapping the
-// kernels use to load fragments (csrc/kernels/mma.h), so a kernel that loads
-// the wrong element computes a wrong product here too. With g = lane / 4,
+// conversions: the product of two such values is exact in float either
+// way). The element positions are written out here from the PTX ISA's
+// table ("Matrix Fragments for mma.m16n8k16 with floating point type"), as
+// the inverse of the mapping the kernels use to load fragments
+// (csrc/kernels/mma.h), so a kernel that loads the wrong element computes a
+// wrong product here too. With g = lane / 4,
 // t = lane % 4, element e of a register is its low (e = 0) or high half:
 //   A[m][k]: lane (m % 8) * 4 + (k % 8) / 2, register (m / 8) + 2 (k / 8), half k % 2
 //   B[k][n]: lane n * 4 + (k % 8) / 2, register k / 8, half k % 2
