@@ -10,7 +10,8 @@
 //   2. combine_kernel, grid (R, B * Hkv): merges the splits into the final
 //      max, 1 / sum, O and ||O||^2 (O read from p.o instead when the caller
 //      gives it: pass 1 then computes only the max and sum).
-//   3. pass 2, grid (ceil(N / 64), B * Hkv): one block per 64-key tile (32
+//   3. pass 2, grid (ceil(N / keys), B * Hkv): one block per key tile (64
+//      keys; 128 for key / joint on the tensor cores, 32 on the FP32 units
 //      where the device's shared memory is too small) keeps its K and V tile
 //      in shared memory, walks all R rows in chunks (recomputing Z, A, v.o,
 //      ||v - o||), reduces over the queries (one owner thread per key column:
@@ -28,7 +29,7 @@
 //     (bench/results/kernels.md has the SASS counts of both).
 // Memory traffic: K read once per row chunk in pass 1 (mostly L2 hits) and
 // once in pass 2, V likewise when the score needs it; window queries, O and
-// the per-row statistics are re-read per 64-key tile from L2; the workspace is
+// the per-row statistics are re-read per pass-2 key tile from L2; the workspace is
 // O(B * Hkv * splits * R * D) floats and the output is written once.
 // No [R, N] matrix ever exists in global memory. float32 / float16 /
 // bfloat16 inputs, float32 accumulation; float64 is CPU-only.
@@ -131,7 +132,7 @@ size_t pass2_mma_smem(const SaliencyParams& p) {
   const size_t pw = static_cast<size_t>(mma::pair_stride(p.D));
   const size_t G = static_cast<size_t>(p.G), o = score_needs_vo(p.score) ? 1 : 0;
   const size_t v = o || score_needs_vn1(p.score) || score_needs_vn2(p.score) ? 1 : 0;
-  const size_t keys = salc::kMmaKeys, rows = salc::kMmaRows;
+  const size_t keys = salc::mma_pass2_keys(p.score), rows = salc::mma_pass2_rows(p.score);
   const size_t rows_words = std::max((1 + 3 * o) * rows * pw, rows * (keys + 1));  // Q, O's terms | Cs
   return sizeof(float) * (4 * rows + (1 + v) * keys * pw + rows_words + G * keys + 2 * keys + 3 * rows) +
          sizeof(int) * rows;
@@ -198,7 +199,7 @@ cudaError_t launch_pass2(const SaliencyParams& p, const Launch& L) {
     if (L.mma && s.R > 8 && smm <= L.fits) {
       auto* km = &salc::pass2_mma_kernel<S>;
       if ((err = allow_smem(km, smm, L.limit)) != cudaSuccess) return err;
-      const long long tiles = (p.N + salc::kMmaKeys - 1) / salc::kMmaKeys;
+      const long long tiles = (p.N + salc::mma_pass2_keys(S) - 1) / salc::mma_pass2_keys(S);
       OBC_LAUNCH(km, dim3(static_cast<unsigned>(tiles), L.bh), dim3(kThreads), smm, L.stream, p, s, L.w);
       return cudaGetLastError();
     }

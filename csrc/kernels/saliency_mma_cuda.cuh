@@ -26,7 +26,18 @@
 namespace obc {
 namespace salc {
 
+// Pass 1's block: 64 rows x 64-key tiles (a warp's 16 rows whole).
 constexpr int kMmaRows = 64, kMmaKeys = 64;
+// Pass 2's block: 4 warps, each 32 rows x 32 keys, over 64 rows x 64 keys,
+// or 32 rows x 128 keys for the scores that read O (key, joint). Loading a
+// chunk's O (split into its three bf16 terms), like its Q and row
+// statistics, costs the same whatever the block's keys, so its cost per
+// (row, key) pair halves at 128 keys (bench/results/kernels.md); K and V
+// take the shared memory that Q and O give up (the same at D = 128). The
+// other scores load only Q per chunk and keep 64 keys: at 128 their K and V
+// would take the shared memory of two more blocks per SM.
+OBC_HD constexpr int mma_pass2_keys(Score s) { return score_needs_vo(s) ? 128 : 64; }
+OBC_HD constexpr int mma_pass2_rows(Score s) { return 64 * 64 / mma_pass2_keys(s); }
 using mma::load_a;
 using mma::load_b_pair;
 using mma::load_b_pair_trans;
@@ -253,10 +264,11 @@ __global__ void __launch_bounds__(kThreads) pass1_mma_kernel(SaliencyParams p, S
   }
 }
 
-// ---- Pass 2 on the tensor cores: block of 128 threads, 2 x 2 warps over a
-// chunk of 64 rows x 64 keys, each warp 32 rows (two m-tiles of 16) x 32 keys
-// (four n-tiles of 8). Per 16-wide step of D a warp loads two ldmatrix .x4
-// each of Q, K and V and six of O's terms for 8 + 24 products.
+// ---- Pass 2 on the tensor cores: block of 128 threads over a chunk of kR
+// rows x kKeys keys (mma_pass2_keys), each warp 32 rows (two m-tiles of 16)
+// x 32 keys (four n-tiles of 8): 2 x 2 warps at 64 x 64, 1 x 4 at 32 x 128.
+// Per 16-wide step of D a warp loads two ldmatrix .x4 each of Q, K and V and
+// six of O's terms for 8 + 24 products.
 // smem: lim, q_off rows (64-bit) | Kw keys*pw | Vw keys*pw (scores that read V) |
 // Qw rows*pw, then Op 3*rows*pw (key, joint), both dead once the chunk's
 // products are done, so Cs rows*(keys+1) takes the same space (the larger
@@ -264,7 +276,7 @@ __global__ void __launch_bounds__(kThreads) pass1_mma_kernel(SaliencyParams p, S
 // rows (int); pass2_mma_smem in saliency_cuda.cu is the same sum.
 template <Score S>
 __global__ void __launch_bounds__(kThreads) pass2_mma_kernel(SaliencyParams p, Shape s, Work w) {
-  constexpr int kKeys = kMmaKeys, kR = kMmaRows, kCs = kKeys + 1;
+  constexpr int kKeys = mma_pass2_keys(S), kR = mma_pass2_rows(S), kCs = kKeys + 1, kKeyWarps = kKeys / 32;
   constexpr bool kVo = score_needs_vo(S);
   constexpr bool kNeedV = kVo || score_needs_vn1(S) || score_needs_vn2(S);
   static_assert(mma_pass2_supports<S>(), "loo runs on the FP32 path");
@@ -287,7 +299,7 @@ __global__ void __launch_bounds__(kThreads) pass2_mma_kernel(SaliencyParams p, S
   float *head = sm.head, *vn1 = sm.vn1, *vn2 = sm.vn2, *rm = sm.rm, *ril = sm.ril, *ron2 = sm.ron2;
   int* head_of = sm.head_of;
   const int tid = threadIdx.x, lane = tid % kTile, warp = tid / kTile;
-  const int g = lane / 4, t = lane % 4, row_w = (warp / 2) * 32, key_w = (warp % 2) * 32;
+  const int g = lane / 4, t = lane % 4, row_w = warp / kKeyWarps * 32, key_w = warp % kKeyWarps * 32;
 
   const bf16_t *Kt = K + p0 * p.k_sn, *Vt = V + p0 * p.v_sn;
   load_pair_rows([&](int c) { return Kt + c * p.k_sn; }, tn, kKeys, Di, pw, s.vec16, Kw);
@@ -348,14 +360,15 @@ __global__ void __launch_bounds__(kThreads) pass2_mma_kernel(SaliencyParams p, S
     // statistics are read into registers once (the compiler cannot keep them
     // across the Cs stores, which may alias), and the visibility test is a
     // 32-bit compare of the key's offset in the tile against the row's last
-    // visible offset (clamped: tn <= 64), a select rather than a branch
+    // visible offset (clamped: tn <= kKeys), a select rather than a branch
     // (a pair past it may compute inf or NaN, which the select drops). When
     // every query head's rows come in whole 32s (Wr % 32 == 0), a warp's 32
     // rows are one head's (or all past R): they are reduced over in
     // registers (the lane's 4 rows, then the 8 lanes of a key column by
-    // shuffles), one Cs row per warp, instead of a Cs store per (row, key)
-    // and a 64-row serial reduction. The reduction (Cs rows, in-warp sum,
-    // in-warp max) is a compile-time mode: one copy of this code each.
+    // shuffles), one Cs row per 32 rows, instead of a Cs store per (row,
+    // key) and a serial reduction over the chunk's rows. The reduction (Cs
+    // rows, in-warp sum, in-warp max) is a compile-time mode: one copy of
+    // this code each.
     const bool in_warp = s.Wr % 32 == 0;
     __syncthreads();  // every warp is done with Qw and Op, which Cs reuses
     float k1[4][2], k2[4][2];

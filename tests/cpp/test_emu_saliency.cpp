@@ -168,10 +168,11 @@ TEST(EmuSaliency, HalfAndBFloat16) {
 // bfloat16 with more than 16 rows: both passes on the tensor cores
 // (saliency_mma_cuda.cuh; loo's pass 2 stays on the FP32 units), every score
 // (every reduction in the first case), against the CPU kernel at the float
-// tolerance of the other cases: N not a multiple of the 64-key tile, D = 13
-// and 72 (padded to 16 and 80) and 128, rows 21 (one partial 64-row chunk)
-// and 66 (two), two key splits (N = 300), B = 2, causal or not, strided,
-// and W = 32, 64 (the in-register query reduction), every reduction.
+// tolerance of the other cases: N not a multiple of the 64- or 128-key
+// tile, D = 13 and 72 (padded to 16 and 80) and 128, rows 21 (one partial
+// chunk of 32 or 64 rows) and 66 (three or two), two key splits (N = 300),
+// B = 2, causal or not, strided, and W = 32, 64 (the in-register query
+// reduction), every reduction.
 // Then the same on an emulated sm_75, which has no bf16 tensor cores, and
 // with OBCACHE_CUDA_TENSOR_CORES=0: the FP32 passes run and no mma
 // instruction does.
@@ -184,8 +185,9 @@ TEST(EmuSaliency, BFloat16OnTensorCores) {
                         {1, 1, 3, 7, 300, 16, 0, true},
                         // W = 32 and 64: a warp's 32 rows are one head's and
                         // reduce in registers; R = 96 leaves the second
-                        // chunk's second half past R; W = 64 puts both
-                        // halves of a chunk in one head.
+                        // 64-row chunk's second half past R (value, h2o);
+                        // W = 64 puts both halves of a 64-row chunk in one
+                        // head.
                         {1, 1, 3, 32, 100, 16, 0, true},
                         {1, 2, 1, 64, 90, 24, 0, false}};
   for (const Case& c : cases) {
