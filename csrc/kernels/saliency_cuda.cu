@@ -44,6 +44,9 @@
 #include "saliency_mma_cuda.cuh"
 
 namespace obc {
+
+static_assert(salc::kMmaPass2MaxDepth >= kSaliencyCudaMaxHeadDim, "pass2_mma_kernel unrolls over every head size");
+
 namespace {
 
 using salc::kRows;
@@ -223,7 +226,8 @@ cudaError_t run(const SaliencyParams& p, void* workspace, cudaStream_t stream) {
   L.s = make_shape(p);
   L.w = carve(p, L.s, workspace);
   L.stream = stream;
-  if (p.B * p.Hkv > 65535 || L.s.R > kSaliencyCudaMaxRows) return cudaErrorInvalidValue;
+  if (p.B * p.Hkv > 65535 || L.s.R > kSaliencyCudaMaxRows || p.D > kSaliencyCudaMaxHeadDim)
+    return cudaErrorInvalidValue;
   L.bh = static_cast<unsigned>(p.B * p.Hkv);
   cudaError_t err = smem_optin_limit(&L.limit);
   if (err != cudaSuccess) return err;

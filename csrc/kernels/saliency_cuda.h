@@ -15,6 +15,11 @@ namespace obc {
 // query only), that the kernels take: row chunks of 16 in a grid dimension
 // of at most 65535, and row arithmetic in 32 bits.
 constexpr long long kSaliencyCudaMaxRows = 65535LL * 16;
+// Head sizes the kernels take: the FP32 kernels keep a 32-key tile of K and
+// V plus 16 window rows of q and o in shared memory (D = 256: ~100 KiB, an
+// sm_80+ opt-in), and the tensor-core pass 2 unrolls its products over D up
+// to this.
+constexpr long long kSaliencyCudaMaxHeadDim = 256;
 inline long long saliency_rows(const SaliencyParams& p) {
   return p.G * (score_last_query_only(p.score) ? 1 : p.W);
 }

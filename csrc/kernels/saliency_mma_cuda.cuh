@@ -53,6 +53,11 @@ __device__ OBC_INLINE void load_pair_rows(Src src, int valid, int n, int Di, int
 
 // Pass 1 keeps a warp's 16 rows of O in registers: head sizes up to 128.
 constexpr int kMmaPass1MaxDepth = 128;
+// Pass 2 unrolls its products to this depth (kSaliencyCudaMaxHeadDim, the
+// largest D the kernels take): a loop over D recomputed each ldmatrix
+// address from k0 (77 instructions per step of D; 52 unrolled, with
+// immediate offsets).
+constexpr int kMmaPass2MaxDepth = 256;
 
 template <Score S>
 OBC_HD constexpr bool mma_pass2_supports() {
@@ -325,7 +330,9 @@ __global__ void __launch_bounds__(kThreads) pass2_mma_kernel(SaliencyParams p, S
     // This warp's 32 rows x 32 keys: z[mt][nt] and vo[mt][nt] are the
     // accumulator fragments of rows row_w + 16 mt, keys key_w + 8 nt.
     float z[2][4][4] = {}, vo[2][4][4] = {};
-    for (int k0 = 0; k0 < depth; k0 += 16) {
+#pragma unroll
+    for (int k0 = 0; k0 < kMmaPass2MaxDepth; k0 += 16) {
+      if (k0 >= depth) break;
       uint32_t aq[2][4], ao[2][3][4];
 #pragma unroll
       for (int mt = 0; mt < 2; ++mt) {

@@ -14,9 +14,8 @@ namespace obcache {
 at::Tensor saliency_run_cuda(const obc::SaliencyParams& base, const at::Tensor& k) {
   const c10::cuda::CUDAGuard guard(k.device());
   obc::SaliencyParams p = base;
-  // The kernels keep a 32-key tile of K and V plus 16 window rows of q and o
-  // in shared memory: D = 256 needs ~100 KiB (an sm_80+ opt-in).
-  TORCH_CHECK(p.D <= 256, "k's head dim D must be <= 256 on CUDA, got D = ", p.D);
+  TORCH_CHECK(p.D <= obc::kSaliencyCudaMaxHeadDim, "k's head dim D must be <= ", obc::kSaliencyCudaMaxHeadDim,
+              " on CUDA, got D = ", p.D);
   TORCH_CHECK(p.B * p.Hkv <= 65535, "B * H_kv must be <= 65535 on CUDA, got ", p.B * p.Hkv);
   TORCH_CHECK(obc::saliency_rows(p) <= obc::kSaliencyCudaMaxRows, "q_window's query rows per KV head (G * W = ",
               obc::saliency_rows(p), ") must be <= ", obc::kSaliencyCudaMaxRows, " on CUDA");

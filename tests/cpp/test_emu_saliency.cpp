@@ -235,4 +235,15 @@ TEST(EmuSaliency, Float64IsRejected) {
   EXPECT_NE(obc::saliency_cuda(p, nullptr, nullptr), 0);
 }
 
+// The tensor-core pass 2 unrolls its products to D = 256: a larger head size
+// is refused before any launch (the op says so by name), not half computed.
+TEST(EmuSaliency, HeadDimAbove256IsRejected) {
+  obc::SaliencyParams p;
+  p.B = p.Hkv = p.G = 1, p.W = 32, p.N = 64, p.D = obc::kSaliencyCudaMaxHeadDim + 8;
+  p.dtype = obc::DType::BF16, p.score = obc::Score::Joint;
+  const long long before = simt::mma_instructions();
+  EXPECT_EQ(obc::saliency_cuda(p, nullptr, nullptr), static_cast<int>(cudaErrorInvalidValue));
+  EXPECT_EQ(simt::mma_instructions(), before);
+}
+
 }  // namespace
