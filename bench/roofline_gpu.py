@@ -62,11 +62,24 @@ ISSUE = 4 * 132 * 1.98e9
 # 16-byte piece, the zero rows past the end apart): pass 1's tile -1, pass
 # 2's chunk +37 (Q 8 x 18 -> 8 x 15, +61 straight-line), its block -8. What
 # these counts leave out is latency: the loads in flight per thread went
-# from one to all of them (kernels.md, "Loads in flight").
-WARP_INSTR_PER_PAIR = {"pass 1": 1559 / 1024, "pass 2": 2773 / 1024, "pass 2, per block": 1086 / 2048}
+# from one to all of them (kernels.md, "Loads in flight"). 2026-12-03, fifth
+# session (kernels.md, "Pass 2 over 128 keys"): key / joint blocks take 32
+# rows x 128 keys instead of 64 x 64, so a chunk's O split and Q load serve
+# twice the keys (O 4 x 186 -> 2 x 190 per warp and chunk, Q 8 -> 4 trips),
+# and the product loop is unrolled over D (77 -> ~54 per step with the
+# set-up): the chunk's executed path, counted the same way before and after
+# (static length less the two contribution modes not run and the steps past
+# D, plus the loops' further trips), 2,699 -> 2,341, so 2,773 - 358; the
+# block's work grows by its second 64 keys of K and V (16 more 16-byte
+# pieces per thread, 16 instructions each) and the norms now on every warp
+# (448 each, half of that before on average): 1,086 -> ~1,576, over 4 chunks
+# of 1,024 pairs at R = 128 instead of 2.
+WARP_INSTR_PER_PAIR = {"pass 1": 1559 / 1024, "pass 2": 2415 / 1024, "pass 2, per block": 1576 / 4096}
+# Keys per pass-2 block of the key and joint scores (saliency_mma_cuda.cuh).
+PASS2_KEYS = 128
 # Pass 2 re-reads the window's Q (16-bit) and O (float32) for every block of
-# 64 keys: L2 traffic, not HBM (they are a few MB). H100's L2 bandwidth has
-# no datasheet figure; microbenchmarks find ~5.5-7 TB/s.
+# PASS2_KEYS keys: L2 traffic, not HBM (they are a few MB). H100's L2
+# bandwidth has no datasheet figure; microbenchmarks find ~5.5-7 TB/s.
 L2_BW = (5.5e12, 7e12)
 SM_BYTES_PER_S = 64 * 1.755e9  # one SM's L2 load bandwidth, at most
 # select's global traffic per candidate key as written: read the float score,
@@ -98,7 +111,7 @@ def kernels(B, Hkv, G, W, N, D, e, budget, hidden):
     sal_bytes = (2 * kv + q + scores, 4 * kv + q + scores)
     evict_bytes = (2 * kv + q + 2 * kept + idx + scores, 4 * kv + q + 2 * scores + idx + 4 * kept + idx)
     issue_s = pairs * sum(WARP_INSTR_PER_PAIR.values()) / ISSUE
-    l2_bytes = -(-N // 64) * B * Hq * W * D * (e + 4)  # pass 2: Q and O per 64-key block
+    l2_bytes = -(-N // PASS2_KEYS) * B * Hq * W * D * (e + 4)  # pass 2: Q and O per key block
     select_s = N * SELECT_BYTES_PER_KEY / SM_BYTES_PER_S  # rows in parallel, one SM each
     rows = []
     rows.append(("saliency (joint), bf16, tensor cores", (3 * prod, sal_bytes[0], True),
@@ -108,10 +121,10 @@ def kernels(B, Hkv, G, W, N, D, e, budget, hidden):
                  "three terms) on the tensor cores, each pass reading K and V; %.2f + %.2f + %.2f (pass 2's "
                  "per-block loads and set-up) warp instructions per (row, key) pair (SASS) take %.0f µs of issue "
                  "slots; split partials not counted. Pass 2 also "
-                 "re-reads Q and O from L2 for every 64-key block: %.0f MB, %.0f-%.0f µs at %.1f-%.0f TB/s, "
+                 "re-reads Q and O from L2 for every %d-key block: %.0f MB, %.0f-%.0f µs at %.1f-%.0f TB/s, "
                  "overlapped with the issue time"
                  % (WARP_INSTR_PER_PAIR["pass 1"], WARP_INSTR_PER_PAIR["pass 2"],
-                    WARP_INSTR_PER_PAIR["pass 2, per block"], 1e6 * issue_s, l2_bytes / 1e6,
+                    WARP_INSTR_PER_PAIR["pass 2, per block"], 1e6 * issue_s, PASS2_KEYS, l2_bytes / 1e6,
                     1e6 * l2_bytes / L2_BW[1], 1e6 * l2_bytes / L2_BW[0], L2_BW[0] / 1e12, L2_BW[1] / 1e12)))
     rows.append(("saliency (joint), float32 / float16 or pre-sm_80, FP32 cores", (3 * prod, sal_bytes[0], False),
                  (0, 4 * prod, sal_bytes[1], 0, 0),
