@@ -234,21 +234,32 @@ __global__ void __launch_bounds__(kThreads) pass1_mma_kernel(SaliencyParams p, S
           const float* x = sc[2 * kk + i / 2] + 2 * (i % 2);
           mma::split3(x[0], x[1], ap[kk][0][i], ap[kk][1][i], ap[kk][2][i]);
         }
-      // V's B fragments two column tiles at a time (depth is whole 16s).
-      // Fully unrolled with a guard, not an exit, so o stays in registers (an
-      // exit makes its index dynamic: local memory).
+      // V's B fragments two column tiles at a time (depth is whole 16s),
+      // kPairs such pairs per pass: each o[dn] takes 12 products (4 key
+      // steps x P's 3 terms), and with only its pair partner between them
+      // ptxas padded a dependent mma with a NOP 12 times per pair of column
+      // tiles (96 per 64-key tile at D = 128); 8 accumulators in turn leave
+      // 2 per tile (328 -> 233 instructions for P V). Each o[dn] still sums
+      // in the same order. Fully unrolled with guards, not an exit, so o
+      // stays in registers (an exit makes its index dynamic: local memory).
+      constexpr int kPairs = 4;
 #pragma unroll
-      for (int dn = 0; dn < 2 * kSteps; dn += 2)
+      for (int dn = 0; dn < 2 * kSteps; dn += 2 * kPairs)
         if (8 * dn < depth)
 #pragma unroll
           for (int kk = 0; kk < kKeys / 16; ++kk) {
-            uint32_t bv[4];
-            load_b_pair_trans(bv, Vw, pw, 16 * kk, 8 * dn, lane);
+            uint32_t bv[kPairs][4];
 #pragma unroll
-            for (int part = 0; part < 3; ++part) {
-              mma::m16n8k16(o[dn], ap[kk][part], {bv[0], bv[1]});
-              mma::m16n8k16(o[dn + 1], ap[kk][part], {bv[2], bv[3]});
-            }
+            for (int h = 0; h < kPairs; ++h)
+              if (8 * (dn + 2 * h) < depth) load_b_pair_trans(bv[h], Vw, pw, 16 * kk, 8 * (dn + 2 * h), lane);
+#pragma unroll
+            for (int part = 0; part < 3; ++part)
+#pragma unroll
+              for (int h = 0; h < kPairs; ++h)
+                if (8 * (dn + 2 * h) < depth) {
+                  mma::m16n8k16(o[dn + 2 * h], ap[kk][part], {bv[h][0], bv[h][1]});
+                  mma::m16n8k16(o[dn + 2 * h + 1], ap[kk][part], {bv[h][2], bv[h][3]});
+                }
           }
     }
   }
