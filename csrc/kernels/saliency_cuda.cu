@@ -84,18 +84,28 @@ bool needs_o(Score sc) { return score_needs_vo(sc) || score_needs_dist(sc); }
 // Pass 1 accumulates O: the score reads it and the caller did not give it.
 bool owns_o(const SaliencyParams& p) { return needs_o(p.score) && p.o == nullptr; }
 
+// Floats of the workspace for O's bf16 terms (Work::o_terms): bfloat16
+// key / joint, whose pass 2 may run on the tensor cores; a row of depth bf16
+// is a whole number of 16-byte pieces.
+size_t o_terms_floats(const SaliencyParams& p, const salc::Shape& s) {
+  if (p.dtype != DType::BF16 || !score_needs_vo(p.score)) return 0;
+  const size_t rows = static_cast<size_t>((s.R + salc::kOTermRows - 1) / salc::kOTermRows * salc::kOTermRows);
+  return static_cast<size_t>(p.B * p.Hkv) * rows * 3 * static_cast<size_t>(mma::mma_depth(p.D)) / 2;
+}
+
 size_t floats_of(const SaliencyParams& p, const salc::Shape& s) {
   const size_t bh = static_cast<size_t>(p.B * p.Hkv), R = static_cast<size_t>(s.R), D = static_cast<size_t>(p.D);
   const size_t S = static_cast<size_t>(s.splits), o = needs_o(p.score) ? 1 : 0, own = owns_o(p) ? 1 : 0;
-  return bh * S * R * (2 + own * D) + bh * R * (3 + o * D);
+  return o_terms_floats(p, s) + bh * S * R * (2 + own * D) + bh * R * (3 + o * D);
 }
 
 salc::Work carve(const SaliencyParams& p, const salc::Shape& s, void* ws) {
   const size_t bh = static_cast<size_t>(p.B * p.Hkv), R = static_cast<size_t>(s.R), D = static_cast<size_t>(p.D);
-  const size_t S = static_cast<size_t>(s.splits), own = owns_o(p) ? 1 : 0;
+  const size_t S = static_cast<size_t>(s.splits), own = owns_o(p) ? 1 : 0, terms = o_terms_floats(p, s);
   float* f = static_cast<float*>(ws);
   salc::Work w;
-  // fin_o first: at the workspace's own alignment, for pass 2's float4 loads.
+  // o_terms first: at the workspace's own alignment, for pass 2's 16-byte copies.
+  w.o_terms = terms ? reinterpret_cast<bf16_t*>(f) : nullptr, f += terms;
   w.fin_o = f, f += (needs_o(p.score) ? 1 : 0) * bh * R * D;
   w.part_m = f, f += bh * S * R;
   w.part_l = f, f += bh * S * R;
@@ -199,7 +209,7 @@ cudaError_t launch_pass2(const SaliencyParams& p, const Launch& L) {
   cudaError_t err;
   if constexpr (std::is_same<E, bf16_t>::value && salc::mma_pass2_supports<S>()) {
     const size_t smm = pass2_mma_smem(p);
-    if (L.mma && s.R > 8 && smm <= L.fits) {
+    if (L.mma && s.R > 8 && smm <= L.fits && (!score_needs_vo(S) || L.w.o_terms)) {
       auto* km = &salc::pass2_mma_kernel<S>;
       if ((err = allow_smem(km, smm, L.limit)) != cudaSuccess) return err;
       const long long tiles = (p.N + salc::mma_pass2_keys(S) - 1) / salc::mma_pass2_keys(S);

@@ -8,6 +8,7 @@
 
 #include "common.h"
 #include "cuda_compat.h"
+#include "mma_tiles_cuda.cuh"
 #include "saliency_params.h"
 #include "score_math.h"
 
@@ -48,9 +49,16 @@ struct Shape {
 // Workspace (floats), all indexed by bh = b * Hkv + h:
 //   part_m, part_l [bh][split][R]; part_o [bh][split][R][D]  (pass 1)
 //   fin_m, fin_il, fin_on2 [bh][R]; fin_o [bh][R][D]         (combine)
-// (the O arrays only for the scores that need o: key, joint, loo).
+// (the O arrays only for the scores that need o: key, joint, loo), and for
+// bfloat16 key / joint, whose pass 2 may run on the tensor cores, fin_o's
+// three bf16 terms (mma::split3), else null:
+//   o_terms [bh][ceil(R / kOTermRows)][3][kOTermRows][mma_depth(D)] (combine)
+// in the order pass 2 copies them (a chunk's three terms in one run of
+// rows), zero past D and past R.
+constexpr int kOTermRows = 32;  // pass2_mma_kernel's row chunk for key / joint
 struct Work {
   float *part_m, *part_l, *part_o, *fin_m, *fin_il, *fin_on2, *fin_o;
+  bf16_t* o_terms;
 };
 
 // Index arithmetic in 32 bits: a 64-bit division is a subroutine call, and
@@ -368,13 +376,36 @@ __global__ void __launch_bounds__(kThreads) combine_kernel(SaliencyParams p, Sha
   }
   sq = warp_sum(sq);
   if (tid % 32 == 0) red[tid / 32] = sq;
-  __syncthreads();
+  __syncthreads();  // also: the row's fin_o, read back below, is written
   if (tid == 0) {
     float t = 0.0f;
     for (int i = 0; i < kThreads / 32; ++i) t += red[i];
     w.fin_m[bh * s.R + r] = M;
     w.fin_il[bh * s.R + r] = inv_l;
     w.fin_on2[bh * s.R + r] = t;
+  }
+  // O's three bf16 terms for the tensor-core pass 2, split once per row
+  // here: split by each key block of pass 2, they cost ~12 instructions per
+  // float in every block, and now that pass copies them like Q.
+  if (kNeedO && w.o_terms) {
+    const int depth = mma::mma_depth(D), chunk = static_cast<int>(r) / kOTermRows;
+    const long long chunks = (s.R + kOTermRows - 1) / kOTermRows;
+    const float* o = w.fin_o + (bh * s.R + r) * D;
+    // Term k of row r' of this row's chunk at t + (k * kOTermRows + r') * depth.
+    bf16_t* t = w.o_terms + (bh * chunks + chunk) * 3 * kOTermRows * depth;
+    const int rr = static_cast<int>(r) % kOTermRows;
+    // The last row also zeroes its chunk's rows past R, which pass 2 copies.
+    const int rows = r == s.R - 1 ? kOTermRows - rr : 1;
+    for (int d = 2 * tid; d < depth; d += 2 * kThreads)
+      for (int i = 0; i < rows; ++i) {
+        uint32_t x[3] = {0u, 0u, 0u};
+        if (i == 0) mma::split3(d < D ? o[d] : 0.0f, d + 1 < D ? o[d + 1] : 0.0f, x[0], x[1], x[2]);
+        for (int k = 0; k < 3; ++k) {
+          bf16_t* e = t + (k * kOTermRows + rr + i) * depth + d;
+          e[0].bits = static_cast<uint16_t>(x[k]);
+          e[1].bits = static_cast<uint16_t>(x[k] >> 16);
+        }
+      }
   }
 }
 

@@ -7,7 +7,8 @@
 // tiles); only the products move from the FP32 units to the tensor cores.
 // q, k and v are bf16 values, so their products are exact and only the
 // float accumulation rounds, as on the FP32 path. The float operands (P in
-// pass 1, O in pass 2) are split into three bf16 terms, hi + mid + lo, each
+// pass 1; O in pass 2, split once per row by combine_kernel) are split into
+// three bf16 terms, hi + mid + lo, each
 // the rounded remainder of the ones before, which carry them to float
 // precision (2^-24 relative) at three products each: a single bf16 O would
 // lose 2^-9 of v . o to the cancellation in ||v||^2 - 2 v . o + ||o||^2 (key
@@ -17,6 +18,7 @@
 // stride, mma::pair_stride in mma_tiles_cuda.cuh, says how).
 #pragma once
 
+#include <cstdint>
 #include <type_traits>
 
 #include "mma.h"
@@ -30,8 +32,8 @@ namespace salc {
 constexpr int kMmaRows = 64, kMmaKeys = 64;
 // Pass 2's block: 4 warps, each 32 rows x 32 keys, over 64 rows x 64 keys,
 // or 32 rows x 128 keys for the scores that read O (key, joint). Loading a
-// chunk's O (split into its three bf16 terms), like its Q and row
-// statistics, costs the same whatever the block's keys, so its cost per
+// chunk's O (three bf16 terms), like its Q and row statistics, costs the
+// same whatever the block's keys, so its cost per
 // (row, key) pair halves at 128 keys (bench/results/kernels.md); K and V
 // take the shared memory that Q and O give up (the same at D = 128). The
 // other scores load only Q per chunk and keep 64 keys: at 128 their K and V
@@ -62,62 +64,6 @@ constexpr int kMmaPass2MaxDepth = 256;
 template <Score S>
 OBC_HD constexpr bool mma_pass2_supports() {
   return S != Score::Loo;
-}
-
-// The same pieces of a tile that needs registers on the way (O's planes):
-// load(row, j) reads one from global memory, put(row, j, piece) writes it to
-// shared memory, and a thread issues the loads of kBatch rows before it puts
-// any. Put as they came, ptxas kept one load in flight per thread, a round
-// trip to L2 per piece (16 per 64-row chunk for O), where kBatch = 4 takes
-// one per 4. (Tiles copied as they are go by cp.async, which needs no
-// registers: load_pair_rows.)
-template <int kBatch, typename Load, typename Put>
-__device__ OBC_INLINE void for_each_row_chunk_batched(int n, int chunks, Load load, Put put) {
-  const int tid = threadIdx.x, per_pass = kThreads / chunks, j = tid % chunks;
-  if (tid >= per_pass * chunks) return;
-  for (int c0 = tid / chunks; c0 < n; c0 += kBatch * per_pass) {
-    decltype(load(c0, j)) x[kBatch];
-#pragma unroll
-    for (int b = 0; b < kBatch; ++b)
-      if (c0 + b * per_pass < n) x[b] = load(c0 + b * per_pass, j);
-#pragma unroll
-    for (int b = 0; b < kBatch; ++b)
-      if (c0 + b * per_pass < n) put(c0 + b * per_pass, j, x[b]);
-  }
-}
-
-// Rows 0 .. rows - 1 of O ([rows][D] floats at src, the chunk's first row)
-// as three shared bf16-pair planes, dst + k * plane for k = 0, 1, 2 (rows of
-// pw words), whose sum is O to float precision (mma::split3); zero past D
-// (up to the mma depth) and from row `valid` (past R). Split here once per block and chunk: split in the
-// product loop, each warp did it for its 32 rows in every step of D, and
-// the two warps of a row half both did. Four columns per thread and trip:
-// one float4 load where D is a multiple of 4 and src 16-byte aligned (the
-// combine's output starts the workspace), else four. Row offsets in 32 bits
-// from the chunk's first row: 64-bit ones doubled the loop.
-__device__ OBC_INLINE void load_o_planes(const float* src, int valid, int Di, int rows, int pw, int plane,
-                                         uint32_t* dst) {
-  const int chunks = mma_depth(Di) / 4;
-  const auto put = [&](int rr, int j, float4 v) {
-    uint2 t[3];
-    mma::split3(v.x, v.y, t[0].x, t[1].x, t[2].x);
-    mma::split3(v.z, v.w, t[0].y, t[1].y, t[2].y);
-    for (int k = 0; k < 3; ++k) *reinterpret_cast<uint2*>(dst + k * plane + rr * pw + 2 * j) = t[k];
-  };
-  if (Di % 4 == 0 && reinterpret_cast<uintptr_t>(src) % 16 == 0) {
-    const auto load = [&](int rr, int j) {
-      float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-      if (rr < valid && 4 * j < Di) v = *reinterpret_cast<const float4*>(src + rr * Di + 4 * j);
-      return v;
-    };
-    for_each_row_chunk_batched<4>(rows, chunks, load, put);
-  } else {
-    const auto load = [&](int rr, int j) {
-      const auto at = [&](int d) { return rr < valid && d < Di ? src[rr * Di + d] : 0.0f; };
-      return make_float4(at(4 * j), at(4 * j + 1), at(4 * j + 2), at(4 * j + 3));
-    };
-    for_each_row_chunk_batched<4>(rows, chunks, load, put);
-  }
 }
 
 // ---- Pass 1 on the tensor cores (bfloat16, D <= 128): the partial softmax
@@ -286,7 +232,8 @@ __global__ void __launch_bounds__(kThreads) pass1_mma_kernel(SaliencyParams p, S
 // Per 16-wide step of D a warp loads two ldmatrix .x4 each of Q, K and V and
 // six of O's terms for 8 + 24 products.
 // smem: lim, q_off rows (64-bit) | Kw keys*pw | Vw keys*pw (scores that read V) |
-// Qw rows*pw, then Op 3*rows*pw (key, joint), both dead once the chunk's
+// Qw rows*pw, then Op 3*rows*pw (key, joint: O's three bf16 terms, copied
+// from combine_kernel's Work::o_terms like Q), both dead once the chunk's
 // products are done, so Cs rows*(keys+1) takes the same space (the larger
 // of the two) | head G*keys | vn1, vn2 keys | rm, ril, ron2 rows | head_of
 // rows (int); pass2_mma_smem in saliency_cuda.cu is the same sum.
@@ -303,7 +250,13 @@ __global__ void __launch_bounds__(kThreads) pass2_mma_kernel(SaliencyParams p, S
   const int tn = static_cast<int>(N - p0 < kKeys ? N - p0 : kKeys);
   const HeadPtrs<bf16_t> hp = head_ptrs<bf16_t>(p, blockIdx.y);
   const bf16_t *K = hp.k, *V = hp.v, *q_bh = hp.q;
-  const float* o_bh = w.fin_o + bh * s.R * D;
+  // O's three bf16 terms (combine_kernel's Work::o_terms), a chunk's in
+  // one run of 3 kR rows of depth values: 16-byte pieces wherever the
+  // workspace starts 16-byte aligned.
+  static_assert(!kVo || kR == kOTermRows, "o_terms come in pass 2's row chunks");
+  const long long o_chunks = (s.R + kR - 1) / kR;
+  const bf16_t* o_bh = kVo ? w.o_terms + bh * o_chunks * 3 * kR * depth : nullptr;
+  const bool o_vec = reinterpret_cast<uintptr_t>(w.o_terms) % 16 == 0;
   long long *lim = reinterpret_cast<long long*>(smem), *q_off = lim + kR;
   uint32_t* Kw = reinterpret_cast<uint32_t*>(smem + 4 * kR);
   uint32_t* Vw = Kw + kKeys * pw;
@@ -330,12 +283,16 @@ __global__ void __launch_bounds__(kThreads) pass2_mma_kernel(SaliencyParams p, S
       for (const uint32_t x : w4) add_norms(mma::low_of(x), a1, a2), add_norms(mma::high_of(x), a1, a2);
     }
   });
+  const mma::RowChunks rc = mma::pair_row_chunks<kThreads>(Di);
   for (long long r0 = 0; r0 < s.R; r0 += kR) {
     row_info<true>(p, s, r0, kR, lim, head_of, q_off);
     __syncthreads();  // q_off (and Cs of the previous chunk read: reduce_queries)
     const int rows_in = chunk_rows(s, r0, kR);
-    load_pair_rows([&](int rr) { return q_bh + q_off[rr]; }, rows_in, kR, Di, pw, s.vec16, Qw);
-    if (kVo) load_o_planes(o_bh + r0 * D, rows_in, Di, kR, pw, plane, Op);
+    mma::load_pair_rows<kThreads>(rc, [&](int rr) { return q_bh + q_off[rr]; }, rows_in, kR, Di, pw, s.vec16, Qw);
+    if (kVo) {
+      const bf16_t* ot = o_bh + r0 * 3 * depth;  // chunk r0 / kR
+      mma::load_pair_rows<kThreads>(rc, [&](int c) { return ot + c * depth; }, 3 * kR, 3 * kR, depth, pw, o_vec, Op);
+    }
     load_row_stats(s, w, bh, r0, kR, rm, ril, ron2);
     sync_tiles();
     // This warp's 32 rows x 32 keys: z[mt][nt] and vo[mt][nt] are the
