@@ -69,14 +69,13 @@ __device__ OBC_INLINE void for_each_row_chunk(const RowChunks& rc, int n, F f) {
   for (int c = rc.first; c < n; c += rc.per_pass) f(c, rc.j);
 }
 // The same with the split worked out here, at the load, for tiles loaded
-// once per block or tile (the tensor-core saliency's K and V). ptxas's
-// register allocation follows where the division sits, and which form is
-// leaner differs by kernel: with its Q (then O) loads split at the load,
-// pass 2 of the saliency kept 128 registers on sm_90 (158-162 with the
-// split worked out once); once O's three terms came by the same loads,
-// splitting at the load left its product loop recomputing addresses
-// (56-74 instructions per step of D), and the split worked out once per
-// block takes it to 47 (bench/results/kernels.md).
+// once per block (the tensor-core saliency's Q in pass 1, K and V in pass
+// 2): ~90 instructions a load, which tiles loaded in a loop should not pay
+// each time (pass 1's K and V, pass 2's Q and O per row chunk take `rc`).
+// ptxas's register allocation follows where the division sits: pass 2's
+// product loop recomputed its addresses (56-74 instructions per step of D,
+// 47 now) while its per-chunk loads split at the load
+// (bench/results/kernels.md).
 template <int kBlock, typename F>
 __device__ OBC_INLINE void for_each_row_chunk(int n, int chunks, F f) {
   const int tid = threadIdx.x, per_pass = kBlock / chunks, j = tid % chunks;

@@ -103,12 +103,16 @@ __global__ void __launch_bounds__(kThreads) pass1_mma_kernel(SaliencyParams p, S
   float o[2 * kSteps][4] = {};  // rows g, g + 8 x columns 8 dn + 2t, + 1
   const long long k_begin = split * s.keys_per_split;
   const long long k_end = k_begin + s.keys_per_split < N ? k_begin + s.keys_per_split : N;
+  // The tiles' row split, worked out once: at each load it took ~90
+  // instructions per tile and load of K or V (bench/results/kernels.md).
+  const mma::RowChunks rc = mma::pair_row_chunks<kThreads>(Di);
   for (long long p0 = k_begin; p0 < k_end; p0 += kKeys) {
     const int tn = static_cast<int>(k_end - p0 < kKeys ? k_end - p0 : kKeys);
     __syncthreads();  // every warp is done with the previous tile
     const bf16_t *Kt = K + p0 * p.k_sn, *Vt = V + p0 * p.v_sn;
-    load_pair_rows([&](int c) { return Kt + c * p.k_sn; }, tn, kKeys, Di, pw, s.vec16, Kw);
-    if (kNeedO) load_pair_rows([&](int c) { return Vt + c * p.v_sn; }, tn, kKeys, Di, pw, s.vec16, Vw);
+    mma::load_pair_rows<kThreads>(rc, [&](int c) { return Kt + c * p.k_sn; }, tn, kKeys, Di, pw, s.vec16, Kw);
+    if (kNeedO)
+      mma::load_pair_rows<kThreads>(rc, [&](int c) { return Vt + c * p.v_sn; }, tn, kKeys, Di, pw, s.vec16, Vw);
     sync_tiles();
     float sc[8][4] = {};  // logits: rows g, g + 8 x keys 8 nt + 2t, + 1
     // Q's fragments are re-read from shared memory per tile: held in
