@@ -34,58 +34,39 @@ TC_BF16 = 989e12
 # One warp instruction per clock per scheduler, 4 per SM, at the 1.98 GHz of the FP32 peak above.
 ISSUE = 4 * 132 * 1.98e9
 # Warp instructions per (query row, key) pair of the tensor-core saliency
-# (joint, D = 128, W = 32, bf16, sm_90), HMMAs included: each loop's SASS
-# length times its trips per warp tile (pass 1: 16 rows x 64 keys; pass 2: 32
-# rows x 32 keys, loops only some warps run averaged over the block's 4),
-# straight-line code counted whole, over the tile's 1,024 pairs
-# (kernels.md, "Issue slots"). Before the 2026-12-03 changes (per-warp
-# 16-bit tile loads, two shared loads and a permute per V fragment register,
-# expf, a shared store per pair for the query reduction chosen at run time):
-# 6.92 + 10.95; then 1.78 + 3.08 (3,152 per pass-2 chunk), until O's split
-# into bf16 terms left pass 2's product loop (170 -> 82 per step of D, 8
-# steps) for the chunk's load (21 -> 43 per trip, 16 trips): 3,152 - 712 +
-# 352 (the rest of the chunk, counted as before, an upper estimate); and
-# pass 1's tile loop 1,667 -> 1,615 once the exps lost their per-key -inf
-# test (64 fewer again in tiles where no row's max moves: not counted).
-# Pass 2's block also loads its 64 keys of K and V (8 16-byte row pieces
-# per thread each), sums their norms (56 per 16 values, warps 0-1) and sets
-# up (~500, straight-line code counted whole) once for all its row chunks,
-# spread over 2 chunks of 1,024 pairs at this shape (R = G W = 128): ~1,370
-# per warp until 2026-12-03 (later), when it was first counted, ~1,295 with
-# the norms from 16-byte loads. Since row sources are never null, the
-# 16-byte tile loads take 19-20 instructions per piece instead of 33-34:
-# pass 1's tile 1,767 -> 1,559, pass 2's Q load 25 -> 16 per trip (8) and
-# its block's K and V 528 -> 320. 2026-12-03, third session: O's chunk load
-# issues four rows' loads before it splits any (4 x 186 per warp and chunk
-# instead of 16 x 43) and the product loop came out at 77 per step instead
-# of 82: pass 2 2,720 -> 2,736; then the tiles went by cp.async (16 per
-# 16-byte piece, the zero rows past the end apart): pass 1's tile -1, pass
-# 2's chunk +37 (Q 8 x 18 -> 8 x 15, +61 straight-line), its block -8. What
-# these counts leave out is latency: the loads in flight per thread went
-# from one to all of them (kernels.md, "Loads in flight"). 2026-12-03, fifth
-# session (kernels.md, "Pass 2 over 128 keys"): key / joint blocks take 32
-# rows x 128 keys instead of 64 x 64, so a chunk's O split and Q load serve
-# twice the keys (O 4 x 186 -> 2 x 190 per warp and chunk, Q 8 -> 4 trips),
-# and the product loop is unrolled over D (77 -> ~54 per step with the
-# set-up): the chunk's executed path, counted the same way before and after
-# (static length less the two contribution modes not run and the steps past
-# D, plus the loops' further trips), 2,699 -> 2,341, so 2,773 - 358; the
-# block's work grows by its second 64 keys of K and V (16 more 16-byte
-# pieces per thread, 16 instructions each) and the norms now on every warp
-# (448 each, half of that before on average): 1,086 -> ~1,576, over 4 chunks
-# of 1,024 pairs at R = 128 instead of 2.
-WARP_INSTR_PER_PAIR = {"pass 1": 1559 / 1024, "pass 2": 2415 / 1024, "pass 2, per block": 1576 / 4096}
+# (joint, D = 128, W = 32, R = 128, bf16, sm_90), HMMAs included, counted
+# along the path a warp executes in the SASS (bench/sass_loops.py and
+# cuobjdump): 16-byte loads, the in-warp query sum, every loop at its trips
+# at this shape, the branches not taken left out; pass 1 per 64-key tile
+# of a warp's 16 rows, pass 2 per row chunk of a warp's 32 rows x 32 keys
+# (warp 0, which also reads the chunk's row statistics), each 1,024 pairs;
+# pass 2's block (its K, V, key norms and set-up) per warp, over R / 32
+# chunks. Since 2026-12-03, fifth session (kernels.md, "Pass 2 over 128
+# keys"): pass 1 1,465 -> 1,221 (P V without NOP-padded mma chains, the
+# tiles' row split worked out once), pass 2's chunk 2,698 -> 1,743 (128
+# keys per block, products unrolled over D, O's three bf16 terms made once
+# per row by the combine kernel and copied like Q), its block ~820 per 64
+# keys -> ~1,267 per 128. Until then the model took straight-line code
+# whole and said 4.76 per pair where this count gives 4.47 for the same
+# kernels; the history before is in kernels.md ("Issue slots" and after).
+# Latency is not modelled: since the third session every tile load has all
+# of a thread's pieces in flight (kernels.md, "Loads in flight").
+WARP_INSTR_PER_PAIR = {"pass 1": 1221 / 1024, "pass 2": 1743 / 1024, "pass 2, per block": 1267 / 4096}
 # Keys per pass-2 block of the key and joint scores (saliency_mma_cuda.cuh).
 PASS2_KEYS = 128
-# Pass 2 re-reads the window's Q (16-bit) and O (float32) for every block of
-# PASS2_KEYS keys: L2 traffic, not HBM (they are a few MB). H100's L2
-# bandwidth has no datasheet figure; microbenchmarks find ~5.5-7 TB/s.
+# Pass 2 re-reads the window's Q (16-bit) and O (three bf16 terms) for
+# every block of PASS2_KEYS keys: L2 traffic, not HBM (they are a few MB).
+# H100's L2 bandwidth has no datasheet figure; microbenchmarks find
+# ~5.5-7 TB/s.
 L2_BW = (5.5e12, 7e12)
 SM_BYTES_PER_S = 64 * 1.755e9  # one SM's L2 load bandwidth, at most
 # select's global traffic per candidate key as written: read the float score,
-# write the 8-byte key, then read it in the digit passes before the chosen bin
-# fits the shared buffer (two at N=32k) and once in the emission.
-SELECT_BYTES_PER_KEY = 4 + 8 + 3 * 8
+# write the key, then read it in the digit passes before the chosen bin fits
+# the shared buffer (two at N=32k) and once in the emission. Keys are 4 bytes
+# where the pooled scores are float values (float32 scores, max pooling as
+# evict's default, or none; 8 bytes for average pooling or float64 scores)
+# since 2026-12-03, fifth session: 36 -> 20 bytes.
+SELECT_BYTES_PER_KEY = 4 + 4 + 3 * 4
 # projected_value_norm on the tensor cores (bfloat16 / float16, D <= 256, sm_80+;
 # projected_value_mma_cuda.cuh): warp instructions per HMMA (m16n8k16) on the
 # path a full 64-column tile of 16-byte-aligned rows takes, read off the SASS
@@ -111,7 +92,7 @@ def kernels(B, Hkv, G, W, N, D, e, budget, hidden):
     sal_bytes = (2 * kv + q + scores, 4 * kv + q + scores)
     evict_bytes = (2 * kv + q + 2 * kept + idx + scores, 4 * kv + q + 2 * scores + idx + 4 * kept + idx)
     issue_s = pairs * sum(WARP_INSTR_PER_PAIR.values()) / ISSUE
-    l2_bytes = -(-N // PASS2_KEYS) * B * Hq * W * D * (e + 4)  # pass 2: Q and O per key block
+    l2_bytes = -(-N // PASS2_KEYS) * B * Hq * W * D * (e + 6)  # pass 2: Q and O's terms per key block
     select_s = N * SELECT_BYTES_PER_KEY / SM_BYTES_PER_S  # rows in parallel, one SM each
     rows = []
     rows.append(("saliency (joint), bf16, tensor cores", (3 * prod, sal_bytes[0], True),
@@ -132,7 +113,7 @@ def kernels(B, Hkv, G, W, N, D, e, budget, hidden):
     rows.append(("select", (0, scores + idx, False), (0, 0, scores + idx, select_s, 0),
                  "necessary: read the scores, write the indices (1.3 MB: far below a kernel launch). As written: "
                  "one block per (b, h) row, each moving %d B per key through its SM (score read, key write, two "
-                 "digit passes and the emission over 8-byte keys; later digits in shared memory), at most "
+                 "digit passes and the emission over 4-byte keys; later digits in shared memory), at most "
                  "%.0f GB/s per SM" % (SELECT_BYTES_PER_KEY, SM_BYTES_PER_S / 1e9)))
     rows.append(("compact_", (0, 2 * kept + 2 * kept + idx, False), (0, 0, 2 * kept + 2 * kept + idx, 0, 0),
                  "read and write the kept rows of K and V, read the indices"))

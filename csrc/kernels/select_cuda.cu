@@ -1,9 +1,11 @@
 // CUDA select and select_adaptive (torch-free; see select_cuda.cuh for the
-// radix select). NOT a sort: per row a few sweeps over 8-byte keys in global
-// memory, the rest in shared memory.
+// radix select). NOT a sort: per row a few sweeps over 4- or 8-byte keys in
+// global memory, the rest in shared memory.
 //
 // select: one block of 512 threads per (b, h). The block pools the candidate
-// scores of [start + sink, N - recent) once into a uint64 key workspace (the
+// scores of [start + sink, N - recent) once into a key workspace (uint32
+// keys where the pooled scores are float values: float32 scores, max
+// pooling or none; uint64 for float64 scores or average pooling) (the
 // only global traffic proportional to N besides reading the scores, which is
 // pool_kernel reads per candidate, mostly L1 hits), counting the keys' top
 // digit on the way, radix-selects the (budget - sink - recent)-th best key,
@@ -41,12 +43,12 @@ __device__ OBC_INLINE long long min_ll(long long a, long long b) { return a < b 
 // Writes the keys of row positions [lo, hi) and counts the candidates' top
 // digits into s.hist. key_of(q, &key) sets the key and says whether q is a
 // candidate (a position that is not keeps key 0).
-template <typename KeyOf>
-__device__ OBC_INLINE void write_keys(uint64_t* keys, long long lo, long long hi, KeyOf key_of, sel::Smem& s) {
+template <typename Key, typename KeyOf>
+__device__ OBC_INLINE void write_keys(Key* keys, long long lo, long long hi, KeyOf key_of, sel::Smem<Key>& s) {
   for (int i = threadIdx.x; i < 256; i += kBlock) s.hist[i] = 0;
   __syncthreads();
   for (long long base = lo; base < hi; base += sel::kChunk) {
-    uint64_t k[sel::kItems];
+    Key k[sel::kItems];
     bool cand[sel::kItems];
 #pragma unroll
     for (int j = 0; j < sel::kItems; ++j) {
@@ -56,7 +58,7 @@ __device__ OBC_INLINE void write_keys(uint64_t* keys, long long lo, long long hi
       if (q < hi) keys[q] = k[j];
     }
 #pragma unroll
-    for (int j = 0; j < sel::kItems; ++j) sel::count_bin(sel::digit_bin(k[j], cand[j], 0, 56), s.hist);
+    for (int j = 0; j < sel::kItems; ++j) sel::count_bin(sel::digit_bin(k[j], cand[j], 0, sel::top_shift<Key>()), s.hist);
   }
   __syncthreads();
 }
@@ -65,16 +67,16 @@ __device__ OBC_INLINE void write_keys(uint64_t* keys, long long lo, long long hi
 // keys[lo, hi) that the radix result keeps (above the threshold, or at it and
 // among the first `remaining` there), until m are kept. greater / equal_rank:
 // how many kept-above / at-threshold positions precede q.
-template <typename Keep>
-__device__ OBC_INLINE void for_each_kept(const uint64_t* keys, long long lo, long long hi, long long m,
-                                         const sel::RadixResult& rr, Keep keep, sel::Smem& s) {
+template <typename Key, typename Keep>
+__device__ OBC_INLINE void for_each_kept(const Key* keys, long long lo, long long hi, long long m,
+                                         const sel::RadixResult& rr, Keep keep, sel::Smem<Key>& s) {
   long long gt_before = 0, eq_before = 0;
   for (long long base = lo; base < hi; base += sel::kChunk) {
     bool gt[sel::kItems], eq[sel::kItems];
 #pragma unroll
     for (int j = 0; j < sel::kItems; ++j) {
       const long long q = base + sel::sweep_offset(j);
-      const uint64_t k = q < hi ? keys[q] : 0;
+      const Key k = q < hi ? keys[q] : Key(0);
       gt[j] = q < hi && sel::above_threshold(k, rr);
       eq[j] = q < hi && sel::at_threshold(k, rr);
     }
@@ -91,8 +93,12 @@ __device__ OBC_INLINE void for_each_kept(const uint64_t* keys, long long lo, lon
   }
 }
 
-__global__ void __launch_bounds__(kBlock) select_kernel(SelectParams p, uint64_t* keys_all) {
-  __shared__ sel::Smem s;
+// Key: uint32_t where the pooled scores are float values (score_key32: half
+// the bytes of every pass over the keys), else uint64_t. keys_all holds N
+// keys of that type per row (the caller's workspace: N uint64 per row).
+template <typename Key>
+__global__ void __launch_bounds__(kBlock) select_kernel(SelectParams p, Key* keys_all) {
+  __shared__ sel::Smem<Key> s;
   const long long row = blockIdx.x, b = row / p.H, h = row % p.H;
   const long long N = p.N, budget = p.budget;
   long long st = p.start ? p.start[b] : 0;
@@ -106,10 +112,14 @@ __global__ void __launch_bounds__(kBlock) select_kernel(SelectParams p, uint64_t
   for (long long i = threadIdx.x; i < p.sink; i += kBlock) out[i] = st + i;
   for (long long i = threadIdx.x; i < p.recent; i += kBlock) out[budget - p.recent + i] = hi + i;
   if (m == 0) return;
-  uint64_t* keys = keys_all + row * N;
+  Key* keys = keys_all + row * N;
   const void* r = score_row(p.scores, p.dtype, b * p.s_sb + h * p.s_sh);
-  const auto key_of = [&](long long q, uint64_t* k) {
-    *k = score_key(pooled_score(r, p.dtype, q, st, hi, p.pool_kernel, p.pool));
+  const auto key_of = [&](long long q, Key* k) {
+    const double x = pooled_score(r, p.dtype, q, st, hi, p.pool_kernel, p.pool);
+    if constexpr (sizeof(Key) == 4)
+      *k = score_key32(x);
+    else
+      *k = score_key(x);
     return true;
   };
   write_keys(keys, lo, hi, key_of, s);
@@ -123,7 +133,7 @@ __global__ void __launch_bounds__(kBlock) select_kernel(SelectParams p, uint64_t
 // ptxas from squeezing it to 64 registers and spilling 28 B on sm_100.
 __global__ void __launch_bounds__(kBlock, 1)
     adaptive_head_kernel(SelectAdaptiveParams p, uint64_t* keys_all, uint8_t* keep_all) {
-  __shared__ sel::Smem s;
+  __shared__ sel::Smem<uint64_t> s;
   const long long row = blockIdx.x, b = row / p.H, h = row % p.H, N = p.N;
   const long long hi = N - p.recent, m1 = p.floor_tokens - p.sink - p.recent;
   uint64_t* keys = keys_all + row * N;
@@ -148,7 +158,7 @@ __global__ void __launch_bounds__(kBlock, 1)
 // Stage 2: one block per batch row; the H * N keys of row b compete.
 __global__ void __launch_bounds__(kBlock)
     adaptive_shared_kernel(SelectAdaptiveParams p, const uint64_t* keys_all, uint8_t* keep_all) {
-  __shared__ sel::Smem s;
+  __shared__ sel::Smem<uint64_t> s;
   const long long n = p.H * p.N;
   const uint64_t* keys = keys_all + blockIdx.x * n;
   uint8_t* keep = keep_all + blockIdx.x * n;
@@ -206,7 +216,12 @@ __global__ void __launch_bounds__(kBlock)
 int select_cuda(const SelectParams& p, uint64_t* keys, void* stream) {
   if (p.B * p.H == 0 || p.budget == 0) return 0;
   const dim3 grid(static_cast<unsigned>(p.B * p.H)), block(kBlock);
-  OBC_LAUNCH(select_kernel, grid, block, 0, static_cast<cudaStream_t>(stream), p, keys);
+  const cudaStream_t st = static_cast<cudaStream_t>(stream);
+  if (pooled_scores_are_floats(p.dtype, p.pool_kernel, p.pool)) {
+    OBC_LAUNCH(select_kernel<uint32_t>, grid, block, 0, st, p, reinterpret_cast<uint32_t*>(keys));
+  } else {
+    OBC_LAUNCH(select_kernel<uint64_t>, grid, block, 0, st, p, keys);
+  }
   return static_cast<int>(cudaGetLastError());
 }
 

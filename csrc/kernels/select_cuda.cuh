@@ -1,6 +1,7 @@
 // Device building blocks of the select kernels: a block-wide radix select over
-// uint64 keys (select_params.h) that finds the m-th best key without sorting,
-// and a ranker that numbers flagged positions in ascending order.
+// uint64 keys, or uint32 ones where the pooled scores are float values
+// (select_params.h), that finds the m-th best key without sorting, and a
+// ranker that numbers flagged positions in ascending order.
 //
 // Radix select: passes of 8 bits, most significant first. Each pass
 // histograms (256 shared-memory bins) the next digit of the keys that still
@@ -38,15 +39,22 @@ constexpr int kCandidates = 4096;        // 32 KiB of keys in shared memory
 constexpr unsigned kNoBin = 256;         // a lane with nothing to count
 
 struct RadixResult {
-  uint64_t prefix;
+  uint64_t prefix;  // a key of the kernel's key type
   int shift;
   long long remaining;
 };
 
-// A select block's shared memory (static: 33 KiB, under the 48 KiB any GPU
-// grants without opting in).
+// The shift of a key type's top digit: 56 for uint64_t, 24 for uint32_t.
+template <typename Key>
+constexpr int top_shift() {
+  return 8 * static_cast<int>(sizeof(Key)) - 8;
+}
+
+// A select block's shared memory (static: 33 KiB with 8-byte keys, 17 KiB
+// with 4-byte ones, under the 48 KiB any GPU grants without opting in).
+template <typename Key>
 struct Smem {
-  uint64_t cand[kCandidates];
+  Key cand[kCandidates];
   unsigned int hist[256];
   RadixResult res;
   unsigned int cursor;         // keys appended to cand so far (32 bits: a native shared atomic)
@@ -70,14 +78,17 @@ __device__ OBC_INLINE void count_bin(unsigned bin, unsigned int* hist) {
 
 // The bin of `key` at digit `shift` when it matches `prefix` above the digit,
 // else kNoBin.
-__device__ OBC_INLINE unsigned digit_bin(uint64_t key, bool valid, uint64_t prefix, int shift) {
-  const uint64_t above = shift == 56 ? 0 : (~uint64_t(0) << (shift + 8));
-  return valid && (key & above) == prefix ? static_cast<unsigned>((key >> shift) & 255u) : kNoBin;
+template <typename Key>
+__device__ OBC_INLINE unsigned digit_bin(Key key, bool valid, uint64_t prefix, int shift) {
+  const Key above = shift == top_shift<Key>() ? Key(0) : static_cast<Key>(~Key(0) << (shift + 8));
+  const bool match = valid && (key & above) == static_cast<Key>(prefix);
+  return match ? static_cast<unsigned>((key >> shift) & 255u) : kNoBin;
 }
 
 // Appends the keys of lanes with `take` to s.cand (order is irrelevant for
 // histograms): one shared atomic per warp.
-__device__ OBC_INLINE void append_candidates(uint64_t key, bool take, Smem& s) {
+template <typename Key>
+__device__ OBC_INLINE void append_candidates(Key key, bool take, Smem<Key>& s) {
   const unsigned taking = __ballot_sync(0xffffffffu, take);
   unsigned int base = 0;
   if ((threadIdx.x & 31) == static_cast<unsigned>(__ffs(static_cast<int>(taking)) - 1))
@@ -95,10 +106,11 @@ __device__ OBC_INLINE long long sweep_offset(int j) {
 
 // One histogram pass over keys[0, n) (global memory, or s.cand); with
 // `filter`, the keys of the current prefix are also copied into s.cand.
-__device__ OBC_INLINE void histogram_pass(const uint64_t* keys, long long n, int shift, bool filter, Smem& s) {
+template <typename Key>
+__device__ OBC_INLINE void histogram_pass(const Key* keys, long long n, int shift, bool filter, Smem<Key>& s) {
   const uint64_t prefix = s.res.prefix;
   for (long long base = 0; base < n; base += kChunk) {
-    uint64_t k[kItems];
+    Key k[kItems];
 #pragma unroll
     for (int j = 0; j < kItems; ++j) {
       const long long i = base + sweep_offset(j);
@@ -116,7 +128,8 @@ __device__ OBC_INLINE void histogram_pass(const uint64_t* keys, long long n, int
 // Warp 0: the bin where the count from the top reaches s.res.remaining;
 // updates s.res, s.done and s.filter. `from_global`: this pass read global
 // memory, so a small enough chosen bin is worth copying into s.cand.
-__device__ OBC_INLINE void pick_bin(int shift, bool from_global, Smem& s) {
+template <typename Key>
+__device__ OBC_INLINE void pick_bin(int shift, bool from_global, Smem<Key>& s) {
   // Lane l owns bins 255 - 8l .. 248 - 8l (best first).
   const int lane = threadIdx.x;
   const long long r = s.res.remaining;
@@ -152,13 +165,14 @@ __device__ OBC_INLINE void pick_bin(int shift, bool from_global, Smem& s) {
 }
 
 // Block-wide: the m-th best of keys[0, n) (1 <= m <= n), result in s.res.
-// `top_counted`: the caller already histogrammed digit 56 of these keys into
-// s.hist (while writing them), so the first pass is skipped.
-__device__ OBC_INLINE void radix_select(const uint64_t* keys, long long n, long long m, bool top_counted,
-                                        Smem& s) {
+// `top_counted`: the caller already histogrammed the top digit of these keys
+// into s.hist (while writing them), so the first pass is skipped.
+template <typename Key>
+__device__ OBC_INLINE void radix_select(const Key* keys, long long n, long long m, bool top_counted,
+                                        Smem<Key>& s) {
   if (threadIdx.x == 0) {
     s.res.prefix = 0;
-    s.res.shift = 64;
+    s.res.shift = 8 * static_cast<int>(sizeof(Key));
     s.res.remaining = m;
     s.cursor = 0;
     s.filter = 0;
@@ -166,8 +180,8 @@ __device__ OBC_INLINE void radix_select(const uint64_t* keys, long long n, long 
   }
   __syncthreads();
   long long cand_n = -1;  // keys in s.cand once copied (the same in every thread)
-  for (int shift = 56; shift >= 0; shift -= 8) {
-    if (shift != 56 || !top_counted) {
+  for (int shift = top_shift<Key>(); shift >= 0; shift -= 8) {
+    if (shift != top_shift<Key>() || !top_counted) {
       for (int i = threadIdx.x; i < 256; i += kBlock) s.hist[i] = 0;
       __syncthreads();
       const bool filter = s.filter != 0;
@@ -181,7 +195,7 @@ __device__ OBC_INLINE void radix_select(const uint64_t* keys, long long n, long 
   }
 }
 
-// Kept-or-not of one key against a radix result.
+// Kept-or-not of one key (of either width) against a radix result.
 __device__ OBC_INLINE bool above_threshold(uint64_t key, const RadixResult& r) {
   return (key >> r.shift) > (r.prefix >> r.shift);
 }

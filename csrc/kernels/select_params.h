@@ -100,4 +100,19 @@ OBC_HD OBC_INLINE uint64_t score_key(double x) {
   return (u >> 63) ? ~u : (u | (uint64_t(1) << 63));
 }
 
+// The same order on 32 bits, for a pooled score that is a float value (float32
+// scores, max-pooled or not: pooled_score then returns one of them, or -inf).
+// Where both apply, score_key32(a) < score_key32(b) exactly when score_key(a)
+// < score_key(b), so the CUDA select moves half the bytes per key.
+OBC_HD OBC_INLINE uint32_t score_key32(double x) {
+  float f = static_cast<float>(x);
+  if (f == 0.0f) f = 0.0f;
+  const uint32_t u = float_to_bits(f);
+  return (u >> 31) ? ~u : (u | (uint32_t(1) << 31));
+}
+// Whether a select's pooled scores are float values (score_key32 applies).
+OBC_HD OBC_INLINE bool pooled_scores_are_floats(DType dt, int64_t kernel, Pool pool) {
+  return dt == DType::F32 && (kernel <= 1 || pool == Pool::Max);
+}
+
 }  // namespace obc

@@ -1,8 +1,9 @@
 // The real CUDA select kernels (select_cuda.cu, compiled here under the SIMT
 // emulation) against the CPU kernels, at sizes that hit the edges: N not a
 // multiple of the 512-thread block, budget = N - 1 and = sink + recent, ties,
-// NaN / inf, start offsets, every pooling mode, and rows longer than one
-// 4096-key sweep and than the 4096-key shared-memory candidate buffer.
+// NaN / inf, start offsets, every pooling mode, rows longer than one
+// 4096-key sweep and than the 4096-key shared-memory candidate buffer, and
+// both key widths (4 bytes where the pooled scores are float values).
 // cuda_compat.h first: under OBC_SIMT_EMULATION it brings the emulated
 // __host__ / __device__ that common.h uses.
 #include "cuda_compat.h"
@@ -25,9 +26,11 @@ std::vector<float> make_scores(int64_t n, int kind, std::mt19937& rng) {
   for (auto& x : s) {
     if (kind == 0) x = nd(rng);
     else if (kind == 1) x = static_cast<float>(rng() % 3);  // ties
+    else if (kind == 3) x = rng() % 2 ? 1.0f : std::nextafter(1.0f, 2.0f);  // adjacent floats
     else {
       const float r = u(rng);
-      x = r < 0.1f ? NAN : r < 0.2f ? INFINITY : r < 0.3f ? -INFINITY : r < 0.4f ? -0.0f : nd(rng);
+      // -0.0 and +0.0 both: they tie (the keys map -0.0 to +0.0).
+      x = r < 0.1f ? NAN : r < 0.2f ? INFINITY : r < 0.3f ? -INFINITY : r < 0.4f ? -0.0f : r < 0.5f ? 0.0f : nd(rng);
     }
   }
   return s;
@@ -85,6 +88,27 @@ TEST(EmuSelect, MatchesCpuOnRowsLongerThanTheCandidateBuffer) {
   for (int kind = 0; kind < 3; ++kind)
     for (int64_t budget : {int64_t(2005), int64_t(15000)})
       run({1, 2, 20000, budget, 4, 16, kernels[kind], kind == 0, kind, kind == 2}, rng);
+}
+
+// Specials without pooling (kernel 0 or 1, the 4-byte keys), budgets that
+// put the threshold among the zeros (+inf and positive normals are ~35% of
+// the keys from the top, the zeros the next ~20%): -0.0 and +0.0 must tie,
+// the earlier index first, as the CPU kernel's 8-byte keys have them.
+TEST(EmuSelect, SignedZerosTieAtTheThreshold) {
+  std::mt19937 rng(15);
+  for (const int64_t N : {int64_t(1100), int64_t(20000)})
+    for (const int64_t budget : {N * 2 / 5, N / 2})
+      for (const int64_t kernel : {0, 1}) run({1, 2, N, budget, 0, 0, kernel, false, 2, false}, rng);
+}
+
+// Average pooling of adjacent floats (1 and 1 + 2^-23): the averages, exact
+// in float64, fall between floats (1 + 2^-23 / 3, ...), so a select over
+// 4-byte keys would make ties of distinct scores. These go by 8-byte keys.
+TEST(EmuSelect, AveragesBetweenFloatsKeepTheirOrder) {
+  std::mt19937 rng(16);
+  for (const int64_t N : {int64_t(1100), int64_t(20000)})
+    for (const int64_t budget : {N / 3, N / 2})
+      for (const int64_t kernel : {3, 5}) run({1, 2, N, budget, 0, 0, kernel, true, 3, false}, rng);
 }
 
 TEST(EmuSelect, MatchesCpuWithStartAndPooling) {
