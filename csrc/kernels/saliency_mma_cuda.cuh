@@ -8,11 +8,11 @@
 // q, k and v are bf16 values, so their products are exact and only the
 // float accumulation rounds, as on the FP32 path. The float operands (P in
 // pass 1; O in pass 2, split once per row by combine_kernel) are split into
-// three bf16 terms, hi + mid + lo, each
-// the rounded remainder of the ones before, which carry them to float
-// precision (2^-24 relative) at three products each: a single bf16 O would
-// lose 2^-9 of v . o to the cancellation in ||v||^2 - 2 v . o + ||o||^2 (key
-// and joint), and O comes from P V.
+// three bf16 terms, hi + mid + lo, each the rounded remainder of the ones
+// before, which carry them to float precision (2^-24 relative) at three
+// products each: a single bf16 O would lose 2^-9 of v . o to the
+// cancellation in ||v||^2 - 2 v . o + ||o||^2 (key and joint), and O comes
+// from P V.
 // Shared memory: Q, K, V and O's three terms as bf16 pairs (32-bit words),
 // rows padded so that every fragment load is free of bank conflicts (the
 // stride, mma::pair_stride in mma_tiles_cuda.cuh, says how).
@@ -33,11 +33,11 @@ constexpr int kMmaRows = 64, kMmaKeys = 64;
 // Pass 2's block: 4 warps, each 32 rows x 32 keys, over 64 rows x 64 keys,
 // or 32 rows x 128 keys for the scores that read O (key, joint). Loading a
 // chunk's O (three bf16 terms), like its Q and row statistics, costs the
-// same whatever the block's keys, so its cost per
-// (row, key) pair halves at 128 keys (bench/results/kernels.md); K and V
-// take the shared memory that Q and O give up (the same at D = 128). The
-// other scores load only Q per chunk and keep 64 keys: at 128 their K and V
-// would take the shared memory of two more blocks per SM.
+// same whatever the block's keys, so its cost per (row, key) pair halves at
+// 128 keys (bench/results/kernels.md); K and V take the shared memory that
+// Q and O give up (the same at D = 128). The other scores load only Q per
+// chunk and keep 64 keys: at 128 their K and V would take the shared memory
+// of two more blocks per SM.
 OBC_HD constexpr int mma_pass2_keys(Score s) { return score_needs_vo(s) ? 128 : 64; }
 OBC_HD constexpr int mma_pass2_rows(Score s) { return 64 * 64 / mma_pass2_keys(s); }
 using mma::load_a;
@@ -57,7 +57,7 @@ __device__ OBC_INLINE void load_pair_rows(Src src, int valid, int n, int Di, int
 constexpr int kMmaPass1MaxDepth = 128;
 // Pass 2 unrolls its products to this depth (kSaliencyCudaMaxHeadDim, the
 // largest D the kernels take): a loop over D recomputed each ldmatrix
-// address from k0 (77 instructions per step of D; 52 unrolled, with
+// address from k0 (77 instructions per step of D; 47 unrolled, with
 // immediate offsets).
 constexpr int kMmaPass2MaxDepth = 256;
 
