@@ -58,7 +58,8 @@ __device__ OBC_INLINE void write_keys(Key* keys, long long lo, long long hi, Key
       if (q < hi) keys[q] = k[j];
     }
 #pragma unroll
-    for (int j = 0; j < sel::kItems; ++j) sel::count_bin(sel::digit_bin(k[j], cand[j], 0, sel::top_shift<Key>()), s.hist);
+    for (int j = 0; j < sel::kItems; ++j)
+      sel::count_bin(sel::digit_bin(k[j], cand[j], 0, sel::top_shift<Key>()), s.hist);
   }
   __syncthreads();
 }
