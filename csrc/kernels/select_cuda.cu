@@ -95,8 +95,8 @@ __device__ OBC_INLINE void for_each_kept(const Key* keys, long long lo, long lon
 }
 
 // Key: uint32_t where the pooled scores are float values (score_key32: half
-// the bytes of every pass over the keys), else uint64_t. keys_all holds N
-// keys of that type per row (the caller's workspace: N uint64 per row).
+// the bytes of every pass over the keys), else uint64_t (select_cuda_key_bytes).
+// keys_all holds N keys of that type per row.
 template <typename Key>
 __global__ void __launch_bounds__(kBlock) select_kernel(SelectParams p, Key* keys_all) {
   __shared__ sel::Smem<Key> s;
@@ -214,14 +214,14 @@ __global__ void __launch_bounds__(kBlock)
 
 }  // namespace
 
-int select_cuda(const SelectParams& p, uint64_t* keys, void* stream) {
+int select_cuda(const SelectParams& p, void* keys, void* stream) {
   if (p.B * p.H == 0 || p.budget == 0) return 0;
   const dim3 grid(static_cast<unsigned>(p.B * p.H)), block(kBlock);
   const cudaStream_t st = static_cast<cudaStream_t>(stream);
   if (pooled_scores_are_floats(p.dtype, p.pool_kernel, p.pool)) {
-    OBC_LAUNCH(select_kernel<uint32_t>, grid, block, 0, st, p, reinterpret_cast<uint32_t*>(keys));
+    OBC_LAUNCH(select_kernel<uint32_t>, grid, block, 0, st, p, static_cast<uint32_t*>(keys));
   } else {
-    OBC_LAUNCH(select_kernel<uint64_t>, grid, block, 0, st, p, keys);
+    OBC_LAUNCH(select_kernel<uint64_t>, grid, block, 0, st, p, static_cast<uint64_t*>(keys));
   }
   return static_cast<int>(cudaGetLastError());
 }

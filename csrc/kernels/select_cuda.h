@@ -3,14 +3,22 @@
 // values are cudaError_t as int (0 = success). All pointers are device memory.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
 #include "select_params.h"
 
 namespace obc {
 
-// keys: workspace of B * H * N uint64.
-int select_cuda(const SelectParams& p, uint64_t* keys, void* stream);
+// Bytes per key of select_cuda's workspace: 4 where the pooled scores are
+// float values (float32 scores, max pooling or none), else 8.
+inline size_t select_cuda_key_bytes(const SelectParams& p) {
+  return pooled_scores_are_floats(p.dtype, p.pool_kernel, p.pool) ? 4 : 8;
+}
+
+// keys: workspace of B * H * N keys of select_cuda_key_bytes(p) each,
+// 8-byte aligned.
+int select_cuda(const SelectParams& p, void* keys, void* stream);
 
 // Marks kept tokens in keep [B, H, N] and writes lengths [B, H].
 // keys: workspace of B * H * N uint64.

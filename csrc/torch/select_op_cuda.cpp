@@ -22,13 +22,15 @@ at::Tensor select_run_cuda(const obc::SelectParams& base, const at::Tensor& scor
   obc::SelectParams p = base;
   TORCH_CHECK(p.H * p.N < (int64_t(1) << 31), "select on CUDA needs H * N < 2^31, got ", p.H * p.N);
   at::Tensor out = at::empty({p.B, p.H, p.budget}, scores.options().dtype(at::kLong));
-  at::Tensor keys = at::empty({p.B * p.H * p.N}, scores.options().dtype(at::kLong));
+  // Keys of 4 bytes where the pooled scores are float values, else 8 (the
+  // allocator's blocks are 512-byte aligned).
+  const int64_t key_bytes = static_cast<int64_t>(obc::select_cuda_key_bytes(p));
+  at::Tensor keys = at::empty({p.B * p.H * p.N * key_bytes}, scores.options().dtype(at::kByte));
   at::Tensor st = start.defined() ? start.contiguous() : start;
   p.scores = scores.data_ptr();
   p.start = st.defined() ? st.data_ptr<int64_t>() : nullptr;
   p.out = out.data_ptr<int64_t>();
-  check_launch(obc::select_cuda(p, reinterpret_cast<uint64_t*>(keys.data_ptr<int64_t>()),
-                                c10::cuda::getCurrentCUDAStream().stream()),
+  check_launch(obc::select_cuda(p, keys.data_ptr(), c10::cuda::getCurrentCUDAStream().stream()),
                "select CUDA kernel");
   return out;
 }
