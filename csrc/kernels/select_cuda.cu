@@ -218,7 +218,7 @@ int select_cuda(const SelectParams& p, void* keys, void* stream) {
   if (p.B * p.H == 0 || p.budget == 0) return 0;
   const dim3 grid(static_cast<unsigned>(p.B * p.H)), block(kBlock);
   const cudaStream_t st = static_cast<cudaStream_t>(stream);
-  if (pooled_scores_are_floats(p.dtype, p.pool_kernel, p.pool)) {
+  if (select_cuda_key_bytes(p) == 4) {  // the width the caller sized keys for
     OBC_LAUNCH(select_kernel<uint32_t>, grid, block, 0, st, p, static_cast<uint32_t*>(keys));
   } else {
     OBC_LAUNCH(select_kernel<uint64_t>, grid, block, 0, st, p, static_cast<uint64_t*>(keys));

@@ -86,6 +86,14 @@ OBC_HD OBC_INLINE double pooled_score(const void* row, DType dt, int64_t p, int6
   return r != r ? neg_inf_d() : r;
 }
 
+// An IEEE value's bits u as an unsigned key in the value's order: negative
+// values (sign set) flipped whole, the others' sign bit set.
+template <typename U>
+OBC_HD OBC_INLINE U order_key(U u) {
+  constexpr U kSign = U(1) << (8 * sizeof(U) - 1);
+  return (u & kSign) ? U(~u) : U(u | kSign);
+}
+
 // Order-preserving map double -> uint64 (larger value -> larger key) after
 // NaN -> -inf (done by pooled_score) and -0.0 -> +0.0. Key 0 is never produced
 // by a score (it would be a NaN pattern), so it marks "not a candidate".
@@ -97,7 +105,7 @@ OBC_HD OBC_INLINE uint64_t score_key(double x) {
 #else
   std::memcpy(&u, &x, sizeof(u));
 #endif
-  return (u >> 63) ? ~u : (u | (uint64_t(1) << 63));
+  return order_key(u);
 }
 
 // The same order on 32 bits, for a pooled score that is a float value (float32
@@ -106,9 +114,8 @@ OBC_HD OBC_INLINE uint64_t score_key(double x) {
 // < score_key(b), so the CUDA select moves half the bytes per key.
 OBC_HD OBC_INLINE uint32_t score_key32(double x) {
   float f = static_cast<float>(x);
-  if (f == 0.0f) f = 0.0f;
-  const uint32_t u = float_to_bits(f);
-  return (u >> 31) ? ~u : (u | (uint32_t(1) << 31));
+  if (f == 0.0f) f = 0.0f;  // -0.0 ties with +0.0
+  return order_key(float_to_bits(f));
 }
 // Whether a select's pooled scores are float values (score_key32 applies).
 OBC_HD OBC_INLINE bool pooled_scores_are_floats(DType dt, int64_t kernel, Pool pool) {
