@@ -55,7 +55,7 @@ struct Shape {
 //   o_terms [bh][ceil(R / kOTermRows)][3][kOTermRows][mma_depth(D)] (combine)
 // in the order pass 2 copies them (a chunk's three terms in one run of
 // rows), zero past D and past R.
-constexpr int kOTermRows = 32;  // pass2_mma_kernel's row chunk for key / joint
+constexpr int kOTermRows = 32;  // pass2_mma_kernel's row chunk for key / joint (mma_pass2_rows)
 struct Work {
   float *part_m, *part_l, *part_o, *fin_m, *fin_il, *fin_on2, *fin_o;
   bf16_t* o_terms;

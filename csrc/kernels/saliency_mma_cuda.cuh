@@ -38,8 +38,9 @@ constexpr int kMmaRows = 64, kMmaKeys = 64;
 // Q and O give up (the same at D = 128). The other scores load only Q per
 // chunk and keep 64 keys: at 128 their K and V would take the shared memory
 // of two more blocks per SM.
-OBC_HD constexpr int mma_pass2_keys(Score s) { return score_needs_vo(s) ? 128 : 64; }
-OBC_HD constexpr int mma_pass2_rows(Score s) { return 64 * 64 / mma_pass2_keys(s); }
+// The key / joint row chunk is the one combine_kernel lays O's terms out in.
+OBC_HD constexpr int mma_pass2_rows(Score s) { return score_needs_vo(s) ? kOTermRows : 64; }
+OBC_HD constexpr int mma_pass2_keys(Score s) { return 64 * 64 / mma_pass2_rows(s); }
 using mma::load_a;
 using mma::load_b_pair;
 using mma::load_b_pair_trans;
@@ -257,7 +258,6 @@ __global__ void __launch_bounds__(kThreads) pass2_mma_kernel(SaliencyParams p, S
   // O's three bf16 terms (combine_kernel's Work::o_terms), a chunk's in
   // one run of 3 kR rows of depth values: 16-byte pieces wherever the
   // workspace starts 16-byte aligned.
-  static_assert(!kVo || kR == kOTermRows, "o_terms come in pass 2's row chunks");
   const long long o_chunks = (s.R + kR - 1) / kR;
   const bf16_t* o_bh = kVo ? w.o_terms + bh * o_chunks * 3 * kR * depth : nullptr;
   const bool o_vec = reinterpret_cast<uintptr_t>(w.o_terms) % 16 == 0;
