@@ -137,6 +137,15 @@ __device__ OBC_INLINE int last_visible(long long lim, long long p0, int tn) {
   return static_cast<int>(lr < tn - 1 ? lr : tn - 1);
 }
 
+// Whether every window query sees all keys [p0, p0 + keys), which lie before
+// N: all key blocks but the last at W << N, where a kernel may skip the
+// visibility test of every (row, key) pair. Rows past R see no key; the
+// tensor-core kernels read them as zero rows, whose pass-1 statistics are
+// never written and whose pass-2 A is 2^-inf = 0 (log2 of their 1 / sum, 0).
+__device__ OBC_INLINE bool all_rows_see(const SaliencyParams& p, long long p0, int keys) {
+  return p0 + keys <= p.N && (!p.causal || p0 + keys - 1 <= p.N - p.W);
+}
+
 // Loads window rows [r0, r0 + rows) of (b, h) (q_bh: its first query head)
 // as scaled floats into
 // dst[rows][row_stride(D)]; rows past R and the padding are zero. A warp
@@ -428,10 +437,13 @@ __device__ OBC_INLINE Pass2Smem carve_pass2(float* at, long long G, int keys, in
 }
 
 // One element of ||v||_1 and ||v||^2, summed in the order of d by both
-// pass-2 kernels (the zero padding past D adds exact zeros).
+// pass-2 kernels (the zero padding past D adds exact zeros); only the norms
+// score S reads (vn1 alone took a third of the instructions: the stores to
+// shared memory kept the other alive).
+template <Score S>
 __device__ OBC_INLINE void add_norms(float v, float& a1, float& a2) {
-  a1 += fabsf(v);
-  a2 += v * v;
+  if (score_needs_vn1(S)) a1 += fabsf(v);
+  if (score_needs_vn2(S)) a2 += v * v;
 }
 
 // Pass 2's start, once the tile is in shared memory (callers sync first):
@@ -452,14 +464,19 @@ __device__ OBC_INLINE void start_pass2(const SaliencyParams& p, const Pass2Smem&
 }
 
 // Pass 2's per-row statistics of rows [r0, r0 + rows) (zero past R): the
-// softmax max, 1 / sum and ||o||^2 from combine.
+// softmax max, 1 / sum and ||o||^2 from combine. With kLog2Il, log2(1 / sum)
+// in place of 1 / sum (-inf past R), for A = 2^((z - max) log2(e) + log2(1 /
+// sum)): one fused multiply-add per (row, key) pair where the multiply by
+// 1 / sum took one more.
+template <bool kLog2Il>
 __device__ OBC_INLINE void load_row_stats(const Shape& s, const Work& w, long long bh, long long r0, int rows,
                                           float* rm, float* ril, float* ron2) {
   const int rr = threadIdx.x;
   if (rr >= rows) return;
   const long long r = r0 + rr;
   rm[rr] = r < s.R ? w.fin_m[bh * s.R + r] : 0.0f;
-  ril[rr] = r < s.R ? w.fin_il[bh * s.R + r] : 0.0f;
+  const float il = r < s.R ? w.fin_il[bh * s.R + r] : 0.0f;
+  ril[rr] = kLog2Il ? log2f(il) : il;
   ron2[rr] = r < s.R ? w.fin_on2[bh * s.R + r] : 0.0f;
 }
 
@@ -545,13 +562,13 @@ __global__ void __launch_bounds__(kThreads, kPass2MinBlocks) pass2_kernel(Salien
   if (kNeedV) load_key_tile<E, kKeys>(hp.v, p.v_sn, D, p0, tn, Vs);
   __syncthreads();
   start_pass2<kKeys, kNeedV>(p, m, [&](int c, float& a1, float& a2) {
-    for (int d = 0; d < Di; ++d) add_norms(Vs[c * sk + d], a1, a2);
+    for (int d = 0; d < Di; ++d) add_norms<S>(Vs[c * sk + d], a1, a2);
   });
   for (long long r0 = 0; r0 < s.R; r0 += kR) {
     row_info(p, s, r0, kR, lim, head_of);
     load_queries<E>(p, s, q_bh, r0, kR, Qs);
     if (kNeedO) load_rows(o_bh, s.R, D, r0, kR, sq, Os);
-    load_row_stats(s, w, bh, r0, kR, rm, ril, ron2);
+    load_row_stats<false>(s, w, bh, r0, kR, rm, ril, ron2);
     __syncthreads();
     // RPW rows x KPL keys per thread, float4 loads: each K / V float4 serves
     // RPW rows, each row float4 (a warp-wide broadcast) KPL keys.

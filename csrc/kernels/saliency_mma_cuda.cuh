@@ -134,18 +134,27 @@ __global__ void __launch_bounds__(kThreads) pass1_mma_kernel(SaliencyParams p, S
         }
       }
     // Online softmax of rows g (hr = 0) and g + 8 (hr = 1) over the tile.
+    // Where every row sees every key of the tile (all_rows_see), the logits
+    // are scaled without the visibility test's compare and select per pair.
+    const int last[2] = {last_visible(lim_row[0], p0, tn), last_visible(lim_row[1], p0, tn)};
+    const bool sees_all = all_rows_see(p, p0, kKeys);
 #pragma unroll
     for (int hr = 0; hr < 2; ++hr) {
-      const int last = last_visible(lim_row[hr], p0, tn);
       float mx = -INFINITY;
+      const auto scale_and_max = [&](auto masked) {
 #pragma unroll
-      for (int nt = 0; nt < 8; ++nt)
+        for (int nt = 0; nt < 8; ++nt)
 #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          float& x = sc[nt][2 * hr + j];
-          x = 8 * nt + 2 * t + j <= last ? x * p.scale : -INFINITY;
-          mx = fmaxf(mx, x);
-        }
+          for (int j = 0; j < 2; ++j) {
+            float& x = sc[nt][2 * hr + j];
+            x = !decltype(masked)::value || 8 * nt + 2 * t + j <= last[hr] ? x * p.scale : -INFINITY;
+            mx = fmaxf(mx, x);
+          }
+      };
+      if (sees_all)
+        scale_and_max(std::false_type());
+      else
+        scale_and_max(std::true_type());
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
       const float m_new = fmaxf(m[hr], mx);
@@ -284,10 +293,11 @@ __global__ void __launch_bounds__(kThreads) pass2_mma_kernel(SaliencyParams p, S
     const uint4* row = reinterpret_cast<const uint4*>(Vw + c * pw);
     for (int i = 0; i < depth / 8; ++i) {
       const uint32_t w4[4] = {row[i].x, row[i].y, row[i].z, row[i].w};
-      for (const uint32_t x : w4) add_norms(mma::low_of(x), a1, a2), add_norms(mma::high_of(x), a1, a2);
+      for (const uint32_t x : w4) add_norms<S>(mma::low_of(x), a1, a2), add_norms<S>(mma::high_of(x), a1, a2);
     }
   });
   const mma::RowChunks rc = mma::pair_row_chunks<kThreads>(Di);
+  const bool sees_all = all_rows_see(p, p0, kKeys);
   for (long long r0 = 0; r0 < s.R; r0 += kR) {
     row_info<true>(p, s, r0, kR, lim, head_of, q_off);
     __syncthreads();  // q_off (and Cs of the previous chunk read: reduce_queries)
@@ -297,7 +307,7 @@ __global__ void __launch_bounds__(kThreads) pass2_mma_kernel(SaliencyParams p, S
       const bf16_t* ot = o_bh + r0 * 3 * depth;  // chunk r0 / kR
       mma::load_pair_rows<kThreads>(rc, [&](int c) { return ot + c * depth; }, 3 * kR, 3 * kR, depth, pw, o_vec, Op);
     }
-    load_row_stats(s, w, bh, r0, kR, rm, ril, ron2);
+    load_row_stats<true>(s, w, bh, r0, kR, rm, ril, ron2);
     sync_tiles();
     // This warp's 32 rows x 32 keys: z[mt][nt] and vo[mt][nt] are the
     // accumulator fragments of rows row_w + 16 mt, keys key_w + 8 nt.
@@ -347,7 +357,9 @@ __global__ void __launch_bounds__(kThreads) pass2_mma_kernel(SaliencyParams p, S
     // shuffles), one Cs row per 32 rows, instead of a Cs store per (row,
     // key) and a serial reduction over the chunk's rows. The reduction (Cs
     // rows, in-warp sum, in-warp max) is a compile-time mode: one copy of
-    // this code each.
+    // this code each. So is the visibility test: where every row sees all
+    // the block's keys (all_rows_see), a copy without it saves the compare
+    // and select of every pair.
     const bool in_warp = s.Wr % 32 == 0;
     __syncthreads();  // every warp is done with Qw and Op, which Cs reuses
     float k1[4][2], k2[4][2];
@@ -358,8 +370,9 @@ __global__ void __launch_bounds__(kThreads) pass2_mma_kernel(SaliencyParams p, S
         const int c = key_w + 8 * nt + 2 * t + j;
         k1[nt][j] = vn1[c], k2[nt][j] = vn2[c];
       }
-    const auto contributions = [&](auto mode) {
+    const auto contributions = [&](auto mode, auto masked) {
       constexpr int kMode = decltype(mode)::value;  // 0: Cs rows; 1, 2: in-warp sum, max
+      constexpr bool kMasked = decltype(masked)::value;
       constexpr QueryReduce kQr = kMode == 2 ? QueryReduce::Max : QueryReduce::Sum;
       float acc[4][2];
 #pragma unroll
@@ -368,16 +381,16 @@ __global__ void __launch_bounds__(kThreads) pass2_mma_kernel(SaliencyParams p, S
         for (int hr = 0; hr < 2; ++hr) {
           const int rr = row_w + 16 * mt + g + 8 * hr;
           const int last = last_visible(lim[rr], p0, tn);
-          const float m = rm[rr], il = ril[rr], on2 = ron2[rr];
+          const float m = rm[rr], log2_il = ril[rr], on2 = ron2[rr];
 #pragma unroll
           for (int nt = 0; nt < 4; ++nt)
 #pragma unroll
             for (int j = 0; j < 2; ++j) {
               const int c = key_w + 8 * nt + 2 * t + j, i = 2 * hr + j;
               const float zz = z[mt][nt][i] * p.scale;
-              const float a = mma::exp2_approx((zz - m) * mma::kLog2e) * il;
+              const float a = mma::exp2_approx(mul_add(zz - m, mma::kLog2e, log2_il));
               const float xv = score_contribution<S, float>(a, zz, k1[nt][j], k2[nt][j], vo[mt][nt][i], on2, 0.0f);
-              const float x = c <= last ? xv : 0.0f;
+              const float x = !kMasked || c <= last ? xv : 0.0f;
               if (kMode == 0)
                 Cs[rr * kCs + c] = x;
               else
@@ -396,12 +409,18 @@ __global__ void __launch_bounds__(kThreads) pass2_mma_kernel(SaliencyParams p, S
             if (g == 0) Cs[(row_w / 32) * kCs + key_w + 8 * nt + 2 * t + j] = a;
           }
     };
+    const auto reduce_by = [&](auto mode) {
+      if (sees_all)  // uniform over the block
+        contributions(mode, std::false_type());
+      else
+        contributions(mode, std::true_type());
+    };
     if (!in_warp)
-      contributions(std::integral_constant<int, 0>());
+      reduce_by(std::integral_constant<int, 0>());
     else if (p.query_reduce == QueryReduce::Max)
-      contributions(std::integral_constant<int, 2>());
+      reduce_by(std::integral_constant<int, 2>());
     else
-      contributions(std::integral_constant<int, 1>());
+      reduce_by(std::integral_constant<int, 1>());
     reduce_queries<kKeys>(p, rows_in, Cs, head_of, head, in_warp ? 32 : 1);
   }
   write_scores<kKeys>(p, bh, p0, tn, head);

@@ -189,7 +189,12 @@ TEST(EmuSaliency, BFloat16OnTensorCores) {
                         // W = 64 puts both halves of a 64-row chunk in one
                         // head.
                         {1, 1, 3, 32, 100, 16, 0, true},
-                        {1, 2, 1, 64, 90, 24, 0, false}};
+                        {1, 2, 1, 64, 90, 24, 0, false},
+                        // N - W = 126: the first query misses key 127 alone,
+                        // the last of pass 2's first 128-key block and of
+                        // pass 1's second 64-key tile, so the blocks every
+                        // row sees (all_rows_see) end one key before.
+                        {1, 1, 2, 32, 158, 16, 0, true}};
   for (const Case& c : cases) {
     const long long before = simt::mma_instructions();
     // Not loo at D = 128: its logits span ~100 here, A comes within float
