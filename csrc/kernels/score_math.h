@@ -98,16 +98,18 @@ OBC_HD OBC_INLINE T contrib_key(T a, T z, T vn2, T vo, T on2) {
   const T az = a * z;
   return az * az * sq_dist_expanded(vn2, vo, on2);
 }
-// value + key + the cross term 2 A^2 Z (||v||^2 - v.o), which can be negative:
-// A^2 (||v||^2 + Z^2 d + 2 Z (||v||^2 - v.o)) with d = ||v - o||^2, in Horner
-// form, A^2 (||v||^2 + Z (Z d + (2 ||v||^2 - 2 v.o))): the same three terms,
-// in 8 instructions per pair on a GPU where the sum of products took 17
-// (2 ||v||^2 - 2 v.o is 2 (||v||^2 - v.o) exactly, one fused multiply-add
-// with 2 ||v||^2 made once per key).
+// value + key + the cross term 2 A^2 Z (||v||^2 - v.o), which can be negative,
+// as A^2 ||v||^2 + A Z (A Z d + A (2 ||v||^2 - 2 v.o)) with d = ||v - o||^2:
+// 10 instructions per pair on a GPU where the sum of products took 17
+// (fused multiply-adds; 2 ||v||^2 - 2 v.o is 2 (||v||^2 - v.o) exactly, one
+// of them with 2 ||v||^2 made once per key). Every product with Z carries A
+// too, so an A that underflowed to 0 gives 0 at any finite Z, as the sum of
+// products did: A^2 factored out, A^2 (||v||^2 + Z (Z d + ...)), would take
+// 2 instructions fewer but turn 0 x (an overflowing Z^2 d) into NaN.
 template <typename T>
 OBC_HD OBC_INLINE T contrib_joint(T a, T z, T vn2, T vo, T on2) {
-  const T cross = mul_add(T(-2), vo, T(2) * vn2);
-  return a * a * mul_add(z, mul_add(z, sq_dist_expanded(vn2, vo, on2), cross), vn2);
+  const T az = a * z, cross = mul_add(T(-2), vo, T(2) * vn2);
+  return mul_add(az, mul_add(a, cross, az * sq_dist_expanded(vn2, vo, on2)), a * a * vn2);
 }
 template <typename T>
 OBC_HD OBC_INLINE T contrib_loo(T a, T dist) {

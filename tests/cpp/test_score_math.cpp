@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <limits>
+#include <type_traits>
 
 #include "score_math.h"
 
@@ -53,6 +54,16 @@ TYPED_TEST(ScoreMath, JointIsValuePlusKeyPlusCrossTerm) {
   // perturbation): v = (1, 2), o = (0.5, -1), a = 0.3, z = -2 gives
   // (0, -1.2), so 1.44 although the cross term (-2.34) is negative.
   EXPECT_NEAR(obc::contrib_joint<T>(0.3, -2, 5, -1.5, 1.25), T(1.44), 1e-5);
+}
+
+// A weight that underflowed to 0 contributes 0 at any finite logit: Z^2 d
+// overflows here (1e30^2 in float, 1e200^2 in double), so a form with A^2
+// factored out, A^2 (||v||^2 + Z (Z d + ...)), would give 0 x inf = NaN.
+TYPED_TEST(ScoreMath, JointAndKeyAreZeroWhereTheWeightUnderflowedAtAHugeLogit) {
+  using T = TypeParam;
+  const T z = std::is_same<T, float>::value ? T(-1e30) : T(-1e200);
+  EXPECT_EQ(obc::contrib_joint<T>(0, z, 5, 1, 2), T(0));
+  EXPECT_EQ(obc::contrib_key<T>(0, z, 5, 1, 2), T(0));
 }
 
 TYPED_TEST(ScoreMath, LooDividesByTheRemainderClampedAtMinRemainder) {
