@@ -22,7 +22,10 @@ overlap, so the slower of the two (and of the bytes) sets the time.
 select runs one block per (b, h) row, so at B=1, H_kv=8 it uses 8 SMs: its
 time as written is set by what one SM can pull from L2 (SM_BYTES_PER_S, an
 upper bound: 64 B per clock at 1.755 GHz), not by HBM. evict runs its three
-kernels in sequence, so select's time adds to the rest.
+kernels in sequence, so select's time and compact_'s memory time add to
+saliency's (until the sixth session of 2026-12-03 compact_'s bytes were
+summed with saliency's, as if they hid under its issue time: 8 µs too
+little at N=32k).
 
     python bench/roofline_gpu.py [--n 32768] [--dtype-bytes 2] [--budget-frac 0.1] [--hidden 4096]
 """
@@ -46,12 +49,16 @@ ISSUE = 4 * 132 * 1.98e9
 # tiles' row split worked out once), pass 2's chunk 2,698 -> 1,743 (128
 # keys per block, products unrolled over D, O's three bf16 terms made once
 # per row by the combine kernel and copied like Q), its block ~820 per 64
-# keys -> ~1,267 per 128. Until then the model took straight-line code
-# whole and said 4.76 per pair where this count gives 4.47 for the same
-# kernels; the history before is in kernels.md ("Issue slots" and after).
-# Latency is not modelled: since the third session every tile load has all
-# of a thread's pieces in flight (kernels.md, "Loads in flight").
-WARP_INSTR_PER_PAIR = {"pass 1": 1221 / 1024, "pass 2": 1743 / 1024, "pass 2, per block": 1267 / 4096}
+# keys -> ~1,267 per 128. Since the sixth session (kernels.md, "The joint
+# formula refactored"): pass 1 -> ~1,131 (no visibility test on tiles every
+# row sees), pass 2's chunk -> 1,503 (the joint score with fused
+# multiply-adds, 1 / sum folded into the exponent, the clamp one NaN-keeping
+# max, no visibility test where every row sees the block), its block ->
+# ~1,116 (||v||_1 summed only for vatp). Until the fifth session the model
+# took straight-line code whole and said 4.76 per pair where this count
+# gives 4.47 for the same kernels; the history before is in kernels.md
+# ("Issue slots" and after).
+WARP_INSTR_PER_PAIR = {"pass 1": 1131 / 1024, "pass 2": 1503 / 1024, "pass 2, per block": 1116 / 4096}
 # Keys per pass-2 block of the key and joint scores (saliency_mma_cuda.cuh).
 PASS2_KEYS = 128
 # Pass 2 re-reads the window's Q (16-bit) and O (three bf16 terms) for
@@ -80,7 +87,8 @@ PV_ROWS_PER_BLOCK = 256  # each block reads W_o^j's tiles from L2 once
 
 def kernels(B, Hkv, G, W, N, D, e, budget, hidden):
     """(name, necessary (flops, bytes, on tensor cores?), as written (tensor flops, FP32 flops, bytes, seconds
-    of one-SM-per-row work that runs alone, seconds of issue slots), note)."""
+    of one-SM-per-row work that runs alone, seconds of issue slots[, bytes of a kernel that runs after the
+    others]), note)."""
     Hq = Hkv * G
     kv = B * Hkv * N * D * e  # one of K, V
     kept = B * Hkv * budget * D * e
@@ -117,12 +125,16 @@ def kernels(B, Hkv, G, W, N, D, e, budget, hidden):
                  "%.0f GB/s per SM" % (SELECT_BYTES_PER_KEY, SM_BYTES_PER_S / 1e9)))
     rows.append(("compact_", (0, 2 * kept + 2 * kept + idx, False), (0, 0, 2 * kept + 2 * kept + idx, 0, 0),
                  "read and write the kept rows of K and V, read the indices"))
+    # evict's kernels run in sequence: compact_'s bytes cannot hide under
+    # saliency's issue time, so they are added after it, as select's time is.
+    compact_bytes = 4 * kept + idx
     rows.append(("evict, bf16, tensor cores", (3 * prod, evict_bytes[0], True),
-                 (8 * prod, 0, evict_bytes[1], select_s, issue_s),
+                 (8 * prod, 0, evict_bytes[1], select_s, issue_s, compact_bytes),
                  "necessary: one pass over K and V, kept rows written; as written: the three kernels in sequence "
                  "(K+V = %.0f MiB exceeds the 50 MiB L2, so compact_ re-reads the kept rows), select's "
-                 "one-SM-per-row time added" % (2 * kv / 2**20)))
-    rows.append(("evict, FP32 cores", (3 * prod, evict_bytes[0], False), (0, 4 * prod, evict_bytes[1], select_s, 0),
+                 "one-SM-per-row time and compact_'s memory time added to saliency's" % (2 * kv / 2**20)))
+    rows.append(("evict, FP32 cores", (3 * prod, evict_bytes[0], False),
+                 (0, 4 * prod, evict_bytes[1], select_s, 0, compact_bytes),
                  "as above with the products on the FP32 cores"))
     pv_flops = 2 * B * Hq * N * D * hidden
     wo = hidden * Hq * D * e
@@ -164,16 +176,19 @@ def main():
     print("| kernel | GFLOP necessary | GFLOP as written (tensor cores / FP32 pipe) | MB moved (necessary / as "
           "written) | floor, necessary (µs) | floor, as written (µs) | as written, bound by |")
     print("|---|---:|---:|---:|---:|---:|---|")
-    for name, (f0, b0, tc0), (ft, ff, b1, t_sm, t_issue), note in kernels(B, Hkv, G, W, N, D, e, budget,
-                                                                          args.hidden):
+    for name, (f0, b0, tc0), written, note in kernels(B, Hkv, G, W, N, D, e, budget, args.hidden):
+        # b_after: bytes of a memory-bound kernel that runs after the others
+        # (evict's compact_), timed on its own like select's t_sm.
+        ft, ff, b1, t_sm, t_issue, b_after = written if len(written) == 6 else (*written, 0)
         floor0 = max(f0 / (TC_BF16 if tc0 else FP32), b0 / HBM)
-        t_compute, t_mem = max(ft / TC_BF16 + ff / FP32, t_issue), b1 / HBM
+        t_compute, t_mem = max(ft / TC_BF16 + ff / FP32, t_issue), (b1 - b_after) / HBM
+        t_sm += b_after / HBM
         bound = "memory" if t_mem >= t_compute else (
             "issue slots" if t_issue >= ft / TC_BF16 + ff / FP32 else "tensor cores" if ft else "FP32 cores")
         if t_sm > max(t_compute, t_mem):
             bound = "one SM per row"
         elif t_sm:
-            bound += " + select"
+            bound += " + select" + (" + compact_" if b_after else "")
         print(f"| {name} | {f0 / 1e9:.2f} | {ft / 1e9:.2f} / {ff / 1e9:.2f} | {b0 / 1e6:.1f} / {b1 / 1e6:.1f} | "
               f"{1e6 * floor0:.1f} | {1e6 * (max(t_compute, t_mem) + t_sm):.1f} | {bound} |")
     print()
