@@ -87,8 +87,8 @@ PV_ROWS_PER_BLOCK = 256  # each block reads W_o^j's tiles from L2 once
 
 def kernels(B, Hkv, G, W, N, D, e, budget, hidden):
     """(name, necessary (flops, bytes, on tensor cores?), as written (tensor flops, FP32 flops, bytes, seconds
-    of one-SM-per-row work that runs alone, seconds of issue slots[, bytes of a kernel that runs after the
-    others]), note)."""
+    of one-SM-per-row work that runs alone, seconds of issue slots, bytes of a kernel that runs after the
+    others), note)."""
     Hq = Hkv * G
     kv = B * Hkv * N * D * e  # one of K, V
     kept = B * Hkv * budget * D * e
@@ -104,7 +104,7 @@ def kernels(B, Hkv, G, W, N, D, e, budget, hidden):
     select_s = N * SELECT_BYTES_PER_KEY / SM_BYTES_PER_S  # rows in parallel, one SM each
     rows = []
     rows.append(("saliency (joint), bf16, tensor cores", (3 * prod, sal_bytes[0], True),
-                 (8 * prod, 0, sal_bytes[1], 0, issue_s),
+                 (8 * prod, 0, sal_bytes[1], 0, issue_s, 0),
                  "necessary: Q K^T, A V, O V^T once, K and V read once. As written (bf16 on sm_80+): pass 1 "
                  "(Q K^T, P V with P in three bf16 terms, over N splits) and pass 2 (Q K^T again, O V^T with O in "
                  "three terms) on the tensor cores, each pass reading K and V; %.2f + %.2f + %.2f (pass 2's "
@@ -116,18 +116,18 @@ def kernels(B, Hkv, G, W, N, D, e, budget, hidden):
                     WARP_INSTR_PER_PAIR["pass 2, per block"], 1e6 * issue_s, PASS2_KEYS, l2_bytes / 1e6,
                     1e6 * l2_bytes / L2_BW[1], 1e6 * l2_bytes / L2_BW[0], L2_BW[0] / 1e12, L2_BW[1] / 1e12)))
     rows.append(("saliency (joint), float32 / float16 or pre-sm_80, FP32 cores", (3 * prod, sal_bytes[0], False),
-                 (0, 4 * prod, sal_bytes[1], 0, 0),
+                 (0, 4 * prod, sal_bytes[1], 0, 0, 0),
                  "the same work with every product on the FP32 cores (bytes as for bf16 inputs)"))
-    rows.append(("select", (0, scores + idx, False), (0, 0, scores + idx, select_s, 0),
+    rows.append(("select", (0, scores + idx, False), (0, 0, scores + idx, select_s, 0, 0),
                  "necessary: read the scores, write the indices (1.3 MB: far below a kernel launch). As written: "
                  "one block per (b, h) row, each moving %d B per key through its SM (score read, key write, two "
                  "digit passes and the emission over 4-byte keys; later digits in shared memory), at most "
                  "%.0f GB/s per SM" % (SELECT_BYTES_PER_KEY, SM_BYTES_PER_S / 1e9)))
-    rows.append(("compact_", (0, 2 * kept + 2 * kept + idx, False), (0, 0, 2 * kept + 2 * kept + idx, 0, 0),
-                 "read and write the kept rows of K and V, read the indices"))
+    compact_bytes = 2 * kept + 2 * kept + idx
     # evict's kernels run in sequence: compact_'s bytes cannot hide under
     # saliency's issue time, so they are added after it, as select's time is.
-    compact_bytes = 4 * kept + idx
+    rows.append(("compact_", (0, compact_bytes, False), (0, 0, compact_bytes, 0, 0, 0),
+                 "read and write the kept rows of K and V, read the indices"))
     rows.append(("evict, bf16, tensor cores", (3 * prod, evict_bytes[0], True),
                  (8 * prod, 0, evict_bytes[1], select_s, issue_s, compact_bytes),
                  "necessary: one pass over K and V, kept rows written; as written: the three kernels in sequence "
@@ -143,7 +143,7 @@ def kernels(B, Hkv, G, W, N, D, e, budget, hidden):
     pv_l2 = -(-N // PV_ROWS_PER_BLOCK) * B * Hq * hidden * D * e
     kvpress_pv = 12 * B * Hq * N * hidden  # [N, hidden] bf16 products and their float32 copies, written and read
     rows.append(("projected_value_norm (p=1), bf16 / f16, tensor cores", (pv_flops, pv_bytes[0], True),
-                 (pv_flops, 0, pv_bytes[1], 0, pv_issue_s),
+                 (pv_flops, 0, pv_bytes[1], 0, pv_issue_s, 0),
                  "CriticalKV's norms ||v_n W_o^j||_1, hidden = %d: a [N, D] x [D, hidden] product per query head "
                  "reduced in registers. As written (bfloat16 or float16, D <= 256, sm_80+): mma.sync with v's "
                  "fragments in registers, %d tokens per block at D <= 128 (128 above); each query head's blocks read their KV head's values (G times), "
@@ -155,7 +155,7 @@ def kernels(B, Hkv, G, W, N, D, e, budget, hidden):
                     L2_BW[0] / 1e12, L2_BW[1] / 1e12, PV_INSTR_PER_HMMA, 1e6 * pv_issue_s, kvpress_pv / 1e9,
                     1e3 * kvpress_pv / HBM)))
     rows.append(("projected_value_norm (p=1), FP32 cores", (pv_flops, pv_bytes[0], False),
-                 (0, pv_flops, pv_bytes[1], 0, 0),
+                 (0, pv_flops, pv_bytes[1], 0, 0, 0),
                  "the same on the FP32 cores: float32 inputs, D > 256, GPUs before sm_80, and 16-bit inputs "
                  "with OBCACHE_CUDA_TENSOR_CORES=0 (64 tokens x 64 columns per block, a 4 x 4 sub-tile per "
                  "thread); compute-bound, about level with kvpress's traffic"))
@@ -179,7 +179,7 @@ def main():
     for name, (f0, b0, tc0), written, note in kernels(B, Hkv, G, W, N, D, e, budget, args.hidden):
         # b_after: bytes of a memory-bound kernel that runs after the others
         # (evict's compact_), timed on its own like select's t_sm.
-        ft, ff, b1, t_sm, t_issue, b_after = written if len(written) == 6 else (*written, 0)
+        ft, ff, b1, t_sm, t_issue, b_after = written
         floor0 = max(f0 / (TC_BF16 if tc0 else FP32), b0 / HBM)
         t_compute, t_mem = max(ft / TC_BF16 + ff / FP32, t_issue), (b1 - b_after) / HBM
         t_sm += b_after / HBM
