@@ -313,12 +313,14 @@ def test_cuda_matches_cpu_on_a_larger_case():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_bf16_tensor_cores_match_the_fp32_kernels_and_cpu(monkeypatch):
-    # bfloat16 on sm_80+ runs saliency's products on the tensor cores with the
-    # float operands split into three bf16 terms: float precision, so the
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_cuda_16bit_tensor_cores_match_the_fp32_kernels_and_cpu(monkeypatch, dtype):
+    # bfloat16 and float16 on sm_80+ run saliency's products on the tensor
+    # cores with the float operands split into three terms of the input's
+    # type (float16's scaled by powers of two first): float precision, so the
     # tolerance of the float32 test above holds against the CPU kernel and
     # against the FP32 CUDA kernels (OBCACHE_CUDA_TENSOR_CORES=0) alike.
-    k, v, q = make_cache(1, 2, 4, 32, 3000, 128, dtype=torch.bfloat16, seed=16)
+    k, v, q = make_cache(1, 2, 4, 32, 3000, 128, dtype=dtype, seed=16)
     for score in SCORES:
         cpu = obcache.saliency(k, v, q, score)
         tc = obcache.saliency(k.cuda(), v.cuda(), q.cuda(), score).cpu()

@@ -1,6 +1,6 @@
 // Warp-level bf16 (and f16) tensor-core products for the CUDA kernels:
 // mma.sync m16n8k16 (sm_80 and later) with float accumulation, and packing
-// floats into bf16 pairs. Under the SIMT emulation the product is
+// floats into bf16 or f16 pairs. Under the SIMT emulation the product is
 // simt::mma_m16n8k16,
 // which places every element by the PTX ISA's fragment table on its own, so
 // the kernels' fragment loads are checked on CPUs too.
@@ -24,6 +24,10 @@
 namespace obc {
 namespace mma {
 
+// The 16-bit types whose products mma.sync m16n8k16 takes.
+template <typename E>
+constexpr bool kOperandType = std::is_same<E, bf16_t>::value || std::is_same<E, half_t>::value;
+
 // bf16 bits of x rounded to nearest even (NaN stays a NaN).
 OBC_HD OBC_INLINE uint32_t bf16_rn(float x) {
   const uint32_t u = float_to_bits(x);
@@ -31,27 +35,68 @@ OBC_HD OBC_INLINE uint32_t bf16_rn(float x) {
   return (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
 }
 
-// {lo, hi} as a bf16 pair, each rounded to nearest even.
+// IEEE binary16 bits of x rounded to nearest even: subnormal below 2^-14
+// (steps of 2^-24), inf from 65520 on, NaN stays a NaN. Integer operations
+// only, so the device's pre-sm_80 copy of pack_rn compiles too.
+OBC_HD OBC_INLINE uint32_t half_rn(float x) {
+  const uint32_t u = float_to_bits(x), sign = (u >> 16) & 0x8000u, a = u & 0x7fffffffu;
+  if (a > 0x7f800000u) return sign | 0x7e00u;
+  if (a >= 0x477ff000u) return sign | 0x7c00u;  // 65520 = 65504 + half its ulp: a tie, to the even inf
+  if (a >= 0x38800000u) {                       // 2^-14 and up: rebias 127 -> 15, round off 13 bits
+    const uint32_t r = a - 0x38000000u;
+    return sign | (r + 0xfffu + ((r >> 13) & 1u)) >> 13;
+  }
+  // Below 2^-14: round(|x| 2^24) steps of 2^-24; |x| = m 2^(e - 150), so
+  // that is m >> (126 - e), rounded (1024 steps is 2^-14's bits, correctly).
+  const int e = static_cast<int>(a >> 23), shift = 126 - e;
+  if (e == 0 || shift > 24) return sign;  // below 2^-25: rounds to zero
+  const uint32_t m = (a & 0x7fffffu) | 0x800000u, r = m >> shift, rem = m & ((1u << shift) - 1u);
+  const uint32_t half = 1u << (shift - 1);
+  return sign | (r + (rem > half || (rem == half && (r & 1u)) ? 1u : 0u));
+}
+
+// {lo, hi} as a pair of E (bf16_t or half_t), each rounded to nearest even.
+template <typename E>
 OBC_DEVICE OBC_INLINE uint32_t pack_rn(float lo, float hi) {
+  constexpr bool kHalf = std::is_same<E, half_t>::value;
+  static_assert(kOperandType<E>, "pairs of bf16 or f16");
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   uint32_t r;
-  asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+  if constexpr (kHalf)
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+  else
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
   return r;
 #else
-  return bf16_rn(lo) | bf16_rn(hi) << 16;
+  if constexpr (kHalf) return half_rn(lo) | half_rn(hi) << 16;
+  else return bf16_rn(lo) | bf16_rn(hi) << 16;
 #endif
 }
-OBC_DEVICE OBC_INLINE float low_of(uint32_t r) { return bits_to_float(r << 16); }
-OBC_DEVICE OBC_INLINE float high_of(uint32_t r) { return bits_to_float(r & 0xffff0000u); }
+// The low and high element of a pair of E, as floats.
+template <typename E>
+OBC_DEVICE OBC_INLINE float low_of(uint32_t r) {
+  if constexpr (std::is_same<E, half_t>::value) return half_bits_to_float(static_cast<uint16_t>(r));
+  else return bits_to_float(r << 16);
+}
+template <typename E>
+OBC_DEVICE OBC_INLINE float high_of(uint32_t r) {
+  if constexpr (std::is_same<E, half_t>::value) return half_bits_to_float(static_cast<uint16_t>(r >> 16));
+  else return bits_to_float(r & 0xffff0000u);
+}
 
-// x0, x1 as three bf16 pairs whose sum is x to float precision: each term is
-// the rounded remainder of the ones before (the remainders are exact floats).
+// x0, x1 as three pairs of E whose sum is x to float precision: each term is
+// the rounded remainder of the ones before (the remainders are exact
+// floats). bf16 terms: 3 x 8 bits, exact for every normal float. f16 terms:
+// 3 x 11 bits, but none finer than f16's smallest step, 2^-24: exact for
+// 2^-1 <= |x| < 65520, within 2^-25 of x below, so callers scale x by a
+// power of two (exact) to just below 2^15 first.
+template <typename E>
 OBC_DEVICE OBC_INLINE void split3(float x0, float x1, uint32_t& hi, uint32_t& mid, uint32_t& lo) {
-  hi = pack_rn(x0, x1);
-  x0 -= low_of(hi), x1 -= high_of(hi);
-  mid = pack_rn(x0, x1);
-  x0 -= low_of(mid), x1 -= high_of(mid);
-  lo = pack_rn(x0, x1);
+  hi = pack_rn<E>(x0, x1);
+  x0 -= low_of<E>(hi), x1 -= high_of<E>(hi);
+  mid = pack_rn<E>(x0, x1);
+  x0 -= low_of<E>(mid), x1 -= high_of<E>(mid);
+  lo = pack_rn<E>(x0, x1);
 }
 
 // Four 8 x 8 bf16 matrices from shared memory into the fragment registers
@@ -138,7 +183,7 @@ constexpr float kLog2e = 1.4426950408889634f;
 template <typename E>
 OBC_DEVICE OBC_INLINE void m16n8k16_of(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
   constexpr bool kHalf = std::is_same<E, half_t>::value;
-  static_assert(kHalf || std::is_same<E, bf16_t>::value, "mma.sync m16n8k16 takes bf16 or f16 operands");
+  static_assert(kOperandType<E>, "mma.sync m16n8k16 takes bf16 or f16 operands");
 #if defined(OBC_SIMT_EMULATION)
   ::simt::mma_m16n8k16(d, a, b, kHalf ? half_bits_to_float : bf16_bits_to_float);
 #elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
@@ -153,10 +198,6 @@ OBC_DEVICE OBC_INLINE void m16n8k16_of(float (&d)[4], const uint32_t (&a)[4], co
 #elif defined(__CUDA_ARCH__)
   __trap();  // launchers pick tensor-core kernels only on sm_80 and later
 #endif
-}
-// The bf16 product (the saliency kernels').
-OBC_DEVICE OBC_INLINE void m16n8k16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
-  m16n8k16_of<bf16_t>(d, a, b);
 }
 
 }  // namespace mma

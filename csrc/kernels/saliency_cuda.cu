@@ -1,4 +1,4 @@
-// CUDA saliency (torch-free; kernels in saliency_cuda.cuh and, for the bf16
+// CUDA saliency (torch-free; kernels in saliency_cuda.cuh and, for the
 // tensor cores, saliency_mma_cuda.cuh; score formulas in score_math.h). Two
 // passes over K and V per (b, h), as shared/DESIGN.md section 6, R = G * W
 // window rows (G for `tova`):
@@ -17,11 +17,12 @@
 //      ||v - o||), reduces over the queries (one owner thread per key column:
 //      no atomics) and the group, and writes its scores once.
 // Where the products run:
-//   - bfloat16 on sm_80+ (more than 16 rows and D <= 128 for pass 1, more
-//     than 8 rows and tiles that fit for pass 2, every score but loo in pass
-//     2): on the tensor cores, mma.sync m16n8k16 with the float operand (P in
-//     pass 1, O in pass 2) split into three bf16 terms, so the results keep
-//     float precision (saliency_mma_cuda.cuh);
+//   - bfloat16 and float16 on sm_80+ (more than 16 rows and D <= 128 for
+//     pass 1, more than 8 rows and tiles that fit for pass 2, every score
+//     but loo in pass 2): on the tensor cores, mma.sync m16n8k16 with the
+//     float operand (P in pass 1, O in pass 2) split into three terms of the
+//     input's type, so the results keep float precision
+//     (saliency_mma_cuda.cuh);
 //   - otherwise on the FP32 units: pass 1 32 rows x 32-key tiles, each
 //     thread 8 rows against one key (its P V: 8 rows x one float4 of D);
 //     pass 2 two keys per thread, float4 reads from zero-padded shared rows,
@@ -84,28 +85,37 @@ bool needs_o(Score sc) { return score_needs_vo(sc) || score_needs_dist(sc); }
 // Pass 1 accumulates O: the score reads it and the caller did not give it.
 bool owns_o(const SaliencyParams& p) { return needs_o(p.score) && p.o == nullptr; }
 
-// Floats of the workspace for O's bf16 terms (Work::o_terms): bfloat16
-// key / joint, whose pass 2 may run on the tensor cores; a row of depth bf16
-// is a whole number of 16-byte pieces.
+bool is_16bit(DType t) { return t == DType::BF16 || t == DType::F16; }
+// Floats of the workspace for O's 16-bit terms (Work::o_terms): bfloat16 and
+// float16 key / joint, whose pass 2 may run on the tensor cores; a row of
+// depth 16-bit values is a whole number of 16-byte pieces.
 size_t o_terms_floats(const SaliencyParams& p, const salc::Shape& s) {
-  if (p.dtype != DType::BF16 || !score_needs_vo(p.score)) return 0;
+  if (!is_16bit(p.dtype) || !score_needs_vo(p.score)) return 0;
   const size_t rows = static_cast<size_t>((s.R + salc::kOTermRows - 1) / salc::kOTermRows * salc::kOTermRows);
   return static_cast<size_t>(p.B * p.Hkv) * rows * 3 * static_cast<size_t>(mma::mma_depth(p.D)) / 2;
+}
+
+// Work::fin_os, the per-row scale of float16's O terms: one float per row.
+size_t o_scales_floats(const SaliencyParams& p, const salc::Shape& s) {
+  const bool has = p.dtype == DType::F16 && o_terms_floats(p, s) > 0;
+  return has ? static_cast<size_t>(p.B * p.Hkv) * static_cast<size_t>(s.R) : 0;
 }
 
 size_t floats_of(const SaliencyParams& p, const salc::Shape& s) {
   const size_t bh = static_cast<size_t>(p.B * p.Hkv), R = static_cast<size_t>(s.R), D = static_cast<size_t>(p.D);
   const size_t S = static_cast<size_t>(s.splits), o = needs_o(p.score) ? 1 : 0, own = owns_o(p) ? 1 : 0;
-  return o_terms_floats(p, s) + bh * S * R * (2 + own * D) + bh * R * (3 + o * D);
+  return o_terms_floats(p, s) + o_scales_floats(p, s) + bh * S * R * (2 + own * D) + bh * R * (3 + o * D);
 }
 
 salc::Work carve(const SaliencyParams& p, const salc::Shape& s, void* ws) {
   const size_t bh = static_cast<size_t>(p.B * p.Hkv), R = static_cast<size_t>(s.R), D = static_cast<size_t>(p.D);
   const size_t S = static_cast<size_t>(s.splits), own = owns_o(p) ? 1 : 0, terms = o_terms_floats(p, s);
+  const size_t scales = o_scales_floats(p, s);
   float* f = static_cast<float*>(ws);
   salc::Work w;
   // o_terms first: at the workspace's own alignment, for pass 2's 16-byte copies.
-  w.o_terms = terms ? reinterpret_cast<bf16_t*>(f) : nullptr, f += terms;
+  w.o_terms = terms ? reinterpret_cast<uint16_t*>(f) : nullptr, f += terms;
+  w.fin_os = scales ? f : nullptr, f += scales;
   w.fin_o = f, f += (needs_o(p.score) ? 1 : 0) * bh * R * D;
   w.part_m = f, f += bh * S * R;
   w.part_l = f, f += bh * S * R;
@@ -131,7 +141,7 @@ size_t pass2_smem(const SaliencyParams& p, int kpl, int rpw) {
   const size_t v = o || score_needs_vn1(p.score) || score_needs_vn2(p.score) ? 1 : 0;
   const size_t rows = static_cast<size_t>(salc::kWarps * rpw);
   return sizeof(float) * (2 * rows + (1 + v) * keys * sk + (1 + o) * rows * sq + rows * (keys + 1) + G * keys +
-                          2 * keys + 3 * rows) +
+                          2 * keys + 4 * rows) +
          sizeof(int) * rows;
 }
 
@@ -147,24 +157,25 @@ size_t pass2_mma_smem(const SaliencyParams& p) {
   const size_t v = o || score_needs_vn1(p.score) || score_needs_vn2(p.score) ? 1 : 0;
   const size_t keys = salc::mma_pass2_keys(p.score), rows = salc::mma_pass2_rows(p.score);
   const size_t rows_words = std::max((1 + 3 * o) * rows * pw, rows * (keys + 1));  // Q, O's terms | Cs
-  return sizeof(float) * (4 * rows + (1 + v) * keys * pw + rows_words + G * keys + 2 * keys + 3 * rows) +
+  return sizeof(float) * (4 * rows + (1 + v) * keys * pw + rows_words + G * keys + 2 * keys + 4 * rows) +
          sizeof(int) * rows;
 }
 
 // What every launch needs: the shape, the workspace, the stream, the
-// device's shared-memory opt-in limit and whether it has bf16 tensor cores.
+// device's shared-memory opt-in limit and whether it has bf16 / f16 tensor
+// cores.
 struct Launch {
   salc::Shape s;
   salc::Work w;
   cudaStream_t stream;
   size_t limit, fits;  // opt-in limit; what a block may use (at least 48 KiB)
-  bool mma;            // bf16 mma.sync (sm_80+)
+  bool mma;            // bf16 / f16 mma.sync (sm_80+)
   unsigned bh;
 };
 
-// Pass 1. bfloat16 on sm_80+: on the tensor cores for head sizes up to 128
-// (O in registers) and more than 16 rows (fewer leave most of a warp's
-// 16-row tile empty); 52 KiB at D = 128 fit every GPU. Otherwise on the FP32
+// Pass 1. bfloat16 and float16 on sm_80+: on the tensor cores for head
+// sizes up to 128 (O in registers) and more than 16 rows (fewer leave most
+// of a warp's 16-row tile empty); 52 KiB at D = 128 fit every GPU. Otherwise on the FP32
 // units with the largest tiles the device's shared memory holds: 8 rows per
 // warp everywhere on sm_90 and up to D = 128 on sm_80; 4 for the largest
 // head sizes on sm_80 / sm_86 / sm_89 (bench/results/kernels.md has the
@@ -174,9 +185,9 @@ cudaError_t launch_pass1(const SaliencyParams& p, const Launch& L) {
   constexpr bool kNeedO = score_needs_vo(S) || score_needs_dist(S);
   const salc::Shape& s = L.s;
   cudaError_t err;
-  if constexpr (std::is_same<E, bf16_t>::value) {
+  if constexpr (mma::kOperandType<E>) {
     if (L.mma && s.R > 16 && p.D <= salc::kMmaPass1MaxDepth && pass1_mma_smem(p) <= L.fits) {
-      auto* k1 = owns_o(p) ? &salc::pass1_mma_kernel<kNeedO> : &salc::pass1_mma_kernel<false>;
+      auto* k1 = owns_o(p) ? &salc::pass1_mma_kernel<E, kNeedO> : &salc::pass1_mma_kernel<E, false>;
       const size_t sm1 = pass1_mma_smem(p);
       if ((err = allow_smem(k1, sm1, L.limit)) != cudaSuccess) return err;
       const long long chunks = (s.R + salc::kMmaRows - 1) / salc::kMmaRows;
@@ -197,20 +208,20 @@ cudaError_t launch_pass1(const SaliencyParams& p, const Launch& L) {
   return cudaGetLastError();
 }
 
-// Pass 2. bfloat16 on sm_80+, every score but loo: the products on the
-// tensor cores where its tiles fit (joint, G = 4: every D up to 256 on
+// Pass 2. bfloat16 and float16 on sm_80+, every score but loo: the products
+// on the tensor cores where its tiles fit (joint, G = 4: every D up to 256 on
 // sm_90, up to 128 on sm_80, up to 112 on sm_86 / sm_89, whose 99 KiB are
-// 5 KiB short at 128) and there are more than 8 rows. Otherwise on the FP32
-// units: two keys per lane and 8 rows per warp where they fit, else one key,
-// else 2 rows.
+// 7 KiB short of the 106 KiB at 128) and there are more than 8 rows.
+// Otherwise on the FP32 units: two keys per lane and 8 rows per warp where
+// they fit, else one key, else 2 rows.
 template <typename E, Score S>
 cudaError_t launch_pass2(const SaliencyParams& p, const Launch& L) {
   const salc::Shape& s = L.s;
   cudaError_t err;
-  if constexpr (std::is_same<E, bf16_t>::value && salc::mma_pass2_supports<S>()) {
+  if constexpr (mma::kOperandType<E> && salc::mma_pass2_supports<S>()) {
     const size_t smm = pass2_mma_smem(p);
     if (L.mma && s.R > 8 && smm <= L.fits && (!score_needs_vo(S) || L.w.o_terms)) {
-      auto* km = &salc::pass2_mma_kernel<S>;
+      auto* km = &salc::pass2_mma_kernel<E, S>;
       if ((err = allow_smem(km, smm, L.limit)) != cudaSuccess) return err;
       const long long tiles = (p.N + salc::mma_pass2_keys(S) - 1) / salc::mma_pass2_keys(S);
       OBC_LAUNCH(km, dim3(static_cast<unsigned>(tiles), L.bh), dim3(kThreads), smm, L.stream, p, s, L.w);
@@ -243,7 +254,7 @@ cudaError_t run(const SaliencyParams& p, void* workspace, cudaStream_t stream) {
   if (err != cudaSuccess) return err;
   L.fits = std::max(L.limit, size_t{48 * 1024});
   L.mma = false;
-  if (std::is_same<E, bf16_t>::value && (err = has_tensor_cores(&L.mma)) != cudaSuccess) return err;
+  if (mma::kOperandType<E> && (err = has_tensor_cores(&L.mma)) != cudaSuccess) return err;
 
   if ((err = launch_pass1<E, S>(p, L)) != cudaSuccess) return err;
   auto* kc = &salc::combine_kernel<E, kNeedO>;

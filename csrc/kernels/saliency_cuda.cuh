@@ -4,7 +4,9 @@
 // also runs under the host SIMT emulation (tests/cpp/simt).
 #pragma once
 
+#include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #include "common.h"
 #include "cuda_compat.h"
@@ -50,15 +52,18 @@ struct Shape {
 //   part_m, part_l [bh][split][R]; part_o [bh][split][R][D]  (pass 1)
 //   fin_m, fin_il, fin_on2 [bh][R]; fin_o [bh][R][D]         (combine)
 // (the O arrays only for the scores that need o: key, joint, loo), and for
-// bfloat16 key / joint, whose pass 2 may run on the tensor cores, fin_o's
-// three bf16 terms (mma::split3), else null:
+// 16-bit key / joint, whose pass 2 may run on the tensor cores, fin_o's
+// three terms in the input's type (mma::split3), else null:
 //   o_terms [bh][ceil(R / kOTermRows)][3][kOTermRows][mma_depth(D)] (combine)
 // in the order pass 2 copies them (a chunk's three terms in one run of
-// rows), zero past D and past R.
+// rows), zero past D and past R. float16's terms are of the row's O times a
+// power of two that puts its largest element just below 2^15 (f16 has no
+// step finer than 2^-24: O's small rows would lose their third term), and
+//   fin_os [bh][R]: the inverse of that power of two (null for bfloat16).
 constexpr int kOTermRows = 32;  // pass2_mma_kernel's row chunk for key / joint (mma_pass2_rows)
 struct Work {
-  float *part_m, *part_l, *part_o, *fin_m, *fin_il, *fin_on2, *fin_o;
-  bf16_t* o_terms;
+  float *part_m, *part_l, *part_o, *fin_m, *fin_il, *fin_on2, *fin_o, *fin_os;
+  uint16_t* o_terms;  // bf16 or f16 bits, as the inputs
 };
 
 // Index arithmetic in 32 bits: a 64-bit division is a subroutine call, and
@@ -345,7 +350,7 @@ __global__ void __launch_bounds__(kThreads) pass1_kernel(SaliencyParams p, Shape
 template <typename E, bool kNeedO>
 __global__ void __launch_bounds__(kThreads) combine_kernel(SaliencyParams p, Shape s, Work w) {
   __shared__ float weight[kMaxSplits];
-  __shared__ float red[kThreads / 32];
+  __shared__ float red[kThreads / 32], red_max[kThreads / 32];
   __shared__ float inv_l;
   const long long r = blockIdx.x, bh = blockIdx.y, D = p.D;
   const int tid = threadIdx.x;
@@ -364,7 +369,7 @@ __global__ void __launch_bounds__(kThreads) combine_kernel(SaliencyParams p, Sha
     inv_l = 1.0f / L;
   }
   __syncthreads();
-  float sq = 0.0f;
+  float sq = 0.0f, amax = 0.0f;
   if (kNeedO) {
     const BH x = split_bh(p, blockIdx.y);
     const RowQuery rq = row_query(s, blockIdx.x);
@@ -381,10 +386,12 @@ __global__ void __launch_bounds__(kThreads) combine_kernel(SaliencyParams p, Sha
       }
       w.fin_o[(bh * s.R + r) * D + d] = o;
       sq += o * o;
+      amax = fmaxf(amax, fabsf(o));
     }
   }
   sq = warp_sum(sq);
-  if (tid % 32 == 0) red[tid / 32] = sq;
+  amax = warp_max(amax);
+  if (tid % 32 == 0) red[tid / 32] = sq, red_max[tid / 32] = amax;
   __syncthreads();  // also: the row's fin_o, read back below, is written
   if (tid == 0) {
     float t = 0.0f;
@@ -393,35 +400,48 @@ __global__ void __launch_bounds__(kThreads) combine_kernel(SaliencyParams p, Sha
     w.fin_il[bh * s.R + r] = inv_l;
     w.fin_on2[bh * s.R + r] = t;
   }
-  // O's three bf16 terms for the tensor-core pass 2, split once per row
-  // here: split by each key block of pass 2, they cost ~12 instructions per
-  // float in every block, and now that pass copies them like Q.
-  if (kNeedO && w.o_terms) {
+  // O's three terms for the tensor-core pass 2, split once per row here:
+  // split by each key block of pass 2, they cost ~12 instructions per float
+  // in every block, and now that pass copies them like Q. float16 scales
+  // the row by 2^sh first (Work::fin_os), its largest element to [2^14,
+  // 2^15); the clamp keeps 2^sh and 2^-sh normal floats (a row of float
+  // subnormals stays below f16's steps anyway).
+  if constexpr (kNeedO && mma::kOperandType<E>) {
+    if (!w.o_terms) return;
+    float up = 1.0f;
+    if constexpr (std::is_same<E, half_t>::value) {
+      for (int i = 0; i < kThreads / 32; ++i) amax = fmaxf(amax, red_max[i]);
+      int ex = 0;
+      frexpf(amax, &ex);  // amax = f 2^ex, f in [0.5, 1)
+      const int sh = 15 - ex < -126 ? -126 : (15 - ex > 126 ? 126 : 15 - ex);
+      up = ldexpf(1.0f, sh);
+      if (tid == 0) w.fin_os[bh * s.R + r] = ldexpf(1.0f, -sh);
+    }
     const int depth = mma::mma_depth(D), chunk = static_cast<int>(r) / kOTermRows;
     const long long chunks = (s.R + kOTermRows - 1) / kOTermRows;
     const float* o = w.fin_o + (bh * s.R + r) * D;
     // Term k of row r' of this row's chunk at t + (k * kOTermRows + r') * depth.
-    bf16_t* t = w.o_terms + (bh * chunks + chunk) * 3 * kOTermRows * depth;
+    uint16_t* t = w.o_terms + (bh * chunks + chunk) * 3 * kOTermRows * depth;
     const int rr = static_cast<int>(r) % kOTermRows;
     // The last row also zeroes its chunk's rows past R, which pass 2 copies.
     const int rows = r == s.R - 1 ? kOTermRows - rr : 1;
     for (int d = 2 * tid; d < depth; d += 2 * kThreads)
       for (int i = 0; i < rows; ++i) {
         uint32_t x[3] = {0u, 0u, 0u};
-        if (i == 0) mma::split3(d < D ? o[d] : 0.0f, d + 1 < D ? o[d + 1] : 0.0f, x[0], x[1], x[2]);
+        if (i == 0) mma::split3<E>(d < D ? o[d] * up : 0.0f, d + 1 < D ? o[d + 1] * up : 0.0f, x[0], x[1], x[2]);
         for (int k = 0; k < 3; ++k) {
-          bf16_t* e = t + (k * kOTermRows + rr + i) * depth + d;
-          e[0].bits = static_cast<uint16_t>(x[k]);
-          e[1].bits = static_cast<uint16_t>(x[k] >> 16);
+          uint16_t* e = t + (k * kOTermRows + rr + i) * depth + d;
+          e[0] = static_cast<uint16_t>(x[k]);
+          e[1] = static_cast<uint16_t>(x[k] >> 16);
         }
       }
   }
 }
 
 // The part of pass 2's shared memory after its tiles (both pass 2 kernels):
-// head G*keys | vn1, vn2 keys | rm, ril, ron2 rows | head_of rows (int).
+// head G*keys | vn1, vn2 keys | rm, ril, ron2, ros rows | head_of rows (int).
 struct Pass2Smem {
-  float *head, *vn1, *vn2, *rm, *ril, *ron2;
+  float *head, *vn1, *vn2, *rm, *ril, *ron2, *ros;
   int* head_of;
 };
 __device__ OBC_INLINE Pass2Smem carve_pass2(float* at, long long G, int keys, int rows) {
@@ -432,7 +452,8 @@ __device__ OBC_INLINE Pass2Smem carve_pass2(float* at, long long G, int keys, in
   m.rm = m.vn2 + keys;
   m.ril = m.rm + rows;
   m.ron2 = m.ril + rows;
-  m.head_of = reinterpret_cast<int*>(m.ron2 + rows);
+  m.ros = m.ron2 + rows;
+  m.head_of = reinterpret_cast<int*>(m.ros + rows);
   return m;
 }
 
@@ -464,20 +485,22 @@ __device__ OBC_INLINE void start_pass2(const SaliencyParams& p, const Pass2Smem&
 }
 
 // Pass 2's per-row statistics of rows [r0, r0 + rows) (zero past R): the
-// softmax max, 1 / sum and ||o||^2 from combine. With kLog2Il, log2(1 / sum)
-// in place of 1 / sum (-inf past R), for A = 2^((z - max) log2(e) + log2(1 /
+// softmax max, 1 / sum, ||o||^2 from combine and the scale of O's f16 terms
+// (Work::fin_os; 1 where there is none). With kLog2Il, log2(1 / sum) in
+// place of 1 / sum (-inf past R), for A = 2^((z - max) log2(e) + log2(1 /
 // sum)): one fused multiply-add per (row, key) pair where the multiply by
 // 1 / sum took one more.
 template <bool kLog2Il>
 __device__ OBC_INLINE void load_row_stats(const Shape& s, const Work& w, long long bh, long long r0, int rows,
-                                          float* rm, float* ril, float* ron2) {
+                                          const Pass2Smem& m) {
   const int rr = threadIdx.x;
   if (rr >= rows) return;
   const long long r = r0 + rr;
-  rm[rr] = r < s.R ? w.fin_m[bh * s.R + r] : 0.0f;
+  m.rm[rr] = r < s.R ? w.fin_m[bh * s.R + r] : 0.0f;
   const float il = r < s.R ? w.fin_il[bh * s.R + r] : 0.0f;
-  ril[rr] = kLog2Il ? log2f(il) : il;
-  ron2[rr] = r < s.R ? w.fin_on2[bh * s.R + r] : 0.0f;
+  m.ril[rr] = kLog2Il ? log2f(il) : il;
+  m.ron2[rr] = r < s.R ? w.fin_on2[bh * s.R + r] : 0.0f;
+  m.ros[rr] = w.fin_os && r < s.R ? w.fin_os[bh * s.R + r] : 1.0f;
 }
 
 // Pass 2's reduction of a chunk's contributions Cs [nr rows][kKeys + 1]
@@ -568,7 +591,7 @@ __global__ void __launch_bounds__(kThreads, kPass2MinBlocks) pass2_kernel(Salien
     row_info(p, s, r0, kR, lim, head_of);
     load_queries<E>(p, s, q_bh, r0, kR, Qs);
     if (kNeedO) load_rows(o_bh, s.R, D, r0, kR, sq, Os);
-    load_row_stats<false>(s, w, bh, r0, kR, rm, ril, ron2);
+    load_row_stats<false>(s, w, bh, r0, kR, m);
     __syncthreads();
     // RPW rows x KPL keys per thread, float4 loads: each K / V float4 serves
     // RPW rows, each row float4 (a warp-wide broadcast) KPL keys.

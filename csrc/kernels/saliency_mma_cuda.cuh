@@ -1,19 +1,23 @@
-// `saliency` on the bf16 tensor cores (mma.sync m16n8k16, sm_80 and later)
-// for bfloat16 inputs: pass 1 for head sizes up to 128 and pass 2 for every
-// score but `loo` (whose ||v - o|| is a difference, not a product). Same
-// grids, workspace, reductions and outputs as pass1_kernel / pass2_kernel
-// (saliency_cuda.cuh), which run wherever these cannot (older GPUs, loo,
-// float32 / float16, D > 128 in pass 1, too little shared memory for these
-// tiles); only the products move from the FP32 units to the tensor cores.
-// q, k and v are bf16 values, so their products are exact and only the
+// `saliency` on the tensor cores (mma.sync m16n8k16, sm_80 and later) for
+// bfloat16 and float16 inputs (E = bf16_t, half_t): pass 1 for head sizes up
+// to 128 and pass 2 for every score but `loo` (whose ||v - o|| is a
+// difference, not a product). Same grids, workspace, reductions and outputs
+// as pass1_kernel / pass2_kernel (saliency_cuda.cuh), which run wherever
+// these cannot (older GPUs, loo, float32, D > 128 in pass 1, too little
+// shared memory for these tiles); only the products move from the FP32 units
+// to the tensor cores.
+// q, k and v are 16-bit values, so their products are exact and only the
 // float accumulation rounds, as on the FP32 path. The float operands (P in
 // pass 1; O in pass 2, split once per row by combine_kernel) are split into
-// three bf16 terms, hi + mid + lo, each the rounded remainder of the ones
+// three terms of E, hi + mid + lo, each the rounded remainder of the ones
 // before, which carry them to float precision (2^-24 relative) at three
 // products each: a single bf16 O would lose 2^-9 of v . o to the
 // cancellation in ||v||^2 - 2 v . o + ||o||^2 (key and joint), and O comes
-// from P V.
-// Shared memory: Q, K, V and O's three terms as bf16 pairs (32-bit words),
+// from P V. f16 terms have no step finer than 2^-24 (mma::split3), so
+// float16 scales the operands by powers of two first, which the float
+// results undo exactly: P by 2^15 (kPScaleLog2), each row of O by its own
+// (Work::fin_os).
+// Shared memory: Q, K, V and O's three terms as 16-bit pairs (32-bit words),
 // rows padded so that every fragment load is free of bank conflicts (the
 // stride, mma::pair_stride in mma_tiles_cuda.cuh, says how).
 #pragma once
@@ -32,7 +36,7 @@ namespace salc {
 constexpr int kMmaRows = 64, kMmaKeys = 64;
 // Pass 2's block: 4 warps, each 32 rows x 32 keys, over 64 rows x 64 keys,
 // or 32 rows x 128 keys for the scores that read O (key, joint). Loading a
-// chunk's O (three bf16 terms), like its Q and row statistics, costs the
+// chunk's O (three 16-bit terms), like its Q and row statistics, costs the
 // same whatever the block's keys, so its cost per (row, key) pair halves at
 // 128 keys (bench/results/kernels.md); K and V take the shared memory that
 // Q and O give up (the same at D = 128). The other scores load only Q per
@@ -56,6 +60,12 @@ __device__ OBC_INLINE void load_pair_rows(Src src, int valid, int n, int Di, int
 
 // Pass 1 keeps a warp's 16 rows of O in registers: head sizes up to 128.
 constexpr int kMmaPass1MaxDepth = 128;
+// float16's P = 2^(z - max) <= 1 is split as P 2^15 (< 65504), whose f16
+// terms are exact down to P = 2^-16 and within 2^-40 below: unscaled, P's
+// smallest terms would be f16 subnormals, 2^-25 off each (as far off as
+// float rounding is at P = 1, for every one of N keys). The sum and O
+// carry the factor, which pass 1 takes out as it stores them.
+constexpr float kPScaleLog2 = 15.0f;
 // Pass 2 unrolls its products to this depth (kSaliencyCudaMaxHeadDim, the
 // largest D the kernels take): a loop over D recomputed each ldmatrix
 // address from k0 (77 instructions per step of D; 47 unrolled, with
@@ -75,12 +85,13 @@ OBC_HD constexpr bool mma_pass2_supports() {
 // the row max and sum are reduced over the 4 lanes sharing a row, and the
 // probabilities are the A fragments of P V as they stand (the accumulator
 // layout of keys 16j .. 16j + 15 is the A layout of that 16-wide step).
-// P is split into three bf16 terms like o in pass 2, so O is as exact as on
+// P is split into three terms like o in pass 2, so O is as exact as on
 // the FP32 path (the key and joint scores difference it against v).
 // smem: lim rows (64-bit) | Qw rows*pw | Kw keys*pw | Vw keys*pw (for O).
-template <bool kNeedO>
+template <typename E, bool kNeedO>
 __global__ void __launch_bounds__(kThreads) pass1_mma_kernel(SaliencyParams p, Shape s, Work w) {
   constexpr int kR = kMmaRows, kKeys = kMmaKeys, kSteps = kMmaPass1MaxDepth / 16;
+  constexpr bool kHalf = std::is_same<E, half_t>::value;
   OBC_DYNAMIC_SMEM(float, smem);
   const long long D = p.D, N = p.N;
   const int Di = static_cast<int>(D), depth = mma_depth(D), pw = pair_stride(D);
@@ -89,8 +100,8 @@ __global__ void __launch_bounds__(kThreads) pass1_mma_kernel(SaliencyParams p, S
   uint32_t* Qw = reinterpret_cast<uint32_t*>(smem + 2 * kR);
   uint32_t* Kw = Qw + kR * pw;
   uint32_t* Vw = Kw + kKeys * pw;
-  const HeadPtrs<bf16_t> hp = head_ptrs<bf16_t>(p, blockIdx.z);
-  const bf16_t *K = hp.k, *V = hp.v, *q_bh = hp.q;
+  const HeadPtrs<E> hp = head_ptrs<E>(p, blockIdx.z);
+  const E *K = hp.k, *V = hp.v, *q_bh = hp.q;
   const int tid = threadIdx.x, lane = tid % kTile, warp = tid / kTile;
   const int g = lane / 4, t = lane % 4, row_w = warp * 16;
 
@@ -110,7 +121,7 @@ __global__ void __launch_bounds__(kThreads) pass1_mma_kernel(SaliencyParams p, S
   for (long long p0 = k_begin; p0 < k_end; p0 += kKeys) {
     const int tn = static_cast<int>(k_end - p0 < kKeys ? k_end - p0 : kKeys);
     __syncthreads();  // every warp is done with the previous tile
-    const bf16_t *Kt = K + p0 * p.k_sn, *Vt = V + p0 * p.v_sn;
+    const E *Kt = K + p0 * p.k_sn, *Vt = V + p0 * p.v_sn;
     mma::load_pair_rows<kThreads>(rc, [&](int c) { return Kt + c * p.k_sn; }, tn, kKeys, Di, pw, s.vec16, Kw);
     if (kNeedO)
       mma::load_pair_rows<kThreads>(rc, [&](int c) { return Vt + c * p.v_sn; }, tn, kKeys, Di, pw, s.vec16, Vw);
@@ -129,8 +140,8 @@ __global__ void __launch_bounds__(kThreads) pass1_mma_kernel(SaliencyParams p, S
         for (int nt = 0; nt < 8; nt += 2) {
           uint32_t bk[4];
           load_b_pair(bk, Kw, pw, 8 * nt, k0, lane);
-          mma::m16n8k16(sc[nt], aq, {bk[0], bk[1]});
-          mma::m16n8k16(sc[nt + 1], aq, {bk[2], bk[3]});
+          mma::m16n8k16_of<E>(sc[nt], aq, {bk[0], bk[1]});
+          mma::m16n8k16_of<E>(sc[nt + 1], aq, {bk[2], bk[3]});
         }
       }
     // Online softmax of rows g (hr = 0) and g + 8 (hr = 1) over the tile.
@@ -160,7 +171,7 @@ __global__ void __launch_bounds__(kThreads) pass1_mma_kernel(SaliencyParams p, S
       const float m_new = fmaxf(m[hr], mx);
       // m_new = -inf: nothing visible yet; keep the state as it is. The exps
       // need no test per key: a masked logit is -inf, and ex2 of -inf is 0
-      // (against m_new, or 0 where m_new is -inf too).
+      // (against m_new, or 0 where m_new is -inf too). float16's P is 2^15 P.
       const float corr = m_new == -INFINITY ? 1.0f : expf(m[hr] - m_new);
       const float m_sub = m_new == -INFINITY ? 0.0f : m_new;
       float sum = 0.0f;
@@ -169,7 +180,7 @@ __global__ void __launch_bounds__(kThreads) pass1_mma_kernel(SaliencyParams p, S
 #pragma unroll
         for (int j = 0; j < 2; ++j) {
           float& x = sc[nt][2 * hr + j];
-          x = mma::exp2_approx((x - m_sub) * mma::kLog2e);
+          x = mma::exp2_approx(kHalf ? mul_add(x - m_sub, mma::kLog2e, kPScaleLog2) : (x - m_sub) * mma::kLog2e);
           sum += x;
         }
       sum += __shfl_xor_sync(0xffffffffu, sum, 1);
@@ -192,7 +203,7 @@ __global__ void __launch_bounds__(kThreads) pass1_mma_kernel(SaliencyParams p, S
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
           const float* x = sc[2 * kk + i / 2] + 2 * (i % 2);
-          mma::split3(x[0], x[1], ap[kk][0][i], ap[kk][1][i], ap[kk][2][i]);
+          mma::split3<E>(x[0], x[1], ap[kk][0][i], ap[kk][1][i], ap[kk][2][i]);
         }
       // V's B fragments two column tiles at a time (depth is whole 16s),
       // kPairs such pairs per pass: each o[dn] takes 12 products (4 key
@@ -217,25 +228,26 @@ __global__ void __launch_bounds__(kThreads) pass1_mma_kernel(SaliencyParams p, S
 #pragma unroll
               for (int h = 0; h < kPairs; ++h)
                 if (8 * (dn + 2 * h) < depth) {
-                  mma::m16n8k16(o[dn + 2 * h], ap[kk][part], {bv[h][0], bv[h][1]});
-                  mma::m16n8k16(o[dn + 2 * h + 1], ap[kk][part], {bv[h][2], bv[h][3]});
+                  mma::m16n8k16_of<E>(o[dn + 2 * h], ap[kk][part], {bv[h][0], bv[h][1]});
+                  mma::m16n8k16_of<E>(o[dn + 2 * h + 1], ap[kk][part], {bv[h][2], bv[h][3]});
                 }
           }
     }
   }
   const long long base = (bh * s.splits + split) * s.R;
+  const float unscale = kHalf ? 1.0f / 32768.0f : 1.0f;  // 2^-kPScaleLog2
 #pragma unroll
   for (int hr = 0; hr < 2; ++hr) {
     const long long r = r0 + row_w + g + 8 * hr;
     if (r >= s.R) continue;
-    if (t == 0) w.part_m[base + r] = m[hr], w.part_l[base + r] = l[hr];
+    if (t == 0) w.part_m[base + r] = m[hr], w.part_l[base + r] = kHalf ? l[hr] * unscale : l[hr];
     if (kNeedO)
 #pragma unroll
       for (int dn = 0; dn < 2 * kSteps; ++dn)
 #pragma unroll
         for (int j = 0; j < 2; ++j) {
           const int d = 8 * dn + 2 * t + j;
-          if (d < Di) w.part_o[(base + r) * D + d] = o[dn][2 * hr + j];
+          if (d < Di) w.part_o[(base + r) * D + d] = kHalf ? o[dn][2 * hr + j] * unscale : o[dn][2 * hr + j];
         }
   }
 }
@@ -246,14 +258,15 @@ __global__ void __launch_bounds__(kThreads) pass1_mma_kernel(SaliencyParams p, S
 // Per 16-wide step of D a warp loads two ldmatrix .x4 each of Q, K and V and
 // six of O's terms for 8 + 24 products.
 // smem: lim, q_off rows (64-bit) | Kw keys*pw | Vw keys*pw (scores that read V) |
-// Qw rows*pw, then Op 3*rows*pw (key, joint: O's three bf16 terms, copied
+// Qw rows*pw, then Op 3*rows*pw (key, joint: O's three 16-bit terms, copied
 // from combine_kernel's Work::o_terms like Q), both dead once the chunk's
 // products are done, so Cs rows*(keys+1) takes the same space (the larger
-// of the two) | head G*keys | vn1, vn2 keys | rm, ril, ron2 rows | head_of
-// rows (int); pass2_mma_smem in saliency_cuda.cu is the same sum.
-template <Score S>
+// of the two) | head G*keys | vn1, vn2 keys | rm, ril, ron2, ros rows |
+// head_of rows (int); pass2_mma_smem in saliency_cuda.cu is the same sum.
+template <typename E, Score S>
 __global__ void __launch_bounds__(kThreads) pass2_mma_kernel(SaliencyParams p, Shape s, Work w) {
   constexpr int kKeys = mma_pass2_keys(S), kR = mma_pass2_rows(S), kCs = kKeys + 1, kKeyWarps = kKeys / 32;
+  constexpr bool kHalf = std::is_same<E, half_t>::value;
   constexpr bool kVo = score_needs_vo(S);
   constexpr bool kNeedV = kVo || score_needs_vn1(S) || score_needs_vn2(S);
   static_assert(mma_pass2_supports<S>(), "loo runs on the FP32 path");
@@ -262,13 +275,13 @@ __global__ void __launch_bounds__(kThreads) pass2_mma_kernel(SaliencyParams p, S
   const int Di = static_cast<int>(D), depth = mma_depth(D), pw = pair_stride(D), plane = kR * pw;
   const long long p0 = static_cast<long long>(blockIdx.x) * kKeys, bh = blockIdx.y;
   const int tn = static_cast<int>(N - p0 < kKeys ? N - p0 : kKeys);
-  const HeadPtrs<bf16_t> hp = head_ptrs<bf16_t>(p, blockIdx.y);
-  const bf16_t *K = hp.k, *V = hp.v, *q_bh = hp.q;
-  // O's three bf16 terms (combine_kernel's Work::o_terms), a chunk's in
-  // one run of 3 kR rows of depth values: 16-byte pieces wherever the
-  // workspace starts 16-byte aligned.
+  const HeadPtrs<E> hp = head_ptrs<E>(p, blockIdx.y);
+  const E *K = hp.k, *V = hp.v, *q_bh = hp.q;
+  // O's three terms (combine_kernel's Work::o_terms), a chunk's in one run
+  // of 3 kR rows of depth values: 16-byte pieces wherever the workspace
+  // starts 16-byte aligned.
   const long long o_chunks = (s.R + kR - 1) / kR;
-  const bf16_t* o_bh = kVo ? w.o_terms + bh * o_chunks * 3 * kR * depth : nullptr;
+  const E* o_bh = kVo ? reinterpret_cast<const E*>(w.o_terms) + bh * o_chunks * 3 * kR * depth : nullptr;
   const bool o_vec = reinterpret_cast<uintptr_t>(w.o_terms) % 16 == 0;
   long long *lim = reinterpret_cast<long long*>(smem), *q_off = lim + kR;
   uint32_t* Kw = reinterpret_cast<uint32_t*>(smem + 4 * kR);
@@ -278,12 +291,12 @@ __global__ void __launch_bounds__(kThreads) pass2_mma_kernel(SaliencyParams p, S
   float* Cs = reinterpret_cast<float*>(Qw);
   const int rows_words = (kVo ? 4 : 1) * plane;
   const Pass2Smem sm = carve_pass2(Cs + (rows_words > kR * kCs ? rows_words : kR * kCs), p.G, kKeys, kR);
-  float *head = sm.head, *vn1 = sm.vn1, *vn2 = sm.vn2, *rm = sm.rm, *ril = sm.ril, *ron2 = sm.ron2;
+  float *head = sm.head, *vn1 = sm.vn1, *vn2 = sm.vn2, *rm = sm.rm, *ril = sm.ril, *ron2 = sm.ron2, *ros = sm.ros;
   int* head_of = sm.head_of;
   const int tid = threadIdx.x, lane = tid % kTile, warp = tid / kTile;
   const int g = lane / 4, t = lane % 4, row_w = warp / kKeyWarps * 32, key_w = warp % kKeyWarps * 32;
 
-  const bf16_t *Kt = K + p0 * p.k_sn, *Vt = V + p0 * p.v_sn;
+  const E *Kt = K + p0 * p.k_sn, *Vt = V + p0 * p.v_sn;
   load_pair_rows([&](int c) { return Kt + c * p.k_sn; }, tn, kKeys, Di, pw, s.vec16, Kw);
   if (kNeedV) load_pair_rows([&](int c) { return Vt + c * p.v_sn; }, tn, kKeys, Di, pw, s.vec16, Vw);
   sync_tiles();
@@ -293,7 +306,7 @@ __global__ void __launch_bounds__(kThreads) pass2_mma_kernel(SaliencyParams p, S
     const uint4* row = reinterpret_cast<const uint4*>(Vw + c * pw);
     for (int i = 0; i < depth / 8; ++i) {
       const uint32_t w4[4] = {row[i].x, row[i].y, row[i].z, row[i].w};
-      for (const uint32_t x : w4) add_norms<S>(mma::low_of(x), a1, a2), add_norms<S>(mma::high_of(x), a1, a2);
+      for (const uint32_t x : w4) add_norms<S>(mma::low_of<E>(x), a1, a2), add_norms<S>(mma::high_of<E>(x), a1, a2);
     }
   });
   const mma::RowChunks rc = mma::pair_row_chunks<kThreads>(Di);
@@ -304,10 +317,10 @@ __global__ void __launch_bounds__(kThreads) pass2_mma_kernel(SaliencyParams p, S
     const int rows_in = chunk_rows(s, r0, kR);
     mma::load_pair_rows<kThreads>(rc, [&](int rr) { return q_bh + q_off[rr]; }, rows_in, kR, Di, pw, s.vec16, Qw);
     if (kVo) {
-      const bf16_t* ot = o_bh + r0 * 3 * depth;  // chunk r0 / kR
+      const E* ot = o_bh + r0 * 3 * depth;  // chunk r0 / kR
       mma::load_pair_rows<kThreads>(rc, [&](int c) { return ot + c * depth; }, 3 * kR, 3 * kR, depth, pw, o_vec, Op);
     }
-    load_row_stats<true>(s, w, bh, r0, kR, rm, ril, ron2);
+    load_row_stats<true>(s, w, bh, r0, kR, sm);
     sync_tiles();
     // This warp's 32 rows x 32 keys: z[mt][nt] and vo[mt][nt] are the
     // accumulator fragments of rows row_w + 16 mt, keys key_w + 8 nt.
@@ -329,8 +342,8 @@ __global__ void __launch_bounds__(kThreads) pass2_mma_kernel(SaliencyParams p, S
         load_b_pair(bk, Kw, pw, key_w + 8 * nt, k0, lane);
 #pragma unroll
         for (int mt = 0; mt < 2; ++mt) {
-          mma::m16n8k16(z[mt][nt], aq[mt], {bk[0], bk[1]});
-          mma::m16n8k16(z[mt][nt + 1], aq[mt], {bk[2], bk[3]});
+          mma::m16n8k16_of<E>(z[mt][nt], aq[mt], {bk[0], bk[1]});
+          mma::m16n8k16_of<E>(z[mt][nt + 1], aq[mt], {bk[2], bk[3]});
         }
         if (kVo) {
           uint32_t bv[4];
@@ -339,8 +352,8 @@ __global__ void __launch_bounds__(kThreads) pass2_mma_kernel(SaliencyParams p, S
           for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
             for (int part = 0; part < 3; ++part) {
-              mma::m16n8k16(vo[mt][nt], ao[mt][part], {bv[0], bv[1]});
-              mma::m16n8k16(vo[mt][nt + 1], ao[mt][part], {bv[2], bv[3]});
+              mma::m16n8k16_of<E>(vo[mt][nt], ao[mt][part], {bv[0], bv[1]});
+              mma::m16n8k16_of<E>(vo[mt][nt + 1], ao[mt][part], {bv[2], bv[3]});
             }
         }
       }
@@ -381,7 +394,7 @@ __global__ void __launch_bounds__(kThreads) pass2_mma_kernel(SaliencyParams p, S
         for (int hr = 0; hr < 2; ++hr) {
           const int rr = row_w + 16 * mt + g + 8 * hr;
           const int last = last_visible(lim[rr], p0, tn);
-          const float m = rm[rr], log2_il = ril[rr], on2 = ron2[rr];
+          const float m = rm[rr], log2_il = ril[rr], on2 = ron2[rr], os = ros[rr];
 #pragma unroll
           for (int nt = 0; nt < 4; ++nt)
 #pragma unroll
@@ -389,7 +402,8 @@ __global__ void __launch_bounds__(kThreads) pass2_mma_kernel(SaliencyParams p, S
               const int c = key_w + 8 * nt + 2 * t + j, i = 2 * hr + j;
               const float zz = z[mt][nt][i] * p.scale;
               const float a = mma::exp2_approx(mul_add(zz - m, mma::kLog2e, log2_il));
-              const float xv = score_contribution<S, float>(a, zz, k1[nt][j], k2[nt][j], vo[mt][nt][i], on2, 0.0f);
+              const float vox = kHalf ? vo[mt][nt][i] * os : vo[mt][nt][i];  // f16: O's terms were of O / os
+              const float xv = score_contribution<S, float>(a, zz, k1[nt][j], k2[nt][j], vox, on2, 0.0f);
               const float x = !kMasked || c <= last ? xv : 0.0f;
               if (kMode == 0)
                 Cs[rr * kCs + c] = x;

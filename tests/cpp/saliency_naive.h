@@ -16,13 +16,17 @@
 
 namespace naive {
 
-// Element data for a test tensor: values on a grid (k / 64) that float16 and
-// bfloat16 hold exactly, so every dtype sees the same numbers.
+// Element data for a test tensor: values on a grid (k / 64, times a power of
+// two) that float16 and bfloat16 hold exactly, so every dtype sees the same
+// numbers.
 inline uint16_t float_to_half_bits_exact(float f) {
   uint32_t u;
   std::memcpy(&u, &f, 4);
   const uint32_t sign = (u >> 16) & 0x8000u;
   if ((u & 0x7fffffffu) == 0) return static_cast<uint16_t>(sign);
+  const float mag = std::fabs(f);
+  if (mag < 6.103515625e-05f)  // below 2^-14: a subnormal, a whole number of 2^-24 steps
+    return static_cast<uint16_t>(sign | static_cast<uint32_t>(mag * 16777216.0f));
   const int exp = static_cast<int>((u >> 23) & 0xff) - 127 + 15;
   return static_cast<uint16_t>(sign | (static_cast<uint32_t>(exp) << 10) | ((u >> 13) & 0x3ffu));
 }

@@ -78,6 +78,9 @@ TEST(CudaSaliency, MatchesCpu) {
   check<float>({1, 1, 1, 1, 1, 64, true}, obc::DType::F32, rng);
   check<obc::half_t>({1, 2, 2, 8, 1000, 64, true}, obc::DType::F16, rng);
   check<obc::bf16_t>({1, 2, 2, 8, 1000, 256, true}, obc::DType::BF16, rng);
+  // More than 16 rows: both passes on the tensor cores (sm_80+), both 16-bit types.
+  check<obc::half_t>({1, 2, 4, 32, 3001, 128, true}, obc::DType::F16, rng);
+  check<obc::bf16_t>({1, 2, 4, 32, 3001, 128, true}, obc::DType::BF16, rng);
 }
 
 TEST(CudaSaliency, GivenAttentionOutputMatchesCpu) {
@@ -85,6 +88,7 @@ TEST(CudaSaliency, GivenAttentionOutputMatchesCpu) {
   std::mt19937 rng(2);
   check<float>({1, 2, 4, 32, 3001, 128, true}, obc::DType::F32, rng, true);
   check<obc::bf16_t>({1, 2, 2, 8, 1000, 64, false}, obc::DType::BF16, rng, true);
+  check<obc::half_t>({1, 2, 2, 32, 1000, 64, false}, obc::DType::F16, rng, true);
 }
 
 }  // namespace

@@ -30,6 +30,29 @@ struct Case {
   bool causal;
 };
 
+// p's scores from the CPU kernel and from the CUDA kernels (emulated).
+std::vector<float> cpu_scores(obc::SaliencyParams p) {
+  std::vector<float> out(p.B * p.Hkv * p.N);
+  std::vector<double> ws(obc::saliency_cpu_workspace_bytes(p) / 8 + 8);
+  p.out = out.data();
+  obc::saliency_cpu(p, 0, p.B * p.Hkv, ws.data());
+  return out;
+}
+std::vector<float> cuda_scores(obc::SaliencyParams p) {
+  std::vector<float> out(p.B * p.Hkv * p.N, -12345.0f);
+  std::vector<float> ws(obc::saliency_cuda_workspace_bytes(p) / 4 + 1, NAN);
+  p.out = out.data();
+  EXPECT_EQ(obc::saliency_cuda(p, ws.data(), nullptr), 0);
+  return out;
+}
+// got within tol of want, relative to want's largest magnitude.
+void expect_close(const std::vector<float>& got, const std::vector<float>& want, double tol, const std::string& what) {
+  double mag = 0;
+  for (float x : want) mag = std::max(mag, std::fabs(static_cast<double>(x)));
+  for (size_t i = 0; i < want.size(); ++i)
+    ASSERT_NEAR(got[i], want[i], tol * std::max(mag, 1e-30)) << what << " at " << i;
+}
+
 // Scores `scores` (bit s = Score s); with all_reductions, each score runs two
 // of the six (group, query) reductions, so that every reduction meets two
 // scores (the reductions themselves are score-independent code). given_o:
@@ -37,17 +60,19 @@ struct Case {
 // v_near != 0: every value is v_near + x / 32 instead of x (x on the grid),
 // so that v - o cancels in the key and joint scores, and the scores are
 // checked against the float64 reference (naive::saliency) instead of the CPU
-// kernels; tol: relative to the largest score.
+// kernels; tol: relative to the largest score. v_scale multiplies every
+// value (after v_near), a power of two.
 template <typename E>
 void check_case(const Case& c, obc::DType dt, std::mt19937& rng, bool all_reductions, unsigned scores = 0x7f,
-                bool given_o = false, float v_near = 0.0f, double tol = 2e-5) {
+                bool given_o = false, float v_near = 0.0f, double tol = 2e-5, float v_scale = 1.0f) {
   const int64_t sn = c.D + c.pad, sh = (c.N + 1) * sn, sb = c.H * sh;
   const int64_t qw = c.D + c.pad, qh = c.W * qw, qb = c.H * c.G * qh;
   std::vector<E> k(c.B * sb), v(c.B * sb), q(c.B * qb), o(c.B * qb);
   for (auto* t : {&k, &v, &q, &o}) {
     const std::vector<float> x = naive::grid_values(t->size(), rng);
     const bool near = t == &v && v_near != 0.0f;
-    for (size_t i = 0; i < x.size(); ++i) (*t)[i] = naive::from_float<E>(near ? v_near + x[i] / 32 : x[i]);
+    const float scale = t == &v ? v_scale : 1.0f;
+    for (size_t i = 0; i < x.size(); ++i) (*t)[i] = naive::from_float<E>((near ? v_near + x[i] / 32 : x[i]) * scale);
   }
   for (int s = 0; s < 7; ++s)
     for (int j = 0; j < (all_reductions ? 2 : 1); ++j) {
@@ -62,13 +87,8 @@ void check_case(const Case& c, obc::DType dt, std::mt19937& rng, bool all_reduct
       p.scale = 0.3f, p.causal = c.causal, p.score = static_cast<Score>(s);
       p.group_reduce = static_cast<obc::GroupReduce>(red % 3);
       p.query_reduce = static_cast<obc::QueryReduce>(red / 3);
-      std::vector<float> want(c.B * c.H * c.N), got(want.size(), -12345.0f);
-      std::vector<double> cpu_ws(obc::saliency_cpu_workspace_bytes(p) / 8 + 8);
-      p.out = want.data();
-      obc::saliency_cpu(p, 0, c.B * c.H, cpu_ws.data());
-      std::vector<float> ws(obc::saliency_cuda_workspace_bytes(p) / 4 + 1, NAN);
-      p.out = got.data();
-      ASSERT_EQ(obc::saliency_cuda(p, ws.data(), nullptr), 0);
+      std::vector<float> want = cpu_scores(p);
+      const std::vector<float> got = cuda_scores(p);
       if (v_near != 0.0f) {
         std::vector<float> kf(k.size()), vf(v.size()), qf(q.size());
         for (size_t i = 0; i < k.size(); ++i) kf[i] = obc::Elem<E>::load(k[i]), vf[i] = obc::Elem<E>::load(v[i]);
@@ -77,12 +97,11 @@ void check_case(const Case& c, obc::DType dt, std::mt19937& rng, bool all_reduct
                                                         {qf.data(), qb, qh, qw}, p.scale);
         want.assign(ref.begin(), ref.end());
       }
-      double mag = 0;
-      for (float x : want) mag = std::max(mag, std::fabs(static_cast<double>(x)));
-      for (size_t i = 0; i < want.size(); ++i)
-        ASSERT_NEAR(got[i], want[i], tol * std::max(mag, 1e-30))
-            << "N=" << c.N << " W=" << c.W << " G=" << c.G << " D=" << c.D << " causal=" << c.causal
-            << " score=" << s << " reduction=" << red << " at " << i;
+      expect_close(got, want, tol,
+                   "N=" + std::to_string(c.N) + " W=" + std::to_string(c.W) + " G=" + std::to_string(c.G) +
+                       " D=" + std::to_string(c.D) + " causal=" + std::to_string(c.causal) +
+                       " score=" + std::to_string(s) + " reduction=" + std::to_string(red));
+      if (testing::Test::HasFatalFailure()) return;
     }
 }
 
@@ -152,11 +171,15 @@ TEST(EmuSaliency, SeveralKeySplitsAreCombined) {
 
 // O given: pass 1 skips it (its workspace too) and combine reads it, over
 // several splits and row chunks; every score (those that do not read O
-// ignore it).
+// ignore it). float16 with 64 rows: both passes on the tensor cores, O's
+// terms made (and scaled) from the given O.
 TEST(EmuSaliency, GivenAttentionOutputIsRead) {
   std::mt19937 rng(4);
   check_case<float>({1, 2, 3, 7, 300, 16, 3, true}, obc::DType::F32, rng, true, 0x7f, true);
   check_case<obc::bf16_t>({1, 1, 2, 3, 37, 8, 1, false}, obc::DType::BF16, rng, false, 0x7f, true);
+  const long long before = simt::mma_instructions();
+  check_case<obc::half_t>({1, 1, 2, 32, 100, 16, 0, true}, obc::DType::F16, rng, false, 0x7f, true);
+  EXPECT_GT(simt::mma_instructions(), before);
 }
 
 TEST(EmuSaliency, HalfAndBFloat16) {
@@ -165,19 +188,20 @@ TEST(EmuSaliency, HalfAndBFloat16) {
   check_case<obc::bf16_t>({1, 1, 2, 3, 37, 8, 0, true}, obc::DType::BF16, rng, false);
 }
 
-// bfloat16 with more than 16 rows: both passes on the tensor cores
-// (saliency_mma_cuda.cuh; loo's pass 2 stays on the FP32 units), every score
+// bfloat16 or float16 with more than 16 rows: both passes on the tensor
+// cores (saliency_mma_cuda.cuh; loo's pass 2 stays on the FP32 units), every score
 // (every reduction in the first case), against the CPU kernel at the float
 // tolerance of the other cases: N not a multiple of the 64- or 128-key
 // tile, D = 13 and 72 (padded to 16 and 80) and 128, rows 21 (one partial
 // chunk of 32 or 64 rows) and 66 (three or two), two key splits (N = 300),
 // B = 2, causal or not, strided, and W = 32, 64 (the in-register query
 // reduction), every reduction.
-// Then the same on an emulated sm_75, which has no bf16 tensor cores, and
+// Then the same on an emulated sm_75, which has no bf16 / f16 m16n8k16, and
 // with OBCACHE_CUDA_TENSOR_CORES=0: the FP32 passes run and no mma
 // instruction does.
-TEST(EmuSaliency, BFloat16OnTensorCores) {
-  std::mt19937 rng(13);
+template <typename E>
+void on_tensor_cores(obc::DType dt, unsigned seed) {
+  std::mt19937 rng(seed);
   const Case cases[] = {{1, 2, 3, 7, 45, 16, 3, true},
                         {1, 2, 5, 7, 70, 13, 2, true},
                         {2, 1, 4, 3, 40, 72, 0, false},
@@ -200,21 +224,23 @@ TEST(EmuSaliency, BFloat16OnTensorCores) {
     // Not loo at D = 128: its logits span ~100 here, A comes within float
     // rounding of 1, and A / (1 - A) turns the different summation order of
     // the tensor cores into 3e-5 relative (as in HeadDim256OnEachGpuGeneration).
-    check_case<obc::bf16_t>(c, obc::DType::BF16, rng, &c == cases || c.W >= 32, c.D == 128 ? 0x3f : 0x7f);
+    check_case<E>(c, dt, rng, &c == cases || c.W >= 32, c.D == 128 ? 0x3f : 0x7f);
     EXPECT_GT(simt::mma_instructions(), before) << "D=" << c.D;
   }
   simt::set_compute_capability_major(7);
   long long before = simt::mma_instructions();
-  check_case<obc::bf16_t>(cases[1], obc::DType::BF16, rng, false);
+  check_case<E>(cases[1], dt, rng, false);
   EXPECT_EQ(simt::mma_instructions(), before);
   simt::set_compute_capability_major(9);
   // OBCACHE_CUDA_TENSOR_CORES=0 takes the FP32 kernels on a GPU that has them.
   setenv("OBCACHE_CUDA_TENSOR_CORES", "0", 1);
   before = simt::mma_instructions();
-  check_case<obc::bf16_t>(cases[0], obc::DType::BF16, rng, false, 1u << 5);
+  check_case<E>(cases[0], dt, rng, false, 1u << 5);
   EXPECT_EQ(simt::mma_instructions(), before);
   unsetenv("OBCACHE_CUDA_TENSOR_CORES");
 }
+TEST(EmuSaliency, BFloat16OnTensorCores) { on_tensor_cores<obc::bf16_t>(obc::DType::BF16, 13); }
+TEST(EmuSaliency, Float16OnTensorCores) { on_tensor_cores<obc::half_t>(obc::DType::F16, 14); }
 
 // The tensor cores multiply O (and P, which makes O, in pass 1) as three
 // bf16 terms, to keep float precision where ||v||^2 - 2 v . o + ||o||^2
@@ -222,14 +248,68 @@ TEST(EmuSaliency, BFloat16OnTensorCores) {
 // the key and joint scores are ~1/800 of ||v||^2, and float32 itself is off
 // by up to ~5e-3 of the largest score (the CPU kernels: 3.0e-3 at D = 128,
 // 5.0e-3 at D = 64, against float64; the tensor cores 4.4e-3 and 3.8e-3).
-// A single bf16 term (2^-9 relative in o) would be off by ~100%.
-TEST(EmuSaliency, BFloat16TensorCoresKeepOAtFloatPrecisionWhereVMinusOCancels) {
+// A single bf16 term (2^-9 relative in o) would be off by ~100%. float16
+// likewise, with three f16 terms (one, 2^-12 relative, would be off by ~10%).
+template <typename E>
+void keep_o_where_v_minus_o_cancels(obc::DType dt) {
   std::mt19937 rng(21);
   const Case cases[] = {{1, 2, 2, 32, 150, 128, 0, true}, {1, 1, 3, 9, 120, 64, 0, false}};
   for (const Case& c : cases) {
     const long long before = simt::mma_instructions();
-    check_case<obc::bf16_t>(c, obc::DType::BF16, rng, false, 1u << 4 | 1u << 5, false, 1.0f, 1e-2);
+    check_case<E>(c, dt, rng, false, 1u << 4 | 1u << 5, false, 1.0f, 1e-2);
     EXPECT_GT(simt::mma_instructions(), before) << "D=" << c.D;
+  }
+}
+TEST(EmuSaliency, BFloat16TensorCoresKeepOAtFloatPrecisionWhereVMinusOCancels) {
+  keep_o_where_v_minus_o_cancels<obc::bf16_t>(obc::DType::BF16);
+}
+TEST(EmuSaliency, Float16TensorCoresKeepOAtFloatPrecisionWhereVMinusOCancels) {
+  keep_o_where_v_minus_o_cancels<obc::half_t>(obc::DType::F16);
+}
+
+// float16's O terms are of each row's O times a power of two that puts its
+// largest element just below 2^15 (Work::fin_os): with values below 2^-15,
+// O's second and third terms would otherwise fall below f16's smallest step
+// (2^-24), and the key scores be off by 3e-4 of the largest (6e-8 scaled);
+// with values up to 2^15, O is scaled down. Both score as the CPU kernel
+// does, at the float tolerance of the other cases.
+TEST(EmuSaliency, Float16TensorCoresScaleEachRowOfO) {
+  std::mt19937 rng(22);
+  const Case c{1, 2, 2, 32, 150, 64, 0, true};
+  for (const float v_scale : {std::ldexp(1.0f, -16), std::ldexp(1.0f, 14)}) {
+    const long long before = simt::mma_instructions();
+    check_case<obc::half_t>(c, obc::DType::F16, rng, false, 1u << 4 | 1u << 5, false, 0.0f, 2e-5, v_scale);
+    EXPECT_GT(simt::mma_instructions(), before) << v_scale;
+  }
+}
+
+// float16's P is split as 2^15 P (kPScaleLog2): unscaled, the f16 terms of
+// a P below 2^-14 are subnormals, each up to 2^-25 off. Here every key but
+// key 0 has a logit 11 below key 0's (P = e^-11 = 1.7e-5, rounded alike in
+// every one) and a positive value, so that the rounding adds up in O
+// instead of averaging out; v_0 = 0, so O is theirs alone. Unscaled, the
+// key and joint scores are off by 4e-4 of the largest; scaled, as float.
+TEST(EmuSaliency, Float16TensorCoresScaleP) {
+  const int64_t N = 1000, D = 16, W = 32, G = 2;
+  std::mt19937 rng(23);
+  const std::vector<float> x = naive::grid_values(N * D, rng);
+  std::vector<obc::half_t> k(N * D, naive::from_float<obc::half_t>(0.0f)), v(N * D), q(G * W * D, k[0]);
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t d = 0; d < D; ++d)
+      v[n * D + d] = naive::from_float<obc::half_t>(n ? 0.5f + std::fabs(x[n * D + d]) : 0.0f);
+  k[0] = naive::from_float<obc::half_t>(11.0f);  // k_0 = 11 e_0, the others 0
+  for (int64_t r = 0; r < G * W; ++r) q[r * D] = naive::from_float<obc::half_t>(1.0f);  // every query e_0
+  obc::SaliencyParams p;
+  p.k = k.data(), p.v = v.data(), p.q = q.data(), p.dtype = obc::DType::F16;
+  p.B = 1, p.Hkv = 1, p.G = G, p.W = W, p.N = N, p.D = D;
+  p.k_sb = p.v_sb = p.k_sh = p.v_sh = N * D, p.k_sn = p.v_sn = D;
+  p.q_sb = G * W * D, p.q_sh = W * D, p.q_sw = D;
+  p.scale = 1.0f, p.causal = false;
+  for (const Score sc : {Score::Key, Score::Joint}) {
+    p.score = sc;
+    const long long before = simt::mma_instructions();
+    expect_close(cuda_scores(p), cpu_scores(p), 2e-5, "score=" + std::to_string(static_cast<int>(sc)));
+    EXPECT_GT(simt::mma_instructions(), before);
   }
 }
 

@@ -123,7 +123,7 @@ constexpr size_t kDefaultDynamicSmem = 48 * 1024, kMaxOptInDynamicSmem = 227 * 1
 inline std::atomic<size_t> smem_optin_limit{kMaxOptInDynamicSmem};
 // The emulated device's compute capability (major): 9, or another one a test
 // sets with set_compute_capability_major to run a launcher's fallback for an
-// older GPU (e.g. one without bf16 tensor cores, major < 8).
+// older GPU (e.g. one without bf16 / f16 tensor cores, major < 8).
 inline std::atomic<int> cc_major{9};
 // Warp-level mma instructions executed so far (tests check which kernel ran).
 inline std::atomic<long long> mma_count{0};
