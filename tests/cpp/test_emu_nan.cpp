@@ -11,8 +11,10 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <random>
+#include <type_traits>
 #include <vector>
 
 #include "saliency_cpu.h"
@@ -172,6 +174,72 @@ TEST(EmuNan, SaliencyAndSelectFollowTheNanPolicyLikeTheCpu) {
     }
   EXPECT_GT(total_nan, 0);
   EXPECT_GT(checked, 0);
+}
+
+// The same policy on the tensor-core paths, bfloat16 and float16 with 32
+// rows (W = 16: both passes on the tensor cores), where P and O go in as
+// three 16-bit terms (a NaN or inf reaches them through the split: inf - inf
+// is NaN) and float16 scales each row of O by a power of two worked out
+// from its largest element (an inf row included). A NaN, +inf and -inf in
+// k, v and q in turn, each with a third of the scores (every score meets
+// three of the nine): the same NaN positions as the CPU kernel, no +-inf,
+// the finite scores within float rounding.
+template <typename E>
+void nan_policy_on_tensor_cores(obc::DType dt, uint16_t nan_bits, uint16_t inf_bits) {
+  constexpr int64_t Wt = 16;
+  std::mt19937 rng(5);
+  std::normal_distribution<float> nd;
+  const auto bits_of = [](float x) {  // x rounded toward zero, at least 2^-10 in magnitude (normal in f16)
+    x = std::fabs(x) < 0x1p-10f ? std::copysign(0x1p-10f, x) : x;
+    uint32_t u;
+    std::memcpy(&u, &x, 4);
+    if (std::is_same<E, obc::bf16_t>::value) return static_cast<uint16_t>(u >> 16);
+    return static_cast<uint16_t>(((u >> 16) & 0x8000u) | (((u >> 23) & 0xffu) - 112u) << 10 | ((u >> 13) & 0x3ffu));
+  };
+  int64_t total_nan = 0;
+  int input = 0;
+  const long long before = simt::mma_instructions();
+  for (int which = 0; which < 3; ++which)
+    for (const uint16_t bad : {nan_bits, inf_bits, static_cast<uint16_t>(inf_bits | 0x8000u)}) {
+      ++input;
+      std::vector<E> k(B * H * N * D), v(k.size()), q(B * H * G * Wt * D);
+      for (auto* t : {&k, &v, &q})
+        for (E& x : *t) x.bits = bits_of(nd(rng));
+      std::vector<E>& t = which == 0 ? k : which == 1 ? v : q;
+      // k: key 44, past every causal query's position but the last one's; v: key
+      // 22, which every query sees; q: head 3's last query (all of head 0's).
+      t[(which == 0 ? 44 : which == 1 ? 22 : 3 * Wt + Wt - 1) * D + 5].bits = bad;
+      for (int s = input % 3; s < 7; s += 3) {
+        obc::SaliencyParams p;
+        p.k = k.data(), p.v = v.data(), p.q = q.data(), p.dtype = dt;
+        p.B = B, p.Hkv = H, p.G = G, p.W = Wt, p.N = N, p.D = D;
+        p.k_sn = p.v_sn = D, p.k_sh = p.v_sh = N * D, p.k_sb = p.v_sb = H * N * D;
+        p.q_sw = D, p.q_sh = Wt * D, p.q_sb = H * G * Wt * D;
+        p.scale = 0.35f, p.causal = s % 2, p.score = static_cast<Score>(s);
+        const std::vector<float> want = run_cpu(p), got = run_emu(p);
+        double mag = 0;
+        for (float x : want)
+          if (std::isfinite(x)) mag = std::max(mag, std::fabs(static_cast<double>(x)));
+        for (size_t i = 0; i < want.size(); ++i) {
+          ASSERT_FALSE(std::isinf(got[i])) << "CUDA score is +-inf at " << i << " score=" << s;
+          ASSERT_EQ(std::isnan(got[i]), std::isnan(want[i]))
+              << "NaN mismatch at " << i << " score=" << s << " which=" << which << " bad=" << bad
+              << " cpu=" << want[i] << " cuda=" << got[i];
+          if (!std::isnan(want[i])) {
+            ASSERT_NEAR(got[i], want[i], 2e-5 * std::max(mag, 1e-30)) << i << " score=" << s;
+          }
+          total_nan += std::isnan(want[i]);
+        }
+      }
+    }
+  EXPECT_GT(total_nan, 0);
+  EXPECT_GT(simt::mma_instructions(), before);
+}
+TEST(EmuNan, BFloat16TensorCoresFollowTheNanPolicy) {
+  nan_policy_on_tensor_cores<obc::bf16_t>(obc::DType::BF16, 0x7fc0u, 0x7f80u);
+}
+TEST(EmuNan, Float16TensorCoresFollowTheNanPolicy) {
+  nan_policy_on_tensor_cores<obc::half_t>(obc::DType::F16, 0x7e00u, 0x7c00u);
 }
 
 // NaN ties in select go to the lower index, CPU and CUDA alike.
