@@ -1,10 +1,11 @@
 """CUDA kernels vs the reference and the kvpress-style baseline, timed with
 CUDA events: saliency (joint; also `obcache+o`, given the window's attention
-output as a model hands it over, and `obcache-fp32`, bfloat16 on the FP32
-kernels instead of the tensor cores: OBCACHE_CUDA_TENSOR_CORES=0), select,
-compact_ and evict (also `obcache-fp32`) at N in {4k, 32k,
-128k}, bfloat16, B=1, H_kv=8, G=4, W=32, D=128, budget N/10, sink 4,
-recent W, max pooling kernel 7; and projected_value_norm (the L1 norms of
+output as a model hands it over, and `obcache-fp32`, the 16-bit inputs on
+the FP32 kernels instead of the tensor cores: OBCACHE_CUDA_TENSOR_CORES=0),
+select, compact_ and evict (also `obcache-fp32`) at N in {4k, 32k, 128k},
+bfloat16 (--dtype float16 for float16), B=1, H_kv=8, G=4, W=32, D=128,
+budget N/10, sink 4, recent W, max pooling kernel 7; and
+projected_value_norm (the L1 norms of
 CriticalKV's score; also `obcache-fp32`) with Llama-3.1-8B's o_proj, hidden
 4096.
 
@@ -105,7 +106,7 @@ def extra_memory(fn, prepare, device):
 
 
 def fp32_units(fn):
-    """fn with OBCACHE_CUDA_TENSOR_CORES=0: bfloat16 saliency and 16-bit projected_value_norm on the FP32
+    """fn with OBCACHE_CUDA_TENSOR_CORES=0: 16-bit saliency and projected_value_norm on the FP32
     kernels instead of the tensor cores (the same run's baseline for what the tensor cores gain; identical
     calls for other dtypes)."""
     def run():

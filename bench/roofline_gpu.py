@@ -4,13 +4,14 @@ for the work the kernels as written do, on the units they run on. Prints a
 markdown table (bench/results/kernels.md).
 
 Peaks (H100 SXM datasheet): HBM3 3.35 TB/s; 67 TFLOP/s FP32 on the CUDA
-cores; 989 TFLOP/s dense bf16 on the tensor cores. Since 2026-12-02 the
-saliency kernels take bfloat16 inputs' products to the tensor cores, and
-since 2026-12-03 projected_value_norm bfloat16's and float16's (mma.sync;
-other inputs, and GPUs before sm_80, stay on the FP32 cores), so 16-bit
-rows are modelled both ways. As written on the tensor cores:
+cores; 989 TFLOP/s dense bf16 (and f16) on the tensor cores. Since
+2026-12-02 the saliency kernels take bfloat16 inputs' products to the
+tensor cores, since 2026-12-03 projected_value_norm bfloat16's and
+float16's, and since the seventh session of 2026-12-03 saliency float16's
+(mma.sync; float32 inputs, and GPUs before sm_80, stay on the FP32 cores),
+so 16-bit rows are modelled both ways. As written on the tensor cores:
 pass 1 Q K^T and P V, pass 2 Q K^T and O V^T, with P and O split into three
-bf16 terms (8 products where 3 are necessary); the 989 TFLOP/s are wgmma's,
+16-bit terms (8 products where 3 are necessary); the 989 TFLOP/s are wgmma's,
 and mma.sync, used here because it also runs on sm_80, reaches less of them
 on Hopper (bench/gpu.sh measures). Beside the tensor cores, every
 instruction of a pass takes an issue slot (one warp instruction per clock per
@@ -59,6 +60,12 @@ ISSUE = 4 * 132 * 1.98e9
 # gives 4.47 for the same kernels; the history before is in kernels.md
 # ("Issue slots" and after).
 WARP_INSTR_PER_PAIR = {"pass 1": 1131 / 1024, "pass 2": 1503 / 1024, "pass 2, per block": 1116 / 4096}
+# float16 (pass 1 the same length) adds, per 1,024 pairs of pass 2, one
+# multiply per pair by its row's scale of O's f16 terms and a load of that
+# scale per row: 32 + 4 per lane (sass_loops.py, the row-chunk loop of the
+# bf16 and f16 joint kernels: 5,166 and 5,382 over the six copies of the
+# contributions).
+F16_EXTRA_PER_PAIR = 36 / 1024
 # Keys per pass-2 block of the key and joint scores (saliency_mma_cuda.cuh).
 PASS2_KEYS = 128
 # Pass 2 re-reads the window's Q (16-bit) and O (three bf16 terms) for
@@ -103,6 +110,7 @@ def kernels(B, Hkv, G, W, N, D, e, budget, hidden):
     l2_bytes = -(-N // PASS2_KEYS) * B * Hq * W * D * (e + 6)  # pass 2: Q and O's terms per key block
     select_s = N * SELECT_BYTES_PER_KEY / SM_BYTES_PER_S  # rows in parallel, one SM each
     rows = []
+    f16_issue_s = pairs * F16_EXTRA_PER_PAIR / ISSUE
     rows.append(("saliency (joint), bf16, tensor cores", (3 * prod, sal_bytes[0], True),
                  (8 * prod, 0, sal_bytes[1], 0, issue_s, 0),
                  "necessary: Q K^T, A V, O V^T once, K and V read once. As written (bf16 on sm_80+): pass 1 "
@@ -111,13 +119,16 @@ def kernels(B, Hkv, G, W, N, D, e, budget, hidden):
                  "per-block loads and set-up) warp instructions per (row, key) pair (SASS) take %.0f µs of issue "
                  "slots; split partials not counted. Pass 2 also "
                  "re-reads Q and O from L2 for every %d-key block: %.0f MB, %.0f-%.0f µs at %.1f-%.0f TB/s, "
-                 "overlapped with the issue time"
+                 "overlapped with the issue time. float16 does the same with f16 terms (P and O scaled by powers "
+                 "of two first) and %.3f more per pair in pass 2 (O's row scale): %.1f µs more"
                  % (WARP_INSTR_PER_PAIR["pass 1"], WARP_INSTR_PER_PAIR["pass 2"],
                     WARP_INSTR_PER_PAIR["pass 2, per block"], 1e6 * issue_s, PASS2_KEYS, l2_bytes / 1e6,
-                    1e6 * l2_bytes / L2_BW[1], 1e6 * l2_bytes / L2_BW[0], L2_BW[0] / 1e12, L2_BW[1] / 1e12)))
-    rows.append(("saliency (joint), float32 / float16 or pre-sm_80, FP32 cores", (3 * prod, sal_bytes[0], False),
+                    1e6 * l2_bytes / L2_BW[1], 1e6 * l2_bytes / L2_BW[0], L2_BW[0] / 1e12, L2_BW[1] / 1e12,
+                    F16_EXTRA_PER_PAIR, 1e6 * f16_issue_s)))
+    rows.append(("saliency (joint), float32 or pre-sm_80, FP32 cores", (3 * prod, sal_bytes[0], False),
                  (0, 4 * prod, sal_bytes[1], 0, 0, 0),
-                 "the same work with every product on the FP32 cores (bytes as for bf16 inputs)"))
+                 "the same work with every product on the FP32 cores (bytes as for 16-bit inputs; also 16-bit "
+                 "inputs with OBCACHE_CUDA_TENSOR_CORES=0)"))
     rows.append(("select", (0, scores + idx, False), (0, 0, scores + idx, select_s, 0, 0),
                  "necessary: read the scores, write the indices (1.3 MB: far below a kernel launch). As written: "
                  "one block per (b, h) row, each moving %d B per key through its SM (score read, key write, two "
