@@ -87,6 +87,18 @@ def test_select_rows_longer_than_the_cuda_candidate_buffer_match_reference(devic
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("pool", ["max", "avg"])
+def test_select_rows_longer_than_cuda_shared_memory_match_reference(device, pool):
+    # The CUDA kernel keeps a row's keys in shared memory where they fit (on
+    # sm_90 up to ~53k 4-byte keys, max pooling; ~26k 8-byte ones, average
+    # pooling) and sweeps a global workspace beyond: 70,000 keys take that path.
+    s = scores_of("random", 1, 1, 70000, seed=6)
+    want = ref.select(s, 7000, sink=4, recent=32, pool_kernel=7, pool=pool)
+    got = obcache.select(s.to(device), 7000, sink=4, recent=32, pool_kernel=7, pool=pool)
+    assert torch.equal(got.cpu(), want)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
 def test_select_other_score_dtypes_match_reference(device, dtype):
     s = scores_of("random", 1, 2, 30, seed=5, dtype=dtype)

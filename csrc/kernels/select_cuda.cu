@@ -1,19 +1,25 @@
 // CUDA select and select_adaptive (torch-free; see select_cuda.cuh for the
-// radix select). NOT a sort: per row a few sweeps over 4- or 8-byte keys in
-// global memory, the rest in shared memory.
+// radix select). NOT a sort: per row a few sweeps over 4- or 8-byte keys,
+// in shared memory where the row's keys fit there, else in global memory
+// and the later digits in shared memory.
 //
 // select: one block of 512 threads per (b, h). The block pools the candidate
-// scores of [start + sink, N - recent) once into a key workspace (uint32
-// keys where the pooled scores are float values: float32 scores, max
-// pooling or none; uint64 for float64 scores or average pooling) (the
-// only global traffic proportional to N besides reading the scores, which is
-// pool_kernel reads per candidate, mostly L1 hits), counting the keys' top
-// digit on the way, radix-selects the (budget - sink - recent)-th best key,
-// then walks the candidates in ascending order, 4096 per sweep, ranking the
-// keys above the threshold and those equal to it (ties go to the lower index:
-// an equal key is kept while fewer than `remaining` equal keys precede it).
-// Output position = greater-before + min(equal-before, remaining), so indices
-// come out ascending.
+// scores of [start + sink, N - recent) once into keys (uint32 keys where the
+// pooled scores are float values: float32 scores, max pooling or none;
+// uint64 for float64 scores or average pooling), counting the keys' top
+// digit on the way. The keys go to dynamic shared memory where the row's
+// fit beside the block's static buffers (up to ~53k 4-byte keys on sm_90,
+// ~37k on sm_80, ~21k on sm_86 / sm_89), else to the global workspace. The
+// block runs alone on its SM (B * H_kv blocks: 8 at B = 1, H_kv = 8), so
+// its passes over global keys went at what one SM pulls from L2 (20 B per
+// key: the key written, read in two digit passes and the emission); in
+// shared memory only the scores' reads are global (pool_kernel reads per
+// candidate, mostly L1 hits). It radix-selects the (budget - sink -
+// recent)-th best key, then walks the candidates in ascending order, 4096
+// per sweep, ranking the keys above the threshold and those equal to it
+// (ties go to the lower index: an equal key is kept while fewer than
+// `remaining` equal keys precede it). Output position = greater-before +
+// min(equal-before, remaining), so indices come out ascending.
 //
 // select_adaptive: (1) per (b, h) block: keys as above over [sink, N-recent),
 // the head's own top f - sink - recent marked in keep and their keys zeroed
@@ -24,7 +30,10 @@
 // with -1.
 #include "select_cuda.h"
 
+#include <algorithm>
+
 #include "cuda_compat.h"
+#include "device_caps_cuda.h"
 #include "select_cuda.cuh"
 
 namespace obc {
@@ -40,9 +49,10 @@ __device__ OBC_INLINE const void* score_row(const void* base, DType dt, long lon
 
 __device__ OBC_INLINE long long min_ll(long long a, long long b) { return a < b ? a : b; }
 
-// Writes the keys of row positions [lo, hi) and counts the candidates' top
-// digits into s.hist. key_of(q, &key) sets the key and says whether q is a
-// candidate (a position that is not keeps key 0).
+// Writes the keys of row positions [lo, hi), position q's at keys[q - lo],
+// and counts the candidates' top digits into s.hist. key_of(q, &key) sets
+// the key and says whether q is a candidate (a position that is not keeps
+// key 0).
 template <typename Key, typename KeyOf>
 __device__ OBC_INLINE void write_keys(Key* keys, long long lo, long long hi, KeyOf key_of, sel::Smem<Key>& s) {
   for (int i = threadIdx.x; i < 256; i += kBlock) s.hist[i] = 0;
@@ -55,7 +65,7 @@ __device__ OBC_INLINE void write_keys(Key* keys, long long lo, long long hi, Key
       const long long q = base + sel::sweep_offset(j);
       k[j] = 0;
       cand[j] = q < hi && key_of(q, &k[j]);
-      if (q < hi) keys[q] = k[j];
+      if (q < hi) keys[q - lo] = k[j];
     }
 #pragma unroll
     for (int j = 0; j < sel::kItems; ++j)
@@ -64,8 +74,8 @@ __device__ OBC_INLINE void write_keys(Key* keys, long long lo, long long hi, Key
   __syncthreads();
 }
 
-// Calls keep(q, greater, equal_rank) in ascending q for every position of
-// keys[lo, hi) that the radix result keeps (above the threshold, or at it and
+// Calls keep(q, greater, equal_rank) in ascending q for every position q in
+// [lo, hi) (its key at keys[q - lo]) that the radix result keeps (above the threshold, or at it and
 // among the first `remaining` there), until m are kept. greater / equal_rank:
 // how many kept-above / at-threshold positions precede q.
 template <typename Key, typename Keep>
@@ -77,7 +87,7 @@ __device__ OBC_INLINE void for_each_kept(const Key* keys, long long lo, long lon
 #pragma unroll
     for (int j = 0; j < sel::kItems; ++j) {
       const long long q = base + sel::sweep_offset(j);
-      const Key k = q < hi ? keys[q] : Key(0);
+      const Key k = q < hi ? keys[q - lo] : Key(0);
       gt[j] = q < hi && sel::above_threshold(k, rr);
       eq[j] = q < hi && sel::at_threshold(k, rr);
     }
@@ -96,10 +106,12 @@ __device__ OBC_INLINE void for_each_kept(const Key* keys, long long lo, long lon
 
 // Key: uint32_t where the pooled scores are float values (score_key32: half
 // the bytes of every pass over the keys), else uint64_t (select_cuda_key_bytes).
-// keys_all holds N keys of that type per row.
+// keys_all holds N keys of that type per row; with in_smem the row's keys
+// go to the dynamic shared memory instead (N - sink - recent of them at most).
 template <typename Key>
-__global__ void __launch_bounds__(kBlock) select_kernel(SelectParams p, Key* keys_all) {
+__global__ void __launch_bounds__(kBlock) select_kernel(SelectParams p, Key* keys_all, bool in_smem) {
   __shared__ sel::Smem<Key> s;
+  OBC_DYNAMIC_SMEM(Key, row_keys);
   const long long row = blockIdx.x, b = row / p.H, h = row % p.H;
   const long long N = p.N, budget = p.budget;
   long long st = p.start ? p.start[b] : 0;
@@ -113,7 +125,7 @@ __global__ void __launch_bounds__(kBlock) select_kernel(SelectParams p, Key* key
   for (long long i = threadIdx.x; i < p.sink; i += kBlock) out[i] = st + i;
   for (long long i = threadIdx.x; i < p.recent; i += kBlock) out[budget - p.recent + i] = hi + i;
   if (m == 0) return;
-  Key* keys = keys_all + row * N;
+  Key* keys = in_smem ? row_keys : keys_all + row * N + lo;  // position q's key at keys[q - lo]
   const void* r = score_row(p.scores, p.dtype, b * p.s_sb + h * p.s_sh);
   const auto key_of = [&](long long q, Key* k) {
     const double x = pooled_score(r, p.dtype, q, st, hi, p.pool_kernel, p.pool);
@@ -124,7 +136,7 @@ __global__ void __launch_bounds__(kBlock) select_kernel(SelectParams p, Key* key
     return true;
   };
   write_keys(keys, lo, hi, key_of, s);
-  sel::radix_select(keys + lo, hi - lo, m, true, s);
+  sel::radix_select(keys, hi - lo, m, true, s);
   const sel::RadixResult rr = s.res;
   for_each_kept(keys, lo, hi, m, rr, [&](long long q, long long g, long long e) { out[p.sink + g + e] = q; }, s);
 }
@@ -150,7 +162,7 @@ __global__ void __launch_bounds__(kBlock, 1)
   if (m1 == 0) return;
   sel::radix_select(keys + p.sink, hi - p.sink, m1, true, s);
   const sel::RadixResult rr = s.res;
-  for_each_kept(keys, p.sink, hi, m1, rr, [&](long long q, long long, long long) {
+  for_each_kept(keys + p.sink, p.sink, hi, m1, rr, [&](long long q, long long, long long) {
     keep[q] = 1;
     keys[q] = 0;  // kept by the head itself: no longer a shared candidate
   }, s);
@@ -214,16 +226,47 @@ __global__ void __launch_bounds__(kBlock)
 
 }  // namespace
 
+namespace {
+
+// select_kernel's static shared memory, as ptxas lays it out: its Smem, then
+// the dynamic keys from the next 16-byte boundary (17,584 B with 4-byte
+// keys, 33,968 B with 8-byte ones, as -Xptxas -v reports).
+template <typename Key>
+constexpr size_t select_static_smem() {
+  return (sizeof(sel::Smem<Key>) + 15) / 16 * 16;
+}
+
+// select_kernel with the row's keys in shared memory where they fit beside
+// its static buffers (the device's opt-in limit covers both), else in keys.
+// The opt-in is set to the most this kernel can take, not to this call's
+// size, so host threads launching different sizes never lower it under
+// each other.
+template <typename Key>
+int launch_select(const SelectParams& p, Key* keys, cudaStream_t st) {
+  size_t limit = 0;
+  cudaError_t err = smem_optin_limit(&limit);
+  if (err != cudaSuccess) return static_cast<int>(err);
+  const long long cand = p.N - p.sink - p.recent;  // the most keys a row selects among
+  const size_t fixed = select_static_smem<Key>(), bytes = cand > 0 ? static_cast<size_t>(cand) * sizeof(Key) : 0;
+  const bool in_smem = fixed + bytes <= std::max(limit, size_t{48 * 1024});
+  auto* kernel = &select_kernel<Key>;
+  if (in_smem && fixed + bytes > 48 * 1024 &&
+      (err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  static_cast<int>(limit - fixed))) != cudaSuccess)
+    return static_cast<int>(err);
+  OBC_LAUNCH(kernel, dim3(static_cast<unsigned>(p.B * p.H)), dim3(kBlock), in_smem ? bytes : 0, st, p, keys,
+             in_smem);
+  return static_cast<int>(cudaGetLastError());
+}
+
+}  // namespace
+
 int select_cuda(const SelectParams& p, void* keys, void* stream) {
   if (p.B * p.H == 0 || p.budget == 0) return 0;
-  const dim3 grid(static_cast<unsigned>(p.B * p.H)), block(kBlock);
   const cudaStream_t st = static_cast<cudaStream_t>(stream);
-  if (select_cuda_key_bytes(p) == 4) {  // the width the caller sized keys for
-    OBC_LAUNCH(select_kernel<uint32_t>, grid, block, 0, st, p, static_cast<uint32_t*>(keys));
-  } else {
-    OBC_LAUNCH(select_kernel<uint64_t>, grid, block, 0, st, p, static_cast<uint64_t*>(keys));
-  }
-  return static_cast<int>(cudaGetLastError());
+  if (select_cuda_key_bytes(p) == 4)  // the width the caller sized keys for
+    return launch_select(p, static_cast<uint32_t*>(keys), st);
+  return launch_select(p, static_cast<uint64_t*>(keys), st);
 }
 
 int select_adaptive_mark_cuda(const SelectAdaptiveParams& p, uint64_t* keys, uint8_t* keep,

@@ -2,14 +2,16 @@
 // emulation) against the CPU kernels, at sizes that hit the edges: N not a
 // multiple of the 512-thread block, budget = N - 1 and = sink + recent, ties,
 // NaN / inf, start offsets, every pooling mode, rows longer than one
-// 4096-key sweep and than the 4096-key shared-memory candidate buffer, and
-// both key widths (4 bytes where the pooled scores are float values).
+// 4096-key sweep and than the 4096-key shared-memory candidate buffer,
+// both key widths (4 bytes where the pooled scores are float values), and
+// the rows' keys in shared memory (where they fit) and in global memory.
 // cuda_compat.h first: under OBC_SIMT_EMULATION it brings the emulated
 // __host__ / __device__ that common.h uses.
 #include "cuda_compat.h"
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 #include <vector>
@@ -62,6 +64,30 @@ void run(const SelCase& c, std::mt19937& rng) {
   ASSERT_EQ(obc::select_cuda(p, keys.data(), nullptr), 0);
   ASSERT_EQ(got, want) << "N=" << c.N << " budget=" << c.budget << " sink=" << c.sink << " recent=" << c.recent
                        << " k=" << c.kernel << " avg=" << c.avg << " kind=" << c.kind;
+  // Where the keys went: the global workspace (a candidate's key is never 0)
+  // only where the row's keys do not fit in shared memory beside the block's
+  // own buffers, under the emulated device's opt-in limit.
+  size_t limit = 0;
+  ASSERT_EQ(obc::smem_optin_limit(&limit), cudaSuccess);
+  const bool four = obc::select_cuda_key_bytes(p) == 4;
+  const size_t fixed = four ? obc::select_static_smem<uint32_t>() : obc::select_static_smem<uint64_t>();
+  const bool global = fixed + (c.N - c.sink - c.recent) * (four ? 4 : 8) > std::max<size_t>(limit, 48 * 1024);
+  bool selects = false, wrote = false;
+  for (int64_t b = 0; b < c.B; ++b) selects |= c.N - start[b] > c.budget && c.budget > c.sink + c.recent;
+  for (uint64_t k : keys) wrote |= k != 0;
+  EXPECT_EQ(wrote, global && selects) << "N=" << c.N << " limit=" << limit << " selects=" << selects;
+}
+
+// f() under two emulated devices: sm_90's 227 KiB opt-in (rows of up to ~53k
+// 4-byte keys in shared memory) and a GPU without the opt-in (48 KiB: ~7.6k;
+// rows of 20,000 keys through global memory).
+template <typename F>
+void for_each_smem_limit(F f) {
+  for (const size_t limit : {size_t{227 * 1024}, size_t{48 * 1024}}) {
+    simt::set_smem_optin_limit(limit);
+    f();
+  }
+  simt::set_smem_optin_limit(227 * 1024);
 }
 
 TEST(EmuSelect, MatchesCpuAtEdgeSizes) {
@@ -77,17 +103,27 @@ TEST(EmuSelect, MatchesCpuAtEdgeSizes) {
   }
 }
 
-// N = 20000: five sweeps per pass. Normal scores (average-pooled) fit the
-// candidate buffer after the first digit or two, so later digits are read
-// from shared memory; three tied values without pooling (~6,700 keys each)
-// never fit, so every pass reads global memory; specials (max-pooled, with
-// start offsets) mix both.
+// N = 20000: five sweeps per pass. Where the keys are in global memory,
+// normal scores (average-pooled) fit the candidate buffer after the first
+// digit or two, so later digits are read from shared memory; three tied
+// values without pooling (~6,700 keys each) never fit, so every pass reads
+// global memory; specials (max-pooled, with start offsets) mix both. With
+// the keys in shared memory, the same passes read them there.
 TEST(EmuSelect, MatchesCpuOnRowsLongerThanTheCandidateBuffer) {
   std::mt19937 rng(14);
   const int64_t kernels[] = {5, 0, 3};
-  for (int kind = 0; kind < 3; ++kind)
-    for (int64_t budget : {int64_t(2005), int64_t(15000)})
-      run({1, 2, 20000, budget, 4, 16, kernels[kind], kind == 0, kind, kind == 2}, rng);
+  for_each_smem_limit([&] {
+    for (int kind = 0; kind < 3; ++kind)
+      for (int64_t budget : {int64_t(2005), int64_t(15000)})
+        run({1, 2, 20000, budget, 4, 16, kernels[kind], kind == 0, kind, kind == 2}, rng);
+  });
+}
+
+// Rows too long for shared memory even with sm_90's opt-in: 60,000 4-byte
+// keys (234 KiB).
+TEST(EmuSelect, RowsLongerThanSharedMemoryGoThroughGlobalMemory) {
+  std::mt19937 rng(17);
+  run({1, 1, 60000, 6000, 4, 32, 7, false, 0, false}, rng);
 }
 
 // Specials without pooling (kernel 0 or 1, the 4-byte keys), budgets that
@@ -96,9 +132,11 @@ TEST(EmuSelect, MatchesCpuOnRowsLongerThanTheCandidateBuffer) {
 // the earlier index first, as the CPU kernel's 8-byte keys have them.
 TEST(EmuSelect, SignedZerosTieAtTheThreshold) {
   std::mt19937 rng(15);
-  for (const int64_t N : {int64_t(1100), int64_t(20000)})
-    for (const int64_t budget : {N * 2 / 5, N / 2})
-      for (const int64_t kernel : {0, 1}) run({1, 2, N, budget, 0, 0, kernel, false, 2, false}, rng);
+  for_each_smem_limit([&] {
+    for (const int64_t N : {int64_t(1100), int64_t(20000)})
+      for (const int64_t budget : {N * 2 / 5, N / 2})
+        for (const int64_t kernel : {0, 1}) run({1, 2, N, budget, 0, 0, kernel, false, 2, false}, rng);
+  });
 }
 
 // Average pooling of adjacent floats (1 and 1 + 2^-23): the averages, exact
@@ -106,9 +144,11 @@ TEST(EmuSelect, SignedZerosTieAtTheThreshold) {
 // 4-byte keys would make ties of distinct scores. These go by 8-byte keys.
 TEST(EmuSelect, AveragesBetweenFloatsKeepTheirOrder) {
   std::mt19937 rng(16);
-  for (const int64_t N : {int64_t(1100), int64_t(20000)})
-    for (const int64_t budget : {N / 3, N / 2})
-      for (const int64_t kernel : {3, 5}) run({1, 2, N, budget, 0, 0, kernel, true, 3, false}, rng);
+  for_each_smem_limit([&] {
+    for (const int64_t N : {int64_t(1100), int64_t(20000)})
+      for (const int64_t budget : {N / 3, N / 2})
+        for (const int64_t kernel : {3, 5}) run({1, 2, N, budget, 0, 0, kernel, true, 3, false}, rng);
+  });
 }
 
 TEST(EmuSelect, MatchesCpuWithStartAndPooling) {
