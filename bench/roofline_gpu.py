@@ -22,7 +22,8 @@ overlap, so the slower of the two (and of the bytes) sets the time.
 
 select runs one block per (b, h) row, so at B=1, H_kv=8 it uses 8 SMs: its
 time as written is set by what one SM can pull from L2 (SM_BYTES_PER_S, an
-upper bound: 64 B per clock at 1.755 GHz), not by HBM. evict runs its three
+upper bound: 64 B per clock at 1.755 GHz) and move through its shared
+memory (SMEM_BYTES_PER_S: 128 B per clock), not by HBM. evict runs its three
 kernels in sequence, so select's time and compact_'s memory time add to
 saliency's (until the sixth session of 2026-12-03 compact_'s bytes were
 summed with saliency's, as if they hid under its issue time: 8 µs too
@@ -74,13 +75,18 @@ PASS2_KEYS = 128
 # ~5.5-7 TB/s.
 L2_BW = (5.5e12, 7e12)
 SM_BYTES_PER_S = 64 * 1.755e9  # one SM's L2 load bandwidth, at most
-# select's global traffic per candidate key as written: read the float score,
-# write the key, then read it in the digit passes before the chosen bin fits
-# the shared buffer (two at N=32k) and once in the emission. Keys are 4 bytes
-# where the pooled scores are float values (float32 scores, max pooling as
-# evict's default, or none; 8 bytes for average pooling or float64 scores)
-# since 2026-12-03, fifth session: 36 -> 20 bytes.
-SELECT_BYTES_PER_KEY = 4 + 4 + 3 * 4
+SMEM_BYTES_PER_S = 128 * 1.755e9  # one SM's shared-memory bandwidth (32 banks x 4 B per clock)
+# select's traffic per candidate key as written: read the float score (the
+# only global bytes since the seventh session of 2026-12-03, which keeps a
+# row's keys in shared memory where they fit: up to ~53k 4-byte keys on
+# sm_90), then through shared memory: write the key, read it in the digit
+# passes before the chosen bin fits the candidate buffer (two at N=32k) and
+# once in the emission. Keys are 4 bytes where the pooled scores are float
+# values (float32 scores, max pooling as evict's default, or none; 8 bytes
+# for average pooling or float64 scores) since 2026-12-03, fifth session:
+# 36 -> 20 bytes, all of them through L2 until the seventh.
+SELECT_GLOBAL_BYTES_PER_KEY = 4
+SELECT_SMEM_BYTES_PER_KEY = 4 + 3 * 4
 # projected_value_norm on the tensor cores (bfloat16 / float16, D <= 256, sm_80+;
 # projected_value_mma_cuda.cuh): warp instructions per HMMA (m16n8k16) on the
 # path a full 64-column tile of 16-byte-aligned rows takes, read off the SASS
@@ -108,7 +114,7 @@ def kernels(B, Hkv, G, W, N, D, e, budget, hidden):
     evict_bytes = (2 * kv + q + 2 * kept + idx + scores, 4 * kv + q + 2 * scores + idx + 4 * kept + idx)
     issue_s = pairs * sum(WARP_INSTR_PER_PAIR.values()) / ISSUE
     l2_bytes = -(-N // PASS2_KEYS) * B * Hq * W * D * (e + 6)  # pass 2: Q and O's terms per key block
-    select_s = N * SELECT_BYTES_PER_KEY / SM_BYTES_PER_S  # rows in parallel, one SM each
+    select_s = N * (SELECT_GLOBAL_BYTES_PER_KEY / SM_BYTES_PER_S + SELECT_SMEM_BYTES_PER_KEY / SMEM_BYTES_PER_S)
     rows = []
     f16_issue_s = pairs * F16_EXTRA_PER_PAIR / ISSUE
     rows.append(("saliency (joint), bf16, tensor cores", (3 * prod, sal_bytes[0], True),
@@ -131,9 +137,11 @@ def kernels(B, Hkv, G, W, N, D, e, budget, hidden):
                  "inputs with OBCACHE_CUDA_TENSOR_CORES=0)"))
     rows.append(("select", (0, scores + idx, False), (0, 0, scores + idx, select_s, 0, 0),
                  "necessary: read the scores, write the indices (1.3 MB: far below a kernel launch). As written: "
-                 "one block per (b, h) row, each moving %d B per key through its SM (score read, key write, two "
-                 "digit passes and the emission over 4-byte keys; later digits in shared memory), at most "
-                 "%.0f GB/s per SM" % (SELECT_BYTES_PER_KEY, SM_BYTES_PER_S / 1e9)))
+                 "one block per (b, h) row (rows in parallel, one SM each), each reading %d B per key from L2 "
+                 "(the score) at most %.0f GB/s per SM and moving %d B per key through its shared memory "
+                 "(the keys written, two digit passes and the emission over 4-byte keys) at %.0f GB/s"
+                 % (SELECT_GLOBAL_BYTES_PER_KEY, SM_BYTES_PER_S / 1e9, SELECT_SMEM_BYTES_PER_KEY,
+                    SMEM_BYTES_PER_S / 1e9)))
     compact_bytes = 2 * kept + 2 * kept + idx
     # evict's kernels run in sequence: compact_'s bytes cannot hide under
     # saliency's issue time, so they are added after it, as select's time is.

@@ -120,7 +120,7 @@ TEST(EmuSaliency, Float32OddSizesEveryScore) {
 
 // D = 256, G = 8: the largest head size the op accepts, at the most shared
 // memory the kernels ask for. On sm_90 (227 KiB per block) pass 2 runs on
-// the tensor cores (joint: 185 KiB); on sm_80 (163 KiB) on the FP32 units
+// the tensor cores (joint: 204 KiB); on sm_80 (163 KiB) on the FP32 units
 // with one key per lane (135 KiB); on sm_86 / sm_89 (99 KiB) one key and 2
 // rows (83 KiB), and pass 1 4 rows instead of 8 (67 KiB instead of 101 KiB).
 // Not loo: here its A / (1 - A) amplifies float32 rounding, which differs
