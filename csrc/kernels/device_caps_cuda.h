@@ -43,14 +43,17 @@ inline cudaError_t has_tensor_cores(bool* yes) {
   return err;
 }
 
-// The opt-in is the device's limit, not this call's size: host threads
-// calling with different shapes would otherwise lower it under each other's
-// launches.
+// Lets kernel take bytes of dynamic shared memory beside static_bytes of
+// static ones; past 48 KiB in all that needs the opt-in. The opt-in is the
+// most the kernel can take (the device's limit less its static buffers),
+// not this call's size: host threads calling with different shapes would
+// otherwise lower it under each other's launches.
 template <typename Kernel>
-cudaError_t allow_smem(Kernel kernel, size_t bytes, size_t limit) {
-  if (bytes <= 48 * 1024) return cudaSuccess;
-  if (bytes > limit) return cudaErrorInvalidValue;
-  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(limit));
+cudaError_t allow_smem(Kernel kernel, size_t bytes, size_t limit, size_t static_bytes = 0) {
+  if (static_bytes + bytes <= 48 * 1024) return cudaSuccess;
+  if (static_bytes + bytes > limit) return cudaErrorInvalidValue;
+  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                              static_cast<int>(limit - static_bytes));
 }
 
 }  // namespace obc

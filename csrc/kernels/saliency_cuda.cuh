@@ -369,6 +369,8 @@ __global__ void __launch_bounds__(kThreads) combine_kernel(SaliencyParams p, Sha
     inv_l = 1.0f / L;
   }
   __syncthreads();
+  // float16 scales each row of O's tensor-core terms by its largest element.
+  constexpr bool kRowScale = kNeedO && std::is_same<E, half_t>::value;
   float sq = 0.0f, amax = 0.0f;
   if (kNeedO) {
     const BH x = split_bh(p, blockIdx.y);
@@ -386,12 +388,15 @@ __global__ void __launch_bounds__(kThreads) combine_kernel(SaliencyParams p, Sha
       }
       w.fin_o[(bh * s.R + r) * D + d] = o;
       sq += o * o;
-      amax = fmaxf(amax, fabsf(o));
+      if constexpr (kRowScale) amax = fmaxf(amax, fabsf(o));
     }
   }
   sq = warp_sum(sq);
-  amax = warp_max(amax);
-  if (tid % 32 == 0) red[tid / 32] = sq, red_max[tid / 32] = amax;
+  if constexpr (kRowScale) amax = warp_max(amax);
+  if (tid % 32 == 0) {
+    red[tid / 32] = sq;
+    if constexpr (kRowScale) red_max[tid / 32] = amax;
+  }
   __syncthreads();  // also: the row's fin_o, read back below, is written
   if (tid == 0) {
     float t = 0.0f;
@@ -409,7 +414,7 @@ __global__ void __launch_bounds__(kThreads) combine_kernel(SaliencyParams p, Sha
   if constexpr (kNeedO && mma::kOperandType<E>) {
     if (!w.o_terms) return;
     float up = 1.0f;
-    if constexpr (std::is_same<E, half_t>::value) {
+    if constexpr (kRowScale) {
       for (int i = 0; i < kThreads / 32; ++i) amax = fmaxf(amax, red_max[i]);
       int ex = 0;
       frexpf(amax, &ex);  // amax = f 2^ex, f in [0.5, 1)

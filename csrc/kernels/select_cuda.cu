@@ -238,9 +238,6 @@ constexpr size_t select_static_smem() {
 
 // select_kernel with the row's keys in shared memory where they fit beside
 // its static buffers (the device's opt-in limit covers both), else in keys.
-// The opt-in is set to the most this kernel can take, not to this call's
-// size, so host threads launching different sizes never lower it under
-// each other.
 template <typename Key>
 int launch_select(const SelectParams& p, Key* keys, cudaStream_t st) {
   size_t limit = 0;
@@ -250,10 +247,7 @@ int launch_select(const SelectParams& p, Key* keys, cudaStream_t st) {
   const size_t fixed = select_static_smem<Key>(), bytes = cand > 0 ? static_cast<size_t>(cand) * sizeof(Key) : 0;
   const bool in_smem = fixed + bytes <= std::max(limit, size_t{48 * 1024});
   auto* kernel = &select_kernel<Key>;
-  if (in_smem && fixed + bytes > 48 * 1024 &&
-      (err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                  static_cast<int>(limit - fixed))) != cudaSuccess)
-    return static_cast<int>(err);
+  if (in_smem && (err = allow_smem(kernel, bytes, limit, fixed)) != cudaSuccess) return static_cast<int>(err);
   OBC_LAUNCH(kernel, dim3(static_cast<unsigned>(p.B * p.H)), dim3(kBlock), in_smem ? bytes : 0, st, p, keys,
              in_smem);
   return static_cast<int>(cudaGetLastError());

@@ -11,14 +11,13 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
-#include <cstring>
 #include <limits>
 #include <random>
-#include <type_traits>
 #include <vector>
 
 #include "saliency_cpu.h"
 #include "saliency_cuda.cu"  // the real source
+#include "saliency_naive.h"  // from_float
 #include "select_cpu.h"
 #include "select_cuda.cu"  // the real source
 
@@ -189,12 +188,8 @@ void nan_policy_on_tensor_cores(obc::DType dt, uint16_t nan_bits, uint16_t inf_b
   constexpr int64_t Wt = 16;
   std::mt19937 rng(5);
   std::normal_distribution<float> nd;
-  const auto bits_of = [](float x) {  // x rounded toward zero, at least 2^-10 in magnitude (normal in f16)
-    x = std::fabs(x) < 0x1p-10f ? std::copysign(0x1p-10f, x) : x;
-    uint32_t u;
-    std::memcpy(&u, &x, 4);
-    if (std::is_same<E, obc::bf16_t>::value) return static_cast<uint16_t>(u >> 16);
-    return static_cast<uint16_t>(((u >> 16) & 0x8000u) | (((u >> 23) & 0xffu) - 112u) << 10 | ((u >> 13) & 0x3ffu));
+  const auto element = [](float x) {  // x rounded toward zero, at least 2^-10 in magnitude (normal in f16)
+    return naive::from_float<E>(std::fabs(x) < 0x1p-10f ? std::copysign(0x1p-10f, x) : x);
   };
   int64_t total_nan = 0;
   int input = 0;
@@ -204,7 +199,7 @@ void nan_policy_on_tensor_cores(obc::DType dt, uint16_t nan_bits, uint16_t inf_b
       ++input;
       std::vector<E> k(B * H * N * D), v(k.size()), q(B * H * G * Wt * D);
       for (auto* t : {&k, &v, &q})
-        for (E& x : *t) x.bits = bits_of(nd(rng));
+        for (E& x : *t) x = element(nd(rng));
       std::vector<E>& t = which == 0 ? k : which == 1 ? v : q;
       // k: key 44, past every causal query's position but the last one's; v: key
       // 22, which every query sees; q: head 3's last query (all of head 0's).
