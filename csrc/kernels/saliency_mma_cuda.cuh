@@ -60,7 +60,7 @@ __device__ OBC_INLINE void load_pair_rows(Src src, int valid, int n, int Di, int
 
 // Pass 1 keeps a warp's 16 rows of O in registers: head sizes up to 128.
 constexpr int kMmaPass1MaxDepth = 128;
-// float16's P = 2^(z - max) <= 1 is split as P 2^15 (< 65504), whose f16
+// float16's P = e^(z - max) <= 1 is split as P 2^15 (< 65504), whose f16
 // terms are exact down to P = 2^-16 and within 2^-40 below: unscaled, P's
 // smallest terms would be f16 subnormals, 2^-25 off each (as far off as
 // float rounding is at P = 1, for every one of N keys). The sum and O
@@ -297,8 +297,10 @@ __global__ void __launch_bounds__(kThreads) pass2_mma_kernel(SaliencyParams p, S
   const int g = lane / 4, t = lane % 4, row_w = warp / kKeyWarps * 32, key_w = warp % kKeyWarps * 32;
 
   const E *Kt = K + p0 * p.k_sn, *Vt = V + p0 * p.v_sn;
-  load_pair_rows([&](int c) { return Kt + c * p.k_sn; }, tn, kKeys, Di, pw, s.vec16, Kw);
-  if (kNeedV) load_pair_rows([&](int c) { return Vt + c * p.v_sn; }, tn, kKeys, Di, pw, s.vec16, Vw);
+  const mma::RowChunks rc = mma::pair_row_chunks<kThreads>(Di);
+  const int trips = mma::row_trips(rc, kKeys);
+  mma::load_pair_rows<kThreads>(rc, trips, Kt, p.k_sn, tn, kKeys, Di, pw, s.vec16, Kw);
+  if (kNeedV) mma::load_pair_rows<kThreads>(rc, trips, Vt, p.v_sn, tn, kKeys, Di, pw, s.vec16, Vw);
   sync_tiles();
   // A key's norms from 16-byte shared loads, 8 values each (a 32-bit load
   // and a select per value: 75 instructions per 16 values, now 56).
@@ -309,7 +311,6 @@ __global__ void __launch_bounds__(kThreads) pass2_mma_kernel(SaliencyParams p, S
       for (const uint32_t x : w4) add_norms<S>(mma::low_of<E>(x), a1, a2), add_norms<S>(mma::high_of<E>(x), a1, a2);
     }
   });
-  const mma::RowChunks rc = mma::pair_row_chunks<kThreads>(Di);
   const bool sees_all = all_rows_see(p, p0, kKeys);
   for (long long r0 = 0; r0 < s.R; r0 += kR) {
     row_info<true>(p, s, r0, kR, lim, head_of, q_off);
