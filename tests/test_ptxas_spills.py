@@ -1,5 +1,6 @@
 """No CUDA kernel spills registers to local memory (issue 10's `-Xptxas -v`
-target): on both architectures of the default build (scripts/install.sh:
+target) or keeps anything else there (a stack frame: a register array
+indexed at run time, 32 bytes once in pass 2's key norms): on both architectures of the default build (scripts/install.sh:
 TORCH_CUDA_ARCH_LIST "8.0;9.0") and on those users build for their own GPU
 (A10 / RTX 30, L4 / RTX 40, B200, RTX 50). Needs nvcc, not a GPU: CI compiles
 every kernel file with ptxas's report (bench/ptxas_report.py) and reads it.
@@ -56,3 +57,5 @@ def test_no_kernel_spills(reports, cu, arch):
     spills = [f"{r['name']}: {r['spill_st']} B stored / {r['spill_ld']} B loaded" for r in rows
               if r["spill_st"] or r["spill_ld"]]
     assert not spills, f"{arch} register spills:\n" + "\n".join(spills)
+    stacks = [f"{r['name']}: {r['stack']} B" for r in rows if r["stack"]]
+    assert not stacks, f"{arch} stack frames (local memory):\n" + "\n".join(stacks)

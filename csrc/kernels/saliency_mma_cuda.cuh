@@ -252,6 +252,38 @@ __global__ void __launch_bounds__(kThreads) pass1_mma_kernel(SaliencyParams p, S
   }
 }
 
+// ||v||^2 of a pass-2 block's kKeys keys (rows of Vw, zero past D and past
+// the tile) as the diagonal of V V^T: per m-tile of 16 keys and 16-wide
+// step of D, the keys' A and B fragments (V^T's columns are V's rows: the
+// same 8 x 8 matrices, which the B pair would take from the A fragment's
+// halves at 4 register moves a step) and two mma. Lane (g, t) holds the
+// diagonal's entries for keys g and 8 + g where t = g / 2. ~80 warp
+// instructions per 128 keys at D = 128 where the per-key sums of squares
+// took ~290.
+// The squares of 16-bit values are exact in float, as in the products of
+// Q K^T and O V^T; only the order of the float sum differs from the FP32
+// path's.
+template <typename E, int kKeys>
+__device__ OBC_INLINE void key_sq_norms(const uint32_t* Vw, int pw, int depth, int lane, int warp, float* vn2) {
+  const int g = lane / 4, t = lane % 4;
+  for (int k0 = 16 * warp; k0 < kKeys; k0 += 16 * (kThreads / kTile)) {
+    float d0[4] = {}, d1[4] = {};
+#pragma unroll
+    for (int s0 = 0; s0 < kMmaPass2MaxDepth; s0 += 16) {
+      if (s0 >= depth) break;
+      uint32_t a[4], b[4];
+      load_a(a, Vw, pw, k0, s0, lane);
+      load_b_pair(b, Vw, pw, k0, s0, lane);
+      mma::m16n8k16_of<E>(d0, a, {b[0], b[1]});
+      mma::m16n8k16_of<E>(d1, a, {b[2], b[3]});
+    }
+    if (t == g / 2) {  // selects: an index into d0 or d1 at run time would put them in local memory
+      vn2[k0 + g] = g % 2 ? d0[1] : d0[0];
+      vn2[k0 + 8 + g] = g % 2 ? d1[3] : d1[2];
+    }
+  }
+}
+
 // ---- Pass 2 on the tensor cores: block of 128 threads over a chunk of kR
 // rows x kKeys keys (mma_pass2_keys), each warp 32 rows (two m-tiles of 16)
 // x 32 keys (four n-tiles of 8): 2 x 2 warps at 64 x 64, 1 x 4 at 32 x 128.
@@ -302,9 +334,12 @@ __global__ void __launch_bounds__(kThreads) pass2_mma_kernel(SaliencyParams p, S
   mma::load_pair_rows<kThreads>(rc, trips, Kt, p.k_sn, tn, kKeys, Di, pw, s.vec16, Kw);
   if (kNeedV) mma::load_pair_rows<kThreads>(rc, trips, Vt, p.v_sn, tn, kKeys, Di, pw, s.vec16, Vw);
   sync_tiles();
-  // A key's norms from 16-byte shared loads, 8 values each (a 32-bit load
+  // ||v||^2 (value, key, joint) as the diagonal of V V^T (key_sq_norms);
+  // ||v||_1 (vatp) from 16-byte shared loads, 8 values each (a 32-bit load
   // and a select per value: 75 instructions per 16 values, now 56).
-  start_pass2<kKeys, kNeedV>(p, sm, [&](int c, float& a1, float& a2) {
+  constexpr bool kMmaNorms = score_needs_vn2(S) && !score_needs_vn1(S);
+  if (kMmaNorms) key_sq_norms<E, kKeys>(Vw, pw, depth, lane, warp, vn2);
+  start_pass2<kKeys, kNeedV && !kMmaNorms, !kMmaNorms>(p, sm, [&](int c, float& a1, float& a2) {
     const uint4* row = reinterpret_cast<const uint4*>(Vw + c * pw);
     for (int i = 0; i < depth / 8; ++i) {
       const uint32_t w4[4] = {row[i].x, row[i].y, row[i].z, row[i].w};
