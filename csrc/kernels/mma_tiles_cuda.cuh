@@ -152,6 +152,26 @@ __device__ OBC_INLINE void load_pair_rows(const RowChunks& rc, int trips, const 
 #pragma unroll 4
   for (int i = 0; i < trips; ++i) cp_async16(d + i * d_step, g + i * g_step, in_d);
 }
+// A whole run of n rows `row_elems` elements apart (row c at base + c *
+// row_elems, under 2^31 elements in all), with trips = row_trips(rc, n):
+// the stepped copy above with 32-bit offsets (pass 2's O terms, a chunk's
+// three terms one run; the 64-bit strides above made ptxas recompute each
+// address there, 22 instructions a piece).
+template <int kBlock, typename E>
+__device__ OBC_INLINE void load_pair_run(const RowChunks& rc, int trips, const E* base, int row_elems, int n, int Di,
+                                         int pw, bool vec, uint32_t* dst) {
+  if (!vec) {
+    load_pair_rows<kBlock>(rc, [&](int c) { return base + c * row_elems; }, n, n, Di, pw, vec, dst);
+    return;
+  }
+  if (trips == 0) return;  // an idle thread
+  const bool in_d = 8 * rc.j < Di;  // as in load_pair_rows_by
+  const int off = rc.first * row_elems + (in_d ? 8 * rc.j : 0), off_step = rc.per_pass * row_elems;
+  uint32_t* d = dst + rc.first * pw + 4 * rc.j;
+  const int d_step = rc.per_pass * pw;
+#pragma unroll 4
+  for (int i = 0; i < trips; ++i) cp_async16(d + i * d_step, base + (off + i * off_step), in_d);
+}
 // With the split worked out at the load (see for_each_row_chunk).
 template <int kBlock, typename Src>
 __device__ OBC_INLINE void load_pair_rows(Src src, int valid, int n, int Di, int pw, bool vec, uint32_t* dst) {

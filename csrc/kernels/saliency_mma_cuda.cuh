@@ -330,7 +330,7 @@ __global__ void __launch_bounds__(kThreads) pass2_mma_kernel(SaliencyParams p, S
 
   const E *Kt = K + p0 * p.k_sn, *Vt = V + p0 * p.v_sn;
   const mma::RowChunks rc = mma::pair_row_chunks<kThreads>(Di);
-  const int trips = mma::row_trips(rc, kKeys);
+  const int trips = mma::row_trips(rc, kKeys), o_trips = kVo ? mma::row_trips(rc, 3 * kR) : 0;
   mma::load_pair_rows<kThreads>(rc, trips, Kt, p.k_sn, tn, kKeys, Di, pw, s.vec16, Kw);
   if (kNeedV) mma::load_pair_rows<kThreads>(rc, trips, Vt, p.v_sn, tn, kKeys, Di, pw, s.vec16, Vw);
   sync_tiles();
@@ -354,7 +354,7 @@ __global__ void __launch_bounds__(kThreads) pass2_mma_kernel(SaliencyParams p, S
     mma::load_pair_rows<kThreads>(rc, [&](int rr) { return q_bh + q_off[rr]; }, rows_in, kR, Di, pw, s.vec16, Qw);
     if (kVo) {
       const E* ot = o_bh + r0 * 3 * depth;  // chunk r0 / kR
-      mma::load_pair_rows<kThreads>(rc, [&](int c) { return ot + c * depth; }, 3 * kR, 3 * kR, depth, pw, o_vec, Op);
+      mma::load_pair_run<kThreads>(rc, o_trips, ot, depth, 3 * kR, depth, pw, o_vec, Op);
     }
     load_row_stats<true>(s, w, bh, r0, kR, sm);
     sync_tiles();
