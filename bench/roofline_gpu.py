@@ -59,11 +59,13 @@ ISSUE = 4 * 132 * 1.98e9
 # ~1,116 (||v||_1 summed only for vatp). Since the eighth session
 # (kernels.md, "Pass 2's block: stepped copies, key norms on the tensor
 # cores"): its block -> ~770 (K and V copied with stepped addresses, ~630
-# -> ~380; ||v||^2 as the diagonal of V V^T, ~290 -> ~185). Until the fifth session the model
+# -> ~380; ||v||^2 as the diagonal of V V^T, ~290 -> ~185), its chunk ->
+# ~1,435 (O's terms copied with stepped 32-bit offsets, ~185 -> ~100, and
+# 17 more address computations in the product loop). Until the fifth session the model
 # took straight-line code whole and said 4.76 per pair where this count
 # gives 4.47 for the same kernels; the history before is in kernels.md
 # ("Issue slots" and after).
-WARP_INSTR_PER_PAIR = {"pass 1": 1131 / 1024, "pass 2": 1503 / 1024, "pass 2, per block": 770 / 4096}
+WARP_INSTR_PER_PAIR = {"pass 1": 1131 / 1024, "pass 2": 1435 / 1024, "pass 2, per block": 770 / 4096}
 # float16 (pass 1 the same length) adds, per 1,024 pairs of pass 2, one
 # multiply per pair by its row's scale of O's f16 terms and a load of that
 # scale per row: 32 + 4 per lane (sass_loops.py, the row-chunk loop of the
