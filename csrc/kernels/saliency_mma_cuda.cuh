@@ -257,12 +257,11 @@ __global__ void __launch_bounds__(kThreads) pass1_mma_kernel(SaliencyParams p, S
 // step of D, the keys' A and B fragments (V^T's columns are V's rows: the
 // same 8 x 8 matrices, which the B pair would take from the A fragment's
 // halves at 4 register moves a step) and two mma. Lane (g, t) holds the
-// diagonal's entries for keys g and 8 + g where t = g / 2. ~80 warp
-// instructions per 128 keys at D = 128 where the per-key sums of squares
-// took ~290.
-// The squares of 16-bit values are exact in float, as in the products of
-// Q K^T and O V^T; only the order of the float sum differs from the FP32
-// path's.
+// diagonal's entries for keys g and 8 + g where t = g / 2. ~185
+// instructions per warp and 128 keys at D = 128, addressing included,
+// where the per-key sums of squares took ~290. The squares of 16-bit
+// values are exact in float, as in the products of Q K^T and O V^T; only
+// the order of the float sum differs from the FP32 path's.
 template <typename E, int kKeys>
 __device__ OBC_INLINE void key_sq_norms(const uint32_t* Vw, int pw, int depth, int lane, int warp, float* vn2) {
   const int g = lane / 4, t = lane % 4;
