@@ -127,46 +127,28 @@ __device__ OBC_INLINE int row_trips(const RowChunks& rc, int n) {
   return rc.first < n ? (n - rc.first + rc.per_pass - 1) / rc.per_pass : 0;
 }
 // The same for rows `stride` elements apart (row c at base + c * stride),
-// with trips = row_trips(rc, n), for tiles loaded once per block (pass 2's
-// K and V): a whole tile's copies step the thread's source and destination
-// in a count of trips unrolled by 4, where src(c) multiplied a 64-bit row
-// offset out for each 16-byte piece (16 instructions a piece on sm_90, ~7
-// now; bench/results/kernels.md). A partial tile (the last, or rows not
-// 16-byte aligned) takes the loader above. Not for loads inside a loop
+// with trips = row_trips(rc, n), for tiles loaded once per block or row
+// chunk (pass 2's K and V, O's terms): a whole tile's copies step the
+// thread's offset and destination in a count of trips unrolled by 4, where
+// src(c) multiplied a row offset out for each 16-byte piece (16
+// instructions a piece on sm_90, ~7 now; bench/results/kernels.md). Off,
+// the offsets' type, is the stride's: 64-bit for K and V, 32-bit for O's
+// terms (a run under 2^31 elements), where 64-bit offsets made ptxas
+// recompute each address (22 a piece). A partial tile (the last, or rows
+// not 16-byte aligned) takes the loader above. Not for loads inside a loop
 // where registers are short: ptxas then either holds the addresses across
 // the loop or recomputes them in every trip (pass 1's K and V: 199-207
 // registers, or 19-22 instructions a piece under a register bound).
-template <int kBlock, typename E>
-__device__ OBC_INLINE void load_pair_rows(const RowChunks& rc, int trips, const E* base, long long stride,
-                                          int valid, int n, int Di, int pw, bool vec, uint32_t* dst) {
+template <int kBlock, typename E, typename Off>
+__device__ OBC_INLINE void load_pair_rows(const RowChunks& rc, int trips, const E* base, Off stride, int valid,
+                                          int n, int Di, int pw, bool vec, uint32_t* dst) {
   if (!vec || valid < n) {
     load_pair_rows<kBlock>(rc, [&](int c) { return base + c * stride; }, valid, n, Di, pw, vec, dst);
     return;
   }
   if (trips == 0) return;  // an idle thread: rc.first is past every row, so no address is formed
   const bool in_d = 8 * rc.j < Di;  // as in load_pair_rows_by
-  const E* g = base + rc.first * stride + (in_d ? 8 * rc.j : 0);
-  uint32_t* d = dst + rc.first * pw + 4 * rc.j;
-  const long long g_step = rc.per_pass * stride;
-  const int d_step = rc.per_pass * pw;
-#pragma unroll 4
-  for (int i = 0; i < trips; ++i) cp_async16(d + i * d_step, g + i * g_step, in_d);
-}
-// A whole run of n rows `row_elems` elements apart (row c at base + c *
-// row_elems, under 2^31 elements in all), with trips = row_trips(rc, n):
-// the stepped copy above with 32-bit offsets (pass 2's O terms, a chunk's
-// three terms one run; the 64-bit strides above made ptxas recompute each
-// address there, 22 instructions a piece).
-template <int kBlock, typename E>
-__device__ OBC_INLINE void load_pair_run(const RowChunks& rc, int trips, const E* base, int row_elems, int n, int Di,
-                                         int pw, bool vec, uint32_t* dst) {
-  if (!vec) {
-    load_pair_rows<kBlock>(rc, [&](int c) { return base + c * row_elems; }, n, n, Di, pw, vec, dst);
-    return;
-  }
-  if (trips == 0) return;  // an idle thread
-  const bool in_d = 8 * rc.j < Di;  // as in load_pair_rows_by
-  const int off = rc.first * row_elems + (in_d ? 8 * rc.j : 0), off_step = rc.per_pass * row_elems;
+  const Off off = rc.first * stride + (in_d ? 8 * rc.j : 0), off_step = rc.per_pass * stride;
   uint32_t* d = dst + rc.first * pw + 4 * rc.j;
   const int d_step = rc.per_pass * pw;
 #pragma unroll 4

@@ -353,7 +353,7 @@ __global__ void __launch_bounds__(kThreads) pass2_mma_kernel(SaliencyParams p, S
     mma::load_pair_rows<kThreads>(rc, [&](int rr) { return q_bh + q_off[rr]; }, rows_in, kR, Di, pw, s.vec16, Qw);
     if (kVo) {
       const E* ot = o_bh + r0 * 3 * depth;  // chunk r0 / kR
-      mma::load_pair_run<kThreads>(rc, o_trips, ot, depth, 3 * kR, depth, pw, o_vec, Op);
+      mma::load_pair_rows<kThreads>(rc, o_trips, ot, depth, 3 * kR, 3 * kR, depth, pw, o_vec, Op);
     }
     load_row_stats<true>(s, w, bh, r0, kR, sm);
     sync_tiles();
