@@ -129,25 +129,60 @@ OBC_DEVICE OBC_INLINE void ldsm_x4(uint32_t (&r)[4], const uint32_t* row) {
 }
 
 // 16 bytes from global to shared memory without passing through registers
-// (cp.async.cg, sm_80 and later). The copy completes on its own while the
-// thread goes on, so a thread has all its copies in flight at once, where a
-// load and a store per piece kept ptxas to one (an L2 or DRAM round trip per
-// piece, in a row). valid = false writes 16 zero bytes and reads nothing
-// (src-size 0); src is a 16-byte-aligned global address either way.
-// cp_async_wait() waits for the calling thread's copies, and a barrier after
-// it shows them to the block. The emulation writes the copies at the wait,
-// so a read before it sees the poison.
-OBC_DEVICE OBC_INLINE void cp_async16(uint32_t* dst, const void* src, bool valid) {
+// (cp.async.cg, sm_80 and later), issued only where a < b. The copy
+// completes on its own while the thread goes on, so a thread has all its
+// copies in flight at once, where a load and a store per piece kept ptxas to
+// one (an L2 or DRAM round trip per piece, in a row). The test is a
+// predicate set and used in the instruction, not a branch, so that callers
+// form every piece's addresses outside any condition (load_pair_rows: with a
+// branch per piece the compiler moved each piece's address arithmetic into
+// its branch, 7-13 instructions a piece where one immediate offset does),
+// and not a bool held across the loads (8 of them took more predicate
+// registers than there are: ptxas spilled). cp_async_wait() waits for the
+// calling thread's copies, and a barrier after it shows them to the block.
+// The emulation writes the copies at the wait, so a read before it sees the
+// poison.
+OBC_DEVICE OBC_INLINE void cp_async16_if_lt(int a, int b, uint32_t* dst, const void* src) {
 #if defined(OBC_SIMT_EMULATION)
-  ::simt::cp_async16(dst, src, valid);
+  if (a < b) ::simt::cp_async16(dst, src);
 #elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(dst));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(a), "l"(src), "r"(valid ? 16 : 0) : "memory");
+  const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  asm volatile(
+      "{\n"
+      "  .reg .pred p;\n"
+      "  setp.lt.s32 p, %0, %1;\n"
+      "  @p cp.async.cg.shared.global [%2], [%3], 16;\n"
+      "}\n" ::"r"(a),
+      "r"(b), "r"(d), "l"(src)
+      : "memory");
 #elif defined(__CUDA_ARCH__)
   __trap();  // only the tensor-core kernels (sm_80 and later) copy this way
 #else
-  (void)dst, (void)src, (void)valid;
+  (void)a, (void)b, (void)dst, (void)src;
 #endif
+}
+// p itself, its value hidden from the compiler: constant offsets added to
+// the result stay immediates of the instructions that use it. Added to a
+// pointer the compiler can see through (a row start computed from an
+// index), they were folded into the index before its scaling: a 64-bit add
+// and shift per 16-byte piece of load_pair_rows.
+template <typename T>
+OBC_DEVICE OBC_INLINE const T* opaque_ptr(const T* p) {
+#if defined(__CUDA_ARCH__)
+  asm("mov.b64 %0, %0;" : "+l"(p));
+#endif
+  return p;
+}
+// x itself, formed anew where this runs: what is computed from it cannot be
+// hoisted out of an enclosing loop. load_pair_rows' shared row addresses
+// and per-piece limits, hoisted out of pass 2's row-chunk loop, were kept
+// across it and went to the stack. (On a pointer it would hide that the
+// pointer is to shared memory: generic stores.)
+OBC_DEVICE OBC_INLINE int here(int x) {
+#if defined(__CUDA_ARCH__)
+  asm volatile("mov.b32 %0, %0;" : "+r"(x));
+#endif
+  return x;
 }
 OBC_DEVICE OBC_INLINE void cp_async_wait() {
 #if defined(OBC_SIMT_EMULATION)

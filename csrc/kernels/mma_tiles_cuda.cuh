@@ -42,123 +42,72 @@ __device__ OBC_INLINE void load_pair_row(const E* x, int Di, int pw, uint32_t* d
   }
 }
 
-// Which pieces of a tile the calling thread loads: chunk j of rows first,
-// first + per_pass, ... of a tile cut into `chunks` pieces per row, by a
-// block of kBlock threads (thread i: chunk i % chunks of rows i / chunks + k
-// per_pass; up to chunks - 1 threads idle when chunks does not divide the
-// block). Two divisions: a kernel that loads many tiles of one width works
-// this out once, outside its loop (ptxas does not hoist it out of a
-// conditional load).
-struct RowChunks {
-  int first, per_pass, j;
-};
-template <int kBlock>
-__device__ OBC_INLINE RowChunks row_chunks(int chunks) {
-  const int tid = threadIdx.x, per_pass = kBlock / chunks;
-  return {tid < per_pass * chunks ? tid / chunks : 1 << 30, per_pass, tid % chunks};
-}
-// The split of load_pair_rows' 16-byte pieces at head size Di.
-template <int kBlock>
-__device__ OBC_INLINE RowChunks pair_row_chunks(int Di) {
-  return row_chunks<kBlock>(mma_depth(Di) / 8);
-}
-
-// f(row, j) for rows 0 .. n - 1 and every chunk j of each, split as rc says.
-template <typename F>
-__device__ OBC_INLINE void for_each_row_chunk(const RowChunks& rc, int n, F f) {
-  for (int c = rc.first; c < n; c += rc.per_pass) f(c, rc.j);
-}
-// The same with the split worked out here, at the load, for tiles loaded
-// once per block (the tensor-core saliency's Q in pass 1, K and V in pass
-// 2): ~90 instructions a load, which tiles loaded in a loop should not pay
-// each time (pass 1's K and V, pass 2's Q and O per row chunk take `rc`).
-// ptxas's register allocation follows where the division sits: pass 2's
-// product loop recomputed its addresses (56-74 instructions per step of D,
-// 47 now) while its per-chunk loads split at the load
-// (bench/results/kernels.md).
-template <int kBlock, typename F>
-__device__ OBC_INLINE void for_each_row_chunk(int n, int chunks, F f) {
-  const int tid = threadIdx.x, per_pass = kBlock / chunks, j = tid % chunks;
-  if (tid < per_pass * chunks)
-    for (int c = tid / chunks; c < n; c += per_pass) f(c, j);
-}
-
-// Rows 0 .. n - 1 of a shared 16-bit-pair tile, by the whole block: row c from
-// src(c) for c < valid, zeros after, and zero from D to the mma
-// depth. With `vec` (D a multiple of 8, every row 16-byte aligned) one
-// 16-byte cp.async per 8 columns, a row's words being its 16-bit values in
-// memory order, so a thread has all its pieces in flight (a load and a store
-// per piece had one: the saliency's pass 1 read K and V from DRAM a 16-byte
-// piece per thread at a time); else two 16-bit loads per word
-// (load_pair_row), one row per warp. src(c) is only called for c < valid and
-// never null: a source that returned null past the end (the test in every
-// trip, and a select that kept its address from being computed
-// incrementally) took 33 instructions per 16-byte piece. each(rows, f) runs
-// f(row, piece) over the pieces of rows 0 .. rows - 1 this thread loads
-// (one of the for_each_row_chunk above, at mma_depth(Di) / 8 pieces per
-// row). The copies may still be on their way when this returns:
-// sync_tiles() before reading.
-template <int kBlock, typename Each, typename Src>
-__device__ OBC_INLINE void load_pair_rows_by(Each each, Src src, int valid, int n, int Di, int pw, bool vec,
-                                             uint32_t* dst) {
+// Rows 0 .. kRows - 1 of a shared 16-bit-pair tile, by the whole block: row
+// c from src(c) for c < valid, zeros after, and zero from D to the mma
+// depth; D <= kMaxDepth. With `vec` (D a multiple of 8, every row 16-byte
+// aligned) by 16-byte cp.async pieces, a row's words being its 16-bit values
+// in memory order: a quad of lanes per row (rows tid / 4, + kBlock / 4, ...),
+// lane q of it copying the row's pieces q, q + 4, q + 8, ..., which sit at
+// fixed offsets from its first in global and in shared memory (immediates in
+// the SASS), so src(c) and the destination are formed once per row and
+// thread (pass 1 of the saliency: ~7 instructions a piece with its row's
+// share, where taking one piece of each of several rows multiplied out a row
+// address per piece, 16, and stepped addresses took ~8; and no division to
+// split a tile among the threads; kernels.md). A warp's copy is 8 rows x 64
+// contiguous bytes, whole 32-byte sectors, and its shared stores fall in 8
+// different 4-bank groups (pair_stride): 4 wavefronts for 512 bytes, the
+// fewest there are. All of a thread's pieces are in flight at once (a load
+// and a store per piece had one: pass 1 read K and V from DRAM a 16-byte
+// piece per thread at a time): sync_tiles() before reading. Without `vec`,
+// two 16-bit loads per word (load_pair_row), one row per warp. src(c) is
+// only called for c < valid and never null.
+template <int kBlock, int kMaxDepth, int kRows, typename Src>
+__device__ OBC_INLINE void load_pair_rows(Src src, int valid, int Di, int pw, bool vec, uint32_t* dst) {
+  constexpr int kPass = kBlock / 4, kPieces = kMaxDepth / 32;  // rows per pass; pieces per lane and row
+  static_assert(kBlock % 4 == 0 && kRows % kPass == 0 && kMaxDepth % 32 == 0, "whole quads, passes and pieces");
+  if (kMaxDepth > 128 && Di <= 128) {  // uniform: the usual head sizes skip the pieces past 128 columns
+    load_pair_rows<kBlock, (kMaxDepth > 128 ? 128 : kMaxDepth), kRows>(src, valid, Di, pw, vec, dst);
+    return;
+  }
   if (!vec) {
-    for (int c = threadIdx.x / kWarpSize; c < n; c += kBlock / kWarpSize)
+    for (int c = threadIdx.x / kWarpSize; c < kRows; c += kBlock / kWarpSize)
       load_pair_row(c < valid ? src(c) : nullptr, Di, pw, dst + c * pw);
     return;
   }
-  const int m = valid < n ? valid : n;
-  each(m, [&](int c, int j) {
-    const bool in_d = 8 * j < Di;  // else the padding past D: zeros, read from the row's start
-    cp_async16(dst + c * pw + 4 * j, src(c) + (in_d ? 8 * j : 0), in_d);
-  });
-  each(n - m, [&](int c, int j) {
-    *reinterpret_cast<uint4*>(dst + (m + c) * pw + 4 * j) = make_uint4(0u, 0u, 0u, 0u);
-  });
-}
-// With the split worked out once by the caller: rc = pair_row_chunks<kBlock>(Di).
-template <int kBlock, typename Src>
-__device__ OBC_INLINE void load_pair_rows(const RowChunks& rc, Src src, int valid, int n, int Di, int pw, bool vec,
-                                          uint32_t* dst) {
-  const auto each = [&](int rows, auto f) { for_each_row_chunk(rc, rows, f); };
-  load_pair_rows_by<kBlock>(each, src, valid, n, Di, pw, vec, dst);
-}
-// How many rows of an n-row tile the thread copies under rc (a division).
-__device__ OBC_INLINE int row_trips(const RowChunks& rc, int n) {
-  return rc.first < n ? (n - rc.first + rc.per_pass - 1) / rc.per_pass : 0;
-}
-// The same for rows `stride` elements apart (row c at base + c * stride),
-// with trips = row_trips(rc, n), for tiles loaded once per block or row
-// chunk (pass 2's K and V, O's terms): a whole tile's copies step the
-// thread's offset and destination in a count of trips unrolled by 4, where
-// src(c) multiplied a row offset out for each 16-byte piece (16
-// instructions a piece on sm_90, ~7 now; bench/results/kernels.md). Off,
-// the offsets' type, is the stride's: 64-bit for K and V, 32-bit for O's
-// terms (a run under 2^31 elements), where 64-bit offsets made ptxas
-// recompute each address (22 a piece). A partial tile (the last, or rows
-// not 16-byte aligned) takes the loader above. Not for loads inside a loop
-// where registers are short: ptxas then either holds the addresses across
-// the loop or recomputes them in every trip (pass 1's K and V: 199-207
-// registers, or 19-22 instructions a piece under a register bound).
-template <int kBlock, typename E, typename Off>
-__device__ OBC_INLINE void load_pair_rows(const RowChunks& rc, int trips, const E* base, Off stride, int valid,
-                                          int n, int Di, int pw, bool vec, uint32_t* dst) {
-  if (!vec || valid < n) {
-    load_pair_rows<kBlock>(rc, [&](int c) { return base + c * stride; }, valid, n, Di, pw, vec, dst);
-    return;
+  // Lane and head size formed here: the row addresses and per-piece limits
+  // made from them cannot be hoisted out of a caller's loop (see mma::here).
+  const int q = here(static_cast<int>(threadIdx.x)) & 3, in_d = here(Di) / 8;
+  const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
+  // Words 4 in_d .. 4 in_d + 3 of a row, one per lane of its quad, are
+  // zeros: the padding from D to the mma depth where D % 16 == 8 (a piece
+  // no lane copies), else the row's 4 words of stride padding, which nothing
+  // reads. Stored unconditionally: a test of which lane holds the padding,
+  // live across a loop of loads, went to the stack.
+  const auto zero_pad = [&](int c) { dst[c * pw + 4 * in_d + q] = 0u; };
+  const auto copy_row = [&](int c) {
+    uint32_t* d = dst + c * pw + 4 * q;
+    const auto* x = opaque_ptr(src(c) + 8 * q);
+#pragma unroll
+    for (int i = 0; i < kPieces; ++i) cp_async16_if_lt(q, in_d - 4 * i, d + 16 * i, x + 32 * i);  // piece q + 4 i < D / 8
+    zero_pad(c);
+  };
+  if (valid >= kRows) {  // a whole tile (uniform): no test per row
+#pragma unroll
+    for (int k = 0; k < kRows / kPass; ++k) copy_row(threadIdx.x / 4 + k * kPass);
+  } else {
+#pragma unroll
+    for (int k = 0; k < kRows / kPass; ++k) {
+      const int c = threadIdx.x / 4 + k * kPass;
+      if (c < valid) {
+        copy_row(c);
+      } else {
+#pragma unroll
+        for (int i = 0; i < kPieces; ++i)
+          if (q + 4 * i < in_d) *reinterpret_cast<uint4*>(dst + c * pw + 4 * q + 16 * i) = zero;
+        zero_pad(c);
+      }
+    }
   }
-  if (trips == 0) return;  // an idle thread: rc.first is past every row, so no address is formed
-  const bool in_d = 8 * rc.j < Di;  // as in load_pair_rows_by
-  const Off off = rc.first * stride + (in_d ? 8 * rc.j : 0), off_step = rc.per_pass * stride;
-  uint32_t* d = dst + rc.first * pw + 4 * rc.j;
-  const int d_step = rc.per_pass * pw;
-#pragma unroll 4
-  for (int i = 0; i < trips; ++i) cp_async16(d + i * d_step, base + (off + i * off_step), in_d);
-}
-// With the split worked out at the load (see for_each_row_chunk).
-template <int kBlock, typename Src>
-__device__ OBC_INLINE void load_pair_rows(Src src, int valid, int n, int Di, int pw, bool vec, uint32_t* dst) {
-  const auto each = [Di](int rows, auto f) { for_each_row_chunk<kBlock>(rows, mma_depth(Di) / 8, f); };
-  load_pair_rows_by<kBlock>(each, src, valid, n, Di, pw, vec, dst);
 }
 
 // The barrier after load_pair_rows: this thread's copies land (all of them,

@@ -77,8 +77,8 @@ __global__ void __launch_bounds__(kMmaThreads, 1) projected_value_mma_kernel(Pro
   for (int s0 = 0; s0 < kRows; s0 += kMmaStageRows) {
     const int left = rows_in - s0, valid = left < 0 ? 0 : left < kMmaStageRows ? left : kMmaStageRows;
     if (s0 > 0) __syncthreads();  // the previous stage's fragments are read
-    mma::load_pair_rows<kMmaThreads>([&](int c) { return v + (s0 + c) * p.v_sn; }, valid, kMmaStageRows, Di, pw,
-                                     vec, smem);
+    mma::load_pair_rows<kMmaThreads, mma_max_depth(MT), kMmaStageRows>([&](int c) { return v + (s0 + c) * p.v_sn; },
+                                                                       valid, Di, pw, vec, smem);
     mma::sync_tiles();
     if (warp * kWarpRows / kMmaStageRows == s0 / kMmaStageRows) {
       const int row0 = warp * kWarpRows - s0;
@@ -95,12 +95,12 @@ __global__ void __launch_bounds__(kMmaThreads, 1) projected_value_mma_kernel(Pro
   // run-time index puts on the stack).
   const auto buf = [&](long long c) { return smem + (c % 2) * kMmaCols * pw; };
   const long long tiles = (p.hidden + kMmaCols - 1) / kMmaCols;
-  const mma::RowChunks rc = mma::pair_row_chunks<kMmaThreads>(Di);
   const auto load_w = [&](long long c, uint32_t* dst) {
     const long long c0 = c * kMmaCols;
     const int valid = static_cast<int>(p.hidden - c0 < kMmaCols ? p.hidden - c0 : kMmaCols);
     const E* wc = w + c0 * p.wo_so;
-    mma::load_pair_rows<kMmaThreads>(rc, [&](int r) { return wc + r * p.wo_so; }, valid, kMmaCols, Di, pw, vec, dst);
+    mma::load_pair_rows<kMmaThreads, mma_max_depth(MT), kMmaCols>([&](int r) { return wc + r * p.wo_so; }, valid, Di,
+                                                                  pw, vec, dst);
   };
   float part[MT][2] = {};  // m-tile x rows g, g + 8: this lane's columns' |x| or x^2
   if (tiles > 0) load_w(0, buf(0));

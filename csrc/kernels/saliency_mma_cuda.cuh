@@ -52,12 +52,6 @@ using mma::mma_depth;
 using mma::pair_stride;
 using mma::sync_tiles;
 
-// mma::load_pair_rows by a saliency block (kThreads threads).
-template <typename Src>
-__device__ OBC_INLINE void load_pair_rows(Src src, int valid, int n, int Di, int pw, bool vec, uint32_t* dst) {
-  mma::load_pair_rows<kThreads>(src, valid, n, Di, pw, vec, dst);
-}
-
 // Pass 1 keeps a warp's 16 rows of O in registers: head sizes up to 128.
 constexpr int kMmaPass1MaxDepth = 128;
 // float16's P = e^(z - max) <= 1 is split as P 2^15 (< 65504), whose f16
@@ -88,8 +82,16 @@ OBC_HD constexpr bool mma_pass2_supports() {
 // P is split into three terms like o in pass 2, so O is as exact as on
 // the FP32 path (the key and joint scores difference it against v).
 // smem: lim rows (64-bit) | Qw rows*pw | Kw keys*pw | Vw keys*pw (for O).
+// Pass 1's blocks per SM, told to ptxas as __launch_bounds__'s minimum: 3,
+// what its 52 KB of shared memory (D = 128) allows on sm_80 and sm_90. Left
+// free since its tile loads form each row's address once
+// (mma::load_pair_rows), ptxas kept those addresses across the tile loop
+// and took 203-208 registers, room for 2 blocks; held to 168 it recomputes
+// the ldmatrix row addresses per tile instead (28 instructions, against
+// the 176 the loads saved; bench/results/kernels.md).
+constexpr int kMmaPass1MinBlocks = 3;
 template <typename E, bool kNeedO>
-__global__ void __launch_bounds__(kThreads) pass1_mma_kernel(SaliencyParams p, Shape s, Work w) {
+__global__ void __launch_bounds__(kThreads, kMmaPass1MinBlocks) pass1_mma_kernel(SaliencyParams p, Shape s, Work w) {
   constexpr int kR = kMmaRows, kKeys = kMmaKeys, kSteps = kMmaPass1MaxDepth / 16;
   constexpr bool kHalf = std::is_same<E, half_t>::value;
   OBC_DYNAMIC_SMEM(float, smem);
@@ -108,23 +110,23 @@ __global__ void __launch_bounds__(kThreads) pass1_mma_kernel(SaliencyParams p, S
   row_info<true>(p, s, r0, kR, lim, nullptr);
   const int rows_in = chunk_rows(s, r0, kR);
   const auto q_row = [&](int rr) { return q_bh + query_offset(p, s, static_cast<int>(r0 + rr)); };
-  load_pair_rows(q_row, rows_in, kR, Di, pw, s.vec16, Qw);
+  mma::load_pair_rows<kThreads, kMmaPass1MaxDepth, kR>(q_row, rows_in, Di, pw, s.vec16, Qw);
   sync_tiles();
   const long long lim_row[2] = {lim[row_w + g], lim[row_w + g + 8]};
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
   float o[2 * kSteps][4] = {};  // rows g, g + 8 x columns 8 dn + 2t, + 1
   const long long k_begin = split * s.keys_per_split;
   const long long k_end = k_begin + s.keys_per_split < N ? k_begin + s.keys_per_split : N;
-  // The tiles' row split, worked out once: at each load it took ~90
-  // instructions per tile and load of K or V (bench/results/kernels.md).
-  const mma::RowChunks rc = mma::pair_row_chunks<kThreads>(Di);
   for (long long p0 = k_begin; p0 < k_end; p0 += kKeys) {
     const int tn = static_cast<int>(k_end - p0 < kKeys ? k_end - p0 : kKeys);
     __syncthreads();  // every warp is done with the previous tile
     const E *Kt = K + p0 * p.k_sn, *Vt = V + p0 * p.v_sn;
-    mma::load_pair_rows<kThreads>(rc, [&](int c) { return Kt + c * p.k_sn; }, tn, kKeys, Di, pw, s.vec16, Kw);
-    if (kNeedO)
-      mma::load_pair_rows<kThreads>(rc, [&](int c) { return Vt + c * p.v_sn; }, tn, kKeys, Di, pw, s.vec16, Vw);
+    const auto k_row = [&](int c) { return Kt + c * p.k_sn; };
+    mma::load_pair_rows<kThreads, kMmaPass1MaxDepth, kKeys>(k_row, tn, Di, pw, s.vec16, Kw);
+    if (kNeedO) {
+      const auto v_row = [&](int c) { return Vt + c * p.v_sn; };
+      mma::load_pair_rows<kThreads, kMmaPass1MaxDepth, kKeys>(v_row, tn, Di, pw, s.vec16, Vw);
+    }
     sync_tiles();
     float sc[8][4] = {};  // logits: rows g, g + 8 x keys 8 nt + 2t, + 1
     // Q's fragments are re-read from shared memory per tile: held in
@@ -294,8 +296,18 @@ __device__ OBC_INLINE void key_sq_norms(const uint32_t* Vw, int pw, int depth, i
 // products are done, so Cs rows*(keys+1) takes the same space (the larger
 // of the two) | head G*keys | vn1, vn2 keys | rm, ril, ron2, ros rows |
 // head_of rows (int); pass2_mma_smem in saliency_cuda.cu is the same sum.
+// Pass 2's blocks per SM, told to ptxas as __launch_bounds__'s minimum where
+// its tiles are 64 x 64 (the scores that read no O): 3, what ~50 KB of
+// shared memory allows on sm_80 (D = 128). Without a minimum, ptxas held
+// these kernels to 80 registers on sm_80 and put two product-loop addresses
+// on the stack; the key and joint kernels (~160 registers, 2 blocks) keep
+// ptxas's default.
+template <Score S>
+OBC_HD constexpr int mma_pass2_min_blocks() {
+  return score_needs_vo(S) ? 1 : 3;
+}
 template <typename E, Score S>
-__global__ void __launch_bounds__(kThreads) pass2_mma_kernel(SaliencyParams p, Shape s, Work w) {
+__global__ void __launch_bounds__(kThreads, mma_pass2_min_blocks<S>()) pass2_mma_kernel(SaliencyParams p, Shape s, Work w) {
   constexpr int kKeys = mma_pass2_keys(S), kR = mma_pass2_rows(S), kCs = kKeys + 1, kKeyWarps = kKeys / 32;
   constexpr bool kHalf = std::is_same<E, half_t>::value;
   constexpr bool kVo = score_needs_vo(S);
@@ -328,10 +340,10 @@ __global__ void __launch_bounds__(kThreads) pass2_mma_kernel(SaliencyParams p, S
   const int g = lane / 4, t = lane % 4, row_w = warp / kKeyWarps * 32, key_w = warp % kKeyWarps * 32;
 
   const E *Kt = K + p0 * p.k_sn, *Vt = V + p0 * p.v_sn;
-  const mma::RowChunks rc = mma::pair_row_chunks<kThreads>(Di);
-  const int trips = mma::row_trips(rc, kKeys), o_trips = kVo ? mma::row_trips(rc, 3 * kR) : 0;
-  mma::load_pair_rows<kThreads>(rc, trips, Kt, p.k_sn, tn, kKeys, Di, pw, s.vec16, Kw);
-  if (kNeedV) mma::load_pair_rows<kThreads>(rc, trips, Vt, p.v_sn, tn, kKeys, Di, pw, s.vec16, Vw);
+  constexpr int kDepth = kMmaPass2MaxDepth;
+  mma::load_pair_rows<kThreads, kDepth, kKeys>([&](int c) { return Kt + c * p.k_sn; }, tn, Di, pw, s.vec16, Kw);
+  if (kNeedV)
+    mma::load_pair_rows<kThreads, kDepth, kKeys>([&](int c) { return Vt + c * p.v_sn; }, tn, Di, pw, s.vec16, Vw);
   sync_tiles();
   // ||v||^2 (value, key, joint) as the diagonal of V V^T (key_sq_norms);
   // ||v||_1 (vatp) from 16-byte shared loads, 8 values each (a 32-bit load
@@ -350,10 +362,10 @@ __global__ void __launch_bounds__(kThreads) pass2_mma_kernel(SaliencyParams p, S
     row_info<true>(p, s, r0, kR, lim, head_of, q_off);
     __syncthreads();  // q_off (and Cs of the previous chunk read: reduce_queries)
     const int rows_in = chunk_rows(s, r0, kR);
-    mma::load_pair_rows<kThreads>(rc, [&](int rr) { return q_bh + q_off[rr]; }, rows_in, kR, Di, pw, s.vec16, Qw);
+    mma::load_pair_rows<kThreads, kDepth, kR>([&](int rr) { return q_bh + q_off[rr]; }, rows_in, Di, pw, s.vec16, Qw);
     if (kVo) {
       const E* ot = o_bh + r0 * 3 * depth;  // chunk r0 / kR
-      mma::load_pair_rows<kThreads>(rc, o_trips, ot, depth, 3 * kR, 3 * kR, depth, pw, o_vec, Op);
+      mma::load_pair_rows<kThreads, kDepth, 3 * kR>([&](int c) { return ot + c * depth; }, 3 * kR, depth, pw, o_vec, Op);
     }
     load_row_stats<true>(s, w, bh, r0, kR, sm);
     sync_tiles();

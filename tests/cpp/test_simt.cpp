@@ -446,11 +446,12 @@ TEST(Simt, LdmatrixFeedsMmaInTheFragmentLayout) {
         << bad;
 }
 
-// cp.async (mma.h's cp_async16): each thread copies 16-byte pieces of src
-// into shared memory, every odd piece as zeros (valid = false), and records
-// what its first piece's slot held before the wait (`early`: the poison,
-// since the emulation lands copies at the wait) and after. mode 1 skips the
-// wait, 2 passes a misaligned destination, 3 a destination in global memory.
+// cp.async (mma.h's cp_async16_if_lt): each thread copies the even 16-byte
+// pieces of src into shared memory and issues none for the odd ones, whose
+// slots keep the poison, and records what its first piece's slot held
+// before the wait (`early`: the poison, since the emulation lands copies at
+// the wait). mode 1 skips the wait, 2 passes a misaligned destination, 3 a
+// destination in global memory.
 __global__ void async_copy(const uint4* src, uint4* out, uint32_t* early, int n, int mode) {
   OBC_DYNAMIC_SMEM(uint32_t, smem);
   uint4* tile = reinterpret_cast<uint4*>(smem);
@@ -458,7 +459,7 @@ __global__ void async_copy(const uint4* src, uint4* out, uint32_t* early, int n,
     uint32_t* dst = smem + 4 * i;
     if (mode == 2 && i == 0) dst += 1;
     if (mode == 3 && i == 0) dst = reinterpret_cast<uint32_t*>(out);
-    obc::mma::cp_async16(dst, src + i, i % 2 == 0);
+    obc::mma::cp_async16_if_lt(i % 2, 1, dst, src + i);
   }
   early[threadIdx.x] = smem[4 * threadIdx.x];
   if (mode != 1) obc::mma::cp_async_wait();
@@ -466,7 +467,7 @@ __global__ void async_copy(const uint4* src, uint4* out, uint32_t* early, int n,
   for (int i = threadIdx.x; i < n; i += blockDim.x) out[i] = tile[(i + 1) % n];  // another thread's piece
 }
 
-TEST(Simt, CpAsyncLandsAtTheWaitZeroFillsAndChecksItsAddresses) {
+TEST(Simt, CpAsyncLandsAtTheWaitOnlyWherePredicatedAndChecksItsAddresses) {
   const int n = 96, threads = 32;
   std::vector<uint4> src(n), out(n);
   for (int i = 0; i < n; ++i) src[i] = {4u * i + 1, 4u * i + 2, 4u * i + 3, 4u * i + 4};
@@ -475,7 +476,7 @@ TEST(Simt, CpAsyncLandsAtTheWaitZeroFillsAndChecksItsAddresses) {
   OBC_LAUNCH(async_copy, dim3(1), dim3(threads), smem, nullptr, src.data(), out.data(), early.data(), n, 0);
   for (int i = 0; i < n; ++i) {
     const int from = (i + 1) % n;
-    const uint4 want = from % 2 == 0 ? src[from] : uint4{0u, 0u, 0u, 0u};
+    const uint4 want = from % 2 == 0 ? src[from] : uint4{~0u, ~0u, ~0u, ~0u};
     ASSERT_EQ(std::memcmp(&out[i], &want, sizeof(uint4)), 0) << "piece " << from;
   }
   for (int t = 0; t < threads; ++t) EXPECT_EQ(early[t], 0xFFFFFFFFu) << "thread " << t << " saw its copy early";

@@ -738,11 +738,11 @@ inline void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (
   }
 }
 
-// cp.async.cg.shared.global [dst], [src], 16, valid ? 16 : 0 of the
-// calling thread: 16 bytes (zeros when !valid) into the block's dynamic shared
-// memory, written when the thread waits (cp_async_wait), so that a read
-// before the wait sees the poison. Both addresses 16-byte aligned.
-inline void cp_async16(void* dst, const void* src, bool valid) {
+// cp.async.cg.shared.global [dst], [src], 16 of the calling thread: 16
+// bytes into the block's dynamic shared memory, written when the thread
+// waits (cp_async_wait), so that a read before the wait sees the poison.
+// Both addresses 16-byte aligned.
+inline void cp_async16(void* dst, const void* src) {
   using namespace detail;
   Ctx& c = kernel_ctx();
   const auto a = reinterpret_cast<uintptr_t>(dst), base = reinterpret_cast<uintptr_t>(c.smem);
@@ -751,7 +751,7 @@ inline void cp_async16(void* dst, const void* src, bool valid) {
   if (a < base || a + 16 > base + c.smem_bytes)
     throw std::logic_error("cp.async: the destination lies outside the block's dynamic shared memory");
   AsyncCopy copy{static_cast<unsigned char*>(dst), {}};
-  if (valid) std::memcpy(copy.bytes, src, 16);
+  std::memcpy(copy.bytes, src, 16);
   c.async_copies.push_back(copy);
 }
 // cp.async.wait_all: the calling thread's copies land.
