@@ -61,11 +61,19 @@ ISSUE = 4 * 132 * 1.98e9
 # cores"): its block -> ~770 (K and V copied with stepped addresses, ~630
 # -> ~380; ||v||^2 as the diagonal of V V^T, ~290 -> ~185), its chunk ->
 # ~1,435 (O's terms copied with stepped 32-bit offsets, ~185 -> ~100, and
-# 17 more address computations in the product loop). Until the fifth session the model
+# 17 more address computations in the product loop). Since the ninth
+# session (kernels.md, "Tile loads by quads of lanes"): every tile load
+# forms a row's address once and issues its pieces at immediate offsets,
+# with no division to split the tile; walking the old and the new SASS
+# along the same path: pass 1 -119 per tile (its loads 370 -> 224, its
+# products and softmax 794 -> 821 under a 168-register bound), pass 2's
+# chunk -126 (Q and O's terms 423 -> 366, products 1,076 -> 1,007), its
+# block -280 (set-up and K, V 602 -> 310; key norms 313 -> 325). Until the
+# fifth session the model
 # took straight-line code whole and said 4.76 per pair where this count
 # gives 4.47 for the same kernels; the history before is in kernels.md
 # ("Issue slots" and after).
-WARP_INSTR_PER_PAIR = {"pass 1": 1131 / 1024, "pass 2": 1435 / 1024, "pass 2, per block": 770 / 4096}
+WARP_INSTR_PER_PAIR = {"pass 1": 1012 / 1024, "pass 2": 1309 / 1024, "pass 2, per block": 490 / 4096}
 # float16 (pass 1 the same length) adds, per 1,024 pairs of pass 2, one
 # multiply per pair by its row's scale of O's f16 terms and a load of that
 # scale per row: 32 + 4 per lane (sass_loops.py, the row-chunk loop of the
