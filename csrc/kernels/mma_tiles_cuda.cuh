@@ -88,7 +88,8 @@ __device__ OBC_INLINE void load_pair_rows(Src src, int valid, int Di, int pw, bo
     uint32_t* d = dst + c * pw + 4 * q;
     const auto* x = opaque_ptr(src(c) + 8 * q);
 #pragma unroll
-    for (int i = 0; i < kPieces; ++i) cp_async16_if_lt(q, in_d - 4 * i, d + 16 * i, x + 32 * i);  // piece q + 4 i < D / 8
+    for (int i = 0; i < kPieces; ++i)  // piece q + 4 i, where it lies within D
+      cp_async16_if_lt(q, in_d - 4 * i, d + 16 * i, x + 32 * i);
     zero_pad(c);
   };
   if (valid >= kRows) {  // a whole tile (uniform): no test per row

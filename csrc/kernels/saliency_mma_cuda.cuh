@@ -87,8 +87,8 @@ OBC_HD constexpr bool mma_pass2_supports() {
 // free since its tile loads form each row's address once
 // (mma::load_pair_rows), ptxas kept those addresses across the tile loop
 // and took 203-208 registers, room for 2 blocks; held to 168 it recomputes
-// the ldmatrix row addresses per tile instead (28 instructions, against
-// the 176 the loads saved; bench/results/kernels.md).
+// the ldmatrix row addresses per tile instead (27 instructions, against
+// the 146 its loads saved; bench/results/kernels.md).
 constexpr int kMmaPass1MinBlocks = 3;
 template <typename E, bool kNeedO>
 __global__ void __launch_bounds__(kThreads, kMmaPass1MinBlocks) pass1_mma_kernel(SaliencyParams p, Shape s, Work w) {
@@ -300,14 +300,15 @@ __device__ OBC_INLINE void key_sq_norms(const uint32_t* Vw, int pw, int depth, i
 // its tiles are 64 x 64 (the scores that read no O): 3, what ~50 KB of
 // shared memory allows on sm_80 (D = 128). Without a minimum, ptxas held
 // these kernels to 80 registers on sm_80 and put two product-loop addresses
-// on the stack; the key and joint kernels (~160 registers, 2 blocks) keep
-// ptxas's default.
+// on the stack; the key and joint kernels (164-186 registers, 2 blocks)
+// keep ptxas's default.
 template <Score S>
 OBC_HD constexpr int mma_pass2_min_blocks() {
   return score_needs_vo(S) ? 1 : 3;
 }
 template <typename E, Score S>
-__global__ void __launch_bounds__(kThreads, mma_pass2_min_blocks<S>()) pass2_mma_kernel(SaliencyParams p, Shape s, Work w) {
+__global__ void __launch_bounds__(kThreads, mma_pass2_min_blocks<S>())
+    pass2_mma_kernel(SaliencyParams p, Shape s, Work w) {
   constexpr int kKeys = mma_pass2_keys(S), kR = mma_pass2_rows(S), kCs = kKeys + 1, kKeyWarps = kKeys / 32;
   constexpr bool kHalf = std::is_same<E, half_t>::value;
   constexpr bool kVo = score_needs_vo(S);
@@ -362,10 +363,12 @@ __global__ void __launch_bounds__(kThreads, mma_pass2_min_blocks<S>()) pass2_mma
     row_info<true>(p, s, r0, kR, lim, head_of, q_off);
     __syncthreads();  // q_off (and Cs of the previous chunk read: reduce_queries)
     const int rows_in = chunk_rows(s, r0, kR);
-    mma::load_pair_rows<kThreads, kDepth, kR>([&](int rr) { return q_bh + q_off[rr]; }, rows_in, Di, pw, s.vec16, Qw);
+    const auto q_row = [&](int rr) { return q_bh + q_off[rr]; };
+    mma::load_pair_rows<kThreads, kDepth, kR>(q_row, rows_in, Di, pw, s.vec16, Qw);
     if (kVo) {
       const E* ot = o_bh + r0 * 3 * depth;  // chunk r0 / kR
-      mma::load_pair_rows<kThreads, kDepth, 3 * kR>([&](int c) { return ot + c * depth; }, 3 * kR, depth, pw, o_vec, Op);
+      const auto o_row = [&](int c) { return ot + c * depth; };
+      mma::load_pair_rows<kThreads, kDepth, 3 * kR>(o_row, 3 * kR, depth, pw, o_vec, Op);
     }
     load_row_stats<true>(s, w, bh, r0, kR, sm);
     sync_tiles();
