@@ -1,8 +1,10 @@
 """CUDA kernels vs the reference and the kvpress-style baseline, timed with
 CUDA events: saliency (joint; also `obcache+o`, given the window's attention
-output as a model hands it over, and `obcache-fp32`, the 16-bit inputs on
-the FP32 kernels instead of the tensor cores: OBCACHE_CUDA_TENSOR_CORES=0),
-select, compact_ and evict (also `obcache-fp32`) at N in {4k, 32k, 128k},
+output as a model hands it over, `obcache-fp32`, the 16-bit inputs on
+the FP32 kernels instead of the tensor cores: OBCACHE_CUDA_TENSOR_CORES=0,
+and `obcache-l2off`, pass 2 walking the heads in pass 1's order instead of
+last to first: OBCACHE_CUDA_L2_REUSE=0), select, compact_ and evict (also
+`obcache-fp32` and `obcache-l2off`) at N in {4k, 32k, 128k},
 bfloat16 (--dtype float16 for float16), B=1, H_kv=8, G=4, W=32, D=128,
 budget N/10, sink 4, recent W, max pooling kernel 7; and
 projected_value_norm (the L1 norms of
@@ -105,17 +107,26 @@ def extra_memory(fn, prepare, device):
     return (peak - base) / 2**20
 
 
-def fp32_units(fn):
-    """fn with OBCACHE_CUDA_TENSOR_CORES=0: 16-bit saliency and projected_value_norm on the FP32
-    kernels instead of the tensor cores (the same run's baseline for what the tensor cores gain; identical
-    calls for other dtypes)."""
+def switched_off(var, fn):
+    """fn with the environment variable var set to 0 (the kernels read it per call): the same run's
+    baseline for what the switch gains. OBCACHE_CUDA_TENSOR_CORES=0: 16-bit saliency and
+    projected_value_norm on the FP32 kernels (identical calls for other dtypes). OBCACHE_CUDA_L2_REUSE=0:
+    saliency's pass 2 walks the heads in pass 1's order, not last to first."""
     def run():
-        os.environ["OBCACHE_CUDA_TENSOR_CORES"] = "0"
+        os.environ[var] = "0"
         try:
             return fn()
         finally:
-            del os.environ["OBCACHE_CUDA_TENSOR_CORES"]
+            del os.environ[var]
     return run
+
+
+def fp32_units(fn):
+    return switched_off("OBCACHE_CUDA_TENSOR_CORES", fn)
+
+
+def heads_in_order(fn):
+    return switched_off("OBCACHE_CUDA_L2_REUSE", fn)
 
 
 def build_cases(op, N, k0, v0, q, k, v, scores, idx, per_head_ref, wo, o):
@@ -132,6 +143,7 @@ def build_cases(op, N, k0, v0, q, k, v, scores, idx, per_head_ref, wo, o):
     if op == "saliency":
         return {"obcache": (lambda: torch.ops.obcache.saliency(k0, v0, q, SCORE), None),
                 "obcache-fp32": (fp32_units(lambda: torch.ops.obcache.saliency(k0, v0, q, SCORE)), None),
+                "obcache-l2off": (heads_in_order(lambda: torch.ops.obcache.saliency(k0, v0, q, SCORE)), None),
                 "obcache+o": (lambda: torch.ops.obcache.saliency(k0, v0, q, SCORE, o=o), None),
                 "kvpress": (lambda: bl.kvpress_scores(k0, v0, q, SCORE), None),
                 "reference": (lambda: bl.reference_scores(k0, v0, q, SCORE, per_head=per_head_ref), None)}
@@ -152,6 +164,7 @@ def build_cases(op, N, k0, v0, q, k, v, scores, idx, per_head_ref, wo, o):
     evict = lambda: obcache.evict(k, v, q, budget, score=SCORE, sink=SINK, pool_kernel=POOL_KERNEL)  # noqa: E731
     return {"obcache": (evict, restore),
             "obcache-fp32": (fp32_units(evict), restore),
+            "obcache-l2off": (heads_in_order(evict), restore),
             "kvpress": (lambda: bl.kvpress_evict(k0, v0, q, budget, SCORE, sink=SINK, pool_kernel=POOL_KERNEL),
                         None),
             "reference": (lambda: bl.reference_evict(k0, v0, q, budget, SCORE, sink=SINK, pool_kernel=POOL_KERNEL,
@@ -248,6 +261,8 @@ def main():
             row["speedup_given_o"] = ob / row["impls"]["obcache+o"]["s"]
         if row["impls"].get("obcache-fp32", {}).get("s"):
             row["speedup_tensor_cores"] = row["impls"]["obcache-fp32"]["s"] / ob
+        if row["impls"].get("obcache-l2off", {}).get("s"):
+            row["speedup_l2_reuse"] = row["impls"]["obcache-l2off"]["s"] / ob
         row["obcache_roofline"] = roofline(*work(op, N, elem), ob, peak)
         rows.append(row)
         del k0, v0, q, k, v, scores, idx, cases, wo, o
@@ -273,6 +288,10 @@ def main():
             print(f"{'':>24}obcache on the FP32 kernels (OBCACHE_CUDA_TENSOR_CORES=0): "
                   f"{1e3 * im['obcache-fp32']['s']:.3f} ms "
                   f"(FP32 kernels / tensor cores: {r['speedup_tensor_cores']:.2f}x)")
+        if im.get("obcache-l2off", {}).get("s"):
+            print(f"{'':>24}obcache, pass 2 in head order (OBCACHE_CUDA_L2_REUSE=0): "
+                  f"{1e3 * im['obcache-l2off']['s']:.3f} ms (head order / last head first: "
+                  f"{r['speedup_l2_reuse']:.2f}x)")
         if im.get("obcache+o", {}).get("s"):
             print(f"{'':>24}obcache+o (given o): {1e3 * im['obcache+o']['s']:.3f} ms, "
                   f"{r['speedup_given_o']:.2f}x obcache")

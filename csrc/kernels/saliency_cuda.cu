@@ -10,7 +10,9 @@
 //   2. combine_kernel, grid (R, B * Hkv): merges the splits into the final
 //      max, 1 / sum, O and ||O||^2 (O read from p.o instead when the caller
 //      gives it: pass 1 then computes only the max and sum).
-//   3. pass 2, grid (ceil(N / keys), B * Hkv): one block per key tile (64
+//   3. pass 2, grid (ceil(N / keys), B * Hkv), heads last to first (the L2
+//      still holds the K and V pass 1 read last; Shape::heads_reversed):
+//      one block per key tile (64
 //      keys; 128 for key / joint on the tensor cores, 32 on the FP32 units
 //      where the device's shared memory is too small) keeps its K and V tile
 //      in shared memory, walks all R rows in chunks (recomputing Z, A, v.o,
@@ -37,6 +39,8 @@
 #include "saliency_cuda.h"
 
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
 #include <type_traits>
 
 #include "cuda_compat.h"
@@ -56,6 +60,13 @@ using salc::kTile;
 
 // Enough blocks in pass 1 to fill a large GPU (about 1024), without splits
 // shorter than 256 keys or more than kMaxSplits.
+// Shape::heads_reversed unless OBCACHE_CUDA_L2_REUSE=0 (read per call, so
+// bench/bench_gpu.py times both orders in one process).
+bool pass2_heads_reversed() {
+  const char* env = std::getenv("OBCACHE_CUDA_L2_REUSE");
+  return !(env && std::strcmp(env, "0") == 0);
+}
+
 salc::Shape make_shape(const SaliencyParams& p) {
   salc::Shape s;
   s.Wr = score_last_query_only(p.score) ? 1 : p.W;
@@ -78,6 +89,7 @@ salc::Shape make_shape(const SaliencyParams& p) {
   s.vec16 = p.D % 8 == 0 && mma::rows_aligned16(p.q, p.q_sb, p.q_sh, p.q_sw) &&
             mma::rows_aligned16(p.k, p.k_sb, p.k_sh, p.k_sn) &&
             mma::rows_aligned16(p.v, p.v_sb, p.v_sh, p.v_sn);
+  s.heads_reversed = pass2_heads_reversed();
   return s;
 }
 

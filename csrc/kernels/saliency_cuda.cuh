@@ -46,7 +46,17 @@ struct Shape {
   // Every row of q, k and v (16-bit) starts 16-byte aligned and D is a
   // multiple of 8: the tensor-core passes load tiles 16 bytes at a time.
   bool vec16;
+  // Pass 2 walks the heads last to first (pass2_bh). Pass 1's blocks run in
+  // head order, so when pass 2 starts the L2 holds the last heads' K and V;
+  // in head order pass 2's misses would evict them before their turn.
+  // OBCACHE_CUDA_L2_REUSE=0 keeps head order (bench/bench_gpu.py times both).
+  bool heads_reversed;
 };
+
+// The (b, h) a pass-2 block works on: blockIdx.y, or its mirror.
+__device__ OBC_INLINE unsigned pass2_bh(const Shape& s) {
+  return s.heads_reversed ? gridDim.y - 1 - blockIdx.y : blockIdx.y;
+}
 
 // Workspace (floats), all indexed by bh = b * Hkv + h:
 //   part_m, part_l [bh][split][R]; part_o [bh][split][R][D]  (pass 1)
@@ -571,9 +581,9 @@ __global__ void __launch_bounds__(kThreads, kPass2MinBlocks) pass2_kernel(Salien
   OBC_DYNAMIC_SMEM(float, smem);
   const long long D = p.D, N = p.N;
   const int Di = static_cast<int>(D), sq = row_stride(D), sk = tile_stride(D);
-  const long long p0 = static_cast<long long>(blockIdx.x) * kKeys, bh = blockIdx.y;
+  const long long p0 = static_cast<long long>(blockIdx.x) * kKeys, bh = pass2_bh(s);
   const int tn = static_cast<int>(N - p0 < kKeys ? N - p0 : kKeys);
-  const HeadPtrs<E> hp = head_ptrs<E>(p, blockIdx.y);
+  const HeadPtrs<E> hp = head_ptrs<E>(p, static_cast<unsigned>(bh));
   const E* q_bh = hp.q;
   const float* o_bh = w.fin_o + bh * s.R * D;
   long long* lim = reinterpret_cast<long long*>(smem);

@@ -300,7 +300,7 @@ __device__ OBC_INLINE void key_sq_norms(const uint32_t* Vw, int pw, int depth, i
 // its tiles are 64 x 64 (the scores that read no O): 3, what ~50 KB of
 // shared memory allows on sm_80 (D = 128). Without a minimum, ptxas held
 // these kernels to 80 registers on sm_80 and put two product-loop addresses
-// on the stack; the key and joint kernels (164-186 registers, 2 blocks)
+// on the stack; the key and joint kernels (166-186 registers, 2 blocks)
 // keep ptxas's default.
 template <Score S>
 OBC_HD constexpr int mma_pass2_min_blocks() {
@@ -317,9 +317,9 @@ __global__ void __launch_bounds__(kThreads, mma_pass2_min_blocks<S>())
   OBC_DYNAMIC_SMEM(float, smem);
   const long long D = p.D, N = p.N;
   const int Di = static_cast<int>(D), depth = mma_depth(D), pw = pair_stride(D), plane = kR * pw;
-  const long long p0 = static_cast<long long>(blockIdx.x) * kKeys, bh = blockIdx.y;
+  const long long p0 = static_cast<long long>(blockIdx.x) * kKeys, bh = pass2_bh(s);
   const int tn = static_cast<int>(N - p0 < kKeys ? N - p0 : kKeys);
-  const HeadPtrs<E> hp = head_ptrs<E>(p, blockIdx.y);
+  const HeadPtrs<E> hp = head_ptrs<E>(p, static_cast<unsigned>(bh));
   const E *K = hp.k, *V = hp.v, *q_bh = hp.q;
   // O's three terms (combine_kernel's Work::o_terms), a chunk's in one run
   // of 3 kR rows of depth values: 16-byte pieces wherever the workspace

@@ -198,7 +198,7 @@ TEST(EmuSaliency, HalfAndBFloat16) {
 // reduction), every reduction.
 // Then the same on an emulated sm_75, which has no bf16 / f16 m16n8k16, and
 // with OBCACHE_CUDA_TENSOR_CORES=0: the FP32 passes run and no mma
-// instruction does.
+// instruction does. Last, pass 2 in head order (OBCACHE_CUDA_L2_REUSE=0).
 template <typename E>
 void on_tensor_cores(obc::DType dt, unsigned seed) {
   std::mt19937 rng(seed);
@@ -243,7 +243,16 @@ void on_tensor_cores(obc::DType dt, unsigned seed) {
   before = simt::mma_instructions();
   check_case<E>(cases[0], dt, rng, false, 1u << 5);
   EXPECT_EQ(simt::mma_instructions(), before);
+  // OBCACHE_CUDA_L2_REUSE=0: pass 2 walks the heads in head order (the
+  // baseline bench/bench_gpu.py times the default, last head first,
+  // against), on the FP32 kernels and on the tensor cores; two heads each.
+  setenv("OBCACHE_CUDA_L2_REUSE", "0", 1);
+  check_case<E>(cases[0], dt, rng, false, 1u << 5);
   unsetenv("OBCACHE_CUDA_TENSOR_CORES");
+  before = simt::mma_instructions();
+  check_case<E>(cases[2], dt, rng, false, 1u << 5);
+  EXPECT_GT(simt::mma_instructions(), before);
+  unsetenv("OBCACHE_CUDA_L2_REUSE");
 }
 TEST(EmuSaliency, BFloat16OnTensorCores) { on_tensor_cores<obc::bf16_t>(obc::DType::BF16, 13); }
 TEST(EmuSaliency, Float16OnTensorCores) { on_tensor_cores<obc::half_t>(obc::DType::F16, 14); }
