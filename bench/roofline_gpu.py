@@ -33,6 +33,8 @@ little at N=32k).
 """
 import argparse
 
+import l2_model
+
 HBM = 3.35e12
 FP32 = 67e12
 TC_BF16 = 989e12
@@ -208,25 +210,47 @@ def main():
     print("| kernel | GFLOP necessary | GFLOP as written (tensor cores / FP32 pipe) | MB moved (necessary / as "
           "written) | floor, necessary (µs) | floor, as written (µs) | as written, bound by |")
     print("|---|---:|---:|---:|---:|---:|---|")
-    for name, (f0, b0, tc0), written, note in kernels(B, Hkv, G, W, N, D, e, budget, args.hidden):
-        # b_after: bytes of a memory-bound kernel that runs after the others
-        # (evict's compact_), timed on its own like select's t_sm.
-        ft, ff, b1, t_sm, t_issue, b_after = written
-        floor0 = max(f0 / (TC_BF16 if tc0 else FP32), b0 / HBM)
-        t_compute, t_mem = max(ft / TC_BF16 + ff / FP32, t_issue), (b1 - b_after) / HBM
-        t_sm += b_after / HBM
-        bound = "memory" if t_mem >= t_compute else (
-            "issue slots" if t_issue >= ft / TC_BF16 + ff / FP32 else "tensor cores" if ft else "FP32 cores")
-        if t_sm > max(t_compute, t_mem):
-            bound = "one SM per row"
-        elif t_sm:
-            bound += " + select" + (" + compact_" if b_after else "")
-        print(f"| {name} | {f0 / 1e9:.2f} | {ft / 1e9:.2f} / {ff / 1e9:.2f} | {b0 / 1e6:.1f} / {b1 / 1e6:.1f} | "
-              f"{1e6 * floor0:.1f} | {1e6 * (max(t_compute, t_mem) + t_sm):.1f} | {bound} |")
+    rows = kernels(B, Hkv, G, W, N, D, e, budget, args.hidden)
+    for name, (f0, b0, tc0), written, note in rows:
+        t, bound = as_written(written)
+        print(f"| {name} | {f0 / 1e9:.2f} | {written[0] / 1e9:.2f} / {written[1] / 1e9:.2f} | {b0 / 1e6:.1f} / "
+              f"{written[2] / 1e6:.1f} | {1e6 * floor(f0, b0, tc0):.1f} | {1e6 * t:.1f} | {bound} |")
     print()
-    for name, _, _, note in kernels(B, Hkv, G, W, N, D, e, budget, args.hidden):
+    for name, _, _, note in rows:
         print(f"- {name}: {note}.")
     print(f"- Ridge point: FP32 cores {FP32 / HBM:.0f} FLOP/B, bf16 tensor cores {TC_BF16 / HBM:.0f} FLOP/B.")
+    # What an L2 that kept what an LRU keeps would take off: not in the table, as its figures are a model's.
+    hit, total = l2_model.pass2_hits(B, Hkv, G, W, N, D, e, heads_reversed=True)
+    fwd, _ = l2_model.pass2_hits(B, Hkv, G, W, N, D, e, heads_reversed=False)
+    sal = next(r for r in rows if r[0].startswith("saliency") and r[1][2])
+    ev = next(r for r in rows if r[0].startswith("evict") and r[1][2])
+    less = lambda w: (w[0], w[1], w[2] - hit) + tuple(w[3:])  # noqa: E731
+    (t_sal, b_sal), (t_ev, b_ev) = as_written(less(sal[2])), as_written(less(ev[2]))
+    print(f"- Not credited above, L2 reuse: pass 2 walks the heads last to first, so it starts on the K and V "
+          f"pass 1 read last. An LRU model of the 50 MB L2 (bench/l2_model.py) serves {hit / 1e6:.1f} of pass 2's "
+          f"{total / 1e6:.1f} MB of K and V from the L2 ({fwd / 1e6:.1f} in head order). Without those bytes: saliency {1e6 * t_sal:.1f} µs ({b_sal}), evict "
+          f"{1e6 * t_ev:.1f} µs = {t_ev / floor(*ev[1]):.2f}x its floor ({b_ev}). The real L2 (two halves, "
+          f"hashed, not LRU) decides: bench/gpu.sh times OBCACHE_CUDA_L2_REUSE=0 (head order) beside it.")
+
+
+def floor(flops, nbytes, tensor_cores):
+    return max(flops / (TC_BF16 if tensor_cores else FP32), nbytes / HBM)
+
+
+def as_written(written):
+    """(seconds, what bounds them) of one kernel's work as written (kernels()'s tuple)."""
+    # b_after: bytes of a memory-bound kernel that runs after the others
+    # (evict's compact_), timed on its own like select's t_sm.
+    ft, ff, b1, t_sm, t_issue, b_after = written
+    t_compute, t_mem = max(ft / TC_BF16 + ff / FP32, t_issue), (b1 - b_after) / HBM
+    t_sm += b_after / HBM
+    bound = "memory" if t_mem >= t_compute else (
+        "issue slots" if t_issue >= ft / TC_BF16 + ff / FP32 else "tensor cores" if ft else "FP32 cores")
+    if t_sm > max(t_compute, t_mem):
+        bound = "one SM per row"
+    elif t_sm:
+        bound += " + select" + (" + compact_" if b_after else "")
+    return max(t_compute, t_mem) + t_sm, bound
 
 
 if __name__ == "__main__":

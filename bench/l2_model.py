@@ -1,0 +1,112 @@
+"""How much of the tensor-core saliency's second read of K and V an L2 could
+serve: a least-recently-used model of H100's 50 MB L2 fed the order in which
+the CUDA kernels read K and V (bench/roofline_gpu.py prints its estimate
+beside the roofline, not in it: the real L2 is not LRU, is split in two
+halves and hashes addresses, so only bench/gpu.sh's OBCACHE_CUDA_L2_REUSE=0
+row can say what it does).
+
+The order, as launched (csrc/kernels/saliency_cuda.cu, make_shape and the
+launches): pass 1 has one block per (key split, 64-row chunk, head), the
+split fastest and the head slowest; the GPU runs as many at once as fit (3
+per SM) and starts the next in that order as each ends; a block reads its
+split's K and V 64 keys at a time, every resident block one tile per step,
+and writes its partial O (64 rows x D floats) when done, which the combine
+kernel then reads. Pass 2 has one block per (128-key block, head), the block
+fastest; the head order is the kernel's choice (Shape::heads_reversed), 2
+blocks per SM, each reading its K and V at its start. The L2 is counted in
+16 KiB units (64 keys x D = 128 bf16 values). In head order pass 2 starts on
+the K and V pass 1 read first, long evicted, and each of its misses evicts
+the oldest line left, which is one a later head would have hit: where K and
+V outgrow the L2, nothing hits.
+
+    python bench/l2_model.py [--n 4096 32768 131072]
+"""
+import argparse
+from collections import OrderedDict
+
+L2_BYTES = 50 * 2**20
+SMS = 132
+PASS1_BLOCKS_PER_SM, PASS2_BLOCKS_PER_SM = 3, 2  # kMmaPass1MinBlocks; the joint pass 2's registers
+TILE, PASS2_KEYS, MMA_ROWS, SPLIT_ROWS, MAX_SPLITS = 64, 128, 64, 32, 64
+
+
+class LRU:
+    def __init__(self, units):
+        self.units, self.lines, self.hits, self.misses = units, OrderedDict(), 0, 0
+
+    def touch(self, key, count=False):
+        if key in self.lines:
+            self.lines.move_to_end(key)
+            self.hits += count
+        else:
+            self.misses += count
+            self.lines[key] = None
+            if len(self.lines) > self.units:
+                self.lines.popitem(last=False)
+
+
+def splits(B, Hkv, R, N):
+    """make_shape's key splits: about 1024 blocks of 32-row chunks, splits of at least 256 keys and whole
+    64-key tiles, at most 64. Returns (splits, keys per split)."""
+    base = B * Hkv * -(-R // SPLIT_ROWS)
+    n = max(1, min(-(-1024 // base), -(-N // 256), MAX_SPLITS))
+    per = -(-(-(-N // n)) // TILE) * TILE
+    return -(-N // per), per
+
+
+def pass2_hits(B, Hkv, G, W, N, D, e, heads_reversed):
+    """(bytes of pass 2's K and V reads that hit the LRU L2, bytes it reads)."""
+    unit = TILE * D * e
+    l2 = LRU(L2_BYTES // unit)
+    R = G * W
+    n_splits, per = splits(B, Hkv, R, N)
+    chunks = -(-R // MMA_ROWS)
+    part_units = -(-MMA_ROWS * D * 4 // unit)
+    order = [(sp, ch, bh) for bh in range(B * Hkv) for ch in range(chunks) for sp in range(n_splits)]
+    running, nxt = [], 0
+    while nxt < len(order) or running:
+        while len(running) < PASS1_BLOCKS_PER_SM * SMS and nxt < len(order):
+            sp, ch, bh = order[nxt]
+            running.append([sp, ch, bh, sp * per // TILE, min(N, (sp + 1) * per)])
+            nxt += 1
+        for blk in running:
+            sp, ch, bh, t, end = blk
+            l2.touch(("k", bh, t))
+            l2.touch(("v", bh, t))
+            blk[3] += 1
+        for sp, ch, bh, t, end in running:
+            if t * TILE >= end:
+                for u in range(part_units):
+                    l2.touch(("part", bh, sp, ch, u))
+        running = [blk for blk in running if blk[3] * TILE < blk[4]]
+    for bh in range(B * Hkv):  # combine_kernel reads the partials
+        for sp in range(n_splits):
+            for ch in range(chunks):
+                for u in range(part_units):
+                    l2.touch(("part", bh, sp, ch, u))
+    heads = range(B * Hkv - 1, -1, -1) if heads_reversed else range(B * Hkv)
+    blocks = [(bh, j) for bh in heads for j in range(-(-N // PASS2_KEYS))]
+    wave = PASS2_BLOCKS_PER_SM * SMS
+    for i in range(0, len(blocks), wave):
+        for bh, j in blocks[i:i + wave]:
+            for t in range(j * PASS2_KEYS // TILE, min(-(-N // TILE), (j + 1) * PASS2_KEYS // TILE)):
+                l2.touch(("k", bh, t), True)
+                l2.touch(("v", bh, t), True)
+    return l2.hits * unit, (l2.hits + l2.misses) * unit
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, nargs="+", default=[4096, 32768, 131072])
+    args = ap.parse_args()
+    B, Hkv, G, W, D, e = 1, 8, 4, 32, 128, 2
+    print("| N | pass 2 reads K, V (MB) | L2 hits, last head first (MB) | L2 hits, head order (MB) |")
+    print("|---:|---:|---:|---:|")
+    for N in args.n:
+        rev, total = pass2_hits(B, Hkv, G, W, N, D, e, True)
+        fwd, _ = pass2_hits(B, Hkv, G, W, N, D, e, False)
+        print(f"| {N} | {total / 1e6:.1f} | {rev / 1e6:.1f} | {fwd / 1e6:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
