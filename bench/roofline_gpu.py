@@ -18,7 +18,13 @@ instruction of a pass takes an issue slot (one warp instruction per clock per
 scheduler, 4 schedulers per SM): WARP_INSTR_PER_PAIR counts them per
 (query row, key) pair, read off the SASS (bench/sass_loops.py; kernels.md
 shows the loops and trip counts). The tensor-core time and the issue time
-overlap, so the slower of the two (and of the bytes) sets the time.
+overlap, so the slower of the two (and of the bytes) sets the time. Bytes
+count twice: what HBM moves, and what the SMs load and store through the
+L2 (all of it, whether HBM or the L2 serves it) at 7 TB/s, the top of the
+5.5-7 TB/s microbenchmarks find on H100. Until the tenth session (2026-12-04)
+only pass 2's re-reads of Q and O were counted against the L2, and as
+hidden under the issue time; counting all of it makes the L2 saliency's
+bound.
 
 select runs one block per (b, h) row, so at B=1, H_kv=8 it uses 8 SMs: its
 time as written is set by what one SM can pull from L2 (SM_BYTES_PER_S, an
@@ -82,8 +88,11 @@ WARP_INSTR_PER_PAIR = {"pass 1": 1012 / 1024, "pass 2": 1309 / 1024, "pass 2, pe
 # bf16 and f16 joint kernels: 5,166 and 5,382 over the six copies of the
 # contributions).
 F16_EXTRA_PER_PAIR = 36 / 1024
-# Keys per pass-2 block of the key and joint scores (saliency_mma_cuda.cuh).
-PASS2_KEYS = 128
+# Keys per pass-2 block of the key and joint scores (saliency_mma_cuda.cuh),
+# and of the FP32 pass 2 (two per lane); window rows per pass-1 block on the
+# tensor cores and on the FP32 cores (8 per warp).
+PASS2_KEYS, PASS2_FP32_KEYS = 128, 64
+PASS1_MMA_ROWS, PASS1_FP32_ROWS = 64, 32
 # Pass 2 re-reads the window's Q (16-bit) and O (three bf16 terms) for
 # every block of PASS2_KEYS keys: L2 traffic, not HBM (they are a few MB).
 # H100's L2 bandwidth has no datasheet figure; microbenchmarks find
@@ -114,9 +123,9 @@ PV_ROWS_PER_BLOCK = 256  # each block reads W_o^j's tiles from L2 once
 
 
 def kernels(B, Hkv, G, W, N, D, e, budget, hidden):
-    """(name, necessary (flops, bytes, on tensor cores?), as written (tensor flops, FP32 flops, bytes, seconds
-    of one-SM-per-row work that runs alone, seconds of issue slots, bytes of a kernel that runs after the
-    others), note)."""
+    """(name, necessary (flops, bytes, on tensor cores?), as written (tensor flops, FP32 flops, HBM bytes,
+    seconds of one-SM-per-row work that runs alone, seconds of issue slots, bytes of a kernel that runs after
+    the others, bytes the SMs move through the L2 beside that kernel's), note)."""
     Hq = Hkv * G
     kv = B * Hkv * N * D * e  # one of K, V
     kept = B * Hkv * budget * D * e
@@ -130,27 +139,42 @@ def kernels(B, Hkv, G, W, N, D, e, budget, hidden):
     issue_s = pairs * sum(WARP_INSTR_PER_PAIR.values()) / ISSUE
     l2_bytes = -(-N // PASS2_KEYS) * B * Hq * W * D * (e + 6)  # pass 2: Q and O's terms per key block
     select_s = N * (SELECT_GLOBAL_BYTES_PER_KEY / SM_BYTES_PER_S + SELECT_SMEM_BYTES_PER_KEY / SMEM_BYTES_PER_S)
+    # What the SMs load and store through the L2 (all of it passes there, whether HBM or the L2 serves it):
+    # pass 1 has a block per (split, row chunk), and each reads its split's K and V; every split's blocks
+    # read Q once between them; the partial O (floats, R x D per split) is written and read back by the
+    # combine kernel; pass 2 reads K and V and, per key block, Q and O (as three terms on the tensor cores,
+    # floats on the FP32 path).
+    R = G * W
+    n_splits = l2_model.splits(B, Hkv, R, N)[0]
+    pass1_l2 = n_splits * q + 2 * n_splits * B * Hkv * R * D * 4
+    sal_l2 = (-(-R // PASS1_MMA_ROWS) * 2 * kv + pass1_l2 + 2 * kv + l2_bytes + scores,
+              -(-R // PASS1_FP32_ROWS) * 2 * kv + pass1_l2 + 2 * kv
+              + -(-N // PASS2_FP32_KEYS) * B * Hq * W * D * (e + 4) + scores)
     rows = []
     f16_issue_s = pairs * F16_EXTRA_PER_PAIR / ISSUE
     rows.append(("saliency (joint), bf16, tensor cores", (3 * prod, sal_bytes[0], True),
-                 (8 * prod, 0, sal_bytes[1], 0, issue_s, 0),
+                 (8 * prod, 0, sal_bytes[1], 0, issue_s, 0, sal_l2[0]),
                  "necessary: Q K^T, A V, O V^T once, K and V read once. As written (bf16 on sm_80+): pass 1 "
                  "(Q K^T, P V with P in three bf16 terms, over N splits) and pass 2 (Q K^T again, O V^T with O in "
                  "three terms) on the tensor cores, each pass reading K and V; %.2f + %.2f + %.2f (pass 2's "
                  "per-block loads and set-up) warp instructions per (row, key) pair (SASS) take %.0f µs of issue "
-                 "slots; split partials not counted. Pass 2 also "
-                 "re-reads Q and O from L2 for every %d-key block: %.0f MB, %.0f-%.0f µs at %.1f-%.0f TB/s, "
-                 "overlapped with the issue time. float16 does the same with f16 terms (P and O scaled by powers "
-                 "of two first) and %.3f more per pair in pass 2 (O's row scale): %.1f µs more"
+                 "slots. Through the L2 the SMs move %.0f MB: pass 1's %d blocks of %d rows per split each read "
+                 "the split's K and V (%.0f MB), Q and the split partials (%.0f MB), pass 2's K and V (%.0f MB) "
+                 "and Q and O's terms again for every %d-key block (%.0f MB): %.0f-%.0f µs at %.1f-%.0f TB/s, "
+                 "more than the HBM bytes or the issue slots take. float16 does the same with f16 terms (P and O "
+                 "scaled by powers of two first) and %.3f more per pair in pass 2 (O's row scale): %.1f µs more "
+                 "issue"
                  % (WARP_INSTR_PER_PAIR["pass 1"], WARP_INSTR_PER_PAIR["pass 2"],
-                    WARP_INSTR_PER_PAIR["pass 2, per block"], 1e6 * issue_s, PASS2_KEYS, l2_bytes / 1e6,
-                    1e6 * l2_bytes / L2_BW[1], 1e6 * l2_bytes / L2_BW[0], L2_BW[0] / 1e12, L2_BW[1] / 1e12,
-                    F16_EXTRA_PER_PAIR, 1e6 * f16_issue_s)))
+                    WARP_INSTR_PER_PAIR["pass 2, per block"], 1e6 * issue_s, sal_l2[0] / 1e6,
+                    -(-R // PASS1_MMA_ROWS), PASS1_MMA_ROWS, -(-R // PASS1_MMA_ROWS) * 2 * kv / 1e6,
+                    pass1_l2 / 1e6, 2 * kv / 1e6, PASS2_KEYS, l2_bytes / 1e6, 1e6 * sal_l2[0] / L2_BW[1],
+                    1e6 * sal_l2[0] / L2_BW[0], L2_BW[0] / 1e12, L2_BW[1] / 1e12, F16_EXTRA_PER_PAIR,
+                    1e6 * f16_issue_s)))
     rows.append(("saliency (joint), float32 or pre-sm_80, FP32 cores", (3 * prod, sal_bytes[0], False),
-                 (0, 4 * prod, sal_bytes[1], 0, 0, 0),
+                 (0, 4 * prod, sal_bytes[1], 0, 0, 0, sal_l2[1]),
                  "the same work with every product on the FP32 cores (bytes as for 16-bit inputs; also 16-bit "
                  "inputs with OBCACHE_CUDA_TENSOR_CORES=0)"))
-    rows.append(("select", (0, scores + idx, False), (0, 0, scores + idx, select_s, 0, 0),
+    rows.append(("select", (0, scores + idx, False), (0, 0, scores + idx, select_s, 0, 0, 0),
                  "necessary: read the scores, write the indices (1.3 MB: far below a kernel launch). As written: "
                  "one block per (b, h) row (rows in parallel, one SM each), each reading %d B per key from L2 "
                  "(the score) at most %.0f GB/s per SM and moving %d B per key through its shared memory "
@@ -160,15 +184,16 @@ def kernels(B, Hkv, G, W, N, D, e, budget, hidden):
     compact_bytes = 2 * kept + 2 * kept + idx
     # evict's kernels run in sequence: compact_'s bytes cannot hide under
     # saliency's issue time, so they are added after it, as select's time is.
-    rows.append(("compact_", (0, compact_bytes, False), (0, 0, compact_bytes, 0, 0, 0),
+    rows.append(("compact_", (0, compact_bytes, False), (0, 0, compact_bytes, 0, 0, 0, compact_bytes),
                  "read and write the kept rows of K and V, read the indices"))
     rows.append(("evict, bf16, tensor cores", (3 * prod, evict_bytes[0], True),
-                 (8 * prod, 0, evict_bytes[1], select_s, issue_s, compact_bytes),
+                 (8 * prod, 0, evict_bytes[1], select_s, issue_s, compact_bytes, sal_l2[0]),
                  "necessary: one pass over K and V, kept rows written; as written: the three kernels in sequence "
-                 "(K+V = %.0f MiB exceeds the 50 MiB L2, so compact_ re-reads the kept rows), select's "
-                 "one-SM-per-row time and compact_'s memory time added to saliency's" % (2 * kv / 2**20)))
+                 "(compact_ reads the kept rows again, from HBM where K+V, %.0f MiB here, outgrow the 50 MiB "
+                 "L2), select's one-SM-per-row time and compact_'s memory time added to saliency's"
+                 % (2 * kv / 2**20)))
     rows.append(("evict, FP32 cores", (3 * prod, evict_bytes[0], False),
-                 (0, 4 * prod, evict_bytes[1], select_s, 0, compact_bytes),
+                 (0, 4 * prod, evict_bytes[1], select_s, 0, compact_bytes, sal_l2[1]),
                  "as above with the products on the FP32 cores"))
     pv_flops = 2 * B * Hq * N * D * hidden
     wo = hidden * Hq * D * e
@@ -176,8 +201,10 @@ def kernels(B, Hkv, G, W, N, D, e, budget, hidden):
     pv_issue_s = pv_flops / (2 * 16 * 8 * 16) * PV_INSTR_PER_HMMA / ISSUE
     pv_l2 = -(-N // PV_ROWS_PER_BLOCK) * B * Hq * hidden * D * e
     kvpress_pv = 12 * B * Hq * N * hidden  # [N, hidden] bf16 products and their float32 copies, written and read
+    # the FP32 kernel's blocks: 64 tokens x 64 columns, each reading its v rows and W_o^j's columns
+    pv_fp32_l2 = B * Hq * -(-N // 64) * -(-hidden // 64) * 2 * 64 * D * e
     rows.append(("projected_value_norm (p=1), bf16 / f16, tensor cores", (pv_flops, pv_bytes[0], True),
-                 (pv_flops, 0, pv_bytes[1], 0, pv_issue_s, 0),
+                 (pv_flops, 0, pv_bytes[1], 0, pv_issue_s, 0, pv_bytes[1] + pv_l2),
                  "CriticalKV's norms ||v_n W_o^j||_1, hidden = %d: a [N, D] x [D, hidden] product per query head "
                  "reduced in registers. As written (bfloat16 or float16, D <= 256, sm_80+): mma.sync with v's "
                  "fragments in registers, %d tokens per block at D <= 128 (128 above); each query head's blocks read their KV head's values (G times), "
@@ -189,7 +216,7 @@ def kernels(B, Hkv, G, W, N, D, e, budget, hidden):
                     L2_BW[0] / 1e12, L2_BW[1] / 1e12, PV_INSTR_PER_HMMA, 1e6 * pv_issue_s, kvpress_pv / 1e9,
                     1e3 * kvpress_pv / HBM)))
     rows.append(("projected_value_norm (p=1), FP32 cores", (pv_flops, pv_bytes[0], False),
-                 (0, pv_flops, pv_bytes[1], 0, 0, 0),
+                 (0, pv_flops, pv_bytes[1], 0, 0, 0, pv_fp32_l2),
                  "the same on the FP32 cores: float32 inputs, D > 256, GPUs before sm_80, and 16-bit inputs "
                  "with OBCACHE_CUDA_TENSOR_CORES=0 (64 tokens x 64 columns per block, a 4 x 4 sub-tile per "
                  "thread); compute-bound, about level with kvpress's traffic"))
@@ -208,13 +235,16 @@ def main():
     print(f"B={B} H_kv={Hkv} G={G} W={W} D={D} N={N} budget={budget}, {8 * e}-bit inputs; H100 SXM: "
           f"{HBM / 1e12:.2f} TB/s, FP32 {FP32 / 1e12:.0f} TFLOP/s, bf16 tensor {TC_BF16 / 1e12:.0f} TFLOP/s\n")
     print("| kernel | GFLOP necessary | GFLOP as written (tensor cores / FP32 pipe) | MB moved (necessary / as "
-          "written) | floor, necessary (µs) | floor, as written (µs) | as written, bound by |")
-    print("|---|---:|---:|---:|---:|---:|---|")
+          "written) | MB through the L2, as written | floor, necessary (µs) | floor, as written (µs) | as written, "
+          "bound by |")
+    print("|---|---:|---:|---:|---:|---:|---:|---|")
     rows = kernels(B, Hkv, G, W, N, D, e, budget, args.hidden)
     for name, (f0, b0, tc0), written, note in rows:
         t, bound = as_written(written)
+        l2 = written[6] + written[5]  # with compact_'s after saliency in evict
         print(f"| {name} | {f0 / 1e9:.2f} | {written[0] / 1e9:.2f} / {written[1] / 1e9:.2f} | {b0 / 1e6:.1f} / "
-              f"{written[2] / 1e6:.1f} | {1e6 * floor(f0, b0, tc0):.1f} | {1e6 * t:.1f} | {bound} |")
+              f"{written[2] / 1e6:.1f} | {l2 / 1e6:.1f} | {1e6 * floor(f0, b0, tc0):.1f} | {1e6 * t:.1f} | "
+              f"{bound} |")
     print()
     for name, _, _, note in rows:
         print(f"- {name}: {note}.")
@@ -241,16 +271,18 @@ def as_written(written):
     """(seconds, what bounds them) of one kernel's work as written (kernels()'s tuple)."""
     # b_after: bytes of a memory-bound kernel that runs after the others
     # (evict's compact_), timed on its own like select's t_sm.
-    ft, ff, b1, t_sm, t_issue, b_after = written
-    t_compute, t_mem = max(ft / TC_BF16 + ff / FP32, t_issue), (b1 - b_after) / HBM
+    ft, ff, b1, t_sm, t_issue, b_after, l2 = written
+    t_units = ft / TC_BF16 + ff / FP32
+    parts = {"HBM": (b1 - b_after) / HBM, "L2": l2 / L2_BW[1], "issue slots": t_issue,
+             ("tensor cores" if ft else "FP32 cores"): t_units}
+    bound = max(parts, key=parts.get)
+    t = parts[bound]
     t_sm += b_after / HBM
-    bound = "memory" if t_mem >= t_compute else (
-        "issue slots" if t_issue >= ft / TC_BF16 + ff / FP32 else "tensor cores" if ft else "FP32 cores")
-    if t_sm > max(t_compute, t_mem):
+    if t_sm > t:
         bound = "one SM per row"
     elif t_sm:
         bound += " + select" + (" + compact_" if b_after else "")
-    return max(t_compute, t_mem) + t_sm, bound
+    return t + t_sm, bound
 
 
 if __name__ == "__main__":
