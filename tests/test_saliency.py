@@ -332,6 +332,24 @@ def test_cuda_16bit_tensor_cores_match_the_fp32_kernels_and_cpu(monkeypatch, dty
                                        msg=lambda m, w=what, s=score: f"{s}, {w}: {m}")
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("switch", ["OBCACHE_CUDA_L2_REUSE", "OBCACHE_CUDA_PASS2_WIDE"])
+def test_cuda_pass2_schedules_give_the_same_bits(monkeypatch, switch):
+    # Pass 2's head order (last to first, or in order) and, on sm_90, its
+    # 256- or 128-key blocks change which block computes a key, not how: each
+    # warp sums the same 32 rows x 32 keys in the same order. N = 40,000 keys
+    # x 8 heads make 157 blocks of 256 keys, more than any GPU's SMs, so the
+    # wide blocks run where their tiles fit.
+    k, v, q = make_cache(1, 8, 4, 32, 40000, 128, dtype=torch.bfloat16, seed=17)
+    k, v, q = k.cuda(), v.cuda(), q.cuda()
+    for score in ("key", "joint", "value"):
+        default = obcache.saliency(k, v, q, score)
+        monkeypatch.setenv(switch, "0")
+        off = obcache.saliency(k, v, q, score)
+        monkeypatch.delenv(switch)
+        assert torch.equal(default, off), f"{score}: {switch}=0 changed the scores"
+
+
 # ---- scores that need the output projection: critical (CriticalKV), laprox ----
 
 WO_SCORES = ref.WO_SCORES

@@ -30,13 +30,19 @@ inline cudaError_t smem_optin_limit(size_t* limit) {
   return err;
 }
 
+// Whether the environment variable `name` is "0": a switch that turns a
+// kernel choice off, read per call, so that bench/bench_gpu.py times both
+// choices in one process.
+inline bool switched_off(const char* name) {
+  const char* env = std::getenv(name);
+  return env && std::strcmp(env, "0") == 0;
+}
+
 // The tensor cores' bf16 and f16 mma.sync m16n8k16 exist from sm_80 on.
-// OBCACHE_CUDA_TENSOR_CORES=0 keeps 16-bit inputs on the FP32 kernels (read
-// per call, so bench/bench_gpu.py times both paths in one process).
+// OBCACHE_CUDA_TENSOR_CORES=0 keeps 16-bit inputs on the FP32 kernels.
 inline cudaError_t has_tensor_cores(bool* yes) {
   *yes = false;
-  const char* env = std::getenv("OBCACHE_CUDA_TENSOR_CORES");
-  if (env && std::strcmp(env, "0") == 0) return cudaSuccess;
+  if (switched_off("OBCACHE_CUDA_TENSOR_CORES")) return cudaSuccess;
   int major = 0;
   const cudaError_t err = device_attribute(cudaDevAttrComputeCapabilityMajor, &major);
   *yes = major >= 8;

@@ -39,8 +39,6 @@
 #include "saliency_cuda.h"
 
 #include <algorithm>
-#include <cstdlib>
-#include <cstring>
 #include <type_traits>
 
 #include "cuda_compat.h"
@@ -60,13 +58,6 @@ using salc::kTile;
 
 // Enough blocks in pass 1 to fill a large GPU (about 1024), without splits
 // shorter than 256 keys or more than kMaxSplits.
-// Shape::heads_reversed unless OBCACHE_CUDA_L2_REUSE=0 (read per call, so
-// bench/bench_gpu.py times both orders in one process).
-bool pass2_heads_reversed() {
-  const char* env = std::getenv("OBCACHE_CUDA_L2_REUSE");
-  return !(env && std::strcmp(env, "0") == 0);
-}
-
 salc::Shape make_shape(const SaliencyParams& p) {
   salc::Shape s;
   s.Wr = score_last_query_only(p.score) ? 1 : p.W;
@@ -89,7 +80,7 @@ salc::Shape make_shape(const SaliencyParams& p) {
   s.vec16 = p.D % 8 == 0 && mma::rows_aligned16(p.q, p.q_sb, p.q_sh, p.q_sw) &&
             mma::rows_aligned16(p.k, p.k_sb, p.k_sh, p.k_sn) &&
             mma::rows_aligned16(p.v, p.v_sb, p.v_sh, p.v_sn);
-  s.heads_reversed = pass2_heads_reversed();
+  s.heads_reversed = !switched_off("OBCACHE_CUDA_L2_REUSE");
   return s;
 }
 
@@ -163,11 +154,11 @@ size_t pass1_mma_smem(const SaliencyParams& p) {
   const size_t rows = salc::kMmaRows, keys = salc::kMmaKeys, o = owns_o(p) ? 1 : 0;
   return sizeof(float) * (2 * rows + rows * pw + (1 + o) * keys * pw);
 }
-size_t pass2_mma_smem(const SaliencyParams& p) {
+size_t pass2_mma_smem(const SaliencyParams& p, bool wide) {
   const size_t pw = static_cast<size_t>(mma::pair_stride(p.D));
   const size_t G = static_cast<size_t>(p.G), o = score_needs_vo(p.score) ? 1 : 0;
   const size_t v = o || score_needs_vn1(p.score) || score_needs_vn2(p.score) ? 1 : 0;
-  const size_t keys = salc::mma_pass2_keys(p.score), rows = salc::mma_pass2_rows(p.score);
+  const size_t keys = salc::mma_pass2_keys(p.score, wide), rows = salc::mma_pass2_rows(p.score);
   const size_t rows_words = std::max((1 + 3 * o) * rows * pw, rows * (keys + 1));  // Q, O's terms | Cs
   return sizeof(float) * (4 * rows + (1 + v) * keys * pw + rows_words + G * keys + 2 * keys + 4 * rows) +
          sizeof(int) * rows;
@@ -183,6 +174,7 @@ struct Launch {
   size_t limit, fits;  // opt-in limit; what a block may use (at least 48 KiB)
   bool mma;            // bf16 / f16 mma.sync (sm_80+)
   unsigned bh;
+  int sms;             // streaming multiprocessors
 };
 
 // Pass 1. bfloat16 and float16 on sm_80+: on the tensor cores for head
@@ -224,20 +216,38 @@ cudaError_t launch_pass1(const SaliencyParams& p, const Launch& L) {
 // on the tensor cores where its tiles fit (joint, G = 4: every D up to 256 on
 // sm_90, up to 128 on sm_80, up to 112 on sm_86 / sm_89, whose 99 KiB are
 // 7 KiB short of the 106 KiB at 128) and there are more than 8 rows.
+// Key and joint go wide (256 keys, 8 warps) where those tiles fit (D = 128:
+// 181 KiB, sm_90) and the wide blocks still number at least the SMs (on a
+// smaller grid, 128-key blocks spread over twice the SMs);
+// OBCACHE_CUDA_PASS2_WIDE=0 keeps 128 keys.
 // Otherwise on the FP32 units: two keys per lane and 8 rows per warp where
 // they fit, else one key, else 2 rows.
+template <typename E, Score S, bool kWide>
+cudaError_t launch_pass2_mma(const SaliencyParams& p, const Launch& L, size_t smem) {
+  auto* km = &salc::pass2_mma_kernel<E, S, kWide>;
+  const cudaError_t err = allow_smem(km, smem, L.limit);
+  if (err != cudaSuccess) return err;
+  constexpr int kKeys = salc::mma_pass2_keys(S, kWide);
+  const long long tiles = (p.N + kKeys - 1) / kKeys;
+  OBC_LAUNCH(km, dim3(static_cast<unsigned>(tiles), L.bh), dim3(salc::mma_pass2_threads(S, kWide)), smem, L.stream,
+             p, L.s, L.w);
+  return cudaGetLastError();
+}
 template <typename E, Score S>
 cudaError_t launch_pass2(const SaliencyParams& p, const Launch& L) {
   const salc::Shape& s = L.s;
   cudaError_t err;
   if constexpr (mma::kOperandType<E> && salc::mma_pass2_supports<S>()) {
-    const size_t smm = pass2_mma_smem(p);
+    const size_t smm = pass2_mma_smem(p, false);
     if (L.mma && s.R > 8 && smm <= L.fits && (!score_needs_vo(S) || L.w.o_terms)) {
-      auto* km = &salc::pass2_mma_kernel<E, S>;
-      if ((err = allow_smem(km, smm, L.limit)) != cudaSuccess) return err;
-      const long long tiles = (p.N + salc::mma_pass2_keys(S) - 1) / salc::mma_pass2_keys(S);
-      OBC_LAUNCH(km, dim3(static_cast<unsigned>(tiles), L.bh), dim3(kThreads), smm, L.stream, p, s, L.w);
-      return cudaGetLastError();
+      if constexpr (score_needs_vo(S)) {
+        const size_t smw = pass2_mma_smem(p, true);
+        constexpr int kWideKeys = salc::mma_pass2_keys(S, true);
+        const long long wide_blocks = (p.N + kWideKeys - 1) / kWideKeys * L.bh;
+        if (smw <= L.fits && wide_blocks >= L.sms && !switched_off("OBCACHE_CUDA_PASS2_WIDE"))
+          return launch_pass2_mma<E, S, true>(p, L, smw);
+      }
+      return launch_pass2_mma<E, S, false>(p, L, smm);
     }
   }
   int kpl = s.R > 8 ? 2 : 1, rpw2 = s.R > 8 ? 8 : 2;
@@ -267,6 +277,7 @@ cudaError_t run(const SaliencyParams& p, void* workspace, cudaStream_t stream) {
   L.fits = std::max(L.limit, size_t{48 * 1024});
   L.mma = false;
   if (mma::kOperandType<E> && (err = has_tensor_cores(&L.mma)) != cudaSuccess) return err;
+  if ((err = device_attribute(cudaDevAttrMultiProcessorCount, &L.sms)) != cudaSuccess) return err;
 
   if ((err = launch_pass1<E, S>(p, L)) != cudaSuccess) return err;
   auto* kc = &salc::combine_kernel<E, kNeedO>;

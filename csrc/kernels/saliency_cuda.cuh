@@ -486,11 +486,12 @@ __device__ OBC_INLINE void add_norms(float v, float& a1, float& a2) {
 // head = the query reduction's identity; vn1, vn2 = ||v_c||_1, ||v_c||^2 of
 // the tile's keys, norms(c, a1, a2) adding key c's (zero when the score
 // reads no V), vn2 left to the caller without kVn2 (the tensor-core pass
-// makes it with mma). Read after the first row chunk's barrier.
-template <int kKeys, bool kNeedV, bool kVn2 = true, typename Norms>
+// makes it with mma). Read after the first row chunk's barrier. kNT: the
+// block's threads (kThreads but for the wide tensor-core pass 2).
+template <int kKeys, bool kNeedV, bool kVn2 = true, int kNT = kThreads, typename Norms>
 __device__ OBC_INLINE void start_pass2(const SaliencyParams& p, const Pass2Smem& m, Norms norms) {
   const float qinit = query_reduce_init<float>(p.query_reduce);
-  for (long long e = threadIdx.x; e < p.G * kKeys; e += kThreads) m.head[e] = qinit;
+  for (long long e = threadIdx.x; e < p.G * kKeys; e += kNT) m.head[e] = qinit;
   const int c = threadIdx.x;
   if (c < kKeys) {
     float a1 = 0.0f, a2 = 0.0f;

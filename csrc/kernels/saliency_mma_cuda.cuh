@@ -43,8 +43,16 @@ constexpr int kMmaRows = 64, kMmaKeys = 64;
 // chunk and keep 64 keys: at 128 their K and V would take the shared memory
 // of two more blocks per SM.
 // The key / joint row chunk is the one combine_kernel lays O's terms out in.
+// Wide (key, joint): 8 warps over 32 rows x 256 keys, where the shared
+// memory holds the tiles (~181 KB at D = 128: sm_90), which reads Q and O's
+// terms through the L2 half as often per key (268 -> 134 MB at N = 32k,
+// H_kv = 8) with the same registers per thread and the same 8 warps per SM
+// as two 128-key blocks.
 OBC_HD constexpr int mma_pass2_rows(Score s) { return score_needs_vo(s) ? kOTermRows : 64; }
-OBC_HD constexpr int mma_pass2_keys(Score s) { return 64 * 64 / mma_pass2_rows(s); }
+OBC_HD constexpr int mma_pass2_keys(Score s, bool wide = false) { return (wide ? 2 : 1) * 64 * 64 / mma_pass2_rows(s); }
+OBC_HD constexpr int mma_pass2_threads(Score s, bool wide) {
+  return mma_pass2_rows(s) / 32 * (mma_pass2_keys(s, wide) / 32) * 32;
+}
 using mma::load_a;
 using mma::load_b_pair;
 using mma::load_b_pair_trans;
@@ -264,10 +272,10 @@ __global__ void __launch_bounds__(kThreads, kMmaPass1MinBlocks) pass1_mma_kernel
 // where the per-key sums of squares took ~290. The squares of 16-bit
 // values are exact in float, as in the products of Q K^T and O V^T; only
 // the order of the float sum differs from the FP32 path's.
-template <typename E, int kKeys>
+template <typename E, int kKeys, int kNT>
 __device__ OBC_INLINE void key_sq_norms(const uint32_t* Vw, int pw, int depth, int lane, int warp, float* vn2) {
   const int g = lane / 4, t = lane % 4;
-  for (int k0 = 16 * warp; k0 < kKeys; k0 += 16 * (kThreads / kTile)) {
+  for (int k0 = 16 * warp; k0 < kKeys; k0 += 16 * (kNT / kTile)) {
     float d0[4] = {}, d1[4] = {};
 #pragma unroll
     for (int s0 = 0; s0 < kMmaPass2MaxDepth; s0 += 16) {
@@ -285,9 +293,10 @@ __device__ OBC_INLINE void key_sq_norms(const uint32_t* Vw, int pw, int depth, i
   }
 }
 
-// ---- Pass 2 on the tensor cores: block of 128 threads over a chunk of kR
-// rows x kKeys keys (mma_pass2_keys), each warp 32 rows (two m-tiles of 16)
-// x 32 keys (four n-tiles of 8): 2 x 2 warps at 64 x 64, 1 x 4 at 32 x 128.
+// ---- Pass 2 on the tensor cores: block of 128 threads (256 wide) over a
+// chunk of kR rows x kKeys keys (mma_pass2_keys), each warp 32 rows (two
+// m-tiles of 16) x 32 keys (four n-tiles of 8): 2 x 2 warps at 64 x 64,
+// 1 x 4 at 32 x 128, 1 x 8 at 32 x 256 (wide).
 // Per 16-wide step of D a warp loads two ldmatrix .x4 each of Q, K and V and
 // six of O's terms for 8 + 24 products.
 // smem: lim, q_off rows (64-bit) | Kw keys*pw | Vw keys*pw (scores that read V) |
@@ -306,10 +315,12 @@ template <Score S>
 OBC_HD constexpr int mma_pass2_min_blocks() {
   return score_needs_vo(S) ? 1 : 3;
 }
-template <typename E, Score S>
-__global__ void __launch_bounds__(kThreads, mma_pass2_min_blocks<S>())
+template <typename E, Score S, bool kWide>
+__global__ void __launch_bounds__(mma_pass2_threads(S, kWide), kWide ? 1 : mma_pass2_min_blocks<S>())
     pass2_mma_kernel(SaliencyParams p, Shape s, Work w) {
-  constexpr int kKeys = mma_pass2_keys(S), kR = mma_pass2_rows(S), kCs = kKeys + 1, kKeyWarps = kKeys / 32;
+  constexpr int kKeys = mma_pass2_keys(S, kWide), kR = mma_pass2_rows(S), kCs = kKeys + 1, kKeyWarps = kKeys / 32;
+  constexpr int kNT = mma_pass2_threads(S, kWide);
+  static_assert(!kWide || score_needs_vo(S), "only the scores that read O go wide");
   constexpr bool kHalf = std::is_same<E, half_t>::value;
   constexpr bool kVo = score_needs_vo(S);
   constexpr bool kNeedV = kVo || score_needs_vn1(S) || score_needs_vn2(S);
@@ -342,16 +353,16 @@ __global__ void __launch_bounds__(kThreads, mma_pass2_min_blocks<S>())
 
   const E *Kt = K + p0 * p.k_sn, *Vt = V + p0 * p.v_sn;
   constexpr int kDepth = kMmaPass2MaxDepth;
-  mma::load_pair_rows<kThreads, kDepth, kKeys>([&](int c) { return Kt + c * p.k_sn; }, tn, Di, pw, s.vec16, Kw);
+  mma::load_pair_rows<kNT, kDepth, kKeys>([&](int c) { return Kt + c * p.k_sn; }, tn, Di, pw, s.vec16, Kw);
   if (kNeedV)
-    mma::load_pair_rows<kThreads, kDepth, kKeys>([&](int c) { return Vt + c * p.v_sn; }, tn, Di, pw, s.vec16, Vw);
+    mma::load_pair_rows<kNT, kDepth, kKeys>([&](int c) { return Vt + c * p.v_sn; }, tn, Di, pw, s.vec16, Vw);
   sync_tiles();
   // ||v||^2 (value, key, joint) as the diagonal of V V^T (key_sq_norms);
   // ||v||_1 (vatp) from 16-byte shared loads, 8 values each (a 32-bit load
   // and a select per value: 75 instructions per 16 values, now 56).
   constexpr bool kMmaNorms = score_needs_vn2(S) && !score_needs_vn1(S);
-  if (kMmaNorms) key_sq_norms<E, kKeys>(Vw, pw, depth, lane, warp, vn2);
-  start_pass2<kKeys, kNeedV && !kMmaNorms, !kMmaNorms>(p, sm, [&](int c, float& a1, float& a2) {
+  if (kMmaNorms) key_sq_norms<E, kKeys, kNT>(Vw, pw, depth, lane, warp, vn2);
+  start_pass2<kKeys, kNeedV && !kMmaNorms, !kMmaNorms, kNT>(p, sm, [&](int c, float& a1, float& a2) {
     const uint4* row = reinterpret_cast<const uint4*>(Vw + c * pw);
     for (int i = 0; i < depth / 8; ++i) {
       const uint32_t w4[4] = {row[i].x, row[i].y, row[i].z, row[i].w};
@@ -364,11 +375,15 @@ __global__ void __launch_bounds__(kThreads, mma_pass2_min_blocks<S>())
     __syncthreads();  // q_off (and Cs of the previous chunk read: reduce_queries)
     const int rows_in = chunk_rows(s, r0, kR);
     const auto q_row = [&](int rr) { return q_bh + q_off[rr]; };
-    mma::load_pair_rows<kThreads, kDepth, kR>(q_row, rows_in, Di, pw, s.vec16, Qw);
-    if (kVo) {
-      const E* ot = o_bh + r0 * 3 * depth;  // chunk r0 / kR
-      const auto o_row = [&](int c) { return ot + c * depth; };
-      mma::load_pair_rows<kThreads, kDepth, 3 * kR>(o_row, 3 * kR, depth, pw, o_vec, Op);
+    // The chunk's rows by the first 128 threads (whole passes of quads; a
+    // wide block's other warps skip them, a uniform branch per warp).
+    if (kNT == kThreads || static_cast<int>(threadIdx.x) < kThreads) {
+      mma::load_pair_rows<kThreads, kDepth, kR>(q_row, rows_in, Di, pw, s.vec16, Qw);
+      if (kVo) {
+        const E* ot = o_bh + r0 * 3 * depth;  // chunk r0 / kR
+        const auto o_row = [&](int c) { return ot + c * depth; };
+        mma::load_pair_rows<kThreads, kDepth, 3 * kR>(o_row, 3 * kR, depth, pw, o_vec, Op);
+      }
     }
     load_row_stats<true>(s, w, bh, r0, kR, sm);
     sync_tiles();

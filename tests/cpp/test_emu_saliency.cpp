@@ -199,6 +199,7 @@ TEST(EmuSaliency, HalfAndBFloat16) {
 // Then the same on an emulated sm_75, which has no bf16 / f16 m16n8k16, and
 // with OBCACHE_CUDA_TENSOR_CORES=0: the FP32 passes run and no mma
 // instruction does. Last, pass 2 in head order (OBCACHE_CUDA_L2_REUSE=0).
+// Key and joint run both pass 2 widths (128 and 256 keys per block).
 template <typename E>
 void on_tensor_cores(obc::DType dt, unsigned seed) {
   std::mt19937 rng(seed);
@@ -225,6 +226,7 @@ void on_tensor_cores(obc::DType dt, unsigned seed) {
                         // pass 1's second 64-key tile, so the blocks every
                         // row sees (all_rows_see) end one key before.
                         {1, 1, 2, 32, 158, 16, 0, true}};
+  simt::take_widest_block();
   for (const Case& c : cases) {
     const long long before = simt::mma_instructions();
     // Not loo at D = 128: its logits span ~100 here, A comes within float
@@ -233,6 +235,21 @@ void on_tensor_cores(obc::DType dt, unsigned seed) {
     check_case<E>(c, dt, rng, &c == cases || c.W >= 32, c.D == 128 ? 0x3f : 0x7f);
     EXPECT_GT(simt::mma_instructions(), before) << "D=" << c.D;
   }
+  // These grids are smaller than an H100's 132 SMs: pass 2 kept 128 keys
+  // per block. On one SM key and joint go wide, 256 keys and 8 warps (sm_90's
+  // shared memory holds those tiles up to D = 128 here).
+  EXPECT_EQ(simt::take_widest_block(), 128u);
+  simt::set_sm_count(1);
+  const unsigned key_joint = 1u << 4 | 1u << 5;
+  for (const Case& c : cases) {
+    check_case<E>(c, dt, rng, c.W >= 32, key_joint);
+    EXPECT_EQ(simt::take_widest_block(), 256u) << "D=" << c.D;
+  }
+  setenv("OBCACHE_CUDA_PASS2_WIDE", "0", 1);  // bench/bench_gpu.py's baseline for the wide blocks
+  check_case<E>(cases[0], dt, rng, false, 1u << 5);
+  EXPECT_EQ(simt::take_widest_block(), 128u);
+  unsetenv("OBCACHE_CUDA_PASS2_WIDE");
+  simt::set_sm_count(132);
   simt::set_compute_capability_major(7);
   long long before = simt::mma_instructions();
   check_case<E>(cases[1], dt, rng, false);

@@ -108,7 +108,11 @@ enum cudaMemcpyKind {
   cudaMemcpyDefault = 4,
 };
 enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
-enum cudaDeviceAttr { cudaDevAttrComputeCapabilityMajor = 75, cudaDevAttrMaxSharedMemoryPerBlockOptin = 97 };
+enum cudaDeviceAttr {
+  cudaDevAttrMultiProcessorCount = 16,
+  cudaDevAttrComputeCapabilityMajor = 75,
+  cudaDevAttrMaxSharedMemoryPerBlockOptin = 97
+};
 
 namespace simt {
 namespace detail {
@@ -125,8 +129,13 @@ inline std::atomic<size_t> smem_optin_limit{kMaxOptInDynamicSmem};
 // sets with set_compute_capability_major to run a launcher's fallback for an
 // older GPU (e.g. one without bf16 / f16 tensor cores, major < 8).
 inline std::atomic<int> cc_major{9};
+// Its streaming multiprocessors: an H100 SXM's 132, or what a test sets with
+// set_sm_count to take a launcher's choice for a larger grid on a small one.
+inline std::atomic<int> sm_count{132};
 // Warp-level mma instructions executed so far (tests check which kernel ran).
 inline std::atomic<long long> mma_count{0};
+// The most threads a block of any launch so far had (likewise).
+inline std::atomic<unsigned> widest_block{0};
 
 // cudaFuncAttributeMaxDynamicSharedMemorySize per kernel, keyed by its address.
 inline std::mutex smem_optin_mutex;
@@ -472,6 +481,10 @@ void launch(dim3 grid, dim3 block, size_t smem_bytes, cudaStream_t /*stream*/, K
     detail::last_error = err;
     return;
   }
+  const unsigned threads = block.x * block.y * block.z;
+  unsigned seen = detail::widest_block.load();
+  while (threads > seen && !detail::widest_block.compare_exchange_weak(seen, threads)) {
+  }
   detail::run_grid(grid, block, smem_bytes, [&] { kernel(args...); });
 }
 
@@ -486,8 +499,12 @@ inline void set_smem_optin_limit(size_t bytes) {
 
 // Models an older GPU generation (see detail::cc_major).
 inline void set_compute_capability_major(int major) { detail::cc_major = major; }
+// Models a GPU with another number of SMs (see detail::sm_count).
+inline void set_sm_count(int sms) { detail::sm_count = sms; }
 // How many warp-level mma instructions kernels have executed.
 inline long long mma_instructions() { return detail::mma_count.load(); }
+// The most threads per block any launch had since the last call (0: none).
+inline unsigned take_widest_block() { return detail::widest_block.exchange(0); }
 
 }  // namespace simt
 
@@ -526,6 +543,8 @@ inline cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int d
     *value = static_cast<int>(simt::detail::smem_optin_limit.load());
   } else if (attr == cudaDevAttrComputeCapabilityMajor) {
     *value = simt::detail::cc_major.load();
+  } else if (attr == cudaDevAttrMultiProcessorCount) {
+    *value = simt::detail::sm_count.load();
   } else {
     return cudaErrorInvalidValue;
   }
