@@ -1,10 +1,9 @@
 """CUDA kernels vs the reference and the kvpress-style baseline, timed with
 CUDA events: saliency (joint; also `obcache+o`, given the window's attention
-output as a model hands it over, `obcache-fp32`, the 16-bit inputs on
-the FP32 kernels instead of the tensor cores: OBCACHE_CUDA_TENSOR_CORES=0,
-and `obcache-l2off`, pass 2 walking the heads in pass 1's order instead of
-last to first: OBCACHE_CUDA_L2_REUSE=0), select, compact_ and evict (also
-`obcache-fp32` and `obcache-l2off`) at N in {4k, 32k, 128k},
+output as a model hands it over, and the same run with each of the
+kernels' switches off, SWITCHES below: `obcache-fp32`, `obcache-l2off`,
+`obcache-narrow`), select, compact_ and evict (also the switches) at N in
+{4k, 32k, 128k},
 bfloat16 (--dtype float16 for float16), B=1, H_kv=8, G=4, W=32, D=128,
 budget N/10, sink 4, recent W, max pooling kernel 7; and
 projected_value_norm (the L1 norms of
@@ -107,11 +106,18 @@ def extra_memory(fn, prepare, device):
     return (peak - base) / 2**20
 
 
+# Environment switches the CUDA kernels read per call, each timed off beside the default as the same run's
+# baseline for what it gains: (implementation name, variable, what =0 does, ops it applies to).
+SWITCHES = (("obcache-fp32", "OBCACHE_CUDA_TENSOR_CORES", "16-bit inputs on the FP32 kernels, not the tensor cores",
+             ("saliency", "evict", "projected_value")),
+            ("obcache-l2off", "OBCACHE_CUDA_L2_REUSE", "saliency's pass 2 walks the heads in pass 1's order, not "
+             "last to first", ("saliency", "evict")),
+            ("obcache-narrow", "OBCACHE_CUDA_PASS2_WIDE", "saliency's tensor-core pass 2 on 128 keys per block, "
+             "not 256", ("saliency", "evict")))
+
+
 def switched_off(var, fn):
-    """fn with the environment variable var set to 0 (the kernels read it per call): the same run's
-    baseline for what the switch gains. OBCACHE_CUDA_TENSOR_CORES=0: 16-bit saliency and
-    projected_value_norm on the FP32 kernels (identical calls for other dtypes). OBCACHE_CUDA_L2_REUSE=0:
-    saliency's pass 2 walks the heads in pass 1's order, not last to first."""
+    """fn with the environment variable var set to 0."""
     def run():
         os.environ[var] = "0"
         try:
@@ -121,12 +127,13 @@ def switched_off(var, fn):
     return run
 
 
-def fp32_units(fn):
-    return switched_off("OBCACHE_CUDA_TENSOR_CORES", fn)
-
-
-def heads_in_order(fn):
-    return switched_off("OBCACHE_CUDA_L2_REUSE", fn)
+def with_switches(op, cases):
+    """cases plus, for each switch that applies to op, obcache's call with it off."""
+    fn, prepare = cases["obcache"]
+    for name, var, _, ops in SWITCHES:
+        if op in ops:
+            cases[name] = (switched_off(var, fn), prepare)
+    return cases
 
 
 def build_cases(op, N, k0, v0, q, k, v, scores, idx, per_head_ref, wo, o):
@@ -142,8 +149,6 @@ def build_cases(op, N, k0, v0, q, k, v, scores, idx, per_head_ref, wo, o):
 
     if op == "saliency":
         return {"obcache": (lambda: torch.ops.obcache.saliency(k0, v0, q, SCORE), None),
-                "obcache-fp32": (fp32_units(lambda: torch.ops.obcache.saliency(k0, v0, q, SCORE)), None),
-                "obcache-l2off": (heads_in_order(lambda: torch.ops.obcache.saliency(k0, v0, q, SCORE)), None),
                 "obcache+o": (lambda: torch.ops.obcache.saliency(k0, v0, q, SCORE, o=o), None),
                 "kvpress": (lambda: bl.kvpress_scores(k0, v0, q, SCORE), None),
                 "reference": (lambda: bl.reference_scores(k0, v0, q, SCORE, per_head=per_head_ref), None)}
@@ -158,13 +163,10 @@ def build_cases(op, N, k0, v0, q, k, v, scores, idx, per_head_ref, wo, o):
                 "reference": (lambda: reference.compact(k0, v0, idx), None)}
     if op == "projected_value":
         return {"obcache": (lambda: torch.ops.obcache.projected_value_norm(v0, wo, 1), None),
-                "obcache-fp32": (fp32_units(lambda: torch.ops.obcache.projected_value_norm(v0, wo, 1)), None),
                 "kvpress": (lambda: bl.kvpress_projected_norm(v0, wo, 1), None),
                 "reference": (lambda: reference.projected_value_norm(v0, wo, 1, compute_dtype=torch.float32), None)}
     evict = lambda: obcache.evict(k, v, q, budget, score=SCORE, sink=SINK, pool_kernel=POOL_KERNEL)  # noqa: E731
     return {"obcache": (evict, restore),
-            "obcache-fp32": (fp32_units(evict), restore),
-            "obcache-l2off": (heads_in_order(evict), restore),
             "kvpress": (lambda: bl.kvpress_evict(k0, v0, q, budget, SCORE, sink=SINK, pool_kernel=POOL_KERNEL),
                         None),
             "reference": (lambda: bl.reference_evict(k0, v0, q, budget, SCORE, sink=SINK, pool_kernel=POOL_KERNEL,
@@ -233,7 +235,7 @@ def main():
         # saliency and evict have a per-head reference to fall back on
         per_head = est > args.ref_max_gib * 2**30 and op in ("saliency", "evict")
         est_used = reference_peak(op, N, per_head=True) if per_head else est
-        cases = build_cases(op, N, k0, v0, q, k, v, scores, idx, per_head, wo, o)
+        cases = with_switches(op, build_cases(op, N, k0, v0, q, k, v, scores, idx, per_head, wo, o))
         row = {"op": op, "N": N, "budget": N // 10, "dtype": args.dtype, "device": gpu_name, "impls": {}}
         for impl, (fn, prepare) in cases.items():
             name = "reference/head" if impl == "reference" and per_head else impl
@@ -259,10 +261,9 @@ def main():
                 row["speedup_vs_" + name.split("/")[0]] = r["s"] / ob
         if row["impls"].get("obcache+o", {}).get("s"):
             row["speedup_given_o"] = ob / row["impls"]["obcache+o"]["s"]
-        if row["impls"].get("obcache-fp32", {}).get("s"):
-            row["speedup_tensor_cores"] = row["impls"]["obcache-fp32"]["s"] / ob
-        if row["impls"].get("obcache-l2off", {}).get("s"):
-            row["speedup_l2_reuse"] = row["impls"]["obcache-l2off"]["s"] / ob
+        for name, var, _, _ in SWITCHES:
+            if row["impls"].get(name, {}).get("s"):
+                row["speedup_vs_" + var + "=0"] = row["impls"][name]["s"] / ob
         row["obcache_roofline"] = roofline(*work(op, N, elem), ob, peak)
         rows.append(row)
         del k0, v0, q, k, v, scores, idx, cases, wo, o
@@ -284,14 +285,10 @@ def main():
               f"{cm.fmt(r.get('speedup_vs_kvpress'), '.2f'):>9}x {cm.fmt(r.get('speedup_vs_reference'), '.1f'):>8}x "
               f"{cm.fmt(im['obcache'].get('extra_MiB'), '.1f'):>8} {cm.fmt(im['kvpress'].get('extra_MiB'), '.1f'):>8} "
               f"{rf['achieved_GBs']:>7.0f} {rf['achieved_GFLOPs']:>8.0f} {100 * rf['frac_roofline']:>6.1f}")
-        if im.get("obcache-fp32", {}).get("s"):
-            print(f"{'':>24}obcache on the FP32 kernels (OBCACHE_CUDA_TENSOR_CORES=0): "
-                  f"{1e3 * im['obcache-fp32']['s']:.3f} ms "
-                  f"(FP32 kernels / tensor cores: {r['speedup_tensor_cores']:.2f}x)")
-        if im.get("obcache-l2off", {}).get("s"):
-            print(f"{'':>24}obcache, pass 2 in head order (OBCACHE_CUDA_L2_REUSE=0): "
-                  f"{1e3 * im['obcache-l2off']['s']:.3f} ms (head order / last head first: "
-                  f"{r['speedup_l2_reuse']:.2f}x)")
+        for name, var, what, _ in SWITCHES:
+            if im.get(name, {}).get("s"):
+                print(f"{'':>24}{name}, {var}=0 ({what}): {1e3 * im[name]['s']:.3f} ms, "
+                      f"{r['speedup_vs_' + var + '=0']:.2f}x obcache's time")
         if im.get("obcache+o", {}).get("s"):
             print(f"{'':>24}obcache+o (given o): {1e3 * im['obcache+o']['s']:.3f} ms, "
                   f"{r['speedup_given_o']:.2f}x obcache")
