@@ -11,9 +11,9 @@ split fastest and the head slowest; the GPU runs as many at once as fit (3
 per SM) and starts the next in that order as each ends; a block reads its
 split's K and V 64 keys at a time, every resident block one tile per step,
 and writes its partial O (64 rows x D floats) when done, which the combine
-kernel then reads. Pass 2 has one block per (128-key block, head), the block
-fastest; the head order is the kernel's choice (Shape::heads_reversed), 2
-blocks per SM, each reading its K and V at its start. The L2 is counted in
+kernel then reads. Pass 2 has one block per (256-key block, head), the block
+fastest; the head order is the kernel's choice (Shape::heads_reversed), 1
+block (8 warps) per SM, each reading its K and V at its start. The L2 is counted in
 16 KiB units (64 keys x D = 128 bf16 values). In head order pass 2 starts on
 the K and V pass 1 read first, long evicted, and each of its misses evicts
 the oldest line left, which is one a later head would have hit: where K and
@@ -26,8 +26,8 @@ from collections import OrderedDict
 
 L2_BYTES = 50 * 2**20
 SMS = 132
-PASS1_BLOCKS_PER_SM, PASS2_BLOCKS_PER_SM = 3, 2  # kMmaPass1MinBlocks; the joint pass 2's registers
-TILE, PASS2_KEYS, MMA_ROWS, SPLIT_ROWS, MAX_SPLITS = 64, 128, 64, 32, 64
+PASS1_BLOCKS_PER_SM, PASS2_BLOCKS_PER_SM = 3, 1  # kMmaPass1MinBlocks; the wide joint pass 2's registers
+TILE, PASS2_KEYS, MMA_ROWS, SPLIT_ROWS, MAX_SPLITS = 64, 256, 64, 32, 64
 
 
 class LRU:

@@ -88,10 +88,12 @@ WARP_INSTR_PER_PAIR = {"pass 1": 1012 / 1024, "pass 2": 1309 / 1024, "pass 2, pe
 # bf16 and f16 joint kernels: 5,166 and 5,382 over the six copies of the
 # contributions).
 F16_EXTRA_PER_PAIR = 36 / 1024
-# Keys per pass-2 block of the key and joint scores (saliency_mma_cuda.cuh),
-# and of the FP32 pass 2 (two per lane); window rows per pass-1 block on the
+# Keys per pass-2 block of the key and joint scores (saliency_mma_cuda.cuh:
+# 256 where sm_90's shared memory holds the tiles and the grid covers the
+# SMs, as here, since the tenth session; 128 before and on smaller GPUs), and
+# of the FP32 pass 2 (two per lane); window rows per pass-1 block on the
 # tensor cores and on the FP32 cores (8 per warp).
-PASS2_KEYS, PASS2_FP32_KEYS = 128, 64
+PASS2_KEYS, PASS2_FP32_KEYS = 256, 64
 PASS1_MMA_ROWS, PASS1_FP32_ROWS = 64, 32
 # Pass 2 re-reads the window's Q (16-bit) and O (three bf16 terms) for
 # every block of PASS2_KEYS keys: L2 traffic, not HBM (they are a few MB).
@@ -157,8 +159,9 @@ def kernels(B, Hkv, G, W, N, D, e, budget, hidden):
                  "necessary: Q K^T, A V, O V^T once, K and V read once. As written (bf16 on sm_80+): pass 1 "
                  "(Q K^T, P V with P in three bf16 terms, over N splits) and pass 2 (Q K^T again, O V^T with O in "
                  "three terms) on the tensor cores, each pass reading K and V; %.2f + %.2f + %.2f (pass 2's "
-                 "per-block loads and set-up) warp instructions per (row, key) pair (SASS) take %.0f µs of issue "
-                 "slots. Through the L2 the SMs move %.0f MB: pass 1's %d blocks of %d rows per split each read "
+                 "per-block loads and set-up) warp instructions per (row, key) pair (SASS of the 128-key pass 2; "
+                 "the 256-key one runs the same per warp, but half its warps skip each chunk's Q and O loads) take "
+                 "%.0f µs of issue slots. Through the L2 the SMs move %.0f MB: pass 1's %d blocks of %d rows per split each read "
                  "the split's K and V (%.0f MB), Q and the split partials (%.0f MB), pass 2's K and V (%.0f MB) "
                  "and Q and O's terms again for every %d-key block (%.0f MB): %.0f-%.0f µs at %.1f-%.0f TB/s, "
                  "more than the HBM bytes or the issue slots take. float16 does the same with f16 terms (P and O "
