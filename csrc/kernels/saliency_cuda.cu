@@ -13,8 +13,9 @@
 //   3. pass 2, grid (ceil(N / keys), B * Hkv), heads last to first (the L2
 //      still holds the K and V pass 1 read last; Shape::heads_reversed):
 //      one block per key tile (64
-//      keys; 128 for key / joint on the tensor cores, 32 on the FP32 units
-//      where the device's shared memory is too small) keeps its K and V tile
+//      keys; 128 for key / joint on the tensor cores, 256 where sm_90's
+//      shared memory holds them, 32 on the FP32 units where the device's
+//      shared memory is too small) keeps its K and V tile
 //      in shared memory, walks all R rows in chunks (recomputing Z, A, v.o,
 //      ||v - o||), reduces over the queries (one owner thread per key column:
 //      no atomics) and the group, and writes its scores once.

@@ -309,14 +309,14 @@ __device__ OBC_INLINE void key_sq_norms(const uint32_t* Vw, int pw, int depth, i
 // its tiles are 64 x 64 (the scores that read no O): 3, what ~50 KB of
 // shared memory allows on sm_80 (D = 128). Without a minimum, ptxas held
 // these kernels to 80 registers on sm_80 and put two product-loop addresses
-// on the stack; the key and joint kernels (166-186 registers, 2 blocks)
-// keep ptxas's default.
+// on the stack; the key and joint kernels (164-186 registers: two 128-key
+// blocks per SM, or one wide block) keep ptxas's default.
 template <Score S>
 OBC_HD constexpr int mma_pass2_min_blocks() {
   return score_needs_vo(S) ? 1 : 3;
 }
 template <typename E, Score S, bool kWide>
-__global__ void __launch_bounds__(mma_pass2_threads(S, kWide), kWide ? 1 : mma_pass2_min_blocks<S>())
+__global__ void __launch_bounds__(mma_pass2_threads(S, kWide), mma_pass2_min_blocks<S>())
     pass2_mma_kernel(SaliencyParams p, Shape s, Work w) {
   constexpr int kKeys = mma_pass2_keys(S, kWide), kR = mma_pass2_rows(S), kCs = kKeys + 1, kKeyWarps = kKeys / 32;
   constexpr int kNT = mma_pass2_threads(S, kWide);
