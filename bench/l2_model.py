@@ -12,8 +12,9 @@ per SM) and starts the next in that order as each ends; a block reads its
 split's K and V 64 keys at a time, every resident block one tile per step,
 and writes its partial O (64 rows x D floats) when done, which the combine
 kernel then reads. Pass 2 has one block per (256-key block, head), the block
-fastest; the head order is the kernel's choice (Shape::heads_reversed), 1
-block (8 warps) per SM, each reading its K and V at its start. The L2 is counted in
+fastest; the head order is the kernel's choice (Shape::heads_reversed), each
+block reading its K and V at its start, so the reads come in launch order
+however many blocks an SM holds. The L2 is counted in
 16 KiB units (64 keys x D = 128 bf16 values). In head order pass 2 starts on
 the K and V pass 1 read first, long evicted, and each of its misses evicts
 the oldest line left, which is one a later head would have hit: where K and
@@ -26,8 +27,8 @@ from collections import OrderedDict
 
 L2_BYTES = 50 * 2**20
 SMS = 132
-PASS1_BLOCKS_PER_SM, PASS2_BLOCKS_PER_SM = 3, 1  # kMmaPass1MinBlocks; the wide joint pass 2's registers
-TILE, PASS2_KEYS, MMA_ROWS, SPLIT_ROWS, MAX_SPLITS = 64, 256, 64, 32, 64
+PASS1_BLOCKS_PER_SM = 3  # kMmaPass1MinBlocks
+TILE, MMA_ROWS, SPLIT_ROWS, MAX_SPLITS = 64, 64, 32, 64
 
 
 class LRU:
@@ -85,13 +86,10 @@ def pass2_hits(B, Hkv, G, W, N, D, e, heads_reversed):
                 for u in range(part_units):
                     l2.touch(("part", bh, sp, ch, u))
     heads = range(B * Hkv - 1, -1, -1) if heads_reversed else range(B * Hkv)
-    blocks = [(bh, j) for bh in heads for j in range(-(-N // PASS2_KEYS))]
-    wave = PASS2_BLOCKS_PER_SM * SMS
-    for i in range(0, len(blocks), wave):
-        for bh, j in blocks[i:i + wave]:
-            for t in range(j * PASS2_KEYS // TILE, min(-(-N // TILE), (j + 1) * PASS2_KEYS // TILE)):
-                l2.touch(("k", bh, t), True)
-                l2.touch(("v", bh, t), True)
+    for bh in heads:
+        for t in range(-(-N // TILE)):  # each block's K and V in launch order, tile by tile
+            l2.touch(("k", bh, t), True)
+            l2.touch(("v", bh, t), True)
     return l2.hits * unit, (l2.hits + l2.misses) * unit
 
 

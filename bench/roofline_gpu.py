@@ -38,6 +38,7 @@ little at N=32k).
     python bench/roofline_gpu.py [--n 32768] [--dtype-bytes 2] [--budget-frac 0.1] [--hidden 4096]
 """
 import argparse
+from collections import namedtuple
 
 import l2_model
 
@@ -124,10 +125,14 @@ PV_INSTR_PER_HMMA = 412 / 128
 PV_ROWS_PER_BLOCK = 256  # each block reads W_o^j's tiles from L2 once
 
 
+# A kernel's work as written: FLOPs on the tensor cores and on the FP32 pipe, HBM bytes, seconds of
+# one-SM-per-row work that runs alone (select), seconds of issue slots, bytes of a memory-bound kernel that
+# runs after the others (evict's compact_, timed on its own), bytes the SMs move through the L2 beside it.
+Written = namedtuple("Written", "tensor_flops fp32_flops hbm alone_s issue_s after_bytes l2")
+
+
 def kernels(B, Hkv, G, W, N, D, e, budget, hidden):
-    """(name, necessary (flops, bytes, on tensor cores?), as written (tensor flops, FP32 flops, HBM bytes,
-    seconds of one-SM-per-row work that runs alone, seconds of issue slots, bytes of a kernel that runs after
-    the others, bytes the SMs move through the L2 beside that kernel's), note)."""
+    """(name, necessary (flops, bytes, on tensor cores?), as written (Written), note) per kernel."""
     Hq = Hkv * G
     kv = B * Hkv * N * D * e  # one of K, V
     kept = B * Hkv * budget * D * e
@@ -161,8 +166,9 @@ def kernels(B, Hkv, G, W, N, D, e, budget, hidden):
                  "three terms) on the tensor cores, each pass reading K and V; %.2f + %.2f + %.2f (pass 2's "
                  "per-block loads and set-up) warp instructions per (row, key) pair (SASS of the 128-key pass 2; "
                  "the 256-key one runs the same per warp, but half its warps skip each chunk's Q and O loads) take "
-                 "%.0f µs of issue slots. Through the L2 the SMs move %.0f MB: pass 1's %d blocks of %d rows per split each read "
-                 "the split's K and V (%.0f MB), Q and the split partials (%.0f MB), pass 2's K and V (%.0f MB) "
+                 "%.0f µs of issue slots. Through the L2 the SMs move %.0f MB: pass 1's %d blocks of %d rows "
+                 "per split each read the split's K and V (%.0f MB), Q and the split partials (%.0f MB), pass 2's "
+                 "K and V (%.0f MB) "
                  "and Q and O's terms again for every %d-key block (%.0f MB): %.0f-%.0f µs at %.1f-%.0f TB/s, "
                  "more than the HBM bytes or the issue slots take. float16 does the same with f16 terms (P and O "
                  "scaled by powers of two first) and %.3f more per pair in pass 2 (O's row scale): %.1f µs more "
@@ -223,7 +229,7 @@ def kernels(B, Hkv, G, W, N, D, e, budget, hidden):
                  "the same on the FP32 cores: float32 inputs, D > 256, GPUs before sm_80, and 16-bit inputs "
                  "with OBCACHE_CUDA_TENSOR_CORES=0 (64 tokens x 64 columns per block, a 4 x 4 sub-tile per "
                  "thread); compute-bound, about level with kvpress's traffic"))
-    return rows
+    return [(name, necessary, Written(*written), note) for name, necessary, written, note in rows]
 
 
 def main():
@@ -244,10 +250,10 @@ def main():
     rows = kernels(B, Hkv, G, W, N, D, e, budget, args.hidden)
     for name, (f0, b0, tc0), written, note in rows:
         t, bound = as_written(written)
-        l2 = written[6] + written[5]  # with compact_'s after saliency in evict
-        print(f"| {name} | {f0 / 1e9:.2f} | {written[0] / 1e9:.2f} / {written[1] / 1e9:.2f} | {b0 / 1e6:.1f} / "
-              f"{written[2] / 1e6:.1f} | {l2 / 1e6:.1f} | {1e6 * floor(f0, b0, tc0):.1f} | {1e6 * t:.1f} | "
-              f"{bound} |")
+        l2 = written.l2 + written.after_bytes  # with compact_'s after saliency in evict
+        print(f"| {name} | {f0 / 1e9:.2f} | {written.tensor_flops / 1e9:.2f} / {written.fp32_flops / 1e9:.2f} | "
+              f"{b0 / 1e6:.1f} / {written.hbm / 1e6:.1f} | {l2 / 1e6:.1f} | {1e6 * floor(f0, b0, tc0):.1f} | "
+              f"{1e6 * t:.1f} | {bound} |")
     print()
     for name, _, _, note in rows:
         print(f"- {name}: {note}.")
@@ -257,13 +263,13 @@ def main():
     fwd, _ = l2_model.pass2_hits(B, Hkv, G, W, N, D, e, heads_reversed=False)
     sal = next(r for r in rows if r[0].startswith("saliency") and r[1][2])
     ev = next(r for r in rows if r[0].startswith("evict") and r[1][2])
-    less = lambda w: (w[0], w[1], w[2] - hit) + tuple(w[3:])  # noqa: E731
-    (t_sal, b_sal), (t_ev, b_ev) = as_written(less(sal[2])), as_written(less(ev[2]))
+    (t_sal, b_sal), (t_ev, b_ev) = (as_written(r[2]._replace(hbm=r[2].hbm - hit)) for r in (sal, ev))
     print(f"- Not credited above, L2 reuse: pass 2 walks the heads last to first, so it starts on the K and V "
           f"pass 1 read last. An LRU model of the 50 MB L2 (bench/l2_model.py) serves {hit / 1e6:.1f} of pass 2's "
-          f"{total / 1e6:.1f} MB of K and V from the L2 ({fwd / 1e6:.1f} in head order). Without those bytes: saliency {1e6 * t_sal:.1f} µs ({b_sal}), evict "
-          f"{1e6 * t_ev:.1f} µs = {t_ev / floor(*ev[1]):.2f}x its floor ({b_ev}). The real L2 (two halves, "
-          f"hashed, not LRU) decides: bench/gpu.sh times OBCACHE_CUDA_L2_REUSE=0 (head order) beside it.")
+          f"{total / 1e6:.1f} MB of K and V from the L2 ({fwd / 1e6:.1f} in head order). Without those bytes: "
+          f"saliency {1e6 * t_sal:.1f} µs ({b_sal}), evict {1e6 * t_ev:.1f} µs = {t_ev / floor(*ev[1]):.2f}x its "
+          f"floor ({b_ev}). The real L2 (two halves, hashed, not LRU) decides: bench/gpu.sh times "
+          f"OBCACHE_CUDA_L2_REUSE=0 (head order) beside it.")
 
 
 def floor(flops, nbytes, tensor_cores):
@@ -271,20 +277,17 @@ def floor(flops, nbytes, tensor_cores):
 
 
 def as_written(written):
-    """(seconds, what bounds them) of one kernel's work as written (kernels()'s tuple)."""
-    # b_after: bytes of a memory-bound kernel that runs after the others
-    # (evict's compact_), timed on its own like select's t_sm.
-    ft, ff, b1, t_sm, t_issue, b_after, l2 = written
-    t_units = ft / TC_BF16 + ff / FP32
-    parts = {"HBM": (b1 - b_after) / HBM, "L2": l2 / L2_BW[1], "issue slots": t_issue,
-             ("tensor cores" if ft else "FP32 cores"): t_units}
+    """(seconds, what bounds them) of one kernel's work as written (a Written)."""
+    w = written
+    parts = {"HBM": (w.hbm - w.after_bytes) / HBM, "L2": w.l2 / L2_BW[1], "issue slots": w.issue_s,
+             ("tensor cores" if w.tensor_flops else "FP32 cores"): w.tensor_flops / TC_BF16 + w.fp32_flops / FP32}
     bound = max(parts, key=parts.get)
     t = parts[bound]
-    t_sm += b_after / HBM
+    t_sm = w.alone_s + w.after_bytes / HBM
     if t_sm > t:
         bound = "one SM per row"
     elif t_sm:
-        bound += " + select" + (" + compact_" if b_after else "")
+        bound += " + select" + (" + compact_" if w.after_bytes else "")
     return t + t_sm, bound
 
 
