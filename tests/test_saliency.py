@@ -338,8 +338,8 @@ def test_cuda_pass2_schedules_give_the_same_bits(monkeypatch, switch):
     # Pass 2's head order (last to first, or in order) and, on sm_90, its
     # 256- or 128-key blocks change which block computes a key, not how: each
     # warp sums the same 32 rows x 32 keys in the same order. N = 40,000 keys
-    # x 8 heads make 157 blocks of 256 keys, more than any GPU's SMs, so the
-    # wide blocks run where their tiles fit.
+    # make 157 blocks of 256 keys per head, 1,256 over 8 heads, more than any
+    # GPU's SMs, so the wide blocks run where their tiles fit.
     k, v, q = make_cache(1, 8, 4, 32, 40000, 128, dtype=torch.bfloat16, seed=17)
     k, v, q = k.cuda(), v.cuda(), q.cuda()
     for score in ("key", "joint", "value"):
