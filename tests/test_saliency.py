@@ -333,13 +333,16 @@ def test_cuda_16bit_tensor_cores_match_the_fp32_kernels_and_cpu(monkeypatch, dty
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("switch", ["OBCACHE_CUDA_L2_REUSE", "OBCACHE_CUDA_PASS2_WIDE"])
-def test_cuda_pass2_schedules_give_the_same_bits(monkeypatch, switch):
-    # Pass 2's head order (last to first, or in order) and, on sm_90, its
-    # 256- or 128-key blocks change which block computes a key, not how: each
-    # warp sums the same 32 rows x 32 keys in the same order. N = 40,000 keys
-    # make 157 blocks of 256 keys per head, 1,256 over 8 heads, more than any
-    # GPU's SMs, so the wide blocks run where their tiles fit.
+@pytest.mark.parametrize("switch", ["OBCACHE_CUDA_L2_REUSE", "OBCACHE_CUDA_PASS2_WIDE",
+                                    "OBCACHE_CUDA_PASS1_WIDE"])
+def test_cuda_schedules_give_the_same_bits(monkeypatch, switch):
+    # Pass 2's head order (last to first, or in order), its 256- or 128-key
+    # blocks on sm_90 and pass 1's 128- or 64-row blocks (sm_80, sm_90)
+    # change which block computes a key or a row, not how: each warp sums the
+    # same rows and keys in the same order. N = 40,000 keys make 157 blocks
+    # of 256 keys per head, 1,256 over 8 heads, and 32 key splits per head
+    # make 256 wide pass-1 blocks, more than any GPU's SMs, so the wide
+    # blocks run where their tiles fit.
     k, v, q = make_cache(1, 8, 4, 32, 40000, 128, dtype=torch.bfloat16, seed=17)
     k, v, q = k.cuda(), v.cuda(), q.cuda()
     for score in ("key", "joint", "value"):

@@ -2,7 +2,8 @@
 // tensor cores, saliency_mma_cuda.cuh; score formulas in score_math.h). Two
 // passes over K and V per (b, h), as shared/DESIGN.md section 6, R = G * W
 // window rows (G for `tova`):
-//   1. pass 1, grid (splits, row chunks, B * Hkv), 128 threads:
+//   1. pass 1, grid (splits, row chunks, B * Hkv), 128 threads (256 in the
+//      tensor cores' 128-row blocks):
 //      flash-attention forward of a chunk of window rows over one split of
 //      the keys: per row the partial max, sum and, for key / joint / loo, the
 //      unnormalised O. N is split across blocks (flash-decoding, splits of
@@ -150,9 +151,9 @@ size_t pass2_smem(const SaliencyParams& p, int kpl, int rpw) {
 }
 
 // The tensor-core pass 1's and pass 2's (saliency_mma_cuda.cuh).
-size_t pass1_mma_smem(const SaliencyParams& p) {
-  const size_t pw = static_cast<size_t>(mma::pair_stride(p.D));
-  const size_t rows = salc::kMmaRows, keys = salc::kMmaKeys, o = owns_o(p) ? 1 : 0;
+size_t pass1_mma_smem(const SaliencyParams& p, bool wide) {
+  const size_t pw = static_cast<size_t>(mma::pair_stride(p.D)), rows = salc::mma_pass1_rows(wide);
+  const size_t keys = salc::kMmaKeys * salc::mma_pass1_buffers(wide), o = owns_o(p) ? 1 : 0;
   return sizeof(float) * (2 * rows + rows * pw + (1 + o) * keys * pw);
 }
 size_t pass2_mma_smem(const SaliencyParams& p, bool wide) {
@@ -178,27 +179,48 @@ struct Launch {
   int sms;             // streaming multiprocessors
 };
 
+// Whether a pass takes its wide blocks (8 warps, twice the rows or keys of
+// the 4-warp ones, one per SM; each tile crosses the L2 once for both
+// halves) given how many 4-warp blocks it would launch: where those
+// outnumber the SMs, some SM would run two of them, as long as one wide
+// block; where they do not, each has an SM of its own and ends sooner.
+bool wide_pays(long long narrow_blocks, const Launch& L) { return narrow_blocks > L.sms; }
+
 // Pass 1. bfloat16 and float16 on sm_80+: on the tensor cores for head
 // sizes up to 128 (O in registers) and more than 16 rows (fewer leave most
-// of a warp's 16-row tile empty); 52 KiB at D = 128 fit every GPU. Otherwise on the FP32
+// of a warp's 16-row tile empty); 52 KiB at D = 128 fit every GPU. More than
+// 64 rows go wide (128-row blocks, 8 warps, double-buffered tiles: K and V
+// read once per split instead of once per 64 rows) where those tiles fit
+// (105 KiB at D = 128: sm_80, sm_90) and the 64-row blocks would outnumber
+// the SMs (wide_pays); OBCACHE_CUDA_PASS1_WIDE=0 keeps 64 rows. Otherwise on the FP32
 // units with the largest tiles the device's shared memory holds: 8 rows per
 // warp everywhere on sm_90 and up to D = 128 on sm_80; 4 for the largest
 // head sizes on sm_80 / sm_86 / sm_89 (bench/results/kernels.md has the
 // sizes), and for few rows (`tova`: R = G), which compute fewer padding rows.
+template <typename E, bool kNeedO, bool kWide>
+cudaError_t launch_pass1_mma(const SaliencyParams& p, const Launch& L) {
+  auto* k1 = owns_o(p) ? &salc::pass1_mma_kernel<E, kNeedO, kWide> : &salc::pass1_mma_kernel<E, false, kWide>;
+  const size_t sm1 = pass1_mma_smem(p, kWide);
+  const cudaError_t err = allow_smem(k1, sm1, L.limit);
+  if (err != cudaSuccess) return err;
+  constexpr int kR = salc::mma_pass1_rows(kWide);
+  const long long chunks = (L.s.R + kR - 1) / kR;
+  OBC_LAUNCH(k1, dim3(static_cast<unsigned>(L.s.splits), static_cast<unsigned>(chunks), L.bh),
+             dim3(salc::mma_pass1_threads(kWide)), sm1, L.stream, p, L.s, L.w);
+  return cudaGetLastError();
+}
 template <typename E, Score S>
 cudaError_t launch_pass1(const SaliencyParams& p, const Launch& L) {
   constexpr bool kNeedO = score_needs_vo(S) || score_needs_dist(S);
   const salc::Shape& s = L.s;
   cudaError_t err;
   if constexpr (mma::kOperandType<E>) {
-    if (L.mma && s.R > 16 && p.D <= salc::kMmaPass1MaxDepth && pass1_mma_smem(p) <= L.fits) {
-      auto* k1 = owns_o(p) ? &salc::pass1_mma_kernel<E, kNeedO> : &salc::pass1_mma_kernel<E, false>;
-      const size_t sm1 = pass1_mma_smem(p);
-      if ((err = allow_smem(k1, sm1, L.limit)) != cudaSuccess) return err;
-      const long long chunks = (s.R + salc::kMmaRows - 1) / salc::kMmaRows;
-      OBC_LAUNCH(k1, dim3(static_cast<unsigned>(s.splits), static_cast<unsigned>(chunks), L.bh), dim3(kThreads), sm1,
-                 L.stream, p, s, L.w);
-      return cudaGetLastError();
+    if (L.mma && s.R > 16 && p.D <= salc::kMmaPass1MaxDepth && pass1_mma_smem(p, false) <= L.fits) {
+      const long long narrow_blocks = s.splits * ((s.R + salc::kMmaRows - 1) / salc::kMmaRows) * L.bh;
+      if (s.R > salc::kMmaRows && pass1_mma_smem(p, true) <= L.fits && wide_pays(narrow_blocks, L) &&
+          !switched_off("OBCACHE_CUDA_PASS1_WIDE"))
+        return launch_pass1_mma<E, kNeedO, true>(p, L);
+      return launch_pass1_mma<E, kNeedO, false>(p, L);
     }
   }
   const int rpw1 = s.R > 16 && pass1_smem(p, 8) <= L.fits ? 8 : 4;
@@ -218,9 +240,8 @@ cudaError_t launch_pass1(const SaliencyParams& p, const Launch& L) {
 // sm_90, up to 128 on sm_80, up to 112 on sm_86 / sm_89, whose 99 KiB are
 // 7 KiB short of the 106 KiB at 128) and there are more than 8 rows.
 // Key and joint go wide (256 keys, 8 warps) where those tiles fit (D = 128:
-// 181 KiB, sm_90) and the wide blocks still number at least the SMs (on a
-// smaller grid, 128-key blocks spread over twice the SMs);
-// OBCACHE_CUDA_PASS2_WIDE=0 keeps 128 keys.
+// 181 KiB, sm_90) and the 128-key blocks would outnumber the SMs
+// (wide_pays); OBCACHE_CUDA_PASS2_WIDE=0 keeps 128 keys.
 // Otherwise on the FP32 units: two keys per lane and 8 rows per warp where
 // they fit, else one key, else 2 rows.
 template <typename E, Score S, bool kWide>
@@ -243,9 +264,9 @@ cudaError_t launch_pass2(const SaliencyParams& p, const Launch& L) {
     if (L.mma && s.R > 8 && smm <= L.fits && (!score_needs_vo(S) || L.w.o_terms)) {
       if constexpr (score_needs_vo(S)) {
         const size_t smw = pass2_mma_smem(p, true);
-        constexpr int kWideKeys = salc::mma_pass2_keys(S, true);
-        const long long wide_blocks = (p.N + kWideKeys - 1) / kWideKeys * L.bh;
-        if (smw <= L.fits && wide_blocks >= L.sms && !switched_off("OBCACHE_CUDA_PASS2_WIDE"))
+        constexpr int kKeys = salc::mma_pass2_keys(S, false);
+        const long long narrow_blocks = (p.N + kKeys - 1) / kKeys * L.bh;
+        if (smw <= L.fits && wide_pays(narrow_blocks, L) && !switched_off("OBCACHE_CUDA_PASS2_WIDE"))
           return launch_pass2_mma<E, S, true>(p, L, smw);
       }
       return launch_pass2_mma<E, S, false>(p, L, smm);

@@ -32,8 +32,15 @@
 namespace obc {
 namespace salc {
 
-// Pass 1's block: 64 rows x 64-key tiles (a warp's 16 rows whole).
+// Pass 1's block: 64 rows x 64-key tiles (a warp's 16 rows whole), 4
+// warps; wide, 128 rows and 8 warps, so that a split's K and V tiles cross
+// the L2 once for all its rows (at G = 4, W = 32: 268 -> 134 MB at N = 32k,
+// H_kv = 8), their next tile loading while the warps work on this one (one
+// 8-warp block per SM where 3 of 4 warps hid the loads).
 constexpr int kMmaRows = 64, kMmaKeys = 64;
+OBC_HD constexpr int mma_pass1_rows(bool wide) { return (wide ? 2 : 1) * kMmaRows; }
+OBC_HD constexpr int mma_pass1_threads(bool wide) { return mma_pass1_rows(wide) / 16 * 32; }
+OBC_HD constexpr int mma_pass1_buffers(bool wide) { return wide ? 2 : 1; }
 // Pass 2's block: 4 warps, each 32 rows x 32 keys, over 64 rows x 64 keys,
 // or 32 rows x 128 keys for the scores that read O (key, joint). Loading a
 // chunk's O (three 16-bit terms), like its Q and row statistics, costs the
@@ -89,27 +96,38 @@ OBC_HD constexpr bool mma_pass2_supports() {
 // layout of keys 16j .. 16j + 15 is the A layout of that 16-wide step).
 // P is split into three terms like o in pass 2, so O is as exact as on
 // the FP32 path (the key and joint scores difference it against v).
-// smem: lim rows (64-bit) | Qw rows*pw | Kw keys*pw | Vw keys*pw (for O).
-// Pass 1's blocks per SM, told to ptxas as __launch_bounds__'s minimum: 3,
-// what its 52 KB of shared memory (D = 128) allows on sm_80 and sm_90. Left
-// free since its tile loads form each row's address once
+// smem: lim rows (64-bit) | Qw rows*pw | Kw bufs*keys*pw | Vw bufs*keys*pw
+// (for O); pass1_mma_smem in saliency_cuda.cu is the same sum.
+// Pass 1's 64-row blocks per SM, told to ptxas as __launch_bounds__'s
+// minimum: 3, what their 52 KB of shared memory (D = 128) allows on sm_80
+// and sm_90. Left free since its tile loads form each row's address once
 // (mma::load_pair_rows), ptxas kept those addresses across the tile loop
 // and took 203-208 registers, room for 2 blocks; held to 168 it recomputes
 // the ldmatrix row addresses per tile instead (27 instructions, against
-// the 146 its loads saved; bench/results/kernels.md).
+// the 146 its loads saved; bench/results/kernels.md). The wide block (105 KB
+// at D = 128, 256 threads) is one per SM on sm_80 and sm_90 either way:
+// 255 registers a thread are its to take.
+// Wide, the tiles are double-buffered: tile i + 1's copies are issued into
+// the other buffer once every warp is past tile i - 1 (the barrier that
+// also shows tile i), so they travel while the warps compute on tile i;
+// one barrier per tile. The 64-row block loads each tile after the
+// previous one is done with (two barriers), its SM's other blocks
+// computing meanwhile.
 constexpr int kMmaPass1MinBlocks = 3;
-template <typename E, bool kNeedO>
-__global__ void __launch_bounds__(kThreads, kMmaPass1MinBlocks) pass1_mma_kernel(SaliencyParams p, Shape s, Work w) {
-  constexpr int kR = kMmaRows, kKeys = kMmaKeys, kSteps = kMmaPass1MaxDepth / 16;
+template <typename E, bool kNeedO, bool kWide>
+__global__ void __launch_bounds__(mma_pass1_threads(kWide), kWide ? 1 : kMmaPass1MinBlocks)
+    pass1_mma_kernel(SaliencyParams p, Shape s, Work w) {
+  constexpr int kR = mma_pass1_rows(kWide), kNT = mma_pass1_threads(kWide), kBufs = mma_pass1_buffers(kWide);
+  constexpr int kKeys = kMmaKeys, kSteps = kMmaPass1MaxDepth / 16;
   constexpr bool kHalf = std::is_same<E, half_t>::value;
   OBC_DYNAMIC_SMEM(float, smem);
   const long long D = p.D, N = p.N;
-  const int Di = static_cast<int>(D), depth = mma_depth(D), pw = pair_stride(D);
+  const int Di = static_cast<int>(D), depth = mma_depth(D), pw = pair_stride(D), buf_words = kKeys * pw;
   const long long split = blockIdx.x, r0 = static_cast<long long>(blockIdx.y) * kR, bh = blockIdx.z;
   long long* lim = reinterpret_cast<long long*>(smem);
   uint32_t* Qw = reinterpret_cast<uint32_t*>(smem + 2 * kR);
-  uint32_t* Kw = Qw + kR * pw;
-  uint32_t* Vw = Kw + kKeys * pw;
+  uint32_t* Kbuf = Qw + kR * pw;
+  uint32_t* Vbuf = Kbuf + kBufs * buf_words;
   const HeadPtrs<E> hp = head_ptrs<E>(p, blockIdx.z);
   const E *K = hp.k, *V = hp.v, *q_bh = hp.q;
   const int tid = threadIdx.x, lane = tid % kTile, warp = tid / kTile;
@@ -117,25 +135,43 @@ __global__ void __launch_bounds__(kThreads, kMmaPass1MinBlocks) pass1_mma_kernel
 
   row_info<true>(p, s, r0, kR, lim, nullptr);
   const int rows_in = chunk_rows(s, r0, kR);
+  const long long k_begin = split * s.keys_per_split;
+  const long long k_end = k_begin + s.keys_per_split < N ? k_begin + s.keys_per_split : N;
+  const int tiles = static_cast<int>((k_end - k_begin + kKeys - 1) / kKeys);
+  const auto tile_start = [&](int i) { return k_begin + static_cast<long long>(i) * kKeys; };
+  const auto tile_keys = [&](long long p0) { return static_cast<int>(k_end - p0 < kKeys ? k_end - p0 : kKeys); };
+  // Tile i's K (and V) into buffer i % kBufs, by the whole block.
+  const auto load_tile = [&](int i) {
+    const long long p0 = tile_start(i);
+    const int tn = tile_keys(p0);
+    const E *Kt = K + p0 * p.k_sn, *Vt = V + p0 * p.v_sn;
+    const auto k_row = [&](int c) { return Kt + c * p.k_sn; };
+    mma::load_pair_rows<kNT, kMmaPass1MaxDepth, kKeys>(k_row, tn, Di, pw, s.vec16, Kbuf + i % kBufs * buf_words);
+    if (kNeedO) {
+      const auto v_row = [&](int c) { return Vt + c * p.v_sn; };
+      mma::load_pair_rows<kNT, kMmaPass1MaxDepth, kKeys>(v_row, tn, Di, pw, s.vec16, Vbuf + i % kBufs * buf_words);
+    }
+  };
   const auto q_row = [&](int rr) { return q_bh + query_offset(p, s, static_cast<int>(r0 + rr)); };
-  mma::load_pair_rows<kThreads, kMmaPass1MaxDepth, kR>(q_row, rows_in, Di, pw, s.vec16, Qw);
+  mma::load_pair_rows<kNT, kMmaPass1MaxDepth, kR>(q_row, rows_in, Di, pw, s.vec16, Qw);
+  if (kBufs == 2 && tiles > 0) load_tile(0);
   sync_tiles();
   const long long lim_row[2] = {lim[row_w + g], lim[row_w + g + 8]};
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
   float o[2 * kSteps][4] = {};  // rows g, g + 8 x columns 8 dn + 2t, + 1
-  const long long k_begin = split * s.keys_per_split;
-  const long long k_end = k_begin + s.keys_per_split < N ? k_begin + s.keys_per_split : N;
-  for (long long p0 = k_begin; p0 < k_end; p0 += kKeys) {
-    const int tn = static_cast<int>(k_end - p0 < kKeys ? k_end - p0 : kKeys);
-    __syncthreads();  // every warp is done with the previous tile
-    const E *Kt = K + p0 * p.k_sn, *Vt = V + p0 * p.v_sn;
-    const auto k_row = [&](int c) { return Kt + c * p.k_sn; };
-    mma::load_pair_rows<kThreads, kMmaPass1MaxDepth, kKeys>(k_row, tn, Di, pw, s.vec16, Kw);
-    if (kNeedO) {
-      const auto v_row = [&](int c) { return Vt + c * p.v_sn; };
-      mma::load_pair_rows<kThreads, kMmaPass1MaxDepth, kKeys>(v_row, tn, Di, pw, s.vec16, Vw);
+  for (int i = 0; i < tiles; ++i) {
+    if (kBufs == 1) {
+      __syncthreads();  // every warp is done with the previous tile
+      load_tile(i);
     }
-    sync_tiles();
+    if (kBufs == 1 || i > 0) sync_tiles();
+    if (kBufs == 2 && i + 1 < tiles) load_tile(i + 1);
+    // A warp whose rows all lie past R (R = 96: the last two of a wide
+    // block's) only loads.
+    if (row_w >= rows_in) continue;
+    const long long p0 = tile_start(i);
+    const int tn = tile_keys(p0);
+    const uint32_t *Kw = Kbuf + i % kBufs * buf_words, *Vw = Vbuf + i % kBufs * buf_words;
     float sc[8][4] = {};  // logits: rows g, g + 8 x keys 8 nt + 2t, + 1
     // Q's fragments are re-read from shared memory per tile: held in
     // registers for the kernel, with O's, they pushed it into spilling.

@@ -15,6 +15,7 @@
 #include <cstdlib>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "saliency_cpu.h"
@@ -195,11 +196,12 @@ TEST(EmuSaliency, HalfAndBFloat16) {
 // tile, D = 13 and 72 (padded to 16 and 80) and 128, rows 21 (one partial
 // chunk of 32 or 64 rows) and 66 (three or two), two key splits (N = 300),
 // B = 2, causal or not, strided, and W = 32, 64 (the in-register query
-// reduction), every reduction.
+// reduction), every reduction, and R = 128 over several tiles per split.
 // Then the same on an emulated sm_75, which has no bf16 / f16 m16n8k16, and
 // with OBCACHE_CUDA_TENSOR_CORES=0: the FP32 passes run and no mma
 // instruction does. Last, pass 2 in head order (OBCACHE_CUDA_L2_REUSE=0).
-// Key and joint run both pass 2 widths (128 and 256 keys per block).
+// Key and joint run both pass 2 widths (128 and 256 keys per block), and
+// every score both pass 1 widths where R > 64 (64 and 128 rows per block).
 template <typename E>
 void on_tensor_cores(obc::DType dt, unsigned seed) {
   std::mt19937 rng(seed);
@@ -212,7 +214,7 @@ void on_tensor_cores(obc::DType dt, unsigned seed) {
                         {1, 1, 3, 7, 45, 16, 0, false},
                         {1, 2, 5, 7, 70, 13, 2, true},
                         {2, 1, 4, 3, 40, 72, 0, false},
-                        {1, 1, 3, 22, 70, 128, 0, true},
+                        {1, 2, 3, 22, 70, 128, 0, true},
                         {1, 1, 3, 7, 300, 16, 0, true},
                         // W = 32 and 64: a warp's 32 rows are one head's and
                         // reduce in registers; R = 96 leaves the second
@@ -225,7 +227,10 @@ void on_tensor_cores(obc::DType dt, unsigned seed) {
                         // the last of pass 2's first 128-key block and of
                         // pass 1's second 64-key tile, so the blocks every
                         // row sees (all_rows_see) end one key before.
-                        {1, 1, 2, 32, 158, 16, 0, true}};
+                        {1, 1, 2, 32, 158, 16, 0, true},
+                        // R = 128 over 3 splits of 4, 4 and 2 tiles: a wide
+                        // pass 1 block cycles its two tile buffers.
+                        {1, 1, 4, 32, 600, 16, 0, true}};
   simt::take_widest_block();
   for (const Case& c : cases) {
     const long long before = simt::mma_instructions();
@@ -235,20 +240,41 @@ void on_tensor_cores(obc::DType dt, unsigned seed) {
     check_case<E>(c, dt, rng, &c == cases || c.W >= 32, c.D == 128 ? 0x3f : 0x7f);
     EXPECT_GT(simt::mma_instructions(), before) << "D=" << c.D;
   }
-  // These grids are smaller than an H100's 132 SMs: pass 2 kept 128 keys
-  // per block. On one SM key and joint go wide, 256 keys and 8 warps (sm_90's
-  // shared memory holds those tiles up to D = 128 here).
+  // These grids are smaller than an H100's 132 SMs: pass 1 kept 64 rows and
+  // pass 2 128 keys per block. On one SM, wherever there are two such
+  // blocks or more (wide_pays), key and joint go wide in pass 2, 256 keys
+  // and 8 warps (sm_90's shared memory holds those tiles up to D = 128
+  // here), and every score in pass 1 where R > 64: 128 rows, 8 warps (attn
+  // shows pass 1's width alone: its pass 2 keeps 4 warps).
   EXPECT_EQ(simt::take_widest_block(), 128u);
   simt::set_sm_count(1);
-  const unsigned key_joint = 1u << 4 | 1u << 5;
+  const unsigned key_joint = 1u << 4 | 1u << 5, attn = 1u << 0;
+  const auto narrow_blocks = [](const Case& c) {  // pass 1's 64-row blocks, pass 2's 128-key ones
+    obc::SaliencyParams p;
+    p.B = c.B, p.Hkv = c.H, p.G = c.G, p.W = c.W, p.N = c.N, p.D = c.D;
+    const obc::salc::Shape s = obc::make_shape(p);
+    return std::make_pair(s.R > 64 ? s.splits * ((s.R + 63) / 64) * c.B * c.H : 0, (c.N + 127) / 128 * c.B * c.H);
+  };
+  int wide_cases[2] = {0, 0};
   for (const Case& c : cases) {
+    const auto [pass1, pass2] = narrow_blocks(c);
     check_case<E>(c, dt, rng, c.W >= 32, key_joint);
-    EXPECT_EQ(simt::take_widest_block(), 256u) << "D=" << c.D;
+    EXPECT_EQ(simt::take_widest_block(), pass1 > 1 || pass2 > 1 ? 256u : 128u) << "D=" << c.D << " N=" << c.N;
+    check_case<E>(c, dt, rng, false, attn);
+    EXPECT_EQ(simt::take_widest_block(), pass1 > 1 ? 256u : 128u) << "R=" << c.G * c.W;
+    wide_cases[0] += pass1 > 1, wide_cases[1] += pass2 > 1;
   }
-  setenv("OBCACHE_CUDA_PASS2_WIDE", "0", 1);  // bench/bench_gpu.py's baseline for the wide blocks
+  EXPECT_EQ(wide_cases[0], 3);  // R = 66 (D = 128), 96 and 128
+  EXPECT_EQ(wide_cases[1], 8);  // all but the one-block grids of N = 45 and 100 on one head
+  // bench/bench_gpu.py's baselines for the wide blocks.
+  setenv("OBCACHE_CUDA_PASS2_WIDE", "0", 1);
   check_case<E>(cases[0], dt, rng, false, 1u << 5);
   EXPECT_EQ(simt::take_widest_block(), 128u);
   unsetenv("OBCACHE_CUDA_PASS2_WIDE");
+  setenv("OBCACHE_CUDA_PASS1_WIDE", "0", 1);
+  check_case<E>(cases[9], dt, rng, false, attn);
+  EXPECT_EQ(simt::take_widest_block(), 128u);
+  unsetenv("OBCACHE_CUDA_PASS1_WIDE");
   simt::set_sm_count(132);
   simt::set_compute_capability_major(7);
   long long before = simt::mma_instructions();
