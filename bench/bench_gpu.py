@@ -2,7 +2,8 @@
 CUDA events: saliency (joint; also `obcache+o`, given the window's attention
 output as a model hands it over, and the same run with each of the
 kernels' switches off, SWITCHES below: `obcache-fp32`, `obcache-l2off`,
-`obcache-narrow`), select, compact_ and evict (also the switches) at N in
+`obcache-narrow`, `obcache-p1narrow`), select, compact_ and evict (also the
+switches) at N in
 {4k, 32k, 128k},
 bfloat16 (--dtype float16 for float16), B=1, H_kv=8, G=4, W=32, D=128,
 budget N/10, sink 4, recent W, max pooling kernel 7; and
@@ -113,7 +114,9 @@ SWITCHES = (("obcache-fp32", "OBCACHE_CUDA_TENSOR_CORES", "16-bit inputs on the 
             ("obcache-l2off", "OBCACHE_CUDA_L2_REUSE", "saliency's pass 2 walks the heads in pass 1's order, not "
              "last to first", ("saliency", "evict")),
             ("obcache-narrow", "OBCACHE_CUDA_PASS2_WIDE", "saliency's tensor-core pass 2 on 128 keys per block, "
-             "not 256", ("saliency", "evict")))
+             "not 256", ("saliency", "evict")),
+            ("obcache-p1narrow", "OBCACHE_CUDA_PASS1_WIDE", "saliency's tensor-core pass 1 on 64 rows per block, "
+             "not 128", ("saliency", "evict")))
 
 
 def switched_off(var, fn):

@@ -6,12 +6,13 @@ halves and hashes addresses, so only bench/gpu.sh's OBCACHE_CUDA_L2_REUSE=0
 row can say what it does).
 
 The order, as launched (csrc/kernels/saliency_cuda.cu, make_shape and the
-launches): pass 1 has one block per (key split, 64-row chunk, head), the
-split fastest and the head slowest; the GPU runs as many at once as fit (3
-per SM) and starts the next in that order as each ends; a block reads its
-split's K and V 64 keys at a time, every resident block one tile per step,
-and writes its partial O (64 rows x D floats) when done, which the combine
-kernel then reads. Pass 2 has one block per (256-key block, head), the block
+launches): pass 1 has one block per (key split, row chunk, head), the split
+fastest and the head slowest, 128-row chunks one block per SM where the
+launcher takes the wide blocks (pass1_rows), else 64-row chunks three per
+SM; the GPU runs as many at once as fit and starts the next in that order
+as each ends; a block reads its split's K and V 64 keys at a time, every
+resident block one tile per step, and writes its partial O (rows x D
+floats) when done, which the combine kernel then reads. Pass 2 has one block per (256-key block, head), the block
 fastest; the head order is the kernel's choice (Shape::heads_reversed), each
 block reading its K and V at its start, so the reads come in launch order
 however many blocks an SM holds. The L2 is counted in
@@ -27,8 +28,10 @@ from collections import OrderedDict
 
 L2_BYTES = 50 * 2**20
 SMS = 132
-PASS1_BLOCKS_PER_SM = 3  # kMmaPass1MinBlocks
-TILE, MMA_ROWS, SPLIT_ROWS, MAX_SPLITS = 64, 64, 32, 64
+# Pass 1's blocks per SM by rows per block: 64-row blocks, kMmaPass1MinBlocks; the wide ones (105 KB of
+# shared memory, 8 warps at up to 255 registers), one.
+PASS1_BLOCKS_PER_SM = {64: 3, 128: 1}
+TILE, SPLIT_ROWS, MAX_SPLITS = 64, 32, 64
 
 
 class LRU:
@@ -55,18 +58,33 @@ def splits(B, Hkv, R, N):
     return -(-N // per), per
 
 
+def pass1_rows(B, Hkv, R, N):
+    """Rows per tensor-core pass-1 block on an H100 (launch_pass1; sm_90's shared memory holds the wide
+    tiles up to D = 128): 128 where R > 64 and the 64-row blocks would outnumber the SMs (wide_pays),
+    else 64."""
+    wide = R > 64 and splits(B, Hkv, R, N)[0] * -(-R // 64) * B * Hkv > SMS
+    return 128 if wide else 64
+
+
+def pass2_keys(B, Hkv, N):
+    """Keys per tensor-core pass-2 block of the key and joint scores on an H100 (launch_pass2; up to
+    D = 128): 256 where the 128-key blocks would outnumber the SMs (wide_pays), else 128."""
+    return 256 if -(-N // 128) * B * Hkv > SMS else 128
+
+
 def pass2_hits(B, Hkv, G, W, N, D, e, heads_reversed):
     """(bytes of pass 2's K and V reads that hit the LRU L2, bytes it reads)."""
     unit = TILE * D * e
     l2 = LRU(L2_BYTES // unit)
     R = G * W
     n_splits, per = splits(B, Hkv, R, N)
-    chunks = -(-R // MMA_ROWS)
-    part_units = -(-MMA_ROWS * D * 4 // unit)
+    rows = pass1_rows(B, Hkv, R, N)
+    chunks = -(-R // rows)
+    part_units = -(-rows * D * 4 // unit)
     order = [(sp, ch, bh) for bh in range(B * Hkv) for ch in range(chunks) for sp in range(n_splits)]
     running, nxt = [], 0
     while nxt < len(order) or running:
-        while len(running) < PASS1_BLOCKS_PER_SM * SMS and nxt < len(order):
+        while len(running) < PASS1_BLOCKS_PER_SM[rows] * SMS and nxt < len(order):
             sp, ch, bh = order[nxt]
             running.append([sp, ch, bh, sp * per // TILE, min(N, (sp + 1) * per)])
             nxt += 1

@@ -89,15 +89,16 @@ WARP_INSTR_PER_PAIR = {"pass 1": 1012 / 1024, "pass 2": 1309 / 1024, "pass 2, pe
 # bf16 and f16 joint kernels: 5,166 and 5,382 over the six copies of the
 # contributions).
 F16_EXTRA_PER_PAIR = 36 / 1024
-# Keys per pass-2 block of the key and joint scores (saliency_mma_cuda.cuh:
-# 256 where sm_90's shared memory holds the tiles and the grid covers the
-# SMs, as here, since the tenth session; 128 before and on smaller GPUs), and
-# of the FP32 pass 2 (two per lane); window rows per pass-1 block on the
-# tensor cores and on the FP32 cores (8 per warp).
-PASS2_KEYS, PASS2_FP32_KEYS = 256, 64
-PASS1_MMA_ROWS, PASS1_FP32_ROWS = 64, 32
+# Keys per pass-2 block of the FP32 pass 2 (two per lane) and window rows
+# per pass-1 block on the FP32 cores (8 per warp). On the tensor cores
+# both depend on the grid (l2_model.pass2_keys, pass1_rows): 256 keys for
+# key and joint where sm_90's shared memory holds the tiles and the grid
+# covers the SMs (since the tenth session; 128 before and otherwise), and
+# 128 rows where there are more than 64 and the grid covers the SMs (since
+# the eleventh session; 64 before and otherwise).
+PASS2_FP32_KEYS, PASS1_FP32_ROWS = 64, 32
 # Pass 2 re-reads the window's Q (16-bit) and O (three bf16 terms) for
-# every block of PASS2_KEYS keys: L2 traffic, not HBM (they are a few MB).
+# every block of keys: L2 traffic, not HBM (they are a few MB).
 # H100's L2 bandwidth has no datasheet figure; microbenchmarks find
 # ~5.5-7 TB/s.
 L2_BW = (5.5e12, 7e12)
@@ -144,40 +145,48 @@ def kernels(B, Hkv, G, W, N, D, e, budget, hidden):
     sal_bytes = (2 * kv + q + scores, 4 * kv + q + scores)
     evict_bytes = (2 * kv + q + 2 * kept + idx + scores, 4 * kv + q + 2 * scores + idx + 4 * kept + idx)
     issue_s = pairs * sum(WARP_INSTR_PER_PAIR.values()) / ISSUE
-    l2_bytes = -(-N // PASS2_KEYS) * B * Hq * W * D * (e + 6)  # pass 2: Q and O's terms per key block
+    R = G * W
+    p1_rows, p2_keys = l2_model.pass1_rows(B, Hkv, R, N), l2_model.pass2_keys(B, Hkv, N)
+    l2_bytes = -(-N // p2_keys) * B * Hq * W * D * (e + 6)  # pass 2: Q and O's terms per key block
     select_s = N * (SELECT_GLOBAL_BYTES_PER_KEY / SM_BYTES_PER_S + SELECT_SMEM_BYTES_PER_KEY / SMEM_BYTES_PER_S)
     # What the SMs load and store through the L2 (all of it passes there, whether HBM or the L2 serves it):
     # pass 1 has a block per (split, row chunk), and each reads its split's K and V; every split's blocks
     # read Q once between them; the partial O (floats, R x D per split) is written and read back by the
     # combine kernel; pass 2 reads K and V and, per key block, Q and O (as three terms on the tensor cores,
     # floats on the FP32 path).
-    R = G * W
     n_splits = l2_model.splits(B, Hkv, R, N)[0]
     pass1_l2 = n_splits * q + 2 * n_splits * B * Hkv * R * D * 4
-    sal_l2 = (-(-R // PASS1_MMA_ROWS) * 2 * kv + pass1_l2 + 2 * kv + l2_bytes + scores,
+    sal_l2 = (-(-R // p1_rows) * 2 * kv + pass1_l2 + 2 * kv + l2_bytes + scores,
               -(-R // PASS1_FP32_ROWS) * 2 * kv + pass1_l2 + 2 * kv
               + -(-N // PASS2_FP32_KEYS) * B * Hq * W * D * (e + 4) + scores)
     rows = []
     f16_issue_s = pairs * F16_EXTRA_PER_PAIR / ISSUE
+    p1_blocks = -(-R // p1_rows)
+    p1_blocks_text = ("%d blocks of %d rows per split each read" % (p1_blocks, p1_rows) if p1_blocks > 1
+                      else "block of %d rows per split reads" % p1_rows)
+    l2_fast, l2_slow, hbm_s = sal_l2[0] / L2_BW[1], sal_l2[0] / L2_BW[0], sal_bytes[1] / HBM
+    if l2_fast > max(hbm_s, issue_s):
+        l2_vs = "more than the HBM bytes or the issue slots take"
+    elif l2_slow > max(hbm_s, issue_s):
+        l2_vs = "under the HBM bytes' %.0f µs at the top of that range, over them at the bottom" % (1e6 * hbm_s)
+    else:
+        l2_vs = "under the HBM bytes' %.0f µs" % (1e6 * hbm_s)
     rows.append(("saliency (joint), bf16, tensor cores", (3 * prod, sal_bytes[0], True),
                  (8 * prod, 0, sal_bytes[1], 0, issue_s, 0, sal_l2[0]),
                  "necessary: Q K^T, A V, O V^T once, K and V read once. As written (bf16 on sm_80+): pass 1 "
                  "(Q K^T, P V with P in three bf16 terms, over N splits) and pass 2 (Q K^T again, O V^T with O in "
                  "three terms) on the tensor cores, each pass reading K and V; %.2f + %.2f + %.2f (pass 2's "
-                 "per-block loads and set-up) warp instructions per (row, key) pair (SASS of the 128-key pass 2; "
-                 "the 256-key one runs the same per warp, but half its warps skip each chunk's Q and O loads) take "
-                 "%.0f µs of issue slots. Through the L2 the SMs move %.0f MB: pass 1's %d blocks of %d rows "
-                 "per split each read the split's K and V (%.0f MB), Q and the split partials (%.0f MB), pass 2's "
-                 "K and V (%.0f MB) "
+                 "per-block loads and set-up) warp instructions per (row, key) pair (SASS of the 64-row pass 1 "
+                 "and the 128-key pass 2; the 128-row and 256-key blocks run the same per warp, with fewer tile "
+                 "copies a warp) take %.0f µs of issue slots. Through the L2 the SMs move %.0f MB: pass 1's %s "
+                 "the split's K and V (%.0f MB), Q and the split partials (%.0f MB), pass 2's K and V (%.0f MB) "
                  "and Q and O's terms again for every %d-key block (%.0f MB): %.0f-%.0f µs at %.1f-%.0f TB/s, "
-                 "more than the HBM bytes or the issue slots take. float16 does the same with f16 terms (P and O "
-                 "scaled by powers of two first) and %.3f more per pair in pass 2 (O's row scale): %.1f µs more "
-                 "issue"
+                 "%s. float16 does the same with f16 terms (P and O scaled by powers of two first) and %.3f more "
+                 "per pair in pass 2 (O's row scale): %.1f µs more issue"
                  % (WARP_INSTR_PER_PAIR["pass 1"], WARP_INSTR_PER_PAIR["pass 2"],
-                    WARP_INSTR_PER_PAIR["pass 2, per block"], 1e6 * issue_s, sal_l2[0] / 1e6,
-                    -(-R // PASS1_MMA_ROWS), PASS1_MMA_ROWS, -(-R // PASS1_MMA_ROWS) * 2 * kv / 1e6,
-                    pass1_l2 / 1e6, 2 * kv / 1e6, PASS2_KEYS, l2_bytes / 1e6, 1e6 * sal_l2[0] / L2_BW[1],
-                    1e6 * sal_l2[0] / L2_BW[0], L2_BW[0] / 1e12, L2_BW[1] / 1e12, F16_EXTRA_PER_PAIR,
+                    WARP_INSTR_PER_PAIR["pass 2, per block"], 1e6 * issue_s, sal_l2[0] / 1e6, p1_blocks_text,
+                    p1_blocks * 2 * kv / 1e6, pass1_l2 / 1e6, 2 * kv / 1e6, p2_keys, l2_bytes / 1e6,
+                    1e6 * l2_fast, 1e6 * l2_slow, L2_BW[0] / 1e12, L2_BW[1] / 1e12, l2_vs, F16_EXTRA_PER_PAIR,
                     1e6 * f16_issue_s)))
     rows.append(("saliency (joint), float32 or pre-sm_80, FP32 cores", (3 * prod, sal_bytes[0], False),
                  (0, 4 * prod, sal_bytes[1], 0, 0, 0, sal_l2[1]),
