@@ -36,7 +36,7 @@ namespace salc {
 // warps; wide, 128 rows and 8 warps, so that a split's K and V tiles cross
 // the L2 once for all its rows (at G = 4, W = 32: 268 -> 134 MB at N = 32k,
 // H_kv = 8), their next tile loading while the warps work on this one (one
-// 8-warp block per SM where 3 of 4 warps hid the loads).
+// 8-warp block per SM, where three 4-warp blocks hid each other's loads).
 constexpr int kMmaRows = 64, kMmaKeys = 64;
 OBC_HD constexpr int mma_pass1_rows(bool wide) { return (wide ? 2 : 1) * kMmaRows; }
 OBC_HD constexpr int mma_pass1_threads(bool wide) { return mma_pass1_rows(wide) / 16 * 32; }
