@@ -333,16 +333,40 @@ def test_cuda_16bit_tensor_cores_match_the_fp32_kernels_and_cpu(monkeypatch, dty
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("G", [4, 3])
+def test_cuda_wide_blocks_match_cpu(dtype, G):
+    # 8 heads x 8,192 keys: 32 key splits, so pass 1's 64-row grid (512
+    # blocks) and pass 2's 128-key one (512) outnumber any GPU's SMs and the
+    # wide blocks run where their tiles fit: 128 rows per pass-1 block (sm_80,
+    # sm_90; R = 96 at G = 3 leaves two warps past R) and 256 keys per pass-2
+    # block of the key and joint scores (sm_90). Same tolerance as above.
+    k, v, q = make_cache(1, 8, G, 32, 8192, 128, dtype=dtype, seed=18)
+    for score in SCORES:
+        cpu = obcache.saliency(k, v, q, score)
+        gpu = obcache.saliency(k.cuda(), v.cuda(), q.cuda(), score).cpu()
+        torch.testing.assert_close(gpu, cpu, rtol=1e-4, atol=1e-4 * cpu.abs().max().item(),
+                                   msg=lambda m, s=score: f"{s}: {m}")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("switch", ["OBCACHE_CUDA_L2_REUSE", "OBCACHE_CUDA_PASS2_WIDE",
                                     "OBCACHE_CUDA_PASS1_WIDE"])
 def test_cuda_schedules_give_the_same_bits(monkeypatch, switch):
     # Pass 2's head order (last to first, or in order), its 256- or 128-key
-    # blocks on sm_90 and pass 1's 128- or 64-row blocks (sm_80, sm_90)
-    # change which block computes a key or a row, not how: each warp sums the
-    # same rows and keys in the same order. N = 40,000 keys make 157 blocks
-    # of 256 keys per head, 1,256 over 8 heads, and 32 key splits per head
-    # make 256 wide pass-1 blocks, more than any GPU's SMs, so the wide
-    # blocks run where their tiles fit.
+    # blocks on sm_90 and pass 1's 128- or 64-row blocks (where their tiles
+    # fit: at D = 128 with O, sm_80, sm_90 and sm_100; without O, every
+    # sm_80+ GPU) change which block computes a key or a row, not how: each
+    # warp sums the same rows and keys in the same order. N = 40,000 keys
+    # make 157 blocks of 256 keys per head, 1,256 over 8 heads, and 32 key
+    # splits per head make 256 wide pass-1 blocks, more than any GPU's SMs,
+    # so the wide blocks run where their tiles fit. Where none do, the switch
+    # changes nothing and the test says so by skipping.
+    props = torch.cuda.get_device_properties(0)
+    if switch != "OBCACHE_CUDA_L2_REUSE" and props.major < 8:
+        pytest.skip("no tensor-core passes before sm_80: nothing goes wide")
+    if switch == "OBCACHE_CUDA_PASS2_WIDE" and props.shared_memory_per_block_optin < 181 * 1024:
+        pytest.skip("the 256-key pass 2 tiles (181 KiB at D = 128) do not fit this GPU")
     k, v, q = make_cache(1, 8, 4, 32, 40000, 128, dtype=torch.bfloat16, seed=17)
     k, v, q = k.cuda(), v.cuda(), q.cuda()
     for score in ("key", "joint", "value"):

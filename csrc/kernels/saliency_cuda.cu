@@ -191,12 +191,14 @@ bool wide_pays(long long narrow_blocks, const Launch& L) { return narrow_blocks 
 // of a warp's 16-row tile empty); 52 KiB at D = 128 fit every GPU. More than
 // 64 rows go wide (128-row blocks, 8 warps, double-buffered tiles: K and V
 // read once per split instead of once per 64 rows) where those tiles fit
-// (105 KiB at D = 128: sm_80, sm_90) and the 64-row blocks would outnumber
-// the SMs (wide_pays); OBCACHE_CUDA_PASS1_WIDE=0 keeps 64 rows. Otherwise on the FP32
-// units with the largest tiles the device's shared memory holds: 8 rows per
-// warp everywhere on sm_90 and up to D = 128 on sm_80; 4 for the largest
-// head sizes on sm_80 / sm_86 / sm_89 (bench/results/kernels.md has the
-// sizes), and for few rows (`tova`: R = G), which compute fewer padding rows.
+// (with O, 103 KiB at D = 128: sm_80, sm_90, sm_100; 91 KiB at D = 112 and
+// 69 KiB without O: every sm_80+ GPU) and the 64-row blocks would
+// outnumber the SMs (wide_pays); OBCACHE_CUDA_PASS1_WIDE=0 keeps 64 rows.
+// Otherwise on the FP32 units with the largest tiles the device's shared
+// memory holds: 8 rows per warp everywhere on sm_90 and up to D = 128 on
+// sm_80; 4 for the largest head sizes on sm_80 / sm_86 / sm_89
+// (bench/results/kernels.md has the sizes), and for few rows (`tova`:
+// R = G), which compute fewer padding rows.
 template <typename E, bool kNeedO, bool kWide>
 cudaError_t launch_pass1_mma(const SaliencyParams& p, const Launch& L) {
   auto* k1 = owns_o(p) ? &salc::pass1_mma_kernel<E, kNeedO, kWide> : &salc::pass1_mma_kernel<E, false, kWide>;

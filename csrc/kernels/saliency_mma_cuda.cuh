@@ -100,13 +100,15 @@ OBC_HD constexpr bool mma_pass2_supports() {
 // (for O); pass1_mma_smem in saliency_cuda.cu is the same sum.
 // Pass 1's 64-row blocks per SM, told to ptxas as __launch_bounds__'s
 // minimum: 3, what their 52 KB of shared memory (D = 128) allows on sm_80
-// and sm_90. Left free since its tile loads form each row's address once
-// (mma::load_pair_rows), ptxas kept those addresses across the tile loop
-// and took 203-208 registers, room for 2 blocks; held to 168 it recomputes
-// the ldmatrix row addresses per tile instead (27 instructions, against
-// the 146 its loads saved; bench/results/kernels.md). The wide block (105 KB
-// at D = 128, 256 threads) is one per SM on sm_80 and sm_90 either way:
-// 255 registers a thread are its to take.
+// (sm_90's would hold 4). Left free since its tile loads form each row's
+// address once (mma::load_pair_rows), ptxas kept those addresses across the
+// tile loop and took 203-208 registers, room for 2 blocks; held to 168 it
+// recomputes the ldmatrix row addresses per tile instead (27 instructions,
+// against the 146 its loads saved; bench/results/kernels.md). The wide
+// block (105 KB at D = 128, 256 threads) runs one per SM: sm_80's shared
+// memory holds one, and sm_90's two would need at most 128 registers a
+// thread, which its O, logits and P's terms alone exceed; so ptxas may
+// take up to 255 (197 with O on sm_90).
 // Wide, the tiles are double-buffered: tile i + 1's copies are issued into
 // the other buffer once every warp is past tile i - 1 (the barrier that
 // also shows tile i), so they travel while the warps compute on tile i;

@@ -201,7 +201,9 @@ TEST(EmuSaliency, HalfAndBFloat16) {
 // with OBCACHE_CUDA_TENSOR_CORES=0: the FP32 passes run and no mma
 // instruction does. Last, pass 2 in head order (OBCACHE_CUDA_L2_REUSE=0).
 // Key and joint run both pass 2 widths (128 and 256 keys per block), and
-// every score both pass 1 widths where R > 64 (64 and 128 rows per block).
+// both pass 1 widths where R > 64 (64 and 128 rows per block), as attn
+// does: the pass-1 kernels with O (key, joint, loo) and without (the
+// other scores).
 template <typename E>
 void on_tensor_cores(obc::DType dt, unsigned seed) {
   std::mt19937 rng(seed);
