@@ -70,16 +70,16 @@ def test_evict_budget_at_least_n_moves_nothing(device):
 
 
 BAD = [
-    (dict(budget=5, sink=2), "budget must be >= sink \\+ recent = 6"),  # recent defaults to W = 4
-    (dict(budget=0, recent=0), "budget must be"),
+    (dict(budget=5, sink=2), "budget must be >= sink \\+ recent = 6 and > 0, got 5"),  # recent defaults to W = 4
+    (dict(budget=0, recent=0), "budget must be >= sink \\+ recent = 0 and > 0, got 0"),
     (dict(budget=10, pool_kernel=6), "pool_kernel must be .* got 6"),
     (dict(budget=10, pool="median"), "pool must be one of .* got 'median'"),
     (dict(budget=10, sink=-1), "sink must be >= 0, got -1"),
     (dict(budget=10, recent=-1), "recent must be >= 0, got -1"),
     (dict(budget=10, start=[0]), "start must have shape \\[B\\]"),
     (dict(budget=10, start=[0, 99]), "start\\[1\\] must be in \\[0, N\\]"),
-    (dict(budget=10, score="nope"), "score"),
-    (dict(budget=10, group_reduce="median"), "group_reduce"),
+    (dict(budget=10, score="nope"), "score must be one of .* got 'nope'"),
+    (dict(budget=10, group_reduce="median"), "group_reduce must be one of .* got 'median'"),
 ]
 
 
@@ -101,10 +101,11 @@ def test_evict_rejects_bad_arguments_without_writing(device, case):
 def test_evict_rejects_bad_tensors_without_writing(device):
     k, v, q = make_cache(B, HKV, G, W, N, D, device=device)
     k0, v0 = k.clone(), v.clone()
-    with pytest.raises(RuntimeError):
-        obcache.evict(k, v, q[:, :3], 10)  # H_q % H_kv != 0
-    with pytest.raises(RuntimeError):
-        obcache.evict(k, v, q[0], 10)  # wrong rank
+    with pytest.raises(RuntimeError, match=f"q_window's H_q must be a positive multiple of k's H_kv = {HKV}, "
+                                           "got H_q = 3"):
+        obcache.evict(k, v, q[:, :3], 10)
+    with pytest.raises(RuntimeError, match=r"q_window must have 4 dims \[B, H_q, W, D\], got 3"):
+        obcache.evict(k, v, q[0], 10)
     with pytest.raises(RuntimeError, match="must not share memory"):
         obcache.evict(k, k, q, 10)
     assert torch.equal(k, k0) and torch.equal(v, v0)

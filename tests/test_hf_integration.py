@@ -289,12 +289,25 @@ def test_chunked_prefill_without_eviction_gives_the_plain_logits():
     torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
 
 
-def test_chunked_generate_matches_generate_on_the_chunk_compressed_cache():
-    model, ids = tiny_model(), prompt(90)
-    with hf.compress(model, "snapkv+obc-key", 32, chunk_size=20, **opts()):
-        a = greedy(model, ids, n=5)
-        b = greedy(model, ids, n=5)
-    assert torch.equal(a, b) and a.shape == (1, 5)
+def test_chunked_generate_continues_from_the_chunk_compressed_cache():
+    model, ids, budget = tiny_model(), prompt(90), 32
+    with hf.compress(model, "snapkv+obc-key", budget, chunk_size=20, **opts()):
+        got = greedy(model, ids, n=5)
+    # Replay: prefill in chunks of 20 under the hooks, then decode from a plain
+    # cache holding the kept keys and values, positions 90, 91, ... and no hooks.
+    cache = DynamicCache(config=model.config)
+    with torch.no_grad():
+        with hf.compress(model, "snapkv+obc-key", budget, chunk_size=20, **opts()):
+            logits = model(ids, cache=cache, use_cache=True).logits[:, -1]
+        assert cache.get_seq_length() == budget
+        toks = [logits.argmax(-1)]
+        plain = DynamicCache(config=model.config)
+        for li, layer in enumerate(cache.layers):
+            plain.update(layer.keys.clone(), layer.values.clone(), li)
+        for i in range(4):
+            out = model(toks[-1].view(1, 1), cache=plain, position_ids=torch.tensor([[90 + i]]))
+            toks.append(out.logits[:, -1].argmax(-1))
+    assert got.shape == (1, 5) and torch.equal(got[0], torch.cat(toks))
 
 
 def test_decode_eviction_keeps_the_cache_within_decode_budget_over_200_steps():
@@ -481,15 +494,16 @@ def test_unsupported_model_raises_naming_its_class():
 @pytest.mark.parametrize(
     "kw, match",
     [
-        (dict(method="nope", budget=0.5), "method"),
-        (dict(method="snapkv", budget=0.0), "budget"),
-        (dict(method="snapkv", budget=1.5), "budget"),
-        (dict(method="snapkv", budget=0), "budget"),
-        (dict(method="snapkv", budget=0.5, window=0), "window"),
-        (dict(method="snapkv", budget=0.5, pool="mean"), "pool"),
-        (dict(method="snapkv", budget=0.5, chunk_size=0), "chunk_size"),
-        (dict(method="snapkv", budget=0.5, decode_budget=5), "decode_budget"),
-        (dict(method="full", budget=0.5, decode_budget=64), "decode_budget"),
+        (dict(method="nope", budget=0.5), "method.*'nope'"),
+        (dict(method="snapkv", budget=0.0), r"budget as a fraction of the prompt must be in \(0, 1\], got 0\.0"),
+        (dict(method="snapkv", budget=1.5), r"budget as a fraction of the prompt must be in \(0, 1\], got 1\.5"),
+        (dict(method="snapkv", budget=0), "budget in tokens per KV head must be >= 1, got 0"),
+        (dict(method="snapkv", budget=0.5, window=0), "window must be an int >= 1, got 0"),
+        (dict(method="snapkv", budget=0.5, pool="mean"), "pool must be 'max' or 'avg', got 'mean'"),
+        (dict(method="snapkv", budget=0.5, chunk_size=0), "chunk_size must be None or an int >= 1, got 0"),
+        (dict(method="snapkv", budget=0.5, decode_budget=5), r"decode_budget must be an int >= .* = \d+, got 5"),
+        (dict(method="full", budget=0.5, decode_budget=64), "decode_budget=64 needs an evicting method, got "
+                                                             "method='full'"),
     ],
 )
 def test_bad_arguments_raise_naming_the_argument_and_value(kw, match):

@@ -176,25 +176,28 @@ def test_compact_matches_reference(case, frac, with_lengths, dv_extra):
 @given(case=cache_cases(), score=st.sampled_from(ref.SCORES), frac=st.floats(0.0, 1.3),
        sink=st.integers(0, 4), recent=st.one_of(st.none(), st.integers(0, 6)),
        pool_kernel=st.sampled_from([0, 3, 7]), pool=st.sampled_from(ref.POOLS),
-       group_reduce=st.sampled_from(ref.GROUP_REDUCES), with_start=st.booleans())
+       group_reduce=st.sampled_from(ref.GROUP_REDUCES), with_start=st.booleans(), too_small=st.booleans())
 def test_evict_matches_reference_pipeline(case, score, frac, sink, recent, pool_kernel, pool, group_reduce,
-                                          with_start):
+                                          with_start, too_small):
     B, H, G, W, N, D, dtype, layout, seed = case
     k, v, q = make_cache(*case)
-    rec = W if recent is None else recent
+    rec = W if recent is None else recent  # evict's default: the window
     budget = max(1, int(frac * N))
-    if budget < N and budget < sink + rec:
+    if not too_small and budget < N and budget < sink + rec:
         budget = min(N, sink + rec) if sink + rec > 0 else 1
     start = torch.randint(0, N + 1, (B,), generator=torch.Generator().manual_seed(seed)) if with_start else None
-    kw = dict(sink=sink, recent=rec, pool_kernel=pool_kernel, pool=pool, start=start)
-    if budget < N and budget < sink + rec:
-        with pytest.raises(RuntimeError, match="budget must be"):
-            obcache.evict(k, v, q, budget, score=score, group_reduce=group_reduce, **kw)
+    kw = dict(sink=sink, pool_kernel=pool_kernel, pool=pool, start=start)
+    if budget < N and budget < sink + rec:  # too_small drew a budget under the kept sink and recent tokens
+        k0, v0 = k.clone(), v.clone()
+        with pytest.raises(RuntimeError, match=rf"budget must be >= sink \+ recent = {sink + rec} and > 0, "
+                                               rf"got {budget}"):
+            obcache.evict(k, v, q, budget, score=score, group_reduce=group_reduce, recent=recent, **kw)
+        assert torch.equal(k, k0) and torch.equal(v, v0)  # nothing moved before the check
         return
     s = obcache.saliency(k, v, q, score, group_reduce=group_reduce)
-    idx_want = ref.select(s, budget, **kw)
+    idx_want = ref.select(s, budget, recent=rec, **kw)
     k_want, v_want = ref.compact(k, v, idx_want)
-    kk, vv, idx = obcache.evict(k, v, q, budget, score=score, group_reduce=group_reduce, **kw)
+    kk, vv, idx = obcache.evict(k, v, q, budget, score=score, group_reduce=group_reduce, recent=recent, **kw)
     n = min(budget, N)
     assert torch.equal(idx, idx_want), case
     assert torch.equal(k, k_want) and torch.equal(v, v_want)

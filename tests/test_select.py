@@ -130,9 +130,9 @@ def test_select_output_is_int64_ascending_of_budget_length(device):
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(budget=3, sink=2, recent=2), "budget must be >= sink \\+ recent = 4"),
-        (dict(budget=0), "budget must be"),
-        (dict(budget=-1), "budget must be"),
+        (dict(budget=3, sink=2, recent=2), "budget must be >= sink \\+ recent = 4 and > 0, got 3"),
+        (dict(budget=0), "budget must be >= sink \\+ recent = 0 and > 0, got 0"),
+        (dict(budget=-1), "budget must be >= sink \\+ recent = 0 and > 0, got -1"),
         (dict(budget=5, pool_kernel=4), "pool_kernel must be 0, 1 .* got 4"),
         (dict(budget=5, pool_kernel=-3), "pool_kernel must be .* got -3"),
         (dict(budget=5, pool="min"), "pool must be one of .* got 'min'"),

@@ -59,6 +59,9 @@ void check(const Case& c, obc::DType dt, std::mt19937& rng, bool given_o = false
     ASSERT_EQ(cudaMemcpy(got.data(), dout, got.size() * sizeof(float), cudaMemcpyDeviceToHost), cudaSuccess);
     cudaFree(dout);
     cudaFree(dws);
+    // 1e-4 of the largest score: float32 sums in another order than the CPU
+    // kernel's and the GPU's ex2.approx (2^-22 relative), which the emulated
+    // kernels (2e-5, test_emu_saliency.cpp) do not model; 5x that.
     double mag = 0;
     for (float x : want) mag = std::max(mag, std::fabs(static_cast<double>(x)));
     for (size_t i = 0; i < want.size(); ++i)
