@@ -10,6 +10,11 @@ key / joint scores use the expansion |v - o|^2 = |v|^2 - 2 v.o + |o|^2 (one
 more matmul, O V^T) instead of the reference's [B, H_q, W, N, D] difference,
 which is what a practical plain-PyTorch implementation would do.
 
+`gqa_scores` (and kvpress_evict(..., gqa=True)): the same score in plain
+PyTorch written for GQA instead: no repeat_kv, each KV head's G query heads'
+W queries as one block of G W rows, so every product runs once per KV head
+on G W rows.
+
 `reference_*`: obcache.reference (the specification, float32 compute here),
 torch.topk and torch.gather into new tensors. `per_head=True` runs the
 reference one KV head at a time (the score of a head depends on that head's
@@ -45,40 +50,66 @@ def window_output(k, v, q):
     return F.scaled_dot_product_attention(q, k, v, attn_mask=visible, enable_gqa=True)
 
 
-def kvpress_scores(k, v, q, score="joint", scale=None):
-    """float32 [B, H_kv, N]: the score summed over the W window queries and the
-    G query heads of each KV head (causal window: query i sits at N - W + i)."""
+def window_scores(qr, kx, vx, vn2, score, mask, scale):
+    """float32 [B, X, N]: the score summed over the R query rows of each of X
+    heads, qr [B, X, R, D] against kx, vx [B, X, N, D] (vn2 = |v|^2
+    [B, X, 1, N]); mask [R, W] marks each row's future keys among the last W."""
+    Wn = mask.shape[1]
+    z = torch.matmul(qr, kx.transpose(2, 3)).float() * scale  # [B, X, R, N]
+    z[..., -Wn:].masked_fill_(mask, float("-inf"))
+    a = torch.softmax(z, dim=-1, dtype=torch.float32)
+    if score == "attn":
+        return a.sum(2)
+    a2 = a * a
+    if score == "value":
+        c = a2 * vn2
+    else:
+        z[..., -Wn:].masked_fill_(mask, 0.0)  # a = 0 there; keeps a * z finite
+        o = torch.matmul(a.to(vx.dtype), vx)  # [B, X, R, D]
+        vo = torch.matmul(o, vx.transpose(2, 3)).float()  # v_p . o_i  [B, X, R, N]
+        on2 = o.float().pow(2).sum(-1, keepdim=True)  # |o_i|^2
+        d = vn2 - vo  # |v|^2 - v.o
+        c = (d - vo).add_(on2).mul_(z).mul_(z)  # z^2 |v - o|^2
+        if score == "joint":
+            c.add_(vn2).addcmul_(z, d, value=2.0)  # + |v|^2 + 2 z (|v|^2 - v.o)
+        c.mul_(a2)
+    return c.sum(2)
+
+
+def _check_score(score):
     if score not in SCORES:
         raise ValueError(f"score must be one of {SCORES}, got {score!r}")
+
+
+def kvpress_scores(k, v, q, score="joint", scale=None):
+    """float32 [B, H_kv, N]: the score summed over the W window queries and the
+    G query heads of each KV head (causal window: query i sits at N - W + i),
+    K and V expanded to the H_q query heads first (repeat_kv)."""
+    _check_score(score)
     B, Hkv, N, D = k.shape
     Hq, Wn = q.shape[1], q.shape[2]
     G = Hq // Hkv
     scale = 1.0 / math.sqrt(D) if scale is None else scale
-    key_states = repeat_kv(k, G)
-    z = torch.matmul(q, key_states.transpose(2, 3)).float() * scale  # [B, Hq, W, N]
     mask = torch.ones(Wn, Wn, dtype=torch.bool, device=k.device).triu(1)  # future keys of the window
-    z[..., -Wn:].masked_fill_(mask, float("-inf"))
-    a = torch.softmax(z, dim=-1, dtype=torch.float32)
-    if score == "attn":
-        per_head = a.sum(2)
-    else:
-        vn2 = repeat_kv(v.float().pow(2).sum(-1, keepdim=True), G).transpose(2, 3)  # |v_p|^2 [B, Hq, 1, N]
-        a2 = a * a
-        if score == "value":
-            c = a2 * vn2
-        else:
-            value_states = repeat_kv(v, G)
-            z[..., -Wn:].masked_fill_(mask, 0.0)  # a = 0 there; keeps a * z finite
-            o = torch.matmul(a.to(v.dtype), value_states)  # [B, Hq, W, D]
-            vo = torch.matmul(o, value_states.transpose(2, 3)).float()  # v_p . o_i  [B, Hq, W, N]
-            on2 = o.float().pow(2).sum(-1, keepdim=True)  # |o_i|^2
-            d = vn2 - vo  # |v|^2 - v.o
-            c = (d - vo).add_(on2).mul_(z).mul_(z)  # z^2 |v - o|^2
-            if score == "joint":
-                c.add_(vn2).addcmul_(z, d, value=2.0)  # + |v|^2 + 2 z (|v|^2 - v.o)
-            c.mul_(a2)
-        per_head = c.sum(2)
+    vn2 = repeat_kv(v.float().pow(2).sum(-1, keepdim=True), G).transpose(2, 3) if score != "attn" else None
+    vx = repeat_kv(v, G) if score in ("key", "joint") else None  # |v_p|^2 above: [B, Hq, 1, N]
+    per_head = window_scores(q, repeat_kv(k, G), vx, vn2, score, mask, scale)
     return per_head.view(B, Hkv, G, N).sum(2)
+
+
+def gqa_scores(k, v, q, score="joint", scale=None):
+    """kvpress_scores' result without repeat_kv: each KV head's G query heads'
+    W queries as one [G W, D] block of rows (q reshaped, not K and V copied),
+    so the products are [G W, D] x [D, N] per KV head, as plain PyTorch
+    written for GQA would do them."""
+    _check_score(score)
+    B, Hkv, N, D = k.shape
+    Hq, Wn = q.shape[1], q.shape[2]
+    G = Hq // Hkv
+    scale = 1.0 / math.sqrt(D) if scale is None else scale
+    mask = torch.ones(Wn, Wn, dtype=torch.bool, device=k.device).triu(1).repeat(G, 1)  # row g W + i: query i
+    vn2 = v.float().pow(2).sum(-1)[:, :, None, :] if score != "attn" else None  # |v_p|^2 [B, H_kv, 1, N]
+    return window_scores(q.reshape(B, Hkv, G * Wn, D), k, v, vn2, score, mask, scale)
 
 
 def kvpress_select(scores, budget, sink=0, recent=0, pool_kernel=7, pool="max"):
@@ -102,9 +133,11 @@ def gather_kv(k, v, idx):
     return k.gather(2, gi).contiguous(), v.gather(2, gi).contiguous()
 
 
-def kvpress_evict(k, v, q, budget, score="joint", sink=0, recent=None, pool_kernel=7, pool="max"):
+def kvpress_evict(k, v, q, budget, score="joint", sink=0, recent=None, pool_kernel=7, pool="max", gqa=False):
+    """gqa: score with gqa_scores (no repeat_kv) instead of kvpress_scores."""
     recent = q.shape[2] if recent is None else recent
-    idx = kvpress_select(kvpress_scores(k, v, q, score), budget, sink, recent, pool_kernel, pool)
+    scores = (gqa_scores if gqa else kvpress_scores)(k, v, q, score)
+    idx = kvpress_select(scores, budget, sink, recent, pool_kernel, pool)
     k2, v2 = gather_kv(k, v, idx)
     return k2, v2, idx
 
@@ -154,11 +187,12 @@ def reference_peak_bytes(B, Hkv, G, W, N, D, score, per_head=False):
     return total // Hkv if per_head else total
 
 
-def kvpress_peak_bytes(B, Hkv, G, W, N, D, score, elem=4):
+def kvpress_peak_bytes(B, Hkv, G, W, N, D, score, elem=4, gqa=False):
     """Dominant tensors of kvpress_scores: K and V expanded to the query heads
     (in the input dtype, plus a float32 copy of V for |v|^2 when it is not
-    float32) and about 8 [B, H_q, W, N] float32 temporaries."""
-    expanded = 2 * B * Hkv * G * N * D * elem + (B * Hkv * G * N * D * 4 if elem != 4 else 0)
+    float32; gqa_scores expands nothing) and about 8 [B, H_q, W, N] float32
+    temporaries."""
+    expanded = 0 if gqa else 2 * B * Hkv * G * N * D * elem + (B * Hkv * G * N * D * 4 if elem != 4 else 0)
     return expanded + 8 * B * Hkv * G * W * N * 4
 
 

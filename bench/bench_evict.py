@@ -1,9 +1,12 @@
-"""CPU evict (obcache.evict: torch.ops.obcache.evict, in place) vs two
+"""CPU evict (obcache.evict: torch.ops.obcache.evict, in place) vs three
 baselines measured in the same run, at B=1, H_kv=8, G=4, W=32, D=128,
 budget N/10, joint score, sink=4, recent=W, max pooling kernel 7:
 
 - kvpress: bench/baselines.py kvpress_evict (repeat_kv, matmul, softmax,
   plain-torch joint score, F.max_pool1d, topk, gather into new tensors);
+- torch-gqa: the same in plain PyTorch written for GQA (gqa_scores: no
+  repeat_kv, each KV head's G x W query rows in one product), the faster
+  way to write it without kernels of one's own;
 - reference: obcache.reference.saliency (float32 compute), torch.topk,
   torch.gather into new tensors. Its joint score forms a [B, H_q, W, N, D]
   difference (~17 GiB at N=16384), so it also runs one KV head at a time
@@ -40,7 +43,7 @@ from common import B, D, G, HKV, W  # noqa: E402
 from peak import roofline  # noqa: E402
 
 SINK, POOL_KERNEL, SCORE = 4, 7, "joint"
-IMPLS = ("obcache", "kvpress", "reference", "reference/head")
+IMPLS = ("obcache", "kvpress", "torch-gqa", "reference", "reference/head")
 
 
 def call(impl, k, v, q, budget):
@@ -48,8 +51,8 @@ def call(impl, k, v, q, budget):
         import obcache
 
         return obcache.evict(k, v, q, budget, score=SCORE, sink=SINK, pool_kernel=POOL_KERNEL)
-    if impl == "kvpress":
-        return bl.kvpress_evict(k, v, q, budget, SCORE, sink=SINK, pool_kernel=POOL_KERNEL)
+    if impl in ("kvpress", "torch-gqa"):
+        return bl.kvpress_evict(k, v, q, budget, SCORE, sink=SINK, pool_kernel=POOL_KERNEL, gqa=impl == "torch-gqa")
     return bl.reference_evict(k, v, q, budget, SCORE, sink=SINK, pool_kernel=POOL_KERNEL,
                               per_head=impl == "reference/head")
 
@@ -103,8 +106,8 @@ def estimate_bytes(impl, N, dtype):
         # float32 copies of bf16 inputs come on top of the saliency's tensors
         extra = 2 * B * HKV * N * D * 4 if elem != 4 else 0
         return bl.reference_peak_bytes(B, HKV, G, W, N, D, SCORE, per_head=impl == "reference/head") + extra
-    if impl == "kvpress":
-        return bl.kvpress_peak_bytes(B, HKV, G, W, N, D, SCORE, elem)
+    if impl in ("kvpress", "torch-gqa"):
+        return bl.kvpress_peak_bytes(B, HKV, G, W, N, D, SCORE, elem, gqa=impl == "torch-gqa")
     return 0
 
 

@@ -19,7 +19,9 @@ memory: torch.cuda.max_memory_allocated during one call minus the memory
 allocated before it. Baselines (bench/baselines.py): `kvpress` (repeat_kv,
 matmul, softmax, plain-torch score, max_pool1d, topk, gather into new
 tensors; for projected_value_norm CriticalKVPress's [N, hidden] matmul per
-query head) and `reference` (obcache.reference in float32, topk, gather; run
+query head), `torch-gqa` (saliency and evict: the same score in plain
+PyTorch written for GQA, no repeat_kv) and `reference` (obcache.reference in
+float32, topk, gather; run
 one KV head at a time, `reference/head`, when the whole reference's estimated
 peak is over --ref-max-gib, skipped when that is over too; the projected
 norm's reference, [B, H_q, N, hidden] at once, only skipped). The GPU's GEMM
@@ -154,6 +156,7 @@ def build_cases(op, N, k0, v0, q, k, v, scores, idx, per_head_ref, wo, o):
         return {"obcache": (lambda: torch.ops.obcache.saliency(k0, v0, q, SCORE), None),
                 "obcache+o": (lambda: torch.ops.obcache.saliency(k0, v0, q, SCORE, o=o), None),
                 "kvpress": (lambda: bl.kvpress_scores(k0, v0, q, SCORE), None),
+                "torch-gqa": (lambda: bl.gqa_scores(k0, v0, q, SCORE), None),
                 "reference": (lambda: bl.reference_scores(k0, v0, q, SCORE, per_head=per_head_ref), None)}
     if op == "select":
         return {"obcache": (lambda: torch.ops.obcache.select(scores, budget, sink=SINK, recent=W,
@@ -172,6 +175,8 @@ def build_cases(op, N, k0, v0, q, k, v, scores, idx, per_head_ref, wo, o):
     return {"obcache": (evict, restore),
             "kvpress": (lambda: bl.kvpress_evict(k0, v0, q, budget, SCORE, sink=SINK, pool_kernel=POOL_KERNEL),
                         None),
+            "torch-gqa": (lambda: bl.kvpress_evict(k0, v0, q, budget, SCORE, sink=SINK, pool_kernel=POOL_KERNEL,
+                                                   gqa=True), None),
             "reference": (lambda: bl.reference_evict(k0, v0, q, budget, SCORE, sink=SINK, pool_kernel=POOL_KERNEL,
                                                      per_head=per_head_ref), None)}
 
@@ -292,6 +297,9 @@ def main():
             if im.get(name, {}).get("s"):
                 print(f"{'':>24}{name}, {var}=0 ({what}): {1e3 * im[name]['s']:.3f} ms, "
                       f"{r['speedup_vs_' + var + '=0']:.2f}x obcache's time")
+        if im.get("torch-gqa", {}).get("s"):
+            print(f"{'':>24}torch-gqa (plain PyTorch written for GQA, no repeat_kv): "
+                  f"{1e3 * im['torch-gqa']['s']:.3f} ms, {r['speedup_vs_torch-gqa']:.2f}x obcache's time")
         if im.get("obcache+o", {}).get("s"):
             print(f"{'':>24}obcache+o (given o): {1e3 * im['obcache+o']['s']:.3f} ms, "
                   f"{r['speedup_given_o']:.2f}x obcache")
