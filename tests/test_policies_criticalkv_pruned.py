@@ -247,6 +247,13 @@ def test_the_op_rejects_bad_arguments_by_name(change, message):
         torch.ops.obcache._criticalkv_keep(**_op_args(**change))
 
 
+def test_the_op_reads_a_strided_norm_bound_by_its_strides():
+    # the bound's values decide which tokens stage 2 scores exactly
+    contiguous = torch.ops.obcache._criticalkv_keep(**_op_args(norm_bound=torch.tensor([0.05, 3.0])))
+    strided = torch.ops.obcache._criticalkv_keep(**_op_args(norm_bound=torch.tensor([0.05, 7.0, 3.0, 7.0])[::2]))
+    assert all(torch.equal(a, b) for a, b in zip(contiguous, strided))
+
+
 @pytest.mark.parametrize("per_head", [True, False])
 def test_the_op_passes_opcheck(per_head):
     args = _op_args(per_head=per_head, floor=0 if per_head else 2)

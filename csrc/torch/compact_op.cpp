@@ -3,6 +3,8 @@
 // storage; row i of each (b, h) becomes old row indices[b, h, i].
 #include <ATen/MemoryOverlap.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/grad_mode.h>
+#include <c10/core/InferenceMode.h>
 #include <torch/library.h>
 
 #include "kernels/compact_cpu.h"
@@ -109,14 +111,31 @@ void compact_run(at::Tensor& k, at::Tensor& v, const at::Tensor& indices, const 
   at::parallel_for(0, 2 * p.B * p.H, 1, [&](int64_t r0, int64_t r1) { obc::compact_rows_cpu(p, r0, r1); });
 }
 
+void check_writable(const at::Tensor& k, const at::Tensor& v) {
+  TORCH_CHECK(!at::GradMode::is_enabled() || (!k.requires_grad() && !v.requires_grad()),
+              "k and v are rewritten in place and have no derivative: they must not require grad while grad mode "
+              "is on (call under torch.no_grad() or pass detached tensors), got k.requires_grad = ",
+              k.requires_grad(), ", v.requires_grad = ", v.requires_grad());
+  TORCH_CHECK(c10::InferenceMode::is_enabled() || (!k.is_inference() && !v.is_inference()),
+              "k and v are rewritten in place: inference tensors only inside torch.inference_mode(), got "
+              "k.is_inference() = ", k.is_inference(), ", v.is_inference() = ", v.is_inference());
+}
+
+void bump_versions(at::Tensor& k, at::Tensor& v) {
+  k.unsafeGetTensorImpl()->bump_version();
+  v.unsafeGetTensorImpl()->bump_version();
+}
+
 void compact_impl(at::Tensor& k, at::Tensor& v, const at::Tensor& indices, const std::optional<at::Tensor>& lengths) {
   check_compact_meta(k, v, indices, lengths);
+  check_writable(k, v);
   if (k.is_cpu() || debug_checks_enabled()) {
     std::optional<at::Tensor> len_cpu;
     if (lengths.has_value()) len_cpu = lengths->cpu();
     check_compact_values(indices.cpu(), len_cpu, k.size(2));
   }
   compact_run(k, v, indices, lengths);
+  bump_versions(k, v);
 }
 
 namespace {

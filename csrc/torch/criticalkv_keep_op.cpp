@@ -267,7 +267,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> criticalkv_keep_impl(
   // Stage 2's bounds, when there is a stage 2.
   const bool stage2 = rest > 0 && C > 0;
   std::optional<Scores> sc;
-  if (stage2) sc.emplace(base, vc, wo, norm_bound, reinterpret_cast<uint8_t*>(exact.data_ptr<bool>()));
+  if (stage2) sc.emplace(base, vc, wo, norm_bound.contiguous(), reinterpret_cast<uint8_t*>(exact.data_ptr<bool>()));
   // The groups are independent; each step runs for all of them at once
   // (a group per thread at a time), and the exact scores between the steps
   // share out over the threads by row and query head (Scores::compute). As

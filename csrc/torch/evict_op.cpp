@@ -24,10 +24,12 @@ at::Tensor evict_impl(at::Tensor k, at::Tensor v, const at::Tensor& q_window, in
               "k and v must not share memory (they would be compacted twice)");
   at::assert_no_internal_overlap(k);
   at::assert_no_internal_overlap(v);
+  check_writable(k, v);
   if (budget >= N) return at::arange(N, k.options().dtype(at::kLong)).expand({B, H, N}).contiguous();
   const at::Tensor scores = saliency_impl(k, v, q_window, score, group_reduce, scale, /*causal=*/true, "sum", o);
   const at::Tensor idx = select_impl(scores, budget, sink, rec, pool_kernel, pool, start);
   compact_run(k, v, idx, std::nullopt);  // indices valid by construction
+  bump_versions(k, v);
   return idx;
 }
 

@@ -2,6 +2,7 @@
 // registrations of every *_op.cpp file (each defines its own schema with
 // TORCH_LIBRARY_FRAGMENT next to its checks and CPU kernel). The pybind11
 // functions here are what a user or a bug report needs about the build.
+#include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
 #include <torch/extension.h>
 
 #ifndef OBCACHE_TORCH_VERSION
@@ -36,6 +37,17 @@ pybind11::dict build_info() {
 
 // The namespace every op file adds its schemas to.
 TORCH_LIBRARY(obcache, m) {}
+
+// No op has a derivative. Registered so that autograd says so instead of
+// passing tensors through: an output of inputs that require grad carries a
+// node whose backward raises. (compact_ and evict, which write k and v in
+// place and return no alias of them, check and bump k and v themselves:
+// check_writable, bump_versions.)
+TORCH_LIBRARY_IMPL(obcache, Autograd, m) {
+  for (const char* op : {"saliency", "select", "select_adaptive", "compact_", "evict", "projected_value_norm",
+                         "_criticalkv_keep", "_rope_rotate_half"})
+    m.impl(op, torch::autograd::autogradNotImplementedFallback());
+}
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "obcache compiled ops (registered under torch.ops.obcache)";

@@ -51,10 +51,18 @@ void check_compact_values(const at::Tensor& indices_cpu, const std::optional<at:
 // Kernel parameters for k, v and the contiguous idx (and len, or undefined),
 // which must outlive them.
 obc::CompactParams compact_params(at::Tensor& k, at::Tensor& v, const at::Tensor& idx, const at::Tensor& len);
-// The kernel only (everything already checked).
 // Checks (values on CPU always, on CUDA with OBCACHE_DEBUG_CHECKS=1), then compacts.
 void compact_impl(at::Tensor& k, at::Tensor& v, const at::Tensor& indices, const std::optional<at::Tensor>& lengths);
+// The kernel only (everything already checked).
 void compact_run(at::Tensor& k, at::Tensor& v, const at::Tensor& indices, const std::optional<at::Tensor>& lengths);
+// compact_ and evict write k and v in place and have no derivative: with grad
+// mode on, neither may require grad (a leaf's value, or a non-leaf's history,
+// would silently go wrong), and an inference tensor is written only inside
+// inference mode, as ATen's in-place ops require. Checked before any write.
+void check_writable(const at::Tensor& k, const at::Tensor& v);
+// After the write: k's and v's version counters move on, as after an
+// in-place ATen op, so a copy autograd saved of either fails backward.
+void bump_versions(at::Tensor& k, at::Tensor& v);
 #ifdef OBCACHE_WITH_CUDA
 void compact_run_cuda(at::Tensor& k, at::Tensor& v, const at::Tensor& indices,
                       const std::optional<at::Tensor>& lengths);

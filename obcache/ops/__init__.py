@@ -3,6 +3,7 @@ One module per op; importing it registers the op's fake kernel."""
 from obcache.ops.compact import compact_
 from obcache.ops.evict import evict
 from obcache.ops.projected_value import projected_value_norm
+from obcache.ops.rope import rope_rotate_half  # noqa: F401  (internal; its fake kernel, for torch.compile)
 from obcache.ops.saliency import SCORES, saliency
 from obcache.ops.select import select, select_adaptive
 

@@ -3,6 +3,8 @@ from typing import Optional, Tuple
 
 import torch
 
+from obcache.ops.select import check_not_bool
+
 __all__ = ["evict"]
 
 
@@ -45,6 +47,7 @@ def evict(
         n = min(budget, N): views of the compacted k and v, and the kept
         positions (ascending).
     """
+    check_not_bool("budget", budget)
     idx = torch.ops.obcache.evict(
         k,
         v,

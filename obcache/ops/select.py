@@ -12,6 +12,12 @@ import torch
 __all__ = ["select", "select_adaptive"]
 
 
+def check_not_bool(name, value):
+    """A bool is an int to Python and to torch.ops (True keeps one token): refused by name."""
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, got {value!r} (a bool)")
+
+
 def select(
     scores: torch.Tensor,
     budget: int,
@@ -40,6 +46,7 @@ def select(
     Returns:
         int64 [B, H, min(budget, N)], ascending along the last dim.
     """
+    check_not_bool("budget", budget)
     return torch.ops.obcache.select(
         scores, budget, sink=sink, recent=recent, pool_kernel=pool_kernel, pool=pool, start=start
     )
@@ -71,6 +78,7 @@ def select_adaptive(
         Lmax is the longest head; lengths int64 [B, H], summing to
         min(total_budget, H * N) per batch row).
     """
+    check_not_bool("total_budget", total_budget)
     return torch.ops.obcache.select_adaptive(
         scores, total_budget, floor=floor, sink=sink, recent=recent, pool_kernel=pool_kernel, pool=pool
     )
