@@ -243,24 +243,30 @@ def test_next_token_logits_attend_over_kept_kv_at_the_true_position(arch):
     assert not torch.allclose(direct, wrong, atol=1e-3)  # the position does matter
 
 
-def test_generate_inside_the_context_uses_true_positions():
-    model, ids, budget = tiny_model(), prompt(60), 24
-    with hf.compress(model, "snapkv", budget, **opts()):
-        got = greedy(model, ids, n=6)
-    # Replay: compress the prompt, then feed the generated tokens one by one
-    # with explicit positions 60, 61, ... and no hooks.
+def replay_greedy(model, ids, n, method, budget, **kw):
+    """n greedy tokens without generate: compress the prompt under the hooks,
+    then feed the tokens one by one from a plain cache holding the kept keys
+    and values, with explicit positions T, T + 1, ... and no hooks."""
     cache = DynamicCache(config=model.config)
     with torch.no_grad():
-        with hf.compress(model, "snapkv", budget, **opts()):
+        with hf.compress(model, method, budget, **kw, **opts()):
             logits = model(ids, cache=cache, use_cache=True).logits[:, -1]
+        assert cache.get_seq_length() == budget
         toks = [logits.argmax(-1)]
         plain = DynamicCache(config=model.config)
         for li, layer in enumerate(cache.layers):
             plain.update(layer.keys.clone(), layer.values.clone(), li)
-        for i in range(5):
-            out = model(toks[-1].view(1, 1), cache=plain, position_ids=torch.tensor([[60 + i]]))
+        for i in range(n - 1):
+            out = model(toks[-1].view(1, 1), cache=plain, position_ids=torch.tensor([[ids.shape[1] + i]]))
             toks.append(out.logits[:, -1].argmax(-1))
-    assert torch.equal(got[0], torch.cat(toks))
+    return torch.cat(toks)
+
+
+def test_generate_inside_the_context_uses_true_positions():
+    model, ids, budget = tiny_model(), prompt(60), 24
+    with hf.compress(model, "snapkv", budget, **opts()):
+        got = greedy(model, ids, n=6)
+    assert torch.equal(got[0], replay_greedy(model, ids, 6, "snapkv", budget))
 
 
 # ---------------------------------------------------------------------------
@@ -293,21 +299,8 @@ def test_chunked_generate_continues_from_the_chunk_compressed_cache():
     model, ids, budget = tiny_model(), prompt(90), 32
     with hf.compress(model, "snapkv+obc-key", budget, chunk_size=20, **opts()):
         got = greedy(model, ids, n=5)
-    # Replay: prefill in chunks of 20 under the hooks, then decode from a plain
-    # cache holding the kept keys and values, positions 90, 91, ... and no hooks.
-    cache = DynamicCache(config=model.config)
-    with torch.no_grad():
-        with hf.compress(model, "snapkv+obc-key", budget, chunk_size=20, **opts()):
-            logits = model(ids, cache=cache, use_cache=True).logits[:, -1]
-        assert cache.get_seq_length() == budget
-        toks = [logits.argmax(-1)]
-        plain = DynamicCache(config=model.config)
-        for li, layer in enumerate(cache.layers):
-            plain.update(layer.keys.clone(), layer.values.clone(), li)
-        for i in range(4):
-            out = model(toks[-1].view(1, 1), cache=plain, position_ids=torch.tensor([[90 + i]]))
-            toks.append(out.logits[:, -1].argmax(-1))
-    assert got.shape == (1, 5) and torch.equal(got[0], torch.cat(toks))
+    want = replay_greedy(model, ids, 5, "snapkv+obc-key", budget, chunk_size=20)  # prefilled in chunks of 20
+    assert got.shape == (1, 5) and torch.equal(got[0], want)
 
 
 def test_decode_eviction_keeps_the_cache_within_decode_budget_over_200_steps():
