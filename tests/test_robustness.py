@@ -256,7 +256,9 @@ B_, H_, G_, W_, N_, D_ = 2, 2, 2, 4, 30, 8
 
 # evict(k, v, q, budget, **kw) errors: (budget, kw, tensor override, message)
 EVICT_ERRORS = [
-    (5, dict(sink=2), None, r"budget must be >= sink \+ recent = 6 and > 0, got 5"),
+    (5, dict(sink=2), None, r"budget must be >= sink \+ recent = 6 and > 0, got 5 \(recent was not given, so it is "
+                            r"W = 4, the window's length; pass recent=0"),
+    (5, dict(sink=2, recent=4), None, r"budget must be >= sink \+ recent = 6 and > 0, got 5$"),
     (0, dict(recent=0), None, r"budget must be >= sink \+ recent = 0 and > 0, got 0"),
     (-3, dict(recent=0), None, r"budget must be >= sink \+ recent = 0 and > 0, got -3"),
     (10, dict(pool_kernel=6), None, "pool_kernel must be .* got 6"),

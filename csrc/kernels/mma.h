@@ -217,7 +217,7 @@ constexpr float kLog2e = 1.4426950408889634f;
 // bf16_t or half_t (IEEE binary16; same fragment layout).
 template <typename E>
 OBC_DEVICE OBC_INLINE void m16n8k16_of(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
-  constexpr bool kHalf = std::is_same<E, half_t>::value;
+  [[maybe_unused]] constexpr bool kHalf = std::is_same<E, half_t>::value;
   static_assert(kOperandType<E>, "mma.sync m16n8k16 takes bf16 or f16 operands");
 #if defined(OBC_SIMT_EMULATION)
   ::simt::mma_m16n8k16(d, a, b, kHalf ? half_bits_to_float : bf16_bits_to_float);

@@ -24,11 +24,6 @@ void check_compact_meta(const at::Tensor& k, const at::Tensor& v, const at::Tens
               "k and v must agree on [B, H_kv, N], got ", k.sizes(), " and ", v.sizes());
   check_last_dim_contiguous(k, "k");
   check_last_dim_contiguous(v, "v");
-  at::assert_no_internal_overlap(k);
-  at::assert_no_internal_overlap(v);
-  const auto ov = at::get_overlap_status(k, v);
-  TORCH_CHECK(ov != at::MemOverlapStatus::Full && ov != at::MemOverlapStatus::Partial,
-              "k and v must not share memory (they would be compacted twice)");
   const int64_t B = k.size(0), H = k.size(1), N = k.size(2);
   check_dims(indices, "indices", 3, "[B, H_kv, L]");
   TORCH_CHECK(indices.scalar_type() == at::kLong, "indices must be int64, got ", indices.scalar_type());
@@ -112,6 +107,11 @@ void compact_run(at::Tensor& k, at::Tensor& v, const at::Tensor& indices, const 
 }
 
 void check_writable(const at::Tensor& k, const at::Tensor& v) {
+  at::assert_no_internal_overlap(k);
+  at::assert_no_internal_overlap(v);
+  const auto ov = at::get_overlap_status(k, v);
+  TORCH_CHECK(ov != at::MemOverlapStatus::Full && ov != at::MemOverlapStatus::Partial,
+              "k and v must not share memory (they would be compacted twice)");
   TORCH_CHECK(!at::GradMode::is_enabled() || (!k.requires_grad() && !v.requires_grad()),
               "k and v are rewritten in place and have no derivative: they must not require grad while grad mode "
               "is on (call under torch.no_grad() or pass detached tensors), got k.requires_grad = ",

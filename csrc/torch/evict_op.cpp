@@ -3,7 +3,6 @@
 // aliasing) done before k or v is written. CPU registration here; the CUDA
 // one (device guard) is in evict_op_cuda.cpp. Both run evict_impl, whose
 // pieces dispatch on the device themselves.
-#include <ATen/MemoryOverlap.h>
 #include <torch/library.h>
 
 #include "torch/saliency_args.h"
@@ -18,12 +17,11 @@ at::Tensor evict_impl(at::Tensor k, at::Tensor v, const at::Tensor& q_window, in
   check_saliency_args(k, v, q_window, score, group_reduce, scale, /*causal=*/true, "sum", o);
   const int64_t B = k.size(0), H = k.size(1), N = k.size(2), W = q_window.size(2);
   const int64_t rec = recent.value_or(W);
+  // A caller who left recent out may not know it became W: say so.
+  TORCH_CHECK(recent.has_value() || budget >= N || budget >= sink + W, "budget must be >= sink + recent = ", sink + W,
+              " and > 0, got ", budget, " (recent was not given, so it is W = ", W,
+              ", the window's length; pass recent=0 to keep no recent tokens)");
   check_select_scalars(B, N, budget, sink, rec, pool_kernel, pool, start, k.device());
-  const auto ov = at::get_overlap_status(k, v);
-  TORCH_CHECK(ov != at::MemOverlapStatus::Full && ov != at::MemOverlapStatus::Partial,
-              "k and v must not share memory (they would be compacted twice)");
-  at::assert_no_internal_overlap(k);
-  at::assert_no_internal_overlap(v);
   check_writable(k, v);
   if (budget >= N) return at::arange(N, k.options().dtype(at::kLong)).expand({B, H, N}).contiguous();
   const at::Tensor scores = saliency_impl(k, v, q_window, score, group_reduce, scale, /*causal=*/true, "sum", o);

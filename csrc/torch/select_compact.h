@@ -43,7 +43,7 @@ std::tuple<at::Tensor, at::Tensor> select_adaptive_run_cuda(const obc::SelectAda
 #endif
 
 // ---- compact_ ----
-// Shapes, dtypes, devices, overlap (cheap; no data read).
+// Shapes, dtypes, devices (cheap; no data read).
 void check_compact_meta(const at::Tensor& k, const at::Tensor& v, const at::Tensor& indices,
                         const std::optional<at::Tensor>& lengths);
 // Index values on the host (indices/lengths are CPU tensors here).
@@ -55,7 +55,9 @@ obc::CompactParams compact_params(at::Tensor& k, at::Tensor& v, const at::Tensor
 void compact_impl(at::Tensor& k, at::Tensor& v, const at::Tensor& indices, const std::optional<at::Tensor>& lengths);
 // The kernel only (everything already checked).
 void compact_run(at::Tensor& k, at::Tensor& v, const at::Tensor& indices, const std::optional<at::Tensor>& lengths);
-// compact_ and evict write k and v in place and have no derivative: with grad
+// compact_ and evict write k and v in place: neither may overlap itself, nor
+// share memory with the other (it would be compacted twice), as far as
+// at::get_overlap_status can tell. They have no derivative: with grad
 // mode on, neither may require grad (a leaf's value, or a non-leaf's history,
 // would silently go wrong), and an inference tensor is written only inside
 // inference mode, as ATen's in-place ops require. Checked before any write.
