@@ -68,3 +68,14 @@ def test_a_bool_budget_is_refused_by_name():
         obcache.select(torch.rand(1, 2, 30), True)
     with pytest.raises(TypeError, match="total_budget must be an int, got False"):
         obcache.select_adaptive(torch.rand(1, 2, 30), False)
+
+
+def test_every_op_has_the_autograd_fallback_and_a_fake_kernel():
+    """module.cpp lists the ops by hand; an op added without joining the list
+    would silently pass tensors through autograd, and one without a fake
+    kernel would break torch.compile."""
+    ops = sorted(n for n in torch._C._dispatch_get_all_op_names() if n.startswith("obcache::"))
+    assert len(ops) >= 8, ops
+    for key in ("Autograd", "Meta"):
+        missing = [n for n in ops if not torch._C._dispatch_has_kernel_for_dispatch_key(n, key)]
+        assert missing == [], f"ops without a {key} kernel: {missing}"

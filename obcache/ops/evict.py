@@ -3,6 +3,7 @@ from typing import Optional, Tuple
 
 import torch
 
+from obcache.ops import fake_checks
 from obcache.ops.select import check_not_bool
 
 __all__ = ["evict"]
@@ -70,6 +71,11 @@ def evict(
 @torch.library.register_fake("obcache::evict")
 def _evict_fake(k, v, q_window, budget, *, score="joint", sink=0, recent=None, pool_kernel=7, pool="max",
                 group_reduce="sum", scale=None, start=None, o=None):
-    torch._check(k.dim() == 4, lambda: f"k must have 4 dims [B, H_kv, N, D], got {k.dim()}")
+    fake_checks.cache_and_window(k, v, q_window)
     B, H, N, _ = k.shape
+    W = q_window.shape[2]
+    torch._check(recent is not None or budget >= N or budget >= sink + W,
+                 lambda: f"budget must be >= sink + recent = {sink + W} and > 0, got {budget} (recent was not given, "
+                 f"so it is W = {W}, the window's length; pass recent=0 to keep no recent tokens)")
+    fake_checks.budget(budget, N, sink, W if recent is None else recent)
     return k.new_empty((B, H, min(budget, N)), dtype=torch.int64)

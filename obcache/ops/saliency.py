@@ -8,6 +8,8 @@ from typing import Optional
 
 import torch
 
+from obcache.ops import fake_checks
+
 __all__ = ["SCORES", "WO_SCORES", "O_SCORES", "GROUP_REDUCES", "QUERY_REDUCES", "saliency"]
 
 #: Score names, in the order of DESIGN.md section 3.
@@ -87,7 +89,6 @@ def saliency(
 @torch.library.register_fake("obcache::saliency")
 def _saliency_fake(k, v, q_window, score, *, group_reduce="sum", scale=None, causal=True, query_reduce="sum",
                    wo=None, o=None):
-    torch._check(k.dim() == 4, lambda: f"k must have 4 dims [B, H_kv, N, D], got {k.dim()}")
-    torch._check(q_window.dim() == 4, lambda: f"q_window must have 4 dims [B, H_q, W, D], got {q_window.dim()}")
+    fake_checks.cache_and_window(k, v, q_window)
     out_dtype = torch.float64 if k.dtype == torch.float64 else torch.float32
     return k.new_empty((k.shape[0], k.shape[1], k.shape[2]), dtype=out_dtype)

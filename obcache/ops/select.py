@@ -9,6 +9,8 @@ from typing import Optional, Tuple
 
 import torch
 
+from obcache.ops import fake_checks
+
 __all__ = ["select", "select_adaptive"]
 
 
@@ -86,14 +88,15 @@ def select_adaptive(
 
 @torch.library.register_fake("obcache::select")
 def _select_fake(scores, budget, *, sink=0, recent=0, pool_kernel=0, pool="max", start=None):
-    torch._check(scores.dim() == 3, lambda: f"scores must have 3 dims [B, H, N], got {scores.dim()}")
+    fake_checks.dims(scores, "scores", 3, "[B, H, N]")
     B, H, N = scores.shape
+    fake_checks.budget(budget, N, sink, recent)
     return scores.new_empty((B, H, min(budget, N)), dtype=torch.int64)
 
 
 @torch.library.register_fake("obcache::select_adaptive")
 def _select_adaptive_fake(scores, total_budget, *, floor=0.2, sink=0, recent=0, pool_kernel=0, pool="max"):
-    torch._check(scores.dim() == 3, lambda: f"scores must have 3 dims [B, H, N], got {scores.dim()}")
+    fake_checks.dims(scores, "scores", 3, "[B, H, N]")
     B, H, N = scores.shape
     if total_budget >= H * N:
         lmax = N
