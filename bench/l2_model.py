@@ -12,14 +12,15 @@ launcher takes the wide blocks (pass1_rows), else 64-row chunks three per
 SM; the GPU runs as many at once as fit and starts the next in that order
 as each ends; a block reads its split's K and V 64 keys at a time, every
 resident block one tile per step, and writes its partial O (rows x D
-floats) when done, which the combine kernel then reads. Pass 2 has one block per (256-key block, head), the block
-fastest; the head order is the kernel's choice (Shape::heads_reversed), each
-block reading its K and V at its start, so the reads come in launch order
-however many blocks an SM holds. The L2 is counted in
-16 KiB units (64 keys x D = 128 bf16 values). In head order pass 2 starts on
-the K and V pass 1 read first, long evicted, and each of its misses evicts
-the oldest line left, which is one a later head would have hit: where K and
-V outgrow the L2, nothing hits.
+floats) when done, which the combine kernel then reads. Pass 2 has one
+block per (key block, head), 256 keys where the launcher takes the wide
+blocks (pass2_keys), else 128, the block fastest; the head order is the
+kernel's choice (Shape::heads_reversed), each block reading its K and V at
+its start, so the reads come in launch order however many blocks an SM
+holds. The L2 is counted in 16 KiB units (64 keys x D = 128 bf16 values).
+In head order pass 2 starts on the K and V pass 1 read first, long evicted,
+and each of its misses evicts the oldest line left, which is one a later
+head would have hit: where K and V outgrow the L2, nothing hits.
 
     python bench/l2_model.py [--n 4096 32768 131072]
 """
