@@ -320,6 +320,52 @@ def test_evict_error_leaves_cache_bit_identical(case):
     assert torch.equal(k, k0) and torch.equal(v, v0)
 
 
+def _views_of_one_buffer(kind):
+    """k and v as views of one buffer (narrowed to N_ rows of 40, so not dense:
+    torch's overlap check gives up on them), and whether they share elements."""
+    g = torch.Generator().manual_seed(11)
+    if kind == "same rows":  # two view objects of the same rows
+        buf = torch.randn(B_, H_, 40, D_, generator=g)
+        return buf[:, :, :N_], buf[:, :, :N_], True
+    if kind == "shifted by one":  # buf[..., :D] and buf[..., 1:D + 1]
+        buf = torch.randn(B_, H_, 40, D_ + 1, generator=g)
+        return buf[:, :, :N_, :D_], buf[:, :, :N_, 1:], True
+    if kind == "rows overlapping":  # v starts on k's last row
+        buf = torch.randn(B_, H_, 80, D_, generator=g)
+        return buf[:, :, :N_], buf[:, :, N_ - 1:2 * N_ - 1], True
+    if kind == "interleaved":  # [B, H, M, 2, D]: k at [..., 0, :], v at [..., 1, :]
+        buf = torch.randn(B_, H_, 40, 2, D_, generator=g)
+        return buf[:, :, :N_, 0], buf[:, :, :N_, 1], False
+    if kind == "halves":  # [2, B, H, M, D]
+        buf = torch.randn(2, B_, H_, 40, D_, generator=g)
+        return buf[0, :, :, :N_], buf[1, :, :, :N_], False
+    if kind == "rows after":  # v starts right after k's last row
+        buf = torch.randn(B_, H_, 80, D_, generator=g)
+        return buf[:, :, :N_], buf[:, :, N_:2 * N_], False
+    raise ValueError(kind)
+
+
+@pytest.mark.parametrize("op", ["compact_", "evict"])
+@pytest.mark.parametrize("kind", ["same rows", "shifted by one", "rows overlapping", "interleaved", "halves",
+                                  "rows after"])
+def test_k_and_v_views_of_one_buffer_are_refused_only_where_they_share_elements(kind, op):
+    k, v, shared = _views_of_one_buffer(kind)
+    q = torch.randn(B_, H_ * G_, W_, D_, generator=torch.Generator().manual_seed(12))
+    idx = torch.arange(0, N_, 3).expand(B_, H_, -1)
+    buf, before = k._base, k._base.clone()
+    run = (lambda a, b: obcache.compact_(a, b, idx)) if op == "compact_" else (lambda a, b: obcache.evict(a, b, q, 10))
+    if shared:
+        with pytest.raises(RuntimeError, match=r"k and v must not share memory \(they would be compacted twice\), "
+                                               r"got views of one buffer"):
+            run(k, v)
+        assert torch.equal(buf, before)
+    else:  # as if k and v were separate tensors
+        k_want, v_want = k.clone(), v.clone()
+        run(k_want, v_want)
+        run(k, v)
+        assert torch.equal(k, k_want) and torch.equal(v, v_want)
+
+
 # ---------------------------------------------------------------------------
 # Determinism and concurrency
 # ---------------------------------------------------------------------------

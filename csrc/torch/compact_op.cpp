@@ -8,6 +8,7 @@
 #include <torch/library.h>
 
 #include "kernels/compact_cpu.h"
+#include "kernels/view_overlap.h"
 #include "torch/checks.h"
 #include "torch/select_compact.h"
 
@@ -106,12 +107,36 @@ void compact_run(at::Tensor& k, at::Tensor& v, const at::Tensor& indices, const 
   at::parallel_for(0, 2 * p.B * p.H, 1, [&](int64_t r0, int64_t r1) { obc::compact_rows_cpu(p, r0, r1); });
 }
 
+namespace {
+
+// t's bytes as a strided view of its storage's (a last dim of element_size()
+// bytes, stride 1), so that views of different dtypes compare too.
+obc::StridedView byte_view(const at::Tensor& t) {
+  const int64_t e = static_cast<int64_t>(t.element_size());
+  obc::StridedView v{t.storage_offset() * e, {}, {}};
+  for (int64_t j = 0; j < t.dim(); ++j) {
+    v.sizes.push_back(t.size(j));
+    v.strides.push_back(t.stride(j) * e);
+  }
+  v.sizes.push_back(e);
+  v.strides.push_back(1);
+  return v;
+}
+
+}  // namespace
+
 void check_writable(const at::Tensor& k, const at::Tensor& v) {
   at::assert_no_internal_overlap(k);
   at::assert_no_internal_overlap(v);
   const auto ov = at::get_overlap_status(k, v);
-  TORCH_CHECK(ov != at::MemOverlapStatus::Full && ov != at::MemOverlapStatus::Partial,
-              "k and v must not share memory (they would be compacted twice)");
+  // Too hard for ATen (views that are not dense, as narrowed caches are): if
+  // they are views of one buffer, view_overlap.h tells them apart.
+  const bool shared = ov == at::MemOverlapStatus::Full || ov == at::MemOverlapStatus::Partial ||
+                      (ov == at::MemOverlapStatus::TooHard && k.storage().is_alias_of(v.storage()) &&
+                       obc::views_share_elements(byte_view(k), byte_view(v)) == obc::Sharing::Yes);
+  TORCH_CHECK(!shared, "k and v must not share memory (they would be compacted twice), got views of one buffer "
+              "with sizes ", k.sizes(), ", ", v.sizes(), ", strides ", k.strides(), ", ", v.strides(),
+              " and storage offsets ", k.storage_offset(), ", ", v.storage_offset());
   TORCH_CHECK(!at::GradMode::is_enabled() || (!k.requires_grad() && !v.requires_grad()),
               "k and v are rewritten in place and have no derivative: they must not require grad while grad mode "
               "is on (call under torch.no_grad() or pass detached tensors), got k.requires_grad = ",

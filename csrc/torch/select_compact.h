@@ -56,8 +56,9 @@ void compact_impl(at::Tensor& k, at::Tensor& v, const at::Tensor& indices, const
 // The kernel only (everything already checked).
 void compact_run(at::Tensor& k, at::Tensor& v, const at::Tensor& indices, const std::optional<at::Tensor>& lengths);
 // compact_ and evict write k and v in place: neither may overlap itself, nor
-// share memory with the other (it would be compacted twice), as far as
-// at::get_overlap_status can tell. They have no derivative: with grad
+// share an element with the other (it would be compacted twice), as far as
+// at::get_overlap_status and, for views of one buffer it cannot judge,
+// obc::views_share_elements can tell. They have no derivative: with grad
 // mode on, neither may require grad (a leaf's value, or a non-leaf's history,
 // would silently go wrong), and an inference tensor is written only inside
 // inference mode, as ATen's in-place ops require. Checked before any write.
