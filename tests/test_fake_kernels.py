@@ -35,6 +35,10 @@ CASES = {
               "q_window's W must be <= N = 3"),
     "W = 0": (torch.ops.obcache.saliency, (k0, v0, q0[:, :, :0]), ("joint",),
               "q_window must hold at least one window query, got W = 0"),
+    "score name": (torch.ops.obcache.saliency, (k0, v0, q0), ("h2o",),
+                   r"score must be one of \('attn', 'tova', 'vatp', 'value', 'key', 'joint', 'loo', 'critical', "
+                   r"'laprox'\), got 'h2o'"),
+    "score needs wo": (torch.ops.obcache.saliency, (k0, v0, q0), ("critical",), "score 'critical' needs wo"),
     "select budget 0": (torch.ops.obcache.select, (_t(1, 2, 20),), (0,), "budget must be >= sink \\+ recent = 0 and > 0, got 0"),
     "select budget < sink + recent": (lambda s, b: torch.ops.obcache.select(s, b, sink=2, recent=4), (_t(1, 2, 20),), (5,),
                                       "budget must be >= sink \\+ recent = 6 and > 0, got 5"),

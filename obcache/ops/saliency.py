@@ -89,6 +89,12 @@ def saliency(
 @torch.library.register_fake("obcache::saliency")
 def _saliency_fake(k, v, q_window, score, *, group_reduce="sum", scale=None, causal=True, query_reduce="sum",
                    wo=None, o=None):
+    names = SCORES + WO_SCORES
+    torch._check(score in names, lambda: f"score must be one of {names}, got '{score}'")
+    torch._check(wo is not None or score not in WO_SCORES,
+                 lambda: f"score '{score}' needs wo, the o_proj weight [hidden, H_q * D]; got wo=None")
+    torch._check(wo is None or score in WO_SCORES,
+                 lambda: f"wo is not used by score '{score}' (only by 'critical' and 'laprox'); pass wo=None")
     fake_checks.cache_and_window(k, v, q_window)
     out_dtype = torch.float64 if k.dtype == torch.float64 else torch.float32
     return k.new_empty((k.shape[0], k.shape[1], k.shape[2]), dtype=out_dtype)
