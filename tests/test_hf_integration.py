@@ -286,6 +286,14 @@ def test_chunked_prefill_keeps_the_cache_at_or_under_budget_plus_chunk():
     assert int(st.positions[0].max()) == 99  # the last token is kept (recent window)
 
 
+def test_chunked_prefill_refuses_outputs_it_would_give_for_the_last_chunk_only():
+    model, ids = tiny_model(), prompt(40)
+    with hf.compress(model, "snapkv", 20, **opts(chunk_size=16)), torch.no_grad():
+        for name in ("output_hidden_states", "output_attentions"):
+            with pytest.raises(NotImplementedError, match=f"chunk_size joins the chunks' last hidden states only; {name}"):
+                model(ids, **{name: True})
+
+
 def test_chunked_prefill_without_eviction_gives_the_plain_logits():
     model, ids = tiny_model(), prompt(70)
     with torch.no_grad():
@@ -372,6 +380,56 @@ def test_chunked_prefill_of_a_left_padded_batch_gives_each_prompts_tokens_alone(
     assert torch.equal(both[0], alone[0][0]) and torch.equal(both[1], alone[1][0])
 
 
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])  # qwen3: generate hands a dict of masks, one per layer type
+def test_a_left_padded_batch_in_a_static_cache_matches_the_dynamic_cache(arch):
+    """generate gives a StaticCache a prepared 4D mask, not the 2D one: the
+    padding must still be found, not scored, kept and attended as text."""
+    model, budget = tiny_model(arch), 24
+    a, b = prompt(50, seed=3), prompt(36, seed=4)
+    ids = torch.cat([a, torch.cat([torch.full((1, 14), 1), b], 1)])
+    am = torch.cat([torch.ones(1, 50, dtype=torch.long), torch.cat([torch.zeros(1, 14), torch.ones(1, 36)], 1).long()])
+    cache = StaticCache(config=model.config, max_cache_len=72)
+    with hf.compress(model, "snapkv+obc-key", budget, **opts()):
+        want = greedy(model, ids, attention_mask=am)
+        got = greedy(model, ids, attention_mask=am, cache=cache)
+    assert torch.equal(got, want)
+    assert int(hf.state_of(cache).positions[0][1].min()) >= 14  # padding is never kept
+
+
+def test_right_padding_raises_naming_the_row():
+    model = tiny_model()
+    ids = prompt(40, batch=2)
+    am = torch.ones_like(ids)
+    am[1, 30:] = 0
+    with hf.compress(model, "snapkv", 20, **opts()):
+        with pytest.raises(ValueError, match="attention_mask row 1 has padding after a real token: obcache.hf "
+                                             "needs left padding"):
+            greedy(model, ids, attention_mask=am)
+
+
+def test_generate_again_with_the_whole_history_on_an_evicted_cache_raises():
+    """transformers cuts the ids at the cache's length, which eviction made
+    shorter than what was read: tokens would be read twice."""
+    model, ids = tiny_model(), prompt(48)
+    cache = DynamicCache(config=model.config)
+    with hf.compress(model, "snapkv", 20, **opts()):
+        first = greedy(model, ids, n=4, cache=cache)
+        history = torch.cat([ids, first, prompt(6, seed=9)], 1)
+        with pytest.raises(ValueError, match=r"this cache was evicted after reading \[51\] real tokens per row, so "
+                                             r"the next token's position_ids must be those, got \[23\]"):
+            greedy(model, history, n=4, cache=cache)
+    # a padded batch: generate hands the model its 2D mask, which must span what was read
+    am = torch.cat([torch.ones(1, 48), torch.cat([torch.zeros(1, 8), torch.ones(1, 40)], 1)]).long()
+    cache = DynamicCache(config=model.config)
+    with hf.compress(model, "snapkv", 20, **opts()):
+        first = greedy(model, torch.cat([ids, ids]), n=4, cache=cache, attention_mask=am)
+        history = torch.cat([ids.expand(2, -1), first], 1)
+        with pytest.raises(ValueError, match=r"this cache was evicted: it holds 23 of the 51 tokens read so far, so "
+                                             r"the attention_mask of 29 new tokens must span 51 \+ 29 = 80 columns, "
+                                             r"got 52"):
+            greedy(model, history, n=4, cache=cache, attention_mask=torch.cat([am, torch.ones(2, 4).long()], 1))
+
+
 # ---------------------------------------------------------------------------
 # caches
 
@@ -393,9 +451,9 @@ def test_static_cache_is_compacted_in_place_and_matches_the_dynamic_cache():
     assert torch.equal(got, ref)
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
-def test_static_cache_with_chunked_prefill_matches_the_dynamic_cache(attn):
-    model, ids = tiny_model(attn=attn), prompt(60)
+@pytest.mark.parametrize("attn,arch", [("sdpa", "llama"), ("eager", "llama"), ("sdpa", "qwen3")])
+def test_static_cache_with_chunked_prefill_matches_the_dynamic_cache(attn, arch):
+    model, ids = tiny_model(arch, attn=attn), prompt(60)
     kw = opts(chunk_size=16)
     with hf.compress(model, "snapkv", 24, **kw):
         ref = greedy(model, ids)
@@ -447,6 +505,8 @@ def test_compress_context_answers_several_questions_on_copies_of_the_cache():
         logits = model(q1, cache=plain, position_ids=torch.arange(64, 69).unsqueeze(0)).logits
     assert int(logits[0, -1].argmax()) == int(a1[0, 0])
     torch.testing.assert_close(ctx.forward(q1), logits, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="makes the attention mask itself"):
+        ctx.generate(q1, attention_mask=torch.ones(1, 69, dtype=torch.long), **gen)
 
 
 # ---------------------------------------------------------------------------
@@ -477,6 +537,22 @@ def test_hooks_are_gone_after_the_context_exits_even_when_the_body_raised():
         assert torch.equal(p, before[n]), n
 
 
+def test_beam_search_raises_instead_of_scoring_another_beams_queries():
+    model, ids = tiny_model(), prompt(40)
+    with hf.compress(model, "snapkv", 20, decode_budget=30, **opts()):
+        with pytest.raises(NotImplementedError, match=r"obcache.hf does not support beam search \(num_beams > 1\)"):
+            greedy(model, ids, num_beams=2)
+
+
+def test_a_transformers_release_other_than_5_raises_naming_it(monkeypatch):
+    from obcache.hf import hooks
+
+    model = tiny_model()
+    monkeypatch.setattr(hooks, "_transformers_version", lambda: "4.56.1")
+    with pytest.raises(ImportError, match=r"obcache.hf needs transformers 5.x \(tested with 5.24.0\), found 4.56.1"):
+        hf.compress(model, "snapkv", 20)
+
+
 def test_unsupported_model_raises_naming_its_class():
     cfg = transformers.GPT2Config(vocab_size=64, n_embd=32, n_layer=1, n_head=2)
     model = transformers.GPT2LMHeadModel(cfg)
@@ -504,11 +580,14 @@ def test_bad_arguments_raise_naming_the_argument_and_value(kw, match):
         hf.compress(tiny_model(), **kw)
 
 
-def test_a_budget_below_sink_plus_window_raises_naming_the_budget():
+def test_a_budget_below_sink_plus_window_raises_naming_the_budget_before_any_layer_reads():
     model = tiny_model()
+    cache = DynamicCache(config=model.config)
     with hf.compress(model, "snapkv", 0.1, **opts()):
-        with pytest.raises(ValueError, match=r"budget=0\.1 gives 6 tokens"):
-            greedy(model, prompt(60))
+        with pytest.raises(ValueError, match=r"budget=0\.1 gives 6 tokens per KV head, fewer than sink \+ window = "
+                                             r"2 \+ 8"):
+            greedy(model, prompt(60), cache=cache)
+    assert cache.get_seq_length() == 0  # no layer appended its keys before the error
 
 
 # ---------------------------------------------------------------------------

@@ -264,6 +264,8 @@ class CacheState:
 
     columns: tokens read so far per row, padding included (the next
         token's column; its RoPE position when no position_ids are given).
+    real: int64 [B], the real tokens (not padding) each row has read: the
+        RoPE position its next token must have.
     valid: bool [B, n], False for cache rows holding left padding (only in
         rows that had fewer real tokens than the budget).
     positions: layer -> int64 [B, H_kv, n], the column each cache row came
@@ -276,6 +278,7 @@ class CacheState:
     def __init__(self, batch, n, device):
         self.columns = n
         self.valid = torch.ones(batch, n, dtype=torch.bool, device=device)
+        self.real = torch.full((batch,), n, dtype=torch.int64, device=device)
         self.positions: Dict[int, torch.Tensor] = {}
         self.evicted = False
         self.peak = n
@@ -330,16 +333,83 @@ def base_model(model: nn.Module) -> nn.Module:
     )
 
 
-def _padding_mask_2d(am, cache, T):
-    """A 2D [B, read + T] padding mask from what the model was given: the 2D
-    mask itself, or the last query row of a prepared 4D mask (generate builds
-    one for a StaticCache; bool True or float 0 = attend)."""
+def _no_beam_search(beam_idx):
+    """Put on every cache the hooks follow, in place of its reorder_cache:
+    the eviction state (kept positions, padding, queries) is per batch row
+    and would not follow the beams."""
+    raise NotImplementedError("obcache.hf does not support beam search (num_beams > 1): the cache's eviction state "
+                              "would not follow the beams")
+
+
+def _transformers_version() -> str:
+    import transformers
+
+    return transformers.__version__
+
+
+def _check_transformers_version():
+    """The hooks read transformers 5's cache layers (DynamicLayer,
+    StaticLayer.cumulative_length) and how its generate passes positions:
+    another release fails here by name, not deep in a hook."""
+    version = _transformers_version()
+    if version.split(".")[0] != "5":
+        raise ImportError(f"obcache.hf needs transformers 5.x (tested with 5.24.0), found {version}")
+
+
+def _padding_mask_2d(am, st, T):
+    """A 2D [B, read + T] padding mask (True = a real token) over the tokens
+    read and the T new ones, from what the model was given: the 2D mask
+    itself, or the last query row of a prepared 4D mask (generate builds one
+    for a StaticCache; bool True or float 0 = attend), or of the
+    full-attention entry of a dict of them (what generate gives models with
+    layer_types, Qwen2/3). None once an eviction has run: a 4D mask's
+    columns are then the cache's rows, not what was read (with per-head
+    lengths not even where the new tokens sit), and tokens after the first
+    read are never padding (generate extends the mask with ones)."""
+    if isinstance(am, dict):
+        am = am.get("full_attention", next(iter(am.values()), None))
     if am is None or am.dim() == 2:
         return am
-    st = state_of(cache)
-    total = (st.columns if st is not None else 0) + T
-    last = am[:, 0, -1, :total]
+    if st is not None and st.evicted:
+        return None
+    last = am[:, 0, -1, :(st.columns if st is not None else 0) + T]
     return last == 0 if last.is_floating_point() else last.bool()
+
+
+_READ_TWICE = ("generate(all_ids, past_key_values=cache) cuts all_ids at the cache's (evicted) length and would "
+               "read tokens a second time; to ask several questions of one compressed context use "
+               "obcache.hf.compress_context(...).generate(question_ids)")
+
+
+def _check_continues_what_was_read(st, am, pos, T):
+    """After an eviction the cache is shorter than what was read, so a caller
+    that hands the whole history again (transformers' generate(all_ids,
+    past_key_values=cache) keeps the ids past the cache's length) would read
+    tokens twice at wrong positions: a 2D mask must span every token read so
+    far plus the new ones, and the new tokens' positions must follow each
+    row's real tokens read."""
+    if not st.evicted:
+        return
+    if isinstance(am, torch.Tensor) and am.dim() == 2 and am.shape[1] != st.columns + T:
+        raise ValueError(
+            f"this cache was evicted: it holds {st.valid.shape[1]} of the {st.columns} tokens read so far, so the "
+            f"attention_mask of {T} new tokens must span {st.columns} + {T} = {st.columns + T} columns, got "
+            f"{am.shape[1]}. " + _READ_TWICE)
+    if isinstance(pos, torch.Tensor) and pos.dim() == 2:
+        first = pos[:, 0].to(st.real.device).expand(st.real.shape[0])
+        if not torch.equal(first, st.real):
+            raise ValueError(
+                f"this cache was evicted after reading {st.real.tolist()} real tokens per row, so the next token's "
+                f"position_ids must be those, got {first.tolist()}. " + _READ_TWICE)
+
+
+def _check_left_padded(valid):
+    """Padding must come first in every row: right padding would be scored,
+    kept and attended as if it were text."""
+    if valid.shape[1] > 1 and bool((valid[:, 1:] < valid[:, :-1]).any()):
+        row = int((valid[:, 1:] < valid[:, :-1]).any(1).nonzero()[0])
+        raise ValueError(f"attention_mask row {row} has padding after a real token: obcache.hf needs left padding "
+                         "(tokenizer.padding_side = 'left', as obcache.hf.load_model sets it)")
 
 
 def _first_output(out):
@@ -362,6 +432,7 @@ class Compression:
 
     def __init__(self, model, method, budget, *, window=32, sink=4, pool_kernel=7, pool="max", chunk_size=None,
                  decode_budget=None, evict_reads=True, floor=0.2):
+        _check_transformers_version()
         self.method = _check_args(method, budget, window, sink, pool_kernel, pool, chunk_size, decode_budget, floor)
         self.budget, self.window, self.sink, self.floor = budget, window, sink, floor
         self.pool_kernel, self.pool = pool_kernel, pool
@@ -441,6 +512,7 @@ class Compression:
             n = cache.get_seq_length()
             st = CacheState(B, int(n), x.device)
             setattr(cache, STATE_ATTR, st)
+            cache.reorder_cache = _no_beam_search
         if self._outer is None:
             mode, read_total = ("read" if T > 1 else "decode"), st.columns + T
             if (mode == "read" and self.evict_reads and self.method.reconstructs
@@ -449,6 +521,14 @@ class Compression:
                     f"method={self.method.name!r} scores the context by reconstructing it (KVzip), which only "
                     "obcache.hf.compress_context runs; compress() around generate cannot evict with it"
                 )
+            # Before the first layer (or chunk) appends to the cache, which an error in a layer would leave
+            # half-read. (decode_budget was checked when the hooks were made.)
+            target = resolve_budget(self.budget, read_total)
+            if (mode == "read" and self.evict_reads and self.method.evicts and st.valid.shape[1] + T > target
+                    and target < self.sink + self.recent):
+                raise ValueError(
+                    f"budget={self.budget!r} gives {target} tokens per KV head, fewer than sink + window = "
+                    f"{self.sink} + {self.recent}; lower sink or window, or raise the budget")
             if self.chunk_size is not None and T > self.chunk_size:
                 self._run_chunks(module, kwargs, T, mode, read_total)
                 T = kwargs["inputs_embeds" if kwargs.get("inputs_embeds") is not None else "input_ids"].shape[1]
@@ -461,9 +541,13 @@ class Compression:
         """Feed all but the last chunk through `module` (the hooks evict after
         each), then narrow `kwargs` to the last chunk; `_after` puts the
         earlier chunks' hidden states back in front."""
+        for name in ("output_hidden_states", "output_attentions"):
+            if kwargs.get(name) or (kwargs.get(name) is None and getattr(module.config, name, False)):
+                raise NotImplementedError(f"chunk_size joins the chunks' last hidden states only; {name} would cover "
+                                          "the last chunk alone")
         key = "inputs_embeds" if kwargs.get("inputs_embeds") is not None else "input_ids"
         x, am, pos = kwargs[key], kwargs.get("attention_mask"), kwargs.get("position_ids")
-        am2d = _padding_mask_2d(am, cache_of(kwargs), T)
+        am2d = _padding_mask_2d(am, state_of(cache_of(kwargs)), T)
         bounds = list(range(0, T, self.chunk_size)) + [T]
         pieces = []
 
@@ -489,11 +573,15 @@ class Compression:
         x = kwargs.get("inputs_embeds")
         if x is None:
             x = kwargs["input_ids"]
-        if isinstance(am, torch.Tensor) and am.dim() == 2:
-            new_valid = am[:, am.shape[1] - T :].to(device=x.device, dtype=torch.bool)
+        _check_continues_what_was_read(st, am, kwargs.get("position_ids"), T)
+        am2d = _padding_mask_2d(am, st, T)
+        if am2d is not None:
+            new_valid = am2d[:, am2d.shape[1] - T :].to(device=x.device, dtype=torch.bool)
         else:
             new_valid = torch.ones(x.shape[0], T, dtype=torch.bool, device=x.device)
-        st.set_valid_full(torch.cat([st.valid.to(x.device), new_valid], 1))
+        valid_full = torch.cat([st.valid.to(x.device), new_valid], 1)
+        _check_left_padded(valid_full)
+        st.set_valid_full(valid_full)
         if st.evicted:
             # The cache is shorter than what was read: give the true positions
             # (what the model would use with the full cache) and a padding
@@ -519,6 +607,7 @@ class Compression:
             if x is None:
                 x = kwargs["input_ids"]
             st.columns += x.shape[1]
+            st.real = st.real.to(st.valid_full.device) + st.valid_full[:, st.valid_full.shape[1] - x.shape[1]:].sum(1)
             st.valid = st.valid_out if st.valid_out is not None else st.valid_full
             st.lengths.append(int(st.valid.shape[1]))
         entry = self._prefix.pop(id(kwargs), None)
@@ -619,11 +708,6 @@ class Compression:
             if not self.method.evicts or target is None or n <= target:
                 st.positions[li] = positions
                 return None
-            if target < self.sink + self.recent:
-                raise ValueError(
-                    f"budget={self.budget!r} gives {target} tokens per KV head, fewer than sink + window = "
-                    f"{self.sink} + {self.recent}; lower sink or window, or raise the budget"
-                )
             t0 = _now(k.device)
             q = self._scoring_queries(st, module, hs, pe, projected)
             # The window's attention output, when q are this call's last rows.

@@ -66,7 +66,7 @@ def _convert_smollm2(target: str) -> None:
 
 def load_model(name_or_dir: Optional[str] = None, *, dtype: Union[str, torch.dtype] = torch.float32,
                attn_implementation: Optional[str] = None) -> Tuple[torch.nn.Module, object]:
-    """(model in eval mode, tokenizer).
+    """(model in eval mode, tokenizer padding on the left).
 
     Args:
         name_or_dir: None or "smollm2" for SmolLM2-135M-Instruct from the
@@ -92,4 +92,5 @@ def load_model(name_or_dir: Optional[str] = None, *, dtype: Union[str, torch.dty
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kw)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
+    tok.padding_side = "left"  # what batched generate and obcache.hf's padding masks need
     return model.eval(), tok
