@@ -169,6 +169,19 @@ def test_reconstruction_scores_equal_the_direct_computation_on_every_architectur
     assert_scores_close(got, direct_scores(model, context, pieces(context, 16), "key", "sum", "sum"), arch)
 
 
+def test_a_reconstruction_longer_than_the_sliding_window_raises():
+    """A sliding-window layer keeps only its last sliding_window - 1 tokens:
+    the context's first ones would be lost to the reconstruction's."""
+    model, context = tiny_model("mistral"), prompt(48)
+    model.config.sliding_window = 64
+    spec = reconstruct.ScoreSpec("key", "sum", "sum")
+    with pytest.raises(NotImplementedError, match=r"sliding_window=64\): scoring by reconstruction holds 48 context "
+                                                  r"\+ 5 repeat-prompt \+ 48 chunk = 101 tokens"):
+        hf.context.score_by_reconstruction(model, context, [spec], repeat_ids=REPEAT)
+    read = hf.context.score_by_reconstruction(model, context, [spec], repeat_ids=REPEAT, chunk=10)  # 63 tokens
+    assert [s.shape for s in read.scores[spec]] == [(1, 2, 48)] * 2  # per layer
+
+
 def test_a_static_cache_is_scored_in_place_and_keeps_the_context_rows():
     model, context = tiny_model(), prompt(48)
     spec = reconstruct.ScoreSpec("joint", "sum", "sum")

@@ -105,6 +105,9 @@ class CompressedContext:
         Returns:
             int64 [B, new]: the generated tokens only (new <= max_new_tokens).
         """
+        if "attention_mask" in generate_kwargs:
+            raise ValueError("CompressedContext.generate makes the attention mask itself (the context's, then the "
+                             "question's tokens, all real): the questions of a batch must be of one length, unpadded")
         device = self.last_logits.device
         head = None
         if question_ids is None or question_ids.numel() == 0:
@@ -355,6 +358,15 @@ def score_by_reconstruction(model, context_ids, specs, *, attention_mask=None, r
     cache = StaticCache(config=model.config, max_cache_len=Lc + repeat_ids.shape[1] + step)
     if not all(type(layer).__name__ == "StaticLayer" for layer in cache.layers):
         cache = DynamicCache(config=model.config)  # sliding-window layers: grow and shrink a DynamicCache instead
+        # Such a layer keeps only its last sliding_window - 1 tokens: past that, the context's first tokens
+        # would be dropped and the reconstruction's taken for them.
+        windows = [w for w in (getattr(layer, "sliding_window", None) for layer in cache.layers) if w is not None]
+        held = Lc + repeat_ids.shape[1] + step
+        if windows and held > min(windows) - 1:
+            raise NotImplementedError(
+                f"{type(model).__name__} uses sliding-window attention (sliding_window={min(windows)}): scoring by "
+                f"reconstruction holds {Lc} context + {repeat_ids.shape[1]} repeat-prompt + {step} chunk = {held} "
+                f"tokens, which must stay under it; pass a smaller chunk or a shorter context")
     stop = reconstruct.timed(context_ids.device)
     # The prefill keeps everything; the hooks attach the state (positions) as in compress.
     with torch.no_grad(), Compression(model, "full", 1.0, evict_reads=False):
