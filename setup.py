@@ -96,7 +96,7 @@ setup(
     python_requires=">=3.9",
     install_requires=["numpy", "tqdm"],
     extras_require={
-        "hf": ["transformers>=4.56", "accelerate", "gguf", "safetensors"],
+        "hf": ["transformers>=5.24,<6", "accelerate", "gguf", "safetensors"],
         "test": ["pytest", "hypothesis"],
         "eval": ["matplotlib"],
     },
