@@ -159,6 +159,8 @@ def test_results_json_follows_the_schema(tiny_run):
         r = json.load(f)
     assert r["schema"] == "obcache-eval/1"
     assert {"settings", "model", "methods", "versions", "tasks", "seconds", "table"} <= set(r)
+    v = r["versions"]
+    assert v["obcache"] and v["threads"] >= 1 and "cuda_kernels" in v["obcache_build"]
     assert r["settings"]["budgets"] == [0.5] and r["model"]["layers"] == 2
     for task in ("passkey", "fidelity", "perplexity"):
         assert r["tasks"][task], f"{task}: no records"
@@ -269,6 +271,22 @@ def _error(argv, capsys, monkeypatch):
 ])
 def test_bad_arguments_fail_before_any_model_is_loaded(argv, message, capsys, monkeypatch):
     assert message in _error(argv, capsys, monkeypatch)
+
+
+def test_passkey_budgets_are_checked_against_each_modes_tokenised_prompts():
+    """Query-agnostic rows compress the context alone, query-aware ones the
+    question too: 0.09 of a 390-token context is 35 tokens, under 36."""
+    from types import SimpleNamespace
+
+    from obcache.eval.tasks import passkey
+
+    cfg = SimpleNamespace(sink=4, window=32, modes=["query-aware", "query-agnostic"], lengths=[400])
+    trials = [{"context": [5] * 390, "question": [6] * 11}, {"context": [5] * 500, "question": [6] * 11}]
+    passkey.check_budgets(trials, [0.0925], cfg)  # 36 of 390, 37 of 401
+    passkey.check_budgets(trials, [0.09], SimpleNamespace(**{**vars(cfg), "modes": ["query-aware"]}))
+    with pytest.raises(models.EvalError, match=r"--budgets: 0.09 of the shortest query-agnostic passkey prompt "
+                                               r"\(390 tokens, --lengths 400\) keeps 35 tokens, below sink \+ window"):
+        passkey.check_budgets(trials, [0.09], cfg)
 
 
 def test_a_directory_that_is_not_a_causal_lm_is_refused(tmp_path, capsys, monkeypatch):

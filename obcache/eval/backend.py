@@ -83,15 +83,20 @@ class SharedReads:
         return ctx, time.perf_counter() - t0, read.prefill_seconds
 
 
+# Both passkey modes decode alike, whatever the model's generation_config asks (a
+# sampling config would draw answers; a repetition penalty would see the key in the
+# query-aware prompt but not in the query-agnostic question).
+GREEDY = dict(do_sample=False, repetition_penalty=1.0)
+
+
 def answer_query_aware(model, ids, method, budget, cfg, prefix=None, **gen):
-    """Greedy answer to a prompt ids [1, N] whose own last tokens (the
+    """The answer (gen: GREEDY and a token limit) to a prompt ids [1, N] whose own last tokens (the
     question) are the scoring window: (new token ids [1, new], seconds, eviction seconds).
     prefix: a plain prefill of the prompt's first tokens (`SharedReads`), consumed."""
     t0 = time.perf_counter()
     extra = {} if prefix is None else {cache_kw(model): prefix}
     with hf.compress(model, method=method, budget=budget, **_kwargs(cfg)) as c:
-        new = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, **extra,
-                             **gen)[:, ids.shape[1]:]
+        new = model.generate(ids, attention_mask=torch.ones_like(ids), **extra, **gen)[:, ids.shape[1]:]
     return new, time.perf_counter() - t0, c.eviction_seconds
 
 

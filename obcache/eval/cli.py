@@ -2,8 +2,9 @@
 
 Settings live in one dataclass (`EvalConfig`); `--full` swaps the quick
 preset for the whole grid, and the selection flags override either.
-Every argument is checked before a model is loaded; errors name the flag
-and the value.
+Every argument is checked before a model is loaded, but for what needs the
+tokenizer (the passkey prompts' token counts against the budgets), checked
+before the first passkey cell; errors name the flag and the value.
 """
 import argparse
 import dataclasses
@@ -303,5 +304,8 @@ def main(argv=None):
         cfg = config_from_args(args)
     except EvalError as e:
         parser.error(str(e))
-    run(cfg)
+    try:
+        run(cfg)
+    except EvalError as e:  # what needed the tokenizer: raised before the task's first cell
+        parser.error(str(e))
     return 0

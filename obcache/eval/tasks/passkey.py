@@ -15,7 +15,9 @@ import time
 import torch
 
 from obcache.eval import backend
+from obcache.eval.models import EvalError
 from obcache.eval.stats import wilson
+from obcache.hf.hooks import resolve_budget
 from obcache.methods import get_method
 
 INTRO = (
@@ -62,6 +64,23 @@ def _passed(tokenizer, new_ids, key):
     return number is not None and number.group() == key
 
 
+def check_budgets(trials, budgets, cfg):
+    """Before the first cell: every budget must leave sink + window tokens of
+    what each mode compresses (the context alone when query-agnostic, context
+    and question when query-aware), which needs the tokenised trials; a cell
+    that raised midway would lose every result before it."""
+    floor = cfg.sink + cfg.window
+    sizes = {"query-agnostic": min(len(t["context"]) for t in trials),
+             "query-aware": min(len(t["context"]) + len(t["question"]) for t in trials)}
+    for mode in cfg.modes:
+        n = sizes[mode]
+        for b in budgets:
+            if resolve_budget(b, n) < min(n, floor):
+                raise EvalError(f"--budgets: {b:g} of the shortest {mode} passkey prompt ({n} tokens, "
+                                f"--lengths {min(cfg.lengths)}) keeps {resolve_budget(b, n)} tokens, below sink + "
+                                f"window = {floor} (--sink {cfg.sink}, --window {cfg.window})")
+
+
 def run(model, tokenizer, cfg, methods, budgets, progress, emit=lambda record: None):
     """Accuracy per (method, budget, mode); returns a list of records with
     per-trial outcomes (length, depth, passed) so any breakdown can be redone.
@@ -70,7 +89,8 @@ def run(model, tokenizer, cfg, methods, budgets, progress, emit=lambda record: N
     cell's own time after that prefill, `prefix_s` the prefill time its
     trials stood on. emit(record) is called as each cell finishes."""
     trials = make_trials(tokenizer, cfg.lengths, cfg.depths, cfg.trials, cfg.seed)
-    gen = dict(max_new_tokens=cfg.max_new_tokens, pad_token_id=tokenizer.pad_token_id)
+    check_budgets(trials, budgets, cfg)
+    gen = dict(max_new_tokens=cfg.max_new_tokens, pad_token_id=tokenizer.pad_token_id, **backend.GREEDY)
     shared = backend.SharedReads(model, cfg, methods)
     records = []
     for method, budget, mode in _grid(methods, budgets, cfg.modes):
