@@ -79,7 +79,9 @@ def keep_indices(method, q, k, v, budget, cfg, scale, op=None):
 def oracle_indices(score, q_future, k, v, budget, cfg, scale, op=None):
     """Tokens chosen by `score` computed from future queries q_future
     [B, Hq, F, D] that see all of k (non-causal), with the SnapKV policy
-    (sink and the last `window` tokens kept): the ceiling for window scores."""
+    (sink and the last `window` tokens kept), unpooled: a reference for
+    window scores, not a strict ceiling (the same queries score it and then
+    measure its error)."""
     saliency, select = (op or ops())[:2]
     s = saliency(k, v, q_future, score, scale=scale, causal=False)
     return select(s, budget, sink=cfg.sink, recent=cfg.window, pool_kernel=0, pool=cfg.pool)

@@ -20,10 +20,39 @@ def model_facts(model):
 
 
 def versions():
+    """What produced the numbers: the software, the extension's build, the
+    commit when run from a git checkout, and the CPU threads torch used."""
     import torch
     import transformers
 
-    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__}
+    import obcache
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+            "obcache": obcache.__version__, "obcache_commit": _commit(), "obcache_build": obcache.build_info(),
+            "threads": torch.get_num_threads(), "cpu": _cpu_model(), "machine": platform.machine()}
+
+
+def _commit():
+    """The source checkout's HEAD (None outside a git checkout)."""
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    try:
+        out = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def _cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
 
 
 def _fmt_acc(r):
@@ -95,16 +124,19 @@ def perplexity_rows(results):
 
 
 LEGEND = """\
-passkey: accuracy [95% Wilson interval] n=trials.  KL: mean KL(full || compressed) in nats of the
-next-token distributions over the fed tokens; top1: agreement with the full cache.  KV MiB: K and V
-held after compressing the fidelity context.  evict ms: the method's own cost on it (obcache.hf's
-eviction_seconds: window queries, scoring, selection, compaction; plus the reconstruction pass for
-kvzip rows).  prefill+evict s: compress_context wall time on it (the shared prefill included, and for
-kvzip rows the shared reconstruction pass, which scores every kvzip row of the run at once).
+passkey: accuracy [95% Wilson interval] n=trials; query-aware keeps budget x (context + question)
+tokens, the question among them, query-agnostic budget x context, then reads the question.  KL: mean
+KL(full || compressed) in nats of the next-token distributions over the fed tokens; top1: agreement
+with the full cache.  KV MiB: K and V held after compressing the fidelity context.  evict ms: the
+method's own cost on it (obcache.hf's eviction_seconds: window queries, scoring, selection,
+compaction; plus the reconstruction pass for kvzip rows).  prefill+evict s: compress_context wall
+time on it (the shared prefill included, and for kvzip rows the shared reconstruction pass, which
+scores every kvzip row of the run at once).
 out err: ||O_pruned - O_full|| / ||O_full|| of the future queries' attention output, mean over
 layers and KV heads; score+select ms: saliency + select summed over layers.  wins vs base: share of
 (layer, KV head) pairs where the OBC score's error is below its attention-only base's.  oracle:
-scored with the future queries themselves (the ceiling for window-based scores)."""
+scored with the future queries themselves, unpooled, the better of attn and key per head: a
+reference for window-based scores, not a strict ceiling (the queries that score it also measure it)."""
 
 
 def text_report(results):

@@ -8,8 +8,10 @@ the F *future* queries (after the scoring window), which attend to the kept
 context tokens and to the future tokens themselves. No generation needed.
 
 `oracle` scores with the future queries themselves (the better of the
-`attn` and `key` scores per head): the ceiling for any score computed from a
-window of past queries, under the same sink + recent-window policy.
+`attn` and `key` scores per head, unpooled), under the same sink +
+recent-window policy: a reference for scores computed from a window of past
+queries. Not a strict ceiling: the queries that score it are those its error
+is measured on, and picking the better of two scores per head favours it.
 """
 import time
 
