@@ -320,3 +320,17 @@ def test_default_model_loads_from_the_gguf_file_and_answers():
     with torch.no_grad():
         nxt = model(ids).logits[0, -1].argmax().item()
     assert tok.decode([nxt]).strip() == "Paris"
+
+
+def test_perturbation_refuses_layers_that_do_not_attend_plainly():
+    """Its output error is plain causal softmax attention: a sliding window
+    shorter than the keys would be measured against the wrong output."""
+    from obcache.eval.capture import capture_qkv
+    from test_hf_integration import prompt, tiny_model
+
+    model = tiny_model("mistral")
+    assert len(capture_qkv(model, prompt(40))) == 2  # window 4096: plain
+    model.config.sliding_window = 16
+    with pytest.raises(NotImplementedError, match=r"layer 0 of MistralForCausalLM attends with sliding_window=16, "
+                                                  r"softcap=None over 40 keys"):
+        capture_qkv(model, prompt(40))

@@ -20,6 +20,14 @@ def capturing(model):
     store = {}
 
     def capture(module, query, key, value, attention_mask, **kw):
+        # What is recorded is scored with plain causal softmax attention (the perturbation task's
+        # output_error): a layer that attends otherwise would be measured against the wrong output.
+        window = kw.get("sliding_window")
+        if kw.get("softcap") is not None or (window is not None and window < key.shape[2]):
+            raise NotImplementedError(
+                f"layer {module.layer_idx} of {type(model).__name__} attends with sliding_window={window}, "
+                f"softcap={kw.get('softcap')} over {key.shape[2]} keys; the perturbation task measures plain causal "
+                "softmax attention (lower --perturb-context, or leave the perturbation task out with --tasks)")
         store[module.layer_idx] = (query.detach(), key.detach(), value.detach(), kw.get("scaling"))
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kw)
 
