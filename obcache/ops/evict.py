@@ -72,6 +72,7 @@ def evict(
 def _evict_fake(k, v, q_window, budget, *, score="joint", sink=0, recent=None, pool_kernel=7, pool="max",
                 group_reduce="sum", scale=None, start=None, o=None):
     fake_checks.cache_and_window(k, v, q_window)
+    fake_checks.pooling(pool_kernel, pool)
     B, H, N, _ = k.shape
     W = q_window.shape[2]
     torch._check(recent is not None or budget >= N or budget >= sink + W,

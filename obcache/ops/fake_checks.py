@@ -51,10 +51,20 @@ def cache_and_window(k, v, q):
     torch._check(q.shape[2] <= N, lambda: f"q_window's W must be <= N = {N}, got W = {q.shape[2]}")
 
 
-def budget(budget, N, sink, recent):
-    """select's and evict's scalars (budget >= N keeps everything)."""
+def pooling(pool_kernel, pool):
+    torch._check(pool_kernel in (0, 1) or (pool_kernel > 1 and pool_kernel % 2 == 1),
+                 lambda: f"pool_kernel must be 0, 1 (no pooling) or an odd number > 1, got {pool_kernel}")
+    torch._check(pool in ("max", "avg"), lambda: f"pool must be one of ('max', 'avg'), got '{pool}'")
+
+
+def sink_recent(sink, recent):
     torch._check(sink >= 0, lambda: f"sink must be >= 0, got {sink}")
     torch._check(recent >= 0, lambda: f"recent must be >= 0, got {recent}")
+
+
+def budget(budget, N, sink, recent):
+    """select's and evict's scalars (budget >= N keeps everything)."""
+    sink_recent(sink, recent)
     if budget < N:
         torch._check(budget > 0 and budget >= sink + recent,
                      lambda: f"budget must be >= sink + recent = {sink + recent} and > 0, got {budget}")

@@ -5,6 +5,7 @@ of shared/DESIGN.md section 4). Ranking: pooled scores (float64), NaN ranks
 as -inf, ties go to the lower index (and, across heads, the lower head);
 identical on CPU and CUDA.
 """
+import math
 from typing import Optional, Tuple
 
 import torch
@@ -90,6 +91,7 @@ def select_adaptive(
 def _select_fake(scores, budget, *, sink=0, recent=0, pool_kernel=0, pool="max", start=None):
     fake_checks.dims(scores, "scores", 3, "[B, H, N]")
     B, H, N = scores.shape
+    fake_checks.pooling(pool_kernel, pool)
     fake_checks.budget(budget, N, sink, recent)
     return scores.new_empty((B, H, min(budget, N)), dtype=torch.int64)
 
@@ -98,6 +100,9 @@ def _select_fake(scores, budget, *, sink=0, recent=0, pool_kernel=0, pool="max",
 def _select_adaptive_fake(scores, total_budget, *, floor=0.2, sink=0, recent=0, pool_kernel=0, pool="max"):
     fake_checks.dims(scores, "scores", 3, "[B, H, N]")
     B, H, N = scores.shape
+    fake_checks.pooling(pool_kernel, pool)
+    fake_checks.sink_recent(sink, recent)
+    torch._check(math.isfinite(floor) and 0.0 <= floor <= 1.0, lambda: f"floor must be in [0, 1], got {floor}")
     if total_budget >= H * N:
         lmax = N
     else:
