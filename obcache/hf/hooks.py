@@ -403,11 +403,15 @@ def _check_continues_what_was_read(st, am, pos, T):
                 f"position_ids must be those, got {first.tolist()}. " + _READ_TWICE)
 
 
-def _check_left_padded(valid):
+def _check_left_padded(last, new_valid):
     """Padding must come first in every row: right padding would be scored,
-    kept and attended as if it were text."""
-    if valid.shape[1] > 1 and bool((valid[:, 1:] < valid[:, :-1]).any()):
-        row = int((valid[:, 1:] < valid[:, :-1]).any(1).nonzero()[0])
+    kept and attended as if it were text. The cache's rows were checked when
+    they were read (eviction keeps their order), so only the new tokens and
+    the cache's last column (`last`, [B, 0 or 1]) before them are."""
+    valid = torch.cat([last, new_valid], 1)
+    after_real = (valid[:, 1:] < valid[:, :-1]).any(1)
+    if bool(after_real.any()):
+        row = int(after_real.nonzero()[0])
         raise ValueError(f"attention_mask row {row} has padding after a real token: obcache.hf needs left padding "
                          "(tokenizer.padding_side = 'left', as obcache.hf.load_model sets it)")
 
@@ -515,15 +519,14 @@ class Compression:
             cache.reorder_cache = _no_beam_search
         if self._outer is None:
             mode, read_total = ("read" if T > 1 else "decode"), st.columns + T
-            if (mode == "read" and self.evict_reads and self.method.reconstructs
-                    and resolve_budget(self.budget, read_total) < read_total):
+            target = resolve_budget(self.budget, read_total)
+            if mode == "read" and self.evict_reads and self.method.reconstructs and target < read_total:
                 raise ValueError(
                     f"method={self.method.name!r} scores the context by reconstructing it (KVzip), which only "
                     "obcache.hf.compress_context runs; compress() around generate cannot evict with it"
                 )
             # Before the first layer (or chunk) appends to the cache, which an error in a layer would leave
             # half-read. (decode_budget was checked when the hooks were made.)
-            target = resolve_budget(self.budget, read_total)
             if (mode == "read" and self.evict_reads and self.method.evicts and st.valid.shape[1] + T > target
                     and target < self.sink + self.recent):
                 raise ValueError(
@@ -579,9 +582,9 @@ class Compression:
             new_valid = am2d[:, am2d.shape[1] - T :].to(device=x.device, dtype=torch.bool)
         else:
             new_valid = torch.ones(x.shape[0], T, dtype=torch.bool, device=x.device)
-        valid_full = torch.cat([st.valid.to(x.device), new_valid], 1)
-        _check_left_padded(valid_full)
-        st.set_valid_full(valid_full)
+        cached = st.valid.to(x.device)
+        _check_left_padded(cached[:, -1:], new_valid)
+        st.set_valid_full(torch.cat([cached, new_valid], 1))
         if st.evicted:
             # The cache is shorter than what was read: give the true positions
             # (what the model would use with the full cache) and a padding

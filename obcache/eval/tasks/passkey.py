@@ -75,9 +75,10 @@ def check_budgets(trials, budgets, cfg):
     for mode in cfg.modes:
         n = sizes[mode]
         for b in budgets:
-            if resolve_budget(b, n) < min(n, floor):
+            kept = resolve_budget(b, n)
+            if kept < min(n, floor):
                 raise EvalError(f"--budgets: {b:g} of the shortest {mode} passkey prompt ({n} tokens, "
-                                f"--lengths {min(cfg.lengths)}) keeps {resolve_budget(b, n)} tokens, below sink + "
+                                f"--lengths {min(cfg.lengths)}) keeps {kept} tokens, below sink + "
                                 f"window = {floor} (--sink {cfg.sink}, --window {cfg.window})")
 
 
