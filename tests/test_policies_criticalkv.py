@@ -98,11 +98,15 @@ def test_output_error_is_within_the_bound_whenever_sigma_is_at_least_half(seed, 
     ok = sig >= 0.5
     assert ok.sum() >= ok.numel() // 4, "too few rows with sigma >= 0.5: the test would be vacuous"
     assert (err[ok] <= bound[ok] + 1e-9).all()
-    # The full output (every head through o_proj) for queries whose heads all
-    # have sigma >= 0.5: the bounds of the heads add up (triangle inequality).
-    all_ok = ok.all(1)  # [B, W]
-    full_err = (o - o_hat).sum(1).abs().sum(-1)  # [B, W]
-    assert (full_err[all_ok] <= bound.sum(1)[all_ok] + 1e-9).all()
+    # Through o_proj, the heads of a query with sigma >= 0.5 add up: the
+    # error of their summed output is within the sum of their bounds
+    # (triangle inequality). Queries where every head qualifies are rare at
+    # these budgets, so each query sums the heads that do; at least one
+    # query sums several, else this would only repeat the check above.
+    okf = ok.to(err.dtype)
+    assert (ok.sum(1) >= 2).any(), "no query with two heads of sigma >= 0.5"
+    summed_err = ((o - o_hat) * okf[..., None]).sum(1).abs().sum(-1)  # [B, W]
+    assert (summed_err <= (bound * okf).sum(1) + 1e-9).all()
 
 
 @pytest.mark.parametrize("k", [0, 1, 5, 17, 40])

@@ -103,6 +103,9 @@ def test_evict_passes_o_to_the_scores(device):
     k, v, q = make_cache(1, 2, 3, 8, 300, 32, device=device, seed=9)
     o = _random_o(q, 10)
     want = obcache.select(obcache.saliency(k, v, q, "key", o=o), 40, sink=4, recent=8)
+    # The o given is not the cache's own, so it picks other tokens: evict
+    # ignoring o would fail the comparison below.
+    assert not torch.equal(want, obcache.select(obcache.saliency(k, v, q, "key"), 40, sink=4, recent=8))
     k2, v2, idx = obcache.evict(k.clone(), v.clone(), q, 40, score="key", sink=4, pool_kernel=0, o=o)
     assert torch.equal(idx, want)
     assert torch.equal(k2, torch.gather(k, 2, idx[..., None].expand(-1, -1, -1, k.shape[-1])))
