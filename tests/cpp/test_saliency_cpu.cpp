@@ -140,7 +140,21 @@ const Case kCases[] = {
     {2, 1, 2, 6, 65, 32, 1, false},  // non-causal
     {1, 2, 3, 32, 64, 8, 0, true},   // exact tiles
     {1, 2, 2, 80, 80, 12, 0, true},  // every key a query (H2O): blocks past a tile are skipped
+    // More than kSaliencyMinRangeKeys (512) keys: several key ranges, so the
+    // split forms merge states (every element type, score and reduction).
+    {1, 2, 2, 5, 1101, 8, 1, true},
+    {2, 1, 3, 4, 513, 6, 0, false},
 };
+
+TEST(SaliencyCpu, SomeCasesSpanSeveralKeyRanges) {
+  int several = 0;
+  for (const Case& c : kCases) {
+    obc::SaliencyParams p;
+    p.B = c.B, p.Hkv = c.H, p.G = c.G, p.W = c.W, p.N = c.N, p.D = c.D;
+    several += obc::saliency_cpu_ranges(p) > 1;
+  }
+  EXPECT_EQ(several, 2);
+}
 
 TEST(SaliencyCpu, Float32MatchesNaive) {
   std::mt19937 rng(1);
