@@ -107,6 +107,35 @@ def ci_finished(path="/work/ci/log"):
         return None
 
 
+# The vector extensions that decide which CPU kernels run and how fast.
+_ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile")
+
+
+def cpu_identity():
+    """Vendor, family, model and the kernels' ISA flags from /proc/cpuinfo:
+    a guest's model name ("AMD EPYC", "Intel(R) Xeon(R) Processor") does not
+    tell one machine generation from the next."""
+    info = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key, value = key.strip(), value.strip()
+                if key == "vendor_id":
+                    info["cpu_vendor"] = value
+                elif key == "cpu family":
+                    info["cpu_family"] = int(value)
+                elif key == "model":
+                    info["cpu_model_number"] = int(value)
+                elif key == "flags":
+                    flags = set(value.split())
+                    info["cpu_isa"] = [f for f in _ISA_FLAGS if f in flags]
+                    break  # the first processor's entry is enough
+    except (OSError, ValueError):
+        pass
+    return info
+
+
 def machine():
     info = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
             "threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}
@@ -117,6 +146,7 @@ def machine():
                 info["cpu_model"] = line.split(":", 1)[1].strip()
     except OSError:
         pass
+    info.update(cpu_identity())
     try:
         with open("/proc/meminfo") as f:
             info["mem_total_GiB"] = int(f.readline().split()[1]) / 2**20
