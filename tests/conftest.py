@@ -26,6 +26,21 @@ def assert_close_to_reference(out, ref64, ref_lowp, *, what, floor_rel=1e-5):
     assert err <= 2 * base + floor_rel, f"{what}: kernel rel err {err:.3e} > 2 x reference rel err {base:.3e} + {floor_rel:.0e}"
 
 
+# Dispatcher ops that would mean an input was copied (made contiguous,
+# converted) on its way into a kernel.
+COPY_OPS = {"aten::copy_", "aten::clone", "aten::contiguous", "aten::_to_copy"}
+
+
+def ops_dispatched(fn):
+    """The names of the dispatcher ops fn() runs (torch.profiler, CPU side:
+    a CUDA op's own launches are recorded there too)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    return {e.name for e in prof.events()}
+
+
 def make_cache(B, Hkv, G, W, N, D, dtype=torch.float32, device="cpu", seed=0, narrow_from=None):
     """Random k, v [B, Hkv, N, D] and q_window [B, Hkv*G, W, D]. With
     narrow_from=M (> N), k and v are views cache[:, :, :N] of a larger

@@ -12,7 +12,7 @@ from torch.library import opcheck
 
 import obcache
 from obcache import reference as ref
-from conftest import DEVICES, assert_close_to_reference
+from conftest import COPY_OPS, DEVICES, assert_close_to_reference, ops_dispatched
 
 DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
 FLOOR = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 1e-5, torch.bfloat16: 1e-5}
@@ -86,6 +86,9 @@ def test_strided_inputs_are_read_in_place(device):
         check(v, wo, p)
         assert torch.equal(obcache.projected_value_norm(v, wo, p),
                            obcache.projected_value_norm(v.contiguous(), wo.contiguous(), p))
+        # In place: neither input is copied on the way in.
+        ops = ops_dispatched(lambda: obcache.projected_value_norm(v, wo, p))
+        assert "obcache::projected_value_norm" in ops and not ops & COPY_OPS, ops
     # [B, N, H, D] storage viewed as [B, H, N, D].
     vt = torch.randn(2, 40, 3, 32).to(device).transpose(1, 2)
     check(vt, torch.randn(50, 6 * 32).to(device), 2)

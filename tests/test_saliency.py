@@ -13,7 +13,7 @@ from torch.library import opcheck
 
 import obcache
 from obcache import reference as ref
-from conftest import DEVICES, assert_close_to_reference, make_cache
+from conftest import COPY_OPS, DEVICES, assert_close_to_reference, make_cache, ops_dispatched
 
 SCORES = obcache.SCORES
 DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
@@ -94,6 +94,10 @@ def test_narrowed_views_are_read_in_place(dtype, device):
     for score in SCORES:
         check(k, v, q, score)
         assert torch.equal(obcache.saliency(k, v, q, score), obcache.saliency(k.contiguous(), v.contiguous(), q, score))
+        # In place: no copy of k or v is made on the way in (a copied input
+        # would give the same numbers).
+        ops = ops_dispatched(lambda: obcache.saliency(k, v, q, score))
+        assert "obcache::saliency" in ops and not ops & COPY_OPS, ops
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
