@@ -9,8 +9,8 @@ import os
 import pytest
 import torch
 
-from obcache.eval import backend, cli, models, policies
-from obcache.eval.stats import wilson
+from obcache.eval import backend, cli, models, policies, report
+from obcache.eval.stats import mcnemar_exact, wilson
 from obcache.eval.tasks import passkey, perturbation
 from obcache.eval.tiny import build_tiny_model, build_tokenizer
 
@@ -50,6 +50,30 @@ def _numbers(obj, skip=TIMINGS):
     if isinstance(obj, list):
         return [_numbers(v) for v in obj]
     return obj
+
+
+def test_mcnemar_exact_matches_the_binomial_tail():
+    # Two-sided: 2 * P(Binomial(b + c, 1/2) <= min(b, c)), at most 1.
+    assert mcnemar_exact(0, 0) == 1.0
+    assert mcnemar_exact(5, 0) == mcnemar_exact(0, 5) == 2 / 32
+    assert mcnemar_exact(6, 1) == 2 * (1 + 7) / 128
+    assert mcnemar_exact(1, 9) == 2 * (1 + 10) / 1024
+    assert mcnemar_exact(3, 3) == 1.0
+
+
+def test_paired_rows_count_each_prompt_against_the_base():
+    def cell(method, passed):
+        outcomes = [{"length": 100, "depth": d / 10, "passed": x} for d, x in enumerate(passed)]
+        return {"method": method, "budget": 0.1, "mode": "query-aware", "outcomes": outcomes}
+
+    results = {"methods": {"snapkv": "", "snapkv+obc-key": "", "streaming": ""},
+               "tasks": {"passkey": [cell("snapkv", [1, 0, 0, 1, 0, 0, 0, 1]),
+                                     cell("snapkv+obc-key", [1, 1, 1, 0, 1, 1, 1, 1]),
+                                     cell("streaming", [0] * 8)]}}
+    (row,) = report.paired_rows(results)  # streaming and snapkv have no base
+    assert (row["method"], row["base"], row["trials"], row["both"]) == ("snapkv+obc-key", "snapkv", 8, 2)
+    assert (row["only method"], row["only base"]) == (5, 1)
+    assert row["p (McNemar)"] == mcnemar_exact(5, 1) == 2 * (1 + 6) / 64
 
 
 def test_wilson_interval_matches_known_values():
@@ -134,13 +158,13 @@ def test_perturbation_policies_keep_the_tokens_the_integration_keeps(tiny_model,
 
 
 def test_every_attention_row_of_the_method_table_has_a_perturbation_pipeline():
-    from obcache.methods import METHODS
+    from obcache.methods import METHODS, base_of
 
     for name, row in METHODS.items():
         assert policies.supported(name) == (row.queries != "reconstruction" and row.selection is None), name
-    assert perturbation.base_of("snapkv+obc-joint", list(METHODS)) == "snapkv"
-    assert perturbation.base_of("tova+obc-key", list(METHODS)) == "tova"
-    assert perturbation.base_of("snapkv", list(METHODS)) is None
+    assert base_of("snapkv+obc-joint", list(METHODS)) == "snapkv"
+    assert base_of("tova+obc-key", list(METHODS)) == "tova"
+    assert base_of("snapkv", list(METHODS)) is None
 
 
 def test_every_task_runs_end_to_end_on_a_tiny_model(tiny_run):
@@ -179,6 +203,15 @@ def test_results_json_follows_the_schema(tiny_run):
     for rec in pert["records"]:
         assert len(rec["error"]) == 2 and len(rec["error"][0]) == 2  # [layers][KV heads]
     assert [w["base"] for w in pert["win_shares"]] == ["snapkv"]
+    # snapkv+obc-key against snapkv on the same prompts, once per mode.
+    paired = r["passkey_paired"]
+    assert sorted(x["mode"] for x in paired) == sorted(r["settings"]["modes"])
+    for x in paired:
+        assert (x["method"], x["base"]) == ("snapkv+obc-key", "snapkv")
+        cells = {(c["method"], c["mode"]): c for c in r["tasks"]["passkey"]}
+        mine, base = cells[("snapkv+obc-key", x["mode"])], cells[("snapkv", x["mode"])]
+        assert x["both"] + x["only method"] == mine["correct"] and x["both"] + x["only base"] == base["correct"]
+        assert 0 < x["p (McNemar)"] <= 1
 
 
 def test_finished_cells_are_written_as_they_finish(tiny_run):

@@ -258,6 +258,7 @@ def run(cfg, out=sys.stdout):
         results["seconds"][task] = round(time.perf_counter() - t0, 2)
     results["seconds"]["total"] = round(time.perf_counter() - t_start, 2)
     results["table"] = report.summary_rows(results)
+    results["passkey_paired"] = report.paired_rows(results)
     report.write_all(results, cfg, out)
     return results
 

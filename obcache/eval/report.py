@@ -92,6 +92,34 @@ def summary_rows(results):
     return [rows[k] for k in sorted(rows, key=lambda k: (order.get(k[0], 99), k[1]))]
 
 
+def paired_rows(results):
+    """Passkey, each OBC row against its attention-only base (same pipeline,
+    same budget, mode and prompts: obcache.methods.base_of), trial by trial:
+    how many prompts only one of the two answered, and the exact McNemar
+    p-value of that split. Paired, so it can tell two rows apart where their
+    Wilson intervals overlap."""
+    from obcache.eval.stats import mcnemar_exact
+    from obcache.methods import base_of
+
+    records = results["tasks"].get("passkey", [])
+    by = {(r["method"], r["budget"], r["mode"]): r for r in records}
+    rows = []
+    for r in records:
+        base = base_of(r["method"], results["methods"])
+        ref = by.get((base, r["budget"], r["mode"]))
+        if ref is None:
+            continue
+        pairs = list(zip(r["outcomes"], ref["outcomes"]))
+        # The same prompts in the same order: passkey.run makes one trial list for every cell.
+        assert all((a["length"], a["depth"]) == (b["length"], b["depth"]) for a, b in pairs)
+        only = sum(a["passed"] and not b["passed"] for a, b in pairs)
+        only_base = sum(b["passed"] and not a["passed"] for a, b in pairs)
+        rows.append({"method": r["method"], "base": base, "budget": r["budget"], "mode": r["mode"],
+                     "trials": len(pairs), "both": sum(a["passed"] and b["passed"] for a, b in pairs),
+                     "only method": only, "only base": only_base, "p (McNemar)": mcnemar_exact(only, only_base)})
+    return rows
+
+
 def _cell(v):
     if v is None:
         return "-"
@@ -146,6 +174,10 @@ def text_report(results):
             f"window {s['window']}, sink {s['sink']}, pool {s['pool']}{s['pool_kernel']}; "
             f"{results['seconds']['total']:.0f} s")
     parts = [head, "", format_table(results["table"]), "", LEGEND]
+    paired = results.get("passkey_paired") or []
+    if paired:
+        parts += ["", "passkey, paired with the attention-only base on the same prompts (p: exact McNemar, "
+                      "two-sided, over the prompts only one of the two answered):", format_table(paired)]
     ppl = perplexity_rows(results)
     if ppl:
         parts += ["", f"perplexity while reading (chunks of {s['ppl_chunk']} tokens):", format_table(ppl)]

@@ -22,3 +22,17 @@ def wilson(successes, trials, z=1.959963984540054):
 def perplexity(nll_sum, count):
     """exp(mean negative log-likelihood); inf when count is 0."""
     return math.exp(nll_sum / count) if count else float("inf")
+
+
+def mcnemar_exact(b, c):
+    """Two-sided exact McNemar p-value for paired binary outcomes: b trials
+    where only the first method passed, c where only the second did (the
+    trials both or neither passed say nothing about which is better). Under
+    the null each discordant trial goes either way with probability 1/2, so
+    p = P(Binomial(b + c, 1/2) as far from the middle as min(b, c)), doubled,
+    at most 1; 1 when there is no discordant trial."""
+    n = b + c
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(b, c) + 1)) / 2**n
+    return min(1.0, 2 * tail)

@@ -18,28 +18,9 @@ import time
 import torch
 
 from obcache.eval import policies
-from obcache.methods import METHODS
+from obcache.methods import base_of
 
 ORACLE_SCORES = ("attn", "key")
-
-
-ATTENTION_SCORES = ("attn", "tova")  # the attention-only scores a pipeline starts from
-
-
-def base_of(method, methods):
-    """The attention-only method of the same pipeline among `methods`
-    (snapkv+obc-key -> snapkv, tova+obc-key -> tova), or None: the row of
-    obcache.methods.METHODS with an attention score and the same queries,
-    pooling, recent window, head budgets and selection. Attention-only rows have no base."""
-    row = METHODS.get(method)
-    if row is None or row.score is None or row.score in ATTENTION_SCORES:
-        return None
-    same = ("queries", "pooled", "keep_recent", "adaptive", "selection")
-    for cand in methods:
-        c = METHODS.get(cand)
-        if c is not None and c.score in ATTENTION_SCORES and all(getattr(c, f) == getattr(row, f) for f in same):
-            return cand
-    return None
 
 
 def output_error(q, k, v, keep, n_ctx, scale):
