@@ -159,15 +159,17 @@ METHODS: Dict[str, Method] = dict(
 
 
 ATTENTION_SCORES = ("attn", "tova")  # the attention-only scores a pipeline starts from
+OBC_SCORES = ("value", "key", "joint", "loo")  # the output-error scores that replace them
 
 
 def base_of(method: str, methods) -> Optional[str]:
     """The attention-only method of the same pipeline among `methods`
     (snapkv+obc-key -> snapkv, tova+obc-key -> tova), or None: the row of
     obcache.methods.METHODS with an attention score and the same queries,
-    pooling, recent window, head budgets and selection. Attention-only rows have no base."""
+    pooling, recent window, head budgets and selection. Only rows with an
+    OBC score have a base (vatp, an attention-only baseline itself, has none)."""
     row = METHODS.get(method)
-    if row is None or row.score is None or row.score in ATTENTION_SCORES:
+    if row is None or row.score not in OBC_SCORES:
         return None
     same = ("queries", "pooled", "keep_recent", "adaptive", "selection")
     for cand in methods:

@@ -165,6 +165,7 @@ def test_every_attention_row_of_the_method_table_has_a_perturbation_pipeline():
     assert base_of("snapkv+obc-joint", list(METHODS)) == "snapkv"
     assert base_of("tova+obc-key", list(METHODS)) == "tova"
     assert base_of("snapkv", list(METHODS)) is None
+    assert base_of("vatp", list(METHODS)) is None  # an attention-only baseline, not an OBC row
 
 
 def test_every_task_runs_end_to_end_on_a_tiny_model(tiny_run):
