@@ -176,8 +176,8 @@ def text_report(results):
     parts = [head, "", format_table(results["table"]), "", LEGEND]
     paired = results.get("passkey_paired") or []
     if paired:
-        parts += ["", "passkey, paired with the attention-only base on the same prompts (p: exact McNemar, "
-                      "two-sided, over the prompts only one of the two answered):", format_table(paired)]
+        parts += ["", "passkey, paired with the attention-only base on the same prompts\n(p: exact two-sided "
+                      "McNemar over the prompts only one of the two answered):", format_table(paired)]
     ppl = perplexity_rows(results)
     if ppl:
         parts += ["", f"perplexity while reading (chunks of {s['ppl_chunk']} tokens):", format_table(ppl)]
