@@ -5,6 +5,8 @@ import importlib.metadata
 import json
 import math
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -213,6 +215,15 @@ def test_results_json_follows_the_schema(tiny_run):
         mine, base = cells[("snapkv+obc-key", x["mode"])], cells[("snapkv", x["mode"])]
         assert x["both"] + x["only method"] == mine["correct"] and x["both"] + x["only base"] == base["correct"]
         assert 0 < x["p (McNemar)"] <= 1
+
+
+def test_the_paired_table_of_a_recorded_run_prints_from_its_json(tiny_run):
+    results, out, _ = tiny_run
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench", "paired_passkey.py")
+    done = subprocess.run([sys.executable, script, os.path.join(out, "results.json")], capture_output=True,
+                          text=True, check=True)
+    assert done.stdout.strip() == report.format_table(report.paired_rows(results))
+    assert "snapkv+obc-key" in done.stdout
 
 
 def test_finished_cells_are_written_as_they_finish(tiny_run):
