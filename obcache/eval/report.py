@@ -111,6 +111,7 @@ def paired_rows(results):
             continue
         pairs = list(zip(r["outcomes"], ref["outcomes"]))
         # The same prompts in the same order: passkey.run makes one trial list for every cell.
+        assert len(r["outcomes"]) == len(ref["outcomes"])
         assert all((a["length"], a["depth"]) == (b["length"], b["depth"]) for a, b in pairs)
         only = sum(a["passed"] and not b["passed"] for a, b in pairs)
         only_base = sum(b["passed"] and not a["passed"] for a, b in pairs)
