@@ -112,16 +112,18 @@ _ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile"
 
 
 def cpu_identity():
-    """Vendor, family, model and the kernels' ISA flags from /proc/cpuinfo:
-    a guest's model name ("AMD EPYC", "Intel(R) Xeon(R) Processor") does not
-    tell one machine generation from the next."""
+    """Model name, vendor, family, model and the kernels' ISA flags from
+    /proc/cpuinfo: a guest's model name ("AMD EPYC", "Intel(R) Xeon(R)
+    Processor") alone does not tell one machine generation from the next."""
     info = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 key, _, value = line.partition(":")
                 key, value = key.strip(), value.strip()
-                if key == "vendor_id":
+                if key == "model name":
+                    info["cpu_model"] = value
+                elif key == "vendor_id":
                     info["cpu_vendor"] = value
                 elif key == "cpu family":
                     info["cpu_family"] = int(value)
@@ -139,13 +141,6 @@ def cpu_identity():
 def machine():
     info = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
             "threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                info["cpu_model"] = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
     info.update(cpu_identity())
     try:
         with open("/proc/meminfo") as f:

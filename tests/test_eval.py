@@ -209,9 +209,9 @@ def test_results_json_follows_the_schema(tiny_run):
     # snapkv+obc-key against snapkv on the same prompts, once per mode.
     paired = r["passkey_paired"]
     assert sorted(x["mode"] for x in paired) == sorted(r["settings"]["modes"])
+    cells = {(c["method"], c["mode"]): c for c in r["tasks"]["passkey"]}
     for x in paired:
         assert (x["method"], x["base"]) == ("snapkv+obc-key", "snapkv")
-        cells = {(c["method"], c["mode"]): c for c in r["tasks"]["passkey"]}
         mine, base = cells[("snapkv+obc-key", x["mode"])], cells[("snapkv", x["mode"])]
         assert x["both"] + x["only method"] == mine["correct"] and x["both"] + x["only base"] == base["correct"]
         assert 0 < x["p (McNemar)"] <= 1

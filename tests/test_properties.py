@@ -1,7 +1,8 @@
 """Property-based tests (hypothesis) of saliency (the scores that take no
 `wo`), select, select_adaptive, compact_ and evict against obcache.reference,
 on CPU (projected_value_norm, the `wo` scores and `o=` have their grids in
-test_projected_value.py, test_saliency.py and test_saliency_given_o.py): random B, H_kv, G, W, N, D (D not a multiple of 8 included), dtypes,
+test_projected_value.py, test_saliency.py and test_saliency_given_o.py):
+random B, H_kv, G, W, N, D (D not a multiple of 8 included), dtypes,
 strides (narrowed views of a bigger buffer, batch-transposed views where the
 batch stride is smaller than the head stride), budgets, sink / recent /
 pooling / start settings.
