@@ -261,23 +261,37 @@ TEST(SaliencyCpu, KeyRangesDependOnNAloneAndStayAtMostSixteen) {
   }
 }
 
-// CMakeLists.txt runs this binary once per OBCACHE_CPU_VARIANT cap: the
-// cap must take effect where the CPU has the variant.
-TEST(CpuVariant, TheEnvironmentCapsThePick) {
-  const char* cap = std::getenv("OBCACHE_CPU_VARIANT");
-  const obc::CpuVariant got = obc::cpu_variant();
-  if (cap == nullptr) GTEST_SKIP() << "no OBCACHE_CPU_VARIANT: the machine's best variant";
-  const std::string c(cap);
-  if (c == "baseline") {
-    EXPECT_EQ(got, obc::CpuVariant::Baseline);
-  } else if (c == "avx2") {
-    EXPECT_NE(got, obc::CpuVariant::Avx512);
-#ifdef OBC_X86_VARIANTS  // else (sanitizer builds, other CPUs) only the baseline is compiled
-    if (__builtin_cpu_supports("x86-64-v3")) {
-      EXPECT_EQ(got, obc::CpuVariant::Avx2);
-    }
+// The variant this CPU runs, found apart from cpu_variant(): only the
+// baseline where the build compiles no other (sanitizer builds, other CPUs).
+obc::CpuVariant machine_best() {
+#ifdef OBC_X86_VARIANTS
+  if (__builtin_cpu_supports("x86-64-v4")) return obc::CpuVariant::Avx512;
+  if (__builtin_cpu_supports("x86-64-v3")) return obc::CpuVariant::Avx2;
 #endif
+  return obc::CpuVariant::Baseline;
+}
+
+// Each cap, set here: the pick is the lower of the cap and the machine's best
+// (a cap above what the build or CPU runs changes nothing: in a
+// baseline-only build an "avx2" that took effect would fail), and an unknown
+// or empty value is ignored.
+TEST(CpuVariant, TheEnvironmentCapsThePick) {
+  const char* before = std::getenv("OBCACHE_CPU_VARIANT");
+  const std::string saved = before ? before : "";
+  const obc::CpuVariant best = machine_best();
+  const std::pair<const char*, obc::CpuVariant> caps[] = {{"baseline", obc::CpuVariant::Baseline},
+                                                         {"avx2", obc::CpuVariant::Avx2},
+                                                         {"avx512", obc::CpuVariant::Avx512},
+                                                         {"", obc::CpuVariant::Avx512},
+                                                         {"sse9", obc::CpuVariant::Avx512}};
+  for (const auto& [cap, want] : caps) {
+    ASSERT_EQ(0, setenv("OBCACHE_CPU_VARIANT", cap, 1));
+    EXPECT_EQ(static_cast<int>(obc::cpu_variant()), static_cast<int>(std::min(want, best))) << "cap=" << cap;
   }
+  if (before)
+    setenv("OBCACHE_CPU_VARIANT", saved.c_str(), 1);
+  else
+    unsetenv("OBCACHE_CPU_VARIANT");
 }
 
 TEST(SaliencyCpu, MaskedPairsContributeZeroSoTheFirstKeyOfACausalWindowSeesAll) {
