@@ -1,11 +1,11 @@
-"""Property-based tests (hypothesis) of saliency (the scores that take no
-`wo`), select, select_adaptive, compact_ and evict against obcache.reference,
-on CPU (projected_value_norm, the `wo` scores and `o=` have their grids in
-test_projected_value.py, test_saliency.py and test_saliency_given_o.py):
-random B, H_kv, G, W, N, D (D not a multiple of 8 included), dtypes,
-strides (narrowed views of a bigger buffer, batch-transposed views where the
-batch stride is smaller than the head stride), budgets, sink / recent /
-pooling / start settings.
+"""Property-based tests (hypothesis) of saliency (every score, the `wo` ones
+with a random o_proj weight), projected_value_norm, select,
+select_adaptive, compact_ and evict against obcache.reference, on CPU
+(`o=` has its grid in test_saliency_given_o.py): random B, H_kv, G, W, N, D
+(D not a multiple of 8 included), hidden sizes, dtypes, strides (narrowed
+views of a bigger buffer, batch-transposed views where the batch stride is
+smaller than the head stride; wo column slices and row-strided views),
+budgets, sink / recent / pooling / start settings.
 
 Exactness: select, select_adaptive and compact_ must equal the reference
 bit for bit (integer outputs; compact_ copies bytes). evict must give the
@@ -16,7 +16,7 @@ conftest.assert_close_to_reference (error at most 2x that of the reference
 run in float32 -- the kernel's accumulation type -- plus a floor).
 
 Each test runs a bounded number of examples (max_examples below, no deadline),
-derandomized so CI is reproducible; the whole file takes ~15 s on 2 cores.
+derandomized so CI is reproducible; the whole file takes ~3 s on 2 cores.
 """
 import pytest
 import torch
@@ -89,6 +89,57 @@ def test_saliency_matches_reference(case, score, group_reduce, query_reduce, cau
     r64 = ref.saliency(k, v, q, score, **kw)
     rlo = ref.saliency(k, v, q, score, compute_dtype=_lowp(dtype), **kw)
     assert_close_to_reference(out, r64, rlo, what=f"{case} {score} {kw}", floor_rel=FLOOR[dtype])
+
+
+WO_LAYOUTS = ("contiguous", "column_slice", "row_strided")
+
+
+def make_wo(hidden, cols, dtype, layout, gen):
+    """o_proj's weight [hidden, cols] (its last dim contiguous, as the ops
+    require): whole, the first `cols` columns of a wider matrix, or every
+    other row of a taller one (row stride 2 * cols)."""
+    scale = cols ** -0.5
+    if layout == "contiguous":
+        return (torch.randn(hidden, cols, generator=gen) * scale).to(dtype)
+    if layout == "column_slice":
+        return (torch.randn(hidden, cols + 7, generator=gen) * scale).to(dtype)[:, :cols]
+    return (torch.randn(2 * hidden, cols, generator=gen) * scale).to(dtype)[::2]
+
+
+@settings(max_examples=120, **SETTINGS)
+@given(case=cache_cases(), hidden=st.integers(1, 90), p=st.sampled_from([1, 2]), wo_layout=st.sampled_from(WO_LAYOUTS))
+def test_projected_value_norm_matches_reference(case, hidden, p, wo_layout):
+    B, H, G, W, N, D, dtype, layout, seed = case
+    _, v, _ = make_cache(*case)
+    wo = make_wo(hidden, H * G * D, dtype, wo_layout, torch.Generator().manual_seed(seed + 1))
+    out = obcache.projected_value_norm(v, wo, p)
+    assert out.shape == (B, H * G, N)
+    assert out.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    r64 = ref.projected_value_norm(v, wo, p)
+    rlo = ref.projected_value_norm(v, wo, p, compute_dtype=_lowp(dtype))
+    assert_close_to_reference(out, r64, rlo, what=f"{case} hidden={hidden} p={p} {wo_layout}",
+                              floor_rel=FLOOR[dtype])
+
+
+@settings(max_examples=120, **SETTINGS)
+@given(case=cache_cases(), score=st.sampled_from(ref.WO_SCORES), hidden=st.integers(1, 90),
+       group_reduce=st.sampled_from(ref.GROUP_REDUCES), query_reduce=st.sampled_from(ref.QUERY_REDUCES),
+       causal=st.booleans(), wo_layout=st.sampled_from(WO_LAYOUTS))
+def test_wo_saliency_matches_reference(case, score, hidden, group_reduce, query_reduce, causal, wo_layout):
+    B, H, G, W, N, D, dtype, layout, seed = case
+    k, v, q = make_cache(*case)
+    wo = make_wo(hidden, H * G * D, dtype, wo_layout, torch.Generator().manual_seed(seed + 1))
+    kw = dict(group_reduce=group_reduce, query_reduce=query_reduce, causal=causal, wo=wo)
+    if score == "laprox" and query_reduce != "sum":  # its L2 norm over the queries is the reduction
+        with pytest.raises(RuntimeError, match="query_reduce must be 'sum', got 'max'"):
+            obcache.saliency(k, v, q, score, **kw)
+        return
+    out = obcache.saliency(k, v, q, score, **kw)
+    assert out.shape == (B, H, N)
+    r64 = ref.saliency(k, v, q, score, **kw)
+    rlo = ref.saliency(k, v, q, score, compute_dtype=_lowp(dtype), **kw)
+    assert_close_to_reference(out, r64, rlo, what=f"{case} {score} hidden={hidden} {wo_layout} {kw}",
+                              floor_rel=FLOOR[dtype])
 
 
 @st.composite
