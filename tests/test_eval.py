@@ -184,7 +184,7 @@ def test_results_json_follows_the_schema(tiny_run):
     _, out, _ = tiny_run
     with open(os.path.join(out, "results.json")) as f:
         r = json.load(f)
-    assert r["schema"] == "obcache-eval/1"
+    assert r["schema"] == "obcache-eval/2"
     assert {"settings", "model", "methods", "versions", "tasks", "seconds", "table"} <= set(r)
     v = r["versions"]
     assert v["obcache"] and v["threads"] >= 1 and "cuda_kernels" in v["obcache_build"]
@@ -195,11 +195,23 @@ def test_results_json_follows_the_schema(tiny_run):
     for rec in r["tasks"]["passkey"]:
         assert {"method", "budget", "mode", "correct", "trials", "accuracy", "ci95", "outcomes"} <= set(rec)
         assert rec["ci95"][0] <= rec["accuracy"] <= rec["ci95"][1]
+    windows = r["settings"]["fidelity_windows"]
     for rec in r["tasks"]["fidelity"]:
         assert rec["kl"] >= -1e-9 and 0 <= rec["top1"] <= 1 and rec["kv_bytes"] > 0
-        assert len(rec["kl_per_position"]) == r["settings"]["fidelity_next"]
+        assert rec["windows"] == len(rec["kl_windows"]) == len(rec["top1_windows"]) == windows > 1
+        assert rec["kl"] == pytest.approx(sum(rec["kl_windows"]) / windows)
+        assert [len(x) for x in rec["kl_per_position"]] == [r["settings"]["fidelity_next"]] * windows
+        for kl, per_pos in zip(rec["kl_windows"], rec["kl_per_position"]):
+            assert kl == pytest.approx(sum(per_pos) / len(per_pos))
     full = next(x for x in r["tasks"]["fidelity"] if x["method"] == "full")
     assert abs(full["kl"]) < 1e-6 and full["top1"] == 1.0
+    # Fidelity window by window, snapkv+obc-key against snapkv.
+    fid = {x["method"]: x for x in r["tasks"]["fidelity"]}
+    [x] = r["fidelity_paired"]
+    assert (x["method"], x["base"], x["windows"]) == ("snapkv+obc-key", "snapkv", windows)
+    pairs = list(zip(fid["snapkv+obc-key"]["kl_windows"], fid["snapkv"]["kl_windows"]))
+    assert x["KL lower"] == sum(a < b for a, b in pairs) and x["KL higher"] == sum(a > b for a, b in pairs)
+    assert 0 < x["p (sign test)"] <= 1
     for rec in r["tasks"]["perplexity"]:
         assert math.isfinite(rec["ppl"]) and rec["curve"][-1][0] == r["settings"]["ppl_tokens"]
     pert = r["tasks"]["perturbation"]
@@ -226,12 +238,33 @@ def test_the_paired_table_of_a_recorded_run_prints_from_its_json(tiny_run):
     assert "snapkv+obc-key" in done.stdout
 
 
+def test_the_report_prints_both_paired_tables(tiny_run):
+    results, _, _ = tiny_run
+    text = report.text_report(results)
+    assert results["passkey_paired"] and results["fidelity_paired"]
+    assert report.format_table(results["passkey_paired"]) in text
+    assert report.format_table(results["fidelity_paired"]) in text
+
+
 def test_finished_cells_are_written_as_they_finish(tiny_run):
+    from obcache.eval.tasks.fidelity import combine
+
     results, out, _ = tiny_run
-    for task in ("passkey", "fidelity", "perplexity"):
+
+    def partial(task):
         with open(os.path.join(out, "partial", f"{task}.jsonl")) as f:
-            lines = [json.loads(line) for line in f]
-        assert _numbers(lines) == _numbers(json.loads(json.dumps(results["tasks"][task])))
+            return [json.loads(line) for line in f]
+
+    for task in ("passkey", "perplexity"):
+        assert _numbers(partial(task)) == _numbers(json.loads(json.dumps(results["tasks"][task])))
+    # fidelity: a line per (window, cell), window by window; combined, the run's records
+    lines, cells = partial("fidelity"), {}
+    windows = results["settings"]["fidelity_windows"]
+    assert [x["window"] for x in lines] == sorted(x["window"] for x in lines) and lines[-1]["window"] == windows - 1
+    for x in lines:
+        cells.setdefault((x["method"], x["budget"]), []).append(x)
+    combined = [combine(recs) for recs in cells.values()]
+    assert _numbers(combined) == _numbers(json.loads(json.dumps(results["tasks"]["fidelity"])))
 
 
 @pytest.mark.parametrize("method", ["full", "snapkv+obc-key", "tova", "adakv+obc-key", "laprox", "h2o"])
@@ -251,13 +284,32 @@ def test_a_shared_prefix_prefill_answers_as_a_whole_prompt_read(method):
         assert state_of(prefix) is not None and prefix_s > 0  # generate read on into the copy
 
 
+def test_text_windows_are_disjoint_spread_over_the_text_and_start_with_text_tokens():
+    from obcache.eval.text import load_text, text_tokens, text_windows
+
+    tok, text = build_tokenizer(), load_text(None)
+    body = tok(text, add_special_tokens=False)["input_ids"]
+    total = len(body)
+    wins = text_windows(tok, text, 100, 5)
+    assert [len(w) for w in wins] == [100] * 5 and wins[0] == text_tokens(tok, text, 100)
+    bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
+    starts = [w * (total - 100) // 4 for w in range(5)]
+    assert all(w == bos + body[s:s + 100 - len(bos)] for w, s in zip(wins, starts))
+    assert starts[-1] + 100 == total and all(b - a >= 100 for a, b in zip(starts, starts[1:]))  # disjoint
+    assert text_windows(tok, text, 100, 1) == [text_tokens(tok, text, 100)]
+    with pytest.raises(models.EvalError, match=rf"--text has only {total} tokens; 3 disjoint windows of "
+                                               rf"{total // 2} need {3 * (total // 2)}"):
+        text_windows(tok, text, total // 2, 3)
+
+
 def test_kvzip_rows_run_query_agnostic_on_one_shared_read(tiny_dir, tiny_model, tmp_path):
     from obcache.eval.tasks.fidelity import kl_and_top1
     from obcache.eval.text import load_text, text_tokens
 
-    methods = ["kvzip", "kvzip+obc-joint", "adakv+kvzip+obc-key"]
+    methods = ["kvzip", "kvzip+obc-joint", "adakv+kvzip+obc-key"]  # fidelity on window 0: text_tokens' tokens
     results, cfg = run_eval(["--model", tiny_dir, "--methods", ",".join(methods), "--tasks", "passkey,fidelity",
-                             "--budgets", "0.5", "--out", str(tmp_path), "--no-plots", *TINY_SIZES])
+                             "--budgets", "0.5", "--out", str(tmp_path), "--no-plots", *TINY_SIZES,
+                             "--fidelity-windows", "2"])
     cells = {(r["method"], r["mode"]) for r in results["tasks"]["passkey"]}
     assert cells == {("full", "query-aware"), ("full", "query-agnostic")} | {(m, "query-agnostic") for m in methods}
     ids = torch.tensor([text_tokens(build_tokenizer(), load_text(None), cfg.fidelity_context + cfg.fidelity_next)])
@@ -268,7 +320,8 @@ def test_kvzip_rows_run_query_agnostic_on_one_shared_read(tiny_dir, tiny_model, 
         # what one unshared compress_context gives
         ctx, _ = backend.compress_context(tiny_model, ids[:, : cfg.fidelity_context], rec["method"], 0.5, cfg)
         kl, top1, _ = kl_and_top1(full, ctx.forward(ids[:, cfg.fidelity_context:])[0])
-        assert rec["kl"] == pytest.approx(kl, rel=1e-4, abs=1e-9) and rec["top1"] == top1, rec["method"]
+        assert rec["kl_windows"][0] == pytest.approx(kl, rel=1e-4, abs=1e-9), rec["method"]
+        assert rec["top1_windows"][0] == top1, rec["method"]
 
 
 def test_a_rerun_gives_the_same_numbers(tiny_run, tmp_path):
@@ -313,6 +366,7 @@ def _error(argv, capsys, monkeypatch):
     (["--text", "/no/such/file"], "--text '/no/such/file': no such file"),
     (["--ppl-budget", "10"], "--ppl-budget: 10 tokens is below sink + window = 36"),
     (["--lengths", "600,x"], "--lengths: cannot read 'x' as int"),
+    (["--fidelity-windows", "0"], "--fidelity-windows: must be >= 1, got 0"),
 ])
 def test_bad_arguments_fail_before_any_model_is_loaded(argv, message, capsys, monkeypatch):
     assert message in _error(argv, capsys, monkeypatch)

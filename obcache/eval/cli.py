@@ -41,6 +41,7 @@ class EvalConfig:
     max_new_tokens: int = 7  # " " + 5 digits + 1 spare
     fidelity_context: int = 2048
     fidelity_next: int = 64
+    fidelity_windows: int = 8  # disjoint text windows: the paired comparison's samples
     ppl_tokens: int = 2048
     ppl_chunk: int = 256
     ppl_budget: int = 256  # tokens per KV head kept while reading
@@ -54,8 +55,9 @@ class EvalConfig:
 
 # The quick run (no flags): every task, attention-only baselines next to the
 # OBC key score of the same pipeline, one budget. Measured with SmolLM2-135M:
-# 4:23 wall single-threaded (--threads 1, 98% of one core, 260 s of CPU) at
-# load ~3 on a 2-core machine (bench/results/eval.md). Under heavy contention
+# 131 s wall at two threads on an idle 2-core Zen 4 (38 s of it the six
+# fidelity windows; 97 s with one window), and 4:23 single-threaded at load
+# ~3 before the windows (bench/results/eval.md). Under heavy contention
 # torch's two threads thrash (15 s per passkey trial instead of 3): pass
 # --threads 1 on a busy machine.
 QUICK = dict(
@@ -66,6 +68,7 @@ QUICK = dict(
     depths=[0.2, 0.5, 0.8],
     trials=2,
     fidelity_context=1024,
+    fidelity_windows=6,  # the fewest at which a paired sign test can reach p < 0.05 (2 / 2^6)
     ppl_tokens=1024,
     ppl_chunk=256,
     ppl_budget=128,
@@ -104,6 +107,7 @@ def add_arguments(p):
     p.add_argument("--pool-kernel", type=int, default=7, help="score pooling kernel (0 = none)")
     p.add_argument("--pool", default="max", choices=["max", "avg"])
     p.add_argument("--fidelity-context", type=int, help="fidelity context tokens")
+    p.add_argument("--fidelity-windows", type=int, help="fidelity: disjoint windows of the text, each a context")
     p.add_argument("--ppl-tokens", type=int, help="perplexity: tokens read")
     p.add_argument("--ppl-chunk", type=int, help="perplexity: chunk size of the chunked prefill")
     p.add_argument("--ppl-budget", type=int, help="perplexity: tokens per KV head kept while reading")
@@ -150,7 +154,7 @@ def config_from_args(args, method_names=None):
     for name in ("out", "window", "sink", "pool_kernel", "pool", "seed", "threads", "model", "text"):
         setattr(cfg, name, getattr(args, name))
     cfg.plots = not args.no_plots
-    for name in ("trials", "fidelity_context", "ppl_tokens", "ppl_chunk", "ppl_budget", "perturb_context"):
+    for name in ("trials", "fidelity_context", "fidelity_windows", "ppl_tokens", "ppl_chunk", "ppl_budget", "perturb_context"):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))
     if args.tasks:
@@ -193,7 +197,8 @@ def _check_numbers(cfg):
     for d in cfg.depths:
         if not 0 <= d <= 1:
             raise EvalError(f"--depths: {d} is outside [0, 1]")
-    for flag, value in (("--trials", cfg.trials), ("--window", cfg.window), ("--ppl-chunk", cfg.ppl_chunk)):
+    for flag, value in (("--trials", cfg.trials), ("--window", cfg.window), ("--ppl-chunk", cfg.ppl_chunk),
+                        ("--fidelity-windows", cfg.fidelity_windows)):
         if value < 1:
             raise EvalError(f"{flag}: must be >= 1, got {value}")
     if cfg.sink < 0:
@@ -259,6 +264,7 @@ def run(cfg, out=sys.stdout):
     results["seconds"]["total"] = round(time.perf_counter() - t_start, 2)
     results["table"] = report.summary_rows(results)
     results["passkey_paired"] = report.paired_rows(results)
+    results["fidelity_paired"] = report.fidelity_paired_rows(results)
     report.write_all(results, cfg, out)
     return results
 
@@ -272,7 +278,7 @@ def _run_task(task, model, tok, text, cfg):
     from obcache.eval.report import partial_writer
     from obcache.eval.capture import capture_qkv
     from obcache.eval.tasks import fidelity, passkey, perplexity, perturbation
-    from obcache.eval.text import text_tokens
+    from obcache.eval.text import text_tokens, text_windows
 
     def bar(total):
         return tqdm(total=total, desc=task, file=sys.stderr, dynamic_ncols=True)
@@ -282,9 +288,10 @@ def _run_task(task, model, tok, text, cfg):
         with bar(passkey.count(cfg, methods, budgets)) as p:
             return passkey.run(model, tok, cfg, methods, budgets, p, partial_writer(cfg.out, task))
     if task == "fidelity":
-        ids = torch.tensor([text_tokens(tok, text, cfg.fidelity_context + cfg.fidelity_next)])
-        with bar(fidelity.count(methods, budgets)) as p:
-            return fidelity.run(model, ids, cfg, methods, budgets, p, partial_writer(cfg.out, task))
+        windows = [torch.tensor([w]) for w in text_windows(tok, text, cfg.fidelity_context + cfg.fidelity_next,
+                                                             cfg.fidelity_windows)]
+        with bar(fidelity.count(methods, budgets, len(windows))) as p:
+            return fidelity.run(model, windows, cfg, methods, budgets, p, partial_writer(cfg.out, task))
     if task == "perplexity":
         ids = torch.tensor([text_tokens(tok, text, cfg.ppl_tokens)])
         with bar(len(perplexity.runnable(methods))) as p:

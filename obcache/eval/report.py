@@ -5,7 +5,8 @@ import json
 import os
 import platform
 
-SCHEMA = "obcache-eval/1"
+# 2: fidelity over text windows (kl_windows, kl_per_position [windows][F]); fidelity_paired
+SCHEMA = "obcache-eval/2"
 
 
 def model_facts(model):
@@ -121,6 +122,34 @@ def paired_rows(results):
     return rows
 
 
+def fidelity_paired_rows(results):
+    """Fidelity, each OBC row against its attention-only base at the same
+    budget, window by window (the same contexts): on how many text windows
+    its KL is lower and higher, its mean KL over the base's, and the exact
+    two-sided sign test over the windows that differ (the binomial test of
+    mcnemar_exact). Windows, not positions, are the samples: the positions
+    of one window share its context."""
+    from obcache.eval.stats import mcnemar_exact
+    from obcache.methods import base_of
+
+    records = results["tasks"].get("fidelity", [])
+    by = {(r["method"], r["budget"]): r for r in records}
+    rows = []
+    for r in records:
+        ref = by.get((base_of(r["method"], results["methods"]), r["budget"]))
+        if ref is None or "kl_windows" not in r:  # no base, or a run from before the windows (one context)
+            continue
+        mine, base = r["kl_windows"], ref["kl_windows"]
+        assert len(mine) == len(base)  # every cell runs on every window
+        lower = sum(a < b for a, b in zip(mine, base))
+        higher = sum(a > b for a, b in zip(mine, base))
+        rows.append({"method": r["method"], "base": ref["method"], "budget": r["budget"], "windows": len(mine),
+                     "KL lower": lower, "KL higher": higher,
+                     "KL / base KL": r["kl"] / ref["kl"] if ref["kl"] > 0 else None,
+                     "p (sign test)": mcnemar_exact(lower, higher)})
+    return rows
+
+
 def _cell(v):
     if v is None:
         return "-"
@@ -155,12 +184,13 @@ def perplexity_rows(results):
 LEGEND = """\
 passkey: accuracy [95% Wilson interval] n=trials; query-aware keeps budget x (context + question)
 tokens, the question among them, query-agnostic budget x context, then reads the question.  KL: mean
-KL(full || compressed) in nats of the next-token distributions over the fed tokens; top1: agreement
-with the full cache.  KV MiB: K and V held after compressing the fidelity context.  evict ms: the
-method's own cost on it (obcache.hf's eviction_seconds: window queries, scoring, selection,
-compaction; plus the reconstruction pass for kvzip rows).  prefill+evict s: compress_context wall
-time on it (the shared prefill included, and for kvzip rows the shared reconstruction pass, which
-scores every kvzip row of the run at once).
+KL(full || compressed) in nats of the next-token distributions over the fed tokens, averaged over
+the fidelity text windows; top1: agreement with the full cache.  KV MiB: K and V held after
+compressing a fidelity context.  evict ms: the method's own cost on it (obcache.hf's
+eviction_seconds: window queries, scoring, selection, compaction; plus the reconstruction pass for
+kvzip rows).  prefill+evict s: compress_context wall time on it (the shared prefill included, and
+for kvzip rows the shared reconstruction pass, which scores every kvzip row of the run at once);
+costs are means over the windows.
 out err: ||O_pruned - O_full|| / ||O_full|| of the future queries' attention output, mean over
 layers and KV heads; score+select ms: saliency + select summed over layers.  wins vs base: share of
 (layer, KV head) pairs where the OBC score's error is below its attention-only base's.  oracle:
@@ -179,6 +209,12 @@ def text_report(results):
     if paired:
         parts += ["", "passkey, paired with the attention-only base on the same prompts\n(p: exact two-sided "
                       "McNemar over the prompts only one of the two answered):", format_table(paired)]
+    fid = results.get("fidelity_paired") or []
+    if fid:
+        parts += ["", f"fidelity, paired with the attention-only base on the same {fid[0]['windows']} text windows "
+                      "(KL lower / higher:\nwindows where the method's KL is below / above the base's; KL / base KL: "
+                      "of the means over the windows;\np: exact two-sided sign test over the windows that differ):",
+                  format_table(fid)]
     ppl = perplexity_rows(results)
     if ppl:
         parts += ["", f"perplexity while reading (chunks of {s['ppl_chunk']} tokens):", format_table(ppl)]
@@ -245,7 +281,8 @@ def plots(results, folder):
         fig, ax = plt.subplots(figsize=(6, 4))
         _lines(ax, tasks["fidelity"], "kl")
         positive = all(r["kl"] > 0 for r in tasks["fidelity"] if r["method"] != "full")
-        ax.set(title="fidelity: KL(full || compressed)", xlabel="budget (fraction kept)", ylabel="KL (nats)",
+        k = tasks["fidelity"][0].get("windows", 1)
+        ax.set(title=f"fidelity: KL(full || compressed), mean of {k} text window{'s' * (k > 1)}", xlabel="budget (fraction kept)", ylabel="KL (nats)",
                yscale="log" if positive else "linear")
         save(fig, "fidelity_kl.png")
     if tasks.get("perplexity"):

@@ -1,5 +1,6 @@
-"""Real text for the fidelity and perplexity tasks: by default the Python
-reference documentation that ships with Python (`pydoc_data.topics`)."""
+"""Real text for the fidelity, perplexity and perturbation tasks: by default
+the Python reference documentation that ships with Python
+(`pydoc_data.topics`)."""
 import os
 
 
@@ -22,6 +23,11 @@ def load_text(path=None):
         return f.read()
 
 
+def _with_bos(tokenizer, ids, n):
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    return bos + ids[: n - len(bos)]
+
+
 def text_tokens(tokenizer, text, n, offset=0):
     """The first n tokens after `offset` tokens of text, with BOS in front when the tokenizer has one."""
     ids = tokenizer(text, add_special_tokens=False)["input_ids"][offset:offset + n]
@@ -29,5 +35,19 @@ def text_tokens(tokenizer, text, n, offset=0):
         from obcache.eval.models import EvalError
 
         raise EvalError(f"--text has only {len(ids) + offset} tokens; the tasks need {n + offset}")
-    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    return bos + ids[: n - len(bos)]
+    return _with_bos(tokenizer, ids, n)
+
+
+def text_windows(tokenizer, text, n, count):
+    """`count` disjoint windows of n tokens each (BOS in front, as
+    text_tokens), spread evenly over the text: window w starts at token
+    w * (T - n) // (count - 1) of its T tokens, so the first is text_tokens'
+    and the last ends at the text's end. Each is an independent sample for
+    the paired comparisons (report.fidelity_paired_rows)."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if len(ids) < n * count:
+        from obcache.eval.models import EvalError
+
+        raise EvalError(f"--text has only {len(ids)} tokens; {count} disjoint windows of {n} need {n * count}")
+    starts = [w * (len(ids) - n) // max(1, count - 1) for w in range(count)]
+    return [_with_bos(tokenizer, ids[s:s + n], n) for s in starts]
