@@ -266,7 +266,7 @@ def plots(results, folder):
     def save(fig, name):
         p = os.path.join(folder, name)
         fig.tight_layout()
-        fig.savefig(p, dpi=110)
+        fig.savefig(p, dpi=110, bbox_inches="tight")  # an outside legend included
         plt.close(fig)
         paths.append(p)
 
@@ -279,7 +279,7 @@ def plots(results, folder):
         save(fig, "passkey_accuracy.png")
     if tasks.get("fidelity"):
         fig, ax = plt.subplots(figsize=(6, 4))
-        _lines(ax, tasks["fidelity"], "kl")
+        _lines(ax, tasks["fidelity"], "kl", legend_outside=len({r["method"] for r in tasks["fidelity"]}) > 8)
         positive = all(r["kl"] > 0 for r in tasks["fidelity"] if r["method"] != "full")
         k = tasks["fidelity"][0].get("windows", 1)
         ax.set(title=f"fidelity: KL(full || compressed), mean of {k} text window{'s' * (k > 1)}", xlabel="budget (fraction kept)", ylabel="KL (nats)",
@@ -317,8 +317,9 @@ def _style(method, i):
     return dict(color=matplotlib.colormaps["tab20"](i % 20), ls="--" if dashed else "-")
 
 
-def _lines(ax, records, key, ci=False):
-    """One line per method of `key` vs budget (log x, ticks at the budgets); `full` as a dotted level."""
+def _lines(ax, records, key, ci=False, legend_outside=False):
+    """One line per method of `key` vs budget (log x, ticks at the budgets); `full` as a dotted level.
+    legend_outside: the legend right of the axes (a single-axes figure with many methods)."""
     methods = []
     for r in records:
         if r["method"] not in methods:
@@ -342,4 +343,7 @@ def _lines(ax, records, key, ci=False):
     ax.set_xscale("log")
     ax.set_xticks(budgets, [f"{100 * b:g}%" for b in budgets])
     ax.minorticks_off()
-    ax.legend(fontsize=7)
+    if legend_outside:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+    else:
+        ax.legend(fontsize=7)
