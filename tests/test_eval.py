@@ -214,10 +214,23 @@ def test_results_json_follows_the_schema(tiny_run):
     assert 0 < x["p (sign test)"] <= 1
     for rec in r["tasks"]["perplexity"]:
         assert math.isfinite(rec["ppl"]) and rec["curve"][-1][0] == r["settings"]["ppl_tokens"]
-    pert = r["tasks"]["perturbation"]
+    pert, pw = r["tasks"]["perturbation"], r["settings"]["perturb_windows"]
     for rec in pert["records"]:
-        assert len(rec["error"]) == 2 and len(rec["error"][0]) == 2  # [layers][KV heads]
+        err = torch.tensor(rec["error_windows"], dtype=torch.float64)
+        assert err.shape == (pw, 2, 2) and pw > 1 and rec["windows"] == pw  # [windows][layers][KV heads]
+        assert torch.allclose(torch.tensor(rec["error"], dtype=torch.float64), err.mean(0))
+        assert rec["mean_error_windows"] == pytest.approx(err.mean((1, 2)).tolist())
+        assert rec["mean_error"] == pytest.approx(float(err.mean()))
     assert [w["base"] for w in pert["win_shares"]] == ["snapkv"]
+    errs = {x["method"]: torch.tensor(x["error_windows"]) for x in pert["records"]}
+    mine, base = errs["snapkv+obc-key"], errs["snapkv"]
+    share = ((mine < base).double() + 0.5 * (mine == base).double()).mean().item()
+    assert pert["win_shares"][0]["win_share"] == pytest.approx(share)  # over every (window, layer, head)
+    [x] = r["perturbation_paired"]
+    means = {m: [float(e.mean()) for e in errs[m]] for m in ("snapkv+obc-key", "snapkv")}
+    pairs = list(zip(means["snapkv+obc-key"], means["snapkv"]))
+    assert (x["method"], x["base"], x["windows"]) == ("snapkv+obc-key", "snapkv", pw)
+    assert x["err lower"] == sum(a < b for a, b in pairs) and x["err higher"] == sum(a > b for a, b in pairs)
     # snapkv+obc-key against snapkv on the same prompts, once per mode.
     paired = r["passkey_paired"]
     assert sorted(x["mode"] for x in paired) == sorted(r["settings"]["modes"])
@@ -238,12 +251,11 @@ def test_the_paired_table_of_a_recorded_run_prints_from_its_json(tiny_run):
     assert "snapkv+obc-key" in done.stdout
 
 
-def test_the_report_prints_both_paired_tables(tiny_run):
+def test_the_report_prints_every_paired_table(tiny_run):
     results, _, _ = tiny_run
     text = report.text_report(results)
-    assert results["passkey_paired"] and results["fidelity_paired"]
-    assert report.format_table(results["passkey_paired"]) in text
-    assert report.format_table(results["fidelity_paired"]) in text
+    for table in ("passkey_paired", "fidelity_paired", "perturbation_paired"):
+        assert results[table] and report.format_table(results[table]) in text, table
 
 
 def test_finished_cells_are_written_as_they_finish(tiny_run):
@@ -367,6 +379,7 @@ def _error(argv, capsys, monkeypatch):
     (["--ppl-budget", "10"], "--ppl-budget: 10 tokens is below sink + window = 36"),
     (["--lengths", "600,x"], "--lengths: cannot read 'x' as int"),
     (["--fidelity-windows", "0"], "--fidelity-windows: must be >= 1, got 0"),
+    (["--perturb-windows", "-1"], "--perturb-windows: must be >= 1, got -1"),
 ])
 def test_bad_arguments_fail_before_any_model_is_loaded(argv, message, capsys, monkeypatch):
     assert message in _error(argv, capsys, monkeypatch)

@@ -47,6 +47,7 @@ class EvalConfig:
     ppl_budget: int = 256  # tokens per KV head kept while reading
     perturb_context: int = 1024
     perturb_future: int = 64
+    perturb_windows: int = 6  # disjoint text windows, each captured once
     seed: int = 0
     threads: Optional[int] = None
     plots: bool = True
@@ -112,6 +113,7 @@ def add_arguments(p):
     p.add_argument("--ppl-chunk", type=int, help="perplexity: chunk size of the chunked prefill")
     p.add_argument("--ppl-budget", type=int, help="perplexity: tokens per KV head kept while reading")
     p.add_argument("--perturb-context", type=int, help="perturbation: context tokens before the future ones")
+    p.add_argument("--perturb-windows", type=int, help="perturbation: disjoint windows of the text, each a context")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
@@ -154,7 +156,8 @@ def config_from_args(args, method_names=None):
     for name in ("out", "window", "sink", "pool_kernel", "pool", "seed", "threads", "model", "text"):
         setattr(cfg, name, getattr(args, name))
     cfg.plots = not args.no_plots
-    for name in ("trials", "fidelity_context", "fidelity_windows", "ppl_tokens", "ppl_chunk", "ppl_budget", "perturb_context"):
+    for name in ("trials", "fidelity_context", "fidelity_windows", "ppl_tokens", "ppl_chunk", "ppl_budget",
+                 "perturb_context", "perturb_windows"):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))
     if args.tasks:
@@ -198,7 +201,7 @@ def _check_numbers(cfg):
         if not 0 <= d <= 1:
             raise EvalError(f"--depths: {d} is outside [0, 1]")
     for flag, value in (("--trials", cfg.trials), ("--window", cfg.window), ("--ppl-chunk", cfg.ppl_chunk),
-                        ("--fidelity-windows", cfg.fidelity_windows)):
+                        ("--fidelity-windows", cfg.fidelity_windows), ("--perturb-windows", cfg.perturb_windows)):
         if value < 1:
             raise EvalError(f"{flag}: must be >= 1, got {value}")
     if cfg.sink < 0:
@@ -265,6 +268,7 @@ def run(cfg, out=sys.stdout):
     results["table"] = report.summary_rows(results)
     results["passkey_paired"] = report.paired_rows(results)
     results["fidelity_paired"] = report.fidelity_paired_rows(results)
+    results["perturbation_paired"] = report.perturbation_paired_rows(results)
     report.write_all(results, cfg, out)
     return results
 
@@ -296,10 +300,10 @@ def _run_task(task, model, tok, text, cfg):
         ids = torch.tensor([text_tokens(tok, text, cfg.ppl_tokens)])
         with bar(len(perplexity.runnable(methods))) as p:
             return perplexity.run(model, ids, cfg, methods, p, partial_writer(cfg.out, task))
-    ids = torch.tensor([text_tokens(tok, text, cfg.perturb_context + cfg.perturb_future)])
-    layers = capture_qkv(model, ids)
-    with bar(perturbation.count(methods, budgets)) as p:
-        recs, wins = perturbation.run(layers, cfg.perturb_context, cfg, methods, budgets, p)
+    texts = text_windows(tok, text, cfg.perturb_context + cfg.perturb_future, cfg.perturb_windows)
+    captures = (capture_qkv(model, torch.tensor([w])) for w in texts)  # one window's tensors at a time
+    with bar(perturbation.count(methods, budgets, len(texts))) as p:
+        recs, wins = perturbation.run(captures, cfg.perturb_context, cfg, methods, budgets, p)
     skipped = [m for m in methods if not policies.supported(m)]
     return {"records": recs, "win_shares": wins, "unsupported": skipped}
 

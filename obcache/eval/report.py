@@ -5,7 +5,8 @@ import json
 import os
 import platform
 
-# 2: fidelity over text windows (kl_windows, kl_per_position [windows][F]); fidelity_paired
+# 2: fidelity and perturbation over text windows (kl_windows, kl_per_position [windows][F];
+# error_windows, mean_error_windows); fidelity_paired, perturbation_paired
 SCHEMA = "obcache-eval/2"
 
 
@@ -122,32 +123,43 @@ def paired_rows(results):
     return rows
 
 
-def fidelity_paired_rows(results):
-    """Fidelity, each OBC row against its attention-only base at the same
-    budget, window by window (the same contexts): on how many text windows
-    its KL is lower and higher, its mean KL over the base's, and the exact
-    two-sided sign test over the windows that differ (the binomial test of
-    mcnemar_exact). Windows, not positions, are the samples: the positions
-    of one window share its context."""
+def _window_paired_rows(records, methods, per_window, mean, what):
+    """Each OBC row of `records` against its attention-only base at the same
+    budget, text window by text window (the same windows): on how many
+    windows its `per_window` measure is lower and higher, its `mean` over
+    the base's, and the exact two-sided sign test over the windows that
+    differ (the binomial test of mcnemar_exact). Windows, not positions or
+    heads, are the samples: what one window measures shares its context."""
     from obcache.eval.stats import mcnemar_exact
     from obcache.methods import base_of
 
-    records = results["tasks"].get("fidelity", [])
     by = {(r["method"], r["budget"]): r for r in records}
     rows = []
     for r in records:
-        ref = by.get((base_of(r["method"], results["methods"]), r["budget"]))
-        if ref is None or "kl_windows" not in r:  # no base, or a run from before the windows (one context)
+        ref = by.get((base_of(r["method"], methods), r["budget"]))
+        if ref is None or per_window not in r:  # no base, or a run from before the windows (one context)
             continue
-        mine, base = r["kl_windows"], ref["kl_windows"]
+        mine, base = r[per_window], ref[per_window]
         assert len(mine) == len(base)  # every cell runs on every window
         lower = sum(a < b for a, b in zip(mine, base))
         higher = sum(a > b for a, b in zip(mine, base))
         rows.append({"method": r["method"], "base": ref["method"], "budget": r["budget"], "windows": len(mine),
-                     "KL lower": lower, "KL higher": higher,
-                     "KL / base KL": r["kl"] / ref["kl"] if ref["kl"] > 0 else None,
+                     f"{what} lower": lower, f"{what} higher": higher,
+                     f"{what} / base {what}": r[mean] / ref[mean] if ref[mean] > 0 else None,
                      "p (sign test)": mcnemar_exact(lower, higher)})
     return rows
+
+
+def fidelity_paired_rows(results):
+    """Fidelity's KL, each OBC row against its base window by window (_window_paired_rows)."""
+    return _window_paired_rows(results["tasks"].get("fidelity", []), results["methods"], "kl_windows", "kl", "KL")
+
+
+def perturbation_paired_rows(results):
+    """Perturbation's mean output error (over layers and KV heads), each OBC
+    row against its base window by window (_window_paired_rows)."""
+    records = results["tasks"].get("perturbation", {}).get("records", [])
+    return _window_paired_rows(records, results["methods"], "mean_error_windows", "mean_error", "err")
 
 
 def _cell(v):
@@ -192,8 +204,9 @@ kvzip rows).  prefill+evict s: compress_context wall time on it (the shared pref
 for kvzip rows the shared reconstruction pass, which scores every kvzip row of the run at once);
 costs are means over the windows.
 out err: ||O_pruned - O_full|| / ||O_full|| of the future queries' attention output, mean over
-layers and KV heads; score+select ms: saliency + select summed over layers.  wins vs base: share of
-(layer, KV head) pairs where the OBC score's error is below its attention-only base's.  oracle:
+layers, KV heads and the perturbation text windows; score+select ms: saliency + select summed over
+layers (per window).  wins vs base: share of (window, layer, KV head) triples where the OBC score's
+error is below its attention-only base's.  oracle:
 scored with the future queries themselves, unpooled, the better of attn and key per head: a
 reference for window-based scores, not a strict ceiling (the queries that score it also measure it)."""
 
@@ -209,12 +222,13 @@ def text_report(results):
     if paired:
         parts += ["", "passkey, paired with the attention-only base on the same prompts\n(p: exact two-sided "
                       "McNemar over the prompts only one of the two answered):", format_table(paired)]
-    fid = results.get("fidelity_paired") or []
-    if fid:
-        parts += ["", f"fidelity, paired with the attention-only base on the same {fid[0]['windows']} text windows "
-                      "(KL lower / higher:\nwindows where the method's KL is below / above the base's; KL / base KL: "
-                      "of the means over the windows;\np: exact two-sided sign test over the windows that differ):",
-                  format_table(fid)]
+    for task, what in (("fidelity", "KL"), ("perturbation", "err")):
+        rows = results.get(f"{task}_paired") or []
+        if rows:
+            parts += ["", f"{task}, paired with the attention-only base on the same {rows[0]['windows']} text "
+                          f"windows ({what} lower / higher:\nwindows where the method's {what} is below / above "
+                          f"the base's; {what} / base {what}: of the means over the windows;\np: exact two-sided "
+                          "sign test over the windows that differ):", format_table(rows)]
     ppl = perplexity_rows(results)
     if ppl:
         parts += ["", f"perplexity while reading (chunks of {s['ppl_chunk']} tokens):", format_table(ppl)]
@@ -303,7 +317,9 @@ def plots(results, folder):
                 per_layer = [sum(h) / len(h) for h in r["error"]]
                 style = dict(color="k", ls=":") if r["method"] == "oracle" else _style(r["method"], i)
                 ax.plot(per_layer, marker=".", label=r["method"], **style)
-            ax.set(title=f"output perturbation, budget {b:g}", xlabel="layer", ylabel="rel. error (mean of heads)")
+            k = recs[0].get("windows", 1)
+            ax.set(title=f"output perturbation, budget {b:g}", xlabel="layer",
+                   ylabel=f"rel. error (mean of heads{f' and {k} text windows' if k > 1 else ''})")
             ax.legend(fontsize=7)
         save(fig, "perturbation_layers.png")
     return paths

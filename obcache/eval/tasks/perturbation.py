@@ -1,7 +1,8 @@
 """Attention-output perturbation of each eviction method, per layer and head.
 
-One forward pass over context + future tokens captures every layer's
-post-RoPE q, k, v. For each method and budget, the method's score picks the
+Per text window (--perturb-windows, disjoint, spread over the text), one
+forward pass over context + future tokens captures every layer's post-RoPE
+q, k, v. For each method and budget, the method's score picks the
 context tokens each KV head keeps (`obcache.eval.policies`, on the ops);
 the error is ||O_pruned - O_full|| / ||O_full|| of the attention output of
 the F *future* queries (after the scoring window), which attend to the kept
@@ -56,38 +57,52 @@ def _kept(method, layer, n_ctx, budget, cfg, op):
     return [policies.keep_indices(method, q[:, :, :n_ctx], kc, vc, budget, cfg, scale, op)]
 
 
-def run(layers, n_ctx, cfg, methods, budgets, progress):
-    """layers: per-layer (q, k, v, scale) over n_ctx context + F future tokens.
-    Returns (records {method, budget, error [layers][Hkv], mean_error,
-    select_ms}, win shares of each OBC score over its base)."""
+def run(windows, n_ctx, cfg, methods, budgets, progress):
+    """windows: per text window, its per-layer (q, k, v, scale) over n_ctx
+    context + F future tokens (an iterable: one window's capture is held at
+    a time). Returns (records {method, budget, error [layers][Hkv] (mean
+    over the windows), error_windows [windows][layers][Hkv], mean_error,
+    mean_error_windows, select_ms (per window)}, win shares of each OBC
+    score over its base)."""
     op = policies.ops()
+    cells = {}
+    for w, layers in enumerate(windows):
+        if w == 0:
+            # One untimed selection first, so that the first timed row does not pay the ops' first-call costs.
+            _kept("oracle", layers[0], n_ctx, int(round(budgets[0] * n_ctx)), cfg, op)
+        for budget_frac in budgets:
+            budget = int(round(budget_frac * n_ctx))
+            for method in [m for m in scored(methods) if m != "full"] + ["oracle"]:
+                errors, seconds = [], 0.0
+                for layer in layers:
+                    t0 = time.perf_counter()
+                    cands = _kept(method, layer, n_ctx, budget, cfg, op)
+                    seconds += time.perf_counter() - t0
+                    q, k, v, scale = layer
+                    errs = torch.stack([output_error(q, k, v, policies.keep_mask(i, n_ctx), n_ctx, scale)
+                                        for i in cands])
+                    errors.append(errs.min(0).values.tolist())
+                progress.update(1)
+                cell = cells.setdefault((method, budget_frac), {"budget_tokens": budget, "errors": [], "seconds": []})
+                cell["errors"].append(errors)
+                cell["seconds"].append(seconds)
     records = []
-    # One untimed selection first, so that the first timed row does not pay the ops' first-call costs.
-    _kept("oracle", layers[0], n_ctx, int(round(budgets[0] * n_ctx)), cfg, op)
-    for budget_frac in budgets:
-        budget = int(round(budget_frac * n_ctx))
-        for method in [m for m in scored(methods) if m != "full"] + ["oracle"]:
-            errors, seconds = [], 0.0
-            for layer in layers:
-                t0 = time.perf_counter()
-                cands = _kept(method, layer, n_ctx, budget, cfg, op)
-                seconds += time.perf_counter() - t0
-                q, k, v, scale = layer
-                errs = torch.stack([output_error(q, k, v, policies.keep_mask(i, n_ctx), n_ctx, scale) for i in cands])
-                errors.append(errs.min(0).values.tolist())
-            progress.update(1)
-            records.append({
-                "method": method, "budget": budget_frac, "budget_tokens": budget,
-                "error": errors, "mean_error": float(torch.tensor(errors).mean()),
-                "select_ms": 1000 * seconds, "backend": op[-1],
-            })
+    for (method, budget_frac), cell in cells.items():
+        err = torch.tensor(cell["errors"], dtype=torch.float64)  # [windows, layers, Hkv]
+        records.append({
+            "method": method, "budget": budget_frac, "budget_tokens": cell["budget_tokens"],
+            "windows": err.shape[0], "error": err.mean(0).tolist(), "error_windows": cell["errors"],
+            "mean_error": float(err.mean()), "mean_error_windows": err.mean((1, 2)).tolist(),
+            "select_ms": 1000 * sum(cell["seconds"]) / len(cell["seconds"]), "backend": op[-1],
+        })
     return records, win_shares(records, methods)
 
 
 def win_shares(records, methods):
-    """Share of (layer, head) pairs where an OBC method's error is below its
-    attention-only base method's error, per budget (ties count half)."""
-    by = {(r["method"], r["budget"]): torch.tensor(r["error"]) for r in records}
+    """Share of (window, layer, head) triples where an OBC method's error is
+    below its attention-only base method's error, per budget (ties count
+    half)."""
+    by = {(r["method"], r["budget"]): torch.tensor(r["error_windows"]) for r in records}
     out = []
     for (method, budget), err in by.items():
         base = base_of(method, methods)
@@ -99,6 +114,6 @@ def win_shares(records, methods):
     return out
 
 
-def count(methods, budgets):
-    """Number of (method, budget) rows `run` computes, the oracle included (for the progress bar)."""
-    return len(budgets) * (len([m for m in scored(methods) if m != "full"]) + 1)
+def count(methods, budgets, windows=1):
+    """Number of (window, method, budget) cells `run` computes, the oracle included (for the progress bar)."""
+    return windows * len(budgets) * (len([m for m in scored(methods) if m != "full"]) + 1)
