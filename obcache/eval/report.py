@@ -231,7 +231,8 @@ def text_report(results):
                           "sign test over the windows that differ):", format_table(rows)]
     ppl = perplexity_rows(results)
     if ppl:
-        parts += ["", f"perplexity while reading (chunks of {s['ppl_chunk']} tokens):", format_table(ppl)]
+        parts += ["", f"perplexity while reading one text (its first {s['ppl_tokens']} tokens, in chunks of "
+                      f"{s['ppl_chunk']}):", format_table(ppl)]
     skipped = results["tasks"].get("perturbation", {}).get("unsupported")
     if skipped:
         parts += ["", f"perturbation: no captured-pass pipeline for {', '.join(skipped)} (reconstruction rows; "
