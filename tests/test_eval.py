@@ -296,35 +296,58 @@ def test_a_shared_prefix_prefill_answers_as_a_whole_prompt_read(method):
         assert state_of(prefix) is not None and prefix_s > 0  # generate read on into the copy
 
 
-def test_text_windows_are_disjoint_spread_over_the_text_and_start_with_text_tokens():
-    from obcache.eval.text import load_text, text_tokens, text_windows
+class _CountingTokenizer:
+    """Token i of a text is the integer i: windows show where they start."""
 
-    tok, text = build_tokenizer(), load_text(None)
-    body = tok(text, add_special_tokens=False)["input_ids"]
-    total = len(body)
-    wins = text_windows(tok, text, 100, 5)
-    assert [len(w) for w in wins] == [100] * 5 and wins[0] == text_tokens(tok, text, 100)
-    bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
-    starts = [w * (total - 100) // 4 for w in range(5)]
-    assert all(w == bos + body[s:s + 100 - len(bos)] for w, s in zip(wins, starts))
-    assert starts[-1] + 100 == total and all(b - a >= 100 for a, b in zip(starts, starts[1:]))  # disjoint
-    assert text_windows(tok, text, 100, 1) == [text_tokens(tok, text, 100)]
-    with pytest.raises(models.EvalError, match=rf"--text has only {total} tokens; 3 disjoint windows of "
-                                               rf"{total // 2} need {3 * (total // 2)}"):
-        text_windows(tok, text, total // 2, 3)
+    def __init__(self, bos):
+        self.bos_token_id = bos
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": list(range(len(text.split())))}
+
+
+@pytest.mark.parametrize("bos", [None, -1])
+def test_text_windows_are_disjoint_evenly_spread_and_span_the_text(bos):
+    from obcache.eval.text import tokenize, windows
+
+    tok = _CountingTokenizer(bos)
+    head = [] if bos is None else [bos]
+    ids = tokenize(tok, "w " * 1000)
+    wins = windows(tok, ids, 100, 4)
+    bodies = [w[len(head):] for w in wins]
+    assert all(w[:len(head)] == head and len(w) == 100 for w in wins)
+    assert [b[0] for b in bodies] == [0, 300, 600, 900]  # (1000 - 100) / 3 apart: the last ends the text
+    assert all(b == list(range(b[0], b[0] + 100 - len(head))) for b in bodies)  # consecutive tokens
+    tight = windows(tok, ids, 250, 4)  # exactly 4 x 250 tokens: the windows tile the text
+    assert [w[len(head)] for w in tight] == [0, 250, 500, 750]
+    assert windows(tok, ids, 1000) == [head + list(range(1000 - len(head)))]
+    with pytest.raises(models.EvalError, match=r"--text has only 1000 tokens; 3 disjoint window\(s\) of 334 "
+                                               r"need 1002"):
+        windows(tok, ids, 334, 3)
+
+
+def test_a_text_too_short_for_a_task_fails_before_any_task_runs(tiny_dir, tmp_path, monkeypatch):
+    from obcache.eval import text
+
+    monkeypatch.setattr(text, "load_text", lambda path=None: "a b " * 50)
+    monkeypatch.setattr(passkey, "run", lambda *a, **k: pytest.fail("passkey ran before the text was checked"))
+    with pytest.raises(models.EvalError, match=r"--text has only \d+ tokens; fidelity reads 6 disjoint window\(s\) "
+                                               r"of 160 tokens: 960"):
+        run_eval(["--model", tiny_dir, "--out", str(tmp_path), "--no-plots", "--budgets", "0.5", *TINY_SIZES])
 
 
 def test_kvzip_rows_run_query_agnostic_on_one_shared_read(tiny_dir, tiny_model, tmp_path):
     from obcache.eval.tasks.fidelity import kl_and_top1
-    from obcache.eval.text import load_text, text_tokens
+    from obcache.eval.text import load_text, tokenize, windows
 
-    methods = ["kvzip", "kvzip+obc-joint", "adakv+kvzip+obc-key"]  # fidelity on window 0: text_tokens' tokens
+    methods = ["kvzip", "kvzip+obc-joint", "adakv+kvzip+obc-key"]
     results, cfg = run_eval(["--model", tiny_dir, "--methods", ",".join(methods), "--tasks", "passkey,fidelity",
                              "--budgets", "0.5", "--out", str(tmp_path), "--no-plots", *TINY_SIZES,
                              "--fidelity-windows", "2"])
     cells = {(r["method"], r["mode"]) for r in results["tasks"]["passkey"]}
     assert cells == {("full", "query-aware"), ("full", "query-agnostic")} | {(m, "query-agnostic") for m in methods}
-    ids = torch.tensor([text_tokens(build_tokenizer(), load_text(None), cfg.fidelity_context + cfg.fidelity_next)])
+    tok, n = build_tokenizer(), cfg.fidelity_context + cfg.fidelity_next
+    ids = torch.tensor(windows(tok, tokenize(tok, load_text(None)), n, cfg.fidelity_windows)[:1])  # window 0
     with torch.no_grad():
         full = tiny_model(ids, logits_to_keep=cfg.fidelity_next).logits[0]
     for rec in results["tasks"]["fidelity"][1:]:

@@ -242,7 +242,7 @@ def run(cfg, out=sys.stdout):
 
     from obcache.eval import backend, report
     from obcache.eval.models import load_model
-    from obcache.eval.text import load_text
+    from obcache.eval.text import check_length, load_text, tokenize
 
     t_start = time.perf_counter()
     if cfg.threads:
@@ -259,11 +259,14 @@ def run(cfg, out=sys.stdout):
         "tasks": {},
         "seconds": {},
     }
-    text = load_text(cfg.text) if {"fidelity", "perplexity", "perturbation"} & set(cfg.tasks) else None
+    ids = None  # the text's tokens, checked against what every text task reads before any task runs
+    if {"fidelity", "perplexity", "perturbation"} & set(cfg.tasks):
+        ids = tokenize(tok, load_text(cfg.text))
+        check_length(ids, cfg)
     for task in [t for t in TASKS if t in cfg.tasks]:
         t0 = time.perf_counter()
         seed_everything(cfg.seed)
-        results["tasks"][task] = _run_task(task, model, tok, text, cfg)
+        results["tasks"][task] = _run_task(task, model, tok, ids, cfg)
         results["seconds"][task] = round(time.perf_counter() - t0, 2)
     results["seconds"]["total"] = round(time.perf_counter() - t_start, 2)
     results["table"] = report.summary_rows(results)
@@ -274,8 +277,8 @@ def run(cfg, out=sys.stdout):
     return results
 
 
-def _run_task(task, model, tok, text, cfg):
-    """One task's records, with a tqdm bar on stderr."""
+def _run_task(task, model, tok, text_ids, cfg):
+    """One task's records, with a tqdm bar on stderr (text_ids: the text's tokens, text.tokenize)."""
     import torch
     from tqdm.auto import tqdm
 
@@ -283,7 +286,7 @@ def _run_task(task, model, tok, text, cfg):
     from obcache.eval.report import partial_writer
     from obcache.eval.capture import capture_qkv
     from obcache.eval.tasks import fidelity, passkey, perplexity, perturbation
-    from obcache.eval.text import text_tokens, text_windows
+    from obcache.eval.text import windows
 
     def bar(total):
         return tqdm(total=total, desc=task, file=sys.stderr, dynamic_ncols=True)
@@ -293,15 +296,15 @@ def _run_task(task, model, tok, text, cfg):
         with bar(passkey.count(cfg, methods, budgets)) as p:
             return passkey.run(model, tok, cfg, methods, budgets, p, partial_writer(cfg.out, task))
     if task == "fidelity":
-        windows = [torch.tensor([w]) for w in text_windows(tok, text, cfg.fidelity_context + cfg.fidelity_next,
-                                                             cfg.fidelity_windows)]
-        with bar(fidelity.count(methods, budgets, len(windows))) as p:
-            return fidelity.run(model, windows, cfg, methods, budgets, p, partial_writer(cfg.out, task))
+        texts = [torch.tensor([w]) for w in windows(tok, text_ids, cfg.fidelity_context + cfg.fidelity_next,
+                                                    cfg.fidelity_windows)]
+        with bar(fidelity.count(methods, budgets, len(texts))) as p:
+            return fidelity.run(model, texts, cfg, methods, budgets, p, partial_writer(cfg.out, task))
     if task == "perplexity":
-        ids = torch.tensor([text_tokens(tok, text, cfg.ppl_tokens)])
+        ids = torch.tensor(windows(tok, text_ids, cfg.ppl_tokens))
         with bar(len(perplexity.runnable(methods))) as p:
             return perplexity.run(model, ids, cfg, methods, p, partial_writer(cfg.out, task))
-    texts = text_windows(tok, text, cfg.perturb_context + cfg.perturb_future, cfg.perturb_windows)
+    texts = windows(tok, text_ids, cfg.perturb_context + cfg.perturb_future, cfg.perturb_windows)
     captures = (capture_qkv(model, torch.tensor([w])) for w in texts)  # one window's tensors at a time
     with bar(perturbation.count(methods, budgets, len(texts))) as p:
         recs, wins = perturbation.run(captures, cfg.perturb_context, cfg, methods, budgets, p)

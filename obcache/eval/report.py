@@ -198,7 +198,7 @@ passkey: accuracy [95% Wilson interval] n=trials; query-aware keeps budget x (co
 tokens, the question among them, query-agnostic budget x context, then reads the question.  KL: mean
 KL(full || compressed) in nats of the next-token distributions over the fed tokens, averaged over
 the fidelity text windows; top1: agreement with the full cache.  KV MiB: K and V held after
-compressing a fidelity context.  evict ms: the method's own cost on it (obcache.hf's
+compressing a fidelity context (mean over the windows).  evict ms: the method's own cost on it (obcache.hf's
 eviction_seconds: window queries, scoring, selection, compaction; plus the reconstruction pass for
 kvzip rows).  prefill+evict s: compress_context wall time on it (the shared prefill included, and
 for kvzip rows the shared reconstruction pass, which scores every kvzip row of the run at once);

@@ -261,37 +261,47 @@ TEST(SaliencyCpu, KeyRangesDependOnNAloneAndStayAtMostSixteen) {
   }
 }
 
-// The variant this CPU runs, found apart from cpu_variant(): only the
-// baseline where the build compiles no other (sanitizer builds, other CPUs).
-obc::CpuVariant machine_best() {
-#ifdef OBC_X86_VARIANTS
-  if (__builtin_cpu_supports("x86-64-v4")) return obc::CpuVariant::Avx512;
-  if (__builtin_cpu_supports("x86-64-v3")) return obc::CpuVariant::Avx2;
-#endif
-  return obc::CpuVariant::Baseline;
-}
+// Sets OBCACHE_CPU_VARIANT for a scope and restores what the process had
+// (CMakeLists.txt's per-variant runs set it), also when a check fails.
+class ScopedCap {
+ public:
+  ScopedCap() : had_(std::getenv("OBCACHE_CPU_VARIANT") != nullptr) {
+    if (had_) saved_ = std::getenv("OBCACHE_CPU_VARIANT");
+  }
+  ~ScopedCap() {
+    if (had_)
+      setenv("OBCACHE_CPU_VARIANT", saved_.c_str(), 1);
+    else
+      unsetenv("OBCACHE_CPU_VARIANT");
+  }
+  void set(const char* cap) { EXPECT_EQ(0, setenv("OBCACHE_CPU_VARIANT", cap, 1)); }
+  void unset() { unsetenv("OBCACHE_CPU_VARIANT"); }
 
-// Each cap, set here: the pick is the lower of the cap and the machine's best
-// (a cap above what the build or CPU runs changes nothing: in a
-// baseline-only build an "avx2" that took effect would fail), and an unknown
-// or empty value is ignored.
+ private:
+  bool had_;
+  std::string saved_;
+};
+
+// Each cap, set here: the pick is the lower of the cap and the uncapped pick
+// (a cap above what the build or CPU runs changes nothing: a build with the
+// baseline only, sanitizers', picks it under every cap), and an unknown or
+// empty value is ignored.
 TEST(CpuVariant, TheEnvironmentCapsThePick) {
-  const char* before = std::getenv("OBCACHE_CPU_VARIANT");
-  const std::string saved = before ? before : "";
-  const obc::CpuVariant best = machine_best();
+  ScopedCap env;
+  env.unset();
+  const obc::CpuVariant best = obc::cpu_variant();
+#ifndef OBC_X86_VARIANTS
+  EXPECT_EQ(static_cast<int>(best), static_cast<int>(obc::CpuVariant::Baseline));
+#endif
   const std::pair<const char*, obc::CpuVariant> caps[] = {{"baseline", obc::CpuVariant::Baseline},
                                                          {"avx2", obc::CpuVariant::Avx2},
                                                          {"avx512", obc::CpuVariant::Avx512},
                                                          {"", obc::CpuVariant::Avx512},
                                                          {"sse9", obc::CpuVariant::Avx512}};
   for (const auto& [cap, want] : caps) {
-    ASSERT_EQ(0, setenv("OBCACHE_CPU_VARIANT", cap, 1));
+    env.set(cap);
     EXPECT_EQ(static_cast<int>(obc::cpu_variant()), static_cast<int>(std::min(want, best))) << "cap=" << cap;
   }
-  if (before)
-    setenv("OBCACHE_CPU_VARIANT", saved.c_str(), 1);
-  else
-    unsetenv("OBCACHE_CPU_VARIANT");
 }
 
 TEST(SaliencyCpu, MaskedPairsContributeZeroSoTheFirstKeyOfACausalWindowSeesAll) {

@@ -22,7 +22,7 @@ def kl_and_top1(full_logits, logits):
 
 def run(model, windows, cfg, methods, budgets, progress, emit=lambda record: None):
     """windows: [1, N + F] token ids each, a context then the tokens to feed
-    (text.text_windows). Per (window, method, budget) a record, passed to
+    (text.windows). Per (window, method, budget) a record, passed to
     emit(record) as it finishes; returns one record per (method, budget),
     its windows combined (combine). A window's context is read once for the
     cells that can share it (`backend.SharedReads`; `compress_s` is a cell's
