@@ -56,10 +56,10 @@ class EvalConfig:
 
 # The quick run (no flags): every task, attention-only baselines next to the
 # OBC key score of the same pipeline, one budget. Measured with SmolLM2-135M:
-# 153 s wall at two threads on an idle 2-core Zen 4 (40 s of it fidelity
-# and 23 s perturbation, six text windows each; 97 s with one window each),
-# and 4:23 single-threaded at load ~3 before the windows
-# (bench/results/eval.md). Under heavy contention
+# 146-153 s wall at two threads on an idle 2-core Zen 4 (37-40 s of it
+# fidelity and 21-23 s perturbation, six text windows each; 97 s with one
+# window each), and 4:23 single-threaded at load ~3 before the windows
+# (bench/results/eval.md, "The quick run"). Under heavy contention
 # torch's two threads thrash (15 s per passkey trial instead of 3): pass
 # --threads 1 on a busy machine.
 QUICK = dict(
