@@ -198,17 +198,17 @@ passkey: accuracy [95% Wilson interval] n=trials; query-aware keeps budget x (co
 tokens, the question among them, query-agnostic budget x context, then reads the question.  KL: mean
 KL(full || compressed) in nats of the next-token distributions over the fed tokens, averaged over
 the fidelity text windows; top1: agreement with the full cache.  KV MiB: K and V held after
-compressing a fidelity context (mean over the windows).  evict ms: the method's own cost on it (obcache.hf's
-eviction_seconds: window queries, scoring, selection, compaction; plus the reconstruction pass for
-kvzip rows).  prefill+evict s: compress_context wall time on it (the shared prefill included, and
-for kvzip rows the shared reconstruction pass, which scores every kvzip row of the run at once);
-costs are means over the windows.
+compressing a fidelity context (mean over the windows).  evict ms: the method's own cost on it
+(obcache.hf's eviction_seconds: window queries, scoring, selection, compaction; plus the
+reconstruction pass for kvzip rows).  prefill+evict s: compress_context wall time on it (the
+shared prefill included, and for kvzip rows the shared reconstruction pass, which scores every
+kvzip row of the run at once); costs are means over the windows.
 out err: ||O_pruned - O_full|| / ||O_full|| of the future queries' attention output, mean over
 layers, KV heads and the perturbation text windows; score+select ms: saliency + select summed over
 layers (per window).  wins vs base: share of (window, layer, KV head) triples where the OBC score's
-error is below its attention-only base's.  oracle:
-scored with the future queries themselves, unpooled, the better of attn and key per head: a
-reference for window-based scores, not a strict ceiling (the queries that score it also measure it)."""
+error is below its attention-only base's.  oracle: scored with the future queries themselves,
+unpooled, the better of attn and key per head: a reference for window-based scores, not a strict
+ceiling (the queries that score it also measure it)."""
 
 
 def text_report(results):
@@ -297,8 +297,8 @@ def plots(results, folder):
         _lines(ax, tasks["fidelity"], "kl", legend_outside=len({r["method"] for r in tasks["fidelity"]}) > 8)
         positive = all(r["kl"] > 0 for r in tasks["fidelity"] if r["method"] != "full")
         k = tasks["fidelity"][0].get("windows", 1)
-        ax.set(title=f"fidelity: KL(full || compressed), mean of {k} text window{'s' * (k > 1)}", xlabel="budget (fraction kept)", ylabel="KL (nats)",
-               yscale="log" if positive else "linear")
+        ax.set(title=f"fidelity: KL(full || compressed), mean of {k} text window{'s' * (k > 1)}",
+               xlabel="budget (fraction kept)", ylabel="KL (nats)", yscale="log" if positive else "linear")
         save(fig, "fidelity_kl.png")
     if tasks.get("perplexity"):
         fig, ax = plt.subplots(figsize=(6, 4))
