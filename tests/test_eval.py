@@ -19,6 +19,7 @@ from obcache.eval.tiny import build_tiny_model, build_tokenizer
 TINY_SIZES = [
     "--lengths", "160", "--depths", "0.5", "--trials", "1", "--fidelity-context", "96",
     "--ppl-tokens", "160", "--ppl-budget", "48", "--ppl-chunk", "64", "--perturb-context", "96",
+    "--ppl-windows", "2",
 ]
 
 
@@ -214,6 +215,15 @@ def test_results_json_follows_the_schema(tiny_run):
     assert 0 < x["p (sign test)"] <= 1
     for rec in r["tasks"]["perplexity"]:
         assert math.isfinite(rec["ppl"]) and rec["curve"][-1][0] == r["settings"]["ppl_tokens"]
+        assert rec["windows"] == len(rec["ppl_windows"]) == len(rec["curve_windows"]) == 2
+        # every window's tokens together: the geometric mean of equal-length windows' ppl
+        assert rec["ppl"] == pytest.approx(math.prod(rec["ppl_windows"]) ** 0.5)
+        assert rec["curve"][-1][1] == pytest.approx(rec["ppl"])
+    ppl = {x["method"]: x["ppl_windows"] for x in r["tasks"]["perplexity"]}
+    [x] = r["perplexity_paired"]
+    pairs = list(zip(ppl["snapkv+obc-key"], ppl["snapkv"]))
+    assert (x["method"], x["base"], x["budget"], x["windows"]) == ("snapkv+obc-key", "snapkv", 48, 2)
+    assert x["ppl lower"] == sum(a < b for a, b in pairs) and x["ppl higher"] == sum(a > b for a, b in pairs)
     pert, pw = r["tasks"]["perturbation"], r["settings"]["perturb_windows"]
     for rec in pert["records"]:
         err = torch.tensor(rec["error_windows"], dtype=torch.float64)
@@ -254,12 +264,12 @@ def test_the_paired_table_of_a_recorded_run_prints_from_its_json(tiny_run):
 def test_the_report_prints_every_paired_table(tiny_run):
     results, _, _ = tiny_run
     text = report.text_report(results)
-    for table in ("passkey_paired", "fidelity_paired", "perturbation_paired"):
+    for table in ("passkey_paired", "fidelity_paired", "perturbation_paired", "perplexity_paired"):
         assert results[table] and report.format_table(results[table]) in text, table
 
 
 def test_finished_cells_are_written_as_they_finish(tiny_run):
-    from obcache.eval.tasks.fidelity import combine
+    from obcache.eval.tasks import fidelity, perplexity
 
     results, out, _ = tiny_run
 
@@ -267,16 +277,18 @@ def test_finished_cells_are_written_as_they_finish(tiny_run):
         with open(os.path.join(out, "partial", f"{task}.jsonl")) as f:
             return [json.loads(line) for line in f]
 
-    for task in ("passkey", "perplexity"):
-        assert _numbers(partial(task)) == _numbers(json.loads(json.dumps(results["tasks"][task])))
-    # fidelity: a line per (window, cell), window by window; combined, the run's records
-    lines, cells = partial("fidelity"), {}
-    windows = results["settings"]["fidelity_windows"]
-    assert [x["window"] for x in lines] == sorted(x["window"] for x in lines) and lines[-1]["window"] == windows - 1
-    for x in lines:
-        cells.setdefault((x["method"], x["budget"]), []).append(x)
-    combined = [combine(recs) for recs in cells.values()]
-    assert _numbers(combined) == _numbers(json.loads(json.dumps(results["tasks"]["fidelity"])))
+    assert _numbers(partial("passkey")) == _numbers(json.loads(json.dumps(results["tasks"]["passkey"])))
+    # fidelity, perplexity: a line per (window, cell), window by window; combined, the run's records
+    for task, combine, windows in ((fidelity, fidelity.combine, "fidelity_windows"),
+                                   (perplexity, perplexity.combine, "ppl_windows")):
+        name = task.__name__.rsplit(".", 1)[-1]
+        lines, cells = partial(name), {}
+        assert [x["window"] for x in lines] == sorted(x["window"] for x in lines)
+        assert lines[-1]["window"] == results["settings"][windows] - 1
+        for x in lines:
+            cells.setdefault((x["method"], x.get("budget")), []).append(x)
+        combined = json.loads(json.dumps([combine(recs) for recs in cells.values()]))  # tuples as lists
+        assert _numbers(combined) == _numbers(json.loads(json.dumps(results["tasks"][name]))), name
 
 
 @pytest.mark.parametrize("method", ["full", "snapkv+obc-key", "tova", "adakv+obc-key", "laprox", "h2o"])
@@ -403,6 +415,7 @@ def _error(argv, capsys, monkeypatch):
     (["--lengths", "600,x"], "--lengths: cannot read 'x' as int"),
     (["--fidelity-windows", "0"], "--fidelity-windows: must be >= 1, got 0"),
     (["--perturb-windows", "-1"], "--perturb-windows: must be >= 1, got -1"),
+    (["--ppl-windows", "0"], "--ppl-windows: must be >= 1, got 0"),
 ])
 def test_bad_arguments_fail_before_any_model_is_loaded(argv, message, capsys, monkeypatch):
     assert message in _error(argv, capsys, monkeypatch)

@@ -45,6 +45,7 @@ class EvalConfig:
     ppl_tokens: int = 2048
     ppl_chunk: int = 256
     ppl_budget: int = 256  # tokens per KV head kept while reading
+    ppl_windows: int = 4  # disjoint text windows, each read from its start
     perturb_context: int = 1024
     perturb_future: int = 64
     perturb_windows: int = 6  # disjoint text windows, each captured once
@@ -74,6 +75,7 @@ QUICK = dict(
     ppl_tokens=1024,
     ppl_chunk=256,
     ppl_budget=128,
+    ppl_windows=1,  # ~17 s a window: one read, no paired table
 )
 # --full: every method of the integration's table at 5/10/20/50%; 5% of a
 # 768-token prompt is the first length that fits sink + window = 36 tokens.
@@ -113,6 +115,7 @@ def add_arguments(p):
     p.add_argument("--ppl-tokens", type=int, help="perplexity: tokens read")
     p.add_argument("--ppl-chunk", type=int, help="perplexity: chunk size of the chunked prefill")
     p.add_argument("--ppl-budget", type=int, help="perplexity: tokens per KV head kept while reading")
+    p.add_argument("--ppl-windows", type=int, help="perplexity: disjoint windows of the text, each read")
     p.add_argument("--perturb-context", type=int, help="perturbation: context tokens before the future ones")
     p.add_argument("--perturb-windows", type=int, help="perturbation: disjoint windows of the text, each a context")
     p.add_argument("--seed", type=int, default=0)
@@ -158,7 +161,7 @@ def config_from_args(args, method_names=None):
         setattr(cfg, name, getattr(args, name))
     cfg.plots = not args.no_plots
     for name in ("trials", "fidelity_context", "fidelity_windows", "ppl_tokens", "ppl_chunk", "ppl_budget",
-                 "perturb_context", "perturb_windows"):
+                 "ppl_windows", "perturb_context", "perturb_windows"):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))
     if args.tasks:
@@ -202,7 +205,8 @@ def _check_numbers(cfg):
         if not 0 <= d <= 1:
             raise EvalError(f"--depths: {d} is outside [0, 1]")
     for flag, value in (("--trials", cfg.trials), ("--window", cfg.window), ("--ppl-chunk", cfg.ppl_chunk),
-                        ("--fidelity-windows", cfg.fidelity_windows), ("--perturb-windows", cfg.perturb_windows)):
+                        ("--fidelity-windows", cfg.fidelity_windows), ("--perturb-windows", cfg.perturb_windows),
+                        ("--ppl-windows", cfg.ppl_windows)):
         if value < 1:
             raise EvalError(f"{flag}: must be >= 1, got {value}")
     if cfg.sink < 0:
@@ -273,6 +277,7 @@ def run(cfg, out=sys.stdout):
     results["passkey_paired"] = report.paired_rows(results)
     results["fidelity_paired"] = report.fidelity_paired_rows(results)
     results["perturbation_paired"] = report.perturbation_paired_rows(results)
+    results["perplexity_paired"] = report.perplexity_paired_rows(results)
     report.write_all(results, cfg, out)
     return results
 
@@ -301,9 +306,9 @@ def _run_task(task, model, tok, text_ids, cfg):
         with bar(fidelity.count(methods, budgets, len(texts))) as p:
             return fidelity.run(model, texts, cfg, methods, budgets, p, partial_writer(cfg.out, task))
     if task == "perplexity":
-        ids = torch.tensor(windows(tok, text_ids, cfg.ppl_tokens))
-        with bar(len(perplexity.runnable(methods))) as p:
-            return perplexity.run(model, ids, cfg, methods, p, partial_writer(cfg.out, task))
+        texts = [torch.tensor([w]) for w in windows(tok, text_ids, cfg.ppl_tokens, cfg.ppl_windows)]
+        with bar(perplexity.count(methods, len(texts))) as p:
+            return perplexity.run(model, texts, cfg, methods, p, partial_writer(cfg.out, task))
     texts = windows(tok, text_ids, cfg.perturb_context + cfg.perturb_future, cfg.perturb_windows)
     captures = (capture_qkv(model, torch.tensor([w])) for w in texts)  # one window's tensors at a time
     with bar(perturbation.count(methods, budgets, len(texts))) as p:

@@ -5,8 +5,8 @@ import json
 import os
 import platform
 
-# 2: fidelity and perturbation over text windows (kl_windows, kl_per_position [windows][F];
-# error_windows, mean_error_windows); fidelity_paired, perturbation_paired
+# 2: fidelity, perturbation and perplexity over text windows (kl_windows, kl_per_position
+# [windows][F]; error_windows, mean_error_windows; ppl_windows, curve_windows); *_paired tables
 SCHEMA = "obcache-eval/2"
 
 
@@ -133,17 +133,21 @@ def _window_paired_rows(records, methods, per_window, mean, what):
     from obcache.eval.stats import mcnemar_exact
     from obcache.methods import base_of
 
-    by = {(r["method"], r["budget"]): r for r in records}
+    def budget(r):  # perplexity's budget is in tokens
+        return r["budget"] if "budget" in r else r["budget_tokens"]
+
+    by = {(r["method"], budget(r)): r for r in records}
     rows = []
     for r in records:
-        ref = by.get((base_of(r["method"], methods), r["budget"]))
-        if ref is None or per_window not in r:  # no base, or a run from before the windows (one context)
+        ref = by.get((base_of(r["method"], methods), budget(r)))
+        # no base, a run from before the windows, or one window: nothing to pair
+        if ref is None or len(r.get(per_window, [])) < 2:
             continue
         mine, base = r[per_window], ref[per_window]
         assert len(mine) == len(base)  # every cell runs on every window
         lower = sum(a < b for a, b in zip(mine, base))
         higher = sum(a > b for a, b in zip(mine, base))
-        rows.append({"method": r["method"], "base": ref["method"], "budget": r["budget"], "windows": len(mine),
+        rows.append({"method": r["method"], "base": ref["method"], "budget": budget(r), "windows": len(mine),
                      f"{what} lower": lower, f"{what} higher": higher,
                      f"{what} / base {what}": r[mean] / ref[mean] if ref[mean] > 0 else None,
                      "p (sign test)": mcnemar_exact(lower, higher)})
@@ -153,6 +157,12 @@ def _window_paired_rows(records, methods, per_window, mean, what):
 def fidelity_paired_rows(results):
     """Fidelity's KL, each OBC row against its base window by window (_window_paired_rows)."""
     return _window_paired_rows(results["tasks"].get("fidelity", []), results["methods"], "kl_windows", "kl", "KL")
+
+
+def perplexity_paired_rows(results):
+    """Perplexity, each OBC row against its base window by window (_window_paired_rows)."""
+    return _window_paired_rows(results["tasks"].get("perplexity", []), results["methods"], "ppl_windows", "ppl",
+                               "ppl")
 
 
 def perturbation_paired_rows(results):
@@ -222,7 +232,7 @@ def text_report(results):
     if paired:
         parts += ["", "passkey, paired with the attention-only base on the same prompts\n(p: exact two-sided "
                       "McNemar over the prompts only one of the two answered):", format_table(paired)]
-    for task, what in (("fidelity", "KL"), ("perturbation", "err")):
+    for task, what in (("fidelity", "KL"), ("perturbation", "err"), ("perplexity", "ppl")):
         rows = results.get(f"{task}_paired") or []
         if rows:
             parts += ["", f"{task}, paired with the attention-only base on the same {rows[0]['windows']} text "
@@ -231,8 +241,10 @@ def text_report(results):
                           "sign test over the windows that differ):", format_table(rows)]
     ppl = perplexity_rows(results)
     if ppl:
-        parts += ["", f"perplexity while reading one text (its first {s['ppl_tokens']} tokens, in chunks of "
-                      f"{s['ppl_chunk']}):", format_table(ppl)]
+        k = s.get("ppl_windows", 1)
+        what = "one text (its first" if k == 1 else f"{k} disjoint text windows (ppl over all; each"
+        parts += ["", f"perplexity while reading {what} {s['ppl_tokens']} tokens, in chunks of {s['ppl_chunk']}):",
+                  format_table(ppl)]
     skipped = results["tasks"].get("perturbation", {}).get("unsupported")
     if skipped:
         parts += ["", f"perturbation: no captured-pass pipeline for {', '.join(skipped)} (reconstruction rows; "
@@ -306,7 +318,9 @@ def plots(results, folder):
             xs, ys = zip(*r["curve"])
             style = dict(color="k", ls=":") if r["method"] == "full" else _style(r["method"], i)
             ax.plot(xs, ys, marker=".", label=r["method"], **style)
-        ax.set(title="perplexity while reading", xlabel="tokens read", ylabel="running perplexity")
+        k = tasks["perplexity"][0].get("windows", 1)
+        ax.set(title="perplexity while reading" + (f", {k} text windows pooled" if k > 1 else ""),
+               xlabel="tokens read", ylabel="running perplexity")
         ax.legend(fontsize=7)
         save(fig, "perplexity.png")
     recs = tasks.get("perturbation", {}).get("records", [])

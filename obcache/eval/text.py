@@ -35,7 +35,8 @@ def windows(tokenizer, ids, n, count=1):
     and the last window's n tokens end the text), each with BOS in front
     when the tokenizer has one (which then takes the window's last token's
     place). The windows are the independent samples of the fidelity and
-    perturbation tasks' paired comparisons (report._window_paired_rows)."""
+    perturbation and perplexity tasks' paired comparisons
+    (report._window_paired_rows)."""
     if len(ids) < n * count:
         raise EvalError(f"--text has only {len(ids)} tokens; {count} disjoint window(s) of {n} need {n * count}")
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
@@ -48,7 +49,7 @@ def check_length(ids, cfg):
     reads (before any task runs, so a short --text fails early)."""
     needs = {"fidelity": (cfg.fidelity_context + cfg.fidelity_next, cfg.fidelity_windows),
              "perturbation": (cfg.perturb_context + cfg.perturb_future, cfg.perturb_windows),
-             "perplexity": (cfg.ppl_tokens, 1)}
+             "perplexity": (cfg.ppl_tokens, cfg.ppl_windows)}
     for task, (n, count) in needs.items():
         if task in cfg.tasks and len(ids) < n * count:
             raise EvalError(f"--text has only {len(ids)} tokens; {task} reads {count} disjoint window(s) of {n} "
