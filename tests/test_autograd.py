@@ -37,8 +37,11 @@ def test_evict_bumps_the_versions_of_k_and_v():
 def test_in_place_ops_refuse_tensors_that_require_grad_unless_grad_is_off():
     k, v, q = make_cache(1, 2, 2, 4, 30, 8)
     k0, v0 = k.clone(), v.clone()
-    with pytest.raises(RuntimeError, match="leaf Variable that requires grad"):
+    # A leaf too: the message names k and v (not autograd's generic "a leaf Variable ...").
+    with pytest.raises(RuntimeError, match="must not require grad while grad mode is on.*k.requires_grad = 1"):
         obcache.evict(k.requires_grad_(), v, q, 10)
+    with pytest.raises(RuntimeError, match="must not require grad while grad mode is on.*k.requires_grad = 1"):
+        torch.ops.obcache.compact_(k, v, torch.arange(10).expand(1, 2, 10))
     w = torch.ones_like(v, requires_grad=True)
     with pytest.raises(RuntimeError, match="must not require grad while grad mode is on.*v.requires_grad = 1"):
         obcache.compact_(k0.clone(), w * v, torch.arange(10).expand(1, 2, 10))  # a non-leaf

@@ -125,6 +125,19 @@ obc::StridedView byte_view(const at::Tensor& t) {
 
 }  // namespace
 
+void check_no_grad(const at::Tensor& k, const at::Tensor& v) {
+  TORCH_CHECK(!at::GradMode::is_enabled() || (!k.requires_grad() && !v.requires_grad()),
+              "k and v are rewritten in place and have no derivative: they must not require grad while grad mode "
+              "is on (call under torch.no_grad() or pass detached tensors), got k.requires_grad = ",
+              k.requires_grad(), ", v.requires_grad = ", v.requires_grad());
+}
+
+void writes_kv_autograd(const c10::OperatorHandle& op, c10::DispatchKeySet keys, torch::jit::Stack* stack) {
+  const auto args = stack->end() - static_cast<std::ptrdiff_t>(op.schema().arguments().size());
+  check_no_grad(args[0].toTensor(), args[1].toTensor());
+  op.redispatchBoxed(keys & c10::after_autograd_keyset, stack);
+}
+
 void check_writable(const at::Tensor& k, const at::Tensor& v) {
   at::assert_no_internal_overlap(k);
   at::assert_no_internal_overlap(v);
@@ -137,10 +150,7 @@ void check_writable(const at::Tensor& k, const at::Tensor& v) {
   TORCH_CHECK(!shared, "k and v must not share memory (they would be compacted twice), got views of one buffer "
               "with sizes ", k.sizes(), ", ", v.sizes(), ", strides ", k.strides(), ", ", v.strides(),
               " and storage offsets ", k.storage_offset(), ", ", v.storage_offset());
-  TORCH_CHECK(!at::GradMode::is_enabled() || (!k.requires_grad() && !v.requires_grad()),
-              "k and v are rewritten in place and have no derivative: they must not require grad while grad mode "
-              "is on (call under torch.no_grad() or pass detached tensors), got k.requires_grad = ",
-              k.requires_grad(), ", v.requires_grad = ", v.requires_grad());
+  check_no_grad(k, v);
   TORCH_CHECK(c10::InferenceMode::is_enabled() || (!k.is_inference() && !v.is_inference()),
               "k and v are rewritten in place: inference tensors only inside torch.inference_mode(), got "
               "k.is_inference() = ", k.is_inference(), ", v.is_inference() = ", v.is_inference());

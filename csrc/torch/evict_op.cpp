@@ -18,10 +18,9 @@ at::Tensor evict_impl(at::Tensor k, at::Tensor v, const at::Tensor& q_window, in
   const int64_t B = k.size(0), H = k.size(1), N = k.size(2), W = q_window.size(2);
   const int64_t rec = recent.value_or(W);
   // A caller who left recent out may not know it became W: say so.
-  TORCH_CHECK(recent.has_value() || budget >= N || budget >= sink + W, "budget must be >= sink + recent = ", sink + W,
-              " and > 0, got ", budget, " (recent was not given, so it is W = ", W,
-              ", the window's length; pass recent=0 to keep no recent tokens)");
-  check_select_scalars(B, N, budget, sink, rec, pool_kernel, pool, start, k.device());
+  const std::string note = recent.has_value() ? "" : " (recent was not given, so it is W = " + std::to_string(W) +
+                                                         ", the window's length; pass recent=0 to keep no recent tokens)";
+  check_select_scalars(B, N, budget, sink, rec, pool_kernel, pool, start, k.device(), note);
   check_writable(k, v);
   if (budget >= N) return at::arange(N, k.options().dtype(at::kLong)).expand({B, H, N}).contiguous();
   const at::Tensor scores = saliency_impl(k, v, q_window, score, group_reduce, scale, /*causal=*/true, "sum", o);

@@ -5,6 +5,8 @@
 #include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
 #include <torch/extension.h>
 
+#include "torch/select_compact.h"
+
 #ifndef OBCACHE_TORCH_VERSION
 #define OBCACHE_TORCH_VERSION "unknown"
 #endif
@@ -40,13 +42,15 @@ TORCH_LIBRARY(obcache, m) {}
 
 // No op has a derivative. Registered so that autograd says so instead of
 // passing tensors through: an output of inputs that require grad carries a
-// node whose backward raises. (compact_ and evict, which write k and v in
-// place and return no alias of them, check and bump k and v themselves:
-// check_writable, bump_versions.)
+// node whose backward raises. compact_ and evict, which write k and v in
+// place and return no alias of them, refuse a k or v that requires grad
+// (writes_kv_autograd) and bump their versions themselves (bump_versions).
 TORCH_LIBRARY_IMPL(obcache, Autograd, m) {
-  for (const char* op : {"saliency", "select", "select_adaptive", "compact_", "evict", "projected_value_norm",
-                         "_criticalkv_keep", "_rope_rotate_half"})
+  for (const char* op :
+       {"saliency", "select", "select_adaptive", "projected_value_norm", "_criticalkv_keep", "_rope_rotate_half"})
     m.impl(op, torch::autograd::autogradNotImplementedFallback());
+  for (const char* op : {"compact_", "evict"})
+    m.impl(op, torch::CppFunction::makeFromBoxedFunction<&obcache::writes_kv_autograd>());
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {

@@ -5,9 +5,13 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/core/stack.h>
 #include <c10/util/string_view.h>
 
+#include <cstdint>
 #include <optional>
+#include <string>
 
 #include "kernels/compact_params.h"
 #include "kernels/select_params.h"
@@ -24,10 +28,17 @@ void check_pool_kernel(int64_t pool_kernel);
 // Checks everything select needs about its arguments; N is scores.size(-1).
 void check_select_args(const at::Tensor& scores, int64_t budget, int64_t sink, int64_t recent,
                        int64_t pool_kernel, c10::string_view pool, const std::optional<at::Tensor>& start);
-// Same checks without a scores tensor (evict checks before computing scores).
+// Same checks without a scores tensor (evict checks before computing scores);
+// budget_note is appended to the message of a budget below sink + recent
+// (evict: where recent came from).
 void check_select_scalars(int64_t B, int64_t N, int64_t budget, int64_t sink, int64_t recent,
                           int64_t pool_kernel, c10::string_view pool, const std::optional<at::Tensor>& start,
-                          const at::Device& device);
+                          const at::Device& device, const std::string& budget_note = "");
+// sink + recent for sink, recent >= 0, unsigned: two huge values would wrap
+// an int64 sum negative, which every budget would then pass.
+inline uint64_t kept_ends(int64_t sink, int64_t recent) {
+  return static_cast<uint64_t>(sink) + static_cast<uint64_t>(recent);
+}
 
 at::Tensor select_impl(const at::Tensor& scores, int64_t budget, int64_t sink, int64_t recent, int64_t pool_kernel,
                        c10::string_view pool, const std::optional<at::Tensor>& start);
@@ -63,6 +74,14 @@ void compact_run(at::Tensor& k, at::Tensor& v, const at::Tensor& indices, const 
 // would silently go wrong), and an inference tensor is written only inside
 // inference mode, as ATen's in-place ops require. Checked before any write.
 void check_writable(const at::Tensor& k, const at::Tensor& v);
+// check_writable's grad part.
+void check_no_grad(const at::Tensor& k, const at::Tensor& v);
+// The Autograd kernel of compact_ and evict (module.cpp): check_no_grad, then
+// on to the device kernel. The generic fallback the other ops have refuses a
+// leaf k that requires grad before the op's checks run, in words that name
+// neither k nor v; there is no graph to build (the outputs are int64 indices
+// or nothing), so nothing else is lost.
+void writes_kv_autograd(const c10::OperatorHandle& op, c10::DispatchKeySet keys, torch::jit::Stack* stack);
 // After the write: k's and v's version counters move on, as after an
 // in-place ATen op, so a copy autograd saved of either fails backward.
 void bump_versions(at::Tensor& k, at::Tensor& v);

@@ -71,15 +71,16 @@ at::Tensor keep_all(int64_t B, int64_t H, int64_t N, const at::TensorOptions& op
 
 void check_select_scalars(int64_t B, int64_t N, int64_t budget, int64_t sink, int64_t recent,
                           int64_t pool_kernel, c10::string_view pool, const std::optional<at::Tensor>& start,
-                          const at::Device& device) {
+                          const at::Device& device, const std::string& budget_note) {
   check_pool_kernel(pool_kernel);
   parse_pool(pool);
   TORCH_CHECK(sink >= 0, "sink must be >= 0, got ", sink);
   TORCH_CHECK(recent >= 0, "recent must be >= 0, got ", recent);
   check_start_meta(start, B, device);
   if (budget >= N) return;  // keeps everything
-  TORCH_CHECK(budget > 0 && budget >= sink + recent, "budget must be >= sink + recent = ", sink + recent,
-              " and > 0, got ", budget);
+  const uint64_t kept = kept_ends(sink, recent);
+  TORCH_CHECK(budget > 0 && static_cast<uint64_t>(budget) >= kept, "budget must be >= sink + recent = ", kept,
+              " and > 0, got ", budget, budget_note);
   if (start.has_value() && (start->is_cpu() || debug_checks_enabled())) check_start_values(start->cpu(), N);
 }
 
@@ -148,10 +149,13 @@ std::tuple<at::Tensor, at::Tensor> select_adaptive_impl(const at::Tensor& scores
   // f = max(sink + recent, int(floor * per_head)).
   int64_t per_head = total_budget / H;
   if (total_budget % H != 0 && total_budget < 0) per_head -= 1;
-  const int64_t f = std::max(sink + recent, static_cast<int64_t>(floor * static_cast<double>(per_head)));
-  TORCH_CHECK(f <= N && H * f <= total_budget, "total_budget=", total_budget, " cannot give each of ", H,
-              " heads its floor of ", f, " tokens (floor=", floor, ", sink + recent = ", sink + recent,
-              ", N = ", N, ")");
+  const uint64_t kept = kept_ends(sink, recent);
+  const int64_t share = std::max<int64_t>(0, static_cast<int64_t>(floor * static_cast<double>(per_head)));
+  const uint64_t f = std::max(kept, static_cast<uint64_t>(share));
+  // f <= N first: H * f then fits in int64 (H * N is the scores' size).
+  TORCH_CHECK(f <= static_cast<uint64_t>(N) && H * static_cast<int64_t>(f) <= total_budget, "total_budget=",
+              total_budget, " cannot give each of ", H, " heads its floor of ", f, " tokens (floor=", floor,
+              ", sink + recent = ", kept, ", N = ", N, ")");
   const at::Tensor scores = score_operand(scores_in);
   obc::SelectAdaptiveParams p;
   p.scores = scores.data_ptr();
@@ -161,8 +165,8 @@ std::tuple<at::Tensor, at::Tensor> select_adaptive_impl(const at::Tensor& scores
   p.N = N;
   p.s_sb = scores.stride(0);
   p.s_sh = scores.stride(1);
-  p.floor_tokens = f;
-  p.extra = total_budget - H * f;
+  p.floor_tokens = static_cast<int64_t>(f);
+  p.extra = total_budget - H * p.floor_tokens;
   p.sink = sink;
   p.recent = recent;
   p.pool_kernel = pool_kernel;
