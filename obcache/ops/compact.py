@@ -37,10 +37,5 @@ def compact_(
 
 @torch.library.register_fake("obcache::compact_")
 def _compact_fake(k, v, indices, lengths=None):
-    fake_checks.cache(k, v)
-    fake_checks.dims(indices, "indices", 3, "[B, H_kv, L]")
-    fake_checks.same_device(indices, "indices", k, "k")
-    B, H, N, _ = k.shape
-    torch._check(indices.shape[0] == B and indices.shape[1] == H and indices.shape[2] <= N,
-                 lambda: f"indices must have shape [B, H_kv, L] = [{B}, {H}, L <= {N}], got {tuple(indices.shape)}")
+    fake_checks.compact(k, v, indices, lengths)
     return None

@@ -4,6 +4,7 @@ from typing import Optional, Tuple
 import torch
 
 from obcache.ops import fake_checks
+from obcache.ops.saliency import GROUP_REDUCES, SCORES
 from obcache.ops.select import check_not_bool
 
 __all__ = ["evict"]
@@ -71,12 +72,13 @@ def evict(
 @torch.library.register_fake("obcache::evict")
 def _evict_fake(k, v, q_window, budget, *, score="joint", sink=0, recent=None, pool_kernel=7, pool="max",
                 group_reduce="sum", scale=None, start=None, o=None):
-    fake_checks.cache_and_window(k, v, q_window)
-    fake_checks.pooling(pool_kernel, pool)
+    fake_checks.one_of(score, "score", SCORES)
+    fake_checks.one_of(group_reduce, "group_reduce", GROUP_REDUCES)
+    fake_checks.cache_and_window(k, v, q_window, scale, o)
     B, H, N, _ = k.shape
     W = q_window.shape[2]
-    torch._check(recent is not None or budget >= N or budget >= sink + W,
-                 lambda: f"budget must be >= sink + recent = {sink + W} and > 0, got {budget} (recent was not given, "
-                 f"so it is W = {W}, the window's length; pass recent=0 to keep no recent tokens)")
-    fake_checks.budget(budget, N, sink, W if recent is None else recent)
+    note = "" if recent is not None else (f" (recent was not given, so it is W = {W}, the window's length; "
+                                          "pass recent=0 to keep no recent tokens)")
+    fake_checks.select_scalars(B, N, budget, sink, W if recent is None else recent, pool_kernel, pool, start,
+                               k.device, note)
     return k.new_empty((B, H, min(budget, N)), dtype=torch.int64)

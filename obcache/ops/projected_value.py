@@ -8,6 +8,8 @@ GEMM whose epilogue is the row norm; neither forms [B, H_q, N, hidden].
 """
 import torch
 
+from obcache.ops import fake_checks
+
 __all__ = ["projected_value_norm"]
 
 
@@ -34,10 +36,7 @@ def projected_value_norm(v: torch.Tensor, wo: torch.Tensor, p: int = 1) -> torch
 
 @torch.library.register_fake("obcache::projected_value_norm")
 def _projected_value_norm_fake(v, wo, p=1):
-    torch._check(v.dim() == 4, lambda: f"v must have 4 dims [B, H_kv, N, D], got {v.dim()}")
-    torch._check(wo.dim() == 2, lambda: f"wo must have 2 dims [hidden, H_q * D], got {wo.dim()}")
-    torch._check(p in (1, 2), lambda: f"p must be 1 or 2, got {p}")
+    fake_checks.projected_value(v, wo, p)
     D = v.shape[3]
-    torch._check(D > 0 and wo.shape[1] % D == 0, lambda: f"wo must have H_q * D columns (D = {D}), got {wo.shape[1]}")
     out_dtype = torch.float64 if v.dtype == torch.float64 else torch.float32
     return v.new_empty((v.shape[0], wo.shape[1] // D, v.shape[2]), dtype=out_dtype)

@@ -89,12 +89,21 @@ def saliency(
 @torch.library.register_fake("obcache::saliency")
 def _saliency_fake(k, v, q_window, score, *, group_reduce="sum", scale=None, causal=True, query_reduce="sum",
                    wo=None, o=None):
-    names = SCORES + WO_SCORES
-    torch._check(score in names, lambda: f"score must be one of {names}, got '{score}'")
     torch._check(wo is not None or score not in WO_SCORES,
                  lambda: f"score '{score}' needs wo, the o_proj weight [hidden, H_q * D]; got wo=None")
+    fake_checks.one_of(score, "score", SCORES + WO_SCORES)
     torch._check(wo is None or score in WO_SCORES,
                  lambda: f"wo is not used by score '{score}' (only by 'critical' and 'laprox'); pass wo=None")
-    fake_checks.cache_and_window(k, v, q_window)
+    fake_checks.one_of(group_reduce, "group_reduce", GROUP_REDUCES)
+    fake_checks.one_of(query_reduce, "query_reduce", QUERY_REDUCES)
+    fake_checks.cache_and_window(k, v, q_window, scale, o)
+    if wo is not None:
+        fake_checks.projected_value(v, wo, 1 if score == "critical" else 2)
+        Hq, D = q_window.shape[1], k.shape[3]
+        torch._check(wo.shape[1] == Hq * D, lambda: f"wo must have H_q * D = {Hq} * {D} = {Hq * D} columns "
+                     f"(q_window's heads times the head dim), got {wo.shape[1]} (shape {tuple(wo.shape)})")
+        torch._check(score == "critical" or query_reduce == "sum",
+                     lambda: "score 'laprox' reduces the window queries by an L2 norm; "
+                     f"query_reduce must be 'sum', got '{query_reduce}'")
     out_dtype = torch.float64 if k.dtype == torch.float64 else torch.float32
     return k.new_empty((k.shape[0], k.shape[1], k.shape[2]), dtype=out_dtype)

@@ -89,20 +89,25 @@ def select_adaptive(
 
 @torch.library.register_fake("obcache::select")
 def _select_fake(scores, budget, *, sink=0, recent=0, pool_kernel=0, pool="max", start=None):
-    fake_checks.dims(scores, "scores", 3, "[B, H, N]")
+    fake_checks.scores(scores)
     B, H, N = scores.shape
-    fake_checks.pooling(pool_kernel, pool)
-    fake_checks.budget(budget, N, sink, recent)
+    fake_checks.select_scalars(B, N, budget, sink, recent, pool_kernel, pool, start, scores.device)
     return scores.new_empty((B, H, min(budget, N)), dtype=torch.int64)
 
 
 @torch.library.register_fake("obcache::select_adaptive")
 def _select_adaptive_fake(scores, total_budget, *, floor=0.2, sink=0, recent=0, pool_kernel=0, pool="max"):
-    fake_checks.dims(scores, "scores", 3, "[B, H, N]")
+    fake_checks.scores(scores)
     B, H, N = scores.shape
     fake_checks.pooling(pool_kernel, pool)
     fake_checks.sink_recent(sink, recent)
     torch._check(math.isfinite(floor) and 0.0 <= floor <= 1.0, lambda: f"floor must be in [0, 1], got {floor}")
+    if all(isinstance(x, int) for x in (total_budget, H, N)) and H > 0 and total_budget < H * N:
+        # The op's floor check (select_adaptive_impl), where the sizes are known.
+        f = max(sink + recent, int(floor * (total_budget // H)))
+        torch._check(f <= N and H * f <= total_budget,
+                     lambda: f"total_budget={total_budget} cannot give each of {H} heads its floor of {f} tokens "
+                     f"(floor={floor}, sink + recent = {sink + recent}, N = {N})")
     if total_budget >= H * N:
         lmax = N
     else:
