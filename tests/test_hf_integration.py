@@ -17,8 +17,9 @@ VOCAB = 128
 WINDOW, SINK = 8, 2
 
 
-def tiny_model(arch="llama", attn="sdpa", seed=0):
-    """A 2-layer random model: 4 query heads, 2 KV heads, head dim 16."""
+def tiny_model(arch="llama", attn="sdpa", seed=0, **config):
+    """A 2-layer random model: 4 query heads, 2 KV heads, head dim 16
+    (`config`: more fields of its config)."""
     cfg_cls = {
         "llama": transformers.LlamaConfig,
         "mistral": transformers.MistralConfig,
@@ -27,7 +28,7 @@ def tiny_model(arch="llama", attn="sdpa", seed=0):
     }[arch]
     cfg = cfg_cls(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=1024,
-                  bos_token_id=0, eos_token_id=1, pad_token_id=1, tie_word_embeddings=False)
+                  bos_token_id=0, eos_token_id=1, pad_token_id=1, tie_word_embeddings=False, **config)
     cfg._attn_implementation = attn
     torch.manual_seed(seed)
     model = transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation=attn).eval()
@@ -507,6 +508,11 @@ def test_compress_context_answers_several_questions_on_copies_of_the_cache():
     torch.testing.assert_close(ctx.forward(q1), logits, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="makes the attention mask itself"):
         ctx.generate(q1, attention_mask=torch.ones(1, 69, dtype=torch.long), **gen)
+    with pytest.raises(ValueError, match=r"question_ids must be int64 \[B, T\] with the context's batch size B = 1 "
+                       r".*got shape \(2, 5\)"):
+        ctx.generate(q1.repeat(2, 1), **gen)
+    with pytest.raises(ValueError, match=r"ids must be int64 \[B, T\] with the context's batch size B = 1"):
+        ctx.forward(q1[0])
 
 
 # ---------------------------------------------------------------------------
@@ -535,6 +541,73 @@ def test_hooks_are_gone_after_the_context_exits_even_when_the_body_raised():
     assert count() == n0 and not hasattr(model.model, "_obcache_compression")
     for n, p in model.named_parameters():
         assert torch.equal(p, before[n]), n
+
+
+def test_an_evicted_cache_refuses_reads_once_the_hooks_are_gone_and_continues_under_new_ones():
+    model, ids, step = tiny_model(), prompt(40), prompt(1, seed=5)
+    caches = [DynamicCache(config=model.config) for _ in range(2)]
+    with torch.no_grad():
+        with hf.compress(model, "snapkv", 16, **opts()):
+            greedy(model, ids, n=2, cache=caches[0])
+            ref = model(step, cache=caches[0]).logits
+        with hf.compress(model, "snapkv", 16, **opts()):
+            greedy(model, ids, n=2, cache=caches[1])
+        n = caches[1].get_seq_length()
+        # Without the hooks transformers would put the token at position n = 18 instead of 42.
+        with pytest.raises(RuntimeError, match="this cache was evicted by obcache.hf.compress, whose hooks have "
+                           "been removed"):
+            model(step, cache=caches[1])
+        assert caches[1].get_seq_length() == n
+        with hf.compress(model, "snapkv", 16, **opts()):
+            got = model(step, cache=caches[1]).logits
+    torch.testing.assert_close(got, ref, rtol=0, atol=0)
+
+
+def test_a_cache_the_hooks_did_not_evict_stays_usable_without_them():
+    model, ids = tiny_model(), prompt(12)
+    cache = DynamicCache(config=model.config)
+    with hf.compress(model, "snapkv", 16, **opts()):  # 12 tokens and 1 generated one read: under the budget
+        greedy(model, ids, n=2, cache=cache)
+    with torch.no_grad():
+        model(prompt(1, seed=5), cache=cache)
+    assert cache.get_seq_length() == 14
+
+
+def test_a_removed_handle_cannot_be_entered_again():
+    model = tiny_model()
+    handle = hf.compress(model, "snapkv", 16, **opts())
+    with handle:
+        pass
+    with pytest.raises(RuntimeError, match="this Compression's hooks were removed"):
+        with handle:
+            pass
+
+
+def test_full_on_a_sliding_window_model_past_its_window_generates_like_plain():
+    model, ids = tiny_model("mistral", sliding_window=24), prompt(40)
+    ref = greedy(model, ids)
+    with hf.compress(model, "full", 1.0, **opts()):
+        got = greedy(model, ids)
+    assert torch.equal(got, ref)
+
+
+def test_prompt_lookup_decoding_raises_instead_of_cropping_an_evicted_cache():
+    model, ids = tiny_model(), prompt(20).repeat(1, 2)  # repeated text: prompt lookup finds drafts
+    with hf.compress(model, "snapkv", 16, **opts()):
+        with pytest.raises(NotImplementedError, match="does not support assisted or prompt-lookup decoding"):
+            greedy(model, ids, prompt_lookup_num_tokens=3)
+
+
+def test_numpy_budgets_count_as_ints_and_fractions():
+    np = pytest.importorskip("numpy")
+    model, ids = tiny_model(), prompt(40)
+    lengths = []
+    for budget in (16, np.int64(16), 0.4, np.float32(0.4)):
+        cache = DynamicCache(config=model.config)
+        with hf.compress(model, "snapkv", budget, **opts()):
+            greedy(model, ids, n=1, cache=cache)
+        lengths.append(hf.state_of(cache).lengths[0])
+    assert lengths == [16, 16, 16, 16]
 
 
 def test_beam_search_raises_instead_of_scoring_another_beams_queries():

@@ -18,7 +18,8 @@ from torch import nn
 
 from obcache.hf import reconstruct
 from obcache.hf.cache_arg import cache_kw, output_cache
-from obcache.hf.hooks import STATE_ATTR, Compression, _check_args, get_method, resolve_budget, state_of
+from obcache.hf.hooks import (STATE_ATTR, Compression, _check_args, _set_unhooked, get_method, resolve_budget,
+                              state_of)
 
 __all__ = ["CompressedContext", "ScoredContext", "compress_context", "score_by_reconstruction"]
 
@@ -78,15 +79,20 @@ class CompressedContext:
         # read next, except decode-time eviction when it was asked for.
         return Compression(self.model, evict_reads=False, **self.options)
 
-    def _mask(self, n: int, device) -> torch.Tensor:
-        am = self.attention_mask.to(device)
-        return torch.cat([am, am.new_ones(am.shape[0], n)], 1)
+    def _mask(self, ids: torch.Tensor, name: str) -> torch.Tensor:
+        """The context's mask and then ids' tokens (all real): ids' rows are
+        read after the context rows of the same index."""
+        am = self.attention_mask.to(ids.device)
+        if ids.dim() != 2 or ids.shape[0] != am.shape[0]:
+            raise ValueError(f"{name} must be int64 [B, T] with the context's batch size B = {am.shape[0]} (row b "
+                             f"is read after context row b), got shape {tuple(ids.shape)}")
+        return torch.cat([am, am.new_ones(am.shape[0], ids.shape[1])], 1)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """Logits [B, T, V] of reading ids [B, T] right after the context
         (teacher forcing), on a copy of the cache."""
         cache = copy.deepcopy(self.cache)
-        am = self._mask(ids.shape[1], ids.device)
+        am = self._mask(ids, "ids")
         with torch.no_grad(), self._hooks():
             pos = _positions(am)[:, -ids.shape[1]:]
             return self.model(input_ids=ids, attention_mask=am, position_ids=pos, **{cache_kw(self.model): cache},
@@ -117,7 +123,7 @@ class CompressedContext:
                 return head
         question_ids = question_ids.to(device)
         cache = copy.deepcopy(self.cache)
-        am = self._mask(question_ids.shape[1], device)
+        am = self._mask(question_ids, "question_ids")
         with torch.no_grad(), self._hooks():
             out = self.model.generate(input_ids=question_ids, attention_mask=am, **{cache_kw(self.model): cache},
                                       max_new_tokens=max_new_tokens, **generate_kwargs)
@@ -415,6 +421,7 @@ def compress_scored(model, cache, scores, attention_mask, last_logits, options, 
     st.valid = torch.ones(B, kept[0][0].shape[-1], dtype=torch.bool, device=last_logits.device)
     st.evicted = True
     setattr(dense, STATE_ATTR, st)
+    _set_unhooked(dense, True)  # as a cache the hooks evicted: read into only under them
     ev_s = stop()
     lengths = [lens for _, lens in kept] if m.adaptive else None
     return CompressedContext(model, dense, attention_mask, last_logits, options, eviction_seconds=ev_s,

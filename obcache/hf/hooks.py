@@ -39,7 +39,9 @@ scores of each layer) and the base model's forward hook selects and
 compacts every layer once the whole prompt was read.
 """
 import inspect
+import numbers
 import time
+import weakref
 from typing import Dict, List, Optional, Union
 
 import torch
@@ -76,10 +78,12 @@ def _now(device) -> float:
 
 def resolve_budget(budget: Union[int, float], n: int) -> int:
     """Tokens per KV head for a prompt of `n` tokens: a float in (0, 1] is a
-    fraction of n (rounded, at least 1), an int is a token count."""
-    if isinstance(budget, float):
-        return max(1, int(round(budget * n)))
-    return int(budget)
+    fraction of n (rounded, at least 1), an int is a token count (numpy
+    scalars too: any numbers.Integral is a count, any other numbers.Real a
+    fraction)."""
+    if isinstance(budget, numbers.Integral):
+        return int(budget)
+    return max(1, int(round(float(budget) * n)))
 
 
 def _check_args(method, budget, window, sink, pool_kernel, pool, chunk_size, decode_budget, floor=0.2):
@@ -93,11 +97,11 @@ def _check_args(method, budget, window, sink, pool_kernel, pool, chunk_size, dec
                     f"{name}={val!r}: method={method!r} leaves heads with different lengths and evicts the prompt "
                     f"once, after the whole prompt was read; {name} is not supported with it"
                 )
-    if isinstance(budget, bool) or not isinstance(budget, (int, float)):
+    if isinstance(budget, bool) or not isinstance(budget, numbers.Real):
         raise ValueError(f"budget must be a float in (0, 1] or an int >= 1, got {budget!r}")
-    if isinstance(budget, float) and not 0.0 < budget <= 1.0:
+    if not isinstance(budget, numbers.Integral) and not 0.0 < budget <= 1.0:
         raise ValueError(f"budget as a fraction of the prompt must be in (0, 1], got {budget!r}")
-    if isinstance(budget, int) and budget < 1:
+    if isinstance(budget, numbers.Integral) and budget < 1:
         raise ValueError(f"budget in tokens per KV head must be >= 1, got {budget!r}")
     for name, val, lo in (("window", window, 1), ("sink", sink, 0)):
         if isinstance(val, bool) or not isinstance(val, int) or val < lo:
@@ -333,12 +337,41 @@ def base_model(model: nn.Module) -> nn.Module:
     )
 
 
+_UNHOOKED = ("this cache was evicted by obcache.hf.compress, whose hooks have been removed: its rows are no longer "
+             "the positions transformers would give them, so reading more tokens into it without the hooks would "
+             "attend at wrong positions. Read into it inside obcache.hf.compress(...) (the same method and budget "
+             "continue it), or start a new cache")
+
+
+def _evicted_cache_update(*args, **kwargs):
+    """Put in place of the update of an evicted cache once its hooks are
+    removed (Compression.remove): every attention layer appends through it,
+    so the first layer refuses before anything is written."""
+    raise RuntimeError(_UNHOOKED)
+
+
+def _set_unhooked(cache, unhooked: bool) -> None:
+    if unhooked:
+        cache.update = _evicted_cache_update
+    elif cache.__dict__.get("update") is _evicted_cache_update:
+        del cache.update
+
+
 def _no_beam_search(beam_idx):
     """Put on every cache the hooks follow, in place of its reorder_cache:
     the eviction state (kept positions, padding, queries) is per batch row
     and would not follow the beams."""
     raise NotImplementedError("obcache.hf does not support beam search (num_beams > 1): the cache's eviction state "
                               "would not follow the beams")
+
+
+def _no_crop(max_length):
+    """Put in place of crop, as _no_beam_search: assisted and prompt-lookup
+    decoding crop the cache to drop rejected draft tokens, which the eviction
+    state (and an evicted cache's rows) would not follow."""
+    raise NotImplementedError("obcache.hf does not support assisted or prompt-lookup decoding (assistant_model, "
+                              "prompt_lookup_num_tokens): they crop the cache to drop rejected tokens, which the "
+                              "eviction state would not follow")
 
 
 def _transformers_version() -> str:
@@ -449,6 +482,7 @@ class Compression:
         self._outer = None  # (mode, read_total) while a chunked call runs its chunks
         self._prefix = {}  # id(kwargs) -> (kwargs, hidden states of earlier chunks)
         self._handles = []
+        self._caches = weakref.WeakSet()  # every cache the hooks have kept a state on
         self._queries = self._outputs = None
         self.eviction_seconds = 0.0
         try:
@@ -471,10 +505,14 @@ class Compression:
         return self.window if self.method.keep_recent else 0
 
     def remove(self) -> None:
-        """Remove every hook (idempotent)."""
+        """Remove every hook (idempotent). A cache they evicted refuses to be
+        read into afterwards, until hooks of compress() read into it again."""
         for h in self._handles:
             h.remove()
         self._handles.clear()
+        for cache in list(self._caches):
+            _set_unhooked(cache, state_of(cache).evicted)
+        self._caches.clear()
         if self._queries is not None:
             self._queries.remove()
         if self._outputs is not None:
@@ -484,6 +522,9 @@ class Compression:
             del self.base._obcache_compression
 
     def __enter__(self):
+        if not self._handles:
+            raise RuntimeError("this Compression's hooks were removed (it left a `with` block, or remove() was "
+                               "called); call obcache.hf.compress(...) again for new ones")
         return self
 
     def __exit__(self, *exc):
@@ -517,6 +558,9 @@ class Compression:
             st = CacheState(B, int(n), x.device)
             setattr(cache, STATE_ATTR, st)
             cache.reorder_cache = _no_beam_search
+            cache.crop = _no_crop
+        _set_unhooked(cache, False)
+        self._caches.add(cache)
         if self._outer is None:
             mode, read_total = ("read" if T > 1 else "decode"), st.columns + T
             target = resolve_budget(self.budget, read_total)
@@ -692,7 +736,9 @@ class Compression:
         k, v, n = _layer_kv(layer, where)
         T = hs.shape[1]
         window = getattr(layer, "sliding_window", None)
-        if window is not None and self.method.evicts and st.first_column + T >= window:
+        if window is not None and not self.method.evicts:
+            return None  # the layer drops rows itself; `full` keeps what it keeps, and no positions are needed
+        if window is not None and st.first_column + T >= window:
             raise NotImplementedError(
                 f"{type(self.model).__name__} uses sliding-window attention (sliding_window={window}); obcache.hf "
                 f"evicts only while fewer than sliding_window tokens were read, got {st.first_column + T}"
@@ -813,7 +859,11 @@ def compress(
         method: a name of `obcache.hf.methods()` (e.g. "snapkv+obc-key").
         budget: tokens kept per KV head after a read: a float in (0, 1] is a
             fraction of the tokens read so far (padded batch width), an int
-            is a count. A budget >= the prompt evicts nothing.
+            is a count. A budget >= the prompt evicts nothing. A read the
+            budget would evict below sink + window tokens (36 by default)
+            raises ValueError before anything is read (at budget=0.1, any
+            prompt under ~355 tokens): lower sink or window, or raise the
+            budget.
         window: scoring queries (the last `window` tokens of the read), also
             the number of most recent tokens always kept.
         sink: first tokens always kept.
