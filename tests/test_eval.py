@@ -266,6 +266,9 @@ def test_the_report_prints_every_paired_table(tiny_run):
     text = report.text_report(results)
     for table in ("passkey_paired", "fidelity_paired", "perturbation_paired", "perplexity_paired"):
         assert results[table] and report.format_table(results[table]) in text, table
+    assert "ppl / base ppl: of the perplexities of all windows' tokens" in text  # pooled, not a mean
+    assert text.startswith("obcache eval (quick preset, --tasks, --methods, --budgets") or \
+        text.startswith("obcache eval (quick preset, --methods, --budgets")
 
 
 def test_finished_cells_are_written_as_they_finish(tiny_run):
@@ -416,9 +419,46 @@ def _error(argv, capsys, monkeypatch):
     (["--fidelity-windows", "0"], "--fidelity-windows: must be >= 1, got 0"),
     (["--perturb-windows", "-1"], "--perturb-windows: must be >= 1, got -1"),
     (["--ppl-windows", "0"], "--ppl-windows: must be >= 1, got 0"),
+    (["--ppl-tokens", "1"], "--ppl-tokens: must be >= 2, got 1"),
+    (["--fidelity-context", "-100"], "--fidelity-context: must be >= 1, got -100"),
+    (["--perturb-context", "0"], "--perturb-context: must be >= 1, got 0"),
+    (["--seed", "-1"], "--seed: must be in [0, 2**32) (numpy's range), got -1"),
+    (["--threads", "0"], "--threads: must be >= 1, got 0"),
+    (["--pool-kernel", "4"], "--pool-kernel: must be 0, 1 (no pooling) or an odd number > 1, got 4"),
+    (["--tasks="], "--tasks '': empty list"),
+    (["--methods="], "--methods '': empty list"),
+    (["--budgets", "0.1,10%"], "--budgets: '10%' repeats 0.1; list each once"),
+    (["--methods", "snapkv,tova,snapkv"], "--methods: 'snapkv' repeats 'snapkv'; list each once"),
 ])
 def test_bad_arguments_fail_before_any_model_is_loaded(argv, message, capsys, monkeypatch):
     assert message in _error(argv, capsys, monkeypatch)
+
+
+def test_an_out_that_cannot_be_a_directory_fails_before_any_model_is_loaded(tmp_path, capsys, monkeypatch):
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    assert f"--out '{afile}': exists and is not a directory" in _error(["--out", str(afile)], capsys, monkeypatch)
+    below = str(afile / "sub")
+    assert f"--out '{below}': cannot be created ('{afile}' is not a writable directory)" in _error(
+        ["--out", below], capsys, monkeypatch)
+
+
+def test_a_run_starts_the_partial_files_afresh(tiny_dir, tmp_path):
+    stale = tmp_path / "partial" / "fidelity.jsonl"
+    stale.parent.mkdir()
+    stale.write_text('{"method": "from an earlier run"}\n')
+    run_eval(["--model", tiny_dir, "--tasks", "passkey", "--methods", "snapkv", "--budgets", "0.5",
+              "--out", str(tmp_path), "--no-plots", *TINY_SIZES])
+    assert not stale.exists() and (tmp_path / "partial" / "passkey.jsonl").stat().st_size > 0
+
+
+def test_help_shows_each_presets_values(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert "(quick: 0.1; --full: 0.05,0.1,0.2,0.5)" in text
+    assert "(quick: 6: full, streaming, tova, tova+obc-key, snapkv, snapkv+obc-key; --full: 17 methods)" in text
+    assert "(quick: 6; --full: 8)" in text  # --fidelity-windows
 
 
 def test_passkey_budgets_are_checked_against_each_modes_tokenised_prompts():

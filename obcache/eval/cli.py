@@ -53,6 +53,7 @@ class EvalConfig:
     threads: Optional[int] = None
     plots: bool = True
     preset: str = "quick"
+    overrides: List[str] = dataclasses.field(default_factory=list)  # the preset's flags given on the command line
 
 
 # The quick run (no flags): every task, attention-only baselines next to the
@@ -93,47 +94,84 @@ FULL = dict(
 )
 
 
+# The flags that set a field of the presets (the selection and the sizes).
+PRESET_FLAGS = ("tasks", "methods", "budgets", "lengths", "depths", "trials", "modes", "fidelity_context",
+                "fidelity_windows", "ppl_tokens", "ppl_chunk", "ppl_budget", "ppl_windows", "perturb_context",
+                "perturb_windows")
+
+
+def _presets(name):
+    """'(quick: X; --full: Y)' for a field of the presets, for --help."""
+    field = {f.name: f for f in dataclasses.fields(EvalConfig)}[name]
+    default = field.default if field.default_factory is dataclasses.MISSING else field.default_factory()
+
+    def show(v):
+        if name == "methods":
+            return f"{len(v)}: {', '.join(v)}" if len(v) < 10 else f"{len(v)} methods"
+        return ",".join(f"{x:g}" if isinstance(x, float) else str(x) for x in v) if isinstance(v, list) else str(v)
+
+    quick, full = show(QUICK.get(name, default)), show(FULL.get(name, default))
+    return f"(default: {quick})" if quick == full else f"(quick: {quick}; --full: {full})"
+
+
 def add_arguments(p):
-    """The flags of `obcache eval` on parser p."""
-    p.add_argument("--full", action="store_true", help="run the whole grid (every method, 5/10/20/50%%)")
-    p.add_argument("--tasks", help=f"comma list of {', '.join(TASKS)}")
-    p.add_argument("--methods", help="comma list of method names (see obcache.hf.methods()); 'full' is always added")
-    p.add_argument("--budgets", help="comma list of fractions in (0, 1], e.g. 0.05,0.1 or 5%%,10%%")
-    p.add_argument("--lengths", help="comma list of passkey prompt lengths in tokens")
-    p.add_argument("--depths", help="comma list of needle depths in [0, 1]")
-    p.add_argument("--trials", type=int, help="passkey trials per (length, depth)")
-    p.add_argument("--modes", help=f"comma list of passkey modes: {', '.join(MODES)}")
+    """The flags of `obcache eval` on parser p (%% in help: argparse formats it)."""
+    p.add_argument("--full", action="store_true",
+                   help=f"run the whole grid: {len(FULL['methods'])} methods (the prefill and sibling methods; "
+                        "h2o+obc-key and the kvzip rows run with --methods), 5/10/20/50%%, every task")
+    p.add_argument("--tasks", help=f"comma list of {', '.join(TASKS)} {_presets('tasks')}")
+    p.add_argument("--methods", help="comma list of method names (see obcache.hf.methods()); 'full' is always "
+                                     f"added {_presets('methods')}")
+    p.add_argument("--budgets", help="comma list of fractions in (0, 1], e.g. 0.05,0.1 or 5%%,10%% "
+                                     f"{_presets('budgets')}")
+    p.add_argument("--lengths", help=f"comma list of passkey prompt lengths in tokens {_presets('lengths')}")
+    p.add_argument("--depths", help=f"comma list of needle depths in [0, 1] {_presets('depths')}")
+    p.add_argument("--trials", type=int, help=f"passkey trials per (length, depth) {_presets('trials')}")
+    p.add_argument("--modes", help=f"comma list of passkey modes: {', '.join(MODES)} {_presets('modes')}")
     p.add_argument("--model", help="local transformers causal-LM directory (default: SmolLM2-135M-Instruct GGUF)")
     p.add_argument("--text", help="UTF-8 text file for fidelity and perplexity (default: pydoc_data.topics)")
-    p.add_argument("--out", default="eval_out", help="output directory (default ./eval_out)")
-    p.add_argument("--window", type=int, default=32, help="scoring window W (query tokens)")
-    p.add_argument("--sink", type=int, default=4, help="first tokens always kept")
-    p.add_argument("--pool-kernel", type=int, default=7, help="score pooling kernel (0 = none)")
-    p.add_argument("--pool", default="max", choices=["max", "avg"])
-    p.add_argument("--fidelity-context", type=int, help="fidelity context tokens")
-    p.add_argument("--fidelity-windows", type=int, help="fidelity: disjoint windows of the text, each a context")
-    p.add_argument("--ppl-tokens", type=int, help="perplexity: tokens read")
-    p.add_argument("--ppl-chunk", type=int, help="perplexity: chunk size of the chunked prefill")
-    p.add_argument("--ppl-budget", type=int, help="perplexity: tokens per KV head kept while reading")
-    p.add_argument("--ppl-windows", type=int, help="perplexity: disjoint windows of the text, each read")
-    p.add_argument("--perturb-context", type=int, help="perturbation: context tokens before the future ones")
-    p.add_argument("--perturb-windows", type=int, help="perturbation: disjoint windows of the text, each a context")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--out", default="eval_out", help="output directory; a run starts its partial/ files afresh "
+                                                     "(default: ./eval_out)")
+    p.add_argument("--window", type=int, default=32, help="scoring window W (query tokens) (default: 32)")
+    p.add_argument("--sink", type=int, default=4, help="first tokens always kept (default: 4)")
+    p.add_argument("--pool-kernel", type=int, default=7, help="score pooling kernel: 0 or 1 (none) or odd "
+                                                              "(default: 7)")
+    p.add_argument("--pool", default="max", choices=["max", "avg"], help="score pooling (default: max)")
+    p.add_argument("--fidelity-context", type=int, help=f"fidelity context tokens {_presets('fidelity_context')}")
+    p.add_argument("--fidelity-windows", type=int, help="fidelity: disjoint windows of the text, each a context "
+                                                        f"{_presets('fidelity_windows')}")
+    p.add_argument("--ppl-tokens", type=int, help=f"perplexity: tokens read {_presets('ppl_tokens')}")
+    p.add_argument("--ppl-chunk", type=int, help="perplexity: chunk size of the chunked prefill "
+                                                 f"{_presets('ppl_chunk')}")
+    p.add_argument("--ppl-budget", type=int, help="perplexity: tokens per KV head kept while reading "
+                                                  f"{_presets('ppl_budget')}")
+    p.add_argument("--ppl-windows", type=int, help="perplexity: disjoint windows of the text, each read "
+                                                   f"{_presets('ppl_windows')}")
+    p.add_argument("--perturb-context", type=int, help="perturbation: context tokens before the future ones "
+                                                       f"{_presets('perturb_context')}")
+    p.add_argument("--perturb-windows", type=int, help="perturbation: disjoint windows of the text, each a context "
+                                                       f"{_presets('perturb_windows')}")
+    p.add_argument("--seed", type=int, default=0, help="random seed, in [0, 2**32) (default: 0)")
+    p.add_argument("--threads", type=int, help="torch CPU threads, >= 1 (default: torch's)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     return p
 
 
 def _split(flag, value, cast):
+    """The items of a comma list, each read once: a repeated method or
+    budget would be counted twice as a sample of the paired tests."""
     items = [s.strip() for s in value.split(",") if s.strip()]
     if not items:
         raise EvalError(f"{flag} {value!r}: empty list")
     out = []
     for s in items:
         try:
-            out.append(cast(s))
+            x = cast(s)
         except ValueError:
             raise EvalError(f"{flag}: cannot read {s!r} as {cast.__name__}") from None
+        if x in out:
+            raise EvalError(f"{flag}: {s!r} repeats {out[out.index(x)]!r}; list each once")
+        out.append(x)
     return out
 
 
@@ -157,6 +195,7 @@ def config_from_args(args, method_names=None):
     preset = dict(FULL if args.full else QUICK)
     cfg = EvalConfig(**{**preset, "methods": preset["methods"] or []})
     cfg.preset = "full" if args.full else "quick"
+    cfg.overrides = ["--" + n.replace("_", "-") for n in PRESET_FLAGS if getattr(args, n) is not None]
     for name in ("out", "window", "sink", "pool_kernel", "pool", "seed", "threads", "model", "text"):
         setattr(cfg, name, getattr(args, name))
     cfg.plots = not args.no_plots
@@ -164,17 +203,19 @@ def config_from_args(args, method_names=None):
                  "ppl_windows", "perturb_context", "perturb_windows"):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))
-    if args.tasks:
+    # `is not None`: an empty value (--tasks=) is an error, not the preset
+    if args.tasks is not None:
         cfg.tasks = _choose("--tasks", _split("--tasks", args.tasks, str), TASKS)
-    if args.modes:
+    if args.modes is not None:
         cfg.modes = _choose("--modes", _split("--modes", args.modes, str), MODES)
-    if args.budgets:
+    if args.budgets is not None:
         cfg.budgets = _split("--budgets", args.budgets, _budget)
-    if args.lengths:
+    if args.lengths is not None:
         cfg.lengths = _split("--lengths", args.lengths, int)
-    if args.depths:
+    if args.depths is not None:
         cfg.depths = _split("--depths", args.depths, float)
     _check_numbers(cfg)
+    _check_out(cfg.out)
     if cfg.model not in (None, DEFAULT_MODEL):
         check_model_dir(cfg.model)
     if cfg.text is not None and not os.path.isfile(cfg.text):
@@ -185,7 +226,7 @@ def config_from_args(args, method_names=None):
         method_names = list(method_table())
     if "full" not in method_names:
         method_names = ["full", *method_names]
-    if args.methods:
+    if args.methods is not None:
         cfg.methods = _choose("--methods", _split("--methods", args.methods, str), method_names)
     else:
         cfg.methods = _choose("methods of the preset", cfg.methods, method_names)
@@ -204,13 +245,21 @@ def _check_numbers(cfg):
     for d in cfg.depths:
         if not 0 <= d <= 1:
             raise EvalError(f"--depths: {d} is outside [0, 1]")
-    for flag, value in (("--trials", cfg.trials), ("--window", cfg.window), ("--ppl-chunk", cfg.ppl_chunk),
-                        ("--fidelity-windows", cfg.fidelity_windows), ("--perturb-windows", cfg.perturb_windows),
-                        ("--ppl-windows", cfg.ppl_windows)):
-        if value < 1:
-            raise EvalError(f"{flag}: must be >= 1, got {value}")
-    if cfg.sink < 0:
-        raise EvalError(f"--sink: must be >= 0, got {cfg.sink}")
+    for flag, value, least in (("--trials", cfg.trials, 1), ("--window", cfg.window, 1),
+                               ("--ppl-chunk", cfg.ppl_chunk, 1), ("--fidelity-windows", cfg.fidelity_windows, 1),
+                               ("--perturb-windows", cfg.perturb_windows, 1), ("--ppl-windows", cfg.ppl_windows, 1),
+                               ("--fidelity-context", cfg.fidelity_context, 1),
+                               ("--perturb-context", cfg.perturb_context, 1),
+                               ("--ppl-tokens", cfg.ppl_tokens, 2),  # a perplexity needs a token to predict
+                               ("--ppl-budget", cfg.ppl_budget, 1), ("--sink", cfg.sink, 0)):
+        if value < least:
+            raise EvalError(f"{flag}: must be >= {least}, got {value}")
+    if cfg.threads is not None and cfg.threads < 1:
+        raise EvalError(f"--threads: must be >= 1, got {cfg.threads}")
+    if not 0 <= cfg.seed < 2**32:
+        raise EvalError(f"--seed: must be in [0, 2**32) (numpy's range), got {cfg.seed}")
+    if cfg.pool_kernel < 0 or (cfg.pool_kernel > 1 and cfg.pool_kernel % 2 == 0):
+        raise EvalError(f"--pool-kernel: must be 0, 1 (no pooling) or an odd number > 1, got {cfg.pool_kernel}")
     floor = cfg.sink + cfg.window
     contexts = []
     if "passkey" in cfg.tasks:
@@ -218,7 +267,7 @@ def _check_numbers(cfg):
     if "fidelity" in cfg.tasks:
         contexts.append(("--fidelity-context", cfg.fidelity_context))
     if "perturbation" in cfg.tasks:
-        contexts.append(("perturbation context", cfg.perturb_context))
+        contexts.append(("--perturb-context", cfg.perturb_context))
     for b in cfg.budgets:
         for what, n in contexts:
             if b * n < floor:
@@ -228,6 +277,22 @@ def _check_numbers(cfg):
                 )
     if "perplexity" in cfg.tasks and cfg.ppl_budget < floor:
         raise EvalError(f"--ppl-budget: {cfg.ppl_budget} tokens is below sink + window = {floor}")
+
+
+def _check_out(out):
+    """--out is (or can be made) a writable directory: found now, not after
+    the tasks have run."""
+    if os.path.exists(out):
+        if not os.path.isdir(out):
+            raise EvalError(f"--out {out!r}: exists and is not a directory")
+        if not os.access(out, os.W_OK | os.X_OK):
+            raise EvalError(f"--out {out!r}: directory not writable")
+        return
+    parent = os.path.dirname(os.path.abspath(out))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+        raise EvalError(f"--out {out!r}: cannot be created ({parent!r} is not a writable directory)")
 
 
 def seed_everything(seed):
@@ -249,6 +314,7 @@ def run(cfg, out=sys.stdout):
     from obcache.eval.text import check_length, load_text, tokenize
 
     t_start = time.perf_counter()
+    report.start_partial(cfg.out, TASKS)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     model, tok, model_info = load_model(cfg.model)

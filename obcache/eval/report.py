@@ -224,7 +224,9 @@ ceiling (the queries that score it also measure it)."""
 def text_report(results):
     s = results["settings"]
     m = results["model"]
-    head = (f"obcache eval ({s['preset']}): {m['model']}, {m['layers']} layers, {m['kv_heads']} KV heads; "
+    given = s.get("overrides") or []
+    preset = s["preset"] + (f" preset, {', '.join(given)} given" if given else "")
+    head = (f"obcache eval ({preset}): {m['model']}, {m['layers']} layers, {m['kv_heads']} KV heads; "
             f"window {s['window']}, sink {s['sink']}, pool {s['pool']}{s['pool_kernel']}; "
             f"{results['seconds']['total']:.0f} s")
     parts = [head, "", format_table(results["table"]), "", LEGEND]
@@ -232,12 +234,14 @@ def text_report(results):
     if paired:
         parts += ["", "passkey, paired with the attention-only base on the same prompts\n(p: exact two-sided "
                       "McNemar over the prompts only one of the two answered):", format_table(paired)]
-    for task, what in (("fidelity", "KL"), ("perturbation", "err"), ("perplexity", "ppl")):
+    for task, what, ratio in (("fidelity", "KL", "of the means over the windows"),
+                              ("perturbation", "err", "of the means over the windows"),
+                              ("perplexity", "ppl", "of the perplexities of all windows' tokens")):
         rows = results.get(f"{task}_paired") or []
         if rows:
             parts += ["", f"{task}, paired with the attention-only base on the same {rows[0]['windows']} text "
                           f"windows ({what} lower / higher:\nwindows where the method's {what} is below / above "
-                          f"the base's; {what} / base {what}: of the means over the windows;\np: exact two-sided "
+                          f"the base's; {what} / base {what}: {ratio};\np: exact two-sided "
                           "sign test over the windows that differ):", format_table(rows)]
     ppl = perplexity_rows(results)
     if ppl:
@@ -252,13 +256,22 @@ def text_report(results):
     return "\n".join(parts)
 
 
+def start_partial(folder, tasks):
+    """Make folder/partial and remove every task's file there, at a run's
+    start: a task this run stops before would otherwise leave an earlier
+    run's cells among this run's (the lines carry no run id)."""
+    os.makedirs(os.path.join(folder, "partial"), exist_ok=True)
+    for task in tasks:
+        path = os.path.join(folder, "partial", f"{task}.jsonl")
+        if os.path.exists(path):
+            os.remove(path)
+
+
 def partial_writer(folder, task):
     """emit(record): append one finished cell of `task` to
-    folder/partial/<task>.jsonl (emptied first), so a stopped run keeps
-    what it finished."""
-    os.makedirs(os.path.join(folder, "partial"), exist_ok=True)
+    folder/partial/<task>.jsonl (after start_partial), so a stopped run
+    keeps what it finished."""
     path = os.path.join(folder, "partial", f"{task}.jsonl")
-    open(path, "w").close()
 
     def emit(record):
         with open(path, "a") as f:
@@ -306,11 +319,12 @@ def plots(results, folder):
         save(fig, "passkey_accuracy.png")
     if tasks.get("fidelity"):
         fig, ax = plt.subplots(figsize=(6, 4))
-        _lines(ax, tasks["fidelity"], "kl", legend_outside=len({r["method"] for r in tasks["fidelity"]}) > 8)
         positive = all(r["kl"] > 0 for r in tasks["fidelity"] if r["method"] != "full")
+        ax.set_yscale("log" if positive else "linear")  # before _lines, which leaves `full` off a log axis
+        _lines(ax, tasks["fidelity"], "kl", legend_outside=len({r["method"] for r in tasks["fidelity"]}) > 8)
         k = tasks["fidelity"][0].get("windows", 1)
         ax.set(title=f"fidelity: KL(full || compressed), mean of {k} text window{'s' * (k > 1)}",
-               xlabel="budget (fraction kept)", ylabel="KL (nats)", yscale="log" if positive else "linear")
+               xlabel="budget (fraction kept)", ylabel="KL (nats)")
         save(fig, "fidelity_kl.png")
     if tasks.get("perplexity"):
         fig, ax = plt.subplots(figsize=(6, 4))
@@ -349,8 +363,10 @@ def _style(method, i):
 
 
 def _lines(ax, records, key, ci=False, legend_outside=False):
-    """One line per method of `key` vs budget (log x, ticks at the budgets); `full` as a dotted level.
-    legend_outside: the legend right of the axes (a single-axes figure with many methods)."""
+    """One line per method of `key` vs budget (log x, ticks at the budgets); `full` as a dotted level,
+    except on a log y axis (its KL is 0 up to rounding, ~1e-11, which would stretch the axis over a
+    decade range no method is in). legend_outside: the legend right of the axes (a single-axes figure
+    with many methods)."""
     methods = []
     for r in records:
         if r["method"] not in methods:
@@ -360,7 +376,7 @@ def _lines(ax, records, key, ci=False, legend_outside=False):
     for m in methods:
         rs = sorted((r for r in records if r["method"] == m), key=lambda r: r["budget"])
         if m == "full":
-            if rs[0][key] > 0 or ax.get_yscale() != "log":
+            if ax.get_yscale() != "log":
                 ax.axhline(rs[0][key], color="k", ls=":", label="full")
             continue
         i = others.index(m)
