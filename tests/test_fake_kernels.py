@@ -33,6 +33,8 @@ CASES = {
             "q_window's H_q must be a positive multiple of k's H_kv = 2, got H_q = 3"),
     "W > N": (torch.ops.obcache.saliency, (k0[:, :, :3], v0[:, :, :3], q0), ("joint",),
               "q_window's W must be <= N = 3"),
+    "D = 0": (torch.ops.obcache.saliency, (k0[..., :0], v0[..., :0], q0[..., :0]), ("joint",),
+              "k must have a head dim D > 0, got shape"),
     "W = 0": (torch.ops.obcache.saliency, (k0, v0, q0[:, :, :0]), ("joint",),
               "q_window must hold at least one window query, got W = 0"),
     "score name": (torch.ops.obcache.saliency, (k0, v0, q0), ("h2o",),

@@ -82,6 +82,9 @@ void check_saliency_args(const at::Tensor& k, const at::Tensor& v, const at::Ten
   TORCH_CHECK(q.size(3) == D, "q_window must have the head dim D of k (", D, "), got ", q.size(3), " (shape ",
               q.sizes(), ")");
   TORCH_CHECK(Hkv > 0, "k must have at least one KV head, got H_kv = 0 (shape ", k.sizes(), ")");
+  // D = 0 would make the default scale 1/sqrt(D) infinite: the tensor-core
+  // kernels, which scale after the product, would give NaN (0 * inf).
+  TORCH_CHECK(D > 0, "k must have a head dim D > 0, got shape ", k.sizes());
   TORCH_CHECK(Hq % Hkv == 0 && Hq > 0, "q_window's H_q must be a positive multiple of k's H_kv = ", Hkv,
               ", got H_q = ", Hq);
   TORCH_CHECK(W > 0, "q_window must hold at least one window query, got W = 0 (shape ", q.sizes(), ")");

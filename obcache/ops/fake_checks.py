@@ -77,6 +77,7 @@ def cache_and_window(k, v, q, scale=None, o=None):
     torch._check(q.shape[0] == B, lambda: f"q_window must have the batch size of k ({B}), got {q.shape[0]}")
     torch._check(q.shape[3] == D, lambda: f"q_window must have the head dim D of k ({D}), got {q.shape[3]}")
     torch._check(H > 0, lambda: "k must have at least one KV head, got H_kv = 0")
+    torch._check(D > 0, lambda: f"k must have a head dim D > 0, got shape {tuple(k.shape)}")
     torch._check(q.shape[1] > 0, lambda: f"q_window's H_q must be a positive multiple of k's H_kv = {H}, got H_q = 0")
     torch._check(q.shape[1] % H == 0,
                  lambda: f"q_window's H_q must be a positive multiple of k's H_kv = {H}, got H_q = {q.shape[1]}")
