@@ -573,6 +573,14 @@ def test_a_cache_the_hooks_did_not_evict_stays_usable_without_them():
     assert cache.get_seq_length() == 14
 
 
+def test_head_adaptive_methods_refuse_attention_without_per_head_masks_when_the_hooks_are_made():
+    model = tiny_model()
+    model.config._attn_implementation = "flex_attention"
+    with pytest.raises(NotImplementedError, match="attn_implementation='flex_attention'"):
+        hf.compress(model, "adakv+snapkv", 16, **opts())
+    assert not hasattr(model.model, "_obcache_compression")
+
+
 def test_a_removed_handle_cannot_be_entered_again():
     model = tiny_model()
     handle = hf.compress(model, "snapkv", 16, **opts())

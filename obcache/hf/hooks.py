@@ -476,6 +476,10 @@ class Compression:
         self.chunk_size, self.decode_budget, self.evict_reads = chunk_size, decode_budget, evict_reads
         self.model, self.base = model, base_model(model)
         self.attention = attention_modules(self.base)
+        if self.method.per_head_lengths:
+            from obcache.hf.reconstruct import check_head_masking
+
+            check_head_masking(model)  # now, not at the first eviction (checked there again: it can change)
         if getattr(self.base, "_obcache_compression", None) is not None:
             raise RuntimeError(f"{type(model).__name__} is already inside obcache.hf.compress; remove that first")
         self._params = list(inspect.signature(self.base.forward).parameters)
