@@ -440,10 +440,15 @@ def test_static_cache_is_compacted_in_place_and_matches_the_dynamic_cache():
     with hf.compress(model, "snapkv+obc-key", budget, **opts()):
         ref = greedy(model, ids)
     cache = StaticCache(config=model.config, max_cache_len=64)
+    # The layers allocate their buffers at their first update: allocated
+    # first here, so that their addresses are known before the read.
+    z = torch.zeros(1, 2, 1, 16)
+    for layer in cache.layers:
+        layer.lazy_initialization(z, z)
+    ptrs = [(layer.keys.data_ptr(), layer.values.data_ptr()) for layer in cache.layers]
     with hf.compress(model, "snapkv+obc-key", budget, **opts()):
         with torch.no_grad():
             model(ids, cache=cache, use_cache=True)
-        ptrs = [(layer.keys.data_ptr(), layer.values.data_ptr()) for layer in cache.layers]
         assert int(cache.get_seq_length()) == budget
         assert [(layer.keys.data_ptr(), layer.values.data_ptr()) for layer in cache.layers] == ptrs
         cache2 = StaticCache(config=model.config, max_cache_len=64)

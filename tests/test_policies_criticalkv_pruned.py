@@ -248,10 +248,14 @@ def test_the_op_rejects_bad_arguments_by_name(change, message):
 
 
 def test_the_op_reads_a_strided_norm_bound_by_its_strides():
-    # the bound's values decide which tokens stage 2 scores exactly
-    contiguous = torch.ops.obcache._criticalkv_keep(**_op_args(norm_bound=torch.tensor([0.05, 3.0])))
-    strided = torch.ops.obcache._criticalkv_keep(**_op_args(norm_bound=torch.tensor([0.05, 7.0, 3.0, 7.0])[::2]))
-    assert all(torch.equal(a, b) for a, b in zip(contiguous, strided))
+    op = torch.ops.obcache._criticalkv_keep
+    want = op(**_op_args(norm_bound=torch.tensor([0.05, 1000.0])))
+    # the bound decides which tokens stage 2 scores exactly: reading the
+    # gap's 7.0 instead of head 1's 1000.0 would show
+    misread = op(**_op_args(norm_bound=torch.tensor([0.05, 7.0])))
+    assert not torch.equal(want[2], misread[2])
+    strided = op(**_op_args(norm_bound=torch.tensor([0.05, 7.0, 1000.0, 7.0])[::2]))
+    assert all(torch.equal(a, b) for a, b in zip(want, strided))
 
 
 @pytest.mark.parametrize("per_head", [True, False])
