@@ -192,16 +192,17 @@ def kvpress_peak_bytes(B, Hkv, G, W, N, D, score, elem=4, gqa=False):
     (in the input dtype, plus a float32 copy of V for |v|^2 when it is not
     float32; gqa_scores expands nothing) and about 8 [B, H_q, W, N] float32
     temporaries."""
-    expanded = 0 if gqa else 2 * B * Hkv * G * N * D * elem + (B * Hkv * G * N * D * 4 if elem != 4 else 0)
+    expanded = (0 if gqa else 2 * B * Hkv * G * N * D * elem) + (B * Hkv * N * D * 4 if elem != 4 else 0)
     return expanded + 8 * B * Hkv * G * W * N * 4
 
 
 def kvpress_projected_norm(v, wo, p=1):
     """||v_n W_o^j||_p per query head [B, H_q, N] the way kvpress's
     CriticalKVPress writes it: repeat_kv, then per query head one
-    torch.matmul into a [B, N, hidden] projection and torch.norm over it."""
+    torch.matmul into a [B, N, hidden] projection and torch.norm over it, in
+    the input dtype as there (obcache's norms are float32)."""
     B, Hkv, N, D = v.shape
     hidden, Hq = wo.shape[0], wo.shape[1] // D
     w = wo.transpose(0, 1).reshape(Hq, D, hidden)
     vv = repeat_kv(v, Hq // Hkv)
-    return torch.stack([torch.norm(vv[:, j].matmul(w[j]).float(), p=p, dim=-1) for j in range(Hq)], 1)
+    return torch.stack([torch.norm(vv[:, j].matmul(w[j]), p=p, dim=-1) for j in range(Hq)], 1)

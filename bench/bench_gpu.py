@@ -265,7 +265,7 @@ def main():
                 torch.cuda.empty_cache()
         ob = row["impls"]["obcache"]["s"]
         for name, r in row["impls"].items():
-            if not name.startswith("obcache") and r.get("s"):
+            if ob and not name.startswith("obcache") and r.get("s"):  # no ratio where obcache itself ran out of memory
                 row["speedup_vs_" + name.split("/")[0]] = r["s"] / ob
         if row["impls"].get("obcache+o", {}).get("s"):
             row["speedup_given_o"] = ob / row["impls"]["obcache+o"]["s"]

@@ -10,10 +10,11 @@ grows faster than the input.
 
 Every (B, N) runs in a fresh subprocess (bench/common.py: measure_call): one
 call measures the peak extra memory (ru_maxrss over the RSS before the
-call), then timed calls give the median. evict compacts in place, so the
-calls reuse the same k and v (the work does not depend on which rows an
-earlier call moved to the front; no clone doubles the memory at B=8,
-N=128k, where K and V alone take 8 GiB). Prints a table, writes
+call), then timed calls give the median. evict compacts in place, so k and
+v are refilled with the same normal draws before each call, outside the
+timer (a cache compacted by an earlier call has its kept rows in front
+already, which compact_ skips; a clone instead would double the memory at
+B=8, N=128k, where K and V alone take 8 GiB). Prints a table, writes
 bench/out/scaling.json and bench/out/scaling.png.
 
     python bench/bench_scaling.py [--ns 1024 4096 16384 65536 131072] [--bs 1 2 4 8] [--dtype float32]
@@ -23,6 +24,7 @@ import json
 import os
 import sys
 
+import torch
 from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -41,7 +43,13 @@ def child(b, n, dtype, repeats):
     def call():
         obcache.evict(k, v, q, n // 10, score=SCORE, sink=SINK, pool_kernel=POOL_KERNEL)
 
-    print(json.dumps(cm.measure_call(call, tuple, repeats)))
+    def refill():  # an uncompacted cache each call, in place (outside the measurement)
+        gen = torch.Generator().manual_seed(1)
+        k.normal_(generator=gen)
+        v.normal_(generator=gen)
+        return ()
+
+    print(json.dumps(cm.measure_call(call, refill, repeats)))
 
 
 def repeats_for(tokens, target_tokens=500_000):

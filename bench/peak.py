@@ -120,7 +120,9 @@ def measure_peak(repeats=10, gemm_n=4096, copy_mib=512, device="cpu", gemm_dtype
     a = torch.randn(gemm_n, gemm_n, generator=g).to(device=device, dtype=gemm_dtype)
     b = torch.randn(gemm_n, gemm_n, generator=g).to(device=device, dtype=gemm_dtype)
     c = torch.empty(gemm_n, gemm_n, device=device, dtype=gemm_dtype)
-    torch.mm(a, b, out=c)  # warm up
+    # warm up: on a GPU until its clocks have ramped (a low peak would make every fraction of it high)
+    for _ in range(20 if device != "cpu" else 1):
+        torch.mm(a, b, out=c)
     gemm = [timed(lambda: torch.mm(a, b, out=c)) for _ in range(repeats)]
     del a, b, c
     n = copy_mib * 2**20 // 4
