@@ -13,7 +13,8 @@
 // cache). A token's norm does not depend on the other tokens of its task
 // (lanes are independent, padding lanes are discarded), so a call on any
 // subset of tokens gives them the same values. Compiled per ISA as
-// saliency_cpu.cpp is.
+// saliency_cpu.cpp is; bfloat16 on a CPU with AVX512-BF16 multiplies pairs
+// of d (cpu_tiles.h), the float products' rate doubled.
 #include "projected_value_cpu.h"
 
 #include <algorithm>
@@ -51,11 +52,13 @@ Layout make_layout(const ProjectedValueParams& p) {
   return L;
 }
 
-template <typename E, int P, int kRB, int kVW>
+// kPairs: bfloat16 on the AVX512-BF16 pair path (cpu_tiles.h): the value
+// tiles are pair tiles and W_o's rows are read as pairs where they lie.
+template <typename E, int P, int kRB, int kVW, bool kPairs>
 struct Task {
   using Acc = typename Elem<E>::acc;
   const ProjectedValueParams& p;
-  Acc* vt;    // [kTiles, D, kTile]
+  Acc* vt;    // [kTiles, D, kTile] (kPairs: [kTiles, D / 2, kTile] words, at the same tile offsets)
   Acc* wbuf;  // [kMaxRB, D]
   Acc* cbuf;  // [RB, kTile]
   Acc* part;  // [kTiles, kParts, kTile]
@@ -73,6 +76,15 @@ struct Task {
       for (int64_t d = 0; d < p.D; d += kLine) __builtin_prefetch(w + r * p.wo_so + d);
       __builtin_prefetch(w + r * p.wo_so + p.D - 1);
     }
+#ifdef OBC_X86_VARIANTS
+    if constexpr (kPairs) {
+      for (int64_t t = 0; t < tiles; ++t) {
+        avx512bf16_xyt<RB>(w, p.wo_so, p.D, reinterpret_cast<const uint32_t*>(vt + t * p.D * kTile), cbuf);
+        add_norms<RB>(c0, t);
+      }
+      return;
+    }
+#endif
     const Acc* x = wbuf;
     int64_t ldx = p.D;
     if constexpr (std::is_same<E, Acc>::value) {
@@ -83,11 +95,17 @@ struct Task {
     }
     for (int64_t t = 0; t < tiles; ++t) {
       xyt_tile<RB, kVW>(x, ldx, p.D, vt + t * p.D * kTile, cbuf);
-      for (int r = 0; r < RB; ++r) {
-        const Acc* c = cbuf + r * kTile;
-        Acc* s = part + (t * kParts + (c0 + r) % kParts) * kTile;
-        for (int k = 0; k < kTile; ++k) s[k] += P == 1 ? std::fabs(c[k]) : c[k] * c[k];
-      }
+      add_norms<RB>(c0, t);
+    }
+  }
+
+  // |x| or x^2 of one block's projections (cbuf) into tile t's partial sums.
+  template <int RB>
+  OBC_ALWAYS_INLINE void add_norms(int64_t c0, int64_t t) {
+    for (int r = 0; r < RB; ++r) {
+      const Acc* c = cbuf + r * kTile;
+      Acc* s = part + (t * kParts + (c0 + r) % kParts) * kTile;
+      for (int k = 0; k < kTile; ++k) s[k] += P == 1 ? std::fabs(c[k]) : c[k] * c[k];
     }
   }
 
@@ -103,8 +121,16 @@ struct Task {
     const int64_t j = task / (p.B * nblk), b = (task / nblk) % p.B, n0 = (task % nblk) * kRows;
     const int64_t rows = std::min(kRows, p.N - n0), tiles = (rows + kTile - 1) / kTile;
     const E* v = static_cast<const E*>(p.v) + b * p.v_sb + (j / p.G) * p.v_sh + n0 * p.v_sn;
-    for (int64_t t = 0; t < tiles; ++t)
-      transposed_tile<kVW>(v + t * kTile * p.v_sn, p.v_sn, std::min(kTile, rows - t * kTile), D, vt + t * D * kTile);
+    for (int64_t t = 0; t < tiles; ++t) {
+      const int64_t tn = std::min(kTile, rows - t * kTile);
+#ifdef OBC_X86_VARIANTS
+      if constexpr (kPairs) {
+        avx512bf16_load_pairs(v + t * kTile * p.v_sn, p.v_sn, tn, D, reinterpret_cast<uint32_t*>(vt + t * D * kTile));
+        continue;
+      }
+#endif
+      transposed_tile<kVW>(v + t * kTile * p.v_sn, p.v_sn, tn, D, vt + t * D * kTile);
+    }
     std::fill(part, part + tiles * kParts * kTile, Acc(0));
     columns_from<kRB>(0, static_cast<const E*>(p.wo) + j * D, tiles);  // row c of this is column c of W_o^j
     Acc* out = static_cast<Acc*>(p.out) + (b * p.Hkv * p.G + j) * p.N + n0;
@@ -117,19 +143,19 @@ struct Task {
   }
 };
 
-template <typename E, int P, int RB, int kVW>
+template <typename E, int P, int RB, int kVW, bool kPairs>
 OBC_ALWAYS_INLINE void run_tasks(const ProjectedValueParams& p, int64_t t0, int64_t t1, char* ws) {
   using Acc = typename Elem<E>::acc;
   const Layout L = make_layout(p);
   auto at = [&](size_t off) { return reinterpret_cast<Acc*>(ws + off); };
-  Task<E, P, RB, kVW> task{p, at(L.vt), at(L.w), at(L.c), at(L.part)};
+  Task<E, P, RB, kVW, kPairs> task{p, at(L.vt), at(L.w), at(L.c), at(L.part)};
   for (int64_t t = t0; t < t1; ++t) task.run(t);
 }
 
-template <typename E, int RB, int kVW>
+template <typename E, int RB, int kVW, bool kPairs = false>
 OBC_ALWAYS_INLINE void run_norm(const ProjectedValueParams& p, int64_t t0, int64_t t1, char* ws) {
-  if (p.p == 1) return run_tasks<E, 1, RB, kVW>(p, t0, t1, ws);
-  run_tasks<E, 2, RB, kVW>(p, t0, t1, ws);
+  if (p.p == 1) return run_tasks<E, 1, RB, kVW, kPairs>(p, t0, t1, ws);
+  run_tasks<E, 2, RB, kVW, kPairs>(p, t0, t1, ws);
 }
 
 template <int RB, int kVW>
@@ -154,8 +180,14 @@ __attribute__((target("arch=x86-64-v3"))) void run_avx2(const ProjectedValuePara
                                                         void* ws) {
   run_dtype<kRBAvx2, kAvx2W>(p, t0, t1, ws);
 }
+// bfloat16 with an even D on the pair path; the rest as run_avx512.
+__attribute__((target("arch=x86-64-v4,avx512bf16"))) void run_avx512bf16(const ProjectedValueParams& p, int64_t t0,
+                                                                         int64_t t1, void* ws) {
+  if (p.dtype != DType::BF16 || p.D % 2 != 0) return run_avx512(p, t0, t1, ws);
+  run_norm<bf16_t, kRBAvx512, kAvx512W, true>(p, t0, t1, static_cast<char*>(ws));
+}
 #else
-const RunFn run_avx512 = run_baseline, run_avx2 = run_baseline;
+const RunFn run_avx512 = run_baseline, run_avx2 = run_baseline, run_avx512bf16 = run_baseline;
 #endif
 
 }  // namespace
@@ -165,7 +197,7 @@ int64_t projected_value_cpu_tasks(const ProjectedValueParams& p) { return p.B * 
 size_t projected_value_cpu_workspace_bytes(const ProjectedValueParams& p) { return make_layout(p).total; }
 
 void projected_value_cpu(const ProjectedValueParams& p, int64_t t0, int64_t t1, void* ws) {
-  static const RunFn run = pick_cpu_variant<RunFn>(run_baseline, run_avx2, run_avx512);
+  static const RunFn run = pick_cpu_variant<RunFn>(run_baseline, run_avx2, run_avx512, run_avx512bf16);
   run(p, t0, t1, ws);
 }
 

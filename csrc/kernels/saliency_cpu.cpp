@@ -31,7 +31,10 @@
 // to hide the FMA latency, so both have their dot products and P V written
 // with intrinsics (6 x 16 and 8 x 32 blocks, cpu_tiles.h), and intrinsic
 // tile transposes (8 x 8; 16 x 16 on AVX-512) and row maxima (8 and 16
-// lanes) and sums; AVX-512 also has its own exp (avx512_exp). The
+// lanes) and sums; AVX-512 also has its own exp (avx512_exp). bfloat16 on
+// a CPU with AVX512-BF16 forms Q K^T two d at a time (the pair path,
+// cpu_tiles.h; Kernel's kPairs); the other products have a float operand
+// (P, O), which bfloat16 would round. The
 // build passes -fno-trapping-math (results are unchanged: no FP exception is
 // ever unmasked): with trapping math GCC keeps exp_approx's selects as
 // branches, and only AVX-512's masked instructions vectorised them; the AVX2
@@ -342,7 +345,11 @@ OBC_ALWAYS_INLINE void row_contrib(const T* s, const T* a_row, const T* vo, cons
   }
 }
 
-template <typename E, int kRB, int kVW>
+// kPairs: bfloat16 on the AVX512-BF16 pair path (cpu_tiles.h) for Q K^T:
+// the queries kept as bfloat16 rows and the key tiles as pair tiles, the
+// scale applied to the products (the other products take float operands:
+// P and O are not bfloat16).
+template <typename E, int kRB, int kVW, bool kPairs>
 struct Kernel {
   using T = typename Elem<E>::acc;
   using Out = typename std::conditional<std::is_same<E, double>::value, double, float>::type;
@@ -407,6 +414,30 @@ struct Kernel {
   }
   OBC_ALWAYS_INLINE void transposed(const E* src, int64_t ld, int64_t tn, T* dst) const {
     transposed_tile<kVW>(src, ld, tn, p.D, dst);
+  }
+  // The key tile as logits_block reads it (a pair tile on the pair path).
+  OBC_ALWAYS_INLINE void key_tile(const E* src, int64_t tn, T* Kt) const {
+#ifdef OBC_X86_VARIANTS
+    if constexpr (kPairs) {
+      avx512bf16_load_pairs(src, p.k_sn, tn, p.D, reinterpret_cast<uint32_t*>(Kt));
+      return;
+    }
+#endif
+    transposed(src, p.k_sn, tn, Kt);
+  }
+  // Z = scale Q K^T for the RB rows from r0 against a key tile.
+  template <int RB>
+  OBC_ALWAYS_INLINE void logits_block(int64_t r0, const T* Kt, T* Z) const {
+#ifdef OBC_X86_VARIANTS
+    if constexpr (kPairs) {
+      const bf16_t* q = reinterpret_cast<const bf16_t*>(at(L.qs)) + r0 * p.D;
+      avx512bf16_xyt<RB>(q, p.D, p.D, reinterpret_cast<const uint32_t*>(Kt), Z);
+      const T scale = static_cast<T>(p.scale);
+      for (int c = 0; c < RB * kTile; ++c) Z[c] *= scale;
+      return;
+    }
+#endif
+    xyt<RB, false>(at(L.qs) + r0 * p.D, Kt, Z);
   }
   template <int RB>
   OBC_ALWAYS_INLINE void pv(const T* P, const T* V, int64_t ldv, int64_t tn, T* O) const {
@@ -483,7 +514,7 @@ struct Kernel {
       if (z) std::fill(Zb, Zb + RB * kTile, T(0));  // pass 2 may read it (max reduction)
       return;
     }
-    xyt<RB, false>(at(L.qs) + r0 * D, Kt, Zb);
+    logits_block<RB>(r0, Kt, Zb);
     row_max<RB>(Zb, lim, zmax);
     for (int rr = 0; rr < RB; ++rr) {
       const int64_t r = r0 + rr;
@@ -530,7 +561,7 @@ struct Kernel {
     if (z)
       Sb = logits(p0, r0);
     else
-      xyt<RB, false>(at(L.qs) + r0 * D, Kt, Sb);
+      logits_block<RB>(r0, Kt, Sb);
     if constexpr (score_needs_vo(S)) xyt<RB, false>(O + r0 * D, Vt, Xb);
     if constexpr (score_needs_dist(S)) xyt<RB, true>(O + r0 * D, Vt, Db);
     T a_row[kTile];
@@ -557,7 +588,7 @@ struct Kernel {
     for (int64_t c = 0; c < kTile; ++c) vn1[c] = vn2[c] = T(0);
     for (int64_t p0 = n0; p0 < n1; p0 += kTile) {
       const int64_t tn = std::min<int64_t>(kTile, n1 - p0);
-      if (!z) transposed(K + p0 * p.k_sn, p.k_sn, tn, Kt);  // else the logits are kept
+      if (!z) key_tile(K + p0 * p.k_sn, tn, Kt);  // else the logits are kept
       if (need_v2) {
         transposed(V + p0 * p.v_sn, p.v_sn, tn, Vt);
         value_norms<score_needs_vn1(S), score_needs_vn2(S)>(Vt, vn1, vn2);
@@ -596,8 +627,19 @@ struct Kernel {
       for (int64_t d = 0; d < D; ++d) dst[r * D + d] = Elem<E>::load(row[d]) * scale;
     }
   }
-  // The (pre-scaled) window queries of row bh.
+  // The (pre-scaled) window queries of row bh; on the pair path the
+  // bfloat16 rows as they are.
   OBC_ALWAYS_INLINE void load_queries(int64_t bh) {
+    if constexpr (kPairs) {
+      const int64_t b = bh / p.Hkv, h = bh % p.Hkv;
+      bf16_t* dst = reinterpret_cast<bf16_t*>(at(L.qs));
+      for (int64_t r = 0; r < L.R; ++r) {
+        const int64_t g = r / L.Wr, i = L.i0 + r % L.Wr;
+        const E* row = static_cast<const E*>(p.q) + b * p.q_sb + (h * p.G + g) * p.q_sh + i * p.q_sw;
+        std::copy(row, row + p.D, dst + r * p.D);
+      }
+      return;
+    }
     load_rows(p.q, p.q_sb, p.q_sh, p.q_sw, bh, static_cast<T>(p.scale), at(L.qs));
   }
 
@@ -642,7 +684,7 @@ struct Kernel {
     T* Vrow = at(L.vrow);
     for (int64_t p0 = n0; p0 < n1; p0 += kTile) {
       const int64_t tn = std::min<int64_t>(kTile, n1 - p0);
-      transposed(K + p0 * p.k_sn, p.k_sn, tn, Kt);
+      key_tile(K + p0 * p.k_sn, tn, Kt);
       const T* Vt = nullptr;
       int64_t ldv = D;
       if (own_o) {
@@ -758,13 +800,13 @@ struct Job {
   void* logits;
 };
 
-template <typename E, int RB, int kVW>
+template <typename E, int RB, int kVW, bool kPairs = false>
 OBC_ALWAYS_INLINE void run_job(const SaliencyParams& p, const Job& j, void* workspace) {
   using T = typename Elem<E>::acc;
   const Layout L = make_layout(p, j.kind != Job::Rows);
   char* ws = static_cast<char*>(workspace);
   T* z = j.kind == Job::Rows ? (L.zcache ? reinterpret_cast<T*>(ws + L.z) : nullptr) : static_cast<T*>(j.logits);
-  Kernel<E, RB, kVW> k{p, L, ws, false, false, false, z};
+  Kernel<E, RB, kVW, kPairs> k{p, L, ws, false, false, false, z};
   k.need_o = score_needs_vo(p.score) || score_needs_dist(p.score);
   k.own_o = k.need_o && p.o == nullptr;
   k.need_v2 = k.need_o || score_needs_vn1(p.score) || score_needs_vn2(p.score);
@@ -798,12 +840,18 @@ __attribute__((target("arch=x86-64-v4"))) void run_avx512(const SaliencyParams& 
 __attribute__((target("arch=x86-64-v3"))) void run_avx2(const SaliencyParams& p, const Job& j, void* ws) {
   run_dtype<kRBAvx2, kAvx2W>(p, j, ws);
 }
+// bfloat16 with an even D on the pair path; the rest as run_avx512.
+__attribute__((target("arch=x86-64-v4,avx512bf16"))) void run_avx512bf16(const SaliencyParams& p, const Job& j,
+                                                                         void* ws) {
+  if (p.dtype != DType::BF16 || p.D % 2 != 0) return run_avx512(p, j, ws);
+  run_job<bf16_t, kRBAvx512, kAvx512W, true>(p, j, ws);
+}
 #else
-const RunFn run_avx512 = run_baseline, run_avx2 = run_baseline;
+const RunFn run_avx512 = run_baseline, run_avx2 = run_baseline, run_avx512bf16 = run_baseline;
 #endif
 
 void run(const SaliencyParams& p, const Job& j, void* ws) {
-  static const RunFn fn = pick_cpu_variant<RunFn>(run_baseline, run_avx2, run_avx512);
+  static const RunFn fn = pick_cpu_variant<RunFn>(run_baseline, run_avx2, run_avx512, run_avx512bf16);
   fn(p, j, ws);
 }
 

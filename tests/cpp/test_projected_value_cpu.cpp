@@ -63,6 +63,22 @@ TEST(ProjectedValueCpu, EveryDtype) {
   check<obc::bf16_t>({1, 2, 2, 65, 16, 33, 2}, obc::DType::BF16, 2, rng);
 }
 
+// bfloat16 at the shapes of the AVX512-BF16 pair path (cpu_tiles.h, picked
+// where the CPU has it): D a multiple of 32 (the 16 x 16 word transposes)
+// with an even and an odd row stride (the scalar pair loads), D even but not
+// a multiple of 32, odd D (the float path), N not a multiple of the tile.
+// The pairs' products are exact, so the float tolerance holds.
+TEST(ProjectedValueCpu, Bfloat16PairShapes) {
+  std::mt19937 rng(5);
+  for (int norm : {1, 2}) {
+    check<obc::bf16_t>({1, 2, 2, 100, 64, 70, 0}, obc::DType::BF16, norm, rng, 2);
+    check<obc::bf16_t>({2, 1, 3, 64, 128, 33, 2}, obc::DType::BF16, norm, rng);
+    check<obc::bf16_t>({1, 2, 1, 45, 32, 17, 1}, obc::DType::BF16, norm, rng);
+    check<obc::bf16_t>({1, 1, 2, 33, 48, 20, 0}, obc::DType::BF16, norm, rng);
+    check<obc::bf16_t>({1, 1, 2, 40, 9, 20, 0}, obc::DType::BF16, norm, rng);
+  }
+}
+
 TEST(ProjectedValueCpu, TokenNormIndependentOfItsNeighbours) {
   std::mt19937 rng(4);
   std::normal_distribution<float> nd;

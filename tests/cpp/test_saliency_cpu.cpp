@@ -176,6 +176,20 @@ TEST(SaliencyCpu, BFloat16MatchesNaiveOnExactInputs) {
   for (const Case& c : kCases) check_case<obc::bf16_t, float>(c, obc::DType::BF16, 2e-5, rng);
 }
 
+// bfloat16 at the shapes of the AVX512-BF16 pair path (cpu_tiles.h; picked
+// where the CPU has it): D a multiple of 32 over whole tiles (the 16 x 16
+// word transposes), with several key ranges too; an odd row stride (scalar
+// pair loads); D even but not a multiple of 32. (kCases' odd D take the
+// float path.)
+TEST(SaliencyCpu, BFloat16PairShapesMatchNaive) {
+  std::mt19937 rng(7);
+  const Case cases[] = {{1, 2, 2, 8, 100, 64, 0, true},
+                        {1, 1, 3, 4, 600, 32, 0, false},
+                        {1, 1, 2, 3, 40, 32, 1, true},
+                        {1, 1, 2, 3, 70, 48, 0, true}};
+  for (const Case& c : cases) check_case<obc::bf16_t, float>(c, obc::DType::BF16, 2e-5, rng);
+}
+
 TEST(SaliencyCpu, WorkspaceIsBoundedWhateverN) {
   obc::SaliencyParams p;
   p.B = 1, p.Hkv = 8, p.G = 4, p.W = 32, p.D = 128, p.N = 1 << 20;
@@ -191,10 +205,14 @@ TEST(SaliencyCpu, WorkspaceIsBoundedWhateverN) {
 // R * N * 4 bytes of logits above the 16 MiB cache: pass 2 recomputes Q K^T.
 TEST(SaliencyCpu, LongRowsPastTheLogitCacheMatchNaive) {
   std::mt19937 rng(5);
-  const Case c{1, 1, 4, 32, 33000, 8, 0, true};
+  const Case c{1, 1, 4, 32, 33000, 32, 0, true};  // D = 32: bfloat16 on the pair path's fast transposes
   const Data d = make(c, rng);
-  for (Score s : {Score::Attn, Score::Joint, Score::Loo}) {
-    obc::SaliencyParams p = params(c, d, d.k.data(), d.v.data(), d.q.data(), obc::DType::F32, s, 0.25f);
+  const std::vector<obc::bf16_t> k = convert<obc::bf16_t>(d.k), v = convert<obc::bf16_t>(d.v),
+                                 q = convert<obc::bf16_t>(d.q);
+  for (Score s : {Score::Attn, Score::Joint, Score::Loo}) for (obc::DType dt : {obc::DType::F32, obc::DType::BF16}) {
+    const bool bf = dt == obc::DType::BF16;
+    obc::SaliencyParams p = bf ? params(c, d, k.data(), v.data(), q.data(), dt, s, 0.25f)
+                               : params(c, d, d.k.data(), d.v.data(), d.q.data(), dt, s, 0.25f);
     ASSERT_LT(obc::saliency_cpu_workspace_bytes(p), size_t(1) << 20);  // no cache at this size
     const std::vector<double> want = naive_of(p, d, 0.25);
     std::vector<float> got(want.size(), -12345.0f);
@@ -205,7 +223,7 @@ TEST(SaliencyCpu, LongRowsPastTheLogitCacheMatchNaive) {
     for (double w : want) mag = std::max(mag, std::fabs(w));
     for (size_t i = 0; i < want.size(); ++i)
       ASSERT_NEAR(static_cast<double>(got[i]), want[i], 2e-5 * std::max(mag, 1e-30))
-          << "score=" << static_cast<int>(s) << " at " << i;
+          << "score=" << static_cast<int>(s) << " bf16=" << bf << " at " << i;
   }
 }
 
@@ -296,8 +314,9 @@ TEST(CpuVariant, TheEnvironmentCapsThePick) {
   const std::pair<const char*, obc::CpuVariant> caps[] = {{"baseline", obc::CpuVariant::Baseline},
                                                          {"avx2", obc::CpuVariant::Avx2},
                                                          {"avx512", obc::CpuVariant::Avx512},
-                                                         {"", obc::CpuVariant::Avx512},
-                                                         {"sse9", obc::CpuVariant::Avx512}};
+                                                         {"avx512bf16", obc::CpuVariant::Avx512Bf16},
+                                                         {"", obc::CpuVariant::Avx512Bf16},
+                                                         {"sse9", obc::CpuVariant::Avx512Bf16}};
   for (const auto& [cap, want] : caps) {
     env.set(cap);
     EXPECT_EQ(static_cast<int>(obc::cpu_variant()), static_cast<int>(std::min(want, best))) << "cap=" << cap;
