@@ -27,6 +27,7 @@
 #include "kernels/projected_value_cpu.h"
 #include "torch/checks.h"
 #include "torch/projected_value_args.h"
+#include "torch/select_compact.h"
 
 namespace obcache {
 
@@ -159,9 +160,7 @@ void check_args(const at::Tensor& base, const at::Tensor& v, const at::Tensor& w
   TORCH_CHECK(norm_bound.dim() == 1 && norm_bound.size(0) == base.size(1) && norm_bound.scalar_type() == at::kFloat,
               "norm_bound must be float32 [H_kv] = [", base.size(1), "], got ", norm_bound.scalar_type(), " ",
               norm_bound.sizes());
-  // The sum unsigned: two huge values would wrap an int64 sum negative.
-  TORCH_CHECK(sink >= 0 && recent >= 0 &&
-                  static_cast<uint64_t>(sink) + static_cast<uint64_t>(recent) <= static_cast<uint64_t>(base.size(2)),
+  TORCH_CHECK(sink >= 0 && recent >= 0 && kept_ends(sink, recent) <= static_cast<uint64_t>(base.size(2)),
               "sink = ", sink, " and recent = ", recent,
               " must be >= 0 with sink + recent <= N = ", base.size(2));
   TORCH_CHECK(floor >= 0, "floor must be >= 0, got ", floor);
