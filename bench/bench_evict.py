@@ -220,17 +220,11 @@ def main():
             print(f"{'':>16}interleaved (one process, alternating): obcache {1e3 * il['median_s']['obcache']:.1f} ms, "
                   f"kvpress {1e3 * il['median_s']['kvpress']:.1f} ms, kvpress/obcache per round: median "
                   f"{il['ratio_median']:.2f}x (min {il['ratio_min']:.2f}, max {il['ratio_max']:.2f})")
-        for n in names:
-            if r["impls"][n]["error"]:
-                print(f"{'':>16}{n}: {r['impls'][n]['error']}")
+        cm.print_errors({n: r["impls"][n] for n in names}, 16)
     print("(vs X = X time / obcache time; MiB = peak extra RSS of one call; GFLOP/s, GB/s: obcache's necessary work;"
           " %peakF = of the FMA peak (the GEMM one without a C compiler); %roof = roofline floor / time)")
-    payload = {"bench": "evict", "config": "B=1 H_kv=8 G=4 W=32 D=128 budget=N/10 score=joint sink=4 recent=W "
-                                            "pool=max7, CPU, median of %d (reference: %d)" % (args.repeats,
-                                                                                              args.ref_repeats),
-               "argv": sys.argv, "machine": mach, "peak": peak, "load_start": load_start,
-               "load_end": cm.loadavg(), "ci_finished_at_start": cm.ci_finished(), "rows": rows}
-    print("wrote", cm.write_json(args.out, payload))
+    cm.write_run(args.out, "evict", "B=1 H_kv=8 G=4 W=32 D=128 budget=N/10 score=joint sink=4 recent=W pool=max7, "
+                 "CPU, median of %d (reference: %d)" % (args.repeats, args.ref_repeats), mach, peak, load_start, rows)
 
 
 if __name__ == "__main__":

@@ -303,9 +303,7 @@ def main():
         if im.get("obcache+o", {}).get("s"):
             print(f"{'':>24}obcache+o (given o): {1e3 * im['obcache+o']['s']:.3f} ms, "
                   f"{r['speedup_given_o']:.2f}x obcache")
-        for name, d in im.items():
-            if d.get("error"):
-                print(f"{'':>24}{name}: {d['error']}")
+        cm.print_errors(im, 24)
     print("(vs X = X time / obcache time, CUDA-event medians; MiB = peak extra allocated in one call; GB/s and "
           "GFLOP/s: obcache's necessary work; %roof = roofline floor (measured peaks) / time)")
     payload = {"bench": "gpu", "config": "B=1 H_kv=8 G=4 W=32 D=128 %s budget=N/10 score=joint sink=4 recent=W "

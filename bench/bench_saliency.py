@@ -155,17 +155,12 @@ def main():
               f"{cm.fmt(rf.get('frac_roofline') and 100 * rf['frac_roofline'], '.0f'):>6} "
               f"{cm.fmt(im.get('obcache+o', {}).get('s') and 1e3 * im['obcache+o']['s'], '.1f', ''):>7} "
               f"{cm.fmt((r.get('obcache+o_roofline') or {}).get('achieved_GFLOPs'), '.1f', ''):>8}")
-        for name, d in im.items():
-            if d.get("error"):
-                print(f"{'':>14}{name}: {d['error']}")
+        cm.print_errors(im, 14)
     print("(vs X = X time / obcache time; /h = reference run one KV head at a time; MiB = peak extra RSS of one call;"
           " GFLOP/s counts the GEMM-sized products only; %peakF = of the FMA peak (the GEMM one without a C compiler); %roof = roofline floor / time;"
           " +o = the op given the window's attention output o, GF/s of its two products)")
-    payload = {"bench": "saliency", "config": "B=1 H_kv=8 G=4 W=32 D=128 float32, CPU, median of %d (reference: %d)"
-                                              % (args.repeats, args.ref_repeats),
-               "argv": sys.argv, "machine": mach, "peak": peak, "load_start": load_start,
-               "load_end": cm.loadavg(), "ci_finished_at_start": cm.ci_finished(), "rows": rows}
-    print("wrote", cm.write_json(args.out, payload))
+    cm.write_run(args.out, "saliency", "B=1 H_kv=8 G=4 W=32 D=128 float32, CPU, median of %d (reference: %d)"
+                 % (args.repeats, args.ref_repeats), mach, peak, load_start, rows)
 
 
 if __name__ == "__main__":

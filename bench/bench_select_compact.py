@@ -116,16 +116,11 @@ def main():
               f"{cm.fmt(r.get('speedup_vs_kvpress'), '.2f'):>9}x {cm.fmt(r.get('speedup_vs_reference'), '.2f'):>7}x "
               f"{cm.fmt(rf.get('achieved_GBs'), '.1f'):>7} "
               f"{cm.fmt(rf.get('frac_peak_bw') and 100 * rf['frac_peak_bw'], '.0f'):>8}")
-        for name, d in im.items():
-            if d.get("error"):
-                print(f"{'':>14}{name}: {d['error']}")
+        cm.print_errors(im, 14)
     print("(vs X = X time / obcache time; GB/s: the necessary bytes (see the docstring) over obcache's median; "
           "%memcpy: of the best copy_ rate of this run, which counts read + write)")
-    payload = {"bench": "select_compact", "config": "B=1 H_kv=8 D=128 float32, budget N/10, sink 4, recent 32, "
-                                                    "max pool 7, CPU, median of %d" % args.repeats,
-               "argv": sys.argv, "machine": mach, "peak": peak, "load_start": load_start,
-               "load_end": cm.loadavg(), "ci_finished_at_start": cm.ci_finished(), "rows": rows}
-    print("wrote", cm.write_json(args.out, payload))
+    cm.write_run(args.out, "select_compact", "B=1 H_kv=8 D=128 float32, budget N/10, sink 4, recent 32, max pool 7, "
+                 "CPU, median of %d" % args.repeats, mach, peak, load_start, rows)
 
 
 if __name__ == "__main__":

@@ -163,9 +163,26 @@ def machine():
 
 def print_peak(peak):
     """One line with the machine peaks bench/peak.py measured in this run."""
-    print("peak (best of %s): GEMM %s %.1f GFLOP/s, FMA loop %s GFLOP/s, memcpy %.1f GB/s (%s)" % (
-        peak.get("repeats"), peak.get("gemm"), peak.get("gemm_best_GFLOPs", 0), fmt(peak.get("fma_GFLOPs"), ".1f"),
+    bf16 = f", {peak['gemm_bf16']} {peak['gemm_bf16_best_GFLOPs']:.1f} GFLOP/s" if "gemm_bf16" in peak else ""
+    print("peak (best of %s): GEMM %s %.1f GFLOP/s%s, FMA loop %s GFLOP/s, memcpy %.1f GB/s (%s)" % (
+        peak.get("repeats"), peak.get("gemm"), peak.get("gemm_best_GFLOPs", 0), bf16, fmt(peak.get("fma_GFLOPs"), ".1f"),
         peak.get("memcpy_best_GBs", 0), peak.get("error", "ok")))
+
+
+def print_errors(impls, indent):
+    """A line for each implementation of a table row that failed, under it."""
+    for name, d in impls.items():
+        if d.get("error"):
+            print(f"{'':>{indent}}{name}: {d['error']}")
+
+
+def write_run(out, bench, config, mach, peak, load_start, rows):
+    """The CPU benches' JSON: what ran, with which arguments, where, the
+    machine's load before and after (and whether a CI run had just ended),
+    and the rows."""
+    payload = {"bench": bench, "config": config, "argv": sys.argv, "machine": mach, "peak": peak,
+               "load_start": load_start, "load_end": loadavg(), "ci_finished_at_start": ci_finished(), "rows": rows}
+    print("wrote", write_json(out, payload))
 
 
 def fmt(x, spec, none="-"):

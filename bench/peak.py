@@ -2,7 +2,9 @@
 machine in the same run:
 
 - GEMM: torch.mm of two 4096 x 4096 float32 matrices (2 * 4096^3 FLOP),
-  GFLOP/s of the median call, on the threads torch uses.
+  GFLOP/s of the median call, on the threads torch uses; with --gemm-bf16
+  also in bfloat16 (the rate bfloat16 kernels compare with: CPUs with
+  AVX512-BF16 or AMX multiply bfloat16 faster than float32).
 - memcpy: dst.copy_(src) of a 512 MiB float32 tensor; GB/s counts the bytes
   read plus the bytes written (2 x 512 MiB per call), median call.
 - FMA (CPU only): the FP32 FMA throughput of the cores, a C loop of 12
@@ -114,17 +116,22 @@ def fma_peak(threads, repeats=5, iters=20_000_000):
         return best, f"{lanes * 32}-bit FMA x12 chains, {threads} threads"
 
 
-def measure_peak(repeats=10, gemm_n=4096, copy_mib=512, device="cpu", gemm_dtype=torch.float32):
-    timed = timer(device)
-    g = torch.Generator().manual_seed(0)
-    a = torch.randn(gemm_n, gemm_n, generator=g).to(device=device, dtype=gemm_dtype)
-    b = torch.randn(gemm_n, gemm_n, generator=g).to(device=device, dtype=gemm_dtype)
-    c = torch.empty(gemm_n, gemm_n, device=device, dtype=gemm_dtype)
+def gemm_times(timed, repeats, n, device, dtype, g):
+    """Seconds of `repeats` torch.mm calls on two n x n matrices of dtype."""
+    a = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)
+    b = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)
+    c = torch.empty(n, n, device=device, dtype=dtype)
     # warm up: on a GPU until its clocks have ramped (a low peak would make every fraction of it high)
     for _ in range(20 if device != "cpu" else 1):
         torch.mm(a, b, out=c)
-    gemm = [timed(lambda: torch.mm(a, b, out=c)) for _ in range(repeats)]
-    del a, b, c
+    return [timed(lambda: torch.mm(a, b, out=c)) for _ in range(repeats)]
+
+
+def measure_peak(repeats=10, gemm_n=4096, copy_mib=512, device="cpu", gemm_dtype=torch.float32, gemm_bf16=False):
+    timed = timer(device)
+    g = torch.Generator().manual_seed(0)
+    gemm = gemm_times(timed, repeats, gemm_n, device, gemm_dtype, g)
+    bf16 = gemm_times(timed, repeats, gemm_n, device, torch.bfloat16, g) if gemm_bf16 else None
     n = copy_mib * 2**20 // 4
     src = torch.randn(n, generator=g).to(device)
     dst = torch.empty_like(src)
@@ -140,6 +147,9 @@ def measure_peak(repeats=10, gemm_n=4096, copy_mib=512, device="cpu", gemm_dtype
         "gemm": f"torch.mm {gemm_n}x{gemm_n} {str(gemm_dtype).replace('torch.', '')}",
         "gemm_GFLOPs": 2 * gemm_n**3 / gemm_s / 1e9,
         "gemm_best_GFLOPs": 2 * gemm_n**3 / min(gemm) / 1e9,
+        **({"gemm_bf16": f"torch.mm {gemm_n}x{gemm_n} bfloat16",
+            "gemm_bf16_GFLOPs": 2 * gemm_n**3 / statistics.median(bf16) / 1e9,
+            "gemm_bf16_best_GFLOPs": 2 * gemm_n**3 / min(bf16) / 1e9} if bf16 else {}),
         "memcpy": f"copy_ {copy_mib} MiB float32 (read + write counted)",
         "memcpy_GBs": 2 * copy_mib * 2**20 / copy_s / 1e9,
         "memcpy_best_GBs": 2 * copy_mib * 2**20 / min(copy) / 1e9,
@@ -167,13 +177,17 @@ def main():
     ap.add_argument("--gemm-n", type=int, default=4096)
     ap.add_argument("--copy-mib", type=int, default=512)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--gemm-bf16", action="store_true", help="time torch.mm in bfloat16 too")
     ap.add_argument("--json", action="store_true", help="print one JSON line only")
     args = ap.parse_args()
-    p = measure_peak(args.repeats, args.gemm_n, args.copy_mib, args.device)
+    p = measure_peak(args.repeats, args.gemm_n, args.copy_mib, args.device, gemm_bf16=args.gemm_bf16)
     if args.json:
         print(json.dumps(p))
         return
     print(f"GEMM   {p['gemm']}: {p['gemm_GFLOPs']:.1f} GFLOP/s median ({p['gemm_best_GFLOPs']:.1f} best)")
+    if "gemm_bf16" in p:
+        print(f"GEMM   {p['gemm_bf16']}: {p['gemm_bf16_GFLOPs']:.1f} GFLOP/s median "
+              f"({p['gemm_bf16_best_GFLOPs']:.1f} best)")
     print(f"memcpy {p['memcpy']}: {p['memcpy_GBs']:.1f} GB/s median ({p['memcpy_best_GBs']:.1f} best)")
     print(f"FMA    {p['fma']}: " + (f"{p['fma_GFLOPs']:.1f} GFLOP/s best" if p["fma_GFLOPs"] else "not measured"))
 
