@@ -304,17 +304,26 @@ OBC_AVX512_FN void avx512_xyt(const float* X, int64_t ldx, int64_t D, const floa
 // products of a word pair into a float accumulator: 32 multiply-adds an
 // instruction where the float block does 16, at the same rate (2.0x the
 // float block's GFLOP/s on a Zen 4). The products are the float path's (a
-// bfloat16 product is exact in float); the sums differ in order and flush
-// bfloat16 subnormals (below 1.2e-38) to 0. D must be even.
+// bfloat16 product is exact in float) and the sums differ only in order,
+// except below float's normal range (1.2e-38): vdpbf16ps reads subnormal
+// inputs and writes subnormal products and sums as 0, where the float path
+// keeps them. D must be even.
 
 // dst[i][c] = the pair word i of row c (c < tn), zero words for c >= tn:
 // the pair tile, [D / 2][kTile].
 OBC_AVX512BF16_FN inline void avx512bf16_load_pairs(const bf16_t* src, int64_t ld, int64_t tn, int64_t D,
                                                    uint32_t* dst) {
   const int64_t D2 = D / 2;
-  if (tn == kTile && D2 % 16 == 0 && ld % 2 == 0) {  // words transpose as floats do: 16 x 16 blocks
-    avx512_load_transposed(reinterpret_cast<const float*>(src), ld / 2, D2, reinterpret_cast<float*>(dst));
-    return;
+  if (tn == kTile && ld % 2 == 0) {  // words transpose as floats do, by 16 x 16 or 8 x 8 blocks
+    const float* words = reinterpret_cast<const float*>(src);
+    if (D2 % 16 == 0) {
+      avx512_load_transposed(words, ld / 2, D2, reinterpret_cast<float*>(dst));
+      return;
+    }
+    if (D2 % 8 == 0) {
+      avx2_load_transposed(words, ld / 2, D2, reinterpret_cast<float*>(dst));
+      return;
+    }
   }
   for (int64_t c = 0; c < tn; ++c)
     for (int64_t i = 0; i < D2; ++i) std::memcpy(dst + i * kTile + c, src + c * ld + 2 * i, sizeof(uint32_t));

@@ -346,9 +346,12 @@ OBC_ALWAYS_INLINE void row_contrib(const T* s, const T* a_row, const T* vo, cons
 }
 
 // kPairs: bfloat16 on the AVX512-BF16 pair path (cpu_tiles.h) for Q K^T:
-// the queries kept as bfloat16 rows and the key tiles as pair tiles, the
-// scale applied to the products (the other products take float operands:
-// P and O are not bfloat16).
+// the queries kept as bfloat16 rows and the key tiles as pair tiles (the
+// other products take float operands: P and O are not bfloat16). The scale
+// splits as 2^e * f, f in [1, 2): the queries take 2^e (exact in bfloat16)
+// and the products f, so that a logit overflows where the float path's
+// (scale q) . k does, within a factor 2 (scale after the product would
+// overflow wherever |q . k| > FLT_MAX, up to 1 / scale times sooner).
 template <typename E, int kRB, int kVW, bool kPairs>
 struct Kernel {
   using T = typename Elem<E>::acc;
@@ -361,6 +364,8 @@ struct Kernel {
   // it (else the caller gave it, p.o); need_v2: pass 2 reads V (O or norms).
   bool need_o, own_o, need_v2;
   T* z;  // the row's logit cache (tile-major, as Layout::z), or null: pass 2 recomputes Q K^T
+  int scale_exp = 0;  // the pair path's split of the scale (kPairs above): 2^scale_exp * scale_frac
+  T scale_frac = T(1);
 
   T* at(size_t off) const { return reinterpret_cast<T*>(ws + off); }
   // Pass 1's logits of rows r0.. for the tile starting at key p0 (z only).
@@ -432,8 +437,7 @@ struct Kernel {
     if constexpr (kPairs) {
       const bf16_t* q = reinterpret_cast<const bf16_t*>(at(L.qs)) + r0 * p.D;
       avx512bf16_xyt<RB>(q, p.D, p.D, reinterpret_cast<const uint32_t*>(Kt), Z);
-      const T scale = static_cast<T>(p.scale);
-      for (int c = 0; c < RB * kTile; ++c) Z[c] *= scale;
+      for (int c = 0; c < RB * kTile; ++c) Z[c] *= scale_frac;
       return;
     }
 #endif
@@ -627,16 +631,20 @@ struct Kernel {
       for (int64_t d = 0; d < D; ++d) dst[r * D + d] = Elem<E>::load(row[d]) * scale;
     }
   }
-  // The (pre-scaled) window queries of row bh; on the pair path the
-  // bfloat16 rows as they are.
+  // The (pre-scaled) window queries of row bh; on the pair path bfloat16
+  // rows times 2^scale_exp (exact: a float's upper half, below it zeros,
+  // unless the product leaves the normal range, where vdpbf16ps would read
+  // it as 0 or it is Inf as (scale q) is).
   OBC_ALWAYS_INLINE void load_queries(int64_t bh) {
     if constexpr (kPairs) {
       const int64_t b = bh / p.Hkv, h = bh % p.Hkv;
       bf16_t* dst = reinterpret_cast<bf16_t*>(at(L.qs));
+      const float pow2 = std::ldexp(1.0f, scale_exp);
       for (int64_t r = 0; r < L.R; ++r) {
         const int64_t g = r / L.Wr, i = L.i0 + r % L.Wr;
         const E* row = static_cast<const E*>(p.q) + b * p.q_sb + (h * p.G + g) * p.q_sh + i * p.q_sw;
-        std::copy(row, row + p.D, dst + r * p.D);
+        for (int64_t d = 0; d < p.D; ++d)
+          dst[r * p.D + d].bits = static_cast<uint16_t>(float_to_bits(Elem<E>::load(row[d]) * pow2) >> 16);
       }
       return;
     }
@@ -807,6 +815,10 @@ OBC_ALWAYS_INLINE void run_job(const SaliencyParams& p, const Job& j, void* work
   char* ws = static_cast<char*>(workspace);
   T* z = j.kind == Job::Rows ? (L.zcache ? reinterpret_cast<T*>(ws + L.z) : nullptr) : static_cast<T*>(j.logits);
   Kernel<E, RB, kVW, kPairs> k{p, L, ws, false, false, false, z};
+  if constexpr (kPairs) {
+    const T f = std::frexp(static_cast<T>(p.scale), &k.scale_exp);  // scale = f 2^e, f in [0.5, 1)
+    k.scale_frac = 2 * f, k.scale_exp -= 1;
+  }
   k.need_o = score_needs_vo(p.score) || score_needs_dist(p.score);
   k.own_o = k.need_o && p.o == nullptr;
   k.need_v2 = k.need_o || score_needs_vn1(p.score) || score_needs_vn2(p.score);

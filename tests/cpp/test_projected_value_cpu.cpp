@@ -65,9 +65,10 @@ TEST(ProjectedValueCpu, EveryDtype) {
 
 // bfloat16 at the shapes of the AVX512-BF16 pair path (cpu_tiles.h, picked
 // where the CPU has it): D a multiple of 32 (the 16 x 16 word transposes)
-// with an even and an odd row stride (the scalar pair loads), D even but not
-// a multiple of 32, odd D (the float path), N not a multiple of the tile.
-// The pairs' products are exact, so the float tolerance holds.
+// with an even and an odd row stride (the scalar pair loads), D = 48 (8 x 8
+// word transposes), D = 20 (scalar pair loads), odd D (the float path), N
+// not a multiple of the tile. The pairs' products are exact, so the float
+// tolerance holds.
 TEST(ProjectedValueCpu, Bfloat16PairShapes) {
   std::mt19937 rng(5);
   for (int norm : {1, 2}) {
@@ -75,19 +76,22 @@ TEST(ProjectedValueCpu, Bfloat16PairShapes) {
     check<obc::bf16_t>({2, 1, 3, 64, 128, 33, 2}, obc::DType::BF16, norm, rng);
     check<obc::bf16_t>({1, 2, 1, 45, 32, 17, 1}, obc::DType::BF16, norm, rng);
     check<obc::bf16_t>({1, 1, 2, 33, 48, 20, 0}, obc::DType::BF16, norm, rng);
+    check<obc::bf16_t>({1, 1, 2, 70, 20, 21, 0}, obc::DType::BF16, norm, rng);
     check<obc::bf16_t>({1, 1, 2, 40, 9, 20, 0}, obc::DType::BF16, norm, rng);
   }
 }
 
-TEST(ProjectedValueCpu, TokenNormIndependentOfItsNeighbours) {
+// Float32, and bfloat16 (the pair path where the CPU has it).
+template <typename E>
+void check_token_norm_independent(obc::DType dt) {
   std::mt19937 rng(4);
   std::normal_distribution<float> nd;
   obc::ProjectedValueParams p;
-  p.B = 1, p.Hkv = 2, p.G = 3, p.N = 150, p.D = 64, p.hidden = 83, p.p = 1;
+  p.dtype = dt, p.B = 1, p.Hkv = 2, p.G = 3, p.N = 150, p.D = 64, p.hidden = 83, p.p = 1;
   p.v_sn = p.D, p.v_sh = p.N * p.D, p.v_sb = p.Hkv * p.v_sh, p.wo_so = p.Hkv * p.G * p.D;
-  std::vector<float> v(p.B * p.v_sb), wo(p.hidden * p.wo_so);
-  for (auto& x : v) x = nd(rng);
-  for (auto& x : wo) x = nd(rng);
+  std::vector<E> v(p.B * p.v_sb), wo(p.hidden * p.wo_so);
+  for (auto& x : v) x = naive::from_float<E>(nd(rng));
+  for (auto& x : wo) x = naive::from_float<E>(nd(rng));
   const std::vector<int64_t> pick = {0, 5, 31, 32, 33, 64, 100, 149};  // other lanes and tiles than in the full call
   for (int norm : {1, 2}) {
     p.p = norm, p.N = 150, p.v_sh = p.N * p.D, p.v = v.data(), p.wo = wo.data();
@@ -96,7 +100,8 @@ TEST(ProjectedValueCpu, TokenNormIndependentOfItsNeighbours) {
     std::vector<double> ws(obc::projected_value_cpu_workspace_bytes(p) / 8 + 8);
     obc::projected_value_cpu(p, 0, obc::projected_value_cpu_tasks(p), ws.data());
     const int64_t M = static_cast<int64_t>(pick.size());
-    std::vector<float> sub(p.Hkv * M * p.D), got(p.Hkv * p.G * M);
+    std::vector<E> sub(p.Hkv * M * p.D);
+    std::vector<float> got(p.Hkv * p.G * M);
     for (int64_t h = 0; h < p.Hkv; ++h)
       for (int64_t i = 0; i < M; ++i)
         for (int64_t d = 0; d < p.D; ++d) sub[(h * M + i) * p.D + d] = v[h * p.v_sh + pick[i] * p.D + d];
@@ -107,6 +112,11 @@ TEST(ProjectedValueCpu, TokenNormIndependentOfItsNeighbours) {
       for (int64_t i = 0; i < M; ++i)
         ASSERT_EQ(got[j * M + i], all[j * p.N + pick[i]]) << "p=" << norm << " head " << j << " token " << pick[i];
   }
+}
+
+TEST(ProjectedValueCpu, TokenNormIndependentOfItsNeighbours) {
+  check_token_norm_independent<float>(obc::DType::F32);
+  check_token_norm_independent<obc::bf16_t>(obc::DType::BF16);
 }
 
 TEST(ProjectedValueCpu, ZeroHiddenGivesZero) {

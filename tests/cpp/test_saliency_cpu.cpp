@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <random>
 #include <string>
 #include <utility>
@@ -178,16 +179,37 @@ TEST(SaliencyCpu, BFloat16MatchesNaiveOnExactInputs) {
 
 // bfloat16 at the shapes of the AVX512-BF16 pair path (cpu_tiles.h; picked
 // where the CPU has it): D a multiple of 32 over whole tiles (the 16 x 16
-// word transposes), with several key ranges too; an odd row stride (scalar
-// pair loads); D even but not a multiple of 32. (kCases' odd D take the
-// float path.)
+// word transposes), with several key ranges too, causal or not; an odd row
+// stride and D = 20 (scalar pair loads); D = 48 (8 x 8 word transposes).
+// (kCases' odd D take the float path.)
 TEST(SaliencyCpu, BFloat16PairShapesMatchNaive) {
   std::mt19937 rng(7);
   const Case cases[] = {{1, 2, 2, 8, 100, 64, 0, true},
                         {1, 1, 3, 4, 600, 32, 0, false},
                         {1, 1, 2, 3, 40, 32, 1, true},
-                        {1, 1, 2, 3, 70, 48, 0, true}};
+                        {1, 1, 2, 3, 70, 48, 0, true},
+                        {1, 1, 2, 3, 70, 20, 0, true},
+                        {1, 1, 2, 4, 1100, 32, 0, true}};
   for (const Case& c : cases) check_case<obc::bf16_t, float>(c, obc::DType::BF16, 2e-5, rng);
+}
+
+// Logits that overflow float unscaled but not scaled (|q . k| = 4e38,
+// scale 1/8): finite as on the float path, where scale * q comes first. The
+// pair path puts the scale's power of two on the queries for this; scaling
+// the products afterwards made them Inf and every score NaN.
+TEST(SaliencyCpu, BFloat16LogitsOverflowOnlyWhereScaledOnesDo) {
+  const Case c{1, 1, 2, 4, 64, 64, 0, false};
+  std::mt19937 rng(8);
+  const Data d = make(c, rng);
+  std::vector<obc::bf16_t> k(d.k.size(), naive::from_float<obc::bf16_t>(2.5e18f)), v = convert<obc::bf16_t>(d.v),
+                           q(d.q.size(), naive::from_float<obc::bf16_t>(2.5e18f));
+  obc::SaliencyParams p = params(c, d, k.data(), v.data(), q.data(), obc::DType::BF16, Score::Attn, 0.125f);
+  std::vector<float> out(c.N, -1.0f);
+  p.out = out.data();
+  std::vector<double> ws(obc::saliency_cpu_workspace_bytes(p) / sizeof(double) + 8);
+  obc::saliency_cpu(p, 0, 1, ws.data());
+  // Equal logits: A = 1 / N for each of the G * W window rows.
+  for (int64_t n = 0; n < c.N; ++n) ASSERT_FLOAT_EQ(out[n], 8.0f / 64.0f) << "key " << n;
 }
 
 TEST(SaliencyCpu, WorkspaceIsBoundedWhateverN) {
@@ -322,6 +344,32 @@ TEST(CpuVariant, TheEnvironmentCapsThePick) {
     EXPECT_EQ(static_cast<int>(obc::cpu_variant()), static_cast<int>(std::min(want, best))) << "cap=" << cap;
   }
 }
+
+#ifdef OBC_X86_VARIANTS
+// The uncapped pick against the kernel's own list of CPU flags: the
+// AVX-512 variants exactly when /proc/cpuinfo lists x86-64-v4's AVX-512
+// subsets, the pair variant when it lists avx512_bf16 too.
+TEST(CpuVariant, TheUncappedPickFollowsTheCpuFlags) {
+  std::ifstream info("/proc/cpuinfo");
+  std::string line, flags;
+  while (std::getline(info, line))
+    if (line.rfind("flags", 0) == 0) {
+      flags = line + " ";
+      break;
+    }
+  if (flags.empty()) GTEST_SKIP() << "no flags line in /proc/cpuinfo";
+  auto has = [&](const char* f) { return flags.find(std::string(" ") + f + " ") != std::string::npos; };
+  const bool v4 = has("avx512f") && has("avx512bw") && has("avx512cd") && has("avx512dq") && has("avx512vl");
+  ScopedCap env;
+  env.unset();
+  const int got = static_cast<int>(obc::cpu_variant());
+  if (v4)
+    EXPECT_EQ(got, static_cast<int>(has("avx512_bf16") ? obc::CpuVariant::Avx512Bf16 : obc::CpuVariant::Avx512))
+        << flags;
+  else
+    EXPECT_LT(got, static_cast<int>(obc::CpuVariant::Avx512)) << flags;
+}
+#endif
 
 TEST(SaliencyCpu, MaskedPairsContributeZeroSoTheFirstKeyOfACausalWindowSeesAll) {
   // N = W = 2, causal: query 0 sees key 0 only; key 1's attn is query 1's A.
