@@ -69,10 +69,8 @@ enum class CpuVariant { Baseline, Avx2, Avx512, Avx512Bf16 };
 inline CpuVariant cpu_variant() {
   CpuVariant best = CpuVariant::Baseline;
 #ifdef OBC_X86_VARIANTS
-  if (__builtin_cpu_supports("x86-64-v4") && __builtin_cpu_supports("avx512bf16"))
-    best = CpuVariant::Avx512Bf16;
-  else if (__builtin_cpu_supports("x86-64-v4"))
-    best = CpuVariant::Avx512;
+  if (__builtin_cpu_supports("x86-64-v4"))
+    best = __builtin_cpu_supports("avx512bf16") ? CpuVariant::Avx512Bf16 : CpuVariant::Avx512;
   else if (__builtin_cpu_supports("x86-64-v3"))
     best = CpuVariant::Avx2;
 #endif
@@ -116,6 +114,17 @@ Fn pick_cpu_variant(Fn baseline, Fn avx2, Fn avx512) {
 // blocks of width kVW uses them: they are float only.
 template <typename T, int kVW>
 constexpr bool kVecFloat = kVW != kNoVec && std::is_same<T, float>::value;
+
+// Requests the cache lines of the n elements at x (a row), to be read soon:
+// kLocality 3 into L1 (prefetcht0 on x86), 2 into L2 (prefetcht1).
+template <int kLocality, typename E>
+OBC_ALWAYS_INLINE void prefetch_row(const E* x, int64_t n) {
+  const char* b = reinterpret_cast<const char*>(x);
+  const int64_t bytes = n * static_cast<int64_t>(sizeof(E));
+  if (bytes <= 0) return;
+  for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(b + o, 0, kLocality);
+  __builtin_prefetch(b + bytes - 1, 0, kLocality);  // the last line, where x is not line-aligned
+}
 
 // dst[d][c] = src row c (c < tn), zero columns c >= tn: a transposed tile.
 template <typename E, typename T>
@@ -308,6 +317,10 @@ OBC_AVX512_FN void avx512_xyt(const float* X, int64_t ldx, int64_t D, const floa
 // except below float's normal range (1.2e-38): vdpbf16ps reads subnormal
 // inputs and writes subnormal products and sums as 0, where the float path
 // keeps them. D must be even.
+
+// Whether inputs of dtype dt and head size D take the pair path where the
+// CPU has it (the kernels run their AVX-512 variant for the rest).
+inline bool pairs_apply(DType dt, int64_t D) { return dt == DType::BF16 && D % 2 == 0; }
 
 // dst[i][c] = the pair word i of row c (c < tn), zero words for c >= tn:
 // the pair tile, [D / 2][kTile].

@@ -71,11 +71,7 @@ struct Task {
     // computes: read cold (a layer's weight is evicted by the model's other
     // layers), the broadcasts of the product stalled on each line otherwise
     // (1.5x slower than loading transposed tiles, which overlaps the misses).
-    constexpr int64_t kLine = 64 / sizeof(E);
-    for (int r = RB; r < 2 * RB && c0 + r < p.hidden; ++r) {
-      for (int64_t d = 0; d < p.D; d += kLine) __builtin_prefetch(w + r * p.wo_so + d);
-      __builtin_prefetch(w + r * p.wo_so + p.D - 1);
-    }
+    for (int r = RB; r < 2 * RB && c0 + r < p.hidden; ++r) prefetch_row<3>(w + r * p.wo_so, p.D);
 #ifdef OBC_X86_VARIANTS
     if constexpr (kPairs) {
       for (int64_t t = 0; t < tiles; ++t) {
@@ -180,10 +176,10 @@ __attribute__((target("arch=x86-64-v3"))) void run_avx2(const ProjectedValuePara
                                                         void* ws) {
   run_dtype<kRBAvx2, kAvx2W>(p, t0, t1, ws);
 }
-// bfloat16 with an even D on the pair path; the rest as run_avx512.
+// The pair path where pairs_apply; the rest as run_avx512.
 __attribute__((target("arch=x86-64-v4,avx512bf16"))) void run_avx512bf16(const ProjectedValueParams& p, int64_t t0,
                                                                          int64_t t1, void* ws) {
-  if (p.dtype != DType::BF16 || p.D % 2 != 0) return run_avx512(p, t0, t1, ws);
+  if (!pairs_apply(p.dtype, p.D)) return run_avx512(p, t0, t1, ws);
   run_norm<bf16_t, kRBAvx512, kAvx512W, true>(p, t0, t1, static_cast<char*>(ws));
 }
 #else
