@@ -379,7 +379,7 @@ struct Kernel {
     const E* v = nullptr;
     const T* z = nullptr;
     int64_t rows = 0, rows_done = 0, z_done = 0;
-  } next;
+  } next{};
 
   T* at(size_t off) const { return reinterpret_cast<T*>(ws + off); }
   // Pass 1's logits of rows r0.. for the tile starting at key p0 (z only).
