@@ -56,27 +56,46 @@ static_assert(kMaxRB >= kRBWide, "workspaces hold kMaxRB rows");
 constexpr int kNoVec = 0, kAvx2W = 8, kAvx512W = 16;
 
 // The variants a kernel file compiles, in ISA order. Avx512Bf16 is AVX-512
-// with AVX512-BF16's dot products of bfloat16 pairs (Zen 4, Sapphire Rapids
-// and later): the kernels with a pair path use it for bfloat16 inputs and
-// run Avx512 for the rest.
+// with AVX512-BF16's dot products of bfloat16 pairs: the kernels with a pair
+// path use it for bfloat16 inputs and run Avx512 for the rest.
 enum class CpuVariant { Baseline, Avx2, Avx512, Avx512Bf16 };
 
-// The best variant this CPU runs, capped by the environment variable
-// OBCACHE_CPU_VARIANT (baseline, avx2, avx512 or avx512bf16), so that the tests can run
-// every variant a CPU has (CMakeLists.txt runs the kernel tests once per
-// cap); a cap above what the CPU runs changes nothing. Read once per kernel
-// file, at its first call.
-inline CpuVariant cpu_variant() {
-  CpuVariant best = CpuVariant::Baseline;
+// The best variant this CPU can run.
+inline CpuVariant cpu_supported_variant() {
 #ifdef OBC_X86_VARIANTS
   if (__builtin_cpu_supports("x86-64-v4"))
-    best = __builtin_cpu_supports("avx512bf16") ? CpuVariant::Avx512Bf16 : CpuVariant::Avx512;
-  else if (__builtin_cpu_supports("x86-64-v3"))
-    best = CpuVariant::Avx2;
+    return __builtin_cpu_supports("avx512bf16") ? CpuVariant::Avx512Bf16 : CpuVariant::Avx512;
+  if (__builtin_cpu_supports("x86-64-v3")) return CpuVariant::Avx2;
 #endif
-  const char* cap = std::getenv("OBCACHE_CPU_VARIANT");
-  if (cap == nullptr || *cap == '\0') return best;
-  const std::string c(cap);
+  return CpuVariant::Baseline;
+}
+
+// The variant used where the environment names none: the best supported,
+// except the pair variant on Intel. A pair dot product (vdpbf16ps) does two
+// float FMAs' multiplies. On Zen 4 pairs made bfloat16 evict 16% faster
+// than float32; an Intel Xeon with AVX512-BF16 (family 6 model 207) issued
+// a quarter as many as its FMAs (12 independent chains: 1.2 vs 4.8 G/s), so
+// pairs halve the rate there: bfloat16 evict ran 7-26% slower than float32
+// with them, 1-4% faster without (medians of alternated calls), and
+// projected_value_norm at Llama-3.1-8B's shape 1040 vs 910 ms
+// (bench/RESULTS.md).
+inline CpuVariant cpu_default_variant() {
+  const CpuVariant best = cpu_supported_variant();
+#ifdef OBC_X86_VARIANTS
+  if (best == CpuVariant::Avx512Bf16 && __builtin_cpu_is("intel")) return CpuVariant::Avx512;
+#endif
+  return best;
+}
+
+// The variant the kernels run: OBCACHE_CPU_VARIANT (baseline, avx2, avx512
+// or avx512bf16) where set, lowered to what the CPU supports, so that the
+// tests can run every variant a CPU has (CMakeLists.txt runs the kernel
+// tests once per value), else cpu_default_variant(). Read once per kernel
+// file, at its first call.
+inline CpuVariant cpu_variant() {
+  const char* env = std::getenv("OBCACHE_CPU_VARIANT");
+  if (env == nullptr || *env == '\0') return cpu_default_variant();
+  const std::string c(env);
   CpuVariant want;
   if (c == "baseline") {
     want = CpuVariant::Baseline;
@@ -87,10 +106,11 @@ inline CpuVariant cpu_variant() {
   } else if (c == "avx512bf16") {
     want = CpuVariant::Avx512Bf16;
   } else {
-    std::fprintf(stderr, "obcache: OBCACHE_CPU_VARIANT=%s is not baseline, avx2, avx512 or avx512bf16; ignored\n", cap);
-    return best;
+    std::fprintf(stderr, "obcache: OBCACHE_CPU_VARIANT=%s is not baseline, avx2, avx512 or avx512bf16; ignored\n", env);
+    return cpu_default_variant();
   }
-  return want < best ? want : best;
+  const CpuVariant can = cpu_supported_variant();
+  return want < can ? want : can;
 }
 
 // The entry point of cpu_variant()'s variant (files without the x86

@@ -64,7 +64,7 @@ TEST(ProjectedValueCpu, EveryDtype) {
 }
 
 // bfloat16 at the shapes of the AVX512-BF16 pair path (cpu_tiles.h, picked
-// where the CPU has it): D a multiple of 32 (the 16 x 16 word transposes)
+// by default on AMD CPUs with it, by OBCACHE_CPU_VARIANT=avx512bf16 on any): D a multiple of 32 (the 16 x 16 word transposes)
 // with an even and an odd row stride (the scalar pair loads), D = 48 (8 x 8
 // word transposes), D = 20 (scalar pair loads), odd D (the float path), N
 // not a multiple of the tile. The pairs' products are exact, so the float

@@ -178,7 +178,7 @@ TEST(SaliencyCpu, BFloat16MatchesNaiveOnExactInputs) {
 }
 
 // bfloat16 at the shapes of the AVX512-BF16 pair path (cpu_tiles.h; picked
-// where the CPU has it): D a multiple of 32 over whole tiles (the 16 x 16
+// by default on AMD CPUs with it, by OBCACHE_CPU_VARIANT=avx512bf16 on any): D a multiple of 32 over whole tiles (the 16 x 16
 // word transposes), with several key ranges too, causal or not; an odd row
 // stride and D = 20 (scalar pair loads); D = 48 (8 x 8 word transposes).
 // (kCases' odd D take the float path.)
@@ -303,18 +303,18 @@ TEST(SaliencyCpu, KeyRangesDependOnNAloneAndStayAtMostSixteen) {
 
 // Sets OBCACHE_CPU_VARIANT for a scope and restores what the process had
 // (CMakeLists.txt's per-variant runs set it), also when a check fails.
-class ScopedCap {
+class ScopedVariantEnv {
  public:
-  ScopedCap() : had_(std::getenv("OBCACHE_CPU_VARIANT") != nullptr) {
+  ScopedVariantEnv() : had_(std::getenv("OBCACHE_CPU_VARIANT") != nullptr) {
     if (had_) saved_ = std::getenv("OBCACHE_CPU_VARIANT");
   }
-  ~ScopedCap() {
+  ~ScopedVariantEnv() {
     if (had_)
       setenv("OBCACHE_CPU_VARIANT", saved_.c_str(), 1);
     else
       unsetenv("OBCACHE_CPU_VARIANT");
   }
-  void set(const char* cap) { EXPECT_EQ(0, setenv("OBCACHE_CPU_VARIANT", cap, 1)); }
+  void set(const char* variant) { EXPECT_EQ(0, setenv("OBCACHE_CPU_VARIANT", variant, 1)); }
   void unset() { unsetenv("OBCACHE_CPU_VARIANT"); }
 
  private:
@@ -322,52 +322,62 @@ class ScopedCap {
   std::string saved_;
 };
 
-// Each cap, set here: the pick is the lower of the cap and the uncapped pick
-// (a cap above what the build or CPU runs changes nothing: a build with the
-// baseline only, sanitizers', picks it under every cap), and an unknown or
-// empty value is ignored.
-TEST(CpuVariant, TheEnvironmentCapsThePick) {
-  ScopedCap env;
+// Each value, set here: the pick is the lower of it and what the CPU
+// supports (a value above that changes nothing: a build with the baseline
+// only, sanitizers', picks it under every value), so avx512bf16 picks the
+// pair variant also where the default leaves it out (Intel); an unknown or
+// empty value gives the default.
+TEST(CpuVariant, TheEnvironmentPicksUpToWhatTheCpuSupports) {
+  ScopedVariantEnv env;
   env.unset();
-  const obc::CpuVariant best = obc::cpu_variant();
+  const obc::CpuVariant can = obc::cpu_supported_variant(), fallback = obc::cpu_default_variant();
+  EXPECT_EQ(static_cast<int>(obc::cpu_variant()), static_cast<int>(fallback));
+  EXPECT_LE(static_cast<int>(fallback), static_cast<int>(can));
 #ifndef OBC_X86_VARIANTS
-  EXPECT_EQ(static_cast<int>(best), static_cast<int>(obc::CpuVariant::Baseline));
+  EXPECT_EQ(static_cast<int>(can), static_cast<int>(obc::CpuVariant::Baseline));
 #endif
-  const std::pair<const char*, obc::CpuVariant> caps[] = {{"baseline", obc::CpuVariant::Baseline},
-                                                         {"avx2", obc::CpuVariant::Avx2},
-                                                         {"avx512", obc::CpuVariant::Avx512},
-                                                         {"avx512bf16", obc::CpuVariant::Avx512Bf16},
-                                                         {"", obc::CpuVariant::Avx512Bf16},
-                                                         {"sse9", obc::CpuVariant::Avx512Bf16}};
-  for (const auto& [cap, want] : caps) {
-    env.set(cap);
-    EXPECT_EQ(static_cast<int>(obc::cpu_variant()), static_cast<int>(std::min(want, best))) << "cap=" << cap;
+  const std::pair<const char*, obc::CpuVariant> picks[] = {{"baseline", obc::CpuVariant::Baseline},
+                                                          {"avx2", obc::CpuVariant::Avx2},
+                                                          {"avx512", obc::CpuVariant::Avx512},
+                                                          {"avx512bf16", obc::CpuVariant::Avx512Bf16}};
+  for (const auto& [value, want] : picks) {
+    env.set(value);
+    EXPECT_EQ(static_cast<int>(obc::cpu_variant()), static_cast<int>(std::min(want, can))) << "value=" << value;
+  }
+  for (const char* ignored : {"", "sse9"}) {
+    env.set(ignored);
+    EXPECT_EQ(static_cast<int>(obc::cpu_variant()), static_cast<int>(fallback)) << "value=" << ignored;
   }
 }
 
 #ifdef OBC_X86_VARIANTS
-// The uncapped pick against the kernel's own list of CPU flags: the
-// AVX-512 variants exactly when /proc/cpuinfo lists x86-64-v4's AVX-512
-// subsets, the pair variant when it lists avx512_bf16 too.
-TEST(CpuVariant, TheUncappedPickFollowsTheCpuFlags) {
+// The picks against the kernel's own reading of /proc/cpuinfo: the AVX-512
+// variants exactly when it lists x86-64-v4's AVX-512 subsets, the pair
+// variant supported when it lists avx512_bf16 too, and the default on all
+// such CPUs but Intel's (GenuineIntel), whose pair dot products run at half
+// the float rate.
+TEST(CpuVariant, ThePicksFollowTheCpuFlagsAndVendor) {
   std::ifstream info("/proc/cpuinfo");
-  std::string line, flags;
-  while (std::getline(info, line))
-    if (line.rfind("flags", 0) == 0) {
-      flags = line + " ";
-      break;
-    }
-  if (flags.empty()) GTEST_SKIP() << "no flags line in /proc/cpuinfo";
+  std::string line, flags, vendor;
+  while (std::getline(info, line) && (flags.empty() || vendor.empty())) {
+    if (flags.empty() && line.rfind("flags", 0) == 0) flags = line + " ";
+    if (vendor.empty() && line.rfind("vendor_id", 0) == 0) vendor = line;
+  }
+  if (flags.empty() || vendor.empty()) GTEST_SKIP() << "no flags or vendor_id line in /proc/cpuinfo";
   auto has = [&](const char* f) { return flags.find(std::string(" ") + f + " ") != std::string::npos; };
   const bool v4 = has("avx512f") && has("avx512bw") && has("avx512cd") && has("avx512dq") && has("avx512vl");
-  ScopedCap env;
+  const bool intel = vendor.find("GenuineIntel") != std::string::npos;
+  ScopedVariantEnv env;
   env.unset();
-  const int got = static_cast<int>(obc::cpu_variant());
-  if (v4)
-    EXPECT_EQ(got, static_cast<int>(has("avx512_bf16") ? obc::CpuVariant::Avx512Bf16 : obc::CpuVariant::Avx512))
-        << flags;
-  else
-    EXPECT_LT(got, static_cast<int>(obc::CpuVariant::Avx512)) << flags;
+  const int can = static_cast<int>(obc::cpu_supported_variant()), got = static_cast<int>(obc::cpu_variant());
+  if (v4) {
+    const auto pairs = has("avx512_bf16") ? obc::CpuVariant::Avx512Bf16 : obc::CpuVariant::Avx512;
+    EXPECT_EQ(can, static_cast<int>(pairs)) << flags;
+    EXPECT_EQ(got, static_cast<int>(intel ? obc::CpuVariant::Avx512 : pairs)) << vendor;
+  } else {
+    EXPECT_LT(can, static_cast<int>(obc::CpuVariant::Avx512)) << flags;
+    EXPECT_EQ(got, can) << flags;
+  }
 }
 #endif
 
