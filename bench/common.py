@@ -108,7 +108,7 @@ def ci_finished(path="/work/ci/log"):
 
 
 # The vector extensions that decide which CPU kernels run and how fast.
-_ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile")
+_ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16")
 
 
 def cpu_identity():
@@ -140,7 +140,9 @@ def cpu_identity():
 
 def machine():
     info = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}
+            "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+            # the CPU kernels' variant where the run picked one (csrc/kernels/cpu_tiles.h)
+            "cpu_variant_env": os.environ.get("OBCACHE_CPU_VARIANT")}
     info.update(cpu_identity())
     try:
         with open("/proc/meminfo") as f:

@@ -34,6 +34,9 @@
 #define OBC_AVX2_FN __attribute__((target("avx2,fma,f16c")))
 #define OBC_AVX512_FN __attribute__((target("arch=x86-64-v4")))
 #define OBC_AVX512BF16_FN __attribute__((target("arch=x86-64-v4,avx512bf16")))
+#define OBC_AMX_FN __attribute__((target("arch=x86-64-v4,avx512bf16,amx-tile,amx-bf16")))
+#include <sys/syscall.h>
+#include <unistd.h>
 #endif
 
 namespace obc {
@@ -57,21 +60,38 @@ constexpr int kNoVec = 0, kAvx2W = 8, kAvx512W = 16;
 
 // The variants a kernel file compiles, in ISA order. Avx512Bf16 is AVX-512
 // with AVX512-BF16's dot products of bfloat16 pairs: the kernels with a pair
-// path use it for bfloat16 inputs and run Avx512 for the rest.
-enum class CpuVariant { Baseline, Avx2, Avx512, Avx512Bf16 };
+// path use it for bfloat16 inputs and run Avx512 for the rest. Amx is
+// AVX-512 with AMX's bfloat16 tile products (Intel, Sapphire Rapids on):
+// projected_value_norm uses them for bfloat16 inputs; the other kernels run
+// Avx512 there, not their pair path (see cpu_default_variant).
+enum class CpuVariant { Baseline, Avx2, Avx512, Avx512Bf16, Amx };
+
+#ifdef OBC_X86_VARIANTS
+// Linux hands a process AMX's tile registers only once it asks
+// (ARCH_REQ_XCOMP_PERM for XFEATURE_XTILEDATA; before that a tile
+// instruction faults). Asked once; the grant covers every thread.
+inline bool amx_granted() {
+  static const bool granted = syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XTILEDATA */) == 0;
+  return granted;
+}
+#endif
 
 // The best variant this CPU can run.
 inline CpuVariant cpu_supported_variant() {
 #ifdef OBC_X86_VARIANTS
-  if (__builtin_cpu_supports("x86-64-v4"))
-    return __builtin_cpu_supports("avx512bf16") ? CpuVariant::Avx512Bf16 : CpuVariant::Avx512;
+  if (__builtin_cpu_supports("x86-64-v4")) {
+    if (!__builtin_cpu_supports("avx512bf16")) return CpuVariant::Avx512;
+    if (__builtin_cpu_supports("amx-tile") && __builtin_cpu_supports("amx-bf16") && amx_granted())
+      return CpuVariant::Amx;
+    return CpuVariant::Avx512Bf16;
+  }
   if (__builtin_cpu_supports("x86-64-v3")) return CpuVariant::Avx2;
 #endif
   return CpuVariant::Baseline;
 }
 
-// The variant used where the environment names none: the best supported,
-// except the pair variant on Intel. A pair dot product (vdpbf16ps) does two
+// The variant used where the environment names none: the best supported
+// (AMX where Linux grants it), except the pair variant on Intel. A pair dot product (vdpbf16ps) does two
 // float FMAs' multiplies. On Zen 4 pairs made bfloat16 evict 16% faster
 // than float32; an Intel Xeon with AVX512-BF16 (family 6 model 207) issued
 // a quarter as many as its FMAs (12 independent chains: 1.2 vs 4.8 G/s), so
@@ -87,8 +107,8 @@ inline CpuVariant cpu_default_variant() {
   return best;
 }
 
-// The variant the kernels run: OBCACHE_CPU_VARIANT (baseline, avx2, avx512
-// or avx512bf16) where set, lowered to what the CPU supports, so that the
+// The variant the kernels run: OBCACHE_CPU_VARIANT (baseline, avx2, avx512,
+// avx512bf16 or amx) where set, lowered to what the CPU supports, so that the
 // tests can run every variant a CPU has (CMakeLists.txt runs the kernel
 // tests once per value), else cpu_default_variant(). Read once per kernel
 // file, at its first call.
@@ -105,8 +125,11 @@ inline CpuVariant cpu_variant() {
     want = CpuVariant::Avx512;
   } else if (c == "avx512bf16") {
     want = CpuVariant::Avx512Bf16;
+  } else if (c == "amx") {
+    want = CpuVariant::Amx;
   } else {
-    std::fprintf(stderr, "obcache: OBCACHE_CPU_VARIANT=%s is not baseline, avx2, avx512 or avx512bf16; ignored\n", env);
+    std::fprintf(stderr, "obcache: OBCACHE_CPU_VARIANT=%s is not baseline, avx2, avx512, avx512bf16 or amx; ignored\n",
+                 env);
     return cpu_default_variant();
   }
   const CpuVariant can = cpu_supported_variant();
@@ -114,11 +137,13 @@ inline CpuVariant cpu_variant() {
 }
 
 // The entry point of cpu_variant()'s variant (files without the x86
-// variants pass their baseline for all of them; files without a pair path
-// leave avx512bf16 out and get avx512 there).
+// variants pass their baseline for all of them; files without an AMX path
+// get avx512 there, where pairs run at half the float rate; files without a
+// pair path get avx512 for both).
 template <typename Fn>
-Fn pick_cpu_variant(Fn baseline, Fn avx2, Fn avx512, Fn avx512bf16) {
+Fn pick_cpu_variant(Fn baseline, Fn avx2, Fn avx512, Fn avx512bf16, Fn amx) {
   switch (cpu_variant()) {
+    case CpuVariant::Amx: return amx;
     case CpuVariant::Avx512Bf16: return avx512bf16;
     case CpuVariant::Avx512: return avx512;
     case CpuVariant::Avx2: return avx2;
@@ -126,8 +151,12 @@ Fn pick_cpu_variant(Fn baseline, Fn avx2, Fn avx512, Fn avx512bf16) {
   }
 }
 template <typename Fn>
+Fn pick_cpu_variant(Fn baseline, Fn avx2, Fn avx512, Fn avx512bf16) {
+  return pick_cpu_variant(baseline, avx2, avx512, avx512bf16, avx512);
+}
+template <typename Fn>
 Fn pick_cpu_variant(Fn baseline, Fn avx2, Fn avx512) {
-  return pick_cpu_variant(baseline, avx2, avx512, avx512);
+  return pick_cpu_variant(baseline, avx2, avx512, avx512, avx512);
 }
 
 // Whether a kernel of accumulation type T in a variant with intrinsic

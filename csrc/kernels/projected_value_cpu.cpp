@@ -14,13 +14,15 @@
 // (lanes are independent, padding lanes are discarded), so a call on any
 // subset of tokens gives them the same values. Compiled per ISA as
 // saliency_cpu.cpp is; bfloat16 on a CPU with AVX512-BF16 multiplies pairs
-// of d (cpu_tiles.h), the float products' rate doubled.
+// of d (cpu_tiles.h), the float products' rate doubled, and with AMX
+// (cpu_amx.h) 32 hidden columns a step on the tile registers.
 #include "projected_value_cpu.h"
 
 #include <algorithm>
 #include <cmath>
 #include <type_traits>
 
+#include "cpu_amx.h"
 #include "cpu_tiles.h"
 
 namespace obc {
@@ -46,21 +48,24 @@ Layout make_layout(const ProjectedValueParams& p) {
   Layout L;
   L.vt = 0;                                          // [kTiles, D, kTile] value rows, transposed
   L.w = L.vt + align64(e * kTiles * D * kTile);      // [kMaxRB, D] W_o^j rows converted (16-bit inputs)
-  L.c = L.w + align64(e * kMaxRB * D);               // [kMaxRB, kTile] one block's projections
-  L.part = L.c + align64(e * kMaxRB * kTile);        // [kTiles, kParts, kTile] partial norms
+  L.c = L.w + align64(e * kMaxRB * D);               // [kAmxRows, kTile] one block's projections
+  L.part = L.c + align64(e * kAmxRows * kTile);      // [kTiles, kParts, kTile] partial norms
   L.total = L.part + align64(e * kTiles * kParts * kTile);
   return L;
 }
 
 // kPairs: bfloat16 on the AVX512-BF16 pair path (cpu_tiles.h): the value
 // tiles are pair tiles and W_o's rows are read as pairs where they lie.
-template <typename E, int P, int kRB, int kVW, bool kPairs>
+// kAmx (with kPairs): blocks of kAmxRows hidden columns on AMX's tiles
+// (cpu_amx.h, inside the caller's AmxTiles scope), the rest as kPairs.
+static_assert(kAmxRows >= kMaxRB, "cbuf holds a block of either kind");
+template <typename E, int P, int kRB, int kVW, bool kPairs, bool kAmx>
 struct Task {
   using Acc = typename Elem<E>::acc;
   const ProjectedValueParams& p;
   Acc* vt;    // [kTiles, D, kTile] (kPairs: [kTiles, D / 2, kTile] words, at the same tile offsets)
   Acc* wbuf;  // [kMaxRB, D]
-  Acc* cbuf;  // [RB, kTile]
+  Acc* cbuf;  // [RB, kTile], RB <= kAmxRows
   Acc* part;  // [kTiles, kParts, kTile]
 
   // Hidden columns [c0, c0 + RB) (rows of w, wo_so apart) against the task's
@@ -112,6 +117,24 @@ struct Task {
     if constexpr (RB > 1) columns_from<(RB > 2 ? RB / 2 : 1)>(c0, w, tiles);
   }
 
+  // Every hidden column: kAmxRows a step on AMX where kAmx, then the rest.
+  OBC_ALWAYS_INLINE void columns(const E* w, int64_t tiles) {
+    int64_t c0 = 0;
+#ifdef OBC_X86_VARIANTS
+    if constexpr (kAmx) {
+      for (; c0 + kAmxRows <= p.hidden; c0 += kAmxRows) {
+        const E* wc = w + c0 * p.wo_so;
+        for (int r = kAmxRows; r < 2 * kAmxRows && c0 + r < p.hidden; ++r) prefetch_row<3>(wc + r * p.wo_so, p.D);
+        for (int64_t t = 0; t < tiles; ++t) {
+          amx_xyt32(wc, p.wo_so, p.D, reinterpret_cast<const uint32_t*>(vt + t * p.D * kTile), cbuf);
+          add_norms<kAmxRows>(c0, t);
+        }
+      }
+    }
+#endif
+    columns_from<kRB>(c0, w, tiles);
+  }
+
   OBC_ALWAYS_INLINE void run(int64_t task) {
     const int64_t nblk = row_blocks(p), D = p.D;
     const int64_t j = task / (p.B * nblk), b = (task / nblk) % p.B, n0 = (task % nblk) * kRows;
@@ -128,7 +151,7 @@ struct Task {
       transposed_tile<kVW>(v + t * kTile * p.v_sn, p.v_sn, tn, D, vt + t * D * kTile);
     }
     std::fill(part, part + tiles * kParts * kTile, Acc(0));
-    columns_from<kRB>(0, static_cast<const E*>(p.wo) + j * D, tiles);  // row c of this is column c of W_o^j
+    columns(static_cast<const E*>(p.wo) + j * D, tiles);  // row c of this is column c of W_o^j
     Acc* out = static_cast<Acc*>(p.out) + (b * p.Hkv * p.G + j) * p.N + n0;
     for (int64_t r = 0; r < rows; ++r) {
       const Acc* s = part + ((r / kTile) * kParts) * kTile + r % kTile;
@@ -139,19 +162,19 @@ struct Task {
   }
 };
 
-template <typename E, int P, int RB, int kVW, bool kPairs>
+template <typename E, int P, int RB, int kVW, bool kPairs, bool kAmx>
 OBC_ALWAYS_INLINE void run_tasks(const ProjectedValueParams& p, int64_t t0, int64_t t1, char* ws) {
   using Acc = typename Elem<E>::acc;
   const Layout L = make_layout(p);
   auto at = [&](size_t off) { return reinterpret_cast<Acc*>(ws + off); };
-  Task<E, P, RB, kVW, kPairs> task{p, at(L.vt), at(L.w), at(L.c), at(L.part)};
+  Task<E, P, RB, kVW, kPairs, kAmx> task{p, at(L.vt), at(L.w), at(L.c), at(L.part)};
   for (int64_t t = t0; t < t1; ++t) task.run(t);
 }
 
-template <typename E, int RB, int kVW, bool kPairs = false>
+template <typename E, int RB, int kVW, bool kPairs = false, bool kAmx = false>
 OBC_ALWAYS_INLINE void run_norm(const ProjectedValueParams& p, int64_t t0, int64_t t1, char* ws) {
-  if (p.p == 1) return run_tasks<E, 1, RB, kVW, kPairs>(p, t0, t1, ws);
-  run_tasks<E, 2, RB, kVW, kPairs>(p, t0, t1, ws);
+  if (p.p == 1) return run_tasks<E, 1, RB, kVW, kPairs, kAmx>(p, t0, t1, ws);
+  run_tasks<E, 2, RB, kVW, kPairs, kAmx>(p, t0, t1, ws);
 }
 
 template <int RB, int kVW>
@@ -182,8 +205,15 @@ __attribute__((target("arch=x86-64-v4,avx512bf16"))) void run_avx512bf16(const P
   if (!pairs_apply(p.dtype, p.D)) return run_avx512(p, t0, t1, ws);
   run_norm<bf16_t, kRBAvx512, kAvx512W, true>(p, t0, t1, static_cast<char*>(ws));
 }
+// AMX where amx_applies; the rest as run_avx512, since the CPUs with AMX
+// run the pair path at half the float rate (cpu_tiles.h).
+OBC_AMX_FN void run_amx(const ProjectedValueParams& p, int64_t t0, int64_t t1, void* ws) {
+  if (!amx_applies(p.dtype, p.D)) return run_avx512(p, t0, t1, ws);
+  AmxTiles tiles;
+  run_norm<bf16_t, kRBAvx512, kAvx512W, true, true>(p, t0, t1, static_cast<char*>(ws));
+}
 #else
-const RunFn run_avx512 = run_baseline, run_avx2 = run_baseline, run_avx512bf16 = run_baseline;
+const RunFn run_avx512 = run_baseline, run_avx2 = run_baseline, run_avx512bf16 = run_baseline, run_amx = run_baseline;
 #endif
 
 }  // namespace
@@ -193,7 +223,7 @@ int64_t projected_value_cpu_tasks(const ProjectedValueParams& p) { return p.B * 
 size_t projected_value_cpu_workspace_bytes(const ProjectedValueParams& p) { return make_layout(p).total; }
 
 void projected_value_cpu(const ProjectedValueParams& p, int64_t t0, int64_t t1, void* ws) {
-  static const RunFn run = pick_cpu_variant<RunFn>(run_baseline, run_avx2, run_avx512, run_avx512bf16);
+  static const RunFn run = pick_cpu_variant<RunFn>(run_baseline, run_avx2, run_avx512, run_avx512bf16, run_amx);
   run(p, t0, t1, ws);
 }
 

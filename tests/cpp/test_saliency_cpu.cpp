@@ -339,7 +339,8 @@ TEST(CpuVariant, TheEnvironmentPicksUpToWhatTheCpuSupports) {
   const std::pair<const char*, obc::CpuVariant> picks[] = {{"baseline", obc::CpuVariant::Baseline},
                                                           {"avx2", obc::CpuVariant::Avx2},
                                                           {"avx512", obc::CpuVariant::Avx512},
-                                                          {"avx512bf16", obc::CpuVariant::Avx512Bf16}};
+                                                          {"avx512bf16", obc::CpuVariant::Avx512Bf16},
+                                                          {"amx", obc::CpuVariant::Amx}};
   for (const auto& [value, want] : picks) {
     env.set(value);
     EXPECT_EQ(static_cast<int>(obc::cpu_variant()), static_cast<int>(std::min(want, can))) << "value=" << value;
@@ -353,9 +354,10 @@ TEST(CpuVariant, TheEnvironmentPicksUpToWhatTheCpuSupports) {
 #ifdef OBC_X86_VARIANTS
 // The picks against the kernel's own reading of /proc/cpuinfo: the AVX-512
 // variants exactly when it lists x86-64-v4's AVX-512 subsets, the pair
-// variant supported when it lists avx512_bf16 too, and the default on all
-// such CPUs but Intel's (GenuineIntel), whose pair dot products run at half
-// the float rate.
+// variant supported when it lists avx512_bf16 too, AMX when it lists
+// amx_tile and amx_bf16 as well and Linux grants the tiles; the default is
+// the best supported but on Intel (GenuineIntel) without AMX, whose pair dot
+// products run at half the float rate.
 TEST(CpuVariant, ThePicksFollowTheCpuFlagsAndVendor) {
   std::ifstream info("/proc/cpuinfo");
   std::string line, flags, vendor;
@@ -367,13 +369,17 @@ TEST(CpuVariant, ThePicksFollowTheCpuFlagsAndVendor) {
   auto has = [&](const char* f) { return flags.find(std::string(" ") + f + " ") != std::string::npos; };
   const bool v4 = has("avx512f") && has("avx512bw") && has("avx512cd") && has("avx512dq") && has("avx512vl");
   const bool intel = vendor.find("GenuineIntel") != std::string::npos;
+  const bool amx = has("amx_tile") && has("amx_bf16") && obc::amx_granted();
   ScopedVariantEnv env;
   env.unset();
   const int can = static_cast<int>(obc::cpu_supported_variant()), got = static_cast<int>(obc::cpu_variant());
   if (v4) {
-    const auto pairs = has("avx512_bf16") ? obc::CpuVariant::Avx512Bf16 : obc::CpuVariant::Avx512;
-    EXPECT_EQ(can, static_cast<int>(pairs)) << flags;
-    EXPECT_EQ(got, static_cast<int>(intel ? obc::CpuVariant::Avx512 : pairs)) << vendor;
+    const auto best = !has("avx512_bf16") ? obc::CpuVariant::Avx512
+                      : amx               ? obc::CpuVariant::Amx
+                                          : obc::CpuVariant::Avx512Bf16;
+    EXPECT_EQ(can, static_cast<int>(best)) << flags;
+    const bool pairs_only = best == obc::CpuVariant::Avx512Bf16;
+    EXPECT_EQ(got, static_cast<int>(intel && pairs_only ? obc::CpuVariant::Avx512 : best)) << vendor;
   } else {
     EXPECT_LT(can, static_cast<int>(obc::CpuVariant::Avx512)) << flags;
     EXPECT_EQ(got, can) << flags;
