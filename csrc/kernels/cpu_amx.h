@@ -49,6 +49,9 @@ inline bool amx_applies(DType dt, int64_t D) { return dt == DType::BF16 && D % 3
 OBC_AMX_FN inline void amx_xyt32(const bf16_t* X, int64_t ldx, int64_t D, const uint32_t* Yt, float* C) {
   static_assert(kTile == 32, "a pair tile is two 16-word AMX tiles wide");
   const int64_t x_stride = ldx * static_cast<int64_t>(sizeof(bf16_t)), y_stride = kTile * sizeof(uint32_t);
+  // GCC's tileloadd asm names no memory operand: without this barrier the
+  // compiler could move the pair tile's stores past the loads that read it.
+  asm volatile("" ::: "memory");
   _tile_zero(0);
   _tile_zero(1);
   _tile_zero(2);
