@@ -62,8 +62,8 @@ constexpr int kNoVec = 0, kAvx2W = 8, kAvx512W = 16;
 // with AVX512-BF16's dot products of bfloat16 pairs: the kernels with a pair
 // path use it for bfloat16 inputs and run Avx512 for the rest. Amx is
 // AVX-512 with AMX's bfloat16 tile products (Intel, Sapphire Rapids on):
-// projected_value_norm uses them for bfloat16 inputs; the other kernels run
-// Avx512 there, not their pair path (see cpu_default_variant).
+// saliency's Q K^T and projected_value_norm use them for bfloat16 inputs;
+// the rest runs Avx512 there, not the pair path (see cpu_default_variant).
 enum class CpuVariant { Baseline, Avx2, Avx512, Avx512Bf16, Amx };
 
 #ifdef OBC_X86_VARIANTS

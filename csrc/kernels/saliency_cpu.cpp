@@ -46,6 +46,7 @@
 #include <cstring>
 #include <type_traits>
 
+#include "cpu_amx.h"
 #include "cpu_tiles.h"
 #include "score_math.h"
 
@@ -105,7 +106,7 @@ static_assert(kSaliencyMinRangeKeys % kTile == 0, "key ranges are whole tiles (t
 // Byte offsets of the workspace pieces (see the top of this file).
 struct Layout {
   int64_t Wr = 0, i0 = 0, R = 0;
-  size_t qs, o, m, l, on2, am, al, ao, kt, vt, vrow, vn1, vn2, sb, xb, db, head, z, total;
+  size_t qs, o, m, l, on2, am, al, ao, kt, vt, vrow, vn1, vn2, sb, xb, db, head, zt, z, total;
   bool zcache = false;  // logits kept from pass 1 in the workspace, tile-major: z[tile][row][kTile]
 };
 
@@ -142,6 +143,7 @@ Layout make_layout(const SaliencyParams& p, bool split) {
   L.xb = take(kMaxRB * T);
   L.db = take(kMaxRB * T);
   L.head = take(G * T);
+  L.zt = take(R * T);  // a key tile's logits of every row, on the AMX path where no cache holds them
   const size_t padded_n = (static_cast<size_t>(p.N) + T - 1) / T * T;
   L.zcache = !split && R * padded_n * e <= kSaliencyLogitCacheBytes;
   L.z = L.zcache ? take(R * padded_n) : 0;
@@ -352,7 +354,10 @@ OBC_ALWAYS_INLINE void row_contrib(const T* s, const T* a_row, const T* vo, cons
 // and the products f, so that a logit overflows where the float path's
 // (scale q) . k does, within a factor 2 (scale after the product would
 // overflow wherever |q . k| > FLT_MAX, up to 1 / scale times sooner).
-template <typename E, int kRB, int kVW, bool kPairs>
+// kAmx (with kPairs): Q K^T of the first amx_rows rows (a multiple of 32)
+// on AMX's tiles (cpu_amx.h, inside the caller's AmxTiles scope), a whole
+// key tile at once, before its row blocks; the other rows as kPairs.
+template <typename E, int kRB, int kVW, bool kPairs, bool kAmx>
 struct Kernel {
   using T = typename Elem<E>::acc;
   using Out = typename std::conditional<std::is_same<E, double>::value, double, float>::type;
@@ -366,6 +371,8 @@ struct Kernel {
   T* z;  // the row's logit cache (tile-major, as Layout::z), or null: pass 2 recomputes Q K^T
   int scale_exp = 0;  // the pair path's split of the scale (kPairs above): 2^scale_exp * scale_frac
   T scale_frac = T(1);
+  int64_t amx_rows = 0;  // kAmx: the rows whose logits tile_logits makes
+  T* tz = nullptr;       // kAmx: the current key tile's logits, [amx_rows][kTile]
 
   // The next key tile's rows (and in pass 2 its logits), prefetched a slice
   // per row block while this tile computes: K and V are read cold, once a
@@ -444,10 +451,30 @@ struct Kernel {
 #endif
     transposed(src, p.k_sn, tn, Kt);
   }
+  // kAmx: scale Q K^T of the rows [0, amx_rows) against a key tile into
+  // dst, 32 rows a step, read by logits_block.
+  OBC_ALWAYS_INLINE void tile_logits(const T* Kt, T* dst) {
+#ifdef OBC_X86_VARIANTS
+    if constexpr (kAmx) {
+      const bf16_t* q = reinterpret_cast<const bf16_t*>(at(L.qs));
+      for (int64_t r0 = 0; r0 < amx_rows; r0 += kAmxRows)
+        amx_xyt32(q + r0 * p.D, p.D, p.D, reinterpret_cast<const uint32_t*>(Kt), dst + r0 * kTile);
+      for (int64_t c = 0; c < amx_rows * kTile; ++c) dst[c] *= scale_frac;
+      tz = dst;
+    }
+#endif
+  }
   // Z = scale Q K^T for the RB rows from r0 against a key tile.
   template <int RB>
   OBC_ALWAYS_INLINE void logits_block(int64_t r0, const T* Kt, T* Z) const {
 #ifdef OBC_X86_VARIANTS
+    if constexpr (kAmx) {
+      if (r0 < amx_rows) {  // made by tile_logits (blocks do not straddle amx_rows: RB divides 32)
+        const T* src = tz + r0 * kTile;
+        if (src != Z) std::copy(src, src + RB * kTile, Z);
+        return;
+      }
+    }
     if constexpr (kPairs) {
       const bf16_t* q = reinterpret_cast<const bf16_t*>(at(L.qs)) + r0 * p.D;
       avx512bf16_xyt<RB>(q, p.D, p.D, reinterpret_cast<const uint32_t*>(Kt), Z);
@@ -633,7 +660,10 @@ struct Kernel {
     for (int64_t p0 = n0; p0 < n1; p0 += kTile) {
       const int64_t tn = std::min<int64_t>(kTile, n1 - p0);
       plan_next(p0, n1, z ? nullptr : K, need_v2 ? V : nullptr, z != nullptr);
-      if (!z) key_tile(K + p0 * p.k_sn, tn, Kt);  // else the logits are kept
+      if (!z) {  // else the logits are kept
+        key_tile(K + p0 * p.k_sn, tn, Kt);
+        tile_logits(Kt, at(L.zt));
+      }
       if (need_v2) {
         transposed(V + p0 * p.v_sn, p.v_sn, tn, Vt);
         value_norms<score_needs_vn1(S), score_needs_vn2(S)>(Vt, vn1, vn2);
@@ -735,6 +765,7 @@ struct Kernel {
       const int64_t tn = std::min<int64_t>(kTile, n1 - p0);
       plan_next(p0, n1, K, own_o ? V : nullptr, false);
       key_tile(K + p0 * p.k_sn, tn, Kt);
+      tile_logits(Kt, z ? logits(p0, 0) : at(L.zt));  // straight into the logit cache where there is one
       const T* Vt = nullptr;
       int64_t ldv = D;
       if (own_o) {
@@ -850,17 +881,18 @@ struct Job {
   void* logits;
 };
 
-template <typename E, int RB, int kVW, bool kPairs = false>
+template <typename E, int RB, int kVW, bool kPairs = false, bool kAmx = false>
 OBC_ALWAYS_INLINE void run_job(const SaliencyParams& p, const Job& j, void* workspace) {
   using T = typename Elem<E>::acc;
   const Layout L = make_layout(p, j.kind != Job::Rows);
   char* ws = static_cast<char*>(workspace);
   T* z = j.kind == Job::Rows ? (L.zcache ? reinterpret_cast<T*>(ws + L.z) : nullptr) : static_cast<T*>(j.logits);
-  Kernel<E, RB, kVW, kPairs> k{p, L, ws, false, false, false, z};
+  Kernel<E, RB, kVW, kPairs, kAmx> k{p, L, ws, false, false, false, z};
   if constexpr (kPairs) {
     const T f = std::frexp(static_cast<T>(p.scale), &k.scale_exp);  // scale = f 2^e, f in [0.5, 1)
     k.scale_frac = 2 * f, k.scale_exp -= 1;
   }
+  if constexpr (kAmx) k.amx_rows = L.R / kAmxRows * kAmxRows;
   k.need_o = score_needs_vo(p.score) || score_needs_dist(p.score);
   k.own_o = k.need_o && p.o == nullptr;
   k.need_v2 = k.need_o || score_needs_vn1(p.score) || score_needs_vn2(p.score);
@@ -900,12 +932,21 @@ __attribute__((target("arch=x86-64-v4,avx512bf16"))) void run_avx512bf16(const S
   if (!pairs_apply(p.dtype, p.D)) return run_avx512(p, j, ws);
   run_job<bf16_t, kRBAvx512, kAvx512W, true>(p, j, ws);
 }
+// Q K^T on AMX where amx_applies and a row holds at least 32 window
+// queries; the rest as run_avx512, since the CPUs with AMX run the pair
+// path at half the float rate (cpu_tiles.h).
+OBC_AMX_FN void run_amx(const SaliencyParams& p, const Job& j, void* ws) {
+  const int64_t rows = p.G * (score_last_query_only(p.score) ? 1 : p.W);
+  if (!amx_applies(p.dtype, p.D) || rows < kAmxRows) return run_avx512(p, j, ws);
+  AmxTiles tiles;
+  run_job<bf16_t, kRBAvx512, kAvx512W, true, true>(p, j, ws);
+}
 #else
-const RunFn run_avx512 = run_baseline, run_avx2 = run_baseline, run_avx512bf16 = run_baseline;
+const RunFn run_avx512 = run_baseline, run_avx2 = run_baseline, run_avx512bf16 = run_baseline, run_amx = run_baseline;
 #endif
 
 void run(const SaliencyParams& p, const Job& j, void* ws) {
-  static const RunFn fn = pick_cpu_variant<RunFn>(run_baseline, run_avx2, run_avx512, run_avx512bf16);
+  static const RunFn fn = pick_cpu_variant<RunFn>(run_baseline, run_avx2, run_avx512, run_avx512bf16, run_amx);
   fn(p, j, ws);
 }
 

@@ -178,18 +178,21 @@ TEST(SaliencyCpu, BFloat16MatchesNaiveOnExactInputs) {
 }
 
 // bfloat16 at the shapes of the AVX512-BF16 pair path (cpu_tiles.h; picked
-// by default on AMD CPUs with it, by OBCACHE_CPU_VARIANT=avx512bf16 on any): D a multiple of 32 over whole tiles (the 16 x 16
-// word transposes), with several key ranges too, causal or not; an odd row
-// stride and D = 20 (scalar pair loads); D = 48 (8 x 8 word transposes).
-// (kCases' odd D take the float path.)
+// by default on AMD CPUs with it, by OBCACHE_CPU_VARIANT=avx512bf16 on any):
+// D a multiple of 32 over whole tiles (the 16 x 16 word transposes), with
+// several key ranges too, causal or not; an odd row stride and D = 20
+// (scalar pair loads); D = 48 (8 x 8 word transposes). (kCases' odd D take
+// the float path.) The last three have G W >= 32 rows and D a multiple of
+// 32, so the amx variant (cpu_amx.h) takes their Q K^T to AMX's tiles: 32
+// rows over several key ranges, causal; 36 rows (32 on AMX, 4 on the pair
+// path) with an odd row stride; 64 rows at D = 128.
 TEST(SaliencyCpu, BFloat16PairShapesMatchNaive) {
   std::mt19937 rng(7);
-  const Case cases[] = {{1, 2, 2, 8, 100, 64, 0, true},
-                        {1, 1, 3, 4, 600, 32, 0, false},
-                        {1, 1, 2, 3, 40, 32, 1, true},
-                        {1, 1, 2, 3, 70, 48, 0, true},
-                        {1, 1, 2, 3, 70, 20, 0, true},
-                        {1, 1, 2, 4, 1100, 32, 0, true}};
+  const Case cases[] = {{1, 2, 2, 8, 100, 64, 0, true},   {1, 1, 3, 4, 600, 32, 0, false},
+                        {1, 1, 2, 3, 40, 32, 1, true},    {1, 1, 2, 3, 70, 48, 0, true},
+                        {1, 1, 2, 3, 70, 20, 0, true},    {1, 1, 2, 4, 1100, 32, 0, true},
+                        {1, 2, 4, 8, 1100, 64, 0, true},  {1, 1, 3, 12, 200, 32, 1, false},
+                        {1, 1, 4, 16, 300, 128, 0, false}};
   for (const Case& c : cases) check_case<obc::bf16_t, float>(c, obc::DType::BF16, 2e-5, rng);
 }
 
@@ -197,27 +200,32 @@ TEST(SaliencyCpu, BFloat16PairShapesMatchNaive) {
 // scale 1/8): finite as on the float path, where scale * q comes first. The
 // pair path puts the scale's power of two on the queries for this; scaling
 // the products afterwards made them Inf and every score NaN.
+// The second case has 32 window rows: AMX's tiles under the amx variant.
 TEST(SaliencyCpu, BFloat16LogitsOverflowOnlyWhereScaledOnesDo) {
-  const Case c{1, 1, 2, 4, 64, 64, 0, false};
-  std::mt19937 rng(8);
-  const Data d = make(c, rng);
-  std::vector<obc::bf16_t> k(d.k.size(), naive::from_float<obc::bf16_t>(2.5e18f)), v = convert<obc::bf16_t>(d.v),
-                           q(d.q.size(), naive::from_float<obc::bf16_t>(2.5e18f));
-  obc::SaliencyParams p = params(c, d, k.data(), v.data(), q.data(), obc::DType::BF16, Score::Attn, 0.125f);
-  std::vector<float> out(c.N, -1.0f);
-  p.out = out.data();
-  std::vector<double> ws(obc::saliency_cpu_workspace_bytes(p) / sizeof(double) + 8);
-  obc::saliency_cpu(p, 0, 1, ws.data());
-  // Equal logits: A = 1 / N for each of the G * W window rows.
-  for (int64_t n = 0; n < c.N; ++n) ASSERT_FLOAT_EQ(out[n], 8.0f / 64.0f) << "key " << n;
+  for (const Case& c : {Case{1, 1, 2, 4, 64, 64, 0, false}, Case{1, 1, 4, 8, 64, 64, 0, false}}) {
+    std::mt19937 rng(8);
+    const Data d = make(c, rng);
+    std::vector<obc::bf16_t> k(d.k.size(), naive::from_float<obc::bf16_t>(2.5e18f)), v = convert<obc::bf16_t>(d.v),
+                             q(d.q.size(), naive::from_float<obc::bf16_t>(2.5e18f));
+    obc::SaliencyParams p = params(c, d, k.data(), v.data(), q.data(), obc::DType::BF16, Score::Attn, 0.125f);
+    std::vector<float> out(c.N, -1.0f);
+    p.out = out.data();
+    std::vector<double> ws(obc::saliency_cpu_workspace_bytes(p) / sizeof(double) + 8);
+    obc::saliency_cpu(p, 0, 1, ws.data());
+    // Equal logits: A = 1 / N for each of the G * W window rows.
+    const float want = static_cast<float>(c.G * c.W) / static_cast<float>(c.N);
+    for (int64_t n = 0; n < c.N; ++n) ASSERT_FLOAT_EQ(out[n], want) << "key " << n << ", G W = " << c.G * c.W;
+  }
 }
 
 TEST(SaliencyCpu, WorkspaceIsBoundedWhateverN) {
   obc::SaliencyParams p;
   p.B = 1, p.Hkv = 8, p.G = 4, p.W = 32, p.D = 128, p.N = 1 << 20;
-  // Past the logit cache: O(G * W * D), a fixed multiple of the queries.
+  // Past the logit cache: O(G * W * D), a fixed multiple of the queries
+  // (the queries, O and the merged O, three key tiles, a key tile's logits
+  // of every row: 4.1 times the queries' bytes here).
   const size_t fixed = obc::saliency_cpu_workspace_bytes(p);
-  EXPECT_LT(fixed, size_t(4) * 4 * 32 * 128 * 4);
+  EXPECT_LT(fixed, size_t(5) * 4 * 32 * 128 * 4);
   for (int64_t n = 1; n <= (int64_t(1) << 22); n *= 2) {
     p.N = n;
     EXPECT_LE(obc::saliency_cpu_workspace_bytes(p), fixed + (size_t(16) << 20) + 4096) << "N=" << n;
@@ -227,7 +235,8 @@ TEST(SaliencyCpu, WorkspaceIsBoundedWhateverN) {
 // R * N * 4 bytes of logits above the 16 MiB cache: pass 2 recomputes Q K^T.
 TEST(SaliencyCpu, LongRowsPastTheLogitCacheMatchNaive) {
   std::mt19937 rng(5);
-  const Case c{1, 1, 4, 32, 33000, 32, 0, true};  // D = 32: bfloat16 on the pair path's fast transposes
+  // D = 32: bfloat16 on the pair path's fast transposes; 128 rows: AMX under the amx variant
+  const Case c{1, 1, 4, 32, 33000, 32, 0, true};
   const Data d = make(c, rng);
   const std::vector<obc::bf16_t> k = convert<obc::bf16_t>(d.k), v = convert<obc::bf16_t>(d.v),
                                  q = convert<obc::bf16_t>(d.q);
