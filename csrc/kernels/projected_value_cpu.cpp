@@ -78,14 +78,26 @@ struct Task {
     // (1.5x slower than loading transposed tiles, which overlaps the misses).
     for (int r = RB; r < 2 * RB && c0 + r < p.hidden; ++r) prefetch_row<3>(w + r * p.wo_so, p.D);
 #ifdef OBC_X86_VARIANTS
-    if constexpr (kPairs) {
+    if constexpr (kAmx && RB == kAmxRows) {
+      for (int64_t t = 0; t < tiles; ++t) {
+        amx_xyt32(w, p.wo_so, p.D, reinterpret_cast<const uint32_t*>(vt + t * p.D * kTile), cbuf);
+        add_norms<RB>(c0, t);
+      }
+    } else if constexpr (kPairs) {
       for (int64_t t = 0; t < tiles; ++t) {
         avx512bf16_xyt<RB>(w, p.wo_so, p.D, reinterpret_cast<const uint32_t*>(vt + t * p.D * kTile), cbuf);
         add_norms<RB>(c0, t);
       }
-      return;
-    }
+    } else
 #endif
+      float_block<RB>(c0, w, tiles);
+  }
+
+  // block() on the FMA units: W_o's rows (converted once where 16-bit) times
+  // the float tiles. Never instantiated with RB > kMaxRB (wbuf's rows).
+  template <int RB>
+  OBC_ALWAYS_INLINE void float_block(int64_t c0, const E* w, int64_t tiles) {
+    static_assert(RB <= kMaxRB, "wbuf holds kMaxRB rows");
     const Acc* x = wbuf;
     int64_t ldx = p.D;
     if constexpr (std::is_same<E, Acc>::value) {
@@ -120,18 +132,8 @@ struct Task {
   // Every hidden column: kAmxRows a step on AMX where kAmx, then the rest.
   OBC_ALWAYS_INLINE void columns(const E* w, int64_t tiles) {
     int64_t c0 = 0;
-#ifdef OBC_X86_VARIANTS
-    if constexpr (kAmx) {
-      for (; c0 + kAmxRows <= p.hidden; c0 += kAmxRows) {
-        const E* wc = w + c0 * p.wo_so;
-        for (int r = kAmxRows; r < 2 * kAmxRows && c0 + r < p.hidden; ++r) prefetch_row<3>(wc + r * p.wo_so, p.D);
-        for (int64_t t = 0; t < tiles; ++t) {
-          amx_xyt32(wc, p.wo_so, p.D, reinterpret_cast<const uint32_t*>(vt + t * p.D * kTile), cbuf);
-          add_norms<kAmxRows>(c0, t);
-        }
-      }
-    }
-#endif
+    if constexpr (kAmx)
+      for (; c0 + kAmxRows <= p.hidden; c0 += kAmxRows) block<kAmxRows>(c0, w + c0 * p.wo_so, tiles);
     columns_from<kRB>(c0, w, tiles);
   }
 

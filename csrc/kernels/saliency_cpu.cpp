@@ -110,12 +110,17 @@ struct Layout {
   bool zcache = false;  // logits kept from pass 1 in the workspace, tile-major: z[tile][row][kTile]
 };
 
+// The window queries a (b, h) row scores with: the last only for the
+// last-query scores.
+int64_t window_queries(const SaliencyParams& p) { return score_last_query_only(p.score) ? 1 : p.W; }
+
 // split: the workspace of a key range of a split (b, h) (saliency_cpu.h),
 // which has no logit cache of its own (its pass 2 runs apart from its pass
 // 1: the caller may keep the row's logits, saliency_cpu_split_logit_bytes).
+
 Layout make_layout(const SaliencyParams& p, bool split) {
   Layout L;
-  L.Wr = score_last_query_only(p.score) ? 1 : p.W;
+  L.Wr = window_queries(p);
   L.i0 = p.W - L.Wr;
   L.R = p.G * L.Wr;
   const size_t e = p.dtype == DType::F64 ? 8 : 4;
@@ -936,8 +941,7 @@ __attribute__((target("arch=x86-64-v4,avx512bf16"))) void run_avx512bf16(const S
 // queries; the rest as run_avx512, since the CPUs with AMX run the pair
 // path at half the float rate (cpu_tiles.h).
 OBC_AMX_FN void run_amx(const SaliencyParams& p, const Job& j, void* ws) {
-  const int64_t rows = p.G * (score_last_query_only(p.score) ? 1 : p.W);
-  if (!amx_applies(p.dtype, p.D) || rows < kAmxRows) return run_avx512(p, j, ws);
+  if (!amx_applies(p.dtype, p.D) || p.G * window_queries(p) < kAmxRows) return run_avx512(p, j, ws);
   AmxTiles tiles;
   run_job<bf16_t, kRBAvx512, kAvx512W, true, true>(p, j, ws);
 }

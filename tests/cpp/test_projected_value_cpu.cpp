@@ -64,10 +64,10 @@ TEST(ProjectedValueCpu, EveryDtype) {
 }
 
 // bfloat16 at the shapes of the AVX512-BF16 pair path (cpu_tiles.h, picked
-// by default on AMD CPUs with it, by OBCACHE_CPU_VARIANT=avx512bf16 on any): D a multiple of 32 (the 16 x 16 word transposes)
-// with an even and an odd row stride (the scalar pair loads), D = 48 (8 x 8
-// word transposes), D = 20 (scalar pair loads), odd D (the float path), N
-// not a multiple of the tile. Under the amx variant D = 32, 64 and 128 take
+// by default on AMD CPUs with it, by OBCACHE_CPU_VARIANT=avx512bf16 on any):
+// D a multiple of 32 (the 16 x 16 word transposes) with an even and an odd
+// row stride (the scalar pair loads), D = 48 (8 x 8 word transposes), D = 20
+// (scalar pair loads), odd D (the float path), N not a multiple of the tile. Under the amx variant D = 32, 64 and 128 take
 // AMX's tiles (cpu_amx.h) for each whole 32 hidden columns, the pair path for
 // the rest (hidden 70, 33, 17). The products are exact either way, so the
 // float tolerance holds.
