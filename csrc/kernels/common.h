@@ -91,6 +91,13 @@ OBC_HD OBC_INLINE float bf16_bits_to_float(uint16_t b) {
   return bits_to_float(static_cast<uint32_t>(b) << 16);
 }
 
+// bf16 bits of x rounded to nearest even (NaN stays a NaN).
+OBC_HD OBC_INLINE uint32_t bf16_rn(float x) {
+  const uint32_t u = float_to_bits(x);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return (u >> 16) | 0x40u;
+  return (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+}
+
 // Elem<T>::load(x): an element in its accumulation type Elem<T>::acc (float
 // for the 16/32-bit inputs, double for float64 inputs).
 template <typename T>

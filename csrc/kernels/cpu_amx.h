@@ -13,6 +13,10 @@ namespace obc {
 // Rows of X per amx_xyt32 call: two tiles of 16.
 constexpr int kAmxRows = 32;
 
+// Whether amx_xyt32 applies: bfloat16 with D a multiple of 32 (one tile
+// step of d); the rest keeps the pair path.
+inline bool amx_applies(DType dt, int64_t D) { return dt == DType::BF16 && D % 32 == 0; }
+
 #ifdef OBC_X86_VARIANTS
 
 // The register file's shapes, ldtilecfg's 64-byte format: tiles 0-3 hold
@@ -38,15 +42,15 @@ class AmxTiles {
   AmxTiles& operator=(const AmxTiles&) = delete;
 };
 
-// Whether amx_xyt32 applies: bfloat16 with D a multiple of 32 (one tile
-// step of d); the rest keeps the pair path.
-inline bool amx_applies(DType dt, int64_t D) { return dt == DType::BF16 && D % 32 == 0; }
-
 // C[32][kTile] = X[32][D] . Yt for 32 bfloat16 rows of X (row r at
 // X + r * ldx, elements contiguous) and the pair tile Yt ([D / 2][kTile]
 // words, avx512bf16_load_pairs) of their D columns; inside an AmxTiles
 // scope. The same product as avx512bf16_xyt<32>, summed in AMX's order.
-OBC_AMX_FN inline void amx_xyt32(const bf16_t* X, int64_t ldx, int64_t D, const uint32_t* Yt, float* C) {
+// With terms > 1, X is a float operand's bfloat16 terms (split_bf16x3),
+// term t at X + t * term_stride, and C the sum of their products, each step
+// of d adding the terms in order.
+OBC_AMX_FN inline void amx_xyt32(const bf16_t* X, int64_t ldx, int64_t D, const uint32_t* Yt, float* C,
+                                 int terms = 1, int64_t term_stride = 0) {
   static_assert(kTile == 32, "a pair tile is two 16-word AMX tiles wide");
   const int64_t x_stride = ldx * static_cast<int64_t>(sizeof(bf16_t)), y_stride = kTile * sizeof(uint32_t);
   // GCC's tileloadd asm names no memory operand: without this barrier the
@@ -57,14 +61,17 @@ OBC_AMX_FN inline void amx_xyt32(const bf16_t* X, int64_t ldx, int64_t D, const 
   _tile_zero(2);
   _tile_zero(3);
   for (int64_t d = 0; d < D; d += 32) {
-    _tile_loadd(4, X + d, x_stride);              // rows 0-15, d .. d + 32
-    _tile_loadd(5, X + 16 * ldx + d, x_stride);   // rows 16-31
     _tile_loadd(6, Yt + (d / 2) * kTile, y_stride);       // pairs d / 2 .. + 16, columns 0-15
     _tile_loadd(7, Yt + (d / 2) * kTile + 16, y_stride);  // columns 16-31
-    _tile_dpbf16ps(0, 4, 6);
-    _tile_dpbf16ps(1, 4, 7);
-    _tile_dpbf16ps(2, 5, 6);
-    _tile_dpbf16ps(3, 5, 7);
+    for (int t = 0; t < terms; ++t) {
+      const bf16_t* x = X + t * term_stride + d;
+      _tile_loadd(4, x, x_stride);             // rows 0-15, d .. d + 32
+      _tile_loadd(5, x + 16 * ldx, x_stride);  // rows 16-31
+      _tile_dpbf16ps(0, 4, 6);
+      _tile_dpbf16ps(1, 4, 7);
+      _tile_dpbf16ps(2, 5, 6);
+      _tile_dpbf16ps(3, 5, 7);
+    }
   }
   const int64_t c_stride = kTile * sizeof(float);
   _tile_stored(0, C, c_stride);
@@ -74,5 +81,16 @@ OBC_AMX_FN inline void amx_xyt32(const bf16_t* X, int64_t ldx, int64_t D, const 
 }
 
 #endif
+
+// x as three bfloat16 terms, hi + mid + lo == x for every normal float x
+// (each term the remainder of the ones before rounded to nearest; the
+// remainders are exact floats: 3 x 8 bits cover float's 24), so that AMX
+// multiplies a float operand by bfloat16 values at float precision.
+inline void split_bf16x3(float x, bf16_t& hi, bf16_t& mid, bf16_t& lo) {
+  for (bf16_t* t : {&hi, &mid, &lo}) {
+    t->bits = static_cast<uint16_t>(bf16_rn(x));
+    x -= bf16_bits_to_float(t->bits);
+  }
+}
 
 }  // namespace obc

@@ -28,13 +28,6 @@ namespace mma {
 template <typename E>
 constexpr bool kOperandType = std::is_same<E, bf16_t>::value || std::is_same<E, half_t>::value;
 
-// bf16 bits of x rounded to nearest even (NaN stays a NaN).
-OBC_HD OBC_INLINE uint32_t bf16_rn(float x) {
-  const uint32_t u = float_to_bits(x);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return (u >> 16) | 0x40u;
-  return (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-}
-
 // IEEE binary16 bits of x rounded to nearest even: subnormal below 2^-14
 // (steps of 2^-24), inf from 65520 on, NaN stays a NaN. Integer operations
 // only, so the device's pre-sm_80 copy of pack_rn compiles too.

@@ -34,8 +34,9 @@
 // lanes) and sums; AVX-512 also has its own exp (avx512_exp). bfloat16 on
 // a CPU with AVX512-BF16 forms Q K^T two d at a time (the pair path,
 // cpu_tiles.h; Kernel's kPairs); the other products have a float operand
-// (P, O), which bfloat16 would round. The
-// build passes -fno-trapping-math (results are unchanged: no FP exception is
+// (P, O), which bfloat16 would round. With AMX (cpu_amx.h) Q K^T and O V^T
+// run on its tiles, O as three bfloat16 terms (float precision, three
+// products: still 5x the FMA rate). The build passes -fno-trapping-math (results are unchanged: no FP exception is
 // ever unmasked): with trapping math GCC keeps exp_approx's selects as
 // branches, and only AVX-512's masked instructions vectorised them; the AVX2
 // and baseline exps were scalar.
@@ -106,7 +107,7 @@ static_assert(kSaliencyMinRangeKeys % kTile == 0, "key ranges are whole tiles (t
 // Byte offsets of the workspace pieces (see the top of this file).
 struct Layout {
   int64_t Wr = 0, i0 = 0, R = 0;
-  size_t qs, o, m, l, on2, am, al, ao, kt, vt, vrow, vn1, vn2, sb, xb, db, head, zt, z, total;
+  size_t qs, o, m, l, on2, am, al, ao, kt, vt, vrow, vn1, vn2, sb, xb, db, head, zt, xt, ot, vp, z, total;
   bool zcache = false;  // logits kept from pass 1 in the workspace, tile-major: z[tile][row][kTile]
 };
 
@@ -148,7 +149,12 @@ Layout make_layout(const SaliencyParams& p, bool split) {
   L.xb = take(kMaxRB * T);
   L.db = take(kMaxRB * T);
   L.head = take(G * T);
-  L.zt = take(R * T);  // a key tile's logits of every row, on the AMX path where no cache holds them
+  if (amx_applies(p.dtype, p.D)) {  // the AMX path's (Kernel's kAmx):
+    L.zt = take(R * T);               // a key tile's logits of every row, where no cache holds them
+    L.xt = take(R * T);               // its v.o of every row
+    L.ot = take(3 * R * D / 2);       // O's three bfloat16 terms, [3][R][D]
+    L.vp = take(D * T / 2);           // the value tile's pairs
+  }
   const size_t padded_n = (static_cast<size_t>(p.N) + T - 1) / T * T;
   L.zcache = !split && R * padded_n * e <= kSaliencyLogitCacheBytes;
   L.z = L.zcache ? take(R * padded_n) : 0;
@@ -361,7 +367,8 @@ OBC_ALWAYS_INLINE void row_contrib(const T* s, const T* a_row, const T* vo, cons
 // overflow wherever |q . k| > FLT_MAX, up to 1 / scale times sooner).
 // kAmx (with kPairs): Q K^T of the first amx_rows rows (a multiple of 32)
 // on AMX's tiles (cpu_amx.h, inside the caller's AmxTiles scope), a whole
-// key tile at once, before its row blocks; the other rows as kPairs.
+// key tile at once, before its row blocks, and so pass 2's v.o (O V^T), O
+// as three bfloat16 terms; the other rows as kPairs.
 template <typename E, int kRB, int kVW, bool kPairs, bool kAmx>
 struct Kernel {
   using T = typename Elem<E>::acc;
@@ -466,6 +473,19 @@ struct Kernel {
         amx_xyt32(q + r0 * p.D, p.D, p.D, reinterpret_cast<const uint32_t*>(Kt), dst + r0 * kTile);
       for (int64_t c = 0; c < amx_rows * kTile; ++c) dst[c] *= scale_frac;
       tz = dst;
+    }
+#endif
+  }
+  // kAmx: v.o of the rows [0, amx_rows) against the value tile at V (tn
+  // keys) into L.xt, from O's bfloat16 terms (finish), read by pass2_block.
+  OBC_ALWAYS_INLINE void tile_vo(const E* V, int64_t tn) {
+#ifdef OBC_X86_VARIANTS
+    if constexpr (kAmx) {
+      uint32_t* vp = reinterpret_cast<uint32_t*>(at(L.vp));
+      const bf16_t* ot = reinterpret_cast<const bf16_t*>(at(L.ot));
+      avx512bf16_load_pairs(V, p.v_sn, tn, p.D, vp);
+      for (int64_t r0 = 0; r0 < amx_rows; r0 += kAmxRows)
+        amx_xyt32(ot + r0 * p.D, p.D, p.D, vp, at(L.xt) + r0 * kTile, 3, L.R * p.D);
     }
 #endif
   }
@@ -638,7 +658,12 @@ struct Kernel {
       Sb = logits(p0, r0);
     else
       logits_block<RB>(r0, Kt, Sb);
-    if constexpr (score_needs_vo(S)) xyt<RB, false>(O + r0 * D, Vt, Xb);
+    if constexpr (score_needs_vo(S)) {
+      if (kAmx && r0 < amx_rows)  // made by tile_vo
+        Xb = at(L.xt) + r0 * kTile;
+      else
+        xyt<RB, false>(O + r0 * D, Vt, Xb);
+    }
     if constexpr (score_needs_dist(S)) xyt<RB, true>(O + r0 * D, Vt, Db);
     T a_row[kTile];
     int64_t g = r0 / L.Wr, i = r0 - g * L.Wr;  // row r0 + rr is query i of head g: no division a row
@@ -672,6 +697,7 @@ struct Kernel {
       if (need_v2) {
         transposed(V + p0 * p.v_sn, p.v_sn, tn, Vt);
         value_norms<score_needs_vn1(S), score_needs_vn2(S)>(Vt, vn1, vn2);
+        if constexpr (score_needs_vo(S)) tile_vo(V + p0 * p.v_sn, tn);
       }
       for (int64_t x = 0; x < G * kTile; ++x) head[x] = qinit;
       int64_t r0 = 0;
@@ -813,6 +839,15 @@ struct Kernel {
       }
       on2[r] = s2;
     }
+    // kAmx: O's rows as three bfloat16 terms for tile_vo (3 x 8 bits: v.o
+    // at float precision; one term would round O to bfloat16).
+    if constexpr (kAmx) {
+      if (score_needs_vo(p.score)) {
+        bf16_t* ot = reinterpret_cast<bf16_t*>(at(L.ot));
+        const int64_t terms = R * D;
+        for (int64_t x = 0; x < amx_rows * D; ++x) split_bf16x3(O[x], ot[x], ot[terms + x], ot[2 * terms + x]);
+      }
+    }
   }
 
   // Pass 2 of row bh over the keys [n0, n1), after finish().
@@ -937,7 +972,7 @@ __attribute__((target("arch=x86-64-v4,avx512bf16"))) void run_avx512bf16(const S
   if (!pairs_apply(p.dtype, p.D)) return run_avx512(p, j, ws);
   run_job<bf16_t, kRBAvx512, kAvx512W, true>(p, j, ws);
 }
-// Q K^T on AMX where amx_applies and a row holds at least 32 window
+// Q K^T and v.o on AMX where amx_applies and a row holds at least 32 window
 // queries; the rest as run_avx512, since the CPUs with AMX run the pair
 // path at half the float rate (cpu_tiles.h).
 OBC_AMX_FN void run_amx(const SaliencyParams& p, const Job& j, void* ws) {

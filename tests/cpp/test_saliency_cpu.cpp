@@ -196,6 +196,36 @@ TEST(SaliencyCpu, BFloat16PairShapesMatchNaive) {
   for (const Case& c : cases) check_case<obc::bf16_t, float>(c, obc::DType::BF16, 2e-5, rng);
 }
 
+// Where ||v||^2 - 2 v . o + ||o||^2 cancels (every v within 1/16 of 1, so
+// the key score is ~1/800 of ||v||^2), float32 itself is off by up to
+// ~8e-3 of the largest score, by its summation order (D = 128: the
+// baseline variant 7.6e-3, avx512 4.8e-3; D = 64, avx512: 1.0e-3), as in
+// the tensor cores' test (test_emu_saliency). The amx variant multiplies O
+// as three bfloat16 terms (cpu_amx.h): 2.1e-3 and 1.6e-3; with two, 3.9e-3
+// and 3.3e-3; with one (O rounded to bfloat16), 180%.
+TEST(SaliencyCpu, BFloat16KeepsOAtFloatPrecisionWhereVMinusOCancels) {
+  std::mt19937 rng(21);
+  for (const Case& c : {Case{1, 1, 4, 8, 300, 128, 0, true}, Case{1, 2, 2, 16, 150, 64, 0, false}}) {
+    Data d = make(c, rng);
+    for (float& x : d.v) x = obc::bf16_bits_to_float(obc::bf16_rn(1.0f + x / 32));
+    const std::vector<obc::bf16_t> k = convert<obc::bf16_t>(d.k), v = convert<obc::bf16_t>(d.v),
+                                   q = convert<obc::bf16_t>(d.q);
+    for (Score s : {Score::Key, Score::Joint}) {
+      obc::SaliencyParams p = params(c, d, k.data(), v.data(), q.data(), obc::DType::BF16, s, 0.25f);
+      const std::vector<double> want = naive_of(p, d, 0.25);
+      double mag = 0;
+      for (double w : want) mag = std::max(mag, std::fabs(w));
+      std::vector<float> got(want.size(), -12345.0f);
+      p.out = got.data();
+      std::vector<double> ws(obc::saliency_cpu_workspace_bytes(p) / sizeof(double) + 8);
+      obc::saliency_cpu(p, 0, c.B * c.H, ws.data());
+      double err = 0;
+      for (size_t i = 0; i < want.size(); ++i) err = std::max(err, std::fabs(got[i] - want[i]) / mag);
+      EXPECT_LT(err, 1e-2) << "D=" << c.D << " score " << static_cast<int>(s);
+    }
+  }
+}
+
 // Logits that overflow float unscaled but not scaled (|q . k| = 4e38,
 // scale 1/8): finite as on the float path, where scale * q comes first. The
 // pair path puts the scale's power of two on the queries for this; scaling
@@ -222,13 +252,17 @@ TEST(SaliencyCpu, WorkspaceIsBoundedWhateverN) {
   obc::SaliencyParams p;
   p.B = 1, p.Hkv = 8, p.G = 4, p.W = 32, p.D = 128, p.N = 1 << 20;
   // Past the logit cache: O(G * W * D), a fixed multiple of the queries
-  // (the queries, O and the merged O, three key tiles, a key tile's logits
-  // of every row: 4.1 times the queries' bytes here).
-  const size_t fixed = obc::saliency_cpu_workspace_bytes(p);
-  EXPECT_LT(fixed, size_t(5) * 4 * 32 * 128 * 4);
-  for (int64_t n = 1; n <= (int64_t(1) << 22); n *= 2) {
-    p.N = n;
-    EXPECT_LE(obc::saliency_cpu_workspace_bytes(p), fixed + (size_t(16) << 20) + 4096) << "N=" << n;
+  // (the queries, O and the merged O, three key tiles: 3.8 times the
+  // queries' bytes here; bfloat16 adds the AMX path's buffers, O's three
+  // bfloat16 terms and a key tile's logits and v.o of every row: 6.0).
+  for (auto [dt, times] : {std::pair{obc::DType::F32, 4}, std::pair{obc::DType::BF16, 7}}) {
+    p.dtype = dt, p.N = 1 << 20;
+    const size_t fixed = obc::saliency_cpu_workspace_bytes(p);
+    EXPECT_LT(fixed, size_t(times) * 4 * 32 * 128 * 4);
+    for (int64_t n = 1; n <= (int64_t(1) << 22); n *= 2) {
+      p.N = n;
+      EXPECT_LE(obc::saliency_cpu_workspace_bytes(p), fixed + (size_t(16) << 20) + 4096) << "N=" << n;
+    }
   }
 }
 
