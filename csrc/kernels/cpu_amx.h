@@ -53,8 +53,9 @@ OBC_AMX_FN inline void amx_xyt32(const bf16_t* X, int64_t ldx, int64_t D, const 
                                  int terms = 1, int64_t term_stride = 0) {
   static_assert(kTile == 32, "a pair tile is two 16-word AMX tiles wide");
   const int64_t x_stride = ldx * static_cast<int64_t>(sizeof(bf16_t)), y_stride = kTile * sizeof(uint32_t);
-  // GCC's tileloadd asm names no memory operand: without this barrier the
-  // compiler could move the pair tile's stores past the loads that read it.
+  // GCC's tile load and store asm names no memory operand: without these
+  // barriers the compiler could move the pair tile's stores past the loads
+  // that read it, or the caller's reads of C before the tile stores.
   asm volatile("" ::: "memory");
   _tile_zero(0);
   _tile_zero(1);
@@ -78,6 +79,7 @@ OBC_AMX_FN inline void amx_xyt32(const bf16_t* X, int64_t ldx, int64_t D, const 
   _tile_stored(1, C + 16, c_stride);
   _tile_stored(2, C + 16 * kTile, c_stride);
   _tile_stored(3, C + 16 * kTile + 16, c_stride);
+  asm volatile("" ::: "memory");
 }
 
 #endif
