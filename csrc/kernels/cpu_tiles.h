@@ -95,10 +95,10 @@ inline CpuVariant cpu_supported_variant() {
 // product (vdpbf16ps) does two float FMAs' multiplies. On Zen 4 pairs made
 // bfloat16 evict 16% faster than float32; an Intel Xeon with AVX512-BF16
 // (family 6 model 207) issued a quarter as many as its FMAs (12 independent
-// chains: 1.2 vs 4.8 G/s), so pairs halve the rate there: bfloat16 evict ran 7-26% slower than float32
-// with them, 1-4% faster without (medians of alternated calls), and
-// projected_value_norm at Llama-3.1-8B's shape 1040 vs 910 ms
-// (bench/RESULTS.md).
+// chains: 1.2 vs 4.8 G/s), so pairs halve the rate there: bfloat16 evict
+// ran 7-26% slower than float32 with them, 1-4% faster without (medians
+// of alternated calls), and projected_value_norm at Llama-3.1-8B's shape
+// 1040 vs 910 ms (bench/RESULTS.md).
 inline CpuVariant cpu_default_variant() {
   const CpuVariant best = cpu_supported_variant();
 #ifdef OBC_X86_VARIANTS

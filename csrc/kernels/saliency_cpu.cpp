@@ -36,10 +36,11 @@
 // cpu_tiles.h; Kernel's kPairs); the other products have a float operand
 // (P, O), which bfloat16 would round. With AMX (cpu_amx.h) Q K^T and O V^T
 // run on its tiles, O as three bfloat16 terms (float precision, three
-// products: still 5x the FMA rate). The build passes -fno-trapping-math (results are unchanged: no FP exception is
-// ever unmasked): with trapping math GCC keeps exp_approx's selects as
-// branches, and only AVX-512's masked instructions vectorised them; the AVX2
-// and baseline exps were scalar.
+// products: still 5x the FMA rate). The build passes -fno-trapping-math
+// (results are unchanged: no FP exception is ever unmasked): with trapping
+// math GCC keeps exp_approx's selects as branches, and only AVX-512's
+// masked instructions vectorised them; the AVX2 and baseline exps were
+// scalar.
 #include "saliency_cpu.h"
 
 #include <algorithm>
@@ -118,7 +119,6 @@ int64_t window_queries(const SaliencyParams& p) { return score_last_query_only(p
 // split: the workspace of a key range of a split (b, h) (saliency_cpu.h),
 // which has no logit cache of its own (its pass 2 runs apart from its pass
 // 1: the caller may keep the row's logits, saliency_cpu_split_logit_bytes).
-
 Layout make_layout(const SaliencyParams& p, bool split) {
   Layout L;
   L.Wr = window_queries(p);
