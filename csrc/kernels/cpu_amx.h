@@ -82,6 +82,86 @@ OBC_AMX_FN inline void amx_xyt32(const bf16_t* X, int64_t ldx, int64_t D, const 
   asm volatile("" ::: "memory");
 }
 
+// x[0 : n] as three bfloat16 terms (split_bf16x3 below, 32 at a time; n a
+// multiple of 32; the conversions read and make values below float's
+// normal range as 0, which only drops terms under 2^-126).
+OBC_AMX_FN inline void avx512bf16_split3(const float* x, int64_t n, bf16_t* hi, bf16_t* mid, bf16_t* lo) {
+  for (int64_t i = 0; i < n; i += 32) {
+    __m512 a = _mm512_loadu_ps(x + i), b = _mm512_loadu_ps(x + i + 16);
+    for (bf16_t* t : {hi + i, mid + i, lo + i}) {
+      const __m512i r = reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(b, a));  // a's 16 terms, then b's
+      _mm512_storeu_si512(t, r);
+      // A bfloat16 as a float: its bits in the upper half.
+      a = _mm512_sub_ps(a, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(r)), 16)));
+      b = _mm512_sub_ps(
+          b, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(r, 1)), 16)));
+    }
+  }
+}
+
+// The words of x[0 : 16] and y[0 : 16] in turn, as vpermt2w's indices (y's
+// from 32).
+struct KeyPairIndex {
+  alignas(64) uint16_t idx[32];
+  constexpr KeyPairIndex() : idx{} {
+    for (int k = 0; k < 16; ++k) idx[2 * k] = static_cast<uint16_t>(k), idx[2 * k + 1] = static_cast<uint16_t>(32 + k);
+  }
+};
+inline constexpr KeyPairIndex kKeyPairIndex{};
+
+// The value tile of tn <= kTile keys (rows of D bfloat16, ld apart) paired
+// along the keys, as AMX's B operand of P V: dst[i][d] = the word of
+// (v[2i][d], v[2i + 1][d]), [kTile / 2][D] words, keys past tn as zeros.
+// D a multiple of 32.
+OBC_AMX_FN inline void avx512_load_key_pairs(const bf16_t* v, int64_t ld, int64_t tn, int64_t D, uint32_t* dst) {
+  const __m512i kLo = _mm512_load_si512(kKeyPairIndex.idx);  // words 0-15 of the two rows
+  const __m512i kHi = _mm512_add_epi16(kLo, _mm512_set1_epi16(16));
+  const __m512i zero = _mm512_setzero_si512();
+  for (int64_t i = 0; i < kTile / 2; ++i) {
+    const bf16_t* a = v + 2 * i * ld;
+    for (int64_t d = 0; d < D; d += 32) {
+      const __m512i x = 2 * i < tn ? _mm512_loadu_si512(a + d) : zero;
+      const __m512i y = 2 * i + 1 < tn ? _mm512_loadu_si512(a + ld + d) : zero;
+      _mm512_storeu_si512(dst + i * D + d, _mm512_permutex2var_epi16(x, kLo, y));
+      _mm512_storeu_si512(dst + i * D + d + 16, _mm512_permutex2var_epi16(x, kHi, y));
+    }
+  }
+}
+
+// O[32][D] (rows ldo apart) += the sum over `terms` of P_t . V for a key
+// tile: P_t [32 rows][kTile keys] bfloat16 at P + t * term_stride, V its
+// value tile paired along the keys (avx512_load_key_pairs); inside an
+// AmxTiles scope. O's 16 x 16 blocks go through the tiles: each step of 32
+// columns loads four, adds the terms' products in order, stores them.
+OBC_AMX_FN inline void amx_pv32(const bf16_t* P, int64_t term_stride, int terms, const uint32_t* V, int64_t D,
+                                float* O, int64_t ldo) {
+  const int64_t o_stride = ldo * static_cast<int64_t>(sizeof(float)), v_stride = D * sizeof(uint32_t);
+  constexpr int64_t p_stride = kTile * sizeof(bf16_t);
+  asm volatile("" ::: "memory");  // as in amx_xyt32
+  for (int64_t d = 0; d < D; d += 32) {
+    _tile_loadd(0, O + d, o_stride);
+    _tile_loadd(1, O + d + 16, o_stride);
+    _tile_loadd(2, O + 16 * ldo + d, o_stride);
+    _tile_loadd(3, O + 16 * ldo + d + 16, o_stride);
+    _tile_loadd(6, V + d, v_stride);
+    _tile_loadd(7, V + d + 16, v_stride);
+    for (int t = 0; t < terms; ++t) {
+      const bf16_t* pt = P + t * term_stride;
+      _tile_loadd(4, pt, p_stride);
+      _tile_loadd(5, pt + 16 * kTile, p_stride);
+      _tile_dpbf16ps(0, 4, 6);
+      _tile_dpbf16ps(1, 4, 7);
+      _tile_dpbf16ps(2, 5, 6);
+      _tile_dpbf16ps(3, 5, 7);
+    }
+    _tile_stored(0, O + d, o_stride);
+    _tile_stored(1, O + d + 16, o_stride);
+    _tile_stored(2, O + 16 * ldo + d, o_stride);
+    _tile_stored(3, O + 16 * ldo + d + 16, o_stride);
+  }
+  asm volatile("" ::: "memory");
+}
+
 #endif
 
 // x as three bfloat16 terms, hi + mid + lo == x for every normal float x

@@ -34,13 +34,13 @@
 // lanes) and sums; AVX-512 also has its own exp (avx512_exp). bfloat16 on
 // a CPU with AVX512-BF16 forms Q K^T two d at a time (the pair path,
 // cpu_tiles.h; Kernel's kPairs); the other products have a float operand
-// (P, O), which bfloat16 would round. With AMX (cpu_amx.h) Q K^T and O V^T
-// run on its tiles, O as three bfloat16 terms (float precision, three
-// products: still 5x the FMA rate). The build passes -fno-trapping-math
-// (results are unchanged: no FP exception is ever unmasked): with trapping
-// math GCC keeps exp_approx's selects as branches, and only AVX-512's
-// masked instructions vectorised them; the AVX2 and baseline exps were
-// scalar.
+// (P, O), which bfloat16 would round. With AMX (cpu_amx.h) Q K^T, P V and
+// O V^T run on its tiles, P and O as three bfloat16 terms (float precision,
+// three products: still 5x the FMA rate). The build passes
+// -fno-trapping-math (results are unchanged: no FP exception is ever
+// unmasked): with trapping math GCC keeps exp_approx's selects as branches,
+// and only AVX-512's masked instructions vectorised them; the AVX2 and
+// baseline exps were scalar.
 #include "saliency_cpu.h"
 
 #include <algorithm>
@@ -108,7 +108,7 @@ static_assert(kSaliencyMinRangeKeys % kTile == 0, "key ranges are whole tiles (t
 // Byte offsets of the workspace pieces (see the top of this file).
 struct Layout {
   int64_t Wr = 0, i0 = 0, R = 0;
-  size_t qs, o, m, l, on2, am, al, ao, kt, vt, vrow, vn1, vn2, sb, xb, db, head, zt, xt, ot, vp, z, total;
+  size_t qs, o, m, l, on2, am, al, ao, kt, vt, vrow, vn1, vn2, sb, xb, db, head, zt, xt, ot, pt, vp, z, total;
   bool zcache = false;  // logits kept from pass 1 in the workspace, tile-major: z[tile][row][kTile]
 };
 
@@ -153,7 +153,8 @@ Layout make_layout(const SaliencyParams& p, bool split) {
     L.zt = take(R * T);               // a key tile's logits of every row, where no cache holds them
     L.xt = take(R * T);               // its v.o of every row
     L.ot = take(3 * R * D / 2);       // O's three bfloat16 terms, [3][R][D]
-    L.vp = take(D * T / 2);           // the value tile's pairs
+    L.pt = take(3 * R * T / 2);       // a key tile's P of every row as three bfloat16 terms, [3][R][T]
+    L.vp = take(D * T / 2);           // the value tile's pairs: along d (pass 2), along the keys (pass 1)
   }
   const size_t padded_n = (static_cast<size_t>(p.N) + T - 1) / T * T;
   L.zcache = !split && R * padded_n * e <= kSaliencyLogitCacheBytes;
@@ -368,7 +369,8 @@ OBC_ALWAYS_INLINE void row_contrib(const T* s, const T* a_row, const T* vo, cons
 // kAmx (with kPairs): Q K^T of the first amx_rows rows (a multiple of 32)
 // on AMX's tiles (cpu_amx.h, inside the caller's AmxTiles scope), a whole
 // key tile at once, before its row blocks, and so pass 2's v.o (O V^T), O
-// as three bfloat16 terms; the other rows as kPairs.
+// as three bfloat16 terms; pass 1's P V after the row blocks (which keep P
+// as three bfloat16 terms); the other rows as kPairs.
 template <typename E, int kRB, int kVW, bool kPairs, bool kAmx>
 struct Kernel {
   using T = typename Elem<E>::acc;
@@ -486,6 +488,35 @@ struct Kernel {
       avx512bf16_load_pairs(V, p.v_sn, tn, p.D, vp);
       for (int64_t r0 = 0; r0 < amx_rows; r0 += kAmxRows)
         amx_xyt32(ot + r0 * p.D, p.D, p.D, vp, at(L.xt) + r0 * kTile, 3, L.R * p.D);
+    }
+#endif
+  }
+  // kAmx: P of the rows [r0, r0 + RB) (a block within amx_rows) as three
+  // bfloat16 terms for tile_pv; zeros where P is null (the block sees none
+  // of the tile: no terms of an earlier tile may stay).
+  template <int RB>
+  OBC_ALWAYS_INLINE void keep_p(int64_t r0, const T* P) {
+#ifdef OBC_X86_VARIANTS
+    if constexpr (kAmx) {
+      bf16_t* pt = reinterpret_cast<bf16_t*>(at(L.pt)) + r0 * kTile;
+      const int64_t ts = L.R * kTile;
+      if (P)
+        avx512bf16_split3(P, RB * kTile, pt, pt + ts, pt + 2 * ts);
+      else
+        for (int t = 0; t < 3; ++t) std::fill(pt + t * ts, pt + t * ts + RB * kTile, bf16_t{0});
+    }
+#endif
+  }
+  // kAmx: O += P V for the rows [0, amx_rows) from keep_p's terms and the
+  // value tile at V (tn keys), after the tile's row blocks.
+  OBC_ALWAYS_INLINE void tile_pv(const E* V, int64_t tn) {
+#ifdef OBC_X86_VARIANTS
+    if constexpr (kAmx) {
+      uint32_t* vk = reinterpret_cast<uint32_t*>(at(L.vp));
+      const bf16_t* pt = reinterpret_cast<const bf16_t*>(at(L.pt));
+      avx512_load_key_pairs(V, p.v_sn, tn, p.D, vk);
+      for (int64_t r0 = 0; r0 < amx_rows; r0 += kAmxRows)
+        amx_pv32(pt + r0 * kTile, L.R * kTile, 3, vk, p.D, at(L.o) + r0 * p.D, p.D);
     }
 #endif
   }
@@ -607,6 +638,7 @@ struct Kernel {
     prefetch_next(r0 + RB);
     if (!any_visible<RB>(r0, p0, tn, lim)) {  // a tile past every row's query (causal): nothing to add
       if (z) std::fill(Zb, Zb + RB * kTile, T(0));  // pass 2 may read it (max reduction)
+      if (own_o && r0 < amx_rows) keep_p<RB>(r0, nullptr);
       return;
     }
     logits_block<RB>(r0, Kt, Zb);
@@ -638,7 +670,12 @@ struct Kernel {
         for (int64_t d = 0; d < D; ++d) o[d] *= corr[rr];
       }
     }
-    if (own_o) pv<RB>(Pb, V, ldv, tn, O + r0 * D);
+    if (own_o) {
+      if (r0 < amx_rows)  // P V on AMX after the tile's row blocks (tile_pv)
+        keep_p<RB>(r0, Pb);
+      else
+        pv<RB>(Pb, V, ldv, tn, O + r0 * D);
+    }
   }
 
   template <Score S, int RB>
@@ -799,7 +836,7 @@ struct Kernel {
       tile_logits(Kt, z ? logits(p0, 0) : at(L.zt));  // straight into the logit cache where there is one
       const T* Vt = nullptr;
       int64_t ldv = D;
-      if (own_o) {
+      if (own_o && amx_rows < R) {  // rows for pv (kAmx: past amx_rows)
         if constexpr (std::is_same<E, T>::value) {
           Vt = V + p0 * p.v_sn;  // rows already in the accumulation type
           ldv = p.v_sn;
@@ -816,6 +853,7 @@ struct Kernel {
       if constexpr (kRB > 2)
         for (; r0 + 2 <= R; r0 += 2) pass1_block<2>(r0, p0, tn, Kt, Vt, ldv);
       for (; r0 < R; ++r0) pass1_block<1>(r0, p0, tn, Kt, Vt, ldv);
+      if (own_o) tile_pv(V + p0 * p.v_sn, tn);
     }
   }
 
@@ -972,7 +1010,7 @@ __attribute__((target("arch=x86-64-v4,avx512bf16"))) void run_avx512bf16(const S
   if (!pairs_apply(p.dtype, p.D)) return run_avx512(p, j, ws);
   run_job<bf16_t, kRBAvx512, kAvx512W, true>(p, j, ws);
 }
-// Q K^T and v.o on AMX where amx_applies and a row holds at least 32 window
+// Q K^T, P V and v.o on AMX where amx_applies and a row holds at least 32 window
 // queries; the rest as run_avx512, since the CPUs with AMX run the pair
 // path at half the float rate (cpu_tiles.h).
 OBC_AMX_FN void run_amx(const SaliencyParams& p, const Job& j, void* ws) {

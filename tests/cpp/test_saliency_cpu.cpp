@@ -183,16 +183,18 @@ TEST(SaliencyCpu, BFloat16MatchesNaiveOnExactInputs) {
 // several key ranges too, causal or not; an odd row stride and D = 20
 // (scalar pair loads); D = 48 (8 x 8 word transposes). (kCases' odd D take
 // the float path.) The last three have G W >= 32 rows and D a multiple of
-// 32, so the amx variant (cpu_amx.h) takes their Q K^T to AMX's tiles: 32
-// rows over several key ranges, causal; 36 rows (32 on AMX, 4 on the pair
-// path) with an odd row stride; 64 rows at D = 128.
+// 32, so the amx variant (cpu_amx.h) takes their products to AMX's tiles:
+// 32 rows over several key ranges, causal; 36 rows (32 on AMX, 4 on the
+// pair path) with an odd row stride; 64 rows at D = 128; 80 rows (64 on
+// AMX) of a causal window longer than two key tiles, whose first row blocks
+// see none of its last tiles (no P terms of an earlier tile may stay).
 TEST(SaliencyCpu, BFloat16PairShapesMatchNaive) {
   std::mt19937 rng(7);
   const Case cases[] = {{1, 2, 2, 8, 100, 64, 0, true},   {1, 1, 3, 4, 600, 32, 0, false},
                         {1, 1, 2, 3, 40, 32, 1, true},    {1, 1, 2, 3, 70, 48, 0, true},
                         {1, 1, 2, 3, 70, 20, 0, true},    {1, 1, 2, 4, 1100, 32, 0, true},
                         {1, 2, 4, 8, 1100, 64, 0, true},  {1, 1, 3, 12, 200, 32, 1, false},
-                        {1, 1, 4, 16, 300, 128, 0, false}};
+                        {1, 1, 4, 16, 300, 128, 0, false}, {1, 1, 2, 40, 150, 32, 0, true}};
   for (const Case& c : cases) check_case<obc::bf16_t, float>(c, obc::DType::BF16, 2e-5, rng);
 }
 
