@@ -255,8 +255,9 @@ TEST(SaliencyCpu, WorkspaceIsBoundedWhateverN) {
   p.B = 1, p.Hkv = 8, p.G = 4, p.W = 32, p.D = 128, p.N = 1 << 20;
   // Past the logit cache: O(G * W * D), a fixed multiple of the queries
   // (the queries, O and the merged O, three key tiles: 3.8 times the
-  // queries' bytes here; bfloat16 adds the AMX path's buffers, O's three
-  // bfloat16 terms and a key tile's logits and v.o of every row: 6.0).
+  // queries' bytes here; bfloat16 adds the AMX path's buffers, O's and a
+  // key tile's P's three bfloat16 terms and a key tile's logits and v.o of
+  // every row: 6.3).
   for (auto [dt, times] : {std::pair{obc::DType::F32, 4}, std::pair{obc::DType::BF16, 7}}) {
     p.dtype = dt, p.N = 1 << 20;
     const size_t fixed = obc::saliency_cpu_workspace_bytes(p);
