@@ -373,6 +373,8 @@ OBC_ALWAYS_INLINE void row_contrib(const T* s, const T* a_row, const T* vo, cons
 // as three bfloat16 terms); the other rows as kPairs.
 template <typename E, int kRB, int kVW, bool kPairs, bool kAmx>
 struct Kernel {
+  // keep_p fills whole row blocks of AMX rows: none may straddle amx_rows.
+  static_assert(!kAmx || kAmxRows % kRB == 0, "a row block lies wholly inside or past the AMX rows");
   using T = typename Elem<E>::acc;
   using Out = typename std::conditional<std::is_same<E, double>::value, double, float>::type;
 
