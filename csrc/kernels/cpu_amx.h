@@ -46,7 +46,7 @@ class AmxTiles {
 // X + r * ldx, elements contiguous) and the pair tile Yt ([D / 2][kTile]
 // words, avx512bf16_load_pairs) of their D columns; inside an AmxTiles
 // scope. The same product as avx512bf16_xyt<32>, summed in AMX's order.
-// With terms > 1, X is a float operand's bfloat16 terms (split_bf16x3),
+// With terms > 1, X is a float operand's bfloat16 terms (avx512bf16_split3),
 // term t at X + t * term_stride, and C the sum of their products, each step
 // of d adding the terms in order.
 OBC_AMX_FN inline void amx_xyt32(const bf16_t* X, int64_t ldx, int64_t D, const uint32_t* Yt, float* C,
@@ -82,9 +82,12 @@ OBC_AMX_FN inline void amx_xyt32(const bf16_t* X, int64_t ldx, int64_t D, const 
   asm volatile("" ::: "memory");
 }
 
-// x[0 : n] as three bfloat16 terms (split_bf16x3 below, 32 at a time; n a
-// multiple of 32; the conversions read and make values below float's
-// normal range as 0, which only drops terms under 2^-126).
+// x[0 : n] (n a multiple of 32) as three bfloat16 terms, so that AMX
+// multiplies a float operand by bfloat16 values at float precision: each
+// term the remainder of the ones before rounded to nearest; the remainders
+// are exact floats, and 3 x 8 bits cover float's 24, so hi + mid + lo == x
+// up to the terms under 2^-126, which the conversions (and tdpbf16ps, which
+// reads such inputs as 0) drop.
 OBC_AMX_FN inline void avx512bf16_split3(const float* x, int64_t n, bf16_t* hi, bf16_t* mid, bf16_t* lo) {
   for (int64_t i = 0; i < n; i += 32) {
     __m512 a = _mm512_loadu_ps(x + i), b = _mm512_loadu_ps(x + i + 16);
@@ -163,16 +166,5 @@ OBC_AMX_FN inline void amx_pv32(const bf16_t* P, int64_t term_stride, int terms,
 }
 
 #endif
-
-// x as three bfloat16 terms, hi + mid + lo == x for every normal float x
-// (each term the remainder of the ones before rounded to nearest; the
-// remainders are exact floats: 3 x 8 bits cover float's 24), so that AMX
-// multiplies a float operand by bfloat16 values at float precision.
-inline void split_bf16x3(float x, bf16_t& hi, bf16_t& mid, bf16_t& lo) {
-  for (bf16_t* t : {&hi, &mid, &lo}) {
-    t->bits = static_cast<uint16_t>(bf16_rn(x));
-    x -= bf16_bits_to_float(t->bits);
-  }
-}
 
 }  // namespace obc

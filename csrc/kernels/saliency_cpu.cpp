@@ -881,13 +881,15 @@ struct Kernel {
     }
     // kAmx: O's rows as three bfloat16 terms for tile_vo (3 x 8 bits: v.o
     // at float precision; one term would round O to bfloat16).
+#ifdef OBC_X86_VARIANTS
     if constexpr (kAmx) {
       if (score_needs_vo(p.score)) {
         bf16_t* ot = reinterpret_cast<bf16_t*>(at(L.ot));
         const int64_t terms = R * D;
-        for (int64_t x = 0; x < amx_rows * D; ++x) split_bf16x3(O[x], ot[x], ot[terms + x], ot[2 * terms + x]);
+        avx512bf16_split3(O, amx_rows * D, ot, ot + terms, ot + 2 * terms);
       }
     }
+#endif
   }
 
   // Pass 2 of row bh over the keys [n0, n1), after finish().
