@@ -469,7 +469,7 @@ struct Kernel {
   }
   // kAmx: scale Q K^T of the rows [0, amx_rows) against a key tile into
   // dst, 32 rows a step, read by logits_block.
-  OBC_ALWAYS_INLINE void tile_logits(const T* Kt, T* dst) {
+  OBC_ALWAYS_INLINE void tile_logits([[maybe_unused]] const T* Kt, [[maybe_unused]] T* dst) {
 #ifdef OBC_X86_VARIANTS
     if constexpr (kAmx) {
       const bf16_t* q = reinterpret_cast<const bf16_t*>(at(L.qs));
@@ -482,7 +482,7 @@ struct Kernel {
   }
   // kAmx: v.o of the rows [0, amx_rows) against the value tile at V (tn
   // keys) into L.xt, from O's bfloat16 terms (finish), read by pass2_block.
-  OBC_ALWAYS_INLINE void tile_vo(const E* V, int64_t tn) {
+  OBC_ALWAYS_INLINE void tile_vo([[maybe_unused]] const E* V, [[maybe_unused]] int64_t tn) {
 #ifdef OBC_X86_VARIANTS
     if constexpr (kAmx) {
       uint32_t* vp = reinterpret_cast<uint32_t*>(at(L.vp));
@@ -497,7 +497,7 @@ struct Kernel {
   // bfloat16 terms for tile_pv; zeros where P is null (the block sees none
   // of the tile: no terms of an earlier tile may stay).
   template <int RB>
-  OBC_ALWAYS_INLINE void keep_p(int64_t r0, const T* P) {
+  OBC_ALWAYS_INLINE void keep_p([[maybe_unused]] int64_t r0, [[maybe_unused]] const T* P) {
 #ifdef OBC_X86_VARIANTS
     if constexpr (kAmx) {
       bf16_t* pt = reinterpret_cast<bf16_t*>(at(L.pt)) + r0 * kTile;
@@ -511,7 +511,7 @@ struct Kernel {
   }
   // kAmx: O += P V for the rows [0, amx_rows) from keep_p's terms and the
   // value tile at V (tn keys), after the tile's row blocks.
-  OBC_ALWAYS_INLINE void tile_pv(const E* V, int64_t tn) {
+  OBC_ALWAYS_INLINE void tile_pv([[maybe_unused]] const E* V, [[maybe_unused]] int64_t tn) {
 #ifdef OBC_X86_VARIANTS
     if constexpr (kAmx) {
       uint32_t* vk = reinterpret_cast<uint32_t*>(at(L.vp));
