@@ -6,6 +6,9 @@
 // 207) ran 464 GFLOP/s of them on one core, against 153 of AVX-512 FMAs.
 #pragma once
 
+#include <cmath>
+#include <limits>
+
 #include "cpu_tiles.h"
 
 namespace obc {
@@ -16,6 +19,12 @@ constexpr int kAmxRows = 32;
 // Whether amx_xyt32 applies: bfloat16 with D a multiple of 32 (one tile
 // step of d); the rest keeps the pair path.
 inline bool amx_applies(DType dt, int64_t D) { return dt == DType::BF16 && D % 32 == 0; }
+
+// The kernels' Amx parameter where they run no tile products (the AMX
+// policies are below).
+struct NoAmx {
+  static constexpr bool on = false;
+};
 
 #ifdef OBC_X86_VARIANTS
 
@@ -42,6 +51,102 @@ class AmxTiles {
   AmxTiles& operator=(const AmxTiles&) = delete;
 };
 
+// The tile instructions of amx_xyt32 and amx_pv32, as the policy they
+// (and the kernels' Amx parameter) are templated on: a 32 x 32 float block
+// C (tiles 0-3: rows 0-15 and 16-31, columns 0-15 and 16-31) += A (tiles
+// 4-5: 32 rows of 32 bfloat16) . B (tiles 6-7: 16 rows of 32 pair words,
+// columns 0-15 and 16-31). AmxHw issues them (inside an AmxTiles scope;
+// GCC's tile intrinsics take literal tile numbers). AmxEmu computes what
+// they mean in plain C++, so that the AMX kernels' own logic (operand
+// layouts, bfloat16 terms, which blocks add where) runs and is tested on
+// CPUs with AVX512-BF16 but no AMX (OBCACHE_CPU_VARIANT=amx_emulated);
+// NoAmx (above) is the kernels' parameter without AMX. Strides in bytes.
+struct AmxHw {
+  static constexpr bool on = true;
+  OBC_AMX_FN OBC_ALWAYS_INLINE static void zero_c() {
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+  }
+  // C's rows at c, c + stride, ...
+  OBC_AMX_FN OBC_ALWAYS_INLINE static void load_c(const float* c, int64_t stride) {
+    _tile_loadd(0, c, stride);
+    _tile_loadd(1, c + 16, stride);
+    _tile_loadd(2, reinterpret_cast<const char*>(c) + 16 * stride, stride);
+    _tile_loadd(3, reinterpret_cast<const char*>(c + 16) + 16 * stride, stride);
+  }
+  OBC_AMX_FN OBC_ALWAYS_INLINE static void store_c(float* c, int64_t stride) {
+    _tile_stored(0, c, stride);
+    _tile_stored(1, c + 16, stride);
+    _tile_stored(2, reinterpret_cast<char*>(c) + 16 * stride, stride);
+    _tile_stored(3, reinterpret_cast<char*>(c + 16) + 16 * stride, stride);
+  }
+  OBC_AMX_FN OBC_ALWAYS_INLINE static void load_a(const bf16_t* a, int64_t stride) {
+    _tile_loadd(4, a, stride);
+    _tile_loadd(5, reinterpret_cast<const char*>(a) + 16 * stride, stride);
+  }
+  OBC_AMX_FN OBC_ALWAYS_INLINE static void load_b(const uint32_t* b, int64_t stride) {
+    _tile_loadd(6, b, stride);
+    _tile_loadd(7, b + 16, stride);
+  }
+  OBC_AMX_FN OBC_ALWAYS_INLINE static void dp() {
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_dpbf16ps(1, 4, 7);
+    _tile_dpbf16ps(2, 5, 6);
+    _tile_dpbf16ps(3, 5, 7);
+  }
+};
+
+// tdpbf16ps's 32 products per float of C (each exact in float) summed in
+// double (exact while their magnitudes span under ~2^35) and added to C
+// with one rounding to nearest, bfloat16 inputs below float's
+// normal range read as 0 and results below it flushed to 0. The ISA
+// reference's pseudocode rounds after each product instead; the hardware
+// (a Xeon, family 6 model 207) is closer to one rounding: where v - o
+// cancels (BFloat16KeepsOAtFloatPrecisionWhereVMinusOCancels), one
+// rounding per step gave 1.2e-2 of the largest score, the hardware 2.1e-3.
+// Per thread, as the tile registers are.
+struct AmxEmu {
+  static constexpr bool on = true;
+  struct Regs {
+    float c[32][32];
+    uint16_t a[32][32];
+    uint16_t b[16][64];  // row k: columns 0-31's pairs, (c, 0) then (c, 1)
+  };
+  static Regs& regs() {
+    thread_local Regs r;
+    return r;
+  }
+  static void zero_c() { std::memset(regs().c, 0, sizeof(regs().c)); }
+  static void load_c(const float* c, int64_t stride) {
+    for (int r = 0; r < 32; ++r) std::memcpy(regs().c[r], reinterpret_cast<const char*>(c) + r * stride, 128);
+  }
+  static void store_c(float* c, int64_t stride) {
+    for (int r = 0; r < 32; ++r) std::memcpy(reinterpret_cast<char*>(c) + r * stride, regs().c[r], 128);
+  }
+  static void load_a(const bf16_t* a, int64_t stride) {
+    for (int r = 0; r < 32; ++r) std::memcpy(regs().a[r], reinterpret_cast<const char*>(a) + r * stride, 64);
+  }
+  static void load_b(const uint32_t* b, int64_t stride) {
+    for (int k = 0; k < 16; ++k) std::memcpy(regs().b[k], reinterpret_cast<const char*>(b) + k * stride, 128);
+  }
+  static void dp() {
+    Regs& g = regs();
+    for (int m = 0; m < 32; ++m)
+      for (int n = 0; n < 32; ++n) {
+        double sum = 0;
+        for (int k = 0; k < 16; ++k)
+          for (int i = 0; i < 2; ++i) sum += static_cast<double>(daz(g.a[m][2 * k + i]) * daz(g.b[k][2 * n + i]));
+        g.c[m][n] = flush(static_cast<float>(g.c[m][n] + sum));
+      }
+  }
+
+ private:
+  static float daz(uint16_t bits) { return (bits & 0x7f80u) == 0 ? 0.0f : bf16_bits_to_float(bits); }
+  static float flush(float x) { return std::fabs(x) < std::numeric_limits<float>::min() ? 0.0f : x; }
+};
+
 // C[32][kTile] = X[32][D] . Yt for 32 bfloat16 rows of X (row r at
 // X + r * ldx, elements contiguous) and the pair tile Yt ([D / 2][kTile]
 // words, avx512bf16_load_pairs) of their D columns; inside an AmxTiles
@@ -49,6 +154,7 @@ class AmxTiles {
 // With terms > 1, X is a float operand's bfloat16 terms (avx512bf16_split3),
 // term t at X + t * term_stride, and C the sum of their products, each step
 // of d adding the terms in order.
+template <typename Tiles>
 OBC_AMX_FN inline void amx_xyt32(const bf16_t* X, int64_t ldx, int64_t D, const uint32_t* Yt, float* C,
                                  int terms = 1, int64_t term_stride = 0) {
   static_assert(kTile == 32, "a pair tile is two 16-word AMX tiles wide");
@@ -57,28 +163,15 @@ OBC_AMX_FN inline void amx_xyt32(const bf16_t* X, int64_t ldx, int64_t D, const 
   // barriers the compiler could move the pair tile's stores past the loads
   // that read it, or the caller's reads of C before the tile stores.
   asm volatile("" ::: "memory");
-  _tile_zero(0);
-  _tile_zero(1);
-  _tile_zero(2);
-  _tile_zero(3);
+  Tiles::zero_c();
   for (int64_t d = 0; d < D; d += 32) {
-    _tile_loadd(6, Yt + (d / 2) * kTile, y_stride);       // pairs d / 2 .. + 16, columns 0-15
-    _tile_loadd(7, Yt + (d / 2) * kTile + 16, y_stride);  // columns 16-31
+    Tiles::load_b(Yt + (d / 2) * kTile, y_stride);  // pairs d / 2 .. + 16
     for (int t = 0; t < terms; ++t) {
-      const bf16_t* x = X + t * term_stride + d;
-      _tile_loadd(4, x, x_stride);             // rows 0-15, d .. d + 32
-      _tile_loadd(5, x + 16 * ldx, x_stride);  // rows 16-31
-      _tile_dpbf16ps(0, 4, 6);
-      _tile_dpbf16ps(1, 4, 7);
-      _tile_dpbf16ps(2, 5, 6);
-      _tile_dpbf16ps(3, 5, 7);
+      Tiles::load_a(X + t * term_stride + d, x_stride);  // d .. d + 32
+      Tiles::dp();
     }
   }
-  const int64_t c_stride = kTile * sizeof(float);
-  _tile_stored(0, C, c_stride);
-  _tile_stored(1, C + 16, c_stride);
-  _tile_stored(2, C + 16 * kTile, c_stride);
-  _tile_stored(3, C + 16 * kTile + 16, c_stride);
+  Tiles::store_c(C, kTile * sizeof(float));
   asm volatile("" ::: "memory");
 }
 
@@ -136,31 +229,20 @@ OBC_AMX_FN inline void avx512_load_key_pairs(const bf16_t* v, int64_t ld, int64_
 // value tile paired along the keys (avx512_load_key_pairs); inside an
 // AmxTiles scope. O's 16 x 16 blocks go through the tiles: each step of 32
 // columns loads four, adds the terms' products in order, stores them.
+template <typename Tiles>
 OBC_AMX_FN inline void amx_pv32(const bf16_t* P, int64_t term_stride, int terms, const uint32_t* V, int64_t D,
                                 float* O, int64_t ldo) {
   const int64_t o_stride = ldo * static_cast<int64_t>(sizeof(float)), v_stride = D * sizeof(uint32_t);
   constexpr int64_t p_stride = kTile * sizeof(bf16_t);
   asm volatile("" ::: "memory");  // as in amx_xyt32
   for (int64_t d = 0; d < D; d += 32) {
-    _tile_loadd(0, O + d, o_stride);
-    _tile_loadd(1, O + d + 16, o_stride);
-    _tile_loadd(2, O + 16 * ldo + d, o_stride);
-    _tile_loadd(3, O + 16 * ldo + d + 16, o_stride);
-    _tile_loadd(6, V + d, v_stride);
-    _tile_loadd(7, V + d + 16, v_stride);
+    Tiles::load_c(O + d, o_stride);
+    Tiles::load_b(V + d, v_stride);
     for (int t = 0; t < terms; ++t) {
-      const bf16_t* pt = P + t * term_stride;
-      _tile_loadd(4, pt, p_stride);
-      _tile_loadd(5, pt + 16 * kTile, p_stride);
-      _tile_dpbf16ps(0, 4, 6);
-      _tile_dpbf16ps(1, 4, 7);
-      _tile_dpbf16ps(2, 5, 6);
-      _tile_dpbf16ps(3, 5, 7);
+      Tiles::load_a(P + t * term_stride, p_stride);
+      Tiles::dp();
     }
-    _tile_stored(0, O + d, o_stride);
-    _tile_stored(1, O + d + 16, o_stride);
-    _tile_stored(2, O + 16 * ldo + d, o_stride);
-    _tile_stored(3, O + 16 * ldo + d + 16, o_stride);
+    Tiles::store_c(O + d, o_stride);
   }
   asm volatile("" ::: "memory");
 }

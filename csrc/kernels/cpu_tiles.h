@@ -62,9 +62,12 @@ constexpr int kNoVec = 0, kAvx2W = 8, kAvx512W = 16;
 // with AVX512-BF16's dot products of bfloat16 pairs: the kernels with a pair
 // path use it for bfloat16 inputs and run Avx512 for the rest. Amx is
 // AVX-512 with AMX's bfloat16 tile products (Intel, Sapphire Rapids on):
-// saliency's Q K^T and projected_value_norm use them for bfloat16 inputs;
-// the rest runs Avx512 there, not the pair path (see cpu_default_variant).
-enum class CpuVariant { Baseline, Avx2, Avx512, Avx512Bf16, Amx };
+// saliency's products and projected_value_norm use them for bfloat16
+// inputs; the rest runs Avx512 there, not the pair path (see
+// cpu_default_variant). AmxEmulated runs the Amx kernels with the tile
+// instructions emulated (cpu_amx.h: AmxEmu) on any CPU with AVX512-BF16,
+// for the tests only: never a default.
+enum class CpuVariant { Baseline, Avx2, Avx512, Avx512Bf16, AmxEmulated, Amx };
 
 #ifdef OBC_X86_VARIANTS
 // Linux hands a process AMX's tile registers only once it asks
@@ -108,7 +111,8 @@ inline CpuVariant cpu_default_variant() {
 }
 
 // The variant the kernels run: OBCACHE_CPU_VARIANT (baseline, avx2, avx512,
-// avx512bf16 or amx) where set, lowered to what the CPU supports, so that the
+// avx512bf16, amx_emulated or amx) where set, lowered to what the CPU
+// supports (amx_emulated needs AVX512-BF16, not AMX), so that the
 // tests can run every variant a CPU has (CMakeLists.txt runs the kernel
 // tests once per value), else cpu_default_variant(). Read once per kernel
 // file, at its first call.
@@ -125,25 +129,31 @@ inline CpuVariant cpu_variant() {
     want = CpuVariant::Avx512;
   } else if (c == "avx512bf16") {
     want = CpuVariant::Avx512Bf16;
+  } else if (c == "amx_emulated") {
+    want = CpuVariant::AmxEmulated;
   } else if (c == "amx") {
     want = CpuVariant::Amx;
   } else {
-    std::fprintf(stderr, "obcache: OBCACHE_CPU_VARIANT=%s is not baseline, avx2, avx512, avx512bf16 or amx; ignored\n",
+    std::fprintf(stderr,
+                 "obcache: OBCACHE_CPU_VARIANT=%s is not baseline, avx2, avx512, avx512bf16, amx_emulated or amx; "
+                 "ignored\n",
                  env);
     return cpu_default_variant();
   }
   const CpuVariant can = cpu_supported_variant();
+  if (want == CpuVariant::AmxEmulated && can >= CpuVariant::Avx512Bf16) return want;
   return want < can ? want : can;
 }
 
 // The entry point of cpu_variant()'s variant (files without the x86
 // variants pass their baseline for all of them; files without an AMX path
-// get avx512 there, where pairs run at half the float rate; files without a
-// pair path get avx512 for both).
+// get avx512 for amx_emulated and amx, as on AMX's CPUs pairs run at half
+// the float rate; files without a pair path get avx512 for all three).
 template <typename Fn>
-Fn pick_cpu_variant(Fn baseline, Fn avx2, Fn avx512, Fn avx512bf16, Fn amx) {
+Fn pick_cpu_variant(Fn baseline, Fn avx2, Fn avx512, Fn avx512bf16, Fn amx_emulated, Fn amx) {
   switch (cpu_variant()) {
     case CpuVariant::Amx: return amx;
+    case CpuVariant::AmxEmulated: return amx_emulated;
     case CpuVariant::Avx512Bf16: return avx512bf16;
     case CpuVariant::Avx512: return avx512;
     case CpuVariant::Avx2: return avx2;
@@ -152,11 +162,11 @@ Fn pick_cpu_variant(Fn baseline, Fn avx2, Fn avx512, Fn avx512bf16, Fn amx) {
 }
 template <typename Fn>
 Fn pick_cpu_variant(Fn baseline, Fn avx2, Fn avx512, Fn avx512bf16) {
-  return pick_cpu_variant(baseline, avx2, avx512, avx512bf16, avx512);
+  return pick_cpu_variant(baseline, avx2, avx512, avx512bf16, avx512, avx512);
 }
 template <typename Fn>
 Fn pick_cpu_variant(Fn baseline, Fn avx2, Fn avx512) {
-  return pick_cpu_variant(baseline, avx2, avx512, avx512, avx512);
+  return pick_cpu_variant(baseline, avx2, avx512, avx512, avx512, avx512);
 }
 
 // Whether a kernel of accumulation type T in a variant with intrinsic

@@ -59,8 +59,9 @@ Layout make_layout(const ProjectedValueParams& p) {
 // kAmx (with kPairs): blocks of kAmxRows hidden columns on AMX's tiles
 // (cpu_amx.h, inside the caller's AmxTiles scope), the rest as kPairs.
 static_assert(kAmxRows >= kMaxRB, "cbuf holds a block of either kind");
-template <typename E, int P, int kRB, int kVW, bool kPairs, bool kAmx>
+template <typename E, int P, int kRB, int kVW, bool kPairs, typename Amx>
 struct Task {
+  static constexpr bool kAmx = Amx::on;
   using Acc = typename Elem<E>::acc;
   const ProjectedValueParams& p;
   Acc* vt;    // [kTiles, D, kTile] (kPairs: [kTiles, D / 2, kTile] words, at the same tile offsets)
@@ -80,7 +81,7 @@ struct Task {
 #ifdef OBC_X86_VARIANTS
     if constexpr (kAmx && RB == kAmxRows) {
       for (int64_t t = 0; t < tiles; ++t) {
-        amx_xyt32(w, p.wo_so, p.D, reinterpret_cast<const uint32_t*>(vt + t * p.D * kTile), cbuf);
+        amx_xyt32<Amx>(w, p.wo_so, p.D, reinterpret_cast<const uint32_t*>(vt + t * p.D * kTile), cbuf);
         add_norms<RB>(c0, t);
       }
     } else if constexpr (kPairs) {
@@ -164,19 +165,19 @@ struct Task {
   }
 };
 
-template <typename E, int P, int RB, int kVW, bool kPairs, bool kAmx>
+template <typename E, int P, int RB, int kVW, bool kPairs, typename Amx>
 OBC_ALWAYS_INLINE void run_tasks(const ProjectedValueParams& p, int64_t t0, int64_t t1, char* ws) {
   using Acc = typename Elem<E>::acc;
   const Layout L = make_layout(p);
   auto at = [&](size_t off) { return reinterpret_cast<Acc*>(ws + off); };
-  Task<E, P, RB, kVW, kPairs, kAmx> task{p, at(L.vt), at(L.w), at(L.c), at(L.part)};
+  Task<E, P, RB, kVW, kPairs, Amx> task{p, at(L.vt), at(L.w), at(L.c), at(L.part)};
   for (int64_t t = t0; t < t1; ++t) task.run(t);
 }
 
-template <typename E, int RB, int kVW, bool kPairs = false, bool kAmx = false>
+template <typename E, int RB, int kVW, bool kPairs = false, typename Amx = NoAmx>
 OBC_ALWAYS_INLINE void run_norm(const ProjectedValueParams& p, int64_t t0, int64_t t1, char* ws) {
-  if (p.p == 1) return run_tasks<E, 1, RB, kVW, kPairs, kAmx>(p, t0, t1, ws);
-  run_tasks<E, 2, RB, kVW, kPairs, kAmx>(p, t0, t1, ws);
+  if (p.p == 1) return run_tasks<E, 1, RB, kVW, kPairs, Amx>(p, t0, t1, ws);
+  run_tasks<E, 2, RB, kVW, kPairs, Amx>(p, t0, t1, ws);
 }
 
 template <int RB, int kVW>
@@ -212,10 +213,17 @@ __attribute__((target("arch=x86-64-v4,avx512bf16"))) void run_avx512bf16(const P
 OBC_AMX_FN void run_amx(const ProjectedValueParams& p, int64_t t0, int64_t t1, void* ws) {
   if (!amx_applies(p.dtype, p.D)) return run_avx512(p, t0, t1, ws);
   AmxTiles tiles;
-  run_norm<bf16_t, kRBAvx512, kAvx512W, true, true>(p, t0, t1, static_cast<char*>(ws));
+  run_norm<bf16_t, kRBAvx512, kAvx512W, true, AmxHw>(p, t0, t1, static_cast<char*>(ws));
+}
+// run_amx with the tile instructions emulated (AmxEmu), for the tests.
+__attribute__((target("arch=x86-64-v4,avx512bf16"))) void run_amx_emulated(const ProjectedValueParams& p, int64_t t0,
+                                                                           int64_t t1, void* ws) {
+  if (!amx_applies(p.dtype, p.D)) return run_avx512(p, t0, t1, ws);
+  run_norm<bf16_t, kRBAvx512, kAvx512W, true, AmxEmu>(p, t0, t1, static_cast<char*>(ws));
 }
 #else
-const RunFn run_avx512 = run_baseline, run_avx2 = run_baseline, run_avx512bf16 = run_baseline, run_amx = run_baseline;
+const RunFn run_avx512 = run_baseline, run_avx2 = run_baseline, run_avx512bf16 = run_baseline, run_amx = run_baseline,
+            run_amx_emulated = run_baseline;
 #endif
 
 }  // namespace
@@ -225,7 +233,7 @@ int64_t projected_value_cpu_tasks(const ProjectedValueParams& p) { return p.B * 
 size_t projected_value_cpu_workspace_bytes(const ProjectedValueParams& p) { return make_layout(p).total; }
 
 void projected_value_cpu(const ProjectedValueParams& p, int64_t t0, int64_t t1, void* ws) {
-  static const RunFn run = pick_cpu_variant<RunFn>(run_baseline, run_avx2, run_avx512, run_avx512bf16, run_amx);
+  static const RunFn run = pick_cpu_variant<RunFn>(run_baseline, run_avx2, run_avx512, run_avx512bf16, run_amx_emulated, run_amx);
   run(p, t0, t1, ws);
 }
 

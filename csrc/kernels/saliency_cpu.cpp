@@ -371,8 +371,9 @@ OBC_ALWAYS_INLINE void row_contrib(const T* s, const T* a_row, const T* vo, cons
 // key tile at once, before its row blocks, and so pass 2's v.o (O V^T), O
 // as three bfloat16 terms; pass 1's P V after the row blocks (which keep P
 // as three bfloat16 terms); the other rows as kPairs.
-template <typename E, int kRB, int kVW, bool kPairs, bool kAmx>
+template <typename E, int kRB, int kVW, bool kPairs, typename Amx>
 struct Kernel {
+  static constexpr bool kAmx = Amx::on;
   // keep_p fills whole row blocks of AMX rows: none may straddle amx_rows.
   static_assert(!kAmx || kAmxRows % kRB == 0, "a row block lies wholly inside or past the AMX rows");
   using T = typename Elem<E>::acc;
@@ -474,7 +475,7 @@ struct Kernel {
     if constexpr (kAmx) {
       const bf16_t* q = reinterpret_cast<const bf16_t*>(at(L.qs));
       for (int64_t r0 = 0; r0 < amx_rows; r0 += kAmxRows)
-        amx_xyt32(q + r0 * p.D, p.D, p.D, reinterpret_cast<const uint32_t*>(Kt), dst + r0 * kTile);
+        amx_xyt32<Amx>(q + r0 * p.D, p.D, p.D, reinterpret_cast<const uint32_t*>(Kt), dst + r0 * kTile);
       for (int64_t c = 0; c < amx_rows * kTile; ++c) dst[c] *= scale_frac;
       tz = dst;
     }
@@ -489,7 +490,7 @@ struct Kernel {
       const bf16_t* ot = reinterpret_cast<const bf16_t*>(at(L.ot));
       avx512bf16_load_pairs(V, p.v_sn, tn, p.D, vp);
       for (int64_t r0 = 0; r0 < amx_rows; r0 += kAmxRows)
-        amx_xyt32(ot + r0 * p.D, p.D, p.D, vp, at(L.xt) + r0 * kTile, 3, L.R * p.D);
+        amx_xyt32<Amx>(ot + r0 * p.D, p.D, p.D, vp, at(L.xt) + r0 * kTile, 3, L.R * p.D);
     }
 #endif
   }
@@ -518,7 +519,7 @@ struct Kernel {
       const bf16_t* pt = reinterpret_cast<const bf16_t*>(at(L.pt));
       avx512_load_key_pairs(V, p.v_sn, tn, p.D, vk);
       for (int64_t r0 = 0; r0 < amx_rows; r0 += kAmxRows)
-        amx_pv32(pt + r0 * kTile, L.R * kTile, 3, vk, p.D, at(L.o) + r0 * p.D, p.D);
+        amx_pv32<Amx>(pt + r0 * kTile, L.R * kTile, 3, vk, p.D, at(L.o) + r0 * p.D, p.D);
     }
 #endif
   }
@@ -963,18 +964,18 @@ struct Job {
   void* logits;
 };
 
-template <typename E, int RB, int kVW, bool kPairs = false, bool kAmx = false>
+template <typename E, int RB, int kVW, bool kPairs = false, typename Amx = NoAmx>
 OBC_ALWAYS_INLINE void run_job(const SaliencyParams& p, const Job& j, void* workspace) {
   using T = typename Elem<E>::acc;
   const Layout L = make_layout(p, j.kind != Job::Rows);
   char* ws = static_cast<char*>(workspace);
   T* z = j.kind == Job::Rows ? (L.zcache ? reinterpret_cast<T*>(ws + L.z) : nullptr) : static_cast<T*>(j.logits);
-  Kernel<E, RB, kVW, kPairs, kAmx> k{p, L, ws, false, false, false, z};
+  Kernel<E, RB, kVW, kPairs, Amx> k{p, L, ws, false, false, false, z};
   if constexpr (kPairs) {
     const T f = std::frexp(static_cast<T>(p.scale), &k.scale_exp);  // scale = f 2^e, f in [0.5, 1)
     k.scale_frac = 2 * f, k.scale_exp -= 1;
   }
-  if constexpr (kAmx) k.amx_rows = L.R / kAmxRows * kAmxRows;
+  if constexpr (Amx::on) k.amx_rows = L.R / kAmxRows * kAmxRows;
   k.need_o = score_needs_vo(p.score) || score_needs_dist(p.score);
   k.own_o = k.need_o && p.o == nullptr;
   k.need_v2 = k.need_o || score_needs_vn1(p.score) || score_needs_vn2(p.score);
@@ -1014,20 +1015,29 @@ __attribute__((target("arch=x86-64-v4,avx512bf16"))) void run_avx512bf16(const S
   if (!pairs_apply(p.dtype, p.D)) return run_avx512(p, j, ws);
   run_job<bf16_t, kRBAvx512, kAvx512W, true>(p, j, ws);
 }
-// Q K^T, P V and v.o on AMX where amx_applies and a row holds at least 32 window
-// queries; the rest as run_avx512, since the CPUs with AMX run the pair
-// path at half the float rate (cpu_tiles.h).
+bool amx_runs(const SaliencyParams& p) { return amx_applies(p.dtype, p.D) && p.G * window_queries(p) >= kAmxRows; }
+// Q K^T, P V and v.o on AMX where amx_applies and a row holds at least 32
+// window queries; the rest as run_avx512, since the CPUs with AMX run the
+// pair path at half the float rate (cpu_tiles.h).
 OBC_AMX_FN void run_amx(const SaliencyParams& p, const Job& j, void* ws) {
-  if (!amx_applies(p.dtype, p.D) || p.G * window_queries(p) < kAmxRows) return run_avx512(p, j, ws);
+  if (!amx_runs(p)) return run_avx512(p, j, ws);
   AmxTiles tiles;
-  run_job<bf16_t, kRBAvx512, kAvx512W, true, true>(p, j, ws);
+  run_job<bf16_t, kRBAvx512, kAvx512W, true, AmxHw>(p, j, ws);
+}
+// run_amx with the tile instructions emulated (AmxEmu), for the tests.
+__attribute__((target("arch=x86-64-v4,avx512bf16"))) void run_amx_emulated(const SaliencyParams& p, const Job& j,
+                                                                           void* ws) {
+  if (!amx_runs(p)) return run_avx512(p, j, ws);
+  run_job<bf16_t, kRBAvx512, kAvx512W, true, AmxEmu>(p, j, ws);
 }
 #else
-const RunFn run_avx512 = run_baseline, run_avx2 = run_baseline, run_avx512bf16 = run_baseline, run_amx = run_baseline;
+const RunFn run_avx512 = run_baseline, run_avx2 = run_baseline, run_avx512bf16 = run_baseline, run_amx = run_baseline,
+            run_amx_emulated = run_baseline;
 #endif
 
 void run(const SaliencyParams& p, const Job& j, void* ws) {
-  static const RunFn fn = pick_cpu_variant<RunFn>(run_baseline, run_avx2, run_avx512, run_avx512bf16, run_amx);
+  static const RunFn fn =
+      pick_cpu_variant<RunFn>(run_baseline, run_avx2, run_avx512, run_avx512bf16, run_amx_emulated, run_amx);
   fn(p, j, ws);
 }
 
