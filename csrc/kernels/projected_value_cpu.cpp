@@ -1,7 +1,7 @@
-// CPU projected_value_norm. One task = (query head j, batch b, kRows tokens).
-// The task's value rows are loaded transposed once, as kTiles [D, kTile]
-// tiles (contiguous in the token), and W_o^j's rows (hidden columns of the
-// projection, contiguous in d) are the broadcast operand of the saliency
+// CPU projected_value_norm. One task = (query head j, batch b, task_tiles
+// tiles of kTile tokens). The task's value rows are loaded transposed once,
+// as [D, kTile] tiles (contiguous in the token), and W_o^j's rows (hidden
+// columns of the projection, contiguous in d) are the broadcast operand of the saliency
 // kernel's register block (cpu_tiles.h: AVX2 / AVX-512 intrinsics where the
 // CPU has them): each block of RB hidden columns gives [RB, kTile]
 // projections a tile, whose |x| or x^2 is added lane-wise (one lane a token)
@@ -28,15 +28,30 @@
 namespace obc {
 namespace {
 
-constexpr int64_t kTiles = 2;               // token tiles per task
-constexpr int64_t kRows = kTiles * kTile;   // tokens per task
+// Token tiles per task: each task reads all of W_o^j (hidden x D), so
+// more tokens a task read it less often. 16 tiles against 2 ran 1.7-1.8x
+// faster on AMX where W_o^j is 256 KiB to 1 MiB of bfloat16 (Llama-3.2-1B,
+// -3B, -3.1-8B), 1.36x at Qwen2.5-1.5B's 384 KiB, as fast at SmolLM2's and
+// Qwen2-0.5B's 72-112 KiB, and 1.07-1.25x on the float kernels
+// (bench/results/kernels.md). Fewer where that would leave under kMinTasks
+// tasks to share out over the threads, but not under 2, the size before:
+// the pruned CriticalKV op makes a call per (batch, KV head) row of ~50
+// tokens and shares all the calls' tasks out together.
+constexpr int64_t kMinTiles = 2, kMaxTiles = 16, kMinTasks = 64;
+int64_t task_tiles(const ProjectedValueParams& p) {
+  const int64_t tiles = p.B * p.Hkv * p.G * ((p.N + kTile - 1) / kTile);
+  return std::max(kMinTiles, std::min(kMaxTiles, tiles / kMinTasks));
+}
 // Partial sums per token: hidden column c adds to partial c % kParts, so a
 // sum's chain is hidden / kParts long (accuracy) whatever the block size.
 constexpr int kParts = 8;
 
 size_t align64(size_t n) { return (n + 63) / 64 * 64; }
 
-int64_t row_blocks(const ProjectedValueParams& p) { return (p.N + kRows - 1) / kRows; }
+int64_t row_blocks(const ProjectedValueParams& p) {
+  const int64_t rows = task_tiles(p) * kTile;
+  return (p.N + rows - 1) / rows;
+}
 
 // Byte offsets of the workspace pieces (arrays of the accumulation type).
 struct Layout {
@@ -45,12 +60,16 @@ struct Layout {
 
 Layout make_layout(const ProjectedValueParams& p) {
   const size_t e = p.dtype == DType::F64 ? sizeof(double) : sizeof(float), D = static_cast<size_t>(p.D);
+  // Sized for kMaxTiles whatever task_tiles says: offsets that varied with
+  // the shape made the AMX path 10% slower at SmolLM2's (measured; why, not
+  // known).
+  const size_t tiles = kMaxTiles;
   Layout L;
-  L.vt = 0;                                          // [kTiles, D, kTile] value rows, transposed
-  L.w = L.vt + align64(e * kTiles * D * kTile);      // [kMaxRB, D] W_o^j rows converted (16-bit inputs)
+  L.vt = 0;                                          // [tiles, D, kTile] value rows, transposed
+  L.w = L.vt + align64(e * tiles * D * kTile);       // [kMaxRB, D] W_o^j rows converted (16-bit inputs)
   L.c = L.w + align64(e * kMaxRB * D);               // [kAmxRows, kTile] one block's projections
-  L.part = L.c + align64(e * kAmxRows * kTile);      // [kTiles, kParts, kTile] partial norms
-  L.total = L.part + align64(e * kTiles * kParts * kTile);
+  L.part = L.c + align64(e * kAmxRows * kTile);      // [tiles, kParts, kTile] partial norms
+  L.total = L.part + align64(e * tiles * kParts * kTile);
   return L;
 }
 
@@ -64,10 +83,11 @@ struct Task {
   static constexpr bool kAmx = Amx::on;
   using Acc = typename Elem<E>::acc;
   const ProjectedValueParams& p;
-  Acc* vt;    // [kTiles, D, kTile] (kPairs: [kTiles, D / 2, kTile] words, at the same tile offsets)
+  Acc* vt;    // [tiles, D, kTile] (kPairs: [tiles, D / 2, kTile] words, at the same tile offsets)
   Acc* wbuf;  // [kMaxRB, D]
   Acc* cbuf;  // [RB, kTile], RB <= kAmxRows
-  Acc* part;  // [kTiles, kParts, kTile]
+  Acc* part;  // [tiles, kParts, kTile]
+  int64_t task_rows;  // task_tiles(p) * kTile
 
   // Hidden columns [c0, c0 + RB) (rows of w, wo_so apart) against the task's
   // `tiles` token tiles.
@@ -140,8 +160,8 @@ struct Task {
 
   OBC_ALWAYS_INLINE void run(int64_t task) {
     const int64_t nblk = row_blocks(p), D = p.D;
-    const int64_t j = task / (p.B * nblk), b = (task / nblk) % p.B, n0 = (task % nblk) * kRows;
-    const int64_t rows = std::min(kRows, p.N - n0), tiles = (rows + kTile - 1) / kTile;
+    const int64_t j = task / (p.B * nblk), b = (task / nblk) % p.B, n0 = (task % nblk) * task_rows;
+    const int64_t rows = std::min(task_rows, p.N - n0), tiles = (rows + kTile - 1) / kTile;
     const E* v = static_cast<const E*>(p.v) + b * p.v_sb + (j / p.G) * p.v_sh + n0 * p.v_sn;
     for (int64_t t = 0; t < tiles; ++t) {
       const int64_t tn = std::min(kTile, rows - t * kTile);
@@ -170,7 +190,7 @@ OBC_ALWAYS_INLINE void run_tasks(const ProjectedValueParams& p, int64_t t0, int6
   using Acc = typename Elem<E>::acc;
   const Layout L = make_layout(p);
   auto at = [&](size_t off) { return reinterpret_cast<Acc*>(ws + off); };
-  Task<E, P, RB, kVW, kPairs, Amx> task{p, at(L.vt), at(L.w), at(L.c), at(L.part)};
+  Task<E, P, RB, kVW, kPairs, Amx> task{p, at(L.vt), at(L.w), at(L.c), at(L.part), task_tiles(p) * kTile};
   for (int64_t t = t0; t < t1; ++t) task.run(t);
 }
 

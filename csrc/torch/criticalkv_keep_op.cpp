@@ -69,10 +69,10 @@ struct Scores {
   // The exact score (base + 1e-4) * mean_g ||v W_o^g||_1 at need & ~done
   // (need [B * H, N]). The tokens of every (batch, KV head) row are
   // gathered into one buffer, row after row; each row's projected_value_norm
-  // tasks (query head x 64 tokens) read its part with the columns of W_o its
-  // query heads use, and all rows' tasks share out over the threads
-  // together (row by row, 3 KV heads on 2 threads left one thread idle a
-  // third of the time). Then critical_from_norms once, on the rows' norms
+  // tasks (query head x a run of token tiles) read its part with the
+  // columns of W_o its query heads use, and all rows' tasks share out over
+  // the threads together (row by row, 3 KV heads on 2 threads left one
+  // thread idle a third of the time). Then critical_from_norms once, on the rows' norms
   // side by side (padded to the longest row), as critical_score computes
   // it: a token's score depends on its own norms only, so these are the
   // torch form's numbers, to the bit. (Per row, index_select and

@@ -1,6 +1,6 @@
 // The CPU projected_value_norm kernel against a naive double computation, at
-// sizes that hit the tile edges: N not a multiple of the 32-token tile or the
-// 64-token task, D not a multiple of 8 (the AVX2 tile transpose's step),
+// sizes that hit the tile edges: N not a multiple of the 32-token tile or of
+// the task (task_tiles tiles: 2 to 16 with the problem's size), D not a multiple of 8 (the AVX2 tile transpose's step),
 // hidden columns in every register-block tail, G in {1, 3}, padded strides,
 // both norms, every dtype, and tasks split across workspaces; and a token's
 // norm the same to the bit whichever other tokens share its call (the pruned
@@ -83,20 +83,30 @@ TEST(ProjectedValueCpu, Bfloat16PairShapes) {
   }
 }
 
+// Tasks of several token tiles (task_tiles: 4 a task at the first shape, 16
+// at the second), the last one partial, split across workspaces.
+TEST(ProjectedValueCpu, SeveralTilesPerTask) {
+  std::mt19937 rng(6);
+  check<float>({1, 2, 4, 1000, 24, 37, 1}, obc::DType::F32, 1, rng, 3);
+  check<obc::bf16_t>({1, 1, 2, 16400, 32, 40, 0}, obc::DType::BF16, 2, rng, 2);
+}
+
 // Float32, and bfloat16 (the pair path where the CPU has it).
 template <typename E>
 void check_token_norm_independent(obc::DType dt) {
   std::mt19937 rng(4);
   std::normal_distribution<float> nd;
   obc::ProjectedValueParams p;
-  p.dtype = dt, p.B = 1, p.Hkv = 2, p.G = 3, p.N = 150, p.D = 64, p.hidden = 83, p.p = 1;
+  // N = 1100: 3 tiles a task in the full call, 2 in the call on the picks.
+  p.dtype = dt, p.B = 1, p.Hkv = 2, p.G = 3, p.N = 1100, p.D = 64, p.hidden = 83, p.p = 1;
   p.v_sn = p.D, p.v_sh = p.N * p.D, p.v_sb = p.Hkv * p.v_sh, p.wo_so = p.Hkv * p.G * p.D;
   std::vector<E> v(p.B * p.v_sb), wo(p.hidden * p.wo_so);
   for (auto& x : v) x = naive::from_float<E>(nd(rng));
   for (auto& x : wo) x = naive::from_float<E>(nd(rng));
-  const std::vector<int64_t> pick = {0, 5, 31, 32, 33, 64, 100, 149};  // other lanes and tiles than in the full call
+  // other lanes, tiles and tasks than in the full call
+  const std::vector<int64_t> pick = {0, 5, 31, 32, 33, 64, 100, 149, 96, 500, 1099};
   for (int norm : {1, 2}) {
-    p.p = norm, p.N = 150, p.v_sh = p.N * p.D, p.v = v.data(), p.wo = wo.data();
+    p.p = norm, p.N = 1100, p.v_sh = p.N * p.D, p.v = v.data(), p.wo = wo.data();
     std::vector<float> all(p.Hkv * p.G * p.N);
     p.out = all.data();
     std::vector<double> ws(obc::projected_value_cpu_workspace_bytes(p) / 8 + 8);
