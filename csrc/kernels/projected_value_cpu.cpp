@@ -1,21 +1,21 @@
 // CPU projected_value_norm. One task = (query head j, batch b, task_tiles
-// tiles of kTile tokens). The task's value rows are loaded transposed once,
-// as [D, kTile] tiles (contiguous in the token), and W_o^j's rows (hidden
-// columns of the projection, contiguous in d) are the broadcast operand of the saliency
-// kernel's register block (cpu_tiles.h: AVX2 / AVX-512 intrinsics where the
-// CPU has them): each block of RB hidden columns gives [RB, kTile]
+// tiles of kTile tokens). The task's value rows are loaded transposed once, as
+// [D, kTile] tiles (contiguous in the token), and W_o^j's rows (hidden columns
+// of the projection, contiguous in d) are the broadcast operand of the
+// saliency kernel's register block (cpu_tiles.h: AVX2 / AVX-512 intrinsics
+// where the CPU has them): each block of RB hidden columns gives [RB, kTile]
 // projections a tile, whose |x| or x^2 is added lane-wise (one lane a token)
 // into kParts partial sums per token, summed when the task ends. Loading
 // W_o^j's tiles transposed instead cost as much as the products for the few
 // rows a pruned CriticalKV layer asks for (~50 a head); a token tile costs
 // D * kTile loads per task. Never forms [N, hidden]. Memory: v read once, wo
-// once per task (tasks of the same j are adjacent, so W_o^j stays in
-// cache). A token's norm does not depend on the other tokens of its task
-// (lanes are independent, padding lanes are discarded), so a call on any
-// subset of tokens gives them the same values. Compiled per ISA as
-// saliency_cpu.cpp is; bfloat16 on a CPU with AVX512-BF16 multiplies pairs
-// of d (cpu_tiles.h), the float products' rate doubled, and with AMX
-// (cpu_amx.h) 32 hidden columns a step on the tile registers.
+// once per task (tasks of the same j are adjacent, so W_o^j stays in cache). A
+// token's norm does not depend on the other tokens of its task (lanes are
+// independent, padding lanes are discarded), so a call on any subset of tokens
+// gives them the same values. Compiled per ISA as saliency_cpu.cpp is;
+// bfloat16 on a CPU with AVX512-BF16 multiplies pairs of d (cpu_tiles.h), the
+// float products' rate doubled, and with AMX (cpu_amx.h) 32 hidden columns a
+// step on the tile registers.
 #include "projected_value_cpu.h"
 
 #include <algorithm>
@@ -159,7 +159,7 @@ struct Task {
   }
 
   OBC_ALWAYS_INLINE void run(int64_t task) {
-    const int64_t nblk = row_blocks(p), D = p.D;
+    const int64_t nblk = (p.N + task_rows - 1) / task_rows, D = p.D;  // row_blocks(p)
     const int64_t j = task / (p.B * nblk), b = (task / nblk) % p.B, n0 = (task % nblk) * task_rows;
     const int64_t rows = std::min(task_rows, p.N - n0), tiles = (rows + kTile - 1) / kTile;
     const E* v = static_cast<const E*>(p.v) + b * p.v_sb + (j / p.G) * p.v_sh + n0 * p.v_sn;
@@ -253,7 +253,8 @@ int64_t projected_value_cpu_tasks(const ProjectedValueParams& p) { return p.B * 
 size_t projected_value_cpu_workspace_bytes(const ProjectedValueParams& p) { return make_layout(p).total; }
 
 void projected_value_cpu(const ProjectedValueParams& p, int64_t t0, int64_t t1, void* ws) {
-  static const RunFn run = pick_cpu_variant<RunFn>(run_baseline, run_avx2, run_avx512, run_avx512bf16, run_amx_emulated, run_amx);
+  static const RunFn run =
+      pick_cpu_variant<RunFn>(run_baseline, run_avx2, run_avx512, run_avx512bf16, run_amx_emulated, run_amx);
   run(p, t0, t1, ws);
 }
 
