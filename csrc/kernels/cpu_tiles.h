@@ -223,7 +223,7 @@ OBC_ALWAYS_INLINE void block_xyt(const T* X, int64_t ldx, int64_t D, const T* Yt
 
 #ifdef OBC_X86_VARIANTS
 // AVX2 float blocks for dot products (avx2_xyt here) and P V (avx2_pv in
-// saliency_cpu.cpp), written with
+// saliency_cpu_kernel.h), written with
 // intrinsics: GCC's code for the generic loops at RB = 6 kept the
 // accumulators in memory. Here RB rows x 16 columns: 2 * RB accumulators,
 // 2 loaded vectors and one broadcast, 15 of the 16 YMM registers at RB = 6,

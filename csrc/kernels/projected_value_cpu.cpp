@@ -12,7 +12,7 @@
 // once per task (tasks of the same j are adjacent, so W_o^j stays in cache). A
 // token's norm does not depend on the other tokens of its task (lanes are
 // independent, padding lanes are discarded), so a call on any subset of tokens
-// gives them the same values. Compiled per ISA as saliency_cpu.cpp is;
+// gives them the same values. Compiled per ISA as the saliency kernel is;
 // bfloat16 on a CPU with AVX512-BF16 multiplies pairs of d (cpu_tiles.h), the
 // float products' rate doubled, and with AMX (cpu_amx.h) 32 hidden columns a
 // step on the tile registers.

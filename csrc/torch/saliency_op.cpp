@@ -1,7 +1,7 @@
 // torch.ops.obcache.saliency: schema, argument checks and the CPU
 // implementation (saliency_op_cuda.cpp registers the CUDA one). The
 // specification is obcache/reference.py `saliency`; the kernel is
-// kernels/saliency_cpu.cpp.
+// kernels/saliency_cpu_kernel.h (entry points: kernels/saliency_cpu.cpp).
 #include <ATen/Parallel.h>
 #include <c10/core/CPUAllocator.h>
 #include <torch/library.h>
