@@ -15,6 +15,7 @@ from obcache.eval import backend, cli, models, policies, report
 from obcache.eval.stats import mcnemar_exact, wilson
 from obcache.eval.tasks import passkey, perturbation
 from obcache.eval.tiny import build_tiny_model, build_tokenizer
+from obcache.hf.hooks import TRANSFORMERS_MIN
 
 TINY_SIZES = [
     "--lengths", "160", "--depths", "0.5", "--trials", "1", "--fidelity-context", "96",
@@ -25,6 +26,7 @@ TINY_SIZES = [
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
+    pytest.importorskip("transformers", minversion=TRANSFORMERS_MIN)  # every use runs obcache.hf on it
     return build_tiny_model(str(tmp_path_factory.mktemp("tiny")))
 
 

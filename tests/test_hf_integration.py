@@ -1,12 +1,15 @@
 """obcache.hf on tiny random transformers models (CPU, no downloads): one
 model per supported architecture, built from a config."""
 import copy
+import re
 import time
 
 import pytest
 import torch
 
-transformers = pytest.importorskip("transformers")
+from obcache.hf.hooks import TRANSFORMERS_MIN  # imports no transformers
+
+transformers = pytest.importorskip("transformers", minversion=TRANSFORMERS_MIN)
 from transformers import DynamicCache, StaticCache  # noqa: E402
 
 import obcache.hf as hf  # noqa: E402
@@ -630,13 +633,25 @@ def test_beam_search_raises_instead_of_scoring_another_beams_queries():
             greedy(model, ids, num_beams=2)
 
 
-def test_a_transformers_release_other_than_5_raises_naming_it(monkeypatch):
+@pytest.mark.parametrize("version", ["4.56.1", "5.17.0", "5.24.0rc1", "6.0.0"])
+def test_a_transformers_release_outside_5_24_to_6_raises_naming_it(monkeypatch, version):
     from obcache.hf import hooks
 
     model = tiny_model()
-    monkeypatch.setattr(hooks, "_transformers_version", lambda: "4.56.1")
-    with pytest.raises(ImportError, match=r"obcache.hf needs transformers 5.x \(tested with 5.24.0\), found 4.56.1"):
+    monkeypatch.setattr(hooks, "_transformers_version", lambda: version)
+    with pytest.raises(ImportError, match=r"obcache.hf needs transformers >= 5.24, < 6 \(tested with 5.24.0\), "
+                                          rf"found {re.escape(version)}: pip install"):
         hf.compress(model, "snapkv", 20)
+
+
+@pytest.mark.parametrize("version", ["5.24.0", "5.31.2"])
+def test_a_transformers_release_from_5_24_on_is_accepted(monkeypatch, version):
+    from obcache.hf import hooks
+
+    model = tiny_model()
+    monkeypatch.setattr(hooks, "_transformers_version", lambda: version)
+    with hf.compress(model, "snapkv", 20):
+        pass
 
 
 def test_unsupported_model_raises_naming_its_class():

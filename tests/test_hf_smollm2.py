@@ -10,7 +10,9 @@ import importlib.metadata
 import pytest
 import torch
 
-pytest.importorskip("transformers")
+from obcache.hf.hooks import TRANSFORMERS_MIN  # imports no transformers
+
+pytest.importorskip("transformers", minversion=TRANSFORMERS_MIN)
 pytest.importorskip("gguf")
 
 import obcache.hf as hf  # noqa: E402

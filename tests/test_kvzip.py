@@ -6,7 +6,9 @@ import re
 import pytest
 import torch
 
-transformers = pytest.importorskip("transformers")
+from obcache.hf.hooks import TRANSFORMERS_MIN  # imports no transformers
+
+transformers = pytest.importorskip("transformers", minversion=TRANSFORMERS_MIN)
 from transformers import DynamicCache, StaticCache  # noqa: E402
 
 import obcache.hf as hf  # noqa: E402

@@ -6,7 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-transformers = pytest.importorskip("transformers")
+from obcache.hf.hooks import TRANSFORMERS_MIN  # imports no transformers
+
+transformers = pytest.importorskip("transformers", minversion=TRANSFORMERS_MIN)
 from transformers import DynamicCache  # noqa: E402
 
 import obcache.hf as hf  # noqa: E402

@@ -7,7 +7,9 @@ import copy
 import pytest
 import torch
 
-pytest.importorskip("transformers")
+from obcache.hf.hooks import TRANSFORMERS_MIN  # imports no transformers
+
+pytest.importorskip("transformers", minversion=TRANSFORMERS_MIN)
 from transformers import DynamicCache  # noqa: E402
 
 import obcache.hf as hf  # noqa: E402

@@ -374,6 +374,10 @@ def _no_crop(max_length):
                               "eviction state would not follow")
 
 
+# The transformers releases obcache.hf runs under, as setup.py's "hf" extra.
+TRANSFORMERS_MIN, TRANSFORMERS_BELOW = "5.24", "6"
+
+
 def _transformers_version() -> str:
     import transformers
 
@@ -383,10 +387,17 @@ def _transformers_version() -> str:
 def _check_transformers_version():
     """The hooks read transformers 5's cache layers (DynamicLayer,
     StaticLayer.cumulative_length) and how its generate passes positions:
-    another release fails here by name, not deep in a hook."""
+    another release fails here by name, not deep in a hook. Under 5.17 the
+    hooks found the cache layers empty (the tests fail there), hence the
+    floor of setup.py's "hf" extra."""
+    from packaging.version import Version
+
     version = _transformers_version()
-    if version.split(".")[0] != "5":
-        raise ImportError(f"obcache.hf needs transformers 5.x (tested with 5.24.0), found {version}")
+    if not Version(TRANSFORMERS_MIN) <= Version(version) < Version(TRANSFORMERS_BELOW):
+        raise ImportError(
+            f"obcache.hf needs transformers >= {TRANSFORMERS_MIN}, < {TRANSFORMERS_BELOW} (tested with 5.24.0), "
+            f"found {version}: pip install 'transformers>={TRANSFORMERS_MIN},<{TRANSFORMERS_BELOW}'"
+        )
 
 
 def _padding_mask_2d(am, st, T):
