@@ -8,7 +8,8 @@
 #
 #   bash bench/gpu.sh [bench_gpu.py options, e.g. --ns 4096 32768 --repeats 100]
 #
-# Environment: CUDA_HOME (default /usr/local/cuda), TORCH_CUDA_ARCH_LIST
+# Environment: CUDA_HOME (default /usr/local/cuda when it has nvcc, else the
+# folder above the bin/ of the nvcc on PATH), TORCH_CUDA_ARCH_LIST
 # (default 9.0), PYTHON (default .venv/bin/python when present, else python3),
 # JOBS (build parallelism, default nproc), GTEST_SOURCE (a GoogleTest source
 # tree for a machine without libgtest-dev; default .gtest-src when present),
@@ -23,7 +24,13 @@
 # minutes only); the script then exits 1 after them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
+if [ -z "${CUDA_HOME:-}" ]; then
+  CUDA_HOME=/usr/local/cuda
+  if ! [ -x "$CUDA_HOME/bin/nvcc" ] && command -v nvcc >/dev/null; then
+    CUDA_HOME=$(dirname "$(dirname "$(readlink -f "$(command -v nvcc)")")")
+  fi
+fi
+export CUDA_HOME
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
 if [ -z "${PYTHON:-}" ]; then
   # scripts/install.sh's venv, else the python3 that holds torch
