@@ -71,6 +71,8 @@ struct SaliencyJob {
   void* logits;
 };
 
+// Internal linkage on purpose: each file that includes this compiles its own
+// copy, with its own target's instructions where inlined.
 namespace {
 
 // exp for x <= 88 (here always x <= 0): Cody-Waite reduction and Cephes'
