@@ -72,6 +72,7 @@ if [ "${SKIP_TESTS:-0}" != 1 ]; then
   mkdir -p build-gpu
   gtest_build > build-gpu/gpu_sh_build.log 2>&1 &
   gtest_pid=$!
+  trap 'kill "$gtest_pid" 2>/dev/null || true' EXIT  # a failed extension build stops it too
 fi
 
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
