@@ -1,13 +1,13 @@
-// CPU select: per (b, h) row, O(N) work.
-// Algorithm: pool the candidate scores once into (key, index) pairs (key =
-// order-preserving uint64 of the float64 pooled score, select_params.h), then
-// std::nth_element with the (key desc, index asc) order puts the top m first;
-// marking them in a byte mask and scanning it gives ascending output without
-// sorting. Memory: reads the score row once (pool_kernel times from cache),
-// 16 bytes of workspace per candidate (thread-local, reused across rows).
-// Float32 scores, max-pooled or not (the common case), take a packed path:
-// see select_row_packed. Parallelism comes from the binding
-// (at::parallel_for over rows).
+// CPU select: per (b, h) row, O(N) work. Parallelism comes from the binding
+// (at::parallel_for over rows); workspaces are per call, reused across rows.
+// Float32 scores, max-pooled or not (the common case): 32-bit keys (the
+// order-preserving score_key32, select_params.h), a radix select for the
+// cut, then one ascending scan that emits the kept positions; 8 bytes of
+// workspace per candidate. See select_row_packed.
+// Otherwise (float64 scores, average pooling): (key, index) pairs of the
+// float64 pooled score (score_key), std::nth_element with the (key desc, index
+// asc) order puts the top m first, and a byte mask scanned in order gives
+// ascending output without sorting; 17 bytes of workspace per candidate.
 #include "select_cpu.h"
 
 #include <algorithm>
@@ -43,34 +43,130 @@ bool packed_applies(const SelectParams& p) {
   return pooled_scores_are_floats(p.dtype, p.pool_kernel, p.pool) && p.N < (int64_t(1) << 32);
 }
 
-// The best m of the candidates [lo, hi) of a float32 row, pooled over
-// [seg_lo, hi), into mark (offsets from lo). Each candidate is one uint64,
-// its 32-bit key above and the complement of its offset below, so one
-// integer compare ranks two as better() does (larger key, then lower index)
-// and nth_element moves 8 bytes where Cand is 16; the max-pooling runs on
+// score_key32 of a float32 score on its bits, NaN -> kNanKey: integer
+// operations only, so the loop over a row vectorises.
+inline uint32_t raw_key32(float x) {
+  uint32_t u = float_to_bits(x);
+  const uint32_t mag = u & 0x7FFFFFFFu;
+  u = mag == 0 ? 0u : u;  // -0.0 ties with +0.0
+  const uint32_t key = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+  return mag > 0x7F800000u ? kNanKey : key;
+}
+
+// The radix select's digits, top down: (shift, bits).
+constexpr int kShift[3] = {21, 10, 0}, kBits[3] = {11, 11, 10};
+constexpr uint32_t digit_mask(int pass) { return (1u << kBits[pass]) - 1; }
+
+// Adds the digits (key >> shift) & mask of n keys to four interleaved
+// histograms h[0, 4 * (mask + 1)): scores crowd a few top-digit bins (one
+// exponent, a few mantissa bits), and one counter bumped on consecutive keys
+// chains every increment through a store-to-load forward.
+void count_digits(const uint32_t* src, int64_t n, int shift, uint32_t mask, uint32_t* h) {
+  const size_t bins = size_t(mask) + 1;
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    ++h[(src[i] >> shift) & mask];
+    ++h[bins + ((src[i + 1] >> shift) & mask)];
+    ++h[2 * bins + ((src[i + 2] >> shift) & mask)];
+    ++h[3 * bins + ((src[i + 3] >> shift) & mask)];
+  }
+  for (; i < n; ++i) ++h[(src[i] >> shift) & mask];
+}
+
+// Keys of the candidates [lo, hi) of a float32 row, max-pooled over the
+// segment [seg_lo, hi), into key (offsets from lo), and the top digits'
+// histogram into hist (four interleaved, see count_digits). The max runs on
 // the keys (order_key is monotonic: the max of the keys is the key of the
-// max). The same picks as the Cand path; 2.2x slower than kvpress's
-// F.max_pool1d + topk at N = 64k before (one thread, Zen 4).
-void select_row_packed(const float* row, int64_t seg_lo, int64_t lo, int64_t hi, int64_t m, int64_t kernel,
-                       std::vector<uint32_t>& raw, std::vector<uint64_t>& cand, std::vector<uint8_t>& mark) {
-  raw.resize(static_cast<size_t>(hi - seg_lo));
-  for (int64_t j = seg_lo; j < hi; ++j) {
-    const float x = row[j];
-    raw[static_cast<size_t>(j - seg_lo)] = std::isnan(x) ? kNanKey : score_key32(x);
-  }
-  const uint32_t neg_inf = score_key32(neg_inf_d());
+// max), one shifted pass per window offset so that each pass is a plain
+// vector max; chunks of kChunk candidates keep those passes in L1 (a 64k row's
+// keys fill 256 KiB).
+void pooled_keys32(const float* row, int64_t seg_lo, int64_t lo, int64_t hi, int64_t kernel,
+                   std::vector<uint32_t>& raw, std::vector<uint32_t>& key, std::vector<uint32_t>& hist) {
+  constexpr int64_t kChunk = 2048;
   const int64_t pad = kernel > 1 ? kernel / 2 : 0;
-  cand.resize(static_cast<size_t>(hi - lo));
-  for (int64_t q = lo; q < hi; ++q) {
-    const int64_t a = std::max(q - pad, seg_lo), b = std::min(q + pad + 1, hi);
-    uint32_t key = 0;  // no score has key 0 (select_params.h)
-    for (int64_t j = a; j < b; ++j) key = std::max(key, raw[static_cast<size_t>(j - seg_lo)]);
-    if (key == kNanKey) key = neg_inf;
-    cand[static_cast<size_t>(q - lo)] = uint64_t(key) << 32 | (0xFFFFFFFFu - static_cast<uint32_t>(q - lo));
+  const uint32_t neg_inf = score_key32(neg_inf_d());
+  raw.resize(static_cast<size_t>(kChunk + 2 * pad));
+  key.resize(static_cast<size_t>(hi - lo));
+  hist.assign(4 * (size_t(digit_mask(0)) + 1), 0);
+  for (int64_t c0 = lo; c0 < hi; c0 += kChunk) {
+    const int64_t c1 = std::min(c0 + kChunk, hi), a = std::max(c0 - pad, seg_lo), b = std::min(c1 + pad, hi);
+    const int64_t n = c1 - c0, off = c0 - a;  // r[off + i]: candidate c0 + i's own key
+    uint32_t* r = raw.data();                 // r[j]: position a + j's key
+    uint32_t* k = key.data() + (c0 - lo);     // k[i]: candidate c0 + i's key
+    for (int64_t j = 0; j < b - a; ++j) r[j] = raw_key32(row[a + j]);
+    for (int64_t i = 0; i < n; ++i) k[i] = r[off + i];
+    for (int64_t t = 1; t <= pad; ++t) {
+      for (int64_t i = std::max<int64_t>(0, t - off); i < n; ++i) k[i] = std::max(k[i], r[off + i - t]);
+      for (int64_t i = 0; i < std::min(n, b - t - c0); ++i) k[i] = std::max(k[i], r[off + i + t]);
+    }
+    for (int64_t i = 0; i < n; ++i) k[i] = k[i] == kNanKey ? neg_inf : k[i];
+    count_digits(k, n, kShift[0], digit_mask(0), hist.data());
   }
-  std::nth_element(cand.begin(), cand.begin() + (m - 1), cand.end(), std::greater<uint64_t>());
-  mark.assign(static_cast<size_t>(hi - lo), 0);
-  for (int64_t i = 0; i < m; ++i) mark[0xFFFFFFFFu - static_cast<uint32_t>(cand[static_cast<size_t>(i)])] = 1;
+}
+
+// Where the best m of n keys end: the m-th largest key, and how many keys
+// equal to it are among the best m (those of the lowest offsets, since ties
+// rank by index). A radix select from the top digit down, each pass
+// histogramming only the keys left in the chosen bin, as the CUDA select
+// does; hist comes in holding the top digits' counts (pooled_keys32).
+struct Cut {
+  uint32_t key;
+  int64_t ties;
+};
+
+Cut radix_cut(const uint32_t* key, int64_t n, int64_t m, std::vector<uint32_t>& left, std::vector<uint32_t>& hist) {
+  uint32_t prefix = 0, prefix_mask = 0;
+  int64_t rank = m;  // the rank-th largest of the keys in the chosen bins
+  const uint32_t* src = key;
+  for (int pass = 0; pass < 3; ++pass) {
+    const uint32_t mask = digit_mask(pass);
+    const size_t bins = size_t(mask) + 1;
+    uint32_t* h = hist.data();
+    if (pass > 0) {
+      hist.assign(4 * bins, 0);
+      h = hist.data();
+      count_digits(src, n, kShift[pass], mask, h);
+    }
+    for (size_t d = 0; d < bins; ++d) h[d] += h[bins + d] + h[2 * bins + d] + h[3 * bins + d];
+    uint32_t d = mask;
+    while (h[d] < rank) rank -= h[d--];
+    prefix |= d << kShift[pass];
+    prefix_mask |= mask << kShift[pass];
+    if (pass == 2) break;
+    left.resize(size_t(h[d]) + 1);  // + 1: the branch-free filter's last store
+    int64_t c = 0;                   // in place from the second pass on: c <= i
+    for (int64_t i = 0; i < n; ++i) {
+      left[static_cast<size_t>(c)] = src[i];
+      c += (src[i] & prefix_mask) == prefix;
+    }
+    src = left.data(), n = c;
+  }
+  return {prefix, rank};
+}
+
+// The best m of the candidates [lo, hi) of a float32 row, pooled over
+// [seg_lo, hi), written to out in ascending order: every key above the cut,
+// and the first cut.ties keys equal to it. No sort and no marks.
+void select_row_packed(const float* row, int64_t seg_lo, int64_t lo, int64_t hi, int64_t m, int64_t kernel,
+                       std::vector<uint32_t>& raw, std::vector<uint32_t>& key, std::vector<uint32_t>& hist,
+                       int64_t* out) {
+  pooled_keys32(row, seg_lo, lo, hi, kernel, raw, key, hist);
+  const Cut cut = radix_cut(key.data(), hi - lo, m, raw, hist);
+  const uint32_t* k = key.data();  // k[q - lo]: candidate q's key
+  const int64_t cut_key = cut.key;
+  int64_t take = cut.ties, *o = out;
+  const int64_t* end = out + m;
+  // Branch-free (a tenth of the keys kept at random would mispredict a
+  // branch): o advances on a kept key; the store at o stays inside out[0, m)
+  // since the loop stops once m are written.
+  for (int64_t q = lo; q < hi && o < end; ++q) {
+    const int64_t kq = k[q - lo];
+    const int64_t above = static_cast<int64_t>(static_cast<uint64_t>(cut_key - kq) >> 63);  // kq > cut_key
+    const int64_t tie_kept = (kq == cut_key) & (take > 0);
+    take -= tie_kept;
+    *o = q;
+    o += above | tie_kept;
+  }
 }
 
 }  // namespace
@@ -78,8 +174,7 @@ void select_row_packed(const float* row, int64_t seg_lo, int64_t lo, int64_t hi,
 void select_rows_cpu(const SelectParams& p, int64_t row_begin, int64_t row_end) {
   std::vector<Cand> cand;
   std::vector<uint8_t> mark;
-  std::vector<uint32_t> raw;
-  std::vector<uint64_t> packed;
+  std::vector<uint32_t> raw, key, hist;
   const bool fast = packed_applies(p);
   for (int64_t row = row_begin; row < row_end; ++row) {
     const int64_t b = row / p.H, h = row % p.H;
@@ -96,13 +191,13 @@ void select_rows_cpu(const SelectParams& p, int64_t row_begin, int64_t row_end) 
     if (m == 0) continue;
     const void* r = row_ptr(p.scores, p.dtype, b * p.s_sb + h * p.s_sh);
     if (fast && m < hi - lo) {
-      select_row_packed(static_cast<const float*>(r), s, lo, hi, m, p.pool_kernel, raw, packed, mark);
-    } else {
-      pool_keys(r, p.dtype, lo, s, hi, p.pool_kernel, p.pool, cand);
-      top_m(cand, m);
-      mark.assign(static_cast<size_t>(hi - lo), 0);
-      for (int64_t i = 0; i < m; ++i) mark[static_cast<size_t>(cand[i].idx - lo)] = 1;
+      select_row_packed(static_cast<const float*>(r), s, lo, hi, m, p.pool_kernel, raw, key, hist, out + p.sink);
+      continue;
     }
+    pool_keys(r, p.dtype, lo, s, hi, p.pool_kernel, p.pool, cand);
+    top_m(cand, m);
+    mark.assign(static_cast<size_t>(hi - lo), 0);
+    for (int64_t i = 0; i < m; ++i) mark[static_cast<size_t>(cand[i].idx - lo)] = 1;
     int64_t* o = out + p.sink;
     for (int64_t q = lo; q < hi; ++q)
       if (mark[static_cast<size_t>(q - lo)]) *o++ = q;

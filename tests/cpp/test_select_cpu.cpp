@@ -64,6 +64,45 @@ TEST(SelectCpu, MatchesNaiveOnRandomRows) {
   EXPECT_GT(checked, 500);
 }
 
+// Rows long enough for every pass of the float32 path's radix select (11,
+// 11 and 10 bits from the top), with distributions that put the cut in one
+// bin per pass: scores a few ulps apart (all keys share their top 22 bits),
+// three tied values (the cut falls inside a tie), a wide spread, and NaN /
+// inf / -0.0; budgets from one candidate to all but one.
+TEST(SelectCpu, LongFloatRowsMatchNaiveInEveryRadixPass) {
+  std::mt19937 rng(3);
+  int checked = 0;
+  for (int kind = 0; kind < 4; ++kind) {
+    for (const int64_t N : {3001, 20000}) {
+      std::vector<float> s;
+      if (kind == 0) {
+        std::uniform_int_distribution<int> ulps(0, 600);
+        for (int64_t i = 0; i < N; ++i) s.push_back(std::nextafter(1.0f, 2.0f) + ulps(rng) * 1.1920929e-7f);
+      } else if (kind == 3) {
+        std::uniform_real_distribution<float> e(-30, 30);
+        for (int64_t i = 0; i < N; ++i) s.push_back((rng() % 2 ? -1.0f : 1.0f) * std::exp2(e(rng)));
+      } else {
+        s = make_scores(N, kind, rng);
+      }
+      for (const int64_t k : {0, 7}) {
+        for (const int64_t budget : {int64_t(6), N / 10, N / 2, N - 2}) {
+          obc::SelectParams p;
+          p.scores = s.data();
+          p.B = p.H = 1, p.N = N, p.s_sb = p.s_sh = N;
+          p.budget = budget, p.sink = 2, p.recent = 3, p.pool_kernel = k;
+          std::vector<int64_t> out(budget, -7);
+          p.out = out.data();
+          obc::select_rows_cpu(p, 0, 1);
+          const auto want = naive::select_row(std::vector<double>(s.begin(), s.end()), budget, 2, 3, k, false, 0);
+          ASSERT_EQ(out, want) << "kind " << kind << " N=" << N << " budget=" << budget << " k=" << k;
+          ++checked;
+        }
+      }
+    }
+  }
+  EXPECT_EQ(checked, 64);
+}
+
 TEST(SelectCpu, ConstantScoresKeepLowestIndices) {
   const int64_t N = 20;
   std::vector<float> s(N, 1.5f);
