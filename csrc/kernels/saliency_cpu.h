@@ -37,7 +37,8 @@ void saliency_cpu(const SaliencyParams& p, int64_t bh_begin, int64_t bh_end, voi
 // aligned), the same for both phases: pass 1 keeps Q K^T there and pass 2
 // reads it back. When null, pass 2 recomputes Q K^T: a quarter more FLOPs
 // for the joint score.
-// Per worker: the whole-row form keeps a row's logits when they fit; the
+// Per worker: the whole-row form keeps the logits of a row's first keys in
+// this many bytes (all of them up to N = 32k at G W = 128 in float); the
 // split form's callers hold all rows' when they fit threads times this.
 constexpr size_t kSaliencyLogitCacheBytes = size_t(16) << 20;
 // K depends on N alone (never on the threads, so the output does not

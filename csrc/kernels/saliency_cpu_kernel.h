@@ -17,10 +17,11 @@
 //           tile's output once.
 // The workspace holds Q (pre-scaled), O, per-row stats, one transposed K and V
 // tile and [rows-per-block, tile] scratch: O(R * (D + tile) + D * tile)
-// elements, independent of N. When the R x N logits of one head fit in
-// kSaliencyLogitCacheBytes, pass 1 also keeps them and pass 2 reads them back instead
-// of recomputing Q K^T: a quarter of the joint score's FLOPs, for a bounded
-// workspace (8 MiB at the common R = 128, N = 16k).
+// elements, independent of N. Pass 1 also keeps the logits of as many of the
+// first key tiles as fit kSaliencyLogitCacheBytes, and pass 2 reads them back
+// instead of recomputing Q K^T: a quarter of the joint score's FLOPs, for a
+// bounded workspace (8 MiB at the common R = 128, N = 16k; 16 MiB, the first
+// 32k keys, from N = 32k on).
 //
 // Speed: every O(R * N * D) loop is an outer-product register block
 // (acc[RB][cols] += x * y[c], contiguous in c) summed over d in order;
@@ -129,7 +130,9 @@ static_assert(kSaliencyMinRangeKeys % kTile == 0, "key ranges are whole tiles (t
 struct Layout {
   int64_t Wr = 0, i0 = 0, R = 0;
   size_t qs, o, m, l, on2, am, al, ao, kt, vt, vrow, vn1, vn2, sb, xb, db, head, zt, xt, ot, pt, vp, z, total;
-  bool zcache = false;  // logits kept from pass 1 in the workspace, tile-major: z[tile][row][kTile]
+  // Keys [0, z_keys) whose logits pass 1 keeps in the workspace (a whole
+  // number of tiles), tile-major: z[tile][row][kTile].
+  int64_t z_keys = 0;
 };
 
 // The window queries a (b, h) row scores with: the last only for the
@@ -176,9 +179,14 @@ Layout make_layout(const SaliencyParams& p, bool split) {
     L.pt = take(3 * R * T / 2);       // a key tile's P of every row as three bfloat16 terms, [3][R][T]
     L.vp = take(D * T / 2);           // the value tile's pairs: along d (pass 2), along the keys (pass 1)
   }
+  // The logit cache: as many of the first key tiles as fit
+  // kSaliencyLogitCacheBytes (a row's every key up to N = 32k at R = 128 in
+  // float); pass 2 recomputes Q K^T past it, so a longer row still reads
+  // back the logits of its first 32k keys.
   const size_t padded_n = (static_cast<size_t>(p.N) + T - 1) / T * T;
-  L.zcache = !split && R * padded_n * e <= kSaliencyLogitCacheBytes;
-  L.z = L.zcache ? take(R * padded_n) : 0;
+  const size_t fit = kSaliencyLogitCacheBytes / (R * T * e) * T;
+  L.z_keys = split ? 0 : static_cast<int64_t>(std::min(padded_n, fit));
+  L.z = take(R * static_cast<size_t>(L.z_keys));
   L.total = at;
   return L;
 }
@@ -405,7 +413,8 @@ struct Kernel {
   // need_o: the score reads O (key, joint, loo); own_o: pass 1 accumulates
   // it (else the caller gave it, p.o); need_v2: pass 2 reads V (O or norms).
   bool need_o, own_o, need_v2;
-  T* z;  // the row's logit cache (tile-major, as Layout::z), or null: pass 2 recomputes Q K^T
+  T* z;         // the row's logit cache (tile-major, as Layout::z), or null
+  int64_t z_end;  // the keys [0, z_end) it holds; pass 2 recomputes Q K^T past them
   int scale_exp = 0;  // the pair path's split of the scale (kPairs above): 2^scale_exp * scale_frac
   T scale_frac = T(1);
   int64_t amx_rows = 0;  // kAmx: the rows whose logits tile_logits makes
@@ -426,7 +435,9 @@ struct Kernel {
   } next{};
 
   T* at(size_t off) const { return reinterpret_cast<T*>(ws + off); }
-  // Pass 1's logits of rows r0.. for the tile starting at key p0 (z only).
+  // Whether the logit cache holds the tile starting at key p0.
+  bool cached(int64_t p0) const { return p0 < z_end; }
+  // Pass 1's logits of rows r0.. for the tile starting at key p0 (cached tiles only).
   T* logits(int64_t p0, int64_t r0) const { return z + ((p0 / kTile) * L.R + r0) * kTile; }
 
   static constexpr bool kVec = kVecFloat<T, kVW>;  // the intrinsic blocks apply
@@ -654,13 +665,14 @@ struct Kernel {
     T* m = at(L.m);
     T* l = at(L.l);
     T* O = at(L.o);
-    // Z straight into the logit cache when there is one (pass 2 reads it back).
-    T* Zb = z ? logits(p0, r0) : at(L.xb);
+    // Z straight into the logit cache where it holds the tile (pass 2 reads it back).
+    const bool kept = cached(p0);
+    T* Zb = kept ? logits(p0, r0) : at(L.xb);
     int64_t lim[RB];
     T zmax[RB], corr[RB], sum[RB];
     prefetch_next(r0 + RB);
     if (!any_visible<RB>(r0, p0, tn, lim)) {  // a tile past every row's query (causal): nothing to add
-      if (z) std::fill(Zb, Zb + RB * kTile, T(0));  // pass 2 may read it (max reduction)
+      if (kept) std::fill(Zb, Zb + RB * kTile, T(0));  // pass 2 may read it (max reduction)
       if (own_o && r0 < amx_rows) keep_p<RB>(r0, nullptr);
       return;
     }
@@ -714,7 +726,7 @@ struct Kernel {
     T* Xb = at(L.xb);
     T* Db = at(L.db);
     const T* O = at(L.o);
-    if (z)
+    if (cached(p0))
       Sb = logits(p0, r0);
     else
       logits_block<RB>(r0, Kt, Sb);
@@ -749,8 +761,9 @@ struct Kernel {
     for (int64_t c = 0; c < kTile; ++c) vn1[c] = vn2[c] = T(0);
     for (int64_t p0 = n0; p0 < n1; p0 += kTile) {
       const int64_t tn = std::min<int64_t>(kTile, n1 - p0);
-      plan_next(p0, n1, z ? nullptr : K, need_v2 ? V : nullptr, z != nullptr);
-      if (!z) {  // else the logits are kept
+      const bool next_kept = cached(p0 + kTile);
+      plan_next(p0, n1, next_kept ? nullptr : K, need_v2 ? V : nullptr, next_kept);
+      if (!cached(p0)) {  // else the logits are kept
         key_tile(K + p0 * p.k_sn, tn, Kt);
         tile_logits(Kt, at(L.zt));
       }
@@ -856,7 +869,7 @@ struct Kernel {
       const int64_t tn = std::min<int64_t>(kTile, n1 - p0);
       plan_next(p0, n1, K, own_o ? V : nullptr, false);
       key_tile(K + p0 * p.k_sn, tn, Kt);
-      tile_logits(Kt, z ? logits(p0, 0) : at(L.zt));  // straight into the logit cache where there is one
+      tile_logits(Kt, cached(p0) ? logits(p0, 0) : at(L.zt));  // straight into the logit cache where it holds the tile
       const T* Vt = nullptr;
       int64_t ldv = D;
       if (own_o && amx_rows < R) {  // rows for pv (kAmx: past amx_rows)
@@ -977,8 +990,12 @@ OBC_ALWAYS_INLINE void run_job(const SaliencyParams& p, const SaliencyJob& j, vo
   using T = typename Elem<E>::acc;
   const Layout L = make_layout(p, j.kind != SaliencyJob::Rows);
   char* ws = static_cast<char*>(workspace);
-  T* z = j.kind == SaliencyJob::Rows ? (L.zcache ? reinterpret_cast<T*>(ws + L.z) : nullptr) : static_cast<T*>(j.logits);
-  Kernel<E, RB, kVW, kPairs, Amx> k{p, L, ws, false, false, false, z};
+  // Whole rows: the workspace's cache of the first L.z_keys keys; a split
+  // row: the caller's buffer of all its logits, or none.
+  const bool rows = j.kind == SaliencyJob::Rows;
+  T* z = rows ? (L.z_keys ? reinterpret_cast<T*>(ws + L.z) : nullptr) : static_cast<T*>(j.logits);
+  const int64_t z_end = rows ? L.z_keys : (j.logits ? p.N : 0);
+  Kernel<E, RB, kVW, kPairs, Amx> k{p, L, ws, false, false, false, z, z_end};
   if constexpr (kPairs) {
     const T f = std::frexp(static_cast<T>(p.scale), &k.scale_exp);  // scale = f 2^e, f in [0.5, 1)
     k.scale_frac = 2 * f, k.scale_exp -= 1;

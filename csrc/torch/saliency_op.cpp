@@ -196,7 +196,8 @@ at::Tensor saliency_run_cpu(obc::SaliencyParams p, const at::Tensor& k) {
   }
   const size_t ws_bytes = obc::saliency_cpu_workspace_bytes(p);
   // One workspace per chunk (at most one chunk per thread with grain 1): a
-  // few hundred KiB, allocated by torch's CPU allocator (64-byte aligned).
+  // few hundred KiB and the logit cache (up to kSaliencyLogitCacheBytes),
+  // allocated by torch's CPU allocator (64-byte aligned).
   at::parallel_for(0, p.B * p.Hkv, 1, [&](int64_t bh0, int64_t bh1) {
     c10::DataPtr ws = c10::GetCPUAllocator()->allocate(ws_bytes);
     obc::saliency_cpu(p, bh0, bh1, ws.get());

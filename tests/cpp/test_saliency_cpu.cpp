@@ -252,24 +252,28 @@ TEST(SaliencyCpu, BFloat16LogitsOverflowOnlyWhereScaledOnesDo) {
 
 TEST(SaliencyCpu, WorkspaceIsBoundedWhateverN) {
   obc::SaliencyParams p;
-  p.B = 1, p.Hkv = 8, p.G = 4, p.W = 32, p.D = 128, p.N = 1 << 20;
-  // Past the logit cache: O(G * W * D), a fixed multiple of the queries
+  p.B = 1, p.Hkv = 8, p.G = 4, p.W = 32, p.D = 128;
+  // Beside the logit cache: O(G * W * D), a fixed multiple of the queries
   // (the queries, O and the merged O, three key tiles: 3.8 times the
   // queries' bytes here; bfloat16 adds the AMX path's buffers, O's and a
   // key tile's P's three bfloat16 terms and a key tile's logits and v.o of
-  // every row: 6.3).
+  // every row: 6.3). The cache holds one tile's logits at N = 1, and at
+  // most 16 MiB.
+  const size_t one_tile = 4 * 32 * 32 * 4, cache = size_t(16) << 20;
   for (auto [dt, times] : {std::pair{obc::DType::F32, 4}, std::pair{obc::DType::BF16, 7}}) {
-    p.dtype = dt, p.N = 1 << 20;
-    const size_t fixed = obc::saliency_cpu_workspace_bytes(p);
+    p.dtype = dt, p.N = 1;
+    const size_t fixed = obc::saliency_cpu_workspace_bytes(p) - one_tile;
     EXPECT_LT(fixed, size_t(times) * 4 * 32 * 128 * 4);
     for (int64_t n = 1; n <= (int64_t(1) << 22); n *= 2) {
       p.N = n;
-      EXPECT_LE(obc::saliency_cpu_workspace_bytes(p), fixed + (size_t(16) << 20) + 4096) << "N=" << n;
+      const size_t want = fixed + std::min(cache, static_cast<size_t>((n + 31) / 32) * one_tile);
+      EXPECT_EQ(obc::saliency_cpu_workspace_bytes(p), want) << "N=" << n;
     }
   }
 }
 
-// R * N * 4 bytes of logits above the 16 MiB cache: pass 2 recomputes Q K^T.
+// R * N * 4 bytes of logits above the 16 MiB cache: pass 2 reads back the
+// first 32,768 keys' logits and recomputes Q K^T for the rest.
 TEST(SaliencyCpu, LongRowsPastTheLogitCacheMatchNaive) {
   std::mt19937 rng(5);
   // D = 32: bfloat16 on the pair path's fast transposes; 128 rows: AMX under the amx variant
@@ -281,7 +285,7 @@ TEST(SaliencyCpu, LongRowsPastTheLogitCacheMatchNaive) {
     const bool bf = dt == obc::DType::BF16;
     obc::SaliencyParams p = bf ? params(c, d, k.data(), v.data(), q.data(), dt, s, 0.25f)
                                : params(c, d, d.k.data(), d.v.data(), d.q.data(), dt, s, 0.25f);
-    ASSERT_LT(obc::saliency_cpu_workspace_bytes(p), size_t(1) << 20);  // no cache at this size
+    ASSERT_LT(obc::saliency_cpu_workspace_bytes(p), (size_t(16) << 20) + (size_t(1) << 20));  // 32,768 keys cached
     const std::vector<double> want = naive_of(p, d, 0.25);
     std::vector<float> got(want.size(), -12345.0f);
     p.out = got.data();
