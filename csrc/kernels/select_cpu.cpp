@@ -11,8 +11,6 @@
 #include "select_cpu.h"
 
 #include <algorithm>
-#include <cmath>
-#include <functional>
 #include <vector>
 
 #include "top_m_cpu.h"
@@ -46,11 +44,8 @@ bool packed_applies(const SelectParams& p) {
 // score_key32 of a float32 score on its bits, NaN -> kNanKey: integer
 // operations only, so the loop over a row vectorises.
 inline uint32_t raw_key32(float x) {
-  uint32_t u = float_to_bits(x);
-  const uint32_t mag = u & 0x7FFFFFFFu;
-  u = mag == 0 ? 0u : u;  // -0.0 ties with +0.0
-  const uint32_t key = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
-  return mag > 0x7F800000u ? kNanKey : key;
+  const uint32_t u = float_to_bits(x), mag = u & 0x7FFFFFFFu;
+  return mag > 0x7F800000u ? kNanKey : order_key(mag == 0 ? 0u : u);  // -0.0 ties with +0.0
 }
 
 // The radix select's digits, top down: (shift, bits).
